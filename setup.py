@@ -1,0 +1,31 @@
+"""Install dgad_tf: `pip install -e .` (add `[test]` for pytest, `[torch]` to convert PyTorch teachers)."""
+
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "dgad_tf" / "__init__.py").read_text()
+).group(1)
+REQUIREMENTS = [
+    line.strip()
+    for line in (HERE / "requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setup(
+    name="dgad_tf",
+    version=VERSION,
+    description="Dynamic Guidance Adversarial Distillation (ECCV 2024) in Keras/TensorFlow",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["dgad_tf", "dgad_tf.*"]),
+    python_requires=">=3.10",
+    install_requires=REQUIREMENTS,
+    extras_require={
+        "test": ["pytest>=7"],
+        "torch": ["torch>=2.0", "safetensors>=0.4"],
+    },
+)
