@@ -1,0 +1,559 @@
+"""Typed run configuration: frozen dataclasses, YAML overrides and `--set` overrides.
+
+The dataclasses below are the single source of truth for every default. A YAML file in `configs/`
+holds only what differs from them, and `--set section.key=value` overrides on top of that. Every
+value is checked before anything runs: unknown keys, wrong types and out-of-range values raise
+`ConfigError` naming the key and the value received.
+
+Example:
+    >>> cfg = load_config("configs/quickstart.yaml", ["attack.steps=5"])
+    >>> cfg.attack.steps
+    5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fractions
+import hashlib
+import pathlib
+import types
+import typing
+from typing import Any, Optional
+
+import yaml
+
+METHODS = ("clean", "pgd_at", "trades", "ard", "rslad", "adaad", "dgad")
+TEACHER_METHODS = ("ard", "rslad", "adaad", "dgad")
+TEACHER_TRAIN_METHODS = ("pgd_at", "trades")
+DATA_SOURCES = ("digits", "tfds", "npz", "folder", "tinyimagenet")
+ATTACK_INITS = ("auto", "uniform", "gaussian", "none")
+SCHEDULES = ("piecewise", "cosine", "constant")
+STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or out of range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are fed.
+
+    Args:
+        source: one of `DATA_SOURCES`. Default "digits" (embedded, no download).
+        name: TFDS dataset name for source "tfds" (e.g. "cifar10"). Default None.
+        path: file or folder for "npz", "folder" and "tinyimagenet". Default None.
+        data_dir: TFDS data directory. Default None (TFDS's own default).
+        val_fraction: share of the training data held out for validation. Default 0.1.
+        seed: seed of the validation carve-out and the shuffling. Default 0.
+        train_limit: use only the first n training images. Default None (all).
+        test_limit: use only the first n test images. Default None (all).
+        image_size: resize folder images to this square size. Default None.
+        augment: pad-and-crop augmentation of training images. Default True.
+        crop_padding: zero padding before the random crop. Default None (H/8, 4 for CIFAR).
+        flip: random horizontal flips. Default True.
+    """
+
+    source: str = "digits"
+    name: Optional[str] = None
+    path: Optional[str] = None
+    data_dir: Optional[str] = None
+    val_fraction: float = 0.1
+    seed: int = 0
+    train_limit: Optional[int] = None
+    test_limit: Optional[int] = None
+    image_size: Optional[int] = None
+    augment: bool = True
+    crop_padding: Optional[int] = None
+    flip: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Student and teacher networks.
+
+    Args:
+        student: registry name of the student architecture. Default "resnet-18".
+        teacher: registry name of the teacher architecture (used when it is trained here).
+            Default "wrn-34-10".
+        teacher_path: a `.keras` teacher. Loaded when the file exists; otherwise the teacher is
+            trained as `teacher_train` says and saved there (a cache). Default None
+            (`<run dir>/teacher.keras`).
+        normalize_mean: per-channel mean of an input-normalisation layer inside the models.
+            Default None (no normalisation layer).
+        normalize_std: per-channel std of that layer. Default None.
+        sync_batchnorm: synchronised batch-norm statistics across replicas for the student.
+            Default False (as the reference).
+    """
+
+    student: str = "resnet-18"
+    teacher: str = "wrn-34-10"
+    teacher_path: Optional[str] = None
+    normalize_mean: Optional[tuple[float, ...]] = None
+    normalize_std: Optional[tuple[float, ...]] = None
+    sync_batchnorm: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherTrainConfig:
+    """How a teacher is trained when `model.teacher_path` does not exist yet.
+
+    The teacher is trained with the same data, attack and optimiser sections as the student, but
+    with its own method, epochs, learning rate and milestones.
+
+    Args:
+        method: "pgd_at" (Madry) or "trades". Default "pgd_at".
+        epochs: training epochs; 0 means a missing teacher file is an error. Default 0.
+        lr: initial learning rate. Default 0.1.
+        milestones: epochs at which the learning rate is divided by 10. Default ().
+    """
+
+    method: str = "pgd_at"
+    epochs: int = 0
+    lr: float = 0.1
+    milestones: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """The L-inf PGD that makes training examples (inner maximisation).
+
+    Args:
+        eps: radius of the L-inf ball in pixel units; accepts fractions such as "8/255".
+            Default 8/255.
+        step_size: PGD step. Default 2/255.
+        steps: PGD iterations during training. Default 10.
+        init: random start: "auto" (the method's own: Gaussian 0.001 for the distillation
+            methods and TRADES, uniform in the ball for PGD-AT and ARD), "uniform",
+            "gaussian" or "none". Default "auto".
+        init_std: standard deviation of the Gaussian start. Default 0.001.
+    """
+
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+    init: str = "auto"
+    init_std: float = 0.001
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """Training method and its loss weights.
+
+    Args:
+        name: one of `METHODS`. Default "dgad".
+        beta: weight of DGAD's predictive-consistency regulariser (0 turns PCR off). Default 1.0.
+        use_map: DGAD's misclassification-aware partitioning. Default True.
+        use_els: DGAD's error-corrective label swapping. Default True.
+        distill_weight: explicit weight on DGAD's distillation (KL) term. Default 1.0.
+        trades_beta: TRADES's KL weight. Default 6.0.
+        ard_alpha: ARD's weight on the distillation term. Default 1.0.
+        ard_temperature: ARD's temperature. Default 30.0.
+        adaad_alpha: AdaAD's weight on the adversarial term. Default 1.0.
+    """
+
+    name: str = "dgad"
+    beta: float = 1.0
+    use_map: bool = True
+    use_els: bool = True
+    distill_weight: float = 1.0
+    trades_beta: float = 6.0
+    ard_alpha: float = 1.0
+    ard_temperature: float = 30.0
+    adaad_alpha: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """SGD with PyTorch-coupled weight decay and its learning-rate schedule.
+
+    Args:
+        lr: initial learning rate. Default 0.1.
+        momentum: SGD momentum. Default 0.9.
+        weight_decay: L2 coefficient added to every gradient before momentum, as PyTorch's
+            SGD does. Default 5e-4.
+        nesterov: Nesterov momentum. Default False.
+        schedule: "piecewise", "cosine" or "constant". Default "piecewise".
+        milestones: epochs at which a piecewise schedule multiplies the rate by `gamma`.
+            Default (100, 150).
+        gamma: piecewise decay factor. Default 0.1.
+        warmup_epochs: linear warm-up length in epochs. Default 0.
+    """
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "piecewise"
+    milestones: tuple[int, ...] = (100, 150)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The training loop.
+
+    Args:
+        epochs: student training epochs. Default 200.
+        batch_size: GLOBAL batch size (split across replicas). Default 128.
+        seed: seed of initialisation, shuffling and attacks. Default 0.
+        val_every: compute validation (clean and PGD robust accuracy) every N epochs. Default 1.
+        val_robust_n: validation images attacked for `val_robust_accuracy`. Default 1000.
+        val_robust_steps: PGD steps of that validation attack (CE loss, uniform start,
+            step eps/4). Default 10.
+        jit_compile: compile the train step with XLA. Default False.
+        steps_per_execution: train steps per compiled call. Default 1.
+    """
+
+    epochs: int = 200
+    batch_size: int = 128
+    seed: int = 0
+    val_every: int = 1
+    val_robust_n: int = 1000
+    val_robust_steps: int = 10
+    jit_compile: bool = False
+    steps_per_execution: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The final report on the test split.
+
+    Args:
+        attacks: attacks of the final report, by name (see `dgad_tf.evaluate`).
+            Default ("clean", "pgd20").
+        n: first n test images attacked. Default 1000.
+        batch_size: evaluation batch size. Default 256.
+    """
+
+    attacks: tuple[str, ...] = ("clean", "pgd20")
+    n: int = 1000
+    batch_size: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    """Where a run writes.
+
+    Args:
+        dir: run directory. Default "runs/default".
+        tensorboard: write TensorBoard logs. Default True.
+        quiet: no progress bars, log lines only. Default False.
+    """
+
+    dir: str = "runs/default"
+    tensorboard: bool = True
+    quiet: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributeConfig:
+    """Data-parallel training.
+
+    Args:
+        strategy: "auto", "none", "mirrored" or "multi_worker". Default "auto".
+        devices: explicit device list for "mirrored". Default () (all visible GPUs).
+        logical_cpus: split the CPU into this many logical devices (to try data-parallel
+            training without GPUs). Default 0 (off).
+    """
+
+    strategy: str = "auto"
+    devices: tuple[str, ...] = ()
+    logical_cpus: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Automatic export of the finished student.
+
+    Args:
+        formats: artifacts to write after training, e.g. ("saved_model", "tflite_float").
+            Default () (no export).
+        dir: export folder; versions go in numbered sub-folders. Default None
+            (`<run dir>/export`).
+    """
+
+    formats: tuple[str, ...] = ()
+    dir: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole run. Every section has the defaults of its dataclass."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    teacher_train: TeacherTrainConfig = TeacherTrainConfig()
+    attack: AttackConfig = AttackConfig()
+    method: MethodConfig = MethodConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+    distribute: DistributeConfig = DistributeConfig()
+    export: ExportConfig = ExportConfig()
+    tune: dict = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (tuples as lists), as written to `config.yaml`."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """sha256 of the resolved config, independent of the file it came from."""
+        return hashlib.sha256(self.to_yaml().encode()).hexdigest()
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- coercion
+
+
+def _parse_number(key: str, value: Any, kind: type):
+    if isinstance(value, bool):
+        raise ConfigError(f"`{key}` must be a {kind.__name__}; received {key}={value!r}")
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            # Fractions such as "8/255" are how the field writes eps and step sizes.
+            try:
+                return float(fractions.Fraction(value.strip()))
+            except (ValueError, ZeroDivisionError):
+                pass
+    raise ConfigError(f"`{key}` must be a {kind.__name__}; received {key}={value!r}")
+
+
+def _coerce(key: str, value: Any, annotation: Any):
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"`{key}` must be true or false; received {key}={value!r}")
+    if annotation in (int, float):
+        return _parse_number(key, value, annotation)
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"`{key}` must be a string; received {key}={value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"`{key}` must be a list; received {key}={value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"`{key}` must be a mapping; received {key}={value!r}")
+        return value
+    raise ConfigError(f"`{key}` has an unsupported type {annotation!r}")
+
+
+def _build(cls, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"`{prefix}` must be a mapping; received {prefix}={values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        where = f"section `{prefix}`" if prefix else "the top level"
+        raise ConfigError(
+            f"unknown key `{(prefix + '.') if prefix else ''}{unknown[0]}` in {where}; "
+            f"known keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value if value is not None else {}, key)
+        else:
+            kwargs[name] = _coerce(key, value, hint)
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check(condition: bool, key: str, value: Any, requirement: str):
+    if not condition:
+        raise ConfigError(f"`{key}` must be {requirement}; received {key}={value!r}")
+
+
+def _check_choice(key: str, value: str, choices: tuple):
+    _check(value in choices, key, value, "one of " + ", ".join(choices))
+
+
+def validate(cfg: Config) -> Config:
+    """Check ranges and choices that types alone cannot; returns `cfg` unchanged.
+
+    Raises:
+        ConfigError: naming the first offending key and its value.
+    """
+    d, m, a, me, o, t = cfg.data, cfg.model, cfg.attack, cfg.method, cfg.optimizer, cfg.train
+    _check_choice("data.source", d.source, DATA_SOURCES)
+    _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "in [0, 1)")
+    for key in ("train_limit", "test_limit", "image_size"):
+        value = getattr(d, key)
+        _check(value is None or value >= 1, f"data.{key}", value, ">= 1 or null")
+    _check(d.crop_padding is None or d.crop_padding >= 0, "data.crop_padding", d.crop_padding,
+           ">= 0 or null")
+    if d.source == "tfds":
+        _check(bool(d.name), "data.name", d.name, "a TFDS dataset name when data.source=tfds")
+    if d.source in ("npz", "folder", "tinyimagenet"):
+        _check(bool(d.path), "data.path", d.path, f"a path when data.source={d.source}")
+
+    if (m.normalize_mean is None) != (m.normalize_std is None):
+        raise ConfigError("`model.normalize_mean` and `model.normalize_std` must be given together;"
+                          f" received normalize_mean={m.normalize_mean!r}, "
+                          f"normalize_std={m.normalize_std!r}")
+    if m.normalize_std is not None:
+        _check(len(m.normalize_std) == len(m.normalize_mean), "model.normalize_std",
+               m.normalize_std, "as long as model.normalize_mean")
+        _check(all(s > 0 for s in m.normalize_std), "model.normalize_std", m.normalize_std,
+               "positive")
+
+    _check_choice("teacher_train.method", cfg.teacher_train.method, TEACHER_TRAIN_METHODS)
+    _check(cfg.teacher_train.epochs >= 0, "teacher_train.epochs", cfg.teacher_train.epochs, ">= 0")
+    _check(cfg.teacher_train.lr > 0, "teacher_train.lr", cfg.teacher_train.lr, "> 0")
+
+    _check(0.0 <= a.eps <= 1.0, "attack.eps", a.eps, "in [0, 1]")
+    _check(0.0 <= a.step_size <= 1.0, "attack.step_size", a.step_size, "in [0, 1]")
+    _check(a.steps >= 0, "attack.steps", a.steps, ">= 0")
+    _check_choice("attack.init", a.init, ATTACK_INITS)
+    _check(a.init_std >= 0, "attack.init_std", a.init_std, ">= 0")
+
+    _check_choice("method.name", me.name, METHODS)
+    for key in ("beta", "distill_weight", "trades_beta"):
+        _check(getattr(me, key) >= 0, f"method.{key}", getattr(me, key), ">= 0")
+    _check(0.0 <= me.ard_alpha <= 1.0, "method.ard_alpha", me.ard_alpha, "in [0, 1]")
+    _check(0.0 <= me.adaad_alpha <= 1.0, "method.adaad_alpha", me.adaad_alpha, "in [0, 1]")
+    _check(me.ard_temperature > 0, "method.ard_temperature", me.ard_temperature, "> 0")
+
+    _check(o.lr > 0, "optimizer.lr", o.lr, "> 0")
+    _check(0.0 <= o.momentum < 1.0, "optimizer.momentum", o.momentum, "in [0, 1)")
+    _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, ">= 0")
+    _check_choice("optimizer.schedule", o.schedule, SCHEDULES)
+    _check(0.0 < o.gamma <= 1.0, "optimizer.gamma", o.gamma, "in (0, 1]")
+    _check(o.warmup_epochs >= 0, "optimizer.warmup_epochs", o.warmup_epochs, ">= 0")
+    _check(list(o.milestones) == sorted(o.milestones), "optimizer.milestones", o.milestones,
+           "increasing")
+
+    _check(t.epochs >= 1, "train.epochs", t.epochs, ">= 1")
+    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")
+    _check(t.val_every >= 1, "train.val_every", t.val_every, ">= 1")
+    _check(t.val_robust_n >= 1, "train.val_robust_n", t.val_robust_n, ">= 1")
+    _check(t.val_robust_steps >= 0, "train.val_robust_steps", t.val_robust_steps, ">= 0")
+    _check(t.steps_per_execution >= 1, "train.steps_per_execution", t.steps_per_execution, ">= 1")
+
+    _check(cfg.eval.n >= 1, "eval.n", cfg.eval.n, ">= 1")
+    _check(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, ">= 1")
+    _check(bool(cfg.output.dir), "output.dir", cfg.output.dir, "a non-empty path")
+    _check_choice("distribute.strategy", cfg.distribute.strategy, STRATEGIES)
+    _check(cfg.distribute.logical_cpus >= 0, "distribute.logical_cpus",
+           cfg.distribute.logical_cpus, ">= 0")
+    return cfg
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict:
+    """Turn `section.key=value` into a nested dict; the value is read as YAML.
+
+    Example:
+        >>> parse_override("attack.eps=8/255")
+        {'attack': {'eps': '8/255'}}
+    """
+    if "=" not in text:
+        raise ConfigError(f"an override must look like section.key=value; received {text!r}")
+    dotted, raw = text.split("=", 1)
+    parts = [p.strip() for p in dotted.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"an override must look like section.key=value; received {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot read the value of `{dotted}`: {err}") from None
+    nested: dict = value
+    for part in reversed(parts):
+        nested = {part: nested}
+    return nested
+
+
+def config_from_dict(values: dict) -> Config:
+    """Build and validate a `Config` from a nested dict of overrides."""
+    if values is None:
+        values = {}
+    return validate(_build(Config, values, ""))
+
+
+def load_config(path: str | pathlib.Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file of overrides, apply `--set` overrides, validate.
+
+    Args:
+        path: YAML file holding only what differs from the defaults. Default None.
+        overrides: `section.key=value` strings applied after the file. Default ().
+
+    Returns:
+        The resolved, validated `Config`.
+
+    Raises:
+        ConfigError: the file is missing or malformed, or a key or value is wrong.
+    """
+    values: dict = {}
+    if path is not None:
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections; received {values!r}")
+    for text in overrides:
+        values = _deep_merge(values, parse_override(text))
+    return config_from_dict(values)
+
+
+def resolved_attack_init(method: str, init: str) -> str:
+    """The random start a method uses when `attack.init` is "auto".
+
+    The distillation methods and TRADES start from x + 0.001·N(0, I) as their reference code;
+    PGD-AT, ARD and the clean baseline start uniformly in the ball as Madry et al.
+    """
+    if init != "auto":
+        return init
+    return "gaussian" if method in ("trades", "rslad", "adaad", "dgad") else "uniform"

@@ -1,0 +1,303 @@
+"""`AdversarialDistiller`: one Keras model whose `train_step` is a whole adversarial-distillation step.
+
+The step, for every method (DGAD and the baselines differ only in the attack objective and the
+loss, both looked up in `METHOD_SPECS`):
+
+1. attack: L-inf PGD on the training batch, both networks in inference mode;
+2. student forward in training mode, clean and adversarial batches in two calls (as the reference);
+3. teacher forward in inference mode, no gradient;
+4. method loss, reduced over the *global* batch (correct under any number of replicas);
+5. gradients of the student's trainable variables only, applied by the optimiser.
+
+`test_step` reports clean accuracy and PGD robust accuracy (cross-entropy, uniform start, step
+eps/4) so that `val_robust_accuracy` is an ordinary Keras metric that checkpoints, early stopping,
+TensorBoard and KerasTuner all read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dgad_tf import attacks, losses
+from dgad_tf.config import METHODS, TEACHER_METHODS, resolved_attack_init
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """What a training method attacks and how it scores the student.
+
+    Args:
+        attack: "none", "ce" (CE to labels), "kl_teacher" (KL(t(x')‖s(x')), both moving),
+            "kl_student_clean" (KL(s(x)‖s(x'))) or "kl_teacher_clean" (KL(t(x)‖s(x'))).
+        needs_teacher: whether the method distils from a teacher.
+        student_clean: whether the student's clean forward (training mode) enters the loss.
+        loss: builds the method's loss dict from the forward passes and hyperparameters.
+    """
+
+    attack: str
+    needs_teacher: bool
+    student_clean: bool
+    loss: Callable[..., dict]
+
+
+def _dgad(f, hp, gbs):
+    out = losses.dgad_loss(f["s_clean"], f["s_adv"], f["t_clean"], f["t_adv"], f["y"],
+                           beta=hp["beta"], use_map=hp["use_map"], use_els=hp["use_els"],
+                           global_batch_size=gbs)
+    if hp["distill_weight"] != 1.0:
+        # total = distillation + beta·PCR; only the distillation part is reweighted.
+        distill = out["total"] - hp["beta"] * out["pcr"]
+        out = dict(out, total=hp["distill_weight"] * distill + hp["beta"] * out["pcr"])
+    return out
+
+
+METHOD_SPECS = {
+    "clean": MethodSpec("none", False, True,
+                        lambda f, hp, gbs: losses.clean_loss(f["s_clean"], f["y"],
+                                                             global_batch_size=gbs)),
+    "pgd_at": MethodSpec("ce", False, False,
+                         lambda f, hp, gbs: losses.pgd_at_loss(f["s_adv"], f["y"],
+                                                               global_batch_size=gbs)),
+    "trades": MethodSpec("kl_student_clean", False, True,
+                         lambda f, hp, gbs: losses.trades_loss(
+                             f["s_clean"], f["s_adv"], f["y"], beta=hp["trades_beta"],
+                             global_batch_size=gbs)),
+    "ard": MethodSpec("ce", True, True,
+                      lambda f, hp, gbs: losses.ard_loss(
+                          f["s_clean"], f["s_adv"], f["t_clean"], f["y"], alpha=hp["ard_alpha"],
+                          temperature=hp["ard_temperature"], global_batch_size=gbs)),
+    "rslad": MethodSpec("kl_teacher_clean", True, True,
+                        lambda f, hp, gbs: losses.rslad_loss(
+                            f["s_clean"], f["s_adv"], f["t_clean"], global_batch_size=gbs)),
+    "adaad": MethodSpec("kl_teacher", True, True,
+                        lambda f, hp, gbs: losses.adaad_loss(
+                            f["s_clean"], f["s_adv"], f["t_clean"], f["t_adv"],
+                            alpha=hp["adaad_alpha"], global_batch_size=gbs)),
+    "dgad": MethodSpec("kl_teacher", True, True, _dgad),
+}
+assert set(METHOD_SPECS) == set(METHODS)
+assert {m for m, s in METHOD_SPECS.items() if s.needs_teacher} == set(TEACHER_METHODS)
+
+# Loss-dict entries that are counts over the local batch; logged as fractions of the batch.
+_COUNT_KEYS = {"num_misclassified": "misclassified_fraction",
+               "num_swapped_clean": "swap_rate_clean",
+               "num_swapped_adv": "swap_rate_adv"}
+
+
+class AdversarialDistiller(keras.Model):
+    """A trainable student, an optional frozen teacher, and the adversarial training step.
+
+    Calling the distiller calls the student. Only the student's variables receive gradients; the
+    teacher is frozen in `__init__` and always run in inference mode.
+
+    Args:
+        student: Keras model mapping [0,1] images to logits.
+        teacher: frozen Keras model with the same input and number of classes, required by
+            "ard", "rslad", "adaad" and "dgad". Default None.
+        method: one of `dgad_tf.config.METHODS`. Default "dgad".
+        eps: L-inf radius of the training attack. Default 8/255.
+        step_size: PGD step of the training attack. Default 2/255.
+        steps: PGD iterations of the training attack. Default 10.
+        attack_init: "auto", "uniform", "gaussian" or "none". Default "auto".
+        init_std: std of the Gaussian start. Default 0.001.
+        beta, use_map, use_els, distill_weight: DGAD's PCR weight and ablation switches.
+            Defaults 1.0, True, True, 1.0.
+        trades_beta, ard_alpha, ard_temperature, adaad_alpha: baselines' weights.
+            Defaults 6.0, 1.0, 30.0, 1.0.
+        val_robust_steps: PGD steps of the robust accuracy in `test_step` (0: clean only).
+            Default 10.
+
+    Example:
+        >>> distiller = AdversarialDistiller(student, teacher, method="dgad")
+        >>> distiller.compile(optimizer=TorchSGD(0.1))
+        >>> distiller.fit(train_ds, validation_data=val_ds, epochs=200)
+    """
+
+    def __init__(self, student: keras.Model, teacher: Optional[keras.Model] = None, *,
+                 method: str = "dgad", eps: float = 8 / 255, step_size: float = 2 / 255,
+                 steps: int = 10, attack_init: str = "auto", init_std: float = 0.001,
+                 beta: float = 1.0, use_map: bool = True, use_els: bool = True,
+                 distill_weight: float = 1.0, trades_beta: float = 6.0, ard_alpha: float = 1.0,
+                 ard_temperature: float = 30.0, adaad_alpha: float = 1.0,
+                 val_robust_steps: int = 10, **kwargs):
+        super().__init__(**kwargs)
+        if method not in METHOD_SPECS:
+            raise ValueError(f"`method` must be one of {', '.join(METHODS)}; "
+                             f"received method={method!r}")
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"`eps` must be in [0, 1]; received eps={eps}")
+        if steps < 0:
+            raise ValueError(f"`steps` must be >= 0; received steps={steps}")
+        self.spec = METHOD_SPECS[method]
+        if self.spec.needs_teacher and teacher is None:
+            raise ValueError(f"method {method!r} distils from a teacher; received teacher=None")
+        if teacher is not None:
+            _check_compatible(student, teacher)
+            teacher.trainable = False
+        self.student = student
+        self.teacher = teacher if self.spec.needs_teacher else None
+        self.method = method
+        self.eps = float(eps)
+        self.step_size = float(step_size)
+        self.steps = int(steps)
+        self.attack_init = resolved_attack_init(method, attack_init)
+        self.init_std = float(init_std)
+        self.val_robust_steps = int(val_robust_steps)
+        self.hparams = dict(beta=float(beta), use_map=bool(use_map), use_els=bool(use_els),
+                            distill_weight=float(distill_weight), trades_beta=float(trades_beta),
+                            ard_alpha=float(ard_alpha), ard_temperature=float(ard_temperature),
+                            adaad_alpha=float(adaad_alpha))
+
+        self._loss_keys = self._discover_loss_keys(student.output_shape[-1])
+        names = ["loss"] + [k for k in self._loss_keys if k != "total"]
+        names = [_COUNT_KEYS.get(k, k) for k in names]
+        names += ["student_clean_accuracy", "student_adv_accuracy"]
+        if self.teacher is not None:
+            names += ["teacher_clean_accuracy", "teacher_adv_accuracy"]
+        self._train_trackers = {n: keras.metrics.Mean(name=n) for n in names}
+        self._test_trackers = {n: keras.metrics.Mean(name=n)
+                               for n in ("clean_accuracy", "robust_accuracy")}
+
+    def _discover_loss_keys(self, num_classes: int) -> list[str]:
+        # The loss dict's keys define which metrics exist; they must be known before tracing.
+        logits = tf.zeros([2, num_classes])
+        dummy = dict(s_clean=logits, s_adv=logits, t_clean=logits, t_adv=logits,
+                     y=tf.zeros([2], tf.int32))
+        return sorted(self.spec.loss(dummy, self.hparams, None).keys())
+
+    @property
+    def metrics(self):
+        return list(self._train_trackers.values()) + list(self._test_trackers.values())
+
+    def call(self, inputs, training=False):
+        return self.student(inputs, training=training)
+
+    # ------------------------------------------------------------------ attack
+
+    def _student_fn(self, x):
+        return self.student(x, training=False)
+
+    def _teacher_fn(self, x):
+        return self.teacher(x, training=False)
+
+    def adversarial_examples(self, x, y):
+        """The method's training attack on (x, y); both networks in inference mode."""
+        kind = self.spec.attack
+        if kind == "none" or self.steps == 0 and self.attack_init == "none":
+            return x
+        if kind == "ce":
+            objective = attacks.ce_objective(self._student_fn, y)
+        elif kind == "kl_teacher":
+            objective = attacks.kl_objective(self._teacher_fn, self._student_fn)
+        elif kind == "kl_student_clean":
+            objective = attacks.kl_to_fixed_objective(self._student_fn(x), self._student_fn)
+        else:  # kl_teacher_clean
+            objective = attacks.kl_to_fixed_objective(self._teacher_fn(x), self._student_fn)
+        return attacks.pgd(x, objective, eps=self.eps, step_size=self.step_size,
+                           steps=self.steps, init=self.attack_init, init_std=self.init_std)
+
+    # ------------------------------------------------------------------ steps
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        local_batch = tf.shape(y)[0]
+        # Every replica divides its per-sample sums by the global batch, so the summed gradients
+        # across replicas equal those of one device on the whole batch.
+        global_batch = local_batch * replicas
+
+        # 1. attack (inference mode; gradients flow to the input only)
+        x_adv = tf.stop_gradient(self.adversarial_examples(x, y))
+
+        # 3. teacher forward (inference mode, no gradient) -- before the tape, it needs none
+        forwards = {"y": y}
+        if self.teacher is not None:
+            forwards["t_clean"] = tf.stop_gradient(self.teacher(x, training=False))
+            forwards["t_adv"] = tf.stop_gradient(self.teacher(x_adv, training=False))
+
+        with tf.GradientTape() as tape:
+            # 2. student forward, training mode, clean and adversarial in two calls
+            if self.spec.student_clean:
+                forwards["s_clean"] = self.student(x, training=True)
+            if self.spec.attack != "none":
+                forwards["s_adv"] = self.student(x_adv, training=True)
+            # 4. method loss over the global batch
+            terms = self.spec.loss(forwards, self.hparams, global_batch)
+            loss = terms["total"]
+
+        # 5. gradients of the student's variables only
+        variables = self.student.trainable_variables
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply(grads, variables)
+
+        self._update_train_metrics(terms, forwards, x, y, local_batch, replicas)
+        return {name: m.result() for name, m in self._train_trackers.items()}
+
+    def _update_train_metrics(self, terms, forwards, x, y, local_batch, replicas):
+        weight = tf.cast(local_batch, tf.float32)
+        for key, value in terms.items():
+            if key in _COUNT_KEYS:
+                self._train_trackers[_COUNT_KEYS[key]].update_state(
+                    tf.cast(value, tf.float32) / weight, sample_weight=weight)
+            elif key in ("total", "kl_clean", "kl_adv"):
+                # `total` is this replica's share of the global mean; the mean of
+                # replicas·share over replicas is the global loss. The partition means are
+                # this replica's own, averaged across replicas.
+                scale = tf.cast(replicas, tf.float32) if key == "total" else 1.0
+                self._train_trackers["loss" if key == "total" else key].update_state(
+                    tf.cast(value, tf.float32) * scale)
+            else:
+                self._train_trackers[key].update_state(
+                    tf.cast(value, tf.float32) * tf.cast(replicas, tf.float32))
+
+        def correct(logits):
+            return tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
+
+        s_clean = forwards.get("s_clean")
+        if s_clean is None:
+            s_clean = self.student(x, training=False)
+        self._train_trackers["student_clean_accuracy"].update_state(correct(s_clean))
+        s_adv = forwards.get("s_adv", s_clean)
+        self._train_trackers["student_adv_accuracy"].update_state(correct(s_adv))
+        if self.teacher is not None:
+            self._train_trackers["teacher_clean_accuracy"].update_state(
+                correct(forwards["t_clean"]))
+            self._train_trackers["teacher_adv_accuracy"].update_state(correct(forwards["t_adv"]))
+
+    def test_step(self, data):
+        x, y = data[0], data[1]
+        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        logits = self.student(x, training=False)
+        clean = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
+        self._test_trackers["clean_accuracy"].update_state(clean)
+        if self.val_robust_steps > 0 and self.eps > 0:
+            x_adv = attacks.pgd(x, attacks.ce_objective(self._student_fn, y), eps=self.eps,
+                                step_size=self.eps / 4, steps=self.val_robust_steps,
+                                init="uniform")
+            adv_logits = self.student(x_adv, training=False)
+            robust = tf.cast(tf.equal(tf.argmax(adv_logits, -1, output_type=tf.int32), y),
+                             tf.float32)
+        else:
+            robust = clean
+        self._test_trackers["robust_accuracy"].update_state(robust)
+        return {name: m.result() for name, m in self._test_trackers.items()}
+
+
+def _check_compatible(student: keras.Model, teacher: keras.Model):
+    s_in, t_in = tuple(student.input_shape[1:]), tuple(teacher.input_shape[1:])
+    if s_in != t_in:
+        raise ValueError(f"teacher input shape {t_in} differs from the student's {s_in}")
+    s_out, t_out = student.output_shape[-1], teacher.output_shape[-1]
+    if s_out != t_out:
+        raise ValueError(f"teacher has {t_out} classes but the student has {s_out}")
+
+
+def trainable_weights_snapshot(model: keras.Model) -> list[np.ndarray]:
+    """Copies of every weight of `model` (for before/after comparisons)."""
+    return [np.array(w) for w in model.weights]

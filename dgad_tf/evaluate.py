@@ -1,0 +1,294 @@
+"""Robustness evaluation: `python -m dgad_tf.evaluate` and the library call `fit` uses.
+
+Attacks by name (L-inf, inputs in [0,1], the model in inference mode):
+
+* `clean` — no attack.
+* `fgsm` — one signed-gradient step of size eps, no random start (as the reference).
+* `pgd<K>` (e.g. `pgd20`) — K steps of PGD on cross-entropy, uniform start, step eps/4.
+* `cw_inf` — 30 PGD steps on the Carlini–Wagner margin (what most distillation papers call "CW").
+* `cw_l2` — Carlini–Wagner L2 as the DGAD reference evaluates it (c=0.1, confidence 0.01,
+  1000 iterations, lr 0.01, one binary-search step). Not an L-inf attack: its ε is unbounded.
+* `autoattack` — AutoAttack "standard" (APGD-CE, APGD-T, FAB-T, Square); `autoattack_custom` —
+  APGD-CE + APGD-T, for development.
+
+Only points the model classifies correctly are attacked (a wrong point is already non-robust).
+`--n` takes the first n images of the split in file order, so other tools can attack exactly the
+same points.
+
+Example:
+    python -m dgad_tf.evaluate --model runs/quickstart --attacks clean,fgsm,pgd20,cw_inf
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import pathlib
+import re
+import sys
+import time
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ATTACK_DESCRIPTIONS = {
+    "clean": "no attack",
+    "fgsm": "FGSM, L-inf, no random start",
+    "pgd": "PGD-{k}, L-inf, cross-entropy, uniform start, step eps/4, {r} restart(s)",
+    "cw_inf": "CW-inf: 30-step L-inf PGD on the Carlini-Wagner margin loss, step eps/4",
+    "cw_l2": "CW-L2 (c=0.1, confidence 0.01, 1000 iterations, lr 0.01; L2, eps not applied)",
+    "autoattack": "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (worst case per point)",
+    "autoattack_custom": "AutoAttack custom: APGD-CE, APGD-T (worst case per point)",
+}
+
+
+def parse_fraction(text) -> float:
+    """Read "8/255", "0.03" or a number as a float."""
+    from fractions import Fraction
+
+    try:
+        return float(Fraction(str(text).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"not a number or fraction: {text!r}") from None
+
+
+def check_attack_names(names) -> list[str]:
+    """Validate attack names; raises ValueError naming an unknown one."""
+    names = [n.strip().lower() for n in names if n.strip()]
+    known = set(ATTACK_DESCRIPTIONS) - {"pgd"}
+    for name in names:
+        if name not in known and not re.fullmatch(r"pgd\d+", name):
+            raise ValueError(f"unknown attack {name!r}; known: {', '.join(sorted(known))}, pgd<K>")
+    return names
+
+
+def _batched_attack(attack, x, y, batch_size):
+    import tensorflow as tf
+
+    compiled = tf.function(attack, reduce_retracing=True)
+    out = []
+    for start in range(0, len(x), batch_size):
+        out.append(compiled(tf.constant(x[start:start + batch_size]),
+                            tf.constant(y[start:start + batch_size])).numpy())
+    return np.concatenate(out) if out else x.copy()
+
+
+class Predictor:
+    """Batched argmax of a model function, traced once (the last, smaller batch once more)."""
+
+    def __init__(self, model_fn, batch_size):
+        import tensorflow as tf
+
+        self._fn = tf.function(lambda xb: tf.argmax(model_fn(xb), -1))
+        self.batch_size = batch_size
+
+    def __call__(self, x) -> np.ndarray:
+        preds = [self._fn(x[s:s + self.batch_size]).numpy()
+                 for s in range(0, len(x), self.batch_size)]
+        return np.concatenate(preds).astype(np.int64) if preds else np.zeros([0], np.int64)
+
+
+def evaluate_model(model, x, y, *, attacks=("clean", "pgd20"), eps=8 / 255, batch_size=256,
+                   seed=0, pgd_restarts=1) -> dict:
+    """Clean and robust accuracy of `model` on (x, y) under each named attack.
+
+    Args:
+        model: Keras model or callable mapping float [0,1] images to logits.
+        x: images, uint8 0..255 or float in [0,1], [N,H,W,C].
+        y: integer labels [N].
+        attacks: attack names (see the module docstring). Default ("clean", "pgd20").
+        eps: L-inf radius. Default 8/255.
+        batch_size: attack batch size. Default 256.
+        seed: seed of the random starts. Default 0.
+        pgd_restarts: restarts of the PGD attacks. Default 1.
+
+    Returns:
+        dict with n, eps, clean_accuracy and, per attack, robust_accuracy, seconds and a
+        description; AutoAttack entries add their per-component figures.
+    """
+    from dgad_tf import attacks as attack_lib
+    from dgad_tf.data import to_float
+
+    names = check_attack_names(attacks)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"`eps` must be in [0, 1]; received eps={eps}")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1; received batch_size={batch_size}")
+    x = to_float(x) if x.dtype == np.uint8 else np.asarray(x, np.float32)
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} images but {len(y)} labels")
+    model_fn = (lambda xb: model(xb, training=False)) if hasattr(model, "trainable_variables") \
+        else model
+
+    predict = Predictor(model_fn, batch_size)
+    start = time.perf_counter()
+    clean_correct = predict(x) == y
+    report = {"n": int(len(x)), "eps": float(eps), "seed": int(seed),
+              "clean_accuracy": float(clean_correct.mean()) if len(x) else 0.0, "attacks": {}}
+    clean_seconds = time.perf_counter() - start
+    idx = np.flatnonzero(clean_correct)
+    xc, yc = x[idx], y[idx]
+
+    for name in names:
+        start = time.perf_counter()
+        if name == "clean":
+            report["attacks"]["clean"] = {"robust_accuracy": report["clean_accuracy"],
+                                          "seconds": clean_seconds,
+                                          "description": ATTACK_DESCRIPTIONS["clean"]}
+            continue
+        if name.startswith("autoattack"):
+            from dgad_tf.autoattack import run_autoattack
+
+            version = "custom" if name.endswith("custom") else "standard"
+            result = run_autoattack(model_fn, x, y, eps=eps, version=version,
+                                    batch_size=batch_size, seed=seed)
+            report["attacks"][name] = {
+                "robust_accuracy": float(result["robust_accuracy"]),
+                "seconds": time.perf_counter() - start,
+                "description": ATTACK_DESCRIPTIONS[name],
+                "per_attack": result.get("per_attack", {}),
+            }
+            continue
+        if name == "fgsm":
+            fn = lambda xb, yb: attack_lib.fgsm(model_fn, xb, yb, eps=eps)  # noqa: E731
+            description = ATTACK_DESCRIPTIONS["fgsm"]
+        elif name == "cw_inf":
+            fn = lambda xb, yb: attack_lib.cw_inf(model_fn, xb, yb, eps=eps, seed=seed)  # noqa
+            description = ATTACK_DESCRIPTIONS["cw_inf"]
+        elif name == "cw_l2":
+            fn = lambda xb, yb: attack_lib.cw_l2(model_fn, xb, yb)  # noqa: E731
+            description = ATTACK_DESCRIPTIONS["cw_l2"]
+        else:
+            k = int(name[3:])
+            fn = lambda xb, yb, k=k: attack_lib.pgd_ce(  # noqa: E731
+                model_fn, xb, yb, eps=eps, steps=k, restarts=pgd_restarts, seed=seed)
+            description = ATTACK_DESCRIPTIONS["pgd"].format(k=k, r=pgd_restarts)
+        robust = np.zeros(len(x), bool)
+        if len(xc):
+            x_adv = _batched_attack(fn, xc, yc, batch_size)
+            robust[idx] = predict(x_adv) == yc
+        report["attacks"][name] = {"robust_accuracy": float(robust.mean()) if len(x) else 0.0,
+                                   "seconds": time.perf_counter() - start,
+                                   "description": description}
+    return report
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def format_report(report: dict) -> str:
+    """The report as an aligned text table."""
+    lines = [f"n={report['n']}  eps={report['eps']:.5f}  clean={report['clean_accuracy']:.4f}",
+             f"{'attack':<20} {'accuracy':>9} {'seconds':>9}  description"]
+    for name, entry in report["attacks"].items():
+        lines.append(f"{name:<20} {entry['robust_accuracy']:>9.4f} {entry['seconds']:>9.1f}  "
+                     f"{entry['description']}")
+    return "\n".join(lines)
+
+
+def resolve_model_path(path: str) -> pathlib.Path:
+    """A `.keras` file, or the best student of a run directory."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        for name in ("student_best_robust.keras", "student_last.keras"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path} holds no student_best_robust.keras or "
+                                "student_last.keras")
+    if not path.is_file():
+        raise FileNotFoundError(f"model not found: {path}")
+    if path.suffix != ".keras":
+        raise ValueError(f"the model must be a .keras file or a run directory; received {path}")
+    return path
+
+
+def load_eval_arrays(data: str | None, model_path: pathlib.Path, split: str, n: int | None):
+    """Images and labels for evaluation from a config file, a run's config, an npz or 'digits'."""
+    from dgad_tf.config import load_config
+    from dgad_tf.data import load_splits
+
+    if data is None:
+        run_config = model_path.parent / "config.yaml"
+        if not run_config.is_file():
+            raise ValueError("--data is required when the model is not inside a run directory")
+        data = str(run_config)
+    if data.endswith((".yaml", ".yml")):
+        d = load_config(data).data
+        splits = load_splits(d.source, name=d.name, path=d.path, data_dir=d.data_dir,
+                             val_fraction=d.val_fraction, seed=d.seed, train_limit=d.train_limit,
+                             test_limit=d.test_limit, image_size=d.image_size)
+    elif data == "digits":
+        splits = load_splits("digits")
+    else:
+        splits = load_splits("npz", path=data)
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"`--split` must be train, val or test; received {split!r}")
+    arrays = getattr(splits, split)
+    x, y = arrays.x, arrays.y
+    if n is not None:
+        x, y = x[:n], y[:n]
+    return x, y
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dgad_tf.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="run directory or .keras file")
+    parser.add_argument("--data", help="config YAML, npz file/folder, or 'digits' "
+                        "(default: the run's own config)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--n", type=int, default=None, help="first n images of the split")
+    parser.add_argument("--attacks", default="clean,fgsm,pgd20,cw_inf")
+    parser.add_argument("--eps", default="8/255")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--restarts", type=int, default=1, help="PGD restarts")
+    parser.add_argument("--out", help="write the JSON report here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    try:
+        names = check_attack_names(args.attacks.split(","))
+        eps = parse_fraction(args.eps)
+        if args.n is not None and args.n < 1:
+            raise ValueError(f"`--n` must be >= 1; received --n={args.n}")
+        model_path = resolve_model_path(args.model)
+        x, y = load_eval_arrays(args.data, model_path, args.split, args.n)
+        import keras
+
+        model = keras.models.load_model(model_path, safe_mode=True, compile=False)
+        if tuple(model.input_shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(f"the model takes images of shape {tuple(model.input_shape[1:])} "
+                             f"but the data has {tuple(x.shape[1:])}")
+        if y.max(initial=0) >= model.output_shape[-1]:
+            raise ValueError(f"the data has label {int(y.max())} but the model has only "
+                             f"{model.output_shape[-1]} classes")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    report = evaluate_model(model, x, y, attacks=names, eps=eps, batch_size=args.batch_size,
+                            seed=args.seed, pgd_restarts=args.restarts)
+    report["model"] = str(model_path)
+    report["model_sha256"] = file_sha256(model_path)
+    report["split"] = args.split
+    report["command"] = " ".join(["python -m dgad_tf.evaluate"] + list(argv or sys.argv[1:]))
+    print(format_report(report))
+    if args.out:
+        from dgad_tf.callbacks import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

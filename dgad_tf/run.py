@@ -1,0 +1,281 @@
+"""One training run, from a resolved config to a run directory: what `python -m dgad_tf.fit` does.
+
+    config -> data -> teacher (loaded, or trained with PGD-AT/TRADES and cached) -> student
+           -> AdversarialDistiller.fit with run-directory callbacks -> final evaluation -> report
+
+Everything that can be checked is checked before the first byte is written: the config, the data,
+the teacher file (its class count and input shape against the data), the run directory (an
+existing one must hold the same config, which then resumes). A run directory holds:
+
+    config.yaml                    the resolved config
+    student_last.keras             after every epoch
+    student_best_robust.keras      best val_robust_accuracy so far
+    student_best_clean.keras       best val_clean_accuracy so far
+    train_state.npz                weights + optimiser state + epoch, for resuming
+    log.csv, tensorboard/          per-epoch metrics
+    teacher.keras, teacher_run/    when the teacher was trained here
+    report.json                    final metrics, the command
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from dgad_tf import data as data_lib
+from dgad_tf import models
+from dgad_tf.callbacks import RunCheckpoints, atomic_write_text, save_model_atomic
+from dgad_tf.config import Config, ConfigError
+from dgad_tf.distiller import METHOD_SPECS, AdversarialDistiller
+from dgad_tf.evaluate import evaluate_model, format_report
+from dgad_tf.optim import make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+class RunError(ValueError):
+    """The run cannot start as configured (bad data, teacher, or run directory)."""
+
+
+def load_data(cfg: Config) -> data_lib.DatasetSplits:
+    """The configured dataset's train/val/test splits (any loader error becomes a RunError)."""
+    d = cfg.data
+    try:
+        return data_lib.load_splits(d.source, name=d.name, path=d.path, data_dir=d.data_dir,
+                                    val_fraction=d.val_fraction, seed=d.seed,
+                                    train_limit=d.train_limit, test_limit=d.test_limit,
+                                    image_size=d.image_size)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise RunError(f"data: {err}") from err
+
+
+def build_network(cfg: Config, arch: str, splits: data_lib.DatasetSplits,
+                  sync_batchnorm: bool = False) -> keras.Model:
+    """A registry network sized for the data, with the configured normalisation layer."""
+    m = cfg.model
+    normalize = None if m.normalize_mean is None else (m.normalize_mean, m.normalize_std)
+    if normalize is not None and len(m.normalize_mean) != splits.image_shape[-1]:
+        raise RunError(f"model.normalize_mean has {len(m.normalize_mean)} channels but the "
+                       f"images have {splits.image_shape[-1]}")
+    try:
+        return models.build_model(arch, splits.num_classes, tuple(splits.image_shape),
+                                  normalize=normalize, sync_batchnorm=sync_batchnorm)
+    except ValueError as err:
+        raise RunError(str(err)) from err
+
+
+def load_teacher(path: pathlib.Path, splits: data_lib.DatasetSplits) -> keras.Model:
+    """Load a `.keras` teacher safely and check it fits the data."""
+    try:
+        teacher = keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as err:  # keras raises many types for a bad file
+        raise RunError(f"model.teacher_path: cannot load {path}: {err}") from err
+    classes = teacher.output_shape[-1]
+    if classes != splits.num_classes:
+        raise RunError(f"model.teacher_path: the teacher {path} has {classes} classes but the "
+                       f"data has {splits.num_classes}")
+    if tuple(teacher.input_shape[1:]) != tuple(splits.image_shape):
+        raise RunError(f"model.teacher_path: the teacher {path} takes images of shape "
+                       f"{tuple(teacher.input_shape[1:])} but the data has "
+                       f"{tuple(splits.image_shape)}")
+    teacher.trainable = False
+    return teacher
+
+
+def check_run_dir(cfg: Config, run_dir: pathlib.Path):
+    """A run directory is new, or holds this same config (then the run resumes)."""
+    existing = run_dir / "config.yaml"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"output.dir {run_dir} exists and is not a directory")
+    if existing.exists():
+        from dgad_tf.config import load_config
+
+        try:
+            previous = load_config(existing)
+        except ConfigError as err:
+            raise RunError(f"output.dir {run_dir} holds an unreadable config.yaml: {err}") from err
+        if previous.hash() != cfg.hash():
+            raise RunError(f"output.dir {run_dir} holds a run with a different config; choose "
+                           "another output.dir (nothing was changed there)")
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        raise RunError(f"output.dir {run_dir} is not empty and holds no config.yaml; choose an "
+                       "empty or new directory")
+
+
+def teacher_path_for(cfg: Config, run_dir: pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(cfg.model.teacher_path) if cfg.model.teacher_path \
+        else run_dir / "teacher.keras"
+
+
+def train_network(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.Path, *,
+                  student: keras.Model, teacher: Optional[keras.Model], method: str,
+                  epochs: int, lr: float, milestones, strategy=None) -> AdversarialDistiller:
+    """Train `student` with `method` for `epochs`, writing checkpoints and logs to `run_dir`.
+
+    Resumes after the last completed epoch when `run_dir` holds a training state.
+    """
+    t, o, a, me = cfg.train, cfg.optimizer, cfg.attack, cfg.method
+    strategy = strategy or tf.distribute.get_strategy()
+    steps_per_epoch = len(splits.train.y) // t.batch_size
+    if steps_per_epoch < 1:
+        raise RunError(f"train.batch_size={t.batch_size} is larger than the "
+                       f"{len(splits.train.y)} training images")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with strategy.scope():
+        distiller = AdversarialDistiller(
+            student, teacher, method=method, eps=a.eps, step_size=a.step_size, steps=a.steps,
+            attack_init=a.init, init_std=a.init_std, beta=me.beta, use_map=me.use_map,
+            use_els=me.use_els, distill_weight=me.distill_weight, trades_beta=me.trades_beta,
+            ard_alpha=me.ard_alpha, ard_temperature=me.ard_temperature,
+            adaad_alpha=me.adaad_alpha, val_robust_steps=t.val_robust_steps)
+        optimizer = make_optimizer(lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                   nesterov=o.nesterov, steps_per_epoch=steps_per_epoch,
+                                   epochs=epochs, schedule=o.schedule, milestones=milestones,
+                                   gamma=o.gamma, warmup_epochs=o.warmup_epochs)
+        distiller.compile(optimizer=optimizer, jit_compile=t.jit_compile,
+                          steps_per_execution=t.steps_per_execution)
+        checkpoints = RunCheckpoints(run_dir)
+        initial_epoch = checkpoints.restore(distiller)
+
+    d = cfg.data
+    train_ds = data_lib.make_train_dataset(splits.train, t.batch_size, augment=d.augment,
+                                           crop_padding=d.crop_padding, flip=d.flip,
+                                           seed=t.seed + initial_epoch)
+    val_arrays = data_lib.Arrays(splits.val.x[:t.val_robust_n], splits.val.y[:t.val_robust_n])
+    val_ds = data_lib.make_eval_dataset(val_arrays, t.batch_size) if len(val_arrays.y) else None
+
+    if initial_epoch >= epochs:
+        log.info("%s already finished %d epochs", run_dir, initial_epoch)
+        return distiller
+    log.info("training %s with %s for epochs %d..%d, %d steps per epoch, global batch %d",
+             student.name, method, initial_epoch + 1, epochs, steps_per_epoch, t.batch_size)
+    callbacks = [checkpoints, keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True)]
+    if cfg.output.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+    distiller.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
+                  validation_data=val_ds, validation_freq=t.val_every, callbacks=callbacks,
+                  shuffle=False, verbose=2 if cfg.output.quiet else 1)
+    return distiller
+
+
+def best_student_path(run_dir: pathlib.Path) -> pathlib.Path:
+    best = run_dir / "student_best_robust.keras"
+    return best if best.exists() else run_dir / "student_last.keras"
+
+
+def obtain_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) -> keras.Model:
+    """Load the configured teacher, or train it with PGD-AT/TRADES and cache it at its path."""
+    path = teacher_path_for(cfg, run_dir)
+    if path.exists():
+        log.info("loading teacher %s", path)
+        return load_teacher(path, splits)
+    tt = cfg.teacher_train
+    log.info("no teacher at %s: training %s with %s for %d epochs", path, cfg.model.teacher,
+             tt.method, tt.epochs)
+    teacher_run = run_dir / "teacher_run"
+    with (strategy or tf.distribute.get_strategy()).scope():
+        network = build_network(cfg, cfg.model.teacher, splits)
+    train_network(cfg, splits, teacher_run, student=network, teacher=None, method=tt.method,
+                  epochs=tt.epochs, lr=tt.lr, milestones=tt.milestones, strategy=strategy)
+    trained = keras.models.load_model(best_student_path(teacher_run), safe_mode=True,
+                                      compile=False)
+    save_model_atomic(trained, path)
+    return load_teacher(path, splits)
+
+
+def preflight(cfg: Config):
+    """Every check that needs no writing: data, networks, teacher file, run directory.
+
+    Returns:
+        (splits, run_dir) ready for `run`.
+    """
+    run_dir = pathlib.Path(cfg.output.dir)
+    check_run_dir(cfg, run_dir)
+    splits = load_data(cfg)
+    if len(splits.train.y) < cfg.train.batch_size:
+        raise RunError(f"train.batch_size={cfg.train.batch_size} is larger than the "
+                       f"{len(splits.train.y)} training images")
+    if METHOD_SPECS[cfg.method.name].needs_teacher:
+        path = teacher_path_for(cfg, run_dir)
+        if path.exists():
+            load_teacher(path, splits)
+        elif cfg.teacher_train.epochs == 0:
+            raise RunError(f"model.teacher_path: no teacher at {path} and teacher_train.epochs=0;"
+                           " give a trained .keras teacher or set teacher_train.epochs")
+        else:
+            build_network(cfg, cfg.model.teacher, splits)
+    build_network(cfg, cfg.model.student, splits)
+    return splits, run_dir
+
+
+def run(cfg: Config, *, command: str = "") -> dict:
+    """Train (teacher if needed, then student), evaluate on the test split, write the report."""
+    keras.utils.set_random_seed(cfg.train.seed)
+    splits, run_dir = preflight(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "config.yaml").exists():
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    started = time.time()
+
+    teacher = None
+    if METHOD_SPECS[cfg.method.name].needs_teacher:
+        teacher = obtain_teacher(cfg, splits, run_dir)
+    student = build_network(cfg, cfg.model.student, splits, cfg.model.sync_batchnorm)
+    train_network(cfg, splits, run_dir, student=student, teacher=teacher,
+                  method=cfg.method.name, epochs=cfg.train.epochs, lr=cfg.optimizer.lr,
+                  milestones=cfg.optimizer.milestones)
+
+    final_path = best_student_path(run_dir)
+    final = keras.models.load_model(final_path, safe_mode=True, compile=False)
+    x_test, y_test = splits.test.x[:cfg.eval.n], splits.test.y[:cfg.eval.n]
+    eval_kwargs = dict(attacks=cfg.eval.attacks, eps=cfg.attack.eps,
+                       batch_size=cfg.eval.batch_size, seed=cfg.train.seed)
+    student_report = evaluate_model(final, x_test, y_test, **eval_kwargs)
+    log.info("student %s on the test split:\n%s", final_path.name, format_report(student_report))
+    report = {"command": command, "config_sha256": cfg.hash(), "method": cfg.method.name,
+              "student": {"path": final_path.name, "architecture": cfg.model.student,
+                          **student_report}}
+    if teacher is not None:
+        teacher_report = evaluate_model(teacher, x_test, y_test, **eval_kwargs)
+        log.info("teacher on the test split:\n%s", format_report(teacher_report))
+        report["teacher"] = {"path": str(teacher_path_for(cfg, run_dir)), **teacher_report}
+    report["history"] = _read_log(run_dir / "log.csv")
+    report["seconds"] = time.time() - started
+    if cfg.export.formats:
+        report["export"] = _export(cfg, final_path, splits, run_dir)
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2, default=float))
+    return report
+
+
+def _export(cfg: Config, model_path: pathlib.Path, splits, run_dir: pathlib.Path) -> dict:
+    from dgad_tf import serving
+
+    out = pathlib.Path(cfg.export.dir) if cfg.export.dir else run_dir / "export"
+    card = serving.export_student(
+        str(model_path), str(out), formats=tuple(cfg.export.formats),
+        representative_x=splits.train.x[:200],
+        eval_arrays=(splits.test.x[:cfg.eval.n], splits.test.y[:cfg.eval.n]),
+        eps=cfg.attack.eps, source_run=str(run_dir), config_hash=cfg.hash())
+    return card
+
+
+def _read_log(path: pathlib.Path) -> list[dict]:
+    import csv
+
+    if not path.exists():
+        return []
+    with open(path) as handle:
+        return [{k: float(v) if v not in ("", None) else None for k, v in row.items()}
+                for row in csv.DictReader(handle)]
+
+
+def describe(splits) -> str:
+    return (f"{len(splits.train.y)} train / {len(splits.val.y)} val / {len(splits.test.y)} test "
+            f"images of shape {tuple(splits.image_shape)}, {splits.num_classes} classes")
+

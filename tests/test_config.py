@@ -1,0 +1,107 @@
+"""Config: defaults, YAML and --set overrides, named errors, the CLI's exit code 2."""
+
+import pathlib
+
+import pytest
+import yaml
+
+from dgad_tf.config import Config, ConfigError, load_config, parse_override
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_are_the_paper_recipe():
+    cfg = load_config()
+    assert cfg.attack.eps == pytest.approx(8 / 255)
+    assert cfg.attack.step_size == pytest.approx(2 / 255)
+    assert cfg.attack.steps == 10
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.1, 0.9, 5e-4)
+    assert cfg.optimizer.milestones == (100, 150)
+    assert cfg.train.epochs == 200 and cfg.train.batch_size == 128
+    assert cfg.method.name == "dgad" and cfg.method.beta == 1.0
+
+
+def test_yaml_overrides_only_what_it_names(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("attack:\n  eps: 4/255\ntrain:\n  epochs: 3\n")
+    cfg = load_config(path)
+    assert cfg.attack.eps == pytest.approx(4 / 255)
+    assert cfg.train.epochs == 3
+    assert cfg.attack.steps == Config().attack.steps
+
+
+def test_set_overrides_apply_after_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\n")
+    cfg = load_config(path, ["train.epochs=5", "optimizer.milestones=[2, 4]",
+                             "method.use_els=false", "eval.attacks=clean,fgsm"])
+    assert cfg.train.epochs == 5
+    assert cfg.optimizer.milestones == (2, 4)
+    assert cfg.method.use_els is False
+    assert cfg.eval.attacks == ("clean", "fgsm")
+
+
+def test_parse_override_nests_keys():
+    assert parse_override("a.b=3") == {"a": {"b": 3}}
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("novalue")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("attack.epsilon=0.1", "attack.epsilon"),
+    ("nosuchsection.x=1", "nosuchsection"),
+    ("attack.eps=9", "attack.eps"),
+    ("attack.eps=-0.1", "attack.eps"),
+    ("attack.steps=-1", "attack.steps"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("train.epochs=two", "train.epochs"),
+    ("method.use_map=3", "method.use_map"),
+    ("method.name=kd", "method.name"),
+    ("data.source=tfds", "data.name"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert key in str(err.value)
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("attack: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(None, ["attack.eps=8/255", "model.normalize_mean=[0.5,0.5,0.5]",
+                             "model.normalize_std=[0.25,0.25,0.25]"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(path)
+    assert again == cfg
+    assert again.hash() == cfg.hash()
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    load_config(path)
+
+
+def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path, capsys):
+    from dgad_tf.fit import main
+
+    out = tmp_path / "run"
+    code = main(["--set", f"output.dir={out}", "--set", "attack.stepz=3"])
+    assert code == 2
+    assert "attack.stepz" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_print_config(capsys):
+    from dgad_tf.fit import main
+
+    assert main(["--set", "attack.steps=3", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["attack"]["steps"] == 3
