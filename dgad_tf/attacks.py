@@ -1,0 +1,485 @@
+"""L-infinity and L2 adversarial attacks as pure functions of `(model_fn, x, ...)`.
+
+The same projected-gradient loop serves the training step (DGAD/AdaAD, TRADES, RSLAD, PGD-AT, ARD
+inner maximisation) and evaluation (FGSM, PGD, CW-inf, CW-L2). Nothing here holds state: a
+`model_fn` is any callable `x -> logits`, and the caller decides the mode, normally
+`lambda x: model(x, training=False)` so batch-norm uses (and never updates) its moving statistics.
+Loops are `tf.while_loop`s, so a 20-step attack traced inside `tf.function` (also with
+`jit_compile=True`) is one loop, not 20 copies of the network.
+
+Pixels are in [0, 1] and `eps` is in pixel units. Every iterate is clipped first into the eps-ball
+around `x` and then into [0, 1], so an attack never leaves either set.
+"""
+
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+from dgad_tf.losses import kl_divergence
+
+__all__ = [
+    "pgd",
+    "ce_objective",
+    "kl_objective",
+    "kl_to_fixed_objective",
+    "cw_margin_loss",
+    "cw_margin_objective",
+    "fgsm",
+    "pgd_ce",
+    "cw_inf",
+    "cw_l2",
+    "robust_accuracy",
+]
+
+_INITS = ("uniform", "gaussian", "none")
+# advertorch's CW constants: arctanh input shrink, abort-early tolerance and first "previous loss".
+_ATANH_SHRINK = 1.0 - 1e-6
+_ABORT_TOLERANCE = 1.0 - 1e-6
+_ABORT_CHECKS = 10
+_PREVIOUS_LOSS_INIT = 1e6
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Number) and not isinstance(value, bool)
+
+
+def _check_attack_args(eps=None, step_size=None, steps=None):
+    """Checks Python-number arguments; tensors are trusted (they are checked by their producer)."""
+    if eps is not None and _is_number(eps) and not 0 <= eps <= 1:
+        raise ValueError(f"`eps` must be in [0, 1]; received eps={eps}")
+    if step_size is not None and _is_number(step_size) and not step_size >= 0:
+        raise ValueError(f"`step_size` must be >= 0; received step_size={step_size}")
+    if steps is not None and _is_number(steps) and (steps < 0 or int(steps) != steps):
+        raise ValueError(f"`steps` must be an integer >= 0; received steps={steps}")
+
+
+def _as_labels(labels):
+    return tf.reshape(tf.cast(labels, tf.int32), [-1])
+
+
+def _seed_pair(seed, index=0):
+    """A stateless-RNG seed `[seed, index]`, or None for the global (stateful) generator."""
+    if seed is None:
+        return None
+    if not isinstance(seed, (numbers.Integral, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"`seed` must be an int or None; received seed={seed!r}")
+    return tf.stack([tf.constant(int(seed), tf.int64), tf.cast(index, tf.int64)])
+
+
+def _project(x_adv, x, eps):
+    """Clips into the eps-ball around x, then into the valid pixel range."""
+    return tf.clip_by_value(tf.clip_by_value(x_adv, x - eps, x + eps), 0.0, 1.0)
+
+
+def _start(x, eps, init, init_std, seed_pair):
+    shape = tf.shape(x)
+    if init == "uniform":
+        if seed_pair is None:
+            noise = tf.random.uniform(shape, -1.0, 1.0, dtype=x.dtype)
+        else:
+            noise = tf.random.stateless_uniform(shape, seed_pair, -1.0, 1.0, dtype=x.dtype)
+        start = x + eps * noise
+    elif init == "gaussian":
+        if seed_pair is None:
+            noise = tf.random.normal(shape, dtype=x.dtype)
+        else:
+            noise = tf.random.stateless_normal(shape, seed_pair, dtype=x.dtype)
+        start = x + tf.cast(init_std, x.dtype) * noise
+    else:
+        start = x
+    return _project(start, x, eps)
+
+
+def _pgd(x, objective, eps, step_size, steps, init, init_std, seed_pair):
+    x = tf.stop_gradient(x)
+    eps = tf.cast(eps, x.dtype)
+    step_size = tf.cast(step_size, x.dtype)
+
+    def step(i, x_adv):
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            # Summing the per-sample losses gives each sample its own gradient.
+            loss = tf.reduce_sum(objective(x_adv))
+        grad = tape.gradient(loss, x_adv)
+        if grad is None:
+            grad = tf.zeros_like(x_adv)
+        x_adv = x_adv + step_size * tf.sign(tf.cast(grad, x_adv.dtype))
+        return i + 1, tf.stop_gradient(_project(x_adv, x, eps))
+
+    _, x_adv = tf.while_loop(
+        lambda i, _: i < steps,
+        step,
+        (tf.constant(0), _start(x, eps, init, init_std, seed_pair)),
+        parallel_iterations=1,
+    )
+    return tf.stop_gradient(x_adv)
+
+
+def pgd(x, objective, *, eps, step_size, steps, init="uniform", init_std=0.001, seed=None):
+    """L-infinity projected gradient ascent on a per-sample objective.
+
+    From a start chosen by `init`, takes `steps` steps `x' <- x' + step_size * sign(grad)`, where
+    grad is the gradient of `sum(objective(x'))` with respect to `x'` only. After the start and
+    after every step, `x'` is clipped into `[x - eps, x + eps]` and then into `[0, 1]` (the DGAD
+    reference forgets this clip after its Gaussian start). With `eps=0` the result is `x` exactly;
+    with `steps=0` it is the clipped start.
+
+    Example:
+
+        model_fn = lambda x: model(x, training=False)
+        x_adv = pgd(x, ce_objective(model_fn, y), eps=8 / 255, step_size=2 / 255, steps=10)
+
+    Args:
+        x: `[B, ...]` clean inputs in [0, 1].
+        objective: callable `x_adv -> [B]` per-sample loss to maximise.
+        eps: L-infinity radius in pixel units, in [0, 1].
+        step_size: step length per iteration, >= 0.
+        steps: number of iterations, >= 0 (a Python int or a scalar tensor).
+        init: `"uniform"` (x + U(-eps, eps), Madry PGD), `"gaussian"` (x + init_std * N(0, 1), the
+            DGAD/AdaAD training attack) or `"none"`. Defaults to `"uniform"`.
+        init_std: standard deviation of the Gaussian start. Defaults to `0.001`.
+        seed: None (global random generator) or an int for a reproducible, stateless random
+            start. Defaults to `None`.
+
+    Returns:
+        `[B, ...]` adversarial inputs, gradient-stopped.
+    """
+    _check_attack_args(eps, step_size, steps)
+    if init not in _INITS:
+        raise ValueError(f"`init` must be one of {_INITS}; received init={init!r}")
+    if _is_number(init_std) and not init_std >= 0:
+        raise ValueError(f"`init_std` must be >= 0; received init_std={init_std}")
+    x = tf.convert_to_tensor(x)
+    return _pgd(x, objective, eps, step_size, steps, init, init_std, _seed_pair(seed))
+
+
+def _float_logits(model_fn, x):
+    # Mixed-precision models emit float16 logits; losses are taken in float32.
+    return tf.cast(model_fn(x), tf.float32)
+
+
+def ce_objective(model_fn, labels):
+    """Per-sample cross-entropy CE(model(x'), y): PGD-AT, ARD and the PGD evaluation attack.
+
+    Args:
+        model_fn: callable `x -> [B, C]` logits (inference mode).
+        labels: `[B]` integer labels.
+
+    Returns:
+        A callable `x_adv -> [B]`.
+    """
+    labels = _as_labels(labels)
+
+    def objective(x_adv):
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=labels, logits=_float_logits(model_fn, x_adv)
+        )
+
+    return objective
+
+
+def kl_objective(reference_logits_fn, model_fn):
+    """Per-sample KL(softmax(ref(x')) || softmax(model(x'))), both networks at the current x'.
+
+    This is the DGAD/AdaAD inner objective with `reference_logits_fn` the teacher and `model_fn`
+    the student; the gradient flows through both networks, as in the reference.
+
+    Args:
+        reference_logits_fn: callable `x -> [B, C]` logits of the reference (teacher).
+        model_fn: callable `x -> [B, C]` logits of the attacked model (student).
+
+    Returns:
+        A callable `x_adv -> [B]`.
+    """
+
+    def objective(x_adv):
+        return kl_divergence(_float_logits(reference_logits_fn, x_adv), _float_logits(model_fn, x_adv))
+
+    return objective
+
+
+def kl_to_fixed_objective(reference_logits, model_fn):
+    """Per-sample KL(softmax(reference_logits) || softmax(model(x'))) with fixed reference logits.
+
+    TRADES uses the student's clean logits s(x), RSLAD the teacher's clean logits t(x).
+
+    Args:
+        reference_logits: `[B, C]` logits, treated as constants.
+        model_fn: callable `x -> [B, C]` logits of the attacked model.
+
+    Returns:
+        A callable `x_adv -> [B]`.
+    """
+    reference_logits = tf.stop_gradient(tf.cast(reference_logits, tf.float32))
+
+    def objective(x_adv):
+        return kl_divergence(reference_logits, _float_logits(model_fn, x_adv))
+
+    return objective
+
+
+def cw_margin_loss(logits, labels, confidence=0.0):
+    """Per-sample Carlini-Wagner margin `min(max_{j != y} z_j - z_y, confidence)`.
+
+    This is minus CW's `f(x') = max(z_y - max_{j != y} z_j, -confidence)`: it grows as the best
+    wrong class overtakes the true one and stops growing once it leads by `confidence`. The widely
+    used CW-inf evaluation loss `-max(z_y - max_other + 50, 0)` equals this with `confidence=50`
+    minus the constant 50, so it has the same gradient.
+
+    Args:
+        logits: `[B, C]` logits.
+        labels: `[B]` integer labels.
+        confidence: the cap kappa >= 0. Defaults to `0.0`.
+
+    Returns:
+        A `[B]` float32 tensor.
+    """
+    if _is_number(confidence) and not confidence >= 0:
+        raise ValueError(f"`confidence` must be >= 0; received confidence={confidence}")
+    logits = tf.cast(logits, tf.float32)
+    labels = _as_labels(labels)
+    true_class = tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False)
+    true_logit = tf.gather(logits, labels, axis=-1, batch_dims=1)
+    largest_other = tf.reduce_max(tf.where(true_class, tf.float32.min, logits), axis=-1)
+    return tf.minimum(largest_other - true_logit, confidence)
+
+
+def cw_margin_objective(model_fn, labels, confidence=50.0):
+    """Per-sample CW margin of `model_fn(x')`, for PGD on the CW loss (CW-inf).
+
+    Args:
+        model_fn: callable `x -> [B, C]` logits (inference mode).
+        labels: `[B]` integer labels.
+        confidence: cap of the margin; 50 (the common CW-inf setting) makes it effectively
+            unbounded. Defaults to `50.0`.
+
+    Returns:
+        A callable `x_adv -> [B]`.
+    """
+    labels = _as_labels(labels)
+    return lambda x_adv: cw_margin_loss(_float_logits(model_fn, x_adv), labels, confidence)
+
+
+def fgsm(model_fn, x, labels, *, eps):
+    """Fast gradient sign method: one step of size eps on the cross-entropy, no random start.
+
+    Args:
+        model_fn: callable `x -> [B, C]` logits (inference mode).
+        x: `[B, ...]` clean inputs in [0, 1].
+        labels: `[B]` integer labels.
+        eps: L-infinity radius, in [0, 1].
+
+    Returns:
+        `[B, ...]` adversarial inputs.
+    """
+    _check_attack_args(eps=eps)
+    return pgd(x, ce_objective(model_fn, labels), eps=eps, step_size=eps, steps=1, init="none")
+
+
+def _misclassified(model_fn, x, labels):
+    return tf.not_equal(tf.argmax(model_fn(x), axis=-1, output_type=tf.int32), labels)
+
+
+def _broadcast_rows(mask, like):
+    """Reshapes a `[B]` mask to broadcast against `like` of shape `[B, ...]`."""
+    return tf.reshape(mask, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], axis=0))
+
+
+def pgd_ce(model_fn, x, labels, *, eps, step_size=None, steps=20, restarts=1, seed=None):
+    """PGD evaluation attack on the cross-entropy, uniform random start, optional restarts.
+
+    Over restarts, each point keeps the first adversarial example found (the first run after which
+    it is misclassified), else the result of the last run.
+
+    Args:
+        model_fn: callable `x -> [B, C]` logits (inference mode).
+        x: `[B, ...]` clean inputs in [0, 1].
+        labels: `[B]` integer labels.
+        eps: L-infinity radius, in [0, 1].
+        step_size: step length; None means eps / 4. Defaults to `None`.
+        steps: iterations per run. Defaults to `20`.
+        restarts: number of random-start runs, >= 1. Defaults to `1`.
+        seed: None or an int for reproducible starts (run r uses seed pair `[seed, r]`).
+            Defaults to `None`.
+
+    Returns:
+        `[B, ...]` adversarial inputs.
+    """
+    return _pgd_with_restarts(
+        model_fn, x, labels, ce_objective(model_fn, labels), eps, step_size, steps, restarts, seed
+    )
+
+
+def cw_inf(model_fn, x, labels, *, eps, step_size=None, steps=30, confidence=50.0, seed=None):
+    """CW-inf: PGD on the Carlini-Wagner margin (uniform random start), as most AD papers report.
+
+    Args:
+        model_fn: callable `x -> [B, C]` logits (inference mode).
+        x: `[B, ...]` clean inputs in [0, 1].
+        labels: `[B]` integer labels.
+        eps: L-infinity radius, in [0, 1].
+        step_size: step length; None means eps / 4. Defaults to `None`.
+        steps: iterations. Defaults to `30`.
+        confidence: margin cap, see `cw_margin_loss`. Defaults to `50.0`.
+        seed: None or an int for a reproducible start. Defaults to `None`.
+
+    Returns:
+        `[B, ...]` adversarial inputs.
+    """
+    objective = cw_margin_objective(model_fn, labels, confidence)
+    return _pgd_with_restarts(model_fn, x, labels, objective, eps, step_size, steps, 1, seed)
+
+
+def _pgd_with_restarts(model_fn, x, labels, objective, eps, step_size, steps, restarts, seed):
+    if step_size is None:
+        _check_attack_args(eps=eps)
+        step_size = eps / 4
+    _check_attack_args(eps, step_size, steps)
+    if not _is_number(restarts) or restarts < 1 or int(restarts) != restarts:
+        raise ValueError(f"`restarts` must be an integer >= 1; received restarts={restarts}")
+    x = tf.convert_to_tensor(x)
+    labels = _as_labels(labels)
+
+    def run(restart_index):
+        seed_pair = None if seed is None else _seed_pair(seed, restart_index)
+        return _pgd(x, objective, eps, step_size, steps, "uniform", 0.0, seed_pair)
+
+    if restarts == 1:
+        return run(0)
+
+    def restart(r, best, found):
+        x_adv = run(r)
+        # Points already broken keep their first adversarial; the others take the newest run.
+        best = tf.where(_broadcast_rows(found, x), best, x_adv)
+        found = found | _misclassified(model_fn, x_adv, labels)
+        return r + 1, best, found
+
+    _, best, _ = tf.while_loop(
+        lambda r, *_: r < restarts,
+        restart,
+        (tf.constant(0), x, tf.zeros_like(labels, dtype=tf.bool)),
+        parallel_iterations=1,
+    )
+    return tf.stop_gradient(best)
+
+
+def cw_l2(model_fn, x, labels, *, c=0.1, confidence=0.01, steps=1000, lr=0.01, abort_early=True):
+    """Carlini-Wagner L2 attack as advertorch runs it with one binary-search step (constant c).
+
+    Optimises `w` with Adam (PyTorch defaults, learning rate `lr`), where `x' = (tanh(w) + 1) / 2`
+    starts at x, on `sum_i ||x'_i - x_i||^2 + c * max(z_y - max_{j != y} z_j + confidence, 0)`.
+    After each forward pass, a point that is adversarial (argmax of the logits with `confidence`
+    added to z_y is not y) and closer than its best so far becomes its new best. Like advertorch,
+    with `abort_early` the run stops when the batch loss has not decreased by a relative 1e-6
+    since the previous of 10 evenly spaced checks. Distances are measured from `x` itself
+    (advertorch measures from `x` passed through arctanh and back, a 1e-6-level difference).
+
+    Args:
+        model_fn: callable `x -> [B, C]` logits (inference mode).
+        x: `[B, ...]` clean inputs in [0, 1].
+        labels: `[B]` integer labels.
+        c: weight of the margin term, >= 0. Defaults to `0.1`.
+        confidence: required margin kappa, >= 0. Defaults to `0.01`.
+        steps: Adam iterations, >= 0. Defaults to `1000`.
+        lr: Adam learning rate, > 0. Defaults to `0.01`.
+        abort_early: stop when the loss stalls, as advertorch does. Defaults to `True`.
+
+    Returns:
+        `[B, ...]` the smallest-L2 adversarial found for each point, else the original point.
+    """
+    if _is_number(c) and not c >= 0:
+        raise ValueError(f"`c` must be >= 0; received c={c}")
+    if _is_number(confidence) and not confidence >= 0:
+        raise ValueError(f"`confidence` must be >= 0; received confidence={confidence}")
+    if _is_number(lr) and not lr > 0:
+        raise ValueError(f"`lr` must be > 0; received lr={lr}")
+    _check_attack_args(steps=steps)
+    x = tf.stop_gradient(tf.cast(x, tf.float32))
+    labels = _as_labels(labels)
+    batch = tf.shape(x)[0]
+    w_start = tf.atanh((tf.clip_by_value(x, 0.0, 1.0) * 2.0 - 1.0) * _ATANH_SHRINK)
+    check_every = max(int(steps) // _ABORT_CHECKS, 1) if _is_number(steps) else 1
+    beta1, beta2, adam_eps = 0.9, 0.999, 1e-8
+
+    def body(i, delta, m, v, best_l2, best_adv, previous_loss, stopped):
+        with tf.GradientTape() as tape:
+            tape.watch(delta)
+            adv = (tf.tanh(w_start + delta) + 1.0) / 2.0
+            logits = _float_logits(model_fn, adv)
+            l2 = tf.reduce_sum(tf.reshape(tf.square(adv - x), [batch, -1]), axis=1)
+            # max(z_y - max_{j != y} z_j + kappa, 0), from the margin capped at kappa.
+            margin_term = confidence - cw_margin_loss(logits, labels, confidence)
+            loss = tf.reduce_sum(l2) + c * tf.reduce_sum(margin_term)
+        grad = tape.gradient(loss, delta)
+
+        check_now = tf.logical_and(tf.constant(bool(abort_early)), tf.equal(i % check_every, 0))
+        stalled = check_now & (loss > previous_loss * _ABORT_TOLERANCE)
+        previous_loss = tf.where(check_now & ~stalled, loss, previous_loss)
+
+        true_class = tf.one_hot(labels, tf.shape(logits)[-1])
+        prediction = tf.argmax(logits + confidence * true_class, axis=-1, output_type=tf.int32)
+        improved = tf.not_equal(prediction, labels) & (l2 < best_l2) & ~stalled
+        best_l2 = tf.where(improved, l2, best_l2)
+        best_adv = tf.where(_broadcast_rows(improved, x), adv, best_adv)
+
+        t = tf.cast(i + 1, tf.float32)
+        m = beta1 * m + (1.0 - beta1) * grad
+        v = beta2 * v + (1.0 - beta2) * tf.square(grad)
+        m_hat = m / (1.0 - beta1**t)
+        v_hat = v / (1.0 - beta2**t)
+        delta = delta - lr * m_hat / (tf.sqrt(v_hat) + adam_eps)
+        return i + 1, delta, m, v, best_l2, best_adv, previous_loss, stalled
+
+    zeros = tf.zeros_like(x)
+    state = (
+        tf.constant(0),
+        zeros,
+        zeros,
+        zeros,
+        tf.fill([batch], tf.constant(1e10, tf.float32)),
+        x,
+        tf.constant(_PREVIOUS_LOSS_INIT, tf.float32),
+        tf.constant(False),
+    )
+    final = tf.while_loop(
+        lambda i, *rest: (i < steps) & ~rest[-1], body, state, parallel_iterations=1
+    )
+    return tf.stop_gradient(tf.clip_by_value(final[5], 0.0, 1.0))
+
+
+def robust_accuracy(model_fn, x, labels, attack_fn, batch_size=256):
+    """Accuracy of `model_fn` on `attack_fn(model_fn, x_batch, y_batch)`, batch by batch.
+
+    Example:
+
+        acc = robust_accuracy(model_fn, x, y, functools.partial(pgd_ce, eps=8 / 255))
+
+    Args:
+        model_fn: callable `x -> [B, C]` logits (inference mode).
+        x: `[N, ...]` clean inputs in [0, 1] (NumPy array or tensor).
+        labels: `[N]` integer labels.
+        attack_fn: callable `(model_fn, x, labels) -> x_adv`; None evaluates clean accuracy.
+        batch_size: examples per attack call, >= 1. Defaults to `256`.
+
+    Returns:
+        Python float in [0, 1].
+    """
+    if not _is_number(batch_size) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an integer >= 1; received batch_size={batch_size}")
+    x = tf.convert_to_tensor(x, tf.float32)
+    labels = _as_labels(labels)
+
+    # One traced graph for all batches (a second trace at most, for a smaller last batch).
+    @tf.function(reduce_retracing=True)
+    def count_correct(x_batch, y_batch):
+        if attack_fn is not None:
+            x_batch = attack_fn(model_fn, x_batch, y_batch)
+        return tf.reduce_sum(tf.cast(~_misclassified(model_fn, x_batch, y_batch), tf.int32))
+
+    total = int(x.shape[0])
+    correct = 0
+    for start in range(0, total, int(batch_size)):
+        stop = start + int(batch_size)
+        correct += int(count_correct(x[start:stop], labels[start:stop]))
+    return correct / max(total, 1)
