@@ -46,14 +46,9 @@ class MethodSpec:
 
 
 def _dgad(f, hp, gbs):
-    out = losses.dgad_loss(f["s_clean"], f["s_adv"], f["t_clean"], f["t_adv"], f["y"],
-                           beta=hp["beta"], use_map=hp["use_map"], use_els=hp["use_els"],
-                           global_batch_size=gbs)
-    if hp["distill_weight"] != 1.0:
-        # total = distillation + beta·PCR; only the distillation part is reweighted.
-        distill = out["total"] - hp["beta"] * out["pcr"]
-        out = dict(out, total=hp["distill_weight"] * distill + hp["beta"] * out["pcr"])
-    return out
+    return losses.dgad_loss(f["s_clean"], f["s_adv"], f["t_clean"], f["t_adv"], f["y"],
+                            beta=hp["beta"], use_map=hp["use_map"], use_els=hp["use_els"],
+                            distill_weight=hp["distill_weight"], global_batch_size=gbs)
 
 
 METHOD_SPECS = {
@@ -281,8 +276,9 @@ class AdversarialDistiller(keras.Model):
                                 step_size=self.eps / 4, steps=self.val_robust_steps,
                                 init="uniform")
             adv_logits = self.student(x_adv, training=False)
-            robust = tf.cast(tf.equal(tf.argmax(adv_logits, -1, output_type=tf.int32), y),
-                             tf.float32)
+            # A point counts as robust only if it is also classified right when clean.
+            robust = clean * tf.cast(
+                tf.equal(tf.argmax(adv_logits, -1, output_type=tf.int32), y), tf.float32)
         else:
             robust = clean
         self._test_trackers["robust_accuracy"].update_state(robust)
