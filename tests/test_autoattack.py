@@ -1,0 +1,374 @@
+"""Tests of dgad_tf.autoattack: losses, schedules, the FAB projection, each attack, the runner.
+
+The attacks are checked on a small dense network trained for a moment on synthetic 10-class
+8x8x1 data (undefended, so small perturbations fool it), at reduced iteration budgets where
+the behaviour under test does not depend on the budget.
+"""
+
+import fractions
+import math
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.optimize import linprog
+
+from dgad_tf.autoattack import (apgd, apgd_checkpoints, apgd_targeted, dlr_loss,
+                                dlr_targeted_loss, fab_targeted, project_linf_hyperplane_box,
+                                run_autoattack, square, square_p_selection)
+
+NUM_CLASSES = 10
+EPS = 0.1
+# Small budgets for the tests that do not measure attack strength.
+QUICK = {
+    "apgd-ce": {"n_iter": 10},
+    "apgd-t": {"n_iter": 10, "n_target_classes": 3},
+    "fab-t": {"n_iter": 10, "n_target_classes": 3},
+    "square": {"n_queries": 200},
+}
+
+
+def _synthetic_data(n, seed):
+    rng = np.random.default_rng(seed)
+    templates = np.random.default_rng(123).uniform(0.3, 0.7, (NUM_CLASSES, 8, 8, 1))
+    labels = rng.integers(0, NUM_CLASSES, n)
+    x = np.clip(templates[labels] + rng.normal(0.0, 0.1, (n, 8, 8, 1)), 0.0, 1.0)
+    return x.astype(np.float32), labels.astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def model_fn():
+    """An undefended dense classifier (clean accuracy ~1) on the synthetic data."""
+    keras.utils.set_random_seed(1)
+    x, labels = _synthetic_data(2000, seed=1)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(NUM_CLASSES),
+    ])
+    model.compile(keras.optimizers.Adam(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, labels, epochs=5, batch_size=100, verbose=0)
+    return lambda inputs: model(inputs, training=False)
+
+
+@pytest.fixture(scope="module")
+def batch(model_fn):
+    """40 test points, correctly classified, some pixels pinned at exactly 0 and 1."""
+    x, labels = _synthetic_data(200, seed=2)
+    x[:, 0, :4] = 0.0
+    x[:, 1, :4] = 1.0
+    correct = np.argmax(model_fn(x).numpy(), 1) == labels
+    return x[correct][:40], labels[correct][:40]
+
+
+def _accuracy(model_fn, x, labels):
+    return float(np.mean(np.argmax(np.asarray(model_fn(x)), 1) == labels))
+
+
+def _assert_in_ball(x_adv, x, eps):
+    x_adv = np.asarray(x_adv)
+    assert x_adv.shape == x.shape
+    assert np.abs(x_adv - x).max() <= eps + 1e-6
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+
+# ------------------------------------------------------------------------------ losses
+
+
+def _numpy_dlr(logits, labels):
+    ordered = np.sort(logits, axis=1)[:, ::-1]
+    rows = np.arange(len(labels))
+    true = logits[rows, labels]
+    others = logits.copy()
+    others[rows, labels] = -np.inf
+    return -(true - others.max(1)) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+
+
+def test_dlr_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (16, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 16)
+    # Make half the rows correctly classified so both branches of the max are used.
+    logits[:8][np.arange(8), labels[:8]] += 10.0
+    np.testing.assert_allclose(dlr_loss(logits, labels).numpy(), _numpy_dlr(logits, labels),
+                               rtol=1e-5)
+
+
+def test_dlr_loss_hand_value():
+    # -(z_y - max other) / (z_1 - z_3) = -(1 - 3) / (3 - 0)
+    np.testing.assert_allclose(dlr_loss([[1.0, 3.0, 0.0, -1.0]], [0]).numpy(), [2.0 / 3.0],
+                               rtol=1e-6)
+
+
+def test_dlr_targeted_loss_matches_numpy():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, (16, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 16)
+    targets = (labels + rng.integers(1, 10, 16)) % 10
+    ordered = np.sort(logits, axis=1)[:, ::-1]
+    rows = np.arange(16)
+    expected = -(logits[rows, labels] - logits[rows, targets]) / (
+        ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
+    np.testing.assert_allclose(dlr_targeted_loss(logits, labels, targets).numpy(), expected,
+                               rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------ schedules
+
+
+def _paper_checkpoints(n_iter):
+    """w_j = ceil(p_j N), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    p_prev, p = fractions.Fraction(0), fractions.Fraction(22, 100)
+    result = []
+    while math.ceil(p * n_iter) < n_iter:
+        result.append(math.ceil(p * n_iter))
+        p_prev, p = p, p + max(p - p_prev - fractions.Fraction(3, 100),
+                               fractions.Fraction(6, 100))
+    return sorted(set(result))
+
+
+@pytest.mark.parametrize("n_iter", [10, 37, 50, 100, 250, 1000])
+def test_apgd_checkpoints_follow_the_paper(n_iter):
+    assert apgd_checkpoints(n_iter) == _paper_checkpoints(n_iter)
+
+
+def test_apgd_checkpoints_for_100_iterations():
+    # p_j = 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (1.05 is past the end).
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert apgd_checkpoints(50)[:3] == [11, 21, 29]  # ceil(20.5) = 21, ceil(28.5) = 29
+
+
+def test_square_p_schedule_halves_after_reference_thresholds():
+    values = {i: square_p_selection(i, 10000, p_init=0.8)
+              for i in (0, 10, 11, 50, 51, 200, 201, 501, 1001, 2001, 4001, 6001, 8001, 9999)}
+    assert values[0] == values[10] == 0.8
+    assert values[11] == values[50] == 0.4
+    assert values[51] == values[200] == 0.2
+    assert [values[i] for i in (201, 501, 1001, 2001, 4001, 6001, 8001)] == [
+        0.8 / 2 ** k for k in range(3, 10)]
+    assert values[9999] == 0.8 / 512
+    # Rescaled to 5000 queries, query 6 sits at 12 of 10000: already halved once.
+    assert square_p_selection(6, 5000, rescale_schedule=True) == 0.4
+    assert square_p_selection(6, 5000, rescale_schedule=False) == 0.8
+
+
+# ------------------------------------------------------------------------------ FAB projection
+
+
+def _linprog_min_linf(t, w, b):
+    """min lambda s.t. w.(t + d) = b, |d_i| <= lambda, 0 <= t + d <= 1; None if infeasible."""
+    dim = len(t)
+    cost = np.r_[np.zeros(dim), 1.0]
+    a_ub = np.vstack([np.c_[np.eye(dim), -np.ones(dim)], np.c_[-np.eye(dim), -np.ones(dim)]])
+    result = linprog(cost, A_ub=a_ub, b_ub=np.zeros(2 * dim), A_eq=np.r_[w, 0.0][None],
+                     b_eq=[b - w @ t], bounds=[(-ti, 1 - ti) for ti in t] + [(0, None)])
+    return result.fun if result.status == 0 else None
+
+
+def _random_problems(seed, n):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        dim = int(rng.integers(1, 7))
+        t = rng.uniform(0, 1, dim)
+        t[rng.uniform(size=dim) < 0.2] = rng.integers(0, 2)  # points on the box faces
+        w = rng.normal(size=dim)
+        w[rng.uniform(size=dim) < 0.15] = 0.0
+        yield t, w, w @ t + 0.7 * rng.normal()
+
+
+def test_linf_projection_matches_linprog_optimum():
+    n_checked = 0
+    for t, w, b in _random_problems(seed=0, n=200):
+        optimum = _linprog_min_linf(t, w, b)
+        if optimum is None:
+            continue
+        n_checked += 1
+        d = project_linf_hyperplane_box(t[None], w[None], np.array([b]))[0].numpy()
+        assert abs(np.abs(d).max(initial=0.0) - optimum) < 1e-5
+        assert abs(w @ (t + d) - b) < 1e-4
+        assert (t + d).min() >= -1e-6 and (t + d).max() <= 1 + 1e-6
+    assert n_checked > 100
+
+
+def test_linf_projection_goes_to_the_nearest_corner_when_infeasible():
+    n_checked = 0
+    for t, w, b in _random_problems(seed=1, n=200):
+        if _linprog_min_linf(t, w, b) is not None:
+            continue
+        n_checked += 1
+        d = project_linf_hyperplane_box(t[None], w[None], np.array([b]))[0].numpy()
+        # The box point that moves w.z furthest towards b: each coordinate at its far edge.
+        towards_b = np.sign(b - w @ t) * np.sign(w)
+        corner = np.where(w == 0, t, (towards_b > 0).astype(float))
+        np.testing.assert_allclose(t + d, corner, atol=1e-6)
+    assert n_checked > 20
+
+
+# ------------------------------------------------------------------------------ attacks
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t", "fab-t", "square"])
+def test_attack_stays_in_eps_ball_and_box(model_fn, batch, name):
+    x, labels = batch
+    attack = {"apgd-ce": apgd, "apgd-t": apgd_targeted, "fab-t": fab_targeted,
+              "square": square}[name]
+    x_adv = attack(model_fn, x, labels, eps=0.3, seed=0, **QUICK[name])
+    _assert_in_ball(x_adv, x, 0.3)
+
+
+def test_apgd_ce_fools_an_undefended_model(model_fn, batch):
+    x, labels = batch
+    x_adv = apgd(model_fn, x, labels, eps=EPS, n_iter=50)
+    assert _accuracy(model_fn, x_adv, labels) <= 0.05
+
+
+def _pgd(model_fn, x, labels, eps, n_steps, step_size, seed):
+    """Plain PGD on cross-entropy with a uniform random start, L-inf."""
+    x = tf.constant(x)
+    x_adv = tf.clip_by_value(x + tf.random.stateless_uniform(x.shape, [seed, 0], -eps, eps),
+                             0.0, 1.0)
+    for _ in range(n_steps):
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels, model_fn(x_adv)))
+        gradient = tape.gradient(loss, x_adv)
+        x_adv = tf.clip_by_value(x_adv + step_size * tf.sign(gradient), x - eps, x + eps)
+        x_adv = tf.clip_by_value(x_adv, 0.0, 1.0)
+    return x_adv.numpy()
+
+
+def test_apgd_ce_at_least_as_strong_as_pgd(model_fn, batch):
+    # At a radius where PGD leaves part of the batch robust, APGD-CE (same 50-step budget)
+    # must leave at most as many robust points, up to one point (1/40) for luck.
+    x, labels = batch
+    eps = 0.035
+    pgd_accuracy = _accuracy(model_fn, _pgd(model_fn, x, labels, eps, 50, eps / 4, 0), labels)
+    apgd_accuracy = _accuracy(model_fn, apgd(model_fn, x, labels, eps=eps, n_iter=50), labels)
+    assert 0.1 < pgd_accuracy < 0.95, "eps no longer in the informative range"
+    assert apgd_accuracy <= pgd_accuracy + 1 / 40
+
+
+def test_apgd_targeted_fools_an_undefended_model(model_fn, batch):
+    x, labels = batch
+    x_adv = apgd_targeted(model_fn, x, labels, eps=EPS, n_iter=20, n_target_classes=3)
+    assert _accuracy(model_fn, x_adv, labels) <= 0.05
+
+
+def test_fab_targeted_fools_an_undefended_model(model_fn, batch):
+    x, labels = batch
+    x_adv = fab_targeted(model_fn, x, labels, eps=EPS, n_iter=20, n_target_classes=3)
+    assert _accuracy(model_fn, x_adv, labels) <= 0.1
+
+
+def test_square_needs_no_gradients(model_fn, batch):
+    # Behind stop_gradient the input gradient is zero: APGD cannot move beyond its random
+    # start, while Square, which only queries the model, still finds adversarial examples.
+    x, labels = batch
+    masked = lambda inputs: tf.stop_gradient(model_fn(inputs))  # noqa: E731
+    with pytest.warns(RuntimeWarning, match="zero input gradient"):
+        apgd_accuracy = _accuracy(model_fn, apgd(masked, x, labels, eps=EPS, n_iter=20), labels)
+    square_accuracy = _accuracy(
+        model_fn, square(masked, x, labels, eps=EPS, n_queries=300), labels)
+    assert apgd_accuracy >= 0.8
+    assert square_accuracy <= 0.5
+
+
+# ------------------------------------------------------------------------------ runner
+
+
+def test_runner_worst_case_is_below_every_component(model_fn, batch):
+    x, labels = batch
+    eps = 0.035
+    result = run_autoattack(model_fn, x, labels, eps=eps, attack_options=QUICK)
+    for name in ("apgd-ce", "apgd-t", "fab-t", "square"):
+        alone = run_autoattack(model_fn, x, labels, eps=eps, version="custom", attacks=[name],
+                               attack_options=QUICK)
+        assert result["robust_accuracy"] <= alone["robust_accuracy"], name
+        assert result["robust_accuracy"] <= result["per_attack"][name]["robust_accuracy_after"]
+    # APGD-CE runs first on the same batch, and FAB-T is deterministic per point, so the
+    # worst case also holds point by point for them.
+    for name in ("apgd-ce", "fab-t"):
+        alone = run_autoattack(model_fn, x, labels, eps=eps, version="custom", attacks=[name],
+                               attack_options=QUICK)
+        assert not np.any(result["robust_mask"] & ~alone["robust_mask"]), name
+    assert 0.0 < result["robust_accuracy"] < result["clean_accuracy"], "uninformative eps"
+
+
+def test_runner_reports_consistent_results(model_fn, batch):
+    x, labels = batch
+    x = np.concatenate([x, x[:4]])
+    labels = np.concatenate([labels, (labels[:4] + 1) % NUM_CLASSES])  # 4 wrong labels
+    result = run_autoattack(model_fn, x, labels, eps=0.035, version="custom",
+                            attacks=["apgd-ce"], batch_size=16, attack_options=QUICK)
+    predictions = np.argmax(model_fn(result["x_adv"]).numpy(), 1)
+    assert result["clean_accuracy"] == pytest.approx(40 / 44)
+    np.testing.assert_array_equal(result["robust_mask"], predictions == labels)
+    assert result["robust_accuracy"] == pytest.approx(result["robust_mask"].mean())
+    # Misclassified clean points are never attacked.
+    np.testing.assert_array_equal(result["x_adv"][-4:], x[-4:])
+    _assert_in_ball(result["x_adv"], x, 0.035)
+
+
+def test_same_seed_gives_same_result(model_fn, batch):
+    x, labels = batch
+    runs = [run_autoattack(model_fn, x, labels, eps=0.035, seed=7, attack_options=QUICK)
+            for _ in range(2)]
+    np.testing.assert_array_equal(runs[0]["x_adv"], runs[1]["x_adv"])
+    np.testing.assert_array_equal(runs[0]["robust_mask"], runs[1]["robust_mask"])
+
+
+def test_runner_warns_about_probability_outputs(model_fn, batch):
+    x, labels = batch
+    softmax = lambda inputs: tf.nn.softmax(model_fn(inputs))  # noqa: E731
+    with pytest.warns(RuntimeWarning, match="probability distribution"):
+        run_autoattack(softmax, x[:4], labels[:4], eps=0.01, version="custom",
+                       attacks=["apgd-ce"], attack_options={"apgd-ce": {"n_iter": 2}})
+
+
+def test_runner_warns_about_a_randomised_model(model_fn, batch):
+    x, labels = batch
+
+    def noisy(inputs):
+        return model_fn(inputs) + tf.random.normal([tf.shape(inputs)[0], NUM_CLASSES])
+
+    with pytest.warns(RuntimeWarning, match="changes between identical calls"):
+        run_autoattack(noisy, x[:4], labels[:4], eps=0.01, version="custom",
+                       attacks=["apgd-ce"], attack_options={"apgd-ce": {"n_iter": 2}})
+
+
+def test_runner_warns_when_square_beats_gradient_attacks(model_fn, batch):
+    x, labels = batch
+    masked = lambda inputs: tf.stop_gradient(model_fn(inputs))  # noqa: E731
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_autoattack(masked, x, labels, eps=EPS, version="custom",
+                       attacks=["apgd-ce", "square"],
+                       attack_options={"apgd-ce": {"n_iter": 5}, "square": {"n_queries": 300}})
+    assert any("Square Attack lowered" in str(w.message) for w in caught)
+
+
+def test_runner_does_not_warn_on_a_sound_model(model_fn, batch):
+    x, labels = batch
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_autoattack(model_fn, x[:8], labels[:8], eps=0.035, attack_options=QUICK)
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def test_arguments_are_checked(model_fn, batch):
+    x, labels = batch
+    with pytest.raises(ValueError, match="eps=8"):
+        apgd(model_fn, x, labels, eps=8)
+    with pytest.raises(ValueError, match="loss='cw'"):
+        apgd(model_fn, x, labels, eps=0.1, loss="cw")
+    with pytest.raises(ValueError, match="version='plus'"):
+        run_autoattack(model_fn, x, labels, eps=0.1, version="plus")
+    with pytest.raises(ValueError, match="only used with version='custom'"):
+        run_autoattack(model_fn, x, labels, eps=0.1, attacks=["apgd-ce"])
+    with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):
+        square(model_fn, x * 2.0 + 0.5, labels, eps=0.1)
