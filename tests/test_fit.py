@@ -1,0 +1,120 @@
+"""`python -m dgad_tf.fit` end to end on tiny data: the run directory, resume, refusals."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from dgad_tf.fit import main
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+TINY = [
+    "data.source=digits", "data.train_limit=192", "data.flip=false",
+    "model.student=small-cnn", "model.teacher=small-cnn",
+    "attack.eps=0.1", "attack.step_size=0.05", "attack.steps=2",
+    "optimizer.lr=0.05", "optimizer.milestones=[]",
+    "train.batch_size=48", "train.val_robust_n=48", "train.val_robust_steps=2",
+    "eval.n=48", "eval.attacks=[clean,fgsm,pgd5]", "output.tensorboard=true",
+]
+
+
+def args(run_dir, *extra):
+    out = []
+    for item in TINY + [f"output.dir={run_dir}"] + list(extra):
+        out += ["--set", item]
+    return out + ["--quiet"]
+
+
+def test_dgad_run_writes_a_complete_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    code = main(args(run_dir, "method.name=dgad", "train.epochs=2", "teacher_train.epochs=1"))
+    assert code == 0
+    for name in ("config.yaml", "student_last.keras", "student_best_robust.keras",
+                 "student_best_clean.keras", "train_state.npz", "log.csv", "report.json",
+                 "teacher.keras"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "tensorboard").is_dir()
+    assert not list(run_dir.glob(".*")), "temporary files left behind"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["command"].startswith("python -m dgad_tf.fit")
+    assert set(report["student"]["attacks"]) == {"clean", "fgsm", "pgd5"}
+    assert report["teacher"]["n"] == 48
+    assert [row["epoch"] for row in report["history"]] == [0, 1]
+    assert "val_robust_accuracy" in report["history"][-1]
+    # The teacher on disk is the one distilled from: loading it gives the file's weights.
+    teacher = keras.models.load_model(run_dir / "teacher.keras", safe_mode=True)
+    assert teacher.output_shape[-1] == 10
+
+
+def test_resume_after_kill_continues_after_the_last_epoch(tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "dgad_tf.fit"] + args(
+        run_dir, "method.name=pgd_at", "train.epochs=4", "output.tensorboard=false")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state = run_dir / "train_state.npz"
+    deadline = time.time() + 240
+    try:
+        while not state.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert state.exists(), "no epoch completed in time"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with np.load(state) as saved:
+        done = json.loads(str(saved["meta"]))["epoch"]
+    assert done >= 1
+    if done == 4:
+        pytest.skip("the run finished before it could be killed")
+    # Same command again: resumes, and every epoch appears once in the log.
+    assert main(args(run_dir, "method.name=pgd_at", "train.epochs=4",
+                     "output.tensorboard=false")) == 0
+    epochs = [row.split(",")[0] for row in (run_dir / "log.csv").read_text().splitlines()[1:]]
+    assert epochs == ["0", "1", "2", "3"], epochs
+
+
+def test_teacher_with_other_classes_is_refused_before_writing(tmp_path, capsys):
+    teacher = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                keras.layers.Dense(5)])
+    teacher_path = tmp_path / "teacher5.keras"
+    teacher.save(teacher_path)
+    run_dir = tmp_path / "run"
+    code = main(args(run_dir, "method.name=dgad", f"model.teacher_path={teacher_path}"))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "model.teacher_path" in err and "5 classes" in err
+    assert not run_dir.exists()
+
+
+def test_missing_teacher_without_training_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(args(run_dir, "method.name=adaad", "teacher_train.epochs=0")) == 2
+    assert "teacher_path" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_wrong_data_path_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(args(run_dir, "data.source=npz", f"data.path={tmp_path / 'nothing'}"))
+    assert code == 2
+    assert "nothing" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_a_run_directory_of_another_config_is_left_alone(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("train:\n  epochs: 7\n")
+    (run_dir / "student_last.keras").write_bytes(b"precious")
+    assert main(args(run_dir, "method.name=pgd_at")) == 2
+    assert "different config" in capsys.readouterr().err
+    assert (run_dir / "student_last.keras").read_bytes() == b"precious"
