@@ -1,0 +1,155 @@
+"""Layer helpers shared by the CIFAR model builders.
+
+Every weight-carrying layer is named after the PyTorch module path of the reference network
+(`layer1.0.conv1`, `block2.layer.3.bn1`, `fc`), so a PyTorch state dict maps onto the Keras
+model by name alone (see `dgad_tf.teachers.convert`). Layers without weights get the same stem
+plus an underscore suffix (`layer1.0.conv1_pad`), which no PyTorch key can collide with.
+"""
+
+import keras
+import numpy as np
+
+# PyTorch BatchNorm2d defaults: momentum 0.1 weights the *new* batch, Keras weights the old mean.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def check_input_shape(input_shape, min_size=1):
+    """Validate an (H, W, C) input shape and return it as a tuple of ints.
+
+    Args:
+        input_shape: sequence of three positive ints, height, width, channels.
+        min_size: smallest allowed height and width. Defaults to 1.
+    """
+    try:
+        shape = tuple(int(d) for d in input_shape)
+        ok = len(shape) == 3 and all(d == v for d, v in zip(shape, input_shape))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or shape[2] < 1 or min(shape[:2]) < min_size:
+        raise ValueError(
+            f"`input_shape` must be (height, width, channels) with positive ints and "
+            f"height, width >= {min_size}; received input_shape={input_shape!r}"
+        )
+    return shape
+
+
+def check_num_classes(num_classes):
+    """Validate the class count (an int >= 2) and return it."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"`num_classes` must be an int >= 2; received num_classes={num_classes!r}")
+    return int(num_classes)
+
+
+def model_input(input_shape, normalize, prefix):
+    """Create the float32 image input and the optional in-model mean/std normalisation.
+
+    Args:
+        input_shape: (H, W, C) of the images, pixels in [0, 1].
+        normalize: None, or a pair (mean, std) of per-channel sequences (or scalars). Defaults
+            to None (no normalisation layer).
+        prefix: string prepended to the layer names.
+
+    Returns:
+        (inputs, x): the `keras.Input` tensor and the tensor the network body starts from.
+    """
+    inputs = keras.Input(shape=input_shape, dtype="float32", name=f"{prefix}image")
+    if normalize is None:
+        return inputs, inputs
+    mean, std = check_normalize(normalize, input_shape[-1])
+    layer = keras.layers.Normalization(
+        axis=-1, mean=mean.tolist(), variance=(std**2).tolist(), name=f"{prefix}normalize"
+    )
+    return inputs, layer(inputs)
+
+
+def check_normalize(normalize, channels):
+    """Return (mean, std) as float64 arrays of length `channels`, or raise ValueError.
+
+    Args:
+        normalize: pair (mean, std), each a scalar or a sequence of one or `channels` numbers;
+            std must be positive.
+        channels: number of image channels.
+    """
+    try:
+        mean, std = normalize
+        mean = np.broadcast_to(np.asarray(mean, dtype=np.float64).reshape(-1), (channels,)).copy()
+        std = np.broadcast_to(np.asarray(std, dtype=np.float64).reshape(-1), (channels,)).copy()
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`normalize` must be a pair (mean, std) of scalars or sequences of length 1 or "
+            f"{channels}; received normalize={normalize!r}"
+        ) from None
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        raise ValueError(f"`normalize` needs finite means and positive stds; received normalize={normalize!r}")
+    return mean, std
+
+
+def check_prefix(name_prefix):
+    """Return the layer-name prefix ('' for None); Keras forbids '/' in names."""
+    if name_prefix is None:
+        return ""
+    if not isinstance(name_prefix, str) or "/" in name_prefix:
+        raise ValueError(
+            f"`name_prefix` must be a string without '/'; received name_prefix={name_prefix!r}"
+        )
+    return name_prefix
+
+
+def conv(x, filters, kernel_size, stride, name, use_bias=False):
+    """Conv2D with PyTorch's symmetric `padding=kernel_size // 2`.
+
+    Keras 'same' pads stride-2 convs on even inputs only at the bottom/right, PyTorch pads both
+    sides, which shifts the sampling grid by one pixel; explicit zero padding keeps them equal.
+    """
+    pad = kernel_size // 2
+    if stride > 1 and pad > 0:
+        x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+        padding = "valid"
+    else:
+        padding = "same"
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=stride,
+        padding=padding,
+        use_bias=use_bias,
+        kernel_initializer="he_normal",
+        name=name,
+    )(x)
+
+
+def depthwise_conv(x, kernel_size, stride, name):
+    """DepthwiseConv2D (PyTorch `groups=channels`, bias-free) with PyTorch's symmetric padding."""
+    pad = kernel_size // 2
+    if stride > 1 and pad > 0:
+        x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+        padding = "valid"
+    else:
+        padding = "same"
+    return keras.layers.DepthwiseConv2D(
+        kernel_size,
+        strides=stride,
+        padding=padding,
+        use_bias=False,
+        depthwise_initializer="he_normal",
+        name=name,
+    )(x)
+
+
+def batch_norm(x, name, sync):
+    """BatchNormalization with PyTorch's momentum and epsilon."""
+    return keras.layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=sync, name=name
+    )(x)
+
+
+def relu(x, name):
+    """ReLU as a named layer."""
+    return keras.layers.ReLU(name=name)(x)
+
+
+def classifier(x, num_classes, name, prefix):
+    """Global average pooling and a linear layer with bias, giving logits."""
+    x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}pool")(x)
+    return keras.layers.Dense(num_classes, name=name)(x)

@@ -1,0 +1,412 @@
+"""Tests for dgad_tf.teachers.convert against PyTorch reference networks built here.
+
+The PyTorch networks below follow the public reference layouts (TRADES / RobustBench
+WideResNet with its unused `sub_block1`, kuangliu's ResNet, PreAct-ResNet and MobileNetV2);
+their weights and BatchNorm running statistics are randomised, and the converted Keras model
+must reproduce their logits and input gradients.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from dgad_tf.teachers import convert  # noqa: E402
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2471, 0.2435, 0.2616)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- PyTorch reference networks
+
+
+class TradesBlock(nn.Module):
+    def __init__(self, in_planes, out_planes, stride):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
+        self.equal_in_out = in_planes == out_planes
+        self.convShortcut = None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
+
+    def forward(self, x):
+        if self.equal_in_out:
+            out = F.relu(self.bn1(x))
+            shortcut = x
+        else:
+            x = F.relu(self.bn1(x))
+            out = x
+            shortcut = self.convShortcut(x)
+        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
+        return shortcut + out
+
+
+class TradesNetworkBlock(nn.Module):
+    def __init__(self, n, in_planes, out_planes, stride):
+        super().__init__()
+        self.layer = nn.Sequential(
+            *[TradesBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1) for i in range(n)]
+        )
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+class TradesWideResNet(nn.Module):
+    def __init__(self, depth, width, num_classes, buffers=None):
+        super().__init__()
+        n = (depth - 4) // 6
+        channels = [16, 16 * width, 32 * width, 64 * width]
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.block1 = TradesNetworkBlock(n, 16, channels[1], 1)
+        self.sub_block1 = TradesNetworkBlock(n, 16, channels[1], 1)  # never used, as in TRADES
+        self.block2 = TradesNetworkBlock(n, channels[1], channels[2], 2)
+        self.block3 = TradesNetworkBlock(n, channels[2], channels[3], 2)
+        self.bn1 = nn.BatchNorm2d(channels[3])
+        self.fc = nn.Linear(channels[3], num_classes)
+        self.normalized = buffers is not None
+        if buffers is not None:  # RobustBench style in-model normalisation
+            self.register_buffer("mu", torch.tensor(buffers[0]).view(1, 3, 1, 1))
+            self.register_buffer("sigma", torch.tensor(buffers[1]).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        if self.normalized:
+            x = (x - self.mu) / self.sigma
+        out = self.block3(self.block2(self.block1(self.conv1(x))))
+        out = F.relu(self.bn1(out))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+class KuangliuBasicBlock(nn.Module):
+    def __init__(self, in_planes, planes, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class KuangliuPreActBlock(nn.Module):
+    def __init__(self, in_planes, planes, stride):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class KuangliuResNet(nn.Module):
+    """kuangliu ResNet (block=BasicBlock) or PreActResNet (final_bn adds Rice et al.'s `bn`)."""
+
+    def __init__(self, block, num_blocks, num_classes, final_bn=False):
+        super().__init__()
+        self.preact = block is KuangliuPreActBlock
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        if not self.preact:
+            self.bn1 = nn.BatchNorm2d(64)
+        in_planes = 64
+        for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), num_blocks)):
+            layers = []
+            for i in range(blocks):
+                layers.append(block(in_planes, planes, (1 if index == 0 else 2) if i == 0 else 1))
+                in_planes = planes
+            setattr(self, f"layer{index + 1}", nn.Sequential(*layers))
+        if final_bn:
+            self.bn = nn.BatchNorm2d(512)
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        out = self.conv1(x)
+        if not self.preact:
+            out = F.relu(self.bn1(out))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        if hasattr(self, "bn"):
+            out = F.relu(self.bn(out))
+        return self.linear(F.avg_pool2d(out, 4).flatten(1))
+
+
+class KuangliuMobileBlock(nn.Module):
+    def __init__(self, in_planes, out_planes, expansion, stride):
+        super().__init__()
+        self.stride = stride
+        planes = expansion * in_planes
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, 1, 0, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, groups=planes, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, 1, 0, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.shortcut = nn.Sequential()
+        if stride == 1 and in_planes != out_planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, out_planes, 1, 1, 0, bias=False), nn.BatchNorm2d(out_planes)
+            )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return out + self.shortcut(x) if self.stride == 1 else out
+
+
+class KuangliuMobileNetV2(nn.Module):
+    cfg = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        layers, in_planes = [], 32
+        for expansion, out_planes, num_blocks, stride in self.cfg:
+            for s in [stride] + [1] * (num_blocks - 1):
+                layers.append(KuangliuMobileBlock(in_planes, out_planes, expansion, s))
+                in_planes = out_planes
+        self.layers = nn.Sequential(*layers)
+        self.conv2 = nn.Conv2d(320, 1280, 1, 1, 0, bias=False)
+        self.bn2 = nn.BatchNorm2d(1280)
+        self.linear = nn.Linear(1280, num_classes)
+
+    def forward(self, x):
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return self.linear(F.avg_pool2d(out, 4).flatten(1))
+
+
+NETWORKS = {
+    "wrn-10-2": lambda classes: TradesWideResNet(10, 2, classes),
+    "wrn-16-1": lambda classes: TradesWideResNet(16, 1, classes),
+    "resnet-18": lambda classes: KuangliuResNet(KuangliuBasicBlock, (2, 2, 2, 2), classes),
+    "resnet-34": lambda classes: KuangliuResNet(KuangliuBasicBlock, (3, 4, 6, 3), classes),
+    "preact-resnet-18": lambda classes: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2), classes, final_bn=True),
+    "mobilenetv2": lambda classes: KuangliuMobileNetV2(classes),
+}
+
+
+def _make_net(factory, num_classes=10, seed=0):
+    """Build a network with random weights and BN statistics, in eval mode."""
+    torch.manual_seed(seed)
+    net = factory(num_classes)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.num_batches_tracked.fill_(7)
+            elif isinstance(module, nn.Linear):
+                # Logits of order one, so the 1e-4 absolute tolerance is a tight relative one.
+                module.weight.normal_(0.0, 4.0 / module.in_features**0.5)
+                module.bias.normal_(0.0, 0.1)
+    return net.eval()
+
+
+def _torch_logits_and_grad(net, x, labels):
+    x_nchw = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    logits = net(x_nchw)
+    logits.gather(1, torch.tensor(labels)[:, None]).sum().backward()
+    return logits.detach().numpy(), x_nchw.grad.numpy().transpose(0, 2, 3, 1)
+
+
+def _keras_logits_and_grad(model, x, labels):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = model(x, training=False)
+        objective = tf.reduce_sum(tf.gather(logits, labels, batch_dims=1))
+    return logits.numpy(), tape.gradient(objective, x).numpy()
+
+
+def _assert_same_function(net, model, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(2, 32, 32, 3)).astype("float32")
+    labels = np.array([1, 7])
+    torch_logits, torch_grad = _torch_logits_and_grad(net, x, labels)
+    keras_logits, keras_grad = _keras_logits_and_grad(model, x, labels)
+    assert np.max(np.abs(keras_logits - torch_logits)) <= 1e-4
+    relative = np.max(np.abs(keras_grad - torch_grad)) / np.max(np.abs(torch_grad))
+    assert relative <= 1e-4
+
+
+def _save(net, path):
+    torch.save(net.state_dict(), path)
+    return path
+
+
+# ---------------------------------------------------------------- equivalence
+
+
+@pytest.mark.parametrize("arch", sorted(NETWORKS))
+def test_converted_keras_file_matches_pytorch_logits_and_gradients(tmp_path, arch):
+    net = _make_net(NETWORKS[arch])
+    out = tmp_path / "teacher.keras"
+    convert.convert_checkpoint(_save(net, tmp_path / "net.pt"), arch, 10, out)
+    model = keras.saving.load_model(out, safe_mode=True, compile=False)
+    _assert_same_function(net, model)
+
+
+def test_kuangliu_preact_without_final_bn_is_detected(tmp_path):
+    net = _make_net(lambda c: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2), c, final_bn=False))
+    model = convert.convert_checkpoint(_save(net, tmp_path / "net.pt"), "preact-resnet-18", 10)
+    assert "bn" not in {layer.name for layer in model.layers}
+    _assert_same_function(net, model)
+
+
+def test_nested_dataparallel_checkpoint_converts(tmp_path):
+    net = _make_net(NETWORKS["wrn-10-2"])
+    state = {f"module.{k}": v for k, v in net.state_dict().items()}
+    path = tmp_path / "nested.pt"
+    torch.save({"epoch": 3, "state_dict": state, "optimizer": {"lr": 0.1}}, path)
+    _assert_same_function(net, convert.convert_checkpoint(path, "WRN_10_2", 10))
+
+
+def test_safetensors_checkpoint_converts(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    net = _make_net(NETWORKS["wrn-16-1"])
+    path = tmp_path / "net.safetensors"
+    safetensors_torch.save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    _assert_same_function(net, convert.convert_checkpoint(path, "wrn-16-1", 10))
+
+
+def test_robustbench_normalisation_buffers_become_a_layer(tmp_path):
+    net = _make_net(lambda c: TradesWideResNet(10, 1, c, buffers=(CIFAR_MEAN, CIFAR_STD)))
+    state = convert.load_state_dict(_save(net, tmp_path / "net.pt"))
+    model, report = convert.convert_state_dict(state, "wrn-10-1", 10)
+    layer = model.get_layer("normalize")
+    np.testing.assert_allclose(np.asarray(layer.mean).reshape(-1), CIFAR_MEAN, rtol=1e-6)
+    np.testing.assert_allclose(np.sqrt(np.asarray(layer.variance)).reshape(-1), CIFAR_STD, rtol=1e-6)
+    assert "mu" in report["normalize_source"]
+    _assert_same_function(net, model)
+
+
+def test_explicit_normalisation_conflicting_with_buffers_is_refused(tmp_path):
+    net = _make_net(lambda c: TradesWideResNet(10, 1, c, buffers=(CIFAR_MEAN, CIFAR_STD)))
+    state = convert.load_state_dict(_save(net, tmp_path / "net.pt"))
+    with pytest.raises(convert.ConversionError, match="normalises inputs itself"):
+        convert.convert_state_dict(state, "wrn-10-1", 10, normalize=((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
+
+
+# ---------------------------------------------------------------- refusals (CLI, exit code 2)
+
+
+def _cli(args, capsys):
+    code = convert.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def wrn_state():
+    return _make_net(NETWORKS["wrn-10-2"]).state_dict()
+
+
+def test_missing_tensor_is_refused_and_named(tmp_path, capsys, wrn_state):
+    del wrn_state["block2.layer.0.conv1.weight"]
+    torch.save(wrn_state, tmp_path / "in.pt")
+    code, err = _cli(["--arch", "wrn-10-2", "--num-classes", "10", tmp_path / "in.pt", tmp_path / "out.keras"], capsys)
+    assert code == 2
+    assert "missing" in err and "block2.layer.0.conv1.weight" in err
+    assert os.listdir(tmp_path) == ["in.pt"]
+
+
+def test_unexpected_tensor_is_refused_and_named(tmp_path, capsys, wrn_state):
+    wrn_state["head.extra.weight"] = torch.zeros(3)
+    torch.save(wrn_state, tmp_path / "in.pt")
+    code, err = _cli(["--arch", "wrn-10-2", "--num-classes", "10", tmp_path / "in.pt", tmp_path / "out.keras"], capsys)
+    assert code == 2
+    assert "unexpected" in err and "head.extra.weight" in err
+    assert os.listdir(tmp_path) == ["in.pt"]
+
+
+def test_wrong_class_count_is_refused(tmp_path, capsys):
+    torch.save(_make_net(NETWORKS["wrn-10-2"], num_classes=100).state_dict(), tmp_path / "in.pt")
+    code, err = _cli(["--arch", "wrn-10-2", "--num-classes", "10", tmp_path / "in.pt", tmp_path / "out.keras"], capsys)
+    assert code == 2
+    assert "100 classes" in err and "fc.weight" in err and "num_classes=10" in err
+    assert os.listdir(tmp_path) == ["in.pt"]
+
+
+def test_shape_mismatch_is_refused_with_both_shapes(tmp_path, capsys, wrn_state):
+    wrn_state["block3.layer.0.conv2.weight"] = torch.zeros(128, 128, 1, 1)
+    torch.save(wrn_state, tmp_path / "in.pt")
+    code, err = _cli(["--arch", "wrn-10-2", "--num-classes", "10", tmp_path / "in.pt", tmp_path / "out.keras"], capsys)
+    assert code == 2
+    assert "block3.layer.0.conv2.weight" in err and "(128, 128, 1, 1)" in err and "(128, 128, 3, 3)" in err
+    assert os.listdir(tmp_path) == ["in.pt"]
+
+
+def test_unknown_arch_is_refused(tmp_path, capsys, wrn_state):
+    torch.save(wrn_state, tmp_path / "in.pt")
+    code, err = _cli(["--arch", "vgg-16", "--num-classes", "10", tmp_path / "in.pt", tmp_path / "out.keras"], capsys)
+    assert code == 2
+    assert "vgg-16" in err and "wrn-34-10" in err
+    assert os.listdir(tmp_path) == ["in.pt"]
+
+
+def test_missing_torch_names_the_install_command(tmp_path, monkeypatch):
+    path = tmp_path / "in.pt"
+    path.write_bytes(b"not read")
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match=r"pip install -e \.\[torch\]"):
+        convert.load_state_dict(path)
+
+
+def test_cli_module_writes_a_loadable_file_with_given_normalisation(tmp_path):
+    net = _make_net(NETWORKS["wrn-10-2"])
+    _save(net, tmp_path / "in.pt")
+    out = tmp_path / "sub" / "teacher.keras"
+    result = subprocess.run(
+        [sys.executable, "-m", "dgad_tf.teachers.convert", "--arch", "wrn-10-2", "--num-classes", "10",
+         "--normalize-mean", ",".join(map(str, CIFAR_MEAN)), "--normalize-std", ",".join(map(str, CIFAR_STD)),
+         str(tmp_path / "in.pt"), str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(out.parent) == ["teacher.keras"]  # no temporary file left behind
+    model = keras.saving.load_model(out, safe_mode=True, compile=False)
+    x = np.random.default_rng(4).uniform(size=(2, 32, 32, 3)).astype("float32")
+    manual = (x - np.array(CIFAR_MEAN, "float32")) / np.array(CIFAR_STD, "float32")
+    with torch.no_grad():
+        expected = net(torch.tensor(manual.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(model(x, training=False), expected, atol=1e-4)
+
+
+def test_full_size_wrn_34_10_converts(tmp_path):
+    torch.manual_seed(0)
+    net = TradesWideResNet(34, 10, 10).eval()
+    out = tmp_path / "wrn.keras"
+    model = convert.convert_checkpoint(_save(net, tmp_path / "wrn.pt"), "wrn-34-10", 10, out)
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 46_160_474
+    loaded = keras.saving.load_model(out, safe_mode=True, compile=False)
+    x = np.random.default_rng(5).uniform(size=(1, 32, 32, 3)).astype("float32")
+    with torch.no_grad():
+        expected = net(torch.tensor(x.transpose(0, 3, 1, 2))).numpy()
+    assert loaded(x, training=False).shape == (1, 10)
+    np.testing.assert_allclose(loaded(x, training=False), expected, atol=1e-4)

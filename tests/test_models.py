@@ -1,0 +1,208 @@
+"""Tests for dgad_tf.models: parameter counts, shapes, names, normalisation, save/load."""
+
+import numpy as np
+import pytest
+
+import keras
+
+from dgad_tf.models import MODEL_NAMES, build_model, canonical_model_name
+from dgad_tf.models import _common
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2471, 0.2435, 0.2616)
+
+
+def _trainable_params(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def _randomize(model, seed=0):
+    """Give every weight, BN moving statistics included, a random value (variances positive)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Normalization):
+            continue
+        values = []
+        for weight in layer.weights:
+            shape = tuple(weight.shape)
+            if "variance" in weight.path:
+                values.append(rng.uniform(0.5, 1.5, shape))
+            else:
+                values.append(rng.normal(0.0, 0.2, shape))
+        layer.set_weights([v.astype("float32") for v in values])
+
+
+# Reference counts are PyTorch's `sum(p.numel() for p in net.parameters())` for 10 classes.
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("resnet-18", 11_173_962),
+        ("mobilenetv2", 2_296_922),
+        ("wrn-16-4", 2_748_890),
+        ("wrn-34-10", 46_160_474),
+        ("resnet-34", 21_282_122),
+        # kuangliu's PreActResNet18 (11,171,146) plus the final 512-channel BN (1,024).
+        ("preact-resnet-18", 11_172_170),
+    ],
+)
+def test_trainable_parameter_count_matches_pytorch(name, expected):
+    assert _trainable_params(build_model(name, 10)) == expected
+
+
+@pytest.mark.parametrize(
+    "name, input_shape",
+    [
+        ("small-cnn", (8, 8, 1)),
+        ("small-cnn", (32, 32, 3)),
+        ("resnet-18", (16, 16, 3)),
+        ("resnet-34", (16, 16, 3)),
+        ("preact-resnet-18", (16, 16, 3)),
+        ("mobilenetv2", (16, 16, 3)),
+        ("wrn-10-2", (16, 16, 3)),
+    ],
+)
+def test_output_is_batch_by_classes_logits(name, input_shape):
+    model = build_model(name, 7, input_shape)
+    x = np.random.default_rng(0).uniform(size=(2,) + input_shape).astype("float32")
+    logits = model(x, training=False)
+    assert tuple(logits.shape) == (2, 7)
+    # Logits, not probabilities: rows need not sum to one.
+    assert not np.allclose(np.sum(logits, axis=-1), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "spelling, canonical",
+    [
+        ("ResNet18", "resnet-18"),
+        ("resnet_34", "resnet-34"),
+        ("PreActResNet18", "preact-resnet-18"),
+        ("MobileNet_V2", "mobilenetv2"),
+        ("WRN_34_10", "wrn-34-10"),
+        ("wrn28-10", "wrn-28-10"),
+        ("small_cnn", "small-cnn"),
+    ],
+)
+def test_name_spellings_are_normalised(spelling, canonical):
+    assert canonical_model_name(spelling) == canonical
+
+
+def test_model_is_named_after_its_canonical_name():
+    assert build_model("WRN_10_1", 10).name == "wrn-10-1"
+    assert build_model("resnet18", 10, (8, 8, 3)).name == "resnet-18"
+
+
+def test_unknown_name_error_lists_known_names():
+    with pytest.raises(ValueError) as info:
+        build_model("vgg-16", 10)
+    message = str(info.value)
+    assert "vgg-16" in message
+    for name in ("small-cnn", "resnet-18", "resnet-34", "preact-resnet-18", "mobilenetv2", "wrn-34-10"):
+        assert name in message
+    assert set(MODEL_NAMES) >= {"small-cnn", "resnet-18", "resnet-34", "preact-resnet-18", "mobilenetv2"}
+
+
+def test_invalid_wrn_depth_is_rejected():
+    with pytest.raises(ValueError, match="wrn-33-10"):
+        build_model("wrn-33-10", 10)
+
+
+@pytest.mark.parametrize("num_classes", [1, 0, 2.5, True])
+def test_bad_num_classes_is_rejected(num_classes):
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model("small-cnn", num_classes)
+
+
+@pytest.mark.parametrize("input_shape", [(32, 32), (32, 32, 0), (2, 2, 1), (32.5, 32, 3), "32x32"])
+def test_bad_input_shape_is_rejected(input_shape):
+    with pytest.raises(ValueError, match="input_shape"):
+        build_model("small-cnn", 10, input_shape)
+
+
+def test_bad_normalize_is_rejected():
+    with pytest.raises(ValueError, match="normalize"):
+        build_model("small-cnn", 10, normalize=((0.5, 0.5, 0.5), (0.2, 0.0, 0.2)))
+
+
+def test_normalize_layer_equals_manual_standardisation():
+    normalized = build_model("wrn-10-1", 10, (8, 8, 3), normalize=(CIFAR_MEAN, CIFAR_STD))
+    plain = build_model("wrn-10-1", 10, (8, 8, 3))
+    _randomize(normalized)
+    plain.set_weights(_body_weights(normalized))
+    x = np.random.default_rng(1).uniform(size=(3, 8, 8, 3)).astype("float32")
+    manual = (x - np.array(CIFAR_MEAN, "float32")) / np.array(CIFAR_STD, "float32")
+    expected = plain(manual, training=False)
+    np.testing.assert_allclose(normalized(x, training=False), expected, rtol=1e-5, atol=1e-5)
+    # The layer must actually do something: feeding raw pixels to the plain model differs.
+    assert np.max(np.abs(plain(x, training=False) - expected)) > 1e-2
+
+
+def _body_weights(model):
+    """All weights except those of the Normalization layer, in `get_weights` order."""
+    weights = []
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.Normalization):
+            weights.extend(layer.get_weights())
+    return weights
+
+
+@pytest.mark.parametrize(
+    "name, input_shape, normalize",
+    [
+        ("small-cnn", (8, 8, 1), ((0.5,), (0.25,))),
+        ("mobilenetv2", (16, 16, 3), None),
+        ("wrn-10-2", (16, 16, 3), (CIFAR_MEAN, CIFAR_STD)),
+        ("preact-resnet-18", (8, 8, 3), None),
+    ],
+)
+def test_keras_file_round_trip_in_safe_mode(tmp_path, name, input_shape, normalize):
+    model = build_model(name, 10, input_shape, normalize=normalize)
+    _randomize(model)
+    path = tmp_path / f"{model.name}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    x = np.random.default_rng(2).uniform(size=(2,) + input_shape).astype("float32")
+    assert loaded.name == model.name
+    np.testing.assert_array_equal(loaded(x, training=False), model(x, training=False))
+
+
+def test_stride_two_conv_pads_symmetrically_like_pytorch():
+    # PyTorch Conv2d(k=3, stride=2, padding=1) on an even input pads one pixel on every side.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1, 6, 6, 2)).astype("float32")
+    kernel = rng.normal(size=(3, 3, 2, 4)).astype("float32")
+    inputs = keras.Input((6, 6, 2))
+    model = keras.Model(inputs, _common.conv(inputs, 4, 3, 2, "c"))
+    model.get_layer("c").set_weights([kernel])
+    padded = np.pad(x[0], ((1, 1), (1, 1), (0, 0)))
+    expected = np.zeros((3, 3, 4), "float32")
+    for i in range(3):
+        for j in range(3):
+            patch = padded[2 * i : 2 * i + 3, 2 * j : 2 * j + 3, :]
+            expected[i, j] = np.einsum("hwc,hwco->o", patch, kernel)
+    np.testing.assert_allclose(model(x)[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_uses_pytorch_momentum_epsilon_and_sync_flag():
+    model = build_model("small-cnn", 10, (8, 8, 3), sync_batchnorm=True)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms
+    for layer in norms:
+        assert (layer.momentum, layer.epsilon, layer.synchronized) == (0.9, 1e-5, True)
+    plain = build_model("small-cnn", 10, (8, 8, 3))
+    assert not any(getattr(layer, "synchronized", False) for layer in plain.layers)
+
+
+def test_name_prefix_applies_to_model_and_every_layer():
+    model = build_model("resnet-18", 10, (8, 8, 3), name_prefix="teacher_")
+    assert model.name == "teacher_resnet-18"
+    assert all(layer.name.startswith("teacher_") for layer in model.layers)
+    with pytest.raises(ValueError, match="name_prefix"):
+        build_model("small-cnn", 10, name_prefix="a/b")
+
+
+def test_weight_layers_are_named_after_pytorch_modules():
+    model = build_model("wrn-16-1", 10, (8, 8, 3))
+    names = {layer.name for layer in model.layers if layer.weights}
+    assert {"conv1", "block2.layer.0.convShortcut", "block3.layer.1.bn2", "bn1", "fc"} <= names
+    # Group 1 of a width-1 WRN keeps 16 channels, so no shortcut conv there.
+    assert "block1.layer.0.convShortcut" not in names
