@@ -410,3 +410,32 @@ def test_full_size_wrn_34_10_converts(tmp_path):
         expected = net(torch.tensor(x.transpose(0, 3, 1, 2))).numpy()
     assert loaded(x, training=False).shape == (1, 10)
     np.testing.assert_allclose(loaded(x, training=False), expected, atol=1e-4)
+
+
+# ---------------------------------------------------------------- use in fit
+
+
+def test_converted_teacher_distils_in_fit(tmp_path):
+    from dgad_tf.fit import main
+
+    pt = _save(_make_net(lambda c: TradesWideResNet(10, 1, c)), tmp_path / "wrn.pt")
+    teacher = tmp_path / "teacher.keras"
+    convert.convert_checkpoint(str(pt), "wrn-10-1", 10, out_path=str(teacher))
+    teacher_bytes = teacher.read_bytes()
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz",
+             x_train=rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8),
+             y_train=np.arange(120) % 10,
+             x_test=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+             y_test=np.arange(20) % 10)
+    run_dir = tmp_path / "run"
+    overrides = ["data.source=npz", f"data.path={tmp_path / 'data.npz'}",
+                 "model.student=small-cnn", f"model.teacher_path={teacher}",
+                 "method.name=dgad", "train.epochs=1", "train.batch_size=36",
+                 "attack.steps=1", "train.val_robust_steps=1", "eval.n=20",
+                 "output.tensorboard=false", f"output.dir={run_dir}"]
+    argv = [arg for item in overrides for arg in ("--set", item)] + ["--quiet"]
+    assert main(argv) == 0
+    assert (run_dir / "student_last.keras").is_file()
+    assert not (run_dir / "teacher_run").exists()  # loaded, not trained
+    assert teacher.read_bytes() == teacher_bytes  # the converted file is only read
