@@ -118,3 +118,18 @@ def test_a_run_directory_of_another_config_is_left_alone(tmp_path, capsys):
     assert main(args(run_dir, "method.name=pgd_at")) == 2
     assert "different config" in capsys.readouterr().err
     assert (run_dir / "student_last.keras").read_bytes() == b"precious"
+
+
+def test_export_section_exports_the_finished_student(tmp_path):
+    run_dir = tmp_path / "run"
+    code = main(args(run_dir, "method.name=pgd_at", "train.epochs=1",
+                     "export.formats=[saved_model,tflite_float]", "output.tensorboard=false"))
+    assert code == 0
+    version = run_dir / "export" / "1"
+    assert (version / "saved_model.pb").is_file()
+    assert (version / "model_float32.tflite").is_file()
+    card = json.loads((version / "model_card.json").read_text())
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["export"]["source"] == card["source"]
+    assert card["source"]["config_sha256"] == report["config_sha256"]
+    assert card["evaluation"]
