@@ -319,6 +319,19 @@ def _plain(value):
 # --------------------------------------------------------------------------- coercion
 
 
+def parse_fraction(text) -> float:
+    """Read "8/255", "0.03" or a number as a float; ValueError names the text otherwise.
+
+    Example:
+        >>> parse_fraction("8/255") == 8 / 255
+        True
+    """
+    try:
+        return float(fractions.Fraction(str(text).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"not a number or a fraction a/b: {text!r}") from None
+
+
 def _parse_number(key: str, value: Any, kind: type):
     if isinstance(value, bool):
         raise ConfigError(f"`{key}` must be a {kind.__name__}; received {key}={value!r}")
@@ -333,8 +346,8 @@ def _parse_number(key: str, value: Any, kind: type):
         if isinstance(value, str):
             # Fractions such as "8/255" are how the field writes eps and step sizes.
             try:
-                return float(fractions.Fraction(value.strip()))
-            except (ValueError, ZeroDivisionError):
+                return parse_fraction(value)
+            except ValueError:
                 pass
     raise ConfigError(f"`{key}` must be a {kind.__name__}; received {key}={value!r}")
 

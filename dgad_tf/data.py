@@ -247,6 +247,18 @@ def load_splits(
     return splits
 
 
+def splits_from_config(data_cfg) -> DatasetSplits:
+    """`load_splits` with the fields of a config's `data` section (`dgad_tf.config.DataConfig`).
+
+    Args:
+        data_cfg: a `DataConfig`, or any object with its attributes.
+    """
+    d = data_cfg
+    return load_splits(d.source, name=d.name, path=d.path, data_dir=d.data_dir,
+                       val_fraction=d.val_fraction, seed=d.seed, train_limit=d.train_limit,
+                       test_limit=d.test_limit, image_size=d.image_size)
+
+
 def split_validation(arrays: Arrays, val_fraction: float, seed: int) -> tuple[Arrays, Arrays]:
     """Carve a class-stratified validation split out of `arrays`.
 

@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import pathlib
@@ -43,16 +42,6 @@ ATTACK_DESCRIPTIONS = {
     "autoattack": "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (worst case per point)",
     "autoattack_custom": "AutoAttack custom: APGD-CE, APGD-T (worst case per point)",
 }
-
-
-def parse_fraction(text) -> float:
-    """Read "8/255", "0.03" or a number as a float."""
-    from fractions import Fraction
-
-    try:
-        return float(Fraction(str(text).strip()))
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"not a number or fraction: {text!r}") from None
 
 
 def check_attack_names(names) -> list[str]:
@@ -177,14 +166,6 @@ def evaluate_model(model, x, y, *, attacks=("clean", "pgd20"), eps=8 / 255, batc
     return report
 
 
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def format_report(report: dict) -> str:
     """The report as an aligned text table."""
     lines = [f"n={report['n']}  eps={report['eps']:.5f}  clean={report['clean_accuracy']:.4f}",
@@ -195,26 +176,10 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def resolve_model_path(path: str) -> pathlib.Path:
-    """A `.keras` file, or the best student of a run directory."""
-    path = pathlib.Path(path)
-    if path.is_dir():
-        for name in ("student_best_robust.keras", "student_last.keras"):
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f"{path} holds no student_best_robust.keras or "
-                                "student_last.keras")
-    if not path.is_file():
-        raise FileNotFoundError(f"model not found: {path}")
-    if path.suffix != ".keras":
-        raise ValueError(f"the model must be a .keras file or a run directory; received {path}")
-    return path
-
-
 def load_eval_arrays(data: str | None, model_path: pathlib.Path, split: str, n: int | None):
     """Images and labels for evaluation from a config file, a run's config, an npz or 'digits'."""
     from dgad_tf.config import load_config
-    from dgad_tf.data import load_splits
+    from dgad_tf.data import load_splits, splits_from_config
 
     if data is None:
         run_config = model_path.parent / "config.yaml"
@@ -222,10 +187,7 @@ def load_eval_arrays(data: str | None, model_path: pathlib.Path, split: str, n: 
             raise ValueError("--data is required when the model is not inside a run directory")
         data = str(run_config)
     if data.endswith((".yaml", ".yml")):
-        d = load_config(data).data
-        splits = load_splits(d.source, name=d.name, path=d.path, data_dir=d.data_dir,
-                             val_fraction=d.val_fraction, seed=d.seed, train_limit=d.train_limit,
-                             test_limit=d.test_limit, image_size=d.image_size)
+        splits = splits_from_config(load_config(data).data)
     elif data == "digits":
         splits = load_splits("digits")
     else:
@@ -256,12 +218,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    from dgad_tf.config import ConfigError, parse_fraction
+    from dgad_tf.serving import resolve_student_path, sha256_file
+
     try:
         names = check_attack_names(args.attacks.split(","))
         eps = parse_fraction(args.eps)
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"`--eps` must be in [0, 1]; received --eps={args.eps}")
         if args.n is not None and args.n < 1:
             raise ValueError(f"`--n` must be >= 1; received --n={args.n}")
-        model_path = resolve_model_path(args.model)
+        model_path = resolve_student_path(args.model)
         x, y = load_eval_arrays(args.data, model_path, args.split, args.n)
         import keras
 
@@ -272,14 +239,14 @@ def main(argv=None) -> int:
         if y.max(initial=0) >= model.output_shape[-1]:
             raise ValueError(f"the data has label {int(y.max())} but the model has only "
                              f"{model.output_shape[-1]} classes")
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
     report = evaluate_model(model, x, y, attacks=names, eps=eps, batch_size=args.batch_size,
                             seed=args.seed, pgd_restarts=args.restarts)
     report["model"] = str(model_path)
-    report["model_sha256"] = file_sha256(model_path)
+    report["model_sha256"] = sha256_file(model_path)
     report["split"] = args.split
     report["command"] = " ".join(["python -m dgad_tf.evaluate"] + list(argv or sys.argv[1:]))
     print(format_report(report))

@@ -12,34 +12,20 @@ Example:
 """
 
 import argparse
-import fractions
 import logging
 import pathlib
 import sys
 
 import numpy as np
-import yaml
 
 from dgad_tf import serving
-
-DATA_KEYS = (
-    "source",
-    "name",
-    "path",
-    "data_dir",
-    "val_fraction",
-    "seed",
-    "train_limit",
-    "test_limit",
-    "image_size",
-)
-
+from dgad_tf.config import parse_fraction
 
 def parse_eps(text):
     """An ε given as a float or a fraction such as "8/255"."""
     try:
-        value = float(fractions.Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError) as error:
+        value = parse_fraction(text)
+    except ValueError as error:
         raise argparse.ArgumentTypeError(
             f"--eps must be a number or a/b; received {text!r}"
         ) from error
@@ -82,11 +68,10 @@ def _load_splits(run_dir):
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         return None
-    data = (yaml.safe_load(config_path.read_text()) or {}).get("data") or {}
-    from dgad_tf.data import load_splits
+    from dgad_tf.config import load_config
+    from dgad_tf.data import splits_from_config
 
-    kwargs = {k: data[k] for k in DATA_KEYS if k in data and k != "source"}
-    return load_splits(data["source"], **kwargs)
+    return splits_from_config(load_config(config_path).data)
 
 
 def main(argv=None):

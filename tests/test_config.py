@@ -105,3 +105,17 @@ def test_cli_print_config(capsys):
     assert main(["--set", "attack.steps=3", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["attack"]["steps"] == 3
+
+
+def test_readme_documents_every_config_key():
+    import dataclasses
+    import typing
+
+    readme = (CONFIGS.parent / "README.md").read_text()
+    sections = {name: hint for name, hint in typing.get_type_hints(Config).items()
+                if dataclasses.is_dataclass(hint)}
+    assert len(sections) >= 10
+    keys = [f"{name}.{field.name}" for name, hint in sections.items()
+            for field in dataclasses.fields(hint)]
+    missing = [key for key in keys if f"`{key}`" not in readme]
+    assert not missing, f"README's config reference lacks {missing}"

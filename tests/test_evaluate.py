@@ -112,4 +112,4 @@ def test_cli_refuses_wrong_shape_and_bad_names(undefended, tmp_path, capsys):
     assert main(["--model", str(path), "--data", "digits", "--attacks", "pgd"]) == 2
     assert "unknown attack" in capsys.readouterr().err
     assert main(["--model", str(tmp_path / "none.keras"), "--data", "digits"]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "none.keras" in capsys.readouterr().err

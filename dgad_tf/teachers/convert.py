@@ -321,17 +321,10 @@ def _convert(path, arch, num_classes, out_path, normalize, input_shape):
 
 
 def save_atomically(model, out_path):
-    """Save `model` to `out_path` (.keras) via a temporary file in the same directory."""
-    out_path = pathlib.Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.stem}.", suffix=".tmp.keras")
-    os.close(handle)
-    try:
-        model.save(tmp_name)
-        os.replace(tmp_name, out_path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
+    """Save `model` to `out_path` (.keras) without ever leaving a partial file there."""
+    from dgad_tf.callbacks import save_model_atomic
+
+    save_model_atomic(model, out_path)
 
 
 def _floats(text):
