@@ -125,7 +125,6 @@ def _build_square_run(model_fn, input_shape, eps, n_queries, sides):
         def body(i, x_best, margin_best):
             active = tf.where(margin_best > 0.0)[:, 0]
             n_active = tf.shape(active)[0]
-            x_curr = tf.gather(x, active)
             x_best_curr = tf.gather(x_best, active)
             labels_curr = tf.gather(labels, active)
             margin_curr = tf.gather(margin_best, active)

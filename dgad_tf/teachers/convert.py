@@ -14,10 +14,8 @@ Usage:
 
 import argparse
 import logging
-import os
 import pathlib
 import sys
-import tempfile
 
 import numpy as np
 
