@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dgad_tf import attacks, losses
+from dgad_tf import attacks, distribute, losses
 from dgad_tf.config import METHODS, TEACHER_METHODS, resolved_attack_init
 
 
@@ -165,6 +165,15 @@ class AdversarialDistiller(keras.Model):
                      y=tf.zeros([2], tf.int32))
         return sorted(self.spec.loss(dummy, self.hparams, None).keys())
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a distribution strategy Keras 3 reduces one real batch across replicas only to
+        # read its shapes, which fails under MultiWorkerMirroredStrategy
+        # (keras-team/keras#20585). The student already knows the shapes.
+        if iterator is not None:
+            shape = (1,) + tuple(self.student.input_shape[1:])
+            data_batch = (np.zeros(shape, np.float32), np.zeros((1,), np.int64))
+        super()._maybe_symbolic_build(data_batch=data_batch)
+
     @property
     def metrics(self):
         return list(self._train_trackers.values()) + list(self._test_trackers.values())
@@ -229,24 +238,54 @@ class AdversarialDistiller(keras.Model):
         # 5. gradients of the student's variables only
         variables = self.student.trainable_variables
         grads = tape.gradient(loss, variables)
+        # Keras 3 all-reduces the gradients by SUM across replicas before the update.
         self.optimizer.apply(grads, variables)
+        if replicas > 1:
+            self._average_replica_statistics()
 
         self._update_train_metrics(terms, forwards, x, y, local_batch, replicas)
-        return {name: m.result() for name, m in self._train_trackers.items()}
+        return _replica_results(self._train_trackers)
+
+    def _average_replica_statistics(self):
+        # Keras 3 lets every replica update its own copy of the batch-norm moving statistics
+        # (they would drift apart and only replica 0's would be saved). Averaging them after each
+        # step gives every copy the mean of the replicas' updates; the update being linear, that
+        # is what averaging the copies at read time would give.
+        # Integer state (e.g. random-seed counters) is equal on every replica and stays as is.
+        statistics = [v for v in self.student.non_trainable_variables
+                      if keras.backend.is_float_dtype(v.dtype)]
+        if not statistics:
+            return
+        context = tf.distribute.get_replica_context()
+        # One packed all-reduce: MultiWorkerMirroredStrategy fails on a list of variable reads
+        # ("destinations can not be empty") and one call is cheaper anyway.
+        packed = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in statistics], 0)
+        averaged = context.all_reduce(tf.distribute.ReduceOp.SUM, packed) / tf.cast(
+            context.num_replicas_in_sync, tf.float32)
+        sizes = [int(np.prod(v.shape)) for v in statistics]
+        for variable, value in zip(statistics, tf.split(averaged, sizes)):
+            variable.assign(tf.cast(tf.reshape(value, variable.shape), variable.dtype))
 
     def _update_train_metrics(self, terms, forwards, x, y, local_batch, replicas):
         weight = tf.cast(local_batch, tf.float32)
+        # DGAD's kl_clean / kl_adv are means over this replica's part of its partition; weighted
+        # by the part's size they average to the mean over the partition of the whole batch.
+        partition_sizes = {}
+        if "num_misclassified" in terms:
+            misclassified = tf.cast(terms["num_misclassified"], tf.float32)
+            partition_sizes = {"kl_clean": misclassified, "kl_adv": weight - misclassified}
         for key, value in terms.items():
             if key in _COUNT_KEYS:
                 self._train_trackers[_COUNT_KEYS[key]].update_state(
                     tf.cast(value, tf.float32) / weight, sample_weight=weight)
-            elif key in ("total", "kl_clean", "kl_adv"):
+            elif key in partition_sizes:
+                self._train_trackers[key].update_state(tf.cast(value, tf.float32),
+                                                       sample_weight=partition_sizes[key])
+            elif key == "total":
                 # `total` is this replica's share of the global mean; the mean of
-                # replicas·share over replicas is the global loss. The partition means are
-                # this replica's own, averaged across replicas.
-                scale = tf.cast(replicas, tf.float32) if key == "total" else 1.0
-                self._train_trackers["loss" if key == "total" else key].update_state(
-                    tf.cast(value, tf.float32) * scale)
+                # replicas·share over replicas is the global loss (likewise every other term).
+                self._train_trackers["loss"].update_state(
+                    tf.cast(value, tf.float32) * tf.cast(replicas, tf.float32))
             else:
                 self._train_trackers[key].update_state(
                     tf.cast(value, tf.float32) * tf.cast(replicas, tf.float32))
@@ -282,7 +321,28 @@ class AdversarialDistiller(keras.Model):
         else:
             robust = clean
         self._test_trackers["robust_accuracy"].update_state(robust)
-        return {name: m.result() for name, m in self._test_trackers.items()}
+        return _replica_results(self._test_trackers)
+
+
+def _replica_results(trackers: dict) -> dict:
+    """Every `Mean` tracker's result over all replicas, returned identically by each replica.
+
+    Keras averages the values the replicas return; a mean of per-replica ratios is not the ratio
+    of the sums when replicas weigh differently (partition sizes, an uneven last batch).
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return {name: m.result() for name, m in trackers.items()}
+    sums = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack(
+        [tf.stack([tf.convert_to_tensor(m.total), tf.convert_to_tensor(m.count)])
+         for m in trackers.values()]))
+    results = {name: tf.math.divide_no_nan(sums[i, 0], sums[i, 1])
+               for i, name in enumerate(trackers)}
+    if distribute.is_multi_worker(tf.distribute.get_strategy()):
+        # Keras 3 reduces multi-worker logs with `strategy.reduce(..., axis=0)`, which a scalar
+        # lacks; one-element vectors reduce to the same scalar.
+        results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+    return results
 
 
 def _check_compatible(student: keras.Model, teacher: keras.Model):

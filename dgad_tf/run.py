@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 
 from dgad_tf import data as data_lib
-from dgad_tf import models
+from dgad_tf import distribute, models
 from dgad_tf.callbacks import RunCheckpoints, atomic_write_text, save_model_atomic
 from dgad_tf.config import Config, ConfigError
 from dgad_tf.distiller import METHOD_SPECS, AdversarialDistiller
@@ -45,12 +45,8 @@ class RunError(ValueError):
 
 def load_data(cfg: Config) -> data_lib.DatasetSplits:
     """The configured dataset's train/val/test splits (any loader error becomes a RunError)."""
-    d = cfg.data
     try:
-        return data_lib.load_splits(d.source, name=d.name, path=d.path, data_dir=d.data_dir,
-                                    val_fraction=d.val_fraction, seed=d.seed,
-                                    train_limit=d.train_limit, test_limit=d.test_limit,
-                                    image_size=d.image_size)
+        return data_lib.splits_from_config(cfg.data)
     except (ValueError, FileNotFoundError, OSError) as err:
         raise RunError(f"data: {err}") from err
 
@@ -113,54 +109,81 @@ def teacher_path_for(cfg: Config, run_dir: pathlib.Path) -> pathlib.Path:
         else run_dir / "teacher.keras"
 
 
+def build_distiller(cfg: Config, *, student: keras.Model, teacher: Optional[keras.Model],
+                    method: str, steps_per_epoch: int, epochs: int, lr: float,
+                    milestones) -> AdversarialDistiller:
+    """A compiled `AdversarialDistiller` with the config's attack, loss weights and optimiser.
+
+    Call it inside `strategy.scope()` when training under a distribution strategy.
+    """
+    t, o, a, me = cfg.train, cfg.optimizer, cfg.attack, cfg.method
+    distiller = AdversarialDistiller(
+        student, teacher, method=method, eps=a.eps, step_size=a.step_size, steps=a.steps,
+        attack_init=a.init, init_std=a.init_std, beta=me.beta, use_map=me.use_map,
+        use_els=me.use_els, distill_weight=me.distill_weight, trades_beta=me.trades_beta,
+        ard_alpha=me.ard_alpha, ard_temperature=me.ard_temperature,
+        adaad_alpha=me.adaad_alpha, val_robust_steps=t.val_robust_steps)
+    optimizer = make_optimizer(lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                               nesterov=o.nesterov, steps_per_epoch=steps_per_epoch,
+                               epochs=epochs, schedule=o.schedule, milestones=milestones,
+                               gamma=o.gamma, warmup_epochs=o.warmup_epochs)
+    distiller.compile(optimizer=optimizer, jit_compile=t.jit_compile,
+                      steps_per_execution=t.steps_per_execution)
+    return distiller
+
+
+def make_datasets(cfg: Config, splits: data_lib.DatasetSplits, seed: int):
+    """(training dataset, validation dataset or None, steps per epoch) for the config."""
+    t, d = cfg.train, cfg.data
+    steps_per_epoch = len(splits.train.y) // t.batch_size
+    if steps_per_epoch < 1:
+        raise RunError(f"train.batch_size={t.batch_size} is larger than the "
+                       f"{len(splits.train.y)} training images")
+    train_ds = data_lib.make_train_dataset(splits.train, t.batch_size, augment=d.augment,
+                                           crop_padding=d.crop_padding, flip=d.flip, seed=seed)
+    train_ds = distribute.distribute_options(train_ds)
+    val_arrays = data_lib.Arrays(splits.val.x[:t.val_robust_n], splits.val.y[:t.val_robust_n])
+    val_ds = data_lib.make_eval_dataset(val_arrays, t.batch_size) if len(val_arrays.y) else None
+    if val_ds is not None:
+        val_ds = distribute.distribute_options(val_ds)
+    return train_ds, val_ds, steps_per_epoch
+
+
 def train_network(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.Path, *,
                   student: keras.Model, teacher: Optional[keras.Model], method: str,
                   epochs: int, lr: float, milestones, strategy=None) -> AdversarialDistiller:
     """Train `student` with `method` for `epochs`, writing checkpoints and logs to `run_dir`.
 
-    Resumes after the last completed epoch when `run_dir` holds a training state.
+    Resumes after the last completed epoch when `run_dir` holds a training state. Under a
+    distribution strategy the student, teacher and optimiser must have been created under its
+    scope; Keras `fit` splits every global batch of `train.batch_size` across the replicas.
     """
-    t, o, a, me = cfg.train, cfg.optimizer, cfg.attack, cfg.method
     strategy = strategy or tf.distribute.get_strategy()
-    steps_per_epoch = len(splits.train.y) // t.batch_size
-    if steps_per_epoch < 1:
-        raise RunError(f"train.batch_size={t.batch_size} is larger than the "
-                       f"{len(splits.train.y)} training images")
+    steps_per_epoch = len(splits.train.y) // cfg.train.batch_size
     run_dir.mkdir(parents=True, exist_ok=True)
     with strategy.scope():
-        distiller = AdversarialDistiller(
-            student, teacher, method=method, eps=a.eps, step_size=a.step_size, steps=a.steps,
-            attack_init=a.init, init_std=a.init_std, beta=me.beta, use_map=me.use_map,
-            use_els=me.use_els, distill_weight=me.distill_weight, trades_beta=me.trades_beta,
-            ard_alpha=me.ard_alpha, ard_temperature=me.ard_temperature,
-            adaad_alpha=me.adaad_alpha, val_robust_steps=t.val_robust_steps)
-        optimizer = make_optimizer(lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                                   nesterov=o.nesterov, steps_per_epoch=steps_per_epoch,
-                                   epochs=epochs, schedule=o.schedule, milestones=milestones,
-                                   gamma=o.gamma, warmup_epochs=o.warmup_epochs)
-        distiller.compile(optimizer=optimizer, jit_compile=t.jit_compile,
-                          steps_per_execution=t.steps_per_execution)
+        distiller = build_distiller(cfg, student=student, teacher=teacher, method=method,
+                                    steps_per_epoch=max(steps_per_epoch, 1), epochs=epochs,
+                                    lr=lr, milestones=milestones)
         checkpoints = RunCheckpoints(run_dir)
         initial_epoch = checkpoints.restore(distiller)
-
-    d = cfg.data
-    train_ds = data_lib.make_train_dataset(splits.train, t.batch_size, augment=d.augment,
-                                           crop_padding=d.crop_padding, flip=d.flip,
-                                           seed=t.seed + initial_epoch)
-    val_arrays = data_lib.Arrays(splits.val.x[:t.val_robust_n], splits.val.y[:t.val_robust_n])
-    val_ds = data_lib.make_eval_dataset(val_arrays, t.batch_size) if len(val_arrays.y) else None
+    distribute.check_workers_agree(strategy, initial_epoch, "the completed epochs to resume after")
+    # A resumed run reshuffles from a new seed rather than replaying epoch 1's order.
+    train_ds, val_ds, steps_per_epoch = make_datasets(cfg, splits, cfg.train.seed + initial_epoch)
 
     if initial_epoch >= epochs:
         log.info("%s already finished %d epochs", run_dir, initial_epoch)
         return distiller
-    log.info("training %s with %s for epochs %d..%d, %d steps per epoch, global batch %d",
-             student.name, method, initial_epoch + 1, epochs, steps_per_epoch, t.batch_size)
+    log.info("training %s with %s for epochs %d..%d, %d steps per epoch, %s",
+             student.name, method, initial_epoch + 1, epochs, steps_per_epoch,
+             distribute.describe_batch(cfg.train.batch_size, strategy))
     callbacks = [checkpoints, keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True)]
     if cfg.output.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
     distiller.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
-                  validation_data=val_ds, validation_freq=t.val_every, callbacks=callbacks,
-                  shuffle=False, verbose=2 if cfg.output.quiet else 1)
+                  validation_data=val_ds, validation_freq=cfg.train.val_every,
+                  callbacks=callbacks, shuffle=False,
+                  verbose=2 if cfg.output.quiet else 1)
     return distiller
 
 
@@ -170,32 +193,48 @@ def best_student_path(run_dir: pathlib.Path) -> pathlib.Path:
 
 
 def obtain_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) -> keras.Model:
-    """Load the configured teacher, or train it with PGD-AT/TRADES and cache it at its path."""
+    """Load the configured teacher, or train it with PGD-AT/TRADES and cache it at its path.
+
+    The teacher is loaded under `strategy`'s scope so that every replica holds a copy. A
+    non-chief worker caches a teacher it trained in its own scratch `run_dir`, never at a
+    shared `model.teacher_path`.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
     path = teacher_path_for(cfg, run_dir)
+    distribute.check_workers_agree(strategy, int(path.exists()), f"whether {path} exists")
     if path.exists():
         log.info("loading teacher %s", path)
-        return load_teacher(path, splits)
+        with strategy.scope():
+            return load_teacher(path, splits)
     tt = cfg.teacher_train
     log.info("no teacher at %s: training %s with %s for %d epochs", path, cfg.model.teacher,
              tt.method, tt.epochs)
     teacher_run = run_dir / "teacher_run"
-    with (strategy or tf.distribute.get_strategy()).scope():
+    with strategy.scope():
         network = build_network(cfg, cfg.model.teacher, splits)
     train_network(cfg, splits, teacher_run, student=network, teacher=None, method=tt.method,
                   epochs=tt.epochs, lr=tt.lr, milestones=tt.milestones, strategy=strategy)
     trained = keras.models.load_model(best_student_path(teacher_run), safe_mode=True,
                                       compile=False)
+    if not distribute.is_chief(strategy):
+        path = run_dir / "teacher.keras"
     save_model_atomic(trained, path)
-    return load_teacher(path, splits)
+    with strategy.scope():
+        return load_teacher(path, splits)
 
 
-def preflight(cfg: Config):
+def preflight(cfg: Config, run_dir: Optional[pathlib.Path] = None):
     """Every check that needs no writing: data, networks, teacher file, run directory.
+
+    Args:
+        cfg: the run's config.
+        run_dir: where this process writes. Default None (`output.dir`; a non-chief worker
+            passes its scratch directory).
 
     Returns:
         (splits, run_dir) ready for `run`.
     """
-    run_dir = pathlib.Path(cfg.output.dir)
+    run_dir = pathlib.Path(cfg.output.dir) if run_dir is None else pathlib.Path(run_dir)
     check_run_dir(cfg, run_dir)
     splits = load_data(cfg)
     if len(splits.train.y) < cfg.train.batch_size:
@@ -215,9 +254,19 @@ def preflight(cfg: Config):
 
 
 def run(cfg: Config, *, command: str = "") -> dict:
-    """Train (teacher if needed, then student), evaluate on the test split, write the report."""
+    """Train (teacher if needed, then student), evaluate on the test split, write the report.
+
+    The distribution strategy is created first (logical CPUs must be configured before
+    TensorFlow initialises its devices). With several workers only the chief writes `output.dir`;
+    the others run the same steps against a scratch directory deleted at the end.
+    """
+    try:
+        strategy = distribute.make_strategy(cfg.distribute)
+        distribute.check_global_batch(cfg.train.batch_size, strategy)
+    except distribute.DistributeError as err:
+        raise RunError(str(err)) from err
     keras.utils.set_random_seed(cfg.train.seed)
-    splits, run_dir = preflight(cfg)
+    splits, run_dir = preflight(cfg, distribute.worker_run_dir(cfg.output.dir, strategy))
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "config.yaml").exists():
         atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
@@ -225,11 +274,12 @@ def run(cfg: Config, *, command: str = "") -> dict:
 
     teacher = None
     if METHOD_SPECS[cfg.method.name].needs_teacher:
-        teacher = obtain_teacher(cfg, splits, run_dir)
-    student = build_network(cfg, cfg.model.student, splits, cfg.model.sync_batchnorm)
+        teacher = obtain_teacher(cfg, splits, run_dir, strategy)
+    with strategy.scope():
+        student = build_network(cfg, cfg.model.student, splits, cfg.model.sync_batchnorm)
     train_network(cfg, splits, run_dir, student=student, teacher=teacher,
                   method=cfg.method.name, epochs=cfg.train.epochs, lr=cfg.optimizer.lr,
-                  milestones=cfg.optimizer.milestones)
+                  milestones=cfg.optimizer.milestones, strategy=strategy)
 
     final_path = best_student_path(run_dir)
     final = keras.models.load_model(final_path, safe_mode=True, compile=False)
@@ -247,9 +297,10 @@ def run(cfg: Config, *, command: str = "") -> dict:
         report["teacher"] = {"path": str(teacher_path_for(cfg, run_dir)), **teacher_report}
     report["history"] = _read_log(run_dir / "log.csv")
     report["seconds"] = time.time() - started
-    if cfg.export.formats:
+    if cfg.export.formats and distribute.is_chief(strategy):
         report["export"] = _export(cfg, final_path, splits, run_dir)
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2, default=float))
+    distribute.remove_worker_run_dir(run_dir, strategy)
     return report
 
 
