@@ -1,0 +1,77 @@
+"""`python -m dgad_tf.tune`: KerasTuner search over a config's `tune.space`, best trial as a config.
+
+Usage:
+    python -m dgad_tf.tune --config configs/tune_quickstart.yaml
+    python -m dgad_tf.tune --config configs/tune_quickstart.yaml --tuner bayesian \\
+        --max-trials 8 --epochs 5 --out runs/tune_quickstart_bo
+    python -m dgad_tf.fit --config runs/tune_quickstart/best_config.yaml
+
+The teacher is obtained once (loaded from `model.teacher_path`, or trained and cached in the
+search directory). Trials are scored on the validation split carved from the training data.
+Re-running the same command resumes: finished trials are kept, an interrupted one is rerun, and
+`--max-trials` may be raised to continue a finished search. At the end a table of all trials is
+printed and the best trial is written as `<out>/best_config.yaml`, a complete config for
+`python -m dgad_tf.fit`. A bad config or search space exits with code 2 naming the key, before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dgad_tf.tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of overrides with a `tune:` section")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one value; repeatable")
+    parser.add_argument("--tuner", help="random, bayesian or hyperband (tune.tuner)")
+    parser.add_argument("--max-trials", help="trials in all, finished ones included "
+                                             "(tune.max_trials)")
+    parser.add_argument("--epochs", help="epochs per trial (tune.epochs)")
+    parser.add_argument("--out", help="search directory (output.dir)")
+    parser.add_argument("--quiet", action="store_true", help="log lines only, no progress bars")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from dgad_tf.config import ConfigError, load_config
+
+    overrides = list(args.set)
+    for flag, key in ((args.tuner, "tune.tuner"), (args.max_trials, "tune.max_trials"),
+                      (args.epochs, "tune.epochs"), (args.out, "output.dir")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    if args.quiet:
+        overrides.append("output.quiet=true")
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from dgad_tf import tuning
+    from dgad_tf.run import RunError
+
+    try:
+        result = tuning.run_search(cfg)
+    except (RunError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # KerasTuner gives up after consecutive failed trials
+        print(f"error: the search stopped: {err}", file=sys.stderr)
+        return 1
+    print(f"\n{len(result.rows)} trials in {result.out_dir} ({result.trials_run} trained now, "
+          f"{result.seconds:.0f} s); objective {result.spec.objective}, * = best:")
+    print(tuning.format_trials_table(result.rows, result.best_trial))
+    print(f"best config: {result.best_config_path}")
+    print(f"train it:    python -m dgad_tf.fit --config {result.best_config_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
