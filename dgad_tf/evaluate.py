@@ -11,7 +11,9 @@ Attacks by name (L-inf, inputs in [0,1], the model in inference mode):
 * `autoattack` — AutoAttack "standard" (APGD-CE, APGD-T, FAB-T, Square); `autoattack_custom` —
   APGD-CE + APGD-T, for development.
 
-Only points the model classifies correctly are attacked (a wrong point is already non-robust).
+Before attacking, AutoAttack's sanity checks warn about outputs that look like probabilities
+rather than logits, and about a model whose output changes between identical calls (randomness,
+training-mode batch-norm). Only points the model classifies correctly are attacked (a wrong point is already non-robust).
 `--n` takes the first n images of the split in file order, so other tools can attack exactly the
 same points.
 
@@ -113,6 +115,11 @@ def evaluate_model(model, x, y, *, attacks=("clean", "pgd20"), eps=8 / 255, batc
     model_fn = (lambda xb: model(xb, training=False)) if hasattr(model, "trainable_variables") \
         else model
 
+    if len(x) and not any(name.startswith("autoattack") for name in names):
+        # AutoAttack runs these checks itself; every other evaluation gets them here.
+        from dgad_tf.autoattack import check_model_outputs
+
+        check_model_outputs(model_fn, x[:batch_size], y[:batch_size])
     predict = Predictor(model_fn, batch_size)
     start = time.perf_counter()
     clean_correct = predict(x) == y

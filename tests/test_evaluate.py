@@ -113,3 +113,10 @@ def test_cli_refuses_wrong_shape_and_bad_names(undefended, tmp_path, capsys):
     assert "unknown attack" in capsys.readouterr().err
     assert main(["--model", str(tmp_path / "none.keras"), "--data", "digits"]) == 2
     assert "none.keras" in capsys.readouterr().err
+
+
+def test_probability_outputs_are_warned_about(undefended):
+    model, x, y = undefended
+    softmaxed = keras.Sequential([model, keras.layers.Softmax()])
+    with pytest.warns(RuntimeWarning, match="probabilit"):
+        evaluate_model(softmaxed, x[:20], y[:20], attacks=["clean"], eps=EPS, batch_size=20)

@@ -91,7 +91,7 @@ def run_autoattack(model_fn, x, labels, *, eps, version="standard", batch_size=5
     if x.min() < 0.0 or x.max() > 1.0:
         raise ValueError(f"`x` must be in [0, 1]; received values in [{x.min()}, {x.max()}]")
 
-    num_classes = _sanity_checks(model_fn, x[:batch_size], labels[:batch_size])
+    num_classes = check_model_outputs(model_fn, x[:batch_size], labels[:batch_size])
     _check_num_classes(num_classes, attack_names, options)
 
     predictions = np.concatenate([
@@ -185,8 +185,11 @@ def _warn(message):
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def _sanity_checks(model_fn, x, labels, n_calls=3):
-    """The reference's checks on one batch; returns the number of classes."""
+def check_model_outputs(model_fn, x, labels, n_calls=3):
+    """The reference's checks on one batch (logits, not probabilities; a deterministic model).
+
+    Warns through `warnings` and `logging`; returns the number of classes.
+    """
     outputs = [tf.cast(model_fn(tf.convert_to_tensor(x)), tf.float32).numpy()
                for _ in range(n_calls)]
     first = outputs[0]
