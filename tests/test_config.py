@@ -119,3 +119,13 @@ def test_readme_documents_every_config_key():
             for field in dataclasses.fields(hint)]
     missing = [key for key in keys if f"`{key}`" not in readme]
     assert not missing, f"README's config reference lacks {missing}"
+
+
+def test_package_exposes_its_public_names():
+    import dgad_tf
+
+    assert dgad_tf.load_config is load_config
+    assert callable(dgad_tf.dgad_loss) and dgad_tf.AdversarialDistiller.__name__ == \
+        "AdversarialDistiller"
+    with pytest.raises(AttributeError):
+        dgad_tf.no_such_name

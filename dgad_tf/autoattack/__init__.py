@@ -17,6 +17,7 @@ __all__ = [
     "apgd",
     "apgd_checkpoints",
     "apgd_targeted",
+    "check_model_outputs",
     "clear_compiled_cache",
     "cross_entropy_loss",
     "dlr_loss",
