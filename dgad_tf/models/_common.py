@@ -96,18 +96,21 @@ def check_prefix(name_prefix):
     return name_prefix
 
 
-def conv(x, filters, kernel_size, stride, name, use_bias=False):
-    """Conv2D with PyTorch's symmetric `padding=kernel_size // 2`.
+def _torch_padding(x, kernel_size, stride, name):
+    """PyTorch's symmetric `padding=kernel_size // 2`, as (padded input, Keras padding mode).
 
     Keras 'same' pads stride-2 convs on even inputs only at the bottom/right, PyTorch pads both
     sides, which shifts the sampling grid by one pixel; explicit zero padding keeps them equal.
     """
     pad = kernel_size // 2
     if stride > 1 and pad > 0:
-        x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
-        padding = "valid"
-    else:
-        padding = "same"
+        return keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x), "valid"
+    return x, "same"
+
+
+def conv(x, filters, kernel_size, stride, name, use_bias=False):
+    """Conv2D with PyTorch's symmetric `padding=kernel_size // 2` (see `_torch_padding`)."""
+    x, padding = _torch_padding(x, kernel_size, stride, name)
     return keras.layers.Conv2D(
         filters,
         kernel_size,
@@ -121,12 +124,7 @@ def conv(x, filters, kernel_size, stride, name, use_bias=False):
 
 def depthwise_conv(x, kernel_size, stride, name):
     """DepthwiseConv2D (PyTorch `groups=channels`, bias-free) with PyTorch's symmetric padding."""
-    pad = kernel_size // 2
-    if stride > 1 and pad > 0:
-        x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
-        padding = "valid"
-    else:
-        padding = "same"
+    x, padding = _torch_padding(x, kernel_size, stride, name)
     return keras.layers.DepthwiseConv2D(
         kernel_size,
         strides=stride,
