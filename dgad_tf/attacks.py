@@ -16,7 +16,7 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-from dgad_tf.losses import kl_divergence
+from dgad_tf.losses import kl_divergence, largest_other_logit
 
 __all__ = [
     "pgd",
@@ -239,9 +239,8 @@ def cw_margin_loss(logits, labels, confidence=0.0):
         raise ValueError(f"`confidence` must be >= 0; received confidence={confidence}")
     logits = tf.cast(logits, tf.float32)
     labels = _as_labels(labels)
-    true_class = tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False)
     true_logit = tf.gather(logits, labels, axis=-1, batch_dims=1)
-    largest_other = tf.reduce_max(tf.where(true_class, tf.float32.min, logits), axis=-1)
+    largest_other, _ = largest_other_logit(logits, labels)
     return tf.minimum(largest_other - true_logit, confidence)
 
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 __all__ = [
     "kl_divergence",
+    "largest_other_logit",
     "swap_true_with_max",
     "dgad_loss",
     "pgd_at_loss",
@@ -99,8 +100,16 @@ def kl_divergence(p_logits, q_logits, temperature=1.0):
     return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
 
 
-def _largest_other(logits, labels):
-    """Value and index of the largest logit among the classes other than `labels` (first on ties)."""
+def largest_other_logit(logits, labels):
+    """Value and index of the largest logit among the classes other than `labels` (first on ties).
+
+    The one definition of "the best wrong class" that ELS, the CW margin and AutoAttack's DLR and
+    margin losses share.
+
+    Args:
+        logits: `[B, C]` logits.
+        labels: `[B]` integer true classes.
+    """
     num_classes = tf.shape(logits)[-1]
     true_class = tf.one_hot(labels, num_classes, on_value=True, off_value=False)
     others = tf.where(true_class, tf.constant(logits.dtype.min, logits.dtype), logits)
@@ -129,7 +138,7 @@ def swap_true_with_max(logits, labels, mask):
     labels = _as_labels(labels)
     num_classes = tf.shape(logits)[-1]
     true_value = tf.gather(logits, labels, axis=-1, batch_dims=1)
-    other_value, other_index = _largest_other(logits, labels)
+    other_value, other_index = largest_other_logit(logits, labels)
     is_true = tf.cast(tf.one_hot(labels, num_classes), tf.bool)
     is_other = tf.cast(tf.one_hot(other_index, num_classes), tf.bool)
     swapped = tf.where(
@@ -212,7 +221,7 @@ def dgad_loss(
     if use_els:
         teacher_clean_swapped = swap_true_with_max(teacher_clean, labels, misclassified)
         true_adv = tf.gather(teacher_adv, labels, axis=-1, batch_dims=1)
-        largest_other_adv, _ = _largest_other(teacher_adv, labels)
+        largest_other_adv, _ = largest_other_logit(teacher_adv, labels)
         adv_needs_swap = true_adv < largest_other_adv
         teacher_adv_swapped = swap_true_with_max(teacher_adv, labels, adv_needs_swap)
         changed_clean = tf.reduce_any(tf.not_equal(teacher_clean_swapped, teacher_clean), axis=-1)

@@ -9,6 +9,8 @@ cross-entropy-based attacks.
 
 import tensorflow as tf
 
+from dgad_tf.losses import largest_other_logit
+
 # Keeps the DLR denominators away from zero when the top logits coincide.
 _DLR_EPS = 1e-12
 
@@ -24,9 +26,7 @@ def _true_logit(logits, labels):
 
 
 def _max_other_logit(logits, labels):
-    num_classes = tf.shape(logits)[1]
-    is_true = tf.one_hot(labels, num_classes, on_value=True, off_value=False)
-    return tf.reduce_max(tf.where(is_true, tf.constant(-float("inf")), logits), axis=1)
+    return largest_other_logit(logits, labels)[0]
 
 
 def dlr_loss(logits, labels):
