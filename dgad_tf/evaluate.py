@@ -68,12 +68,13 @@ def _batched_attack(attack, x, y, batch_size):
 
 
 class Predictor:
-    """Batched argmax of a model function, traced once (the last, smaller batch once more)."""
+    """Batched argmax of a model function, traced for a full and then any batch size."""
 
     def __init__(self, model_fn, batch_size):
         import tensorflow as tf
 
-        self._fn = tf.function(lambda xb: tf.argmax(model_fn(xb), -1))
+        # reduce_retracing: one trace with an unknown batch size serves every last, short batch.
+        self._fn = tf.function(lambda xb: tf.argmax(model_fn(xb), -1), reduce_retracing=True)
         self.batch_size = batch_size
 
     def __call__(self, x) -> np.ndarray:
