@@ -23,8 +23,10 @@ from typing import Any, Optional
 
 import yaml
 
-METHODS = ("clean", "pgd_at", "trades", "ard", "rslad", "adaad", "dgad")
-TEACHER_METHODS = ("ard", "rslad", "adaad", "dgad")
+METHODS = ("clean", "pgd_at", "trades", "ard", "rslad", "adaad", "iad", "dgad")
+TEACHER_METHODS = ("ard", "rslad", "adaad", "iad", "dgad")
+KL_REDUCTIONS = ("batchmean", "class_mean")
+DGAD_WEIGHTINGS = ("standard", "reference_mobilenetv2")
 TEACHER_TRAIN_METHODS = ("pgd_at", "trades")
 DATA_SOURCES = ("digits", "tfds", "npz", "folder", "tinyimagenet")
 ATTACK_INITS = ("auto", "uniform", "gaussian", "none")
@@ -151,6 +153,27 @@ class MethodConfig:
         ard_alpha: ARD's weight on the distillation term. Default 1.0.
         ard_temperature: ARD's temperature. Default 30.0.
         adaad_alpha: AdaAD's weight on the adversarial term. Default 1.0.
+        dgad_weighting: "standard" (the paper's loss) or "reference_mobilenetv2" (the reference
+            code's MobileNetV2 branch, which multiplies the clean and adversarial KL means; for
+            reproducing its MobileNetV2 rows, see `losses.dgad_loss`). Default "standard".
+        kl_reduction: scale of the KL terms of AdaAD, RSLAD and ARD: "batchmean" (KL summed over
+            classes, mean over the batch) or "class_mean" (also divided by the number of classes,
+            PyTorch's default `nn.KLDivLoss()` as their reference code uses on CIFAR-10).
+            Default "batchmean".
+        kl_scale: constant factor on those KL terms (the reference RSLAD's CIFAR-100 `10 * mean`
+            is class_mean with kl_scale 10). Default 1.0.
+        rslad_log_epsilon: RSLAD's student log-probabilities as log(p + epsilon), as its code;
+            0 is the exact log-softmax. Default 0.0.
+        reference_forwards: run the baselines' forward passes in the order and batch-norm modes of
+            their reference code (PGD-AT: Gaussian 0.001 start and an extra training-mode clean
+            forward after the adversarial one; TRADES: clean, adversarial, clean; RSLAD and ARD:
+            adversarial then clean; ARD: attack with the student in training mode). They change
+            only batch-norm statistics and the start, not the loss formula. Default False.
+        iad_alpha: IAD's weight on its distillation terms. Default 1.0.
+        iad_beta: exponent of the teacher's true-class confidence in IAD's introspection weight.
+            Default 0.1.
+        iad_temperature: IAD's distillation temperature. Default 30.0.
+        iad_warmup_epochs: epochs before IAD's introspection term starts. Default 60.
     """
 
     name: str = "dgad"
@@ -162,6 +185,15 @@ class MethodConfig:
     ard_alpha: float = 1.0
     ard_temperature: float = 30.0
     adaad_alpha: float = 1.0
+    dgad_weighting: str = "standard"
+    kl_reduction: str = "batchmean"
+    kl_scale: float = 1.0
+    rslad_log_epsilon: float = 0.0
+    reference_forwards: bool = False
+    iad_alpha: float = 1.0
+    iad_beta: float = 0.1
+    iad_temperature: float = 30.0
+    iad_warmup_epochs: int = 60
 
 
 @dataclasses.dataclass(frozen=True)
@@ -457,12 +489,7 @@ def validate(cfg: Config) -> Config:
     _check_choice("attack.init", a.init, ATTACK_INITS)
     _check(a.init_std >= 0, "attack.init_std", a.init_std, ">= 0")
 
-    _check_choice("method.name", me.name, METHODS)
-    for key in ("beta", "distill_weight", "trades_beta"):
-        _check(getattr(me, key) >= 0, f"method.{key}", getattr(me, key), ">= 0")
-    _check(0.0 <= me.ard_alpha <= 1.0, "method.ard_alpha", me.ard_alpha, "in [0, 1]")
-    _check(0.0 <= me.adaad_alpha <= 1.0, "method.adaad_alpha", me.adaad_alpha, "in [0, 1]")
-    _check(me.ard_temperature > 0, "method.ard_temperature", me.ard_temperature, "> 0")
+    validate_method(me)
 
     _check(o.lr > 0, "optimizer.lr", o.lr, "> 0")
     _check(0.0 <= o.momentum < 1.0, "optimizer.momentum", o.momentum, "in [0, 1)")
@@ -487,6 +514,21 @@ def validate(cfg: Config) -> Config:
     _check(cfg.distribute.logical_cpus >= 0, "distribute.logical_cpus",
            cfg.distribute.logical_cpus, ">= 0")
     return cfg
+
+
+def validate_method(me: MethodConfig, prefix: str = "method") -> MethodConfig:
+    """Check the method section alone (the distiller checks its options with it too)."""
+    _check_choice(f"{prefix}.name", me.name, METHODS)
+    for key in ("beta", "distill_weight", "trades_beta", "rslad_log_epsilon", "iad_beta",
+                "iad_warmup_epochs"):
+        _check(getattr(me, key) >= 0, f"{prefix}.{key}", getattr(me, key), ">= 0")
+    for key in ("ard_alpha", "adaad_alpha", "iad_alpha"):
+        _check(0.0 <= getattr(me, key) <= 1.0, f"{prefix}.{key}", getattr(me, key), "in [0, 1]")
+    for key in ("ard_temperature", "iad_temperature", "kl_scale"):
+        _check(getattr(me, key) > 0, f"{prefix}.{key}", getattr(me, key), "> 0")
+    _check_choice(f"{prefix}.dgad_weighting", me.dgad_weighting, DGAD_WEIGHTINGS)
+    _check_choice(f"{prefix}.kl_reduction", me.kl_reduction, KL_REDUCTIONS)
+    return me
 
 
 # --------------------------------------------------------------------------- loading
@@ -561,12 +603,16 @@ def load_config(path: str | pathlib.Path | None = None, overrides: list[str] = (
     return config_from_dict(values)
 
 
-def resolved_attack_init(method: str, init: str) -> str:
+def resolved_attack_init(method: str, init: str, reference_forwards: bool = False) -> str:
     """The random start a method uses when `attack.init` is "auto".
 
     The distillation methods and TRADES start from x + 0.001·N(0, I) as their reference code;
-    PGD-AT, ARD and the clean baseline start uniformly in the ball as Madry et al.
+    ARD and the clean baseline start uniformly in the ball as Madry et al., and so does PGD-AT
+    unless `reference_forwards` asks for the Gaussian start of the AdaAD code's SAT baseline.
     """
     if init != "auto":
         return init
-    return "gaussian" if method in ("trades", "rslad", "adaad", "dgad") else "uniform"
+    gaussian = ("trades", "rslad", "adaad", "iad", "dgad")
+    if method in gaussian or (method == "pgd_at" and reference_forwards):
+        return "gaussian"
+    return "uniform"

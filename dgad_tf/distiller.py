@@ -3,9 +3,11 @@
 The step, for every method (DGAD and the baselines differ only in the attack objective and the
 loss, both looked up in `METHOD_SPECS`):
 
-1. attack: L-inf PGD on the training batch, both networks in inference mode;
-2. student forward in training mode, clean and adversarial batches in two calls (as the reference);
-3. teacher forward in inference mode, no gradient;
+1. attack: L-inf PGD on the training batch, both networks in inference mode (ARD's reference
+   attack with the student in training mode when `reference_forwards` is on);
+2. teacher forward in inference mode, no gradient;
+3. student forward in training mode, clean and adversarial batches in separate calls (in the
+   method's reference order when `reference_forwards` is on; see `MethodSpec`);
 4. method loss, reduced over the *global* batch (correct under any number of replicas);
 5. gradients of the student's trainable variables only, applied by the optimiser.
 
@@ -24,7 +26,22 @@ import numpy as np
 import tensorflow as tf
 
 from dgad_tf import attacks, distribute, losses
-from dgad_tf.config import METHODS, TEACHER_METHODS, resolved_attack_init
+from dgad_tf.config import (METHODS, TEACHER_METHODS, MethodConfig, resolved_attack_init,
+                            validate_method)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """What a method's loss may need besides the forward passes and its options.
+
+    Args:
+        introspection: IAD's switch (a float tensor, 0 during warm-up, 1 after it).
+        batch_size: the configured global batch size (the reference's MobileNetV2 weighting
+            divides by it), or None for each batch's own size.
+    """
+
+    introspection: tf.Tensor
+    batch_size: Optional[int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,43 +53,80 @@ class MethodSpec:
             "kl_student_clean" (KL(s(x)‖s(x'))) or "kl_teacher_clean" (KL(t(x)‖s(x'))).
         needs_teacher: whether the method distils from a teacher.
         student_clean: whether the student's clean forward (training mode) enters the loss.
-        loss: builds the method's loss dict from the forward passes and hyperparameters.
+        loss: `(forwards, options: MethodConfig, global_batch, StepContext) -> dict` of terms.
+        reference_forwards: the student's training-mode forwards in the order of the method's
+            reference code ("clean", "adv"; a "+" marks a forward whose output the loss does not
+            use: it only moves batch-norm statistics). Default ("clean", "adv").
+        reference_train_mode_attack: the reference attacks with the student in training mode.
+            Default False.
     """
 
     attack: str
     needs_teacher: bool
     student_clean: bool
     loss: Callable[..., dict]
+    reference_forwards: tuple = ("clean", "adv")
+    reference_train_mode_attack: bool = False
 
 
-def _dgad(f, hp, gbs):
+def _clean(f, o, gbs, step):
+    return losses.clean_loss(f["s_clean"], f["y"], global_batch_size=gbs)
+
+
+def _pgd_at(f, o, gbs, step):
+    return losses.pgd_at_loss(f["s_adv"], f["y"], global_batch_size=gbs)
+
+
+def _trades(f, o, gbs, step):
+    return losses.trades_loss(f["s_clean"], f["s_adv"], f["y"], beta=o.trades_beta,
+                              global_batch_size=gbs)
+
+
+def _ard(f, o, gbs, step):
+    return losses.ard_loss(f["s_clean"], f["s_adv"], f["t_clean"], f["y"], alpha=o.ard_alpha,
+                           temperature=o.ard_temperature, kl_reduction=o.kl_reduction,
+                           kl_scale=o.kl_scale, global_batch_size=gbs)
+
+
+def _rslad(f, o, gbs, step):
+    return losses.rslad_loss(f["s_clean"], f["s_adv"], f["t_clean"], kl_reduction=o.kl_reduction,
+                             kl_scale=o.kl_scale, log_epsilon=o.rslad_log_epsilon,
+                             global_batch_size=gbs)
+
+
+def _adaad(f, o, gbs, step):
+    return losses.adaad_loss(f["s_clean"], f["s_adv"], f["t_clean"], f["t_adv"],
+                             alpha=o.adaad_alpha, kl_reduction=o.kl_reduction,
+                             kl_scale=o.kl_scale, global_batch_size=gbs)
+
+
+def _iad(f, o, gbs, step):
+    return losses.iad_loss(f["s_clean"], f["s_adv"], f["t_adv"], f["y"],
+                           introspection=step.introspection, alpha=o.iad_alpha, beta=o.iad_beta,
+                           temperature=o.iad_temperature, global_batch_size=gbs)
+
+
+def _dgad(f, o, gbs, step):
     return losses.dgad_loss(f["s_clean"], f["s_adv"], f["t_clean"], f["t_adv"], f["y"],
-                            beta=hp["beta"], use_map=hp["use_map"], use_els=hp["use_els"],
-                            distill_weight=hp["distill_weight"], global_batch_size=gbs)
+                            beta=o.beta, use_map=o.use_map, use_els=o.use_els,
+                            distill_weight=o.distill_weight, weighting=o.dgad_weighting,
+                            reference_batch_size=step.batch_size, global_batch_size=gbs)
 
 
 METHOD_SPECS = {
-    "clean": MethodSpec("none", False, True,
-                        lambda f, hp, gbs: losses.clean_loss(f["s_clean"], f["y"],
-                                                             global_batch_size=gbs)),
-    "pgd_at": MethodSpec("ce", False, False,
-                         lambda f, hp, gbs: losses.pgd_at_loss(f["s_adv"], f["y"],
-                                                               global_batch_size=gbs)),
-    "trades": MethodSpec("kl_student_clean", False, True,
-                         lambda f, hp, gbs: losses.trades_loss(
-                             f["s_clean"], f["s_adv"], f["y"], beta=hp["trades_beta"],
-                             global_batch_size=gbs)),
-    "ard": MethodSpec("ce", True, True,
-                      lambda f, hp, gbs: losses.ard_loss(
-                          f["s_clean"], f["s_adv"], f["t_clean"], f["y"], alpha=hp["ard_alpha"],
-                          temperature=hp["ard_temperature"], global_batch_size=gbs)),
-    "rslad": MethodSpec("kl_teacher_clean", True, True,
-                        lambda f, hp, gbs: losses.rslad_loss(
-                            f["s_clean"], f["s_adv"], f["t_clean"], global_batch_size=gbs)),
-    "adaad": MethodSpec("kl_teacher", True, True,
-                        lambda f, hp, gbs: losses.adaad_loss(
-                            f["s_clean"], f["s_adv"], f["t_clean"], f["t_adv"],
-                            alpha=hp["adaad_alpha"], global_batch_size=gbs)),
+    "clean": MethodSpec("none", False, True, _clean, reference_forwards=("clean",)),
+    # AdaAD's SAT baseline: a training-mode clean forward after the adversarial one, unused.
+    "pgd_at": MethodSpec("ce", False, False, _pgd_at, reference_forwards=("adv", "+clean")),
+    # TRADES evaluates model(x_adv) and then model(x_natural) again inside its KL; in training
+    # mode on the same batch that third forward equals the first, so only its statistics count.
+    "trades": MethodSpec("kl_student_clean", False, True, _trades,
+                         reference_forwards=("clean", "adv", "+clean")),
+    "ard": MethodSpec("ce", True, True, _ard, reference_forwards=("adv", "clean"),
+                      reference_train_mode_attack=True),
+    "rslad": MethodSpec("kl_teacher_clean", True, True, _rslad,
+                        reference_forwards=("adv", "clean")),
+    "adaad": MethodSpec("kl_teacher", True, True, _adaad),
+    "iad": MethodSpec("kl_teacher", True, True, _iad),
     "dgad": MethodSpec("kl_teacher", True, True, _dgad),
 }
 assert set(METHOD_SPECS) == set(METHODS)
@@ -100,15 +154,17 @@ class AdversarialDistiller(keras.Model):
         steps: PGD iterations of the training attack. Default 10.
         attack_init: "auto", "uniform", "gaussian" or "none". Default "auto".
         init_std: std of the Gaussian start. Default 0.001.
-        beta, use_map, use_els, distill_weight: DGAD's PCR weight and ablation switches.
-            Defaults 1.0, True, True, 1.0.
-        trades_beta, ard_alpha, ard_temperature, adaad_alpha: baselines' weights.
-            Defaults 6.0, 1.0, 30.0, 1.0.
         val_robust_steps: PGD steps of the robust accuracy in `test_step` (0: clean only).
             Default 10.
+        batch_size: the configured global batch size, which the reference MobileNetV2
+            weighting divides by. Default None (each batch's own size).
+        **method_options: the loss options of `dgad_tf.config.MethodConfig` (beta, use_map,
+            use_els, distill_weight, dgad_weighting, trades_beta, ard_alpha, ard_temperature,
+            adaad_alpha, kl_reduction, kl_scale, rslad_log_epsilon, reference_forwards, iad_*),
+            with that dataclass's defaults.
 
     Example:
-        >>> distiller = AdversarialDistiller(student, teacher, method="dgad")
+        >>> distiller = AdversarialDistiller(student, teacher, method="dgad", beta=1.0)
         >>> distiller.compile(optimizer=TorchSGD(0.1))
         >>> distiller.fit(train_ds, validation_data=val_ds, epochs=200)
     """
@@ -116,11 +172,9 @@ class AdversarialDistiller(keras.Model):
     def __init__(self, student: keras.Model, teacher: Optional[keras.Model] = None, *,
                  method: str = "dgad", eps: float = 8 / 255, step_size: float = 2 / 255,
                  steps: int = 10, attack_init: str = "auto", init_std: float = 0.001,
-                 beta: float = 1.0, use_map: bool = True, use_els: bool = True,
-                 distill_weight: float = 1.0, trades_beta: float = 6.0, ard_alpha: float = 1.0,
-                 ard_temperature: float = 30.0, adaad_alpha: float = 1.0,
-                 val_robust_steps: int = 10, **kwargs):
-        super().__init__(**kwargs)
+                 val_robust_steps: int = 10, batch_size: Optional[int] = None, name=None,
+                 **method_options):
+        super().__init__(name=name)
         if method not in METHOD_SPECS:
             raise ValueError(f"`method` must be one of {', '.join(METHODS)}; "
                              f"received method={method!r}")
@@ -128,6 +182,12 @@ class AdversarialDistiller(keras.Model):
             raise ValueError(f"`eps` must be in [0, 1]; received eps={eps}")
         if steps < 0:
             raise ValueError(f"`steps` must be >= 0; received steps={steps}")
+        unknown = sorted(set(method_options) - {f.name for f in dataclasses.fields(MethodConfig)}
+                         - {"name"})
+        if unknown or "name" in method_options:
+            raise TypeError(f"unknown method option {(unknown or ['name'])[0]!r}; the options are "
+                            "the fields of dgad_tf.config.MethodConfig other than name")
+        self.options = validate_method(MethodConfig(name=method, **method_options))
         self.spec = METHOD_SPECS[method]
         if self.spec.needs_teacher and teacher is None:
             raise ValueError(f"method {method!r} distils from a teacher; received teacher=None")
@@ -140,13 +200,13 @@ class AdversarialDistiller(keras.Model):
         self.eps = float(eps)
         self.step_size = float(step_size)
         self.steps = int(steps)
-        self.attack_init = resolved_attack_init(method, attack_init)
+        self.reference_forwards = self.options.reference_forwards
+        self.attack_init = resolved_attack_init(method, attack_init, self.reference_forwards)
         self.init_std = float(init_std)
         self.val_robust_steps = int(val_robust_steps)
-        self.hparams = dict(beta=float(beta), use_map=bool(use_map), use_els=bool(use_els),
-                            distill_weight=float(distill_weight), trades_beta=float(trades_beta),
-                            ard_alpha=float(ard_alpha), ard_temperature=float(ard_temperature),
-                            adaad_alpha=float(adaad_alpha))
+        self.batch_size = batch_size
+        # The epoch Keras is training (set by `fit`); IAD's introspection starts after warm-up.
+        self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch")
 
         self._loss_keys = self._discover_loss_keys(student.output_shape[-1])
         names = ["loss"] + [k for k in self._loss_keys if k != "total"]
@@ -158,12 +218,22 @@ class AdversarialDistiller(keras.Model):
         self._test_trackers = {n: keras.metrics.Mean(name=n)
                                for n in ("clean_accuracy", "robust_accuracy")}
 
+    def _step_context(self) -> StepContext:
+        introspection = tf.cast(self.epoch >= self.options.iad_warmup_epochs, tf.float32)
+        return StepContext(introspection=introspection, batch_size=self.batch_size)
+
     def _discover_loss_keys(self, num_classes: int) -> list[str]:
         # The loss dict's keys define which metrics exist; they must be known before tracing.
         logits = tf.zeros([2, num_classes])
         dummy = dict(s_clean=logits, s_adv=logits, t_clean=logits, t_adv=logits,
                      y=tf.zeros([2], tf.int32))
-        return sorted(self.spec.loss(dummy, self.hparams, None).keys())
+        context = StepContext(introspection=tf.constant(0.0), batch_size=None)
+        return sorted(self.spec.loss(dummy, self.options, None, context).keys())
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, keeping `self.epoch` at the epoch being trained (also on resume)."""
+        callbacks = list(callbacks or []) + [_EpochVariable(self.epoch)]
+        return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Under a distribution strategy Keras 3 reduces one real batch across replicas only to
@@ -186,6 +256,9 @@ class AdversarialDistiller(keras.Model):
     def _student_fn(self, x):
         return self.student(x, training=False)
 
+    def _student_train_mode_fn(self, x):
+        return self.student(x, training=True)
+
     def _teacher_fn(self, x):
         return self.teacher(x, training=False)
 
@@ -195,7 +268,11 @@ class AdversarialDistiller(keras.Model):
         if kind == "none" or self.steps == 0 and self.attack_init == "none":
             return x
         if kind == "ce":
-            objective = attacks.ce_objective(self._student_fn, y)
+            # ARD's code attacks with the student in training mode: batch statistics normalise
+            # and every attack step moves the moving averages.
+            train_mode = self.reference_forwards and self.spec.reference_train_mode_attack
+            objective = attacks.ce_objective(
+                self._student_train_mode_fn if train_mode else self._student_fn, y)
         elif kind == "kl_teacher":
             objective = attacks.kl_objective(self._teacher_fn, self._student_fn)
         elif kind == "kl_student_clean":
@@ -219,20 +296,25 @@ class AdversarialDistiller(keras.Model):
         # 1. attack (inference mode; gradients flow to the input only)
         x_adv = tf.stop_gradient(self.adversarial_examples(x, y))
 
-        # 3. teacher forward (inference mode, no gradient) -- before the tape, it needs none
+        # 2. teacher forward (inference mode, no gradient) -- before the tape, it needs none
         forwards = {"y": y}
         if self.teacher is not None:
             forwards["t_clean"] = tf.stop_gradient(self.teacher(x, training=False))
             forwards["t_adv"] = tf.stop_gradient(self.teacher(x_adv, training=False))
 
         with tf.GradientTape() as tape:
-            # 2. student forward, training mode, clean and adversarial in two calls
-            if self.spec.student_clean:
-                forwards["s_clean"] = self.student(x, training=True)
-            if self.spec.attack != "none":
-                forwards["s_adv"] = self.student(x_adv, training=True)
+            # 3. student forwards in training mode, clean and adversarial in separate calls, in
+            # the reference code's order when asked (the order moves batch-norm statistics)
+            inputs = {"clean": x, "adv": x_adv}
+            for name in self._forward_order():
+                unused = name.startswith("+")
+                output = self.student(inputs[name.lstrip("+")], training=True)
+                # An unused reference forward only moves batch-norm statistics; its output
+                # serves the accuracy metric when the loss has no clean forward of its own.
+                if not unused or "s_clean" not in forwards:
+                    forwards["s_" + name.lstrip("+")] = output
             # 4. method loss over the global batch
-            terms = self.spec.loss(forwards, self.hparams, global_batch)
+            terms = self.spec.loss(forwards, self.options, global_batch, self._step_context())
             loss = terms["total"]
 
         # 5. gradients of the student's variables only
@@ -245,6 +327,13 @@ class AdversarialDistiller(keras.Model):
 
         self._update_train_metrics(terms, forwards, x, y, local_batch, replicas)
         return _replica_results(self._train_trackers)
+
+    def _forward_order(self) -> tuple:
+        if self.reference_forwards:
+            return self.spec.reference_forwards
+        needed = (("clean",) if self.spec.student_clean else ()) + \
+            (("adv",) if self.spec.attack != "none" else ())
+        return needed
 
     def _average_replica_statistics(self):
         # Keras 3 lets every replica update its own copy of the batch-norm moving statistics
@@ -356,6 +445,12 @@ def _check_compatible(student: keras.Model, teacher: keras.Model):
         raise ValueError(f"teacher has {t_out} classes but the student has {s_out}")
 
 
-def trainable_weights_snapshot(model: keras.Model) -> list[np.ndarray]:
-    """Copies of every weight of `model` (for before/after comparisons)."""
-    return [np.array(w) for w in model.weights]
+class _EpochVariable(keras.callbacks.Callback):
+    """Keeps a variable at the epoch `fit` is training (0-based, so a resumed run is right too)."""
+
+    def __init__(self, variable: tf.Variable):
+        super().__init__()
+        self._variable = variable
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._variable.assign(epoch)

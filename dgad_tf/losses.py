@@ -9,12 +9,15 @@ the per-replica totals add up to the loss of the whole batch.
 KL(p || q) is always `sum_c p_c (log p_c - log q_c)` computed from logits with `log_softmax`. The
 reference code of ARD, RSLAD and AdaAD (CIFAR-10) computes it with PyTorch's default
 `nn.KLDivLoss()` reduction, which averages over batch *and* classes, i.e. divides the KL by the
-number of classes C; `class_mean=True` on those losses reproduces that scale.
+number of classes C; `kl_reduction="class_mean"` on those losses reproduces that scale, and
+`kl_scale` any further constant the reference multiplies in (RSLAD's CIFAR-100 `10 * mean`).
 """
 
 import numbers
 
 import tensorflow as tf
+
+from dgad_tf.config import DGAD_WEIGHTINGS, KL_REDUCTIONS
 
 __all__ = [
     "kl_divergence",
@@ -26,8 +29,10 @@ __all__ = [
     "ard_loss",
     "rslad_loss",
     "adaad_loss",
+    "iad_loss",
     "clean_loss",
 ]
+
 
 
 def _check_non_negative(name, value):
@@ -81,7 +86,7 @@ def _cross_entropy(logits, labels):
     )
 
 
-def kl_divergence(p_logits, q_logits, temperature=1.0):
+def kl_divergence(p_logits, q_logits, temperature=1.0, q_log_epsilon=0.0):
     """Per-sample KL(softmax(p/T) || softmax(q/T)), computed stably from logits.
 
     Gradients flow to both arguments; callers `stop_gradient` whichever side is a fixed target.
@@ -90,13 +95,19 @@ def kl_divergence(p_logits, q_logits, temperature=1.0):
         p_logits: `[B, C]` logits of the target distribution p.
         q_logits: `[B, C]` logits of the approximating distribution q.
         temperature: softmax temperature T > 0, applied to both sides. Defaults to `1.0`.
+        q_log_epsilon: when > 0, log q is taken as log(q + q_log_epsilon), as RSLAD's code does
+            (`torch.log(softmax + 1e-5)`); 0 uses the exact `log_softmax`. Defaults to `0.0`.
 
     Returns:
         A `[B]` float32 tensor of KL divergences (natural log).
     """
     _check_positive("temperature", temperature)
+    _check_non_negative("q_log_epsilon", q_log_epsilon)
     log_p = tf.nn.log_softmax(_logits(p_logits) / temperature, axis=-1)
-    log_q = tf.nn.log_softmax(_logits(q_logits) / temperature, axis=-1)
+    if q_log_epsilon:
+        log_q = tf.math.log(tf.nn.softmax(_logits(q_logits) / temperature, axis=-1) + q_log_epsilon)
+    else:
+        log_q = tf.nn.log_softmax(_logits(q_logits) / temperature, axis=-1)
     return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
 
 
@@ -162,6 +173,8 @@ def dgad_loss(
     use_map=True,
     use_els=True,
     distill_weight=1.0,
+    weighting="standard",
+    reference_batch_size=None,
     global_batch_size=None,
 ):
     """DGAD student loss: partitioned, label-swapped distillation plus consistency regularisation.
@@ -191,8 +204,17 @@ def dgad_loss(
         use_map: partition by teacher correctness; False puts every sample on the adversarial
             term (M empty). Defaults to `True`.
         use_els: swap teacher logits; False distils raw teacher logits. Defaults to `True`.
-        distill_weight: weight of the distillation term, >= 0 (an explicit stand-in for the
-            reference's MobileNetV2 special case). Defaults to `1.0`.
+        distill_weight: weight of the distillation term, >= 0. Defaults to `1.0`.
+        weighting: `"standard"` (the formula above) or `"reference_mobilenetv2"`, the reference
+            code's MobileNetV2 branch reproduced for paper runs:
+            `0.5 * ((|M|/bs) * Lc + (bs - |M|)/bs) * La` in place of the bracket, with
+            `Lc = sum_{i in M} KL_clean_i / (|M| + 1e-10)`, `La = sum_{i not in M} KL_adv_i / (B - |M|)`
+            (0 when every sample is in M, where the reference gives NaN) and bs the configured batch
+            size. Its parenthesis multiplies the two KL means, so it needs the whole batch's sums:
+            under a distribution strategy they are all-reduced and the per-replica totals still
+            add up to the loss (and gradient) of the whole batch. Defaults to `"standard"`.
+        reference_batch_size: bs of the reference weighting, the configured batch size. Defaults
+            to `None` (the global batch size).
         global_batch_size: batch size across all replicas, or None for this batch's size.
             Defaults to `None`.
 
@@ -205,6 +227,9 @@ def dgad_loss(
     """
     _check_non_negative("beta", beta)
     _check_non_negative("distill_weight", distill_weight)
+    if weighting not in DGAD_WEIGHTINGS:
+        raise ValueError(f"`weighting` must be one of {', '.join(DGAD_WEIGHTINGS)}; "
+                         f"received weighting={weighting!r}")
     labels = _as_labels(labels)
     student_clean = _logits(student_logits_clean)
     student_adv = _logits(student_logits_adv)
@@ -239,7 +264,13 @@ def dgad_loss(
     # Both branches are finite for every row, so tf.where passes clean gradients.
     clean_part = tf.where(misclassified, kl_clean_per_sample, zeros)
     adv_part = tf.where(misclassified, zeros, kl_adv_per_sample)
-    distill = (tf.reduce_sum(clean_part) + tf.reduce_sum(adv_part)) / batch_divisor
+    if weighting == "standard":
+        distill = (tf.reduce_sum(clean_part) + tf.reduce_sum(adv_part)) / batch_divisor
+    else:
+        distill = _reference_mobilenetv2_distill(
+            tf.reduce_sum(clean_part), tf.reduce_sum(adv_part), _count(misclassified),
+            batch_divisor, batch_divisor if reference_batch_size is None
+            else tf.cast(reference_batch_size, tf.float32))
 
     num_classes = tf.cast(tf.shape(student_clean)[-1], tf.float32)
     squared_gap = tf.square(tf.nn.softmax(student_adv, axis=-1) - tf.nn.softmax(student_clean, axis=-1))
@@ -259,10 +290,47 @@ def dgad_loss(
     }
 
 
-def _kl_term(p_logits, q_logits, batch_divisor, temperature=1.0, class_mean=False):
-    per_sample = kl_divergence(p_logits, q_logits, temperature)
-    term = tf.reduce_sum(per_sample) / batch_divisor
-    if class_mean:
+def _cross_replica_sum(value):
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _reference_mobilenetv2_distill(clean_sum, adv_sum, misclassified, global_batch, configured):
+    """This replica's share of `0.5 * ((|M|/bs) * Lc + (bs - |M|)/bs) * La` (see `dgad_loss`).
+
+    The term has a product of two batch-wide sums, Sc and Sa. Each replica returns
+    k * (Sc_all * Sa + Sa_all * Sc - Sc_all * Sa_all / R) + w * Sa with the `_all` sums constant:
+    the R shares add up to k * Sc * Sa + w * Sa and their gradients to its gradient.
+    """
+    replicas = 1.0
+    context = tf.distribute.get_replica_context()
+    if context is not None:
+        replicas = tf.cast(context.num_replicas_in_sync, tf.float32)
+    clean_all = tf.stop_gradient(_cross_replica_sum(clean_sum))
+    adv_all = tf.stop_gradient(_cross_replica_sum(adv_sum))
+    m = _cross_replica_sum(misclassified)
+    inverse_rest = tf.math.divide_no_nan(1.0, global_batch - m)  # La = 0 when M is everything
+    product_weight = 0.5 * (m / configured) / (m + 1e-10) * inverse_rest
+    adv_weight = 0.5 * (configured - m) / configured * inverse_rest
+    product = clean_all * adv_sum + adv_all * clean_sum - clean_all * adv_all / replicas
+    return product_weight * product + adv_weight * adv_sum
+
+
+def _check_kl_reduction(kl_reduction, kl_scale):
+    if kl_reduction not in KL_REDUCTIONS:
+        raise ValueError(f"`kl_reduction` must be one of {', '.join(KL_REDUCTIONS)}; "
+                         f"received kl_reduction={kl_reduction!r}")
+    _check_positive("kl_scale", kl_scale)
+
+
+def _kl_term(p_logits, q_logits, batch_divisor, temperature=1.0, kl_reduction="batchmean",
+             kl_scale=1.0, q_log_epsilon=0.0):
+    """kl_scale * sum_i KL_i / B, further divided by C for `kl_reduction="class_mean"`."""
+    per_sample = kl_divergence(p_logits, q_logits, temperature, q_log_epsilon)
+    term = kl_scale * tf.reduce_sum(per_sample) / batch_divisor
+    if kl_reduction == "class_mean":
         term = term / tf.cast(tf.shape(p_logits)[-1], tf.float32)
     return term
 
@@ -315,7 +383,8 @@ def ard_loss(
     *,
     alpha=1.0,
     temperature=30.0,
-    class_mean=False,
+    kl_reduction="batchmean",
+    kl_scale=1.0,
     global_batch_size=None,
 ):
     """ARD (Goldblum et al. 2020): alpha*T^2*KL(t(x)/T || s(x')/T) + (1-alpha)*CE(s(x), y).
@@ -330,7 +399,10 @@ def ard_loss(
         labels: `[B]` integer labels.
         alpha: weight of the distillation term, in [0, 1]. Defaults to `1.0`.
         temperature: distillation temperature T > 0. Defaults to `30.0`.
-        class_mean: divide the KL by C as the reference's `nn.KLDivLoss()` does. Defaults to `False`.
+        kl_reduction: `"batchmean"` (KL summed over classes, mean over the batch) or
+            `"class_mean"` (also divided by C, as the reference's `nn.KLDivLoss()`). Defaults to
+            `"batchmean"`.
+        kl_scale: constant factor on the KL term. Defaults to `1.0`.
         global_batch_size: batch size across replicas, or None. Defaults to `None`.
 
     Returns:
@@ -338,9 +410,10 @@ def ard_loss(
     """
     _check_unit_interval("alpha", alpha)
     _check_positive("temperature", temperature)
+    _check_kl_reduction(kl_reduction, kl_scale)
     divisor = _batch_denominator(labels, global_batch_size)
     teacher = tf.stop_gradient(_logits(teacher_logits_clean))
-    kl_adv = _kl_term(teacher, student_logits_adv, divisor, temperature, class_mean)
+    kl_adv = _kl_term(teacher, student_logits_adv, divisor, temperature, kl_reduction, kl_scale)
     ce_clean = tf.reduce_sum(_cross_entropy(student_logits_clean, labels)) / divisor
     total = alpha * temperature**2 * kl_adv + (1.0 - alpha) * ce_clean
     return {"total": total, "kl_adv": kl_adv, "ce_clean": ce_clean}
@@ -351,28 +424,37 @@ def rslad_loss(
     student_logits_adv,
     teacher_logits_clean,
     *,
-    class_mean=False,
+    kl_reduction="batchmean",
+    kl_scale=1.0,
+    log_epsilon=0.0,
     global_batch_size=None,
 ):
     """RSLAD (Zi et al. 2021): 5/6 * KL(t(x) || s(x')) + 1/6 * KL(t(x) || s(x)).
 
     The KL is summed over classes and averaged over the batch. The released RSLAD code instead
-    takes `torch.mean` over batch *and* classes (KL / C); `class_mean=True` reproduces that.
+    takes `torch.mean` over batch *and* classes (`kl_reduction="class_mean"`, KL / C) on CIFAR-10,
+    `10 * torch.mean` on CIFAR-100 (add `kl_scale=10`), and the student's log-probabilities as
+    `log(softmax + 1e-5)` (`log_epsilon=1e-5`).
 
     Args:
         student_logits_clean: `[B, C]` student logits on clean inputs.
         student_logits_adv: `[B, C]` student logits on adversarial inputs.
         teacher_logits_clean: `[B, C]` teacher logits on clean inputs (no gradient).
-        class_mean: divide the KL by C as the reference does. Defaults to `False`.
+        kl_reduction: `"batchmean"` or `"class_mean"` (KL / C). Defaults to `"batchmean"`.
+        kl_scale: constant factor on both KL terms. Defaults to `1.0`.
+        log_epsilon: the student's log-probabilities are log(q + log_epsilon); 0 is exact.
+            Defaults to `0.0`.
         global_batch_size: batch size across replicas, or None. Defaults to `None`.
 
     Returns:
         Dict of float32 scalars `total`, `kl_adv`, `kl_clean`.
     """
+    _check_kl_reduction(kl_reduction, kl_scale)
     divisor = _batch_denominator(teacher_logits_clean, global_batch_size)
     teacher = tf.stop_gradient(_logits(teacher_logits_clean))
-    kl_adv = _kl_term(teacher, student_logits_adv, divisor, class_mean=class_mean)
-    kl_clean = _kl_term(teacher, student_logits_clean, divisor, class_mean=class_mean)
+    scale = dict(kl_reduction=kl_reduction, kl_scale=kl_scale, q_log_epsilon=log_epsilon)
+    kl_adv = _kl_term(teacher, student_logits_adv, divisor, **scale)
+    kl_clean = _kl_term(teacher, student_logits_clean, divisor, **scale)
     total = 5.0 / 6.0 * kl_adv + 1.0 / 6.0 * kl_clean
     return {"total": total, "kl_adv": kl_adv, "kl_clean": kl_clean}
 
@@ -384,14 +466,15 @@ def adaad_loss(
     teacher_logits_adv,
     *,
     alpha=1.0,
-    class_mean=False,
+    kl_reduction="batchmean",
+    kl_scale=1.0,
     global_batch_size=None,
 ):
     """AdaAD (Huang et al. 2023): alpha * KL(t(x') || s(x')) + (1 - alpha) * KL(t(x) || s(x)).
 
     `alpha=1.0` is the AdaAD code's default (`--AdaAD_alpha 1.0`), which drops the clean term. The
-    AdaAD code uses `nn.KLDivLoss()` (KL / C) on CIFAR-10 and a per-sample sum on CIFAR-100;
-    `class_mean=True` reproduces the CIFAR-10 scale.
+    AdaAD code uses `nn.KLDivLoss()` (KL / C) on CIFAR-10 and KL / B on CIFAR-100 and Tiny
+    ImageNet; `kl_reduction="class_mean"` reproduces the CIFAR-10 scale.
 
     Args:
         student_logits_clean: `[B, C]` student logits on clean inputs.
@@ -399,25 +482,79 @@ def adaad_loss(
         teacher_logits_clean: `[B, C]` teacher logits on clean inputs (no gradient).
         teacher_logits_adv: `[B, C]` teacher logits on adversarial inputs (no gradient).
         alpha: weight of the adversarial term, in [0, 1]. Defaults to `1.0`.
-        class_mean: divide the KL by C as the reference does on CIFAR-10. Defaults to `False`.
+        kl_reduction: `"batchmean"` or `"class_mean"` (KL / C). Defaults to `"batchmean"`.
+        kl_scale: constant factor on both KL terms. Defaults to `1.0`.
         global_batch_size: batch size across replicas, or None. Defaults to `None`.
 
     Returns:
         Dict of float32 scalars `total`, `kl_adv`, `kl_clean`.
     """
     _check_unit_interval("alpha", alpha)
+    _check_kl_reduction(kl_reduction, kl_scale)
     divisor = _batch_denominator(teacher_logits_clean, global_batch_size)
-    kl_adv = _kl_term(
-        tf.stop_gradient(_logits(teacher_logits_adv)), student_logits_adv, divisor, class_mean=class_mean
-    )
-    kl_clean = _kl_term(
-        tf.stop_gradient(_logits(teacher_logits_clean)),
-        student_logits_clean,
-        divisor,
-        class_mean=class_mean,
-    )
+    scale = dict(kl_reduction=kl_reduction, kl_scale=kl_scale)
+    kl_adv = _kl_term(tf.stop_gradient(_logits(teacher_logits_adv)), student_logits_adv, divisor,
+                      **scale)
+    kl_clean = _kl_term(tf.stop_gradient(_logits(teacher_logits_clean)), student_logits_clean,
+                        divisor, **scale)
     total = alpha * kl_adv + (1.0 - alpha) * kl_clean
     return {"total": total, "kl_adv": kl_adv, "kl_clean": kl_clean}
+
+
+def iad_loss(
+    student_logits_clean,
+    student_logits_adv,
+    teacher_logits_adv,
+    labels,
+    *,
+    introspection,
+    alpha=1.0,
+    beta=0.1,
+    temperature=30.0,
+    global_batch_size=None,
+):
+    """IAD (Zhu et al. 2022) as the DGAD reference repository runs it.
+
+        total = alpha * T^2 / B * sum_i KL(softmax(t(x'_i)/T) || softmax(s(x'_i)/T))
+              + introspection * alpha / B * sum_i (1 - w_i) * KL(softmax(s(x_i)) || softmax(s(x'_i)))
+              + (1 - alpha) * CE(s(x), y),
+        w_i   = softmax(t(x'_i))[y_i] ** beta      (a constant: no gradient)
+
+    The introspection term is off during the warm-up epochs (`introspection` 0) and on after them
+    (1). Gradients flow through both student outputs of the introspection term.
+
+    Args:
+        student_logits_clean: `[B, C]` student logits on clean inputs (training mode).
+        student_logits_adv: `[B, C]` student logits on adversarial inputs.
+        teacher_logits_adv: `[B, C]` teacher logits on the adversarial inputs (no gradient).
+        labels: `[B]` integer labels.
+        introspection: 0 or 1 (a scalar tensor or number): whether the introspection term counts.
+        alpha: weight of the distillation terms, in [0, 1]. Defaults to `1.0`.
+        beta: exponent of the teacher's true-class confidence, >= 0. Defaults to `0.1`.
+        temperature: distillation temperature T > 0. Defaults to `30.0`.
+        global_batch_size: batch size across replicas, or None. Defaults to `None`.
+
+    Returns:
+        Dict of float32 scalars `total`, `kl_adv` (at temperature T, without T^2),
+        `introspection` (the weighted mean, whether or not it counts yet) and `ce_clean`.
+    """
+    _check_unit_interval("alpha", alpha)
+    _check_non_negative("beta", beta)
+    _check_positive("temperature", temperature)
+    divisor = _batch_denominator(labels, global_batch_size)
+    teacher_adv = tf.stop_gradient(_logits(teacher_logits_adv))
+    kl_adv = _kl_term(teacher_adv, student_logits_adv, divisor, temperature)
+    true_confidence = tf.gather(tf.nn.softmax(teacher_adv, axis=-1), _as_labels(labels),
+                                axis=-1, batch_dims=1)
+    reliability = tf.stop_gradient(tf.pow(true_confidence, beta))
+    introspective = tf.reduce_sum(
+        (1.0 - reliability) * kl_divergence(student_logits_clean, student_logits_adv)) / divisor
+    ce_clean = tf.reduce_sum(_cross_entropy(student_logits_clean, labels)) / divisor
+    switch = tf.cast(introspection, tf.float32)
+    total = (alpha * temperature**2 * kl_adv + switch * alpha * introspective
+             + (1.0 - alpha) * ce_clean)
+    return {"total": total, "kl_adv": kl_adv, "introspection": introspective,
+            "ce_clean": ce_clean}
 
 
 def clean_loss(student_logits_clean, labels, *, global_batch_size=None):

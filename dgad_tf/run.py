@@ -19,6 +19,7 @@ existing one must hold the same config, which then resumes). A run directory hol
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -116,13 +117,13 @@ def build_distiller(cfg: Config, *, student: keras.Model, teacher: Optional[kera
 
     Call it inside `strategy.scope()` when training under a distribution strategy.
     """
-    t, o, a, me = cfg.train, cfg.optimizer, cfg.attack, cfg.method
+    t, o, a = cfg.train, cfg.optimizer, cfg.attack
+    # Every loss option of the method section; `method` may differ (a teacher trained here).
+    options = {k: v for k, v in dataclasses.asdict(cfg.method).items() if k != "name"}
     distiller = AdversarialDistiller(
         student, teacher, method=method, eps=a.eps, step_size=a.step_size, steps=a.steps,
-        attack_init=a.init, init_std=a.init_std, beta=me.beta, use_map=me.use_map,
-        use_els=me.use_els, distill_weight=me.distill_weight, trades_beta=me.trades_beta,
-        ard_alpha=me.ard_alpha, ard_temperature=me.ard_temperature,
-        adaad_alpha=me.adaad_alpha, val_robust_steps=t.val_robust_steps)
+        attack_init=a.init, init_std=a.init_std, val_robust_steps=t.val_robust_steps,
+        batch_size=t.batch_size, **options)
     optimizer = make_optimizer(lr, momentum=o.momentum, weight_decay=o.weight_decay,
                                nesterov=o.nesterov, steps_per_epoch=steps_per_epoch,
                                epochs=epochs, schedule=o.schedule, milestones=milestones,

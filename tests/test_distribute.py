@@ -153,7 +153,7 @@ STEP_SCRIPT = textwrap.dedent('''
             for key, (width, bn) in {"plain": (8, False), "bn": (8, True),
                                      "teacher": (16, True)}.items()}
 
-    def train(strategy, method, bn, sync=False, split=False, steps=2):
+    def train(strategy, method, bn, sync=False, split=False, steps=2, **options):
         with strategy.scope():
             student = net(8, bn, sync, name="student")
             student.set_weights(INIT["bn" if bn else "plain"])
@@ -162,7 +162,7 @@ STEP_SCRIPT = textwrap.dedent('''
             teacher.set_weights(INIT["teacher"])
             distiller = AdversarialDistiller(
                 per_half(student) if split else student, teacher, method=method, eps=0.1,
-                step_size=0.05, steps=2, attack_init="none", val_robust_steps=0)
+                step_size=0.05, steps=2, attack_init="none", val_robust_steps=0, **options)
             distiller.compile(optimizer=TorchSGD(0.1, momentum=0.9, weight_decay=5e-4))
         data = tf.data.Dataset.from_tensor_slices(
             (x[:steps * BATCH], y[:steps * BATCH])).batch(BATCH)
@@ -192,6 +192,14 @@ STEP_SCRIPT = textwrap.dedent('''
                 moved=max_diff(one["trainable"], one["initial"]),
                 statistics=max_diff(one["statistics"], two["statistics"]),
                 copies_spread=two["copies_spread"], logs_one=one["logs"], logs_two=two["logs"])
+    # The reference MobileNetV2 weighting multiplies two batch-wide sums: replicas all-reduce them.
+    mnv2 = dict(dgad_weighting="reference_mobilenetv2", batch_size=BATCH)
+    one = train(default, "dgad", False, **mnv2)
+    two = train(mirrored, "dgad", False, **mnv2)
+    out["dgad_mnv2/plain"] = dict(
+        weights=max_diff(one["trainable"], two["trainable"]),
+        moved=max_diff(one["trainable"], one["initial"]), logs_one=one["logs"],
+        logs_two=two["logs"])
     print("RESULT " + json.dumps(out))
 ''')
 
@@ -220,7 +228,7 @@ def test_the_step_script_ran_on_two_replicas(step_results):
     assert step_results["replicas"] == 2
 
 
-@pytest.mark.parametrize("method", ["dgad", "adaad"])
+@pytest.mark.parametrize("method", ["dgad", "adaad", "dgad_mnv2"])
 def test_two_replicas_take_the_single_device_step_without_batch_norm(step_results, method):
     _assert_same_step(step_results[f"{method}/plain"])
 

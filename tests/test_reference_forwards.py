@@ -1,0 +1,139 @@
+"""`method.reference_forwards`: the baselines' forward order and batch-norm modes, and IAD's epochs.
+
+The student's first layer is a batch norm on the raw input, so the batch mean it sees is the
+pixel mean of whatever batch goes in; after one step its moving mean must equal the moving
+average of exactly the reference's sequence of training-mode forwards, computed here by hand.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from dgad_tf.distiller import METHOD_SPECS, AdversarialDistiller
+from dgad_tf.optim import TorchSGD
+
+SHAPE, CLASSES = (6, 6, 1), 4
+
+
+def input_bn_net(name):
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.BatchNormalization(momentum=0.9, name="input_bn")(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(CLASSES)(x), name=name)
+
+
+def make(method, *, eps=0.1, steps=2, **options):
+    teacher = input_bn_net("teacher") if METHOD_SPECS[method].needs_teacher else None
+    distiller = AdversarialDistiller(input_bn_net("student"), teacher, method=method, eps=eps,
+                                     step_size=0.05, steps=steps, attack_init="none",
+                                     val_robust_steps=0, **options)
+    distiller.compile(optimizer=TorchSGD(0.05, momentum=0.9))
+    return distiller
+
+
+def batch(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(0, 1, (n,) + SHAPE).astype(np.float32),
+            rng.integers(0, CLASSES, n).astype(np.int64))
+
+
+def moving_mean(model):
+    return float(np.asarray(model.get_layer("input_bn").moving_mean)[0])
+
+
+def after_forwards(start, momentum, batches):
+    """The moving mean after training-mode forwards on `batches`, in order."""
+    mean = start
+    for images in batches:
+        mean = momentum * mean + (1 - momentum) * float(np.mean(images))
+    return mean
+
+
+# method -> (forwards without the switch, forwards with it), as named inputs
+ORDERS = {
+    "pgd_at": (["adv"], ["adv", "clean"]),
+    "trades": (["clean", "adv"], ["clean", "adv", "clean"]),
+    "rslad": (["clean", "adv"], ["adv", "clean"]),
+    "adaad": (["clean", "adv"], ["clean", "adv"]),
+    "iad": (["clean", "adv"], ["clean", "adv"]),
+    "dgad": (["clean", "adv"], ["clean", "adv"]),
+    "clean": (["clean"], ["clean"]),
+}
+
+
+@pytest.mark.parametrize("reference", [False, True])
+@pytest.mark.parametrize("method", sorted(ORDERS))
+def test_one_step_moves_batch_norm_statistics_in_the_reference_order(method, reference):
+    distiller = make(method, reference_forwards=reference)
+    x, y = batch()
+    # The attack runs in inference mode from x itself: computing it first changes nothing.
+    x_adv = np.asarray(distiller.adversarial_examples(x, y))
+    if METHOD_SPECS[method].attack != "none":
+        assert np.abs(x_adv - x).max() > 0.01  # the orders are distinguishable
+    bn = distiller.student.get_layer("input_bn")
+    start = moving_mean(distiller.student)
+    distiller.train_on_batch(x, y)
+    inputs = {"clean": x, "adv": x_adv}
+    expected = after_forwards(start, bn.momentum, [inputs[n] for n in ORDERS[method][reference]])
+    assert moving_mean(distiller.student) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_ard_attacks_with_the_student_in_training_mode_only_in_reference_mode(reference):
+    # eps = 0 keeps every attack step at x, so the count of updates is what differs: the
+    # reference's 3 attack forwards, then adversarial and clean; else only the last two.
+    steps = 3
+    distiller = make("ard", eps=0.0, steps=steps, reference_forwards=reference)
+    x, y = batch()
+    bn = distiller.student.get_layer("input_bn")
+    start = moving_mean(distiller.student)
+    teacher_start = moving_mean(distiller.teacher)
+    distiller.train_on_batch(x, y)
+    updates = steps + 2 if reference else 2
+    expected = after_forwards(start, bn.momentum, [x] * updates)
+    assert moving_mean(distiller.student) == pytest.approx(expected, abs=1e-6)
+    assert moving_mean(distiller.teacher) == teacher_start
+
+
+def test_pgd_at_reference_start_is_gaussian_unless_the_config_names_one():
+    def start(**kwargs):
+        return AdversarialDistiller(input_bn_net("s"), None, method="pgd_at",
+                                    **kwargs).attack_init
+
+    assert start() == "uniform"
+    assert start(reference_forwards=True) == "gaussian"
+    assert start(reference_forwards=True, attack_init="uniform") == "uniform"
+
+
+def test_unknown_method_option_is_refused_by_name():
+    with pytest.raises(TypeError, match="kl_reductoin"):
+        AdversarialDistiller(input_bn_net("s"), None, method="pgd_at", kl_reductoin="class_mean")
+    with pytest.raises(ValueError, match="kl_reduction"):
+        AdversarialDistiller(input_bn_net("s"), None, method="pgd_at", kl_reduction="sum")
+
+
+# --------------------------------------------------------------------------- IAD's warm-up
+
+def test_fit_keeps_the_epoch_variable_at_the_epoch_being_trained():
+    distiller = make("iad")
+    x, y = batch(16)
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append((epoch, int(distiller.epoch.numpy()))))
+    distiller.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[record])
+    distiller.fit(x, y, batch_size=8, initial_epoch=5, epochs=6, verbose=0, callbacks=[record])
+    assert seen == [(0, 0), (1, 1), (5, 5)]
+
+
+def test_iad_introspection_enters_the_loss_only_after_warmup():
+    distiller = make("iad", iad_warmup_epochs=3, iad_temperature=2.0)
+    x, y = batch()
+    distiller.epoch.assign(2)  # last warm-up epoch
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    assert logs["introspection"] > 0
+    assert logs["loss"] == pytest.approx(4.0 * logs["kl_adv"], rel=1e-5)
+    distiller.epoch.assign(3)  # first epoch after warm-up
+    distiller.reset_metrics()
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    assert logs["loss"] == pytest.approx(4.0 * logs["kl_adv"] + logs["introspection"], rel=1e-5)
