@@ -25,6 +25,9 @@ import yaml
 
 METHODS = ("clean", "pgd_at", "trades", "ard", "rslad", "adaad", "iad", "dgad")
 TEACHER_METHODS = ("ard", "rslad", "adaad", "iad", "dgad")
+EXPORT_FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8")
+# Attacks of an evaluation by name; "pgd<K>" (K >= 1 steps) is a family (see dgad_tf.evaluate).
+EVAL_ATTACKS = ("clean", "fgsm", "cw_inf", "cw_l2", "autoattack", "autoattack_custom")
 KL_REDUCTIONS = ("batchmean", "class_mean")
 DGAD_WEIGHTINGS = ("standard", "reference_mobilenetv2")
 TEACHER_TRAIN_METHODS = ("pgd_at", "trades")
@@ -488,6 +491,19 @@ def validate(cfg: Config) -> Config:
     _check(a.steps >= 0, "attack.steps", a.steps, ">= 0")
     _check_choice("attack.init", a.init, ATTACK_INITS)
     _check(a.init_std >= 0, "attack.init_std", a.init_std, ">= 0")
+    attacked = [f"method.name={me.name}"] if me.name != "clean" else []
+    if cfg.teacher_train.epochs > 0:
+        attacked.append(f"teacher_train.method={cfg.teacher_train.method}")
+    if attacked:
+        # Every method but `clean` trains on adversarial examples; without them it silently
+        # becomes clean training under another name.
+        needs = f"for {' and '.join(attacked)}, which train on adversarial examples"
+        _check(a.eps > 0, "attack.eps", a.eps, f"> 0 {needs}")
+        _check(a.steps >= 1, "attack.steps", a.steps, f">= 1 {needs}")
+        _check(a.step_size > 0, "attack.step_size", a.step_size, f"> 0 {needs}")
+        _check(a.step_size <= a.eps, "attack.step_size", a.step_size,
+               f"<= attack.eps={a.eps:g} (a longer step only overshoots the eps-ball and is "
+               "clipped back)")
 
     validate_method(me)
 
@@ -507,6 +523,8 @@ def validate(cfg: Config) -> Config:
     _check(t.val_robust_steps >= 0, "train.val_robust_steps", t.val_robust_steps, ">= 0")
     _check(t.steps_per_execution >= 1, "train.steps_per_execution", t.steps_per_execution, ">= 1")
 
+    check_attack_names(cfg.eval.attacks)
+    check_export_formats(cfg.export.formats)
     _check(cfg.eval.n >= 1, "eval.n", cfg.eval.n, ">= 1")
     _check(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, ">= 1")
     _check(bool(cfg.output.dir), "output.dir", cfg.output.dir, "a non-empty path")
@@ -514,6 +532,33 @@ def validate(cfg: Config) -> Config:
     _check(cfg.distribute.logical_cpus >= 0, "distribute.logical_cpus",
            cfg.distribute.logical_cpus, ">= 0")
     return cfg
+
+
+def check_attack_names(names, key: str = "eval.attacks") -> list[str]:
+    """Lower-cased attack names, each one of `EVAL_ATTACKS` or `pgd<K>` with K >= 1.
+
+    Raises:
+        ConfigError: naming `key` and the unknown name.
+    """
+    import re
+
+    checked = [str(n).strip().lower() for n in names if str(n).strip()]
+    for name in checked:
+        match = re.fullmatch(r"pgd(\d+)", name)
+        if name not in EVAL_ATTACKS and not (match and int(match.group(1)) >= 1):
+            raise ConfigError(f"`{key}` has an unknown attack {name!r}; known: "
+                              f"{', '.join(EVAL_ATTACKS)} and pgd<K> with K >= 1 steps")
+    if not checked:
+        raise ConfigError(f"`{key}` must name at least one attack; received {list(names)!r}")
+    return checked
+
+
+def check_export_formats(formats, key: str = "export.formats") -> list[str]:
+    """Export formats, each one of `EXPORT_FORMATS`; ConfigError naming `key` otherwise."""
+    checked = [str(f).strip() for f in formats if str(f).strip()]
+    for name in checked:
+        _check(name in EXPORT_FORMATS, key, list(formats), "a list of " + ", ".join(EXPORT_FORMATS))
+    return checked
 
 
 def validate_method(me: MethodConfig, prefix: str = "method") -> MethodConfig:

@@ -24,6 +24,7 @@ import dataclasses
 import glob
 import logging
 import os
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -369,13 +370,18 @@ def _load_npz(path):
         test_file = os.path.join(path, "test.npz")
         if not os.path.exists(test_file):
             raise FileNotFoundError(f"no test.npz in npz directory {path!r}")
-        with np.load(train_files[0], allow_pickle=False) as data:
+        with _open_npz(train_files[0]) as data:
             train = _as_arrays(*_npz_keys(data, ("x", "y"), train_files[0]), train_files[0])
             class_names = _npz_class_names(data)
-        with np.load(test_file, allow_pickle=False) as data:
+        with _open_npz(test_file) as data:
             test = _as_arrays(*_npz_keys(data, ("x", "y"), test_file), test_file)
     else:
-        with np.load(path, allow_pickle=False) as data:
+        with _open_npz(path) as data:
+            if {"x", "y"} <= set(data.files) and "x_train" not in data.files:
+                raise ValueError(
+                    f"{path!r} holds one split (keys x, y): training needs a folder with "
+                    "train*.npz and test.npz, or one file with x_train, y_train, x_test, y_test "
+                    "(a file with x, y serves `evaluate --data`)")
             x_train, y_train, x_test, y_test = _npz_keys(
                 data, ("x_train", "y_train", "x_test", "y_test"), path
             )
@@ -393,11 +399,40 @@ def _load_npz(path):
 def _npz_keys(data, keys, filename):
     missing = [k for k in keys if k not in data.files]
     if missing:
-        raise KeyError(
+        raise ValueError(
             f"{filename!r} lacks key(s) {missing}; it holds {sorted(data.files)} "
             f"and needs {list(keys)}"
         )
     return tuple(data[k] for k in keys)
+
+
+def _open_npz(path):
+    """`np.load(path)`, with any unreadable file reported as a ValueError naming it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no file at {path!r}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"{path!r} is not a readable .npz file: {err}") from None
+
+
+def load_npz_arrays(path, keys=("x", "y")) -> tuple:
+    """The arrays `keys` of one `.npz` file, checked: images uint8 [N, H, W, C], labels [N].
+
+    Args:
+        path: the `.npz` file.
+        keys: ("x",) for images only, or ("x", "y"). Default ("x", "y").
+
+    Raises:
+        ValueError: the file is unreadable, lacks a key, or holds arrays of the wrong kind.
+    """
+    with _open_npz(path) as data:
+        values = _npz_keys(data, keys, path)
+    if len(keys) == 1:
+        return (_as_arrays(values[0], np.zeros(len(values[0]), np.int64), path).x,)
+    arrays = _as_arrays(values[0], values[1], path)
+    _check_labels(arrays.y, int(arrays.y.max(initial=0)) + 1, path)
+    return arrays.x, arrays.y
 
 
 def _npz_class_names(data):

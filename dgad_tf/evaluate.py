@@ -23,13 +23,12 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import pathlib
-import re
 import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -47,13 +46,25 @@ ATTACK_DESCRIPTIONS = {
 
 
 def check_attack_names(names) -> list[str]:
-    """Validate attack names; raises ValueError naming an unknown one."""
-    names = [n.strip().lower() for n in names if n.strip()]
-    known = set(ATTACK_DESCRIPTIONS) - {"pgd"}
-    for name in names:
-        if name not in known and not re.fullmatch(r"pgd\d+", name):
-            raise ValueError(f"unknown attack {name!r}; known: {', '.join(sorted(known))}, pgd<K>")
-    return names
+    """Validate attack names; raises ValueError (a `ConfigError`) naming an unknown one."""
+    from dgad_tf.config import check_attack_names as check
+
+    return check(names, key="attacks")
+
+
+def at_chance_level(accuracy: float, num_classes: int, n: int) -> bool:
+    """Whether `accuracy` on `n` images is no better than guessing among `num_classes`.
+
+    "No better" is within three binomial standard deviations above 1/C, so a model that has
+    learned anything clears it on a few hundred images while a constant or label-permuted one
+    does not.
+
+    Example:
+        >>> at_chance_level(0.11, 10, 1000), at_chance_level(0.5, 10, 1000)
+        (True, False)
+    """
+    chance = 1.0 / num_classes
+    return accuracy <= chance + 3.0 * (chance * (1.0 - chance) / max(n, 1)) ** 0.5
 
 
 def _batched_attack(attack, x, y, batch_size):
@@ -185,10 +196,17 @@ def format_report(report: dict) -> str:
 
 
 def load_eval_arrays(data: str | None, model_path: pathlib.Path, split: str, n: int | None):
-    """Images and labels for evaluation from a config file, a run's config, an npz or 'digits'."""
-    from dgad_tf.config import load_config
-    from dgad_tf.data import load_splits, splits_from_config
+    """Images and labels for evaluation from a config file, a run's config, an npz or 'digits'.
 
+    An `.npz` file with keys `x`, `y` is one split (used whatever `split` says); one with
+    `x_train`, `y_train`, `x_test`, `y_test`, or a folder of `train*.npz` + `test.npz`, is a
+    dataset whose `split` is taken.
+    """
+    from dgad_tf.config import load_config
+    from dgad_tf.data import load_npz_arrays, load_splits, splits_from_config
+
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"`--split` must be train, val or test; received {split!r}")
     if data is None:
         run_config = model_path.parent / "config.yaml"
         if not run_config.is_file():
@@ -198,10 +216,11 @@ def load_eval_arrays(data: str | None, model_path: pathlib.Path, split: str, n: 
         splits = splits_from_config(load_config(data).data)
     elif data == "digits":
         splits = load_splits("digits")
+    elif data.endswith(".npz") and pathlib.Path(data).is_file() and _has_keys(data, ("x", "y")):
+        x, y = load_npz_arrays(data, ("x", "y"))
+        return (x, y) if n is None else (x[:n], y[:n])
     else:
         splits = load_splits("npz", path=data)
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"`--split` must be train, val or test; received {split!r}")
     arrays = getattr(splits, split)
     x, y = arrays.x, arrays.y
     if n is not None:
@@ -209,34 +228,58 @@ def load_eval_arrays(data: str | None, model_path: pathlib.Path, split: str, n: 
     return x, y
 
 
+def _has_keys(path, keys) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return set(keys) <= set(data.files)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        return False  # the loader names the problem
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dgad_tf.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from dgad_tf import cli
+
+    parser = cli.parser("python -m dgad_tf.evaluate", __doc__)
     parser.add_argument("--model", required=True, help="run directory or .keras file")
-    parser.add_argument("--data", help="config YAML, npz file/folder, or 'digits' "
-                        "(default: the run's own config)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--n", type=int, default=None, help="first n images of the split")
+    parser.add_argument("--data", help="config YAML; npz file (keys x, y; or x_train, y_train, "
+                        "x_test, y_test) or npz folder (train*.npz, test.npz); or 'digits'. "
+                        "Default: the run's own config")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--n", type=cli.int_at_least(1), default=None,
+                        help="first n images of the split (default: all)")
     parser.add_argument("--attacks", default="clean,fgsm,pgd20,cw_inf")
-    parser.add_argument("--eps", default="8/255")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--eps", default=None,
+                        help="L-inf radius, e.g. 8/255 (default: the run's attack.eps when the "
+                        "model is in a run folder, else 8/255)")
+    parser.add_argument("--batch-size", type=cli.int_at_least(1), default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--restarts", type=int, default=1, help="PGD restarts")
-    parser.add_argument("--out", help="write the JSON report here")
+    parser.add_argument("--restarts", type=cli.int_at_least(1), default=1, help="PGD restarts")
+    parser.add_argument("--out", help="write the JSON report here (checked before the attacks)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from dgad_tf.config import ConfigError, parse_fraction
-    from dgad_tf.serving import resolve_student_path, sha256_file
 
     try:
         names = check_attack_names(args.attacks.split(","))
-        eps = parse_fraction(args.eps)
+    except ConfigError as err:
+        return cli.error(str(err))
+    cli.start(args.verbose, fmt="%(levelname)s %(name)s: %(message)s")
+    from dgad_tf import rundir
+    from dgad_tf.serving import resolve_student_path, sha256_file
+
+    try:
+        model_path = resolve_student_path(args.model)
+        run_cfg = rundir.run_config(model_path)
+        if args.eps is not None:
+            eps = parse_fraction(args.eps)
+        else:
+            eps = run_cfg.attack.eps if run_cfg is not None else 8 / 255
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"`--eps` must be in [0, 1]; received --eps={args.eps}")
-        if args.n is not None and args.n < 1:
-            raise ValueError(f"`--n` must be >= 1; received --n={args.n}")
-        model_path = resolve_student_path(args.model)
+        if args.out:
+            if pathlib.Path(args.out).is_dir():
+                raise ValueError(f"--out {args.out} is a folder; give a file name")
+            rundir.ensure_writable_folder(pathlib.Path(args.out).resolve().parent, "--out's folder")
         x, y = load_eval_arrays(args.data, model_path, args.split, args.n)
         import keras
 
@@ -248,9 +291,11 @@ def main(argv=None) -> int:
             raise ValueError(f"the data has label {int(y.max())} but the model has only "
                              f"{model.output_shape[-1]} classes")
     except (ValueError, FileNotFoundError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return cli.error(str(err))
 
+    source = "--eps" if args.eps is not None else ("the run's attack.eps" if run_cfg is not None
+                                                  else "the default")
+    log.info("attacking %d images of %s at eps=%.6f (%s)", len(x), model_path, eps, source)
     report = evaluate_model(model, x, y, attacks=names, eps=eps, batch_size=args.batch_size,
                             seed=args.seed, pgd_restarts=args.restarts)
     report["model"] = str(model_path)

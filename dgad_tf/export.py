@@ -16,10 +16,10 @@ import logging
 import pathlib
 import sys
 
-import numpy as np
 
-from dgad_tf import serving
-from dgad_tf.config import parse_fraction
+from dgad_tf import cli
+from dgad_tf.config import EXPORT_FORMATS, ConfigError, check_export_formats, parse_fraction
+
 
 def parse_eps(text):
     """An ε given as a float or a fraction such as "8/255"."""
@@ -34,69 +34,95 @@ def parse_eps(text):
     return value
 
 
+def parse_formats(text):
+    try:
+        return check_export_formats(text.split(","), key="--formats")
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m dgad_tf.export", description=__doc__.split("\n\n")[0]
-    )
+    parser = cli.parser("python -m dgad_tf.export", __doc__)
     parser.add_argument("--model", required=True, help="run directory or .keras file")
     parser.add_argument("--out", required=True, help="TF Serving base path, e.g. export/<name>")
-    parser.add_argument("--version", type=int, default=None, help="default: next free integer")
-    parser.add_argument("--formats", default=",".join(serving.FORMATS), help="comma-separated")
+    parser.add_argument("--version", type=cli.int_at_least(1), default=None,
+                        help="version folder to write (must not exist); default: next free")
+    parser.add_argument("--formats", type=parse_formats, default=list(EXPORT_FORMATS),
+                        help="comma-separated subset of " + ",".join(EXPORT_FORMATS))
     parser.add_argument("--representative-data", default=None, help=".npz with x (calibration)")
     parser.add_argument("--eval-data", default=None, help=".npz with x and y (evaluation)")
-    parser.add_argument("--eval-n", type=int, default=1000, help="test points evaluated; 0: none")
-    parser.add_argument("--eps", type=parse_eps, default=8 / 255, help="L-inf radius, e.g. 8/255")
+    parser.add_argument("--eval-n", type=cli.int_at_least(0), default=1000,
+                        help="test points evaluated; 0: none")
+    parser.add_argument("--eps", type=parse_eps, default=None,
+                        help="L-inf radius, e.g. 8/255; default: the run's attack.eps, else 8/255")
     parser.add_argument("--autoattack", action="store_true", help="also run AutoAttack (slow)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
 
 def _load_npz(path, keys):
-    with np.load(path) as data:
-        missing = [k for k in keys if k not in data]
-        if missing:
-            raise SystemExit(f"error: {path} has no key(s) {missing}; it has {list(data.keys())}")
-        return [data[k] for k in keys]
+    from dgad_tf.data import load_npz_arrays
 
-
-def _run_dir(model_arg):
-    path = pathlib.Path(model_arg)
-    return path if path.is_dir() else path.parent
-
-
-def _load_splits(run_dir):
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        return None
-    from dgad_tf.config import load_config
-    from dgad_tf.data import splits_from_config
-
-    return splits_from_config(load_config(config_path).data)
+    return load_npz_arrays(path, keys)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # TensorFlow's logger has its own handler; propagating as well would print every line twice.
-    logging.getLogger("tensorflow").propagate = False
-    if args.eval_n < 0:
-        raise SystemExit(f"error: --eval-n must be >= 0; received {args.eval_n}")
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    cli.start(args.verbose, fmt="%(levelname)s %(name)s: %(message)s")
+    from dgad_tf import rundir, serving
 
+    try:
+        model_path = serving.resolve_student_path(args.model)
+        out = rundir.ensure_writable_folder(args.out, "--out")
+        if args.version is not None and (out / str(args.version)).exists():
+            raise ValueError(f"--version {args.version} already exists in {out}; choose another "
+                             "or leave --version out for the next free one")
+        run_cfg = rundir.run_config(args.model)
+        eps = args.eps if args.eps is not None else (run_cfg.attack.eps if run_cfg else 8 / 255)
+        inputs = _inputs(args, run_cfg)
+    except (ValueError, FileNotFoundError, ConfigError) as error:
+        return cli.error(str(error))
+    logging.info("exporting %s with eps=%.6f for its robust accuracy", model_path, eps)
+    representative_x, eval_arrays, class_names = inputs
+    try:
+        card = serving.export_student(
+            str(model_path),
+            args.out,
+            version=args.version,
+            formats=args.formats,
+            representative_x=representative_x,
+            eval_arrays=eval_arrays,
+            eps=eps,
+            class_names=class_names,
+            autoattack=args.autoattack,
+            seed=args.seed,
+        )
+    except serving.ExportVerificationError as error:
+        print(f"export failed verification, nothing written: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, rundir.FolderBusy) as error:
+        return cli.error(str(error))
+    print_summary(card, pathlib.Path(args.out) / str(card["version"]))
+    return 0
+
+
+def _inputs(args, run_cfg):
+    """(calibration images, evaluation arrays, class names) from the flags or the run's data."""
     splits = None
-    if args.representative_data is None or (args.eval_data is None and args.eval_n > 0):
-        splits = _load_splits(_run_dir(args.model))
+    if run_cfg is not None and (args.representative_data is None
+                                or (args.eval_data is None and args.eval_n > 0)):
+        from dgad_tf.data import splits_from_config
+
+        splits = splits_from_config(run_cfg.data)
 
     representative_x = None
     if args.representative_data is not None:
         (representative_x,) = _load_npz(args.representative_data, ["x"])
     elif splits is not None:
         representative_x = splits.train.x
-    if "tflite_int8" in formats and representative_x is None:
-        raise SystemExit(
-            "error: tflite_int8 needs calibration images: pass --representative-data or a run "
-            "directory whose config.yaml names the data"
-        )
+    if "tflite_int8" in args.formats and representative_x is None:
+        raise ValueError("tflite_int8 needs calibration images: pass --representative-data or a "
+                         "run directory whose config.yaml names the data")
 
     eval_arrays, class_names = None, None
     if args.eval_n > 0:
@@ -109,25 +135,7 @@ def main(argv=None):
             logging.warning("no evaluation data (no --eval-data, no config.yaml): no accuracies")
     if eval_arrays is not None:
         eval_arrays = (eval_arrays[0][: args.eval_n], eval_arrays[1][: args.eval_n])
-
-    try:
-        card = serving.export_student(
-            args.model,
-            args.out,
-            version=args.version,
-            formats=formats,
-            representative_x=representative_x,
-            eval_arrays=eval_arrays,
-            eps=args.eps,
-            class_names=class_names,
-            autoattack=args.autoattack,
-            seed=args.seed,
-        )
-    except serving.ExportVerificationError as error:
-        print(f"export failed verification, nothing written: {error}", file=sys.stderr)
-        return 1
-    print_summary(card, pathlib.Path(args.out) / str(card["version"]))
-    return 0
+    return representative_x, eval_arrays, class_names
 
 
 def print_summary(card, version_dir):

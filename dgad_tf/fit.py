@@ -13,16 +13,14 @@ completed epoch.
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
 import shlex
 import sys
 
+from dgad_tf import cli
+
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dgad_tf.fit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m dgad_tf.fit", __doc__)
     parser.add_argument("--config", help="YAML file of overrides (default: built-in defaults)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one value; repeatable")
@@ -30,7 +28,6 @@ def main(argv=None) -> int:
                         help="print the resolved config and exit")
     parser.add_argument("--quiet", action="store_true", help="log lines only, no progress bars")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from dgad_tf.config import ConfigError, load_config
 
@@ -38,22 +35,21 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return cli.error(str(err))
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cli.start(args.verbose)
+    from dgad_tf.rundir import FolderBusy
     from dgad_tf.run import RunError, run
 
     command = shlex.join(["python", "-m", "dgad_tf.fit"] + list(sys.argv[1:] if argv is None
                                                                else argv))
     try:
         report = run(cfg, command=command)
-    except (RunError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (RunError, ConfigError, FolderBusy) as err:
+        return cli.error(str(err))
     student = report["student"]
     summary = [f"student ({cfg.model.student}, {cfg.method.name}): clean "
                f"{student['clean_accuracy']:.4f}"]

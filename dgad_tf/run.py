@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import pathlib
+import sys
 import time
 from typing import Optional
 
@@ -36,6 +37,7 @@ from dgad_tf.config import Config, ConfigError
 from dgad_tf.distiller import METHOD_SPECS, AdversarialDistiller
 from dgad_tf.evaluate import evaluate_model, format_report
 from dgad_tf.optim import make_optimizer
+from dgad_tf.rundir import LOCK_FILE, FolderLock
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ def check_run_dir(cfg: Config, run_dir: pathlib.Path):
         if previous.hash() != cfg.hash():
             raise RunError(f"output.dir {run_dir} holds a run with a different config; choose "
                            "another output.dir (nothing was changed there)")
-    elif run_dir.is_dir() and any(run_dir.iterdir()):
+    elif run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise RunError(f"output.dir {run_dir} is not empty and holds no config.yaml; choose an "
                        "empty or new directory")
 
@@ -184,7 +186,7 @@ def train_network(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.
     distiller.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
                   validation_data=val_ds, validation_freq=cfg.train.val_every,
                   callbacks=callbacks, shuffle=False,
-                  verbose=2 if cfg.output.quiet else 1)
+                  verbose=2 if cfg.output.quiet or not sys.stdout.isatty() else 1)
     return distiller
 
 
@@ -268,7 +270,13 @@ def run(cfg: Config, *, command: str = "") -> dict:
         raise RunError(str(err)) from err
     keras.utils.set_random_seed(cfg.train.seed)
     splits, run_dir = preflight(cfg, distribute.worker_run_dir(cfg.output.dir, strategy))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with FolderLock(run_dir, "output.dir"):
+        # Another writer may have started between the checks and the lock: check again.
+        check_run_dir(cfg, run_dir)
+        return _run_locked(cfg, splits, run_dir, strategy, command)
+
+
+def _run_locked(cfg: Config, splits, run_dir: pathlib.Path, strategy, command: str) -> dict:
     if not (run_dir / "config.yaml").exists():
         atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     started = time.time()
@@ -298,9 +306,11 @@ def run(cfg: Config, *, command: str = "") -> dict:
         report["teacher"] = {"path": str(teacher_path_for(cfg, run_dir)), **teacher_report}
     report["history"] = _read_log(run_dir / "log.csv")
     report["seconds"] = time.time() - started
+    # The report is written before the export, so a failed export loses no evaluation.
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2, default=float))
     if cfg.export.formats and distribute.is_chief(strategy):
         report["export"] = _export(cfg, final_path, splits, run_dir)
-    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2, default=float))
+        atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2, default=float))
     distribute.remove_worker_run_dir(run_dir, strategy)
     return report
 
@@ -323,8 +333,10 @@ def _read_log(path: pathlib.Path) -> list[dict]:
     if not path.exists():
         return []
     with open(path) as handle:
-        return [{k: float(v) if v not in ("", None) else None for k, v in row.items()}
-                for row in csv.DictReader(handle)]
+        rows = list(csv.DictReader(handle))
+    # A header repeated mid-file (a run appended after an interrupted one) is not a row.
+    return [{k: float(v) if v not in ("", None) else None for k, v in row.items()}
+            for row in rows if row.get("epoch") != "epoch"]
 
 
 def describe(splits) -> str:

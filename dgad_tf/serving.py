@@ -22,7 +22,6 @@ the model card (`artifacts.tflite_int8.input.quantization`): feed `round(x / sca
 for pixels x in [0, 1] and read logits as `(q - zero_point) * scale`.
 """
 
-import contextlib
 import datetime
 import hashlib
 import json
@@ -37,9 +36,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import dgad_tf
+import dgad_tf.models  # noqa: F401  (registers the custom layers that students deserialize)
+from dgad_tf.config import EXPORT_FORMATS
+from dgad_tf.evaluate import at_chance_level
+from dgad_tf.rundir import FolderLock, check_keras_file, ensure_writable_folder
+
 logger = logging.getLogger(__name__)
 
-FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8")
+FORMATS = EXPORT_FORMATS
 SERVING_SIGNATURE = "serving_default"
 LOGITS_SIGNATURE = "logits"
 INPUT_NAME = "images"
@@ -101,18 +106,16 @@ def resolve_student_path(model_or_run):
         model_or_run: a run directory or a `.keras` file.
     """
     path = pathlib.Path(model_or_run)
+    if not path.exists():
+        raise FileNotFoundError(f"`model`: no model at {path}")
     if path.is_dir():
         for name in RUN_DIR_CHECKPOINTS:
             if (path / name).is_file():
-                return path / name
+                return check_keras_file(path / name, "`model`")
         raise FileNotFoundError(
             f"`model` run directory {str(path)!r} holds none of {list(RUN_DIR_CHECKPOINTS)}"
         )
-    if path.suffix != ".keras" or not path.is_file():
-        raise FileNotFoundError(
-            f"`model` must be a run directory or an existing .keras file; received {str(path)!r}"
-        )
-    return path
+    return check_keras_file(path, "`model`")
 
 
 def load_student(path):
@@ -124,9 +127,27 @@ def load_student(path):
     Args:
         path: the `.keras` file.
     """
-    with contextlib.suppress(ImportError):
-        import dgad_tf.models  # noqa: F401  (registers custom layers)
     return keras.saving.load_model(path, compile=False)
+
+
+def _remove_stale_temporaries(out_dir):
+    """Remove `.tmp-*` folders that a killed export left (call with `out_dir`'s lock held)."""
+    for stale in out_dir.glob(".tmp-*"):
+        if stale.is_dir():
+            logger.info("removing %s, left by an interrupted export", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def chance_level_warning(evaluation, num_classes):
+    """A warning text when the exported model's clean accuracy is no better than chance."""
+    if not evaluation or not evaluation.get("clean_accuracy"):
+        return None
+    accuracy = evaluation["clean_accuracy"].get("keras")
+    if accuracy is None or not at_chance_level(accuracy, num_classes, evaluation["n"]):
+        return None
+    return (f"clean accuracy {accuracy:.4f} on {evaluation['n']} test images is at chance level "
+            f"for {num_classes} classes (1/{num_classes} = {1 / num_classes:.4f}): this model "
+            "has not learned the task")
 
 
 def next_version(out_dir):
@@ -453,11 +474,7 @@ def _check_top1_agreement(name, reference_logits, logits):
 
 
 def _pgd_adversarial(model, x, labels, eps, seed):
-    try:
-        from dgad_tf.attacks import pgd_ce
-    except ImportError:
-        logger.warning("dgad_tf.attacks.pgd_ce is unavailable; robust accuracy is not reported")
-        return None
+    from dgad_tf.attacks import pgd_ce
 
     def model_fn(images):
         return model(images, training=False)
@@ -477,11 +494,7 @@ def _pgd_adversarial(model, x, labels, eps, seed):
 
 
 def _autoattack(model, x, labels, eps, seed):
-    try:
-        from dgad_tf.autoattack import run_autoattack
-    except ImportError:
-        logger.warning("dgad_tf.autoattack.run_autoattack is unavailable; AutoAttack skipped")
-        return {"status": "unavailable"}
+    from dgad_tf.autoattack import run_autoattack
 
     result = run_autoattack(
         lambda images: model(images, training=False),
@@ -638,74 +651,81 @@ def export_student(
         )
     num_classes = int(reference_logits.shape[-1])
 
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if version is None:
-        version = next_version(out_dir)
-    final_dir = out_dir / str(version)
-    if final_dir.exists():
-        raise ValueError(f"`version` {version} already exists in {str(out_dir)!r}")
-
-    # TF Serving only looks at all-digit folder names, so the hidden temporary folder is invisible
-    # to a server watching out_dir while it is being written.
-    tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=out_dir))
-    try:
-        # mkdtemp makes the folder private (0700); a server in a container runs as another user.
-        os.chmod(tmp_dir, 0o755)
-        card = _build_and_verify(
-            model,
-            tmp_dir,
-            formats=formats,
-            image_shape=image_shape,
-            num_classes=num_classes,
-            parity_u8=parity_u8,
-            reference_logits=reference_logits,
-            representative_x=representative_x,
-            representative_n=representative_n,
-            eval_x=eval_x,
-            eval_y=eval_y,
-            eps=eps,
-            autoattack=autoattack,
-            seed=seed,
-        )
-        card.update(
-            {
-                "name": out_dir.name,
-                "version": version,
-                "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                "source": {
-                    "run": None if source_run is None else str(source_run),
-                    "model_path": None if model_path is None else str(model_path),
-                    "model_sha256": None if model_path is None else sha256_file(model_path),
-                    "weights_sha256": weights_sha256(model),
-                    "config_path": None if config_path is None else str(config_path),
-                    "config_sha256": config_hash,
-                },
-                "input": {
-                    "image_shape": list(image_shape),
-                    "num_classes": num_classes,
-                    "class_names": None if class_names is None else [str(c) for c in class_names],
-                    "pixels": "float32 in [0, 1] for the Keras model, the `logits` signature and "
-                    "the float/dynamic TFLite models; uint8 0..255 for `serving_default`; "
-                    "normalisation is inside the model",
-                },
-                "versions": {
-                    "tensorflow": tf.__version__,
-                    "keras": keras.__version__,
-                },
-            }
-        )
-        with contextlib.suppress(ImportError):
-            from dgad_tf import __version__
-
-            card["versions"]["dgad_tf"] = __version__
-        (tmp_dir / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    out_dir = ensure_writable_folder(out_dir, "`out_dir`")
+    # One exporter per base path: the version number is chosen and taken under the lock, and a
+    # temporary folder left by a killed export is ours to remove.
+    with FolderLock(out_dir, "export folder"):
+        _remove_stale_temporaries(out_dir)
+        if version is None:
+            version = next_version(out_dir)
+        final_dir = out_dir / str(version)
         if final_dir.exists():
-            raise FileExistsError(f"version folder {str(final_dir)!r} appeared during the export")
-        os.rename(tmp_dir, final_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+            raise ValueError(f"`version` {version} already exists in {str(out_dir)!r}")
+
+        # TF Serving only looks at all-digit folder names, so the hidden temporary folder is
+        # invisible to a server watching out_dir while it is being written.
+        tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=out_dir))
+        try:
+            # mkdtemp makes the folder private (0700); a server in a container runs as another
+            # user.
+            os.chmod(tmp_dir, 0o755)
+            card = _build_and_verify(
+                model,
+                tmp_dir,
+                formats=formats,
+                image_shape=image_shape,
+                num_classes=num_classes,
+                parity_u8=parity_u8,
+                reference_logits=reference_logits,
+                representative_x=representative_x,
+                representative_n=representative_n,
+                eval_x=eval_x,
+                eval_y=eval_y,
+                eps=eps,
+                autoattack=autoattack,
+                seed=seed,
+            )
+            card.update(
+                {
+                    "name": out_dir.name,
+                    "version": version,
+                    "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                    "source": {
+                        "run": None if source_run is None else str(source_run),
+                        "model_path": None if model_path is None else str(model_path),
+                        "model_sha256": None if model_path is None else sha256_file(model_path),
+                        "weights_sha256": weights_sha256(model),
+                        "config_path": None if config_path is None else str(config_path),
+                        "config_sha256": config_hash,
+                    },
+                    "input": {
+                        "image_shape": list(image_shape),
+                        "num_classes": num_classes,
+                        "class_names": None if class_names is None
+                        else [str(c) for c in class_names],
+                        "pixels": "float32 in [0, 1] for the Keras model, the `logits` signature "
+                        "and the float/dynamic TFLite models; uint8 0..255 for "
+                        "`serving_default`; normalisation is inside the model",
+                    },
+                    "versions": {
+                        "tensorflow": tf.__version__,
+                        "keras": keras.__version__,
+                    },
+                }
+            )
+            card["versions"]["dgad_tf"] = dgad_tf.__version__
+            warning = chance_level_warning(card.get("evaluation"), num_classes)
+            if warning:
+                card["warnings"] = [warning]
+                logger.warning("%s", warning)
+            (tmp_dir / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+            if final_dir.exists():
+                raise FileExistsError(
+                    f"version folder {str(final_dir)!r} appeared during the export")
+            os.rename(tmp_dir, final_dir)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
     logger.info("exported %s version %d: %s", out_dir, version, ", ".join(formats))
     return card
 

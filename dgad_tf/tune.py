@@ -17,15 +17,13 @@ anything is written.
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
 import sys
+
+from dgad_tf import cli
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dgad_tf.tune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m dgad_tf.tune", __doc__)
     parser.add_argument("--config", help="YAML file of overrides with a `tune:` section")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one value; repeatable")
@@ -36,7 +34,6 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="search directory (output.dir)")
     parser.add_argument("--quiet", action="store_true", help="log lines only, no progress bars")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from dgad_tf.config import ConfigError, load_config
 
@@ -50,18 +47,17 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return cli.error(str(err))
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cli.start(args.verbose)
     from dgad_tf import tuning
+    from dgad_tf.rundir import FolderBusy
     from dgad_tf.run import RunError
 
     try:
         result = tuning.run_search(cfg)
-    except (RunError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (RunError, ConfigError, FolderBusy) as err:
+        return cli.error(str(err))
     except RuntimeError as err:  # KerasTuner gives up after consecutive failed trials
         print(f"error: the search stopped: {err}", file=sys.stderr)
         return 1

@@ -58,6 +58,7 @@ from dgad_tf import run as run_lib
 from dgad_tf.callbacks import atomic_write_text
 from dgad_tf.config import Config, ConfigError, config_from_dict
 from dgad_tf.distiller import METHOD_SPECS
+from dgad_tf.rundir import LOCK_FILE, FolderLock
 
 log = logging.getLogger(__name__)
 
@@ -684,7 +685,7 @@ def check_search_dir(cfg: Config, spec: TuneSpec, out_dir: pathlib.Path):
         if differs:
             raise TuneError(f"`output.dir` {out_dir} holds a different search (`{differs}` "
                             "differs); choose another --out or restore the setting")
-    elif out_dir.is_dir() and any(out_dir.iterdir()):
+    elif out_dir.is_dir() and any(p.name != LOCK_FILE for p in out_dir.iterdir()):
         raise TuneError(f"`output.dir` {out_dir} is not empty and holds no {SPEC_FILE}; choose "
                         "an empty or new directory")
 
@@ -833,7 +834,11 @@ def run_search(cfg: Config, *, verbose: Optional[int] = None) -> SearchResult:
     started = time.time()
     spec, strategy, splits, out_dir = preflight_search(cfg)
     keras.utils.set_random_seed(cfg.train.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out_dir, "search folder"):
+        return _search_locked(cfg, spec, strategy, splits, out_dir, started, verbose)
+
+
+def _search_locked(cfg, spec, strategy, splits, out_dir, started, verbose) -> SearchResult:
     if not (out_dir / SPEC_FILE).exists():
         atomic_write_text(out_dir / SPEC_FILE,
                           yaml.safe_dump(_search_identity(cfg, spec), sort_keys=False))

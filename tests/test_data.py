@@ -82,7 +82,7 @@ def test_npz_limits_take_the_first_images(tmp_path):
 def test_npz_missing_key_is_named(tmp_path):
     file = tmp_path / "d.npz"
     np.savez(file, x_train=_tagged_images(4), y_train=[0, 1, 0, 1], x_test=_tagged_images(2))
-    with pytest.raises(KeyError, match="y_test"):
+    with pytest.raises(ValueError, match="y_test"):
         data.load_splits("npz", path=str(file))
 
 

@@ -156,11 +156,27 @@ def test_existing_version_is_rejected(student, exported):
         serving.export_student(student, exported[0], version=1, formats="tflite_float")
 
 
-def test_run_directory_prefers_best_robust_checkpoint(tmp_path):
-    (tmp_path / "student_last.keras").write_bytes(b"")
+def test_run_directory_prefers_best_robust_checkpoint(student, tmp_path):
+    student.save(tmp_path / "student_last.keras")
     assert serving.resolve_student_path(tmp_path).name == "student_last.keras"
-    (tmp_path / "student_best_robust.keras").write_bytes(b"")
+    student.save(tmp_path / "student_best_robust.keras")
     assert serving.resolve_student_path(tmp_path).name == "student_best_robust.keras"
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "text", "truncated"])
+def test_a_model_that_is_not_a_keras_archive_is_named_for_what_it_is(student, tmp_path, kind):
+    path = tmp_path / "student.keras"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "text":
+        path.write_text("not a model")
+    elif kind == "truncated":
+        student.save(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    expected = {"missing": "no model at", "folder": "holds none of", "text": "not a .keras archive",
+                "truncated": "not a .keras archive"}[kind]
+    with pytest.raises((ValueError, FileNotFoundError), match=expected):
+        serving.resolve_student_path(path)
 
 
 # --- SavedModel signatures -------------------------------------------------------------------
@@ -406,18 +422,6 @@ def test_autoattack_result_is_recorded_when_requested(student, digits, tmp_path,
     assert card["evaluation"]["autoattack"]["robust_accuracy"] == 0.25
 
 
-def test_missing_autoattack_is_reported_not_fatal(student, digits, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "dgad_tf.autoattack", None)  # import raises ImportError
-    card = serving.export_student(
-        student,
-        tmp_path / "m",
-        formats="tflite_float",
-        eval_arrays=(digits["test_x"][:16], digits["test_y"][:16]),
-        autoattack=True,
-    )
-    assert card["evaluation"]["autoattack"] == {"status": "unavailable"}
-
-
 def test_model_card_parity_figures_within_tolerance(exported):
     parity = exported[1]["parity"]
     assert parity["saved_model"]["max_abs_diff_probabilities"] <= 1e-5
@@ -628,6 +632,39 @@ def test_client_rejects_a_wrong_size_before_sending(server, tmp_path, capsys, sh
     assert code == 2
     assert "expects 8x8x1" in capsys.readouterr().err
     assert server.requests == []
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 1), (8, 8, 3)])
+@pytest.mark.parametrize("kind", ["png", "bmp", "gif", "jpeg"])
+def test_client_decodes_like_tensorflow(tmp_path, shape, kind):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+    path = tmp_path / f"image.{kind}"
+    Image.fromarray(pixels[:, :, 0] if shape[-1] == 1 else pixels).save(path)
+    expected = tf.io.decode_image(path.read_bytes(), expand_animations=False).numpy()
+    decoded = serving_client.load_image(str(path))
+    assert decoded.dtype == np.uint8
+    if kind == "gif" and shape[-1] == 1:
+        # TensorFlow decodes every GIF to RGB; a grey GIF's channels are equal.
+        assert np.array_equal(decoded[:, :, 0], expected[:, :, 0])
+    elif kind == "jpeg":
+        # JPEG decoders are not bit-exact across libraries (their inverse DCTs round apart).
+        assert decoded.shape == expected.shape
+        assert np.abs(decoded.astype(int) - expected.astype(int)).max() <= 4
+    else:
+        assert np.array_equal(decoded, expected)
+
+
+def test_client_decodes_without_importing_tensorflow(digit_png):
+    code = ("import sys; from dgad_tf import serving_client; "
+            f"image = serving_client.load_image({str(digit_png)!r}); "
+            "assert image.shape == (8, 8, 1), image.shape; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_client_reports_server_errors_with_exit_1(server, digit_png, capsys):

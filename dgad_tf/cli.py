@@ -1,0 +1,77 @@
+"""What every `python -m dgad_tf.*` command shares: help layout, argument types, quiet start-up.
+
+The commands keep one promise: a problem with the input exits with code 2 and one line
+naming it, before any work is done or anything is written; code 1 is for failures during the
+work itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+EXIT_USAGE = 2
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the module docstring's layout and shows every option's default."""
+
+
+def parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """An argument parser with the shared help layout and a `--verbose` flag."""
+    result = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
+    result.add_argument("--verbose", action="store_true",
+                        help="also show TensorFlow's own start-up and C++ log lines")
+    return result
+
+
+def int_at_least(minimum: int):
+    """An argparse type: an integer >= `minimum` (argparse then exits 2 naming the option)."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer; received {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}; received {value}")
+        return value
+
+    return parse
+
+
+def error(message: str) -> int:
+    """Print `error: message` to stderr; returns the usage exit code."""
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def start(verbose: bool = False, fmt: str = "%(asctime)s %(levelname)s %(message)s") -> None:
+    """Configure logging and load TensorFlow without its start-up noise (unless `verbose`).
+
+    TensorFlow 2.21 prints its C++ start-up lines (oneDNN, CUDA probing) before its own log
+    level applies, so they are silenced by pointing the process's stderr at /dev/null while it
+    loads. Devices are only listed, not initialised: logical CPUs can still be configured after.
+    """
+    logging.basicConfig(level=logging.INFO, format=fmt)
+    if verbose:
+        import tensorflow  # noqa: F401
+
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+    # TensorFlow's Python logger has its own handler; propagating too would print lines twice.
+    logging.getLogger("tensorflow").propagate = False
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
