@@ -18,6 +18,7 @@ from scipy.optimize import linprog
 from dgad_tf.autoattack import (apgd, apgd_checkpoints, apgd_targeted, dlr_loss,
                                 dlr_targeted_loss, fab_targeted, project_linf_hyperplane_box,
                                 run_autoattack, square, square_p_selection)
+from dgad_tf.autoattack.apgd import _build_apgd_run
 
 NUM_CLASSES = 10
 EPS = 0.1
@@ -251,6 +252,112 @@ def test_apgd_ce_at_least_as_strong_as_pgd(model_fn, batch):
     apgd_accuracy = _accuracy(model_fn, apgd(model_fn, x, labels, eps=eps, n_iter=50), labels)
     assert 0.1 < pgd_accuracy < 0.95, "eps no longer in the informative range"
     assert apgd_accuracy <= pgd_accuracy + 1 / 40
+
+
+class _TanhNet:
+    """logits = tanh(x W1) W2 + b, with the cross-entropy and its input gradient in closed form.
+
+    Not convex in x (a linear softmax model is, and APGD then sits in a corner of the ball
+    where neither momentum nor the step size shows).
+    """
+
+    def __init__(self, seed, dim, hidden=5, classes=4):
+        rng = np.random.default_rng(seed)
+        self.w1 = rng.normal(0, 2, (dim, hidden)).astype(np.float32)
+        self.w2 = rng.normal(0, 1, (hidden, classes)).astype(np.float32)
+        self.b = rng.normal(0, 1, classes).astype(np.float32)
+
+    def tf_logits(self, x):
+        flat = tf.reshape(x, [tf.shape(x)[0], -1])
+        return tf.tanh(flat @ tf.constant(self.w1)) @ tf.constant(self.w2) + tf.constant(self.b)
+
+    def numpy_logits(self, x):
+        return np.tanh(x.reshape(len(x), -1) @ self.w1) @ self.w2 + self.b
+
+    def ce_and_gradient(self, x, labels):
+        w1, w2, b = (v.astype(np.float64) for v in (self.w1, self.w2, self.b))
+        hidden = np.tanh(x.reshape(len(x), -1) @ w1)
+        logits = hidden @ w2 + b
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        rows = np.arange(len(x))
+        d_logits = p.copy()
+        d_logits[rows, labels] -= 1.0
+        d_x = ((d_logits @ w2.T) * (1.0 - hidden**2)) @ w1.T
+        return -np.log(p[rows, labels]), d_x.reshape(x.shape)
+
+
+def _numpy_apgd(net, x, x_start, labels, eps, n_iter, momentum=0.75, rho=0.75):
+    """APGD as Croce & Hein (2020), Algorithm 1, state by state, for checking the TF loop.
+
+    Returns the step size each iteration used, the iterate each left (x_max after a halving)
+    and the smallest nonzero loss difference compared (how well the run is conditioned).
+    """
+    rows = (-1,) + (1,) * (x.ndim - 1)
+    lower, upper = np.maximum(x - eps, 0.0), np.minimum(x + eps, 1.0)
+    checkpoints = _paper_checkpoints(n_iter)
+    f, g = net.ce_and_gradient(x_start, labels)
+    eta = np.full(len(x), 2.0 * eps)
+    x_prev = x_cur = x_start
+    x_max, f_max, g_max = x_start, f, g
+    f_prev, n_increases, last_checkpoint = f, np.zeros(len(x)), 0
+    # Condition 2 compares with the previous checkpoint; at the first one the step is the
+    # initial one (cannot matter at w_1: stalling there means no increase, condition 1).
+    halved_last, f_max_last = np.zeros(len(x), bool), f_max
+    etas, iterates, gaps = [], [], []
+    for k in range(n_iter):
+        alpha = 1.0 if k == 0 else momentum  # the first step has no momentum
+        z = np.clip(x_cur + eta.reshape(rows) * np.sign(g), lower, upper)
+        x_next = np.clip(x_cur + alpha * (z - x_cur) + (1 - alpha) * (x_cur - x_prev),
+                         lower, upper)
+        f_next, g_next = net.ce_and_gradient(x_next, labels)
+        gaps += [np.abs(f_next - f_prev), np.abs(f_next - f_max)]
+        n_increases += f_next > f_prev
+        better = f_next > f_max
+        x_max = np.where(better.reshape(rows), x_next, x_max)
+        g_max = np.where(better.reshape(rows), g_next, g_max)
+        f_max = np.where(better, f_next, f_max)
+        etas.append(eta)
+        x_prev, x_cur, g, f_prev = x_cur, x_next, g_next, f_next
+        if k + 1 in checkpoints:
+            w = k + 1
+            condition_1 = n_increases < rho * (w - last_checkpoint)
+            condition_2 = ~halved_last & (f_max_last >= f_max)
+            halve = condition_1 | condition_2
+            eta = np.where(halve, eta / 2.0, eta)
+            x_cur = np.where(halve.reshape(rows), x_max, x_cur)
+            g = np.where(halve.reshape(rows), g_max, g)
+            f_prev = np.where(halve, f_max, f_prev)
+            halved_last, f_max_last, n_increases, last_checkpoint = halve, f_max, 0.0, w
+        iterates.append(x_cur)
+    gaps = np.concatenate(gaps)
+    return np.array(etas), np.array(iterates), gaps[gaps > 0].min()
+
+
+def test_apgd_step_sizes_and_iterates_match_a_numpy_apgd():
+    # 10 iterations: checkpoints 3, 5, 6, 7, 8, 9, where rho * interval is never an integer.
+    eps, n_iter = 0.2, 10
+    net = _TanhNet(seed=2, dim=9)
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0.2, 0.8, (6, 3, 3, 1)).astype(np.float32)
+    labels = np.argmax(net.numpy_logits(x), 1).astype(np.int32)
+    x_start = np.clip(x + rng.uniform(-eps, eps, x.shape), 0, 1).astype(np.float32)
+
+    run = _build_apgd_run(net.tf_logits, (3, 3, 1), eps, n_iter, "ce", 0.75, trace=True)
+    *_, trace = run(tf.constant(x), tf.constant(x_start), tf.constant(labels),
+                    tf.constant(labels))
+    etas, iterates, gap = _numpy_apgd(net, x.astype(np.float64), x_start.astype(np.float64),
+                                      labels, eps, n_iter)
+    assert gap > 1e-6, "a loss comparison is a float32 tie; choose another seed"
+    np.testing.assert_allclose(trace["step_size"].numpy(), etas, rtol=1e-6)
+    np.testing.assert_allclose(trace["x"].numpy(), iterates, atol=1e-6)
+
+    # The run is one in which both mechanisms show: some points halve, not all alike, and
+    # another momentum gives other iterates.
+    assert len(set(etas[-1] / eps)) > 1 and etas[-1].min() < 2 * eps
+    _, other_momentum, _ = _numpy_apgd(net, x.astype(np.float64), x_start.astype(np.float64),
+                                       labels, eps, n_iter, momentum=0.25)
+    assert np.abs(other_momentum - iterates).max() > 0.1
 
 
 def test_apgd_targeted_fools_an_undefended_model(model_fn, batch):
