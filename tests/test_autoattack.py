@@ -19,6 +19,7 @@ from dgad_tf.autoattack import (apgd, apgd_checkpoints, apgd_targeted, dlr_loss,
                                 dlr_targeted_loss, fab_targeted, project_linf_hyperplane_box,
                                 run_autoattack, square, square_p_selection)
 from dgad_tf.autoattack.apgd import _build_apgd_run
+from dgad_tf.autoattack.square import _build_square_run
 
 NUM_CLASSES = 10
 EPS = 0.1
@@ -370,6 +371,105 @@ def test_fab_targeted_fools_an_undefended_model(model_fn, batch):
     x, labels = batch
     x_adv = fab_targeted(model_fn, x, labels, eps=EPS, n_iter=20, n_target_classes=3)
     assert _accuracy(model_fn, x_adv, labels) <= 0.1
+
+
+def _linear_model(seed, dim, classes):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 1, (dim, classes)).astype(np.float32)
+    b = rng.normal(0, 0.1, classes).astype(np.float32)
+
+    def logits(x):
+        return tf.reshape(tf.cast(x, tf.float32), [tf.shape(x)[0], -1]) @ w + b
+
+    return logits, w, b
+
+
+def _fab_case():
+    # Two classes, so FAB's target is the other class and z_t - z_y = g.x + (b_t - b_y) with
+    # g = w_t - w_y, exactly linear. The bias puts the boundary through the centre of the box
+    # and the points within 0.05 of it, so no step reaches a box face.
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 1, (4, 2)).astype(np.float32)
+    b = np.array([0.0, -0.5 * (w[:, 1] - w[:, 0]).sum()], np.float32)
+
+    def logits(x):
+        return tf.reshape(tf.cast(x, tf.float32), [tf.shape(x)[0], -1]) @ w + b
+
+    x = (0.5 + rng.uniform(-0.05, 0.05, (6, 2, 2, 1))).astype(np.float32)
+    z = logits(x).numpy()
+    labels = np.argmax(z, 1).astype(np.int32)
+    g = (w[:, 1 - labels] - w[:, labels]).T  # [B, D] gradient of z_t - z_y
+    difference = -np.abs(z[:, 0] - z[:, 1])  # z_t - z_y < 0
+    # The smallest L-inf step onto g.z = g.x - difference moves every coordinate by
+    # lam * sign(g_i), lam = -difference / ||g||_1.
+    lam = -difference / np.abs(g).sum(1)
+    assert lam.min() > 1e-3 and lam.max() <= 0.05
+    return logits, x, labels, np.sign(g).reshape(x.shape), lam.reshape(-1, 1, 1, 1)
+
+
+def test_fab_first_iteration_is_the_overshot_projection():
+    logits, x, labels, direction, lam = _fab_case()
+    x_adv = fab_targeted(logits, x, labels, eps=0.3, n_iter=1, n_target_classes=1)
+    # From x1 = x0 = x both projections coincide: x + eta * lam * sign(g), eta = 1.05.
+    np.testing.assert_allclose(x_adv.numpy(), x + 1.05 * lam * direction, atol=1e-6)
+
+
+def test_fab_second_iteration_steps_back_and_mixes_the_two_projections():
+    logits, x, labels, direction, lam = _fab_case()
+    x_adv = fab_targeted(logits, x, labels, eps=0.3, n_iter=2, n_target_classes=1)
+    # Iteration 1 lands at 1.05 lam (adversarial); the backward step (beta = 0.9) restarts
+    # at 0.945 lam, where the remaining distance to the boundary is 0.055 lam. Its
+    # projection overshoots to 0.945 + 1.05 * 0.055; the clean point's to 1.05; they mix with
+    # alpha = 0.055 / (0.055 + 1) <= alpha_max = 0.1, and the result, closer to x than the
+    # first adversarial point, replaces it.
+    alpha = 0.055 / 1.055
+    coefficient = (0.945 + 1.05 * 0.055) * (1 - alpha) + 1.05 * alpha
+    np.testing.assert_allclose(x_adv.numpy(), x + coefficient * lam * direction, atol=1e-6)
+
+
+def test_square_first_query_follows_the_proposal_and_acceptance_rule():
+    # 8x8 images: the first square has side round(sqrt(0.8 * 64)) = 7, so its corner, drawn
+    # in [0, 8 - 7), is (0, 0); row 7 and column 7 keep the initial vertical stripes.
+    eps, side = 0.05, 7
+    logits, _, _ = _linear_model(seed=4, dim=8 * 8 * 2, classes=3)
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0.2, 0.8, (24, 8, 8, 2)).astype(np.float32)
+    labels = np.argmax(logits(x).numpy(), 1).astype(np.int32)
+    run = _build_square_run(logits, (8, 8, 2), eps, 1, np.array([side], np.int32))
+    x_best = run(tf.constant(x), tf.constant(labels), tf.constant([0, 0], tf.int64)).numpy()
+
+    def margin(points, labels=labels):
+        z = logits(points).numpy()
+        rows = np.arange(len(z))
+        labels = np.broadcast_to(labels, len(z))
+        true = z[rows, labels]
+        z[rows, labels] = -np.inf
+        return true - z.max(1)
+
+    signs = np.round((x_best - x) / eps)
+    np.testing.assert_allclose(x_best, x + eps * signs, atol=1e-6)
+    assert set(np.unique(signs)) == {-1.0, 1.0}
+    stripes = signs[:, 7:8]  # the row outside the square: one sign per column and channel
+    init = x + eps * np.broadcast_to(stripes, x.shape)
+    assert (margin(init) > 0).all(), "an initial point is already adversarial"
+    accepted = 0
+    for i in range(len(x)):
+        window = signs[i, :side, :side]
+        if np.allclose(x_best[i], init[i], atol=1e-6):
+            # Kept the stripes: the drawn proposal (one sign per channel) did not lower the
+            # margin; at least one of the per-channel sign choices must not have.
+            candidates = [init[i].copy() for _ in range(4)]
+            for candidate, channel_signs in zip(candidates, [(-1, -1), (-1, 1), (1, -1), (1, 1)]):
+                candidate[:side, :side] = x[i, :side, :side] + eps * np.array(channel_signs)
+            worse = margin(np.stack(candidates), labels[i]) >= margin(init[i:i + 1], labels[i])
+            assert worse.any(), i
+        else:
+            accepted += 1
+            # The square holds x + eps * (one sign per channel), and the margin went down.
+            channel_signs = window[0, 0]
+            np.testing.assert_array_equal(window, np.broadcast_to(channel_signs, window.shape))
+            assert margin(x_best[i:i + 1], labels[i]) < margin(init[i:i + 1], labels[i]), i
+    assert 0 < accepted < len(x), "the query should be accepted for some points, not all"
 
 
 def test_square_needs_no_gradients(model_fn, batch):
