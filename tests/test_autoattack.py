@@ -302,8 +302,9 @@ def _numpy_apgd(net, x, x_start, labels, eps, n_iter, momentum=0.75, rho=0.75):
     x_prev = x_cur = x_start
     x_max, f_max, g_max = x_start, f, g
     f_prev, n_increases, last_checkpoint = f, np.zeros(len(x)), 0
-    # Condition 2 compares with the previous checkpoint; at the first one the step is the
-    # initial one (cannot matter at w_1: stalling there means no increase, condition 1).
+    # Condition 2 compares with the previous checkpoint, w_0 = 0 at the first one (the
+    # reference code instead never applies it there; with n_iter = 10, w_1 = 3 and condition
+    # 1 fails only after three increases in a row, which raise f_max, so the two agree).
     halved_last, f_max_last = np.zeros(len(x), bool), f_max
     etas, iterates, gaps = [], [], []
     for k in range(n_iter):
