@@ -18,6 +18,8 @@ from scipy.optimize import linprog
 from dgad_tf.autoattack import (apgd, apgd_checkpoints, apgd_targeted, dlr_loss,
                                 dlr_targeted_loss, fab_targeted, project_linf_hyperplane_box,
                                 run_autoattack, square, square_p_selection)
+from dgad_tf.autoattack.apgd import _build_apgd_run
+from dgad_tf.autoattack.square import _build_square_run
 
 NUM_CLASSES = 10
 EPS = 0.1
@@ -253,6 +255,113 @@ def test_apgd_ce_at_least_as_strong_as_pgd(model_fn, batch):
     assert apgd_accuracy <= pgd_accuracy + 1 / 40
 
 
+class _TanhNet:
+    """logits = tanh(x W1) W2 + b, with the cross-entropy and its input gradient in closed form.
+
+    Not convex in x (a linear softmax model is, and APGD then sits in a corner of the ball
+    where neither momentum nor the step size shows).
+    """
+
+    def __init__(self, seed, dim, hidden=5, classes=4):
+        rng = np.random.default_rng(seed)
+        self.w1 = rng.normal(0, 2, (dim, hidden)).astype(np.float32)
+        self.w2 = rng.normal(0, 1, (hidden, classes)).astype(np.float32)
+        self.b = rng.normal(0, 1, classes).astype(np.float32)
+
+    def tf_logits(self, x):
+        flat = tf.reshape(x, [tf.shape(x)[0], -1])
+        return tf.tanh(flat @ tf.constant(self.w1)) @ tf.constant(self.w2) + tf.constant(self.b)
+
+    def numpy_logits(self, x):
+        return np.tanh(x.reshape(len(x), -1) @ self.w1) @ self.w2 + self.b
+
+    def ce_and_gradient(self, x, labels):
+        w1, w2, b = (v.astype(np.float64) for v in (self.w1, self.w2, self.b))
+        hidden = np.tanh(x.reshape(len(x), -1) @ w1)
+        logits = hidden @ w2 + b
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        rows = np.arange(len(x))
+        d_logits = p.copy()
+        d_logits[rows, labels] -= 1.0
+        d_x = ((d_logits @ w2.T) * (1.0 - hidden**2)) @ w1.T
+        return -np.log(p[rows, labels]), d_x.reshape(x.shape)
+
+
+def _numpy_apgd(net, x, x_start, labels, eps, n_iter, momentum=0.75, rho=0.75):
+    """APGD as Croce & Hein (2020), Algorithm 1, state by state, for checking the TF loop.
+
+    Returns the step size each iteration used, the iterate each left (x_max after a halving)
+    and the smallest nonzero loss difference compared (how well the run is conditioned).
+    """
+    rows = (-1,) + (1,) * (x.ndim - 1)
+    lower, upper = np.maximum(x - eps, 0.0), np.minimum(x + eps, 1.0)
+    checkpoints = _paper_checkpoints(n_iter)
+    f, g = net.ce_and_gradient(x_start, labels)
+    eta = np.full(len(x), 2.0 * eps)
+    x_prev = x_cur = x_start
+    x_max, f_max, g_max = x_start, f, g
+    f_prev, n_increases, last_checkpoint = f, np.zeros(len(x)), 0
+    # Condition 2 compares with the previous checkpoint, w_0 = 0 at the first one (the
+    # reference code instead never applies it there; with n_iter = 10, w_1 = 3 and condition
+    # 1 fails only after three increases in a row, which raise f_max, so the two agree).
+    halved_last, f_max_last = np.zeros(len(x), bool), f_max
+    etas, iterates, gaps = [], [], []
+    for k in range(n_iter):
+        alpha = 1.0 if k == 0 else momentum  # the first step has no momentum
+        z = np.clip(x_cur + eta.reshape(rows) * np.sign(g), lower, upper)
+        x_next = np.clip(x_cur + alpha * (z - x_cur) + (1 - alpha) * (x_cur - x_prev),
+                         lower, upper)
+        f_next, g_next = net.ce_and_gradient(x_next, labels)
+        gaps += [np.abs(f_next - f_prev), np.abs(f_next - f_max)]
+        n_increases += f_next > f_prev
+        better = f_next > f_max
+        x_max = np.where(better.reshape(rows), x_next, x_max)
+        g_max = np.where(better.reshape(rows), g_next, g_max)
+        f_max = np.where(better, f_next, f_max)
+        etas.append(eta)
+        x_prev, x_cur, g, f_prev = x_cur, x_next, g_next, f_next
+        if k + 1 in checkpoints:
+            w = k + 1
+            condition_1 = n_increases < rho * (w - last_checkpoint)
+            condition_2 = ~halved_last & (f_max_last >= f_max)
+            halve = condition_1 | condition_2
+            eta = np.where(halve, eta / 2.0, eta)
+            x_cur = np.where(halve.reshape(rows), x_max, x_cur)
+            g = np.where(halve.reshape(rows), g_max, g)
+            f_prev = np.where(halve, f_max, f_prev)
+            halved_last, f_max_last, n_increases, last_checkpoint = halve, f_max, 0.0, w
+        iterates.append(x_cur)
+    gaps = np.concatenate(gaps)
+    return np.array(etas), np.array(iterates), gaps[gaps > 0].min()
+
+
+def test_apgd_step_sizes_and_iterates_match_a_numpy_apgd():
+    # 10 iterations: checkpoints 3, 5, 6, 7, 8, 9, where rho * interval is never an integer.
+    eps, n_iter = 0.2, 10
+    net = _TanhNet(seed=2, dim=9)
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0.2, 0.8, (6, 3, 3, 1)).astype(np.float32)
+    labels = np.argmax(net.numpy_logits(x), 1).astype(np.int32)
+    x_start = np.clip(x + rng.uniform(-eps, eps, x.shape), 0, 1).astype(np.float32)
+
+    run = _build_apgd_run(net.tf_logits, (3, 3, 1), eps, n_iter, "ce", 0.75, trace=True)
+    *_, trace = run(tf.constant(x), tf.constant(x_start), tf.constant(labels),
+                    tf.constant(labels))
+    etas, iterates, gap = _numpy_apgd(net, x.astype(np.float64), x_start.astype(np.float64),
+                                      labels, eps, n_iter)
+    assert gap > 1e-6, "a loss comparison is a float32 tie; choose another seed"
+    np.testing.assert_allclose(trace["step_size"].numpy(), etas, rtol=1e-6)
+    np.testing.assert_allclose(trace["x"].numpy(), iterates, atol=1e-6)
+
+    # The run is one in which both mechanisms show: some points halve, not all alike, and
+    # another momentum gives other iterates.
+    assert len(set(etas[-1] / eps)) > 1 and etas[-1].min() < 2 * eps
+    _, other_momentum, _ = _numpy_apgd(net, x.astype(np.float64), x_start.astype(np.float64),
+                                       labels, eps, n_iter, momentum=0.25)
+    assert np.abs(other_momentum - iterates).max() > 0.1
+
+
 def test_apgd_targeted_fools_an_undefended_model(model_fn, batch):
     x, labels = batch
     x_adv = apgd_targeted(model_fn, x, labels, eps=EPS, n_iter=20, n_target_classes=3)
@@ -263,6 +372,105 @@ def test_fab_targeted_fools_an_undefended_model(model_fn, batch):
     x, labels = batch
     x_adv = fab_targeted(model_fn, x, labels, eps=EPS, n_iter=20, n_target_classes=3)
     assert _accuracy(model_fn, x_adv, labels) <= 0.1
+
+
+def _linear_model(seed, dim, classes):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 1, (dim, classes)).astype(np.float32)
+    b = rng.normal(0, 0.1, classes).astype(np.float32)
+
+    def logits(x):
+        return tf.reshape(tf.cast(x, tf.float32), [tf.shape(x)[0], -1]) @ w + b
+
+    return logits, w, b
+
+
+def _fab_case():
+    # Two classes, so FAB's target is the other class and z_t - z_y = g.x + (b_t - b_y) with
+    # g = w_t - w_y, exactly linear. The bias puts the boundary through the centre of the box
+    # and the points within 0.05 of it, so no step reaches a box face.
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 1, (4, 2)).astype(np.float32)
+    b = np.array([0.0, -0.5 * (w[:, 1] - w[:, 0]).sum()], np.float32)
+
+    def logits(x):
+        return tf.reshape(tf.cast(x, tf.float32), [tf.shape(x)[0], -1]) @ w + b
+
+    x = (0.5 + rng.uniform(-0.05, 0.05, (6, 2, 2, 1))).astype(np.float32)
+    z = logits(x).numpy()
+    labels = np.argmax(z, 1).astype(np.int32)
+    g = (w[:, 1 - labels] - w[:, labels]).T  # [B, D] gradient of z_t - z_y
+    difference = -np.abs(z[:, 0] - z[:, 1])  # z_t - z_y < 0
+    # The smallest L-inf step onto g.z = g.x - difference moves every coordinate by
+    # lam * sign(g_i), lam = -difference / ||g||_1.
+    lam = -difference / np.abs(g).sum(1)
+    assert lam.min() > 1e-3 and lam.max() <= 0.05
+    return logits, x, labels, np.sign(g).reshape(x.shape), lam.reshape(-1, 1, 1, 1)
+
+
+def test_fab_first_iteration_is_the_overshot_projection():
+    logits, x, labels, direction, lam = _fab_case()
+    x_adv = fab_targeted(logits, x, labels, eps=0.3, n_iter=1, n_target_classes=1)
+    # From x1 = x0 = x both projections coincide: x + eta * lam * sign(g), eta = 1.05.
+    np.testing.assert_allclose(x_adv.numpy(), x + 1.05 * lam * direction, atol=1e-6)
+
+
+def test_fab_second_iteration_steps_back_and_mixes_the_two_projections():
+    logits, x, labels, direction, lam = _fab_case()
+    x_adv = fab_targeted(logits, x, labels, eps=0.3, n_iter=2, n_target_classes=1)
+    # Iteration 1 lands at 1.05 lam (adversarial); the backward step (beta = 0.9) restarts
+    # at 0.945 lam, where the remaining distance to the boundary is 0.055 lam. Its
+    # projection overshoots to 0.945 + 1.05 * 0.055; the clean point's to 1.05; they mix with
+    # alpha = 0.055 / (0.055 + 1) <= alpha_max = 0.1, and the result, closer to x than the
+    # first adversarial point, replaces it.
+    alpha = 0.055 / 1.055
+    coefficient = (0.945 + 1.05 * 0.055) * (1 - alpha) + 1.05 * alpha
+    np.testing.assert_allclose(x_adv.numpy(), x + coefficient * lam * direction, atol=1e-6)
+
+
+def test_square_first_query_follows_the_proposal_and_acceptance_rule():
+    # 8x8 images: the first square has side round(sqrt(0.8 * 64)) = 7, so its corner, drawn
+    # in [0, 8 - 7), is (0, 0); row 7 and column 7 keep the initial vertical stripes.
+    eps, side = 0.05, 7
+    logits, _, _ = _linear_model(seed=4, dim=8 * 8 * 2, classes=3)
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0.2, 0.8, (24, 8, 8, 2)).astype(np.float32)
+    labels = np.argmax(logits(x).numpy(), 1).astype(np.int32)
+    run = _build_square_run(logits, (8, 8, 2), eps, 1, np.array([side], np.int32))
+    x_best = run(tf.constant(x), tf.constant(labels), tf.constant([0, 0], tf.int64)).numpy()
+
+    def margin(points, labels=labels):
+        z = logits(points).numpy()
+        rows = np.arange(len(z))
+        labels = np.broadcast_to(labels, len(z))
+        true = z[rows, labels]
+        z[rows, labels] = -np.inf
+        return true - z.max(1)
+
+    signs = np.round((x_best - x) / eps)
+    np.testing.assert_allclose(x_best, x + eps * signs, atol=1e-6)
+    assert set(np.unique(signs)) == {-1.0, 1.0}
+    stripes = signs[:, 7:8]  # the row outside the square: one sign per column and channel
+    init = x + eps * np.broadcast_to(stripes, x.shape)
+    assert (margin(init) > 0).all(), "an initial point is already adversarial"
+    accepted = 0
+    for i in range(len(x)):
+        window = signs[i, :side, :side]
+        if np.allclose(x_best[i], init[i], atol=1e-6):
+            # Kept the stripes: the drawn proposal (one sign per channel) did not lower the
+            # margin; at least one of the per-channel sign choices must not have.
+            candidates = [init[i].copy() for _ in range(4)]
+            for candidate, channel_signs in zip(candidates, [(-1, -1), (-1, 1), (1, -1), (1, 1)]):
+                candidate[:side, :side] = x[i, :side, :side] + eps * np.array(channel_signs)
+            worse = margin(np.stack(candidates), labels[i]) >= margin(init[i:i + 1], labels[i])
+            assert worse.any(), i
+        else:
+            accepted += 1
+            # The square holds x + eps * (one sign per channel), and the margin went down.
+            channel_signs = window[0, 0]
+            np.testing.assert_array_equal(window, np.broadcast_to(channel_signs, window.shape))
+            assert margin(x_best[i:i + 1], labels[i]) < margin(init[i:i + 1], labels[i]), i
+    assert 0 < accepted < len(x), "the query should be accepted for some points, not all"
 
 
 def test_square_needs_no_gradients(model_fn, batch):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dgad_tf import losses
+from dgad_tf import attacks, losses
 from dgad_tf.config import METHODS
 from dgad_tf.distiller import METHOD_SPECS, AdversarialDistiller
 from dgad_tf.optim import TorchSGD
@@ -51,15 +51,19 @@ def test_every_method_takes_a_finite_step(method):
 def test_fit_trains_the_student_and_never_the_teacher():
     distiller = make("dgad")
     teacher_before = [np.array(w) for w in distiller.teacher.weights]
-    student_before = [np.array(w) for w in distiller.student.weights]
+    student_before = {w.path: np.array(w) for w in distiller.student.weights}
     x, y = batch(32)
     distiller.fit(x, y, batch_size=16, epochs=2, verbose=0)
     # Every teacher weight, batch-norm moving statistics included, is bit-identical.
     for before, after in zip(teacher_before, distiller.teacher.weights):
         np.testing.assert_array_equal(before, np.array(after))
-    changed = [not np.array_equal(b, np.array(a))
-               for b, a in zip(student_before, distiller.student.trainable_weights)]
-    assert all(changed)
+    # Every student weight moved: the trainable ones by the optimiser, the batch-norm moving
+    # statistics by the training-mode forwards (compared name by name, not by position).
+    after = {w.path: np.array(w) for w in distiller.student.weights}
+    assert len(after) == len(student_before) == 8
+    unchanged = [path for path, before in student_before.items()
+                 if np.array_equal(before, after[path])]
+    assert not unchanged, unchanged
 
 
 def test_teacher_methods_need_a_teacher_and_matching_classes():
@@ -135,3 +139,128 @@ def test_compiled_step_does_not_retrace_per_batch():
     assert after_first_epoch <= 2  # keras may trace once more while it builds the step
     distiller.fit(x, y, batch_size=16, epochs=3, verbose=0)
     assert len(traces) == after_first_epoch  # 12 more batches, no new trace
+
+
+# ---------------------------------------------------------------- wiring against independent truth
+
+ATTACKING_METHODS = [m for m in METHODS if METHOD_SPECS[m].attack != "none"]
+
+
+def _kl(p_logits, q_logits):
+    """Per-sample KL(softmax(p) || softmax(q)), written out here, not taken from dgad_tf."""
+    p = tf.nn.softmax(p_logits)
+    return tf.reduce_sum(p * (tf.nn.log_softmax(p_logits) - tf.nn.log_softmax(q_logits)), -1)
+
+
+def _expected_objective(method, student, teacher, x, y):
+    """The training attack's objective of each method as the method's paper states it."""
+    s = lambda z: student(z, training=False)  # noqa: E731
+    t = lambda z: teacher(z, training=False)  # noqa: E731
+    if method in ("pgd_at", "ard"):  # CE(s(x'), y)
+        return lambda z: tf.nn.sparse_softmax_cross_entropy_with_logits(y, s(z))
+    if method == "trades":  # KL(s(x) || s(x'))
+        return lambda z: _kl(s(x), s(z))
+    if method == "rslad":  # KL(t(x) || s(x'))
+        return lambda z: _kl(t(x), s(z))
+    return lambda z: _kl(t(z), s(z))  # adaad, dgad: KL(t(x') || s(x')), both moving
+
+
+def _sharpen(teacher):
+    # Random tiny networks agree closely, and for nearby distributions KL(t||s) ~ KL(s||t) to
+    # second order: a confident teacher makes the direction of the KL matter.
+    if teacher is not None:
+        head = teacher.layers[-1]
+        kernel, bias = head.get_weights()
+        head.set_weights([kernel * 20.0, bias])
+
+
+@pytest.mark.parametrize("method", ATTACKING_METHODS)
+def test_training_attack_ascends_the_methods_objective(method):
+    # TRADES' objective has a zero gradient at x' = x, so it needs its Gaussian start; both
+    # attacks then draw the same start from the re-seeded global generator (eager mode).
+    init = "gaussian" if method == "trades" else "none"
+    distiller = make(method, steps=3, attack_init=init, init_std=0.01)
+    _sharpen(distiller.teacher)
+    x, y = batch(8, seed=1)
+    x, y = tf.constant(x), tf.constant(y, tf.int32)
+    tf.random.set_seed(7)
+    x_adv = distiller.adversarial_examples(x, y).numpy()
+    tf.random.set_seed(7)
+    objective = _expected_objective(method, distiller.student, distiller.teacher, x, y)
+    expected = attacks.pgd(x, objective, eps=0.1, step_size=0.05, steps=3, init=init,
+                           init_std=0.01).numpy()
+    assert np.abs(expected - x.numpy()).max() > 0.05  # the attack moved
+    # Both sides are float32 sums in different orders: allow a rare sign flip of a gradient
+    # entry that is zero up to rounding, never a different objective.
+    differing = np.mean(np.abs(x_adv - expected) > 1e-6)
+    assert differing < 0.01, differing
+
+
+@pytest.mark.parametrize("method", ATTACKING_METHODS)
+def test_training_attack_leaves_batch_norm_statistics_alone(method):
+    distiller = make(method, steps=3)
+    networks = [distiller.student] + ([distiller.teacher] if distiller.teacher else [])
+    before = [np.array(w) for net in networks for w in net.non_trainable_weights]
+    assert before, "the networks must have batch-norm statistics for this test to mean anything"
+    x, y = batch(8, seed=2)
+    # Inputs far from the batch-norm initial statistics (mean 0, variance 1), so a
+    # training-mode forward would move them visibly.
+    distiller.adversarial_examples(tf.constant(x * 3.0 + 1.0), tf.constant(y, tf.int32))
+    after = [np.array(w) for net in networks for w in net.non_trainable_weights]
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(b, a)
+
+
+HPARAMS = dict(beta=0.7, trades_beta=3.0, ard_alpha=0.6, ard_temperature=4.0, adaad_alpha=0.7)
+
+
+def _expected_loss(method, s_clean, s_adv, t_clean, t_adv, y):
+    """The method's loss from losses.* with its forwards wired by hand (HPARAMS, batch of 8)."""
+    gbs = 8
+    if method == "pgd_at":
+        return losses.pgd_at_loss(s_adv, y, global_batch_size=gbs)["total"]
+    if method == "trades":
+        return losses.trades_loss(s_clean, s_adv, y, beta=3.0, global_batch_size=gbs)["total"]
+    if method == "ard":
+        return losses.ard_loss(s_clean, s_adv, t_clean, y, alpha=0.6, temperature=4.0,
+                               global_batch_size=gbs)["total"]
+    if method == "rslad":
+        return losses.rslad_loss(s_clean, s_adv, t_clean, global_batch_size=gbs)["total"]
+    if method == "adaad":
+        return losses.adaad_loss(s_clean, s_adv, t_clean, t_adv, alpha=0.7,
+                                 global_batch_size=gbs)["total"]
+    return losses.dgad_loss(s_clean, s_adv, t_clean, t_adv, y, beta=0.7,
+                            global_batch_size=gbs)["total"]
+
+
+@pytest.mark.parametrize("method", ATTACKING_METHODS)
+def test_one_step_equals_the_hand_wired_sgd_update(method):
+    lr = 0.1
+    # TRADES without its random start would attack a zero gradient; with steps=0 its
+    # adversarial batch is the clean one and the step still wires CE and KL.
+    steps = 0 if method == "trades" else 2
+    distiller = make(method, steps=steps, attack_init="none", **HPARAMS)
+    _sharpen(distiller.teacher)
+    distiller.compile(optimizer=TorchSGD(lr, momentum=0.0, weight_decay=0.0), run_eagerly=True)
+    student, teacher = distiller.student, distiller.teacher
+    replica = keras.models.clone_model(student)
+    replica.set_weights(student.get_weights())
+    x, y = batch(8, seed=3)
+    x, y = tf.constant(x), tf.constant(y, tf.int32)
+    x_adv = attacks.pgd(x, _expected_objective(method, student, teacher, x, y), eps=0.1,
+                        step_size=0.05, steps=steps, init="none")
+
+    t_clean = t_adv = None
+    if teacher is not None:
+        t_clean, t_adv = teacher(x, training=False), teacher(x_adv, training=False)
+    with tf.GradientTape() as tape:
+        s_clean = replica(x, training=True)
+        s_adv = replica(x_adv, training=True)
+        loss = _expected_loss(method, s_clean, s_adv, t_clean, t_adv, y)
+    grads = tape.gradient(loss, replica.trainable_variables)
+    expected = [np.array(w) - lr * np.array(g) for w, g in zip(replica.trainable_variables, grads)]
+
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    assert logs["loss"] == pytest.approx(float(loss), rel=1e-5)
+    for w, e in zip(student.trainable_variables, expected):
+        np.testing.assert_allclose(np.array(w), e, rtol=1e-5, atol=1e-6)

@@ -120,3 +120,25 @@ def test_probability_outputs_are_warned_about(undefended):
     softmaxed = keras.Sequential([model, keras.layers.Softmax()])
     with pytest.warns(RuntimeWarning, match="probabilit"):
         evaluate_model(softmaxed, x[:20], y[:20], attacks=["clean"], eps=EPS, batch_size=20)
+
+
+def test_pgd_accuracy_is_measured_on_the_adversarial_images():
+    # A fixed random linear model, labelled by its own clean predictions (clean accuracy 1), so
+    # evaluate attacks every point in one batch exactly as a direct pgd_ce call does.
+    from dgad_tf import attacks
+
+    rng = np.random.default_rng(5)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(5)])
+    model.layers[-1].set_weights([rng.normal(0, 1, (16, 5)).astype(np.float32),
+                                  np.zeros(5, np.float32)])
+    x = rng.uniform(0.2, 0.8, (40, 4, 4, 1)).astype(np.float32)
+    y = np.argmax(model(x, training=False).numpy(), 1)
+    eps = 0.05
+
+    report = evaluate_model(model, x, y, attacks=["pgd5"], eps=eps, batch_size=64, seed=4)
+    x_adv = attacks.pgd_ce(lambda xb: model(xb, training=False), x, y, eps=eps, steps=5, seed=4)
+    expected = float(np.mean(np.argmax(model(x_adv, training=False).numpy(), 1) == y))
+    assert report["clean_accuracy"] == 1.0
+    assert 0.0 < expected < 1.0, "eps no longer informative"
+    assert report["attacks"]["pgd5"]["robust_accuracy"] == pytest.approx(expected)

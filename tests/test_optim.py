@@ -1,4 +1,4 @@
-"""TorchSGD against PyTorch's SGD update written out by hand; epoch schedules."""
+"""TorchSGD against torch.optim.SGD itself; epoch schedules."""
 
 import keras
 import numpy as np
@@ -6,31 +6,37 @@ import pytest
 
 from dgad_tf.optim import EpochSchedule, TorchSGD
 
+torch = pytest.importorskip("torch")
 
-def _torch_sgd(w, grads, lrs, momentum, wd, nesterov=False):
-    # torch.optim.SGD (dampening 0): d_p = g + wd*w; buf = m*buf + d_p (buf_0 = d_p);
-    # step = d_p + m*buf if nesterov else buf; w -= lr*step
-    buf = None
+
+def _torch_sgd(w0, grads, lrs, momentum, weight_decay, nesterov=False):
+    """`torch.optim.SGD` run on `w0` with the given gradients and per-step rates."""
+    param = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
+    optimizer = torch.optim.SGD([param], lr=lrs[0], momentum=momentum,
+                                weight_decay=weight_decay, nesterov=nesterov)
     for g, lr in zip(grads, lrs):
-        d_p = g + wd * w
-        buf = d_p.copy() if buf is None else momentum * buf + d_p
-        step = d_p + momentum * buf if nesterov else buf
-        w = w - lr * step
-    return w
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        param.grad = torch.tensor(g, dtype=torch.float64)
+        optimizer.step()
+    return param.detach().numpy()
 
 
-@pytest.mark.parametrize("nesterov", [False, True])
-def test_matches_pytorch_update_with_changing_lr(nesterov):
+@pytest.mark.parametrize("momentum, weight_decay, nesterov",
+                         [(0.9, 5e-4, False), (0.9, 5e-4, True), (0.5, 0.0, True),
+                          (0.0, 1e-2, False), (0.9, 0.1, False)])
+def test_matches_torch_sgd_with_changing_lr(momentum, weight_decay, nesterov):
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(3, 4)).astype(np.float32)
-    grads = [rng.normal(size=(3, 4)).astype(np.float32) for _ in range(4)]
-    schedule = EpochSchedule(0.1, steps_per_epoch=2, epochs=2, milestones=(1,), gamma=0.1)
-    lrs = [0.1, 0.1, 0.01, 0.01]
+    grads = [rng.normal(size=(3, 4)).astype(np.float32) for _ in range(6)]
+    schedule = EpochSchedule(0.1, steps_per_epoch=2, epochs=3, milestones=(1, 2), gamma=0.1)
     variable = keras.Variable(w0)
-    opt = TorchSGD(learning_rate=schedule, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
+    opt = TorchSGD(learning_rate=schedule, momentum=momentum, weight_decay=weight_decay,
+                   nesterov=nesterov)
     for g in grads:
         opt.apply([keras.ops.convert_to_tensor(g)], [variable])
-    expected = _torch_sgd(w0.astype(np.float64), grads, lrs, 0.9, 5e-4, nesterov)
+    expected = _torch_sgd(w0, grads, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], momentum,
+                          weight_decay, nesterov)
     np.testing.assert_allclose(np.array(variable), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -45,7 +51,7 @@ def test_differs_from_keras_decoupled_decay():
     for _ in range(3):
         torch_sgd.apply([g], [ours])
         keras_sgd.apply([g], [theirs])
-    expected = _torch_sgd(w0.astype(np.float64), [g] * 3, [0.1] * 3, 0.9, 0.1)
+    expected = _torch_sgd(w0, [g] * 3, [0.1] * 3, 0.9, 0.1)
     np.testing.assert_allclose(np.array(ours), expected, rtol=1e-6)
     assert not np.allclose(np.array(ours), np.array(theirs), rtol=1e-4)
 

@@ -150,8 +150,13 @@ def _apgd_function(model_fn, input_shape, eps, n_iter, loss, rho):
         model_fn, tuple(input_shape), float(eps), n_iter, loss, float(rho)))
 
 
-def _build_apgd_run(model_fn, input_shape, eps, n_iter, loss, rho):
-    """Traces one APGD run: returns ``(x_best_adv, still_robust, n_zero_gradient_points)``."""
+def _build_apgd_run(model_fn, input_shape, eps, n_iter, loss, rho, trace=False):
+    """Traces one APGD run: returns ``(x_best_adv, still_robust, n_zero_gradient_points)``.
+
+    With ``trace`` (for tests) a fourth output holds, per iteration, the step size the
+    iteration used (``"step_size"``, ``[n_iter, B]``) and the iterate it left, after any
+    restart from the best point (``"x"``, ``[n_iter, B, ...]``); the attack is unchanged.
+    """
     checkpoints = apgd_checkpoints(n_iter)
     is_checkpoint = np.zeros([n_iter], bool)
     interval = np.ones([n_iter], np.float32)
@@ -201,7 +206,8 @@ def _build_apgd_run(model_fn, input_shape, eps, n_iter, loss, rho):
 
         def body(i, x_adv, x_prev, gradient, x_best, gradient_best, loss_best, x_best_adv,
                  robust, step_size, loss_prev, n_increases, loss_best_at_check,
-                 halved_at_check):
+                 halved_at_check, *history):
+            step_used = step_size
             # Momentum from the second step on: z is the plain PGD step, x_next mixes it with
             # the previous displacement; both are clipped into the eps-ball and the box.
             momentum = tf.where(i > 0, _MOMENTUM, 1.0)
@@ -236,14 +242,23 @@ def _build_apgd_run(model_fn, input_shape, eps, n_iter, loss, rho):
             halved_at_check = tf.where(at_check, halve, halved_at_check)
             loss_best_at_check = tf.where(at_check, loss_best, loss_best_at_check)
             n_increases = tf.where(at_check, tf.zeros_like(n_increases), n_increases)
-            return (i + 1, x_after, x_adv, gradient_after, x_best, gradient_best, loss_best,
-                    x_best_adv, robust, step_size, loss_prev, n_increases,
-                    loss_best_at_check, halved_at_check)
+            state = (i + 1, x_after, x_adv, gradient_after, x_best, gradient_best, loss_best,
+                     x_best_adv, robust, step_size, loss_prev, n_increases,
+                     loss_best_at_check, halved_at_check)
+            if trace:
+                state += (history[0].write(i, step_used), history[1].write(i, x_after))
+            return state
 
         state = (tf.constant(0), x_start, x_start, gradient, x_start, gradient, loss_start,
                  x_start, robust, step_size, loss_start, tf.zeros_like(loss_start),
                  loss_start, tf.ones_like(robust))
+        if trace:
+            state += (tf.TensorArray(tf.float32, size=n_iter),
+                      tf.TensorArray(tf.float32, size=n_iter))
         state = tf.while_loop(lambda i, *_: i < n_iter, body, state)
+        if trace:
+            return state[7], state[8], n_zero_gradient, {"step_size": state[14].stack(),
+                                                         "x": state[15].stack()}
         return state[7], state[8], n_zero_gradient
 
     return run
