@@ -162,7 +162,7 @@ def _expected_objective(method, student, teacher, x, y):
         return lambda z: _kl(s(x), s(z))
     if method == "rslad":  # KL(t(x) || s(x'))
         return lambda z: _kl(t(x), s(z))
-    return lambda z: _kl(t(z), s(z))  # adaad, dgad: KL(t(x') || s(x')), both moving
+    return lambda z: _kl(t(z), s(z))  # adaad, iad, dgad: KL(t(x') || s(x')), both moving
 
 
 def _sharpen(teacher):
@@ -211,7 +211,8 @@ def test_training_attack_leaves_batch_norm_statistics_alone(method):
         np.testing.assert_array_equal(b, a)
 
 
-HPARAMS = dict(beta=0.7, trades_beta=3.0, ard_alpha=0.6, ard_temperature=4.0, adaad_alpha=0.7)
+HPARAMS = dict(beta=0.7, trades_beta=3.0, ard_alpha=0.6, ard_temperature=4.0, adaad_alpha=0.7,
+               iad_alpha=0.6, iad_temperature=4.0, iad_warmup_epochs=0)
 
 
 def _expected_loss(method, s_clean, s_adv, t_clean, t_adv, y):
@@ -229,6 +230,9 @@ def _expected_loss(method, s_clean, s_adv, t_clean, t_adv, y):
     if method == "adaad":
         return losses.adaad_loss(s_clean, s_adv, t_clean, t_adv, alpha=0.7,
                                  global_batch_size=gbs)["total"]
+    if method == "iad":  # warm-up 0: the introspection term counts from the first epoch
+        return losses.iad_loss(s_clean, s_adv, t_adv, y, introspection=1.0, alpha=0.6,
+                               temperature=4.0, global_batch_size=gbs)["total"]
     return losses.dgad_loss(s_clean, s_adv, t_clean, t_adv, y, beta=0.7,
                             global_batch_size=gbs)["total"]
 
