@@ -77,6 +77,12 @@ class RunCheckpoints(keras.callbacks.Callback):
     def _student(self):
         return getattr(self.model, "student", self.model)
 
+    def _saveable_student(self):
+        # A mixed-precision run's checkpoints are float32 networks like any other.
+        from dgad_tf.precision import with_policy
+
+        return with_policy(self._student(), "float32")
+
     def restore(self, distiller: keras.Model) -> int:
         """Load saved state into `distiller` (optimizer must be set); returns epochs done."""
         state_path = self.run_dir / STATE_FILE
@@ -105,7 +111,7 @@ class RunCheckpoints(keras.callbacks.Callback):
         self.completed_epochs = epoch + 1
         if not self.write:
             return
-        student = self._student()
+        student = self._saveable_student()
         for key, name in (("val_robust_accuracy", "student_best_robust.keras"),
                           ("val_clean_accuracy", "student_best_clean.keras")):
             value = logs.get(key)

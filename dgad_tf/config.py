@@ -28,6 +28,7 @@ TEACHER_METHODS = ("ard", "rslad", "adaad", "iad", "dgad")
 EXPORT_FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8")
 # Attacks of an evaluation by name; "pgd<K>" (K >= 1 steps) is a family (see dgad_tf.evaluate).
 EVAL_ATTACKS = ("clean", "fgsm", "cw_inf", "cw_l2", "autoattack", "autoattack_custom")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 KL_REDUCTIONS = ("batchmean", "class_mean")
 DGAD_WEIGHTINGS = ("standard", "reference_mobilenetv2")
 TEACHER_TRAIN_METHODS = ("pgd_at", "trades")
@@ -238,8 +239,13 @@ class TrainConfig:
         val_robust_n: validation images attacked for `val_robust_accuracy`. Default 1000.
         val_robust_steps: PGD steps of that validation attack (CE loss, uniform start,
             step eps/4). Default 10.
-        jit_compile: compile the train step with XLA. Default False.
+        jit_compile: compile the train step with XLA: true, false, or "auto" (on where a GPU
+            is visible; off on CPU, where XLA measured 2-7x slower, see benchmarks/README.md).
+            Default "auto".
         steps_per_execution: train steps per compiled call. Default 1.
+        precision: "float32", "mixed_bfloat16" (GPUs with bfloat16: A100/H100/H200) or
+            "mixed_float16" (older GPUs; dynamic loss scaling); losses, softmax, KL and the
+            attack's sign step stay float32 (see `dgad_tf.precision`). Default "float32".
     """
 
     epochs: int = 200
@@ -248,8 +254,9 @@ class TrainConfig:
     val_every: int = 1
     val_robust_n: int = 1000
     val_robust_steps: int = 10
-    jit_compile: bool = False
+    jit_compile: typing.Union[bool, str] = "auto"
     steps_per_execution: int = 1
+    precision: str = "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -394,6 +401,8 @@ def _coerce(key: str, value: Any, annotation: Any):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if bool in inner and str in inner:  # a switch with a named mode, e.g. true/false/"auto"
+            return value if isinstance(value, (bool, str)) else _coerce(key, value, bool)
         return _coerce(key, value, inner[0])
     if annotation is bool:
         if isinstance(value, bool):
@@ -522,6 +531,9 @@ def validate(cfg: Config) -> Config:
     _check(t.val_robust_n >= 1, "train.val_robust_n", t.val_robust_n, ">= 1")
     _check(t.val_robust_steps >= 0, "train.val_robust_steps", t.val_robust_steps, ">= 0")
     _check(t.steps_per_execution >= 1, "train.steps_per_execution", t.steps_per_execution, ">= 1")
+    _check(isinstance(t.jit_compile, bool) or t.jit_compile == "auto", "train.jit_compile",
+           t.jit_compile, 'true, false or "auto"')
+    _check_choice("train.precision", t.precision, PRECISIONS)
 
     check_attack_names(cfg.eval.attacks)
     check_export_formats(cfg.export.formats)

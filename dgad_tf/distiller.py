@@ -315,7 +315,8 @@ class AdversarialDistiller(keras.Model):
                     forwards["s_" + name.lstrip("+")] = output
             # 4. method loss over the global batch
             terms = self.spec.loss(forwards, self.options, global_batch, self._step_context())
-            loss = terms["total"]
+            # Scaled for mixed_float16 (the LossScaleOptimizer unscales in `apply`); else as is.
+            loss = self.optimizer.scale_loss(terms["total"])
 
         # 5. gradients of the student's variables only
         variables = self.student.trainable_variables

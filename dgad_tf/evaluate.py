@@ -254,6 +254,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=cli.int_at_least(1), default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--restarts", type=cli.int_at_least(1), default=1, help="PGD restarts")
+    parser.add_argument("--precision", default="float32",
+                        choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                        help="run the model under this dtype policy (attacks stay float32)")
     parser.add_argument("--out", help="write the JSON report here (checked before the attacks)")
     args = parser.parse_args(argv)
 
@@ -283,7 +286,10 @@ def main(argv=None) -> int:
         x, y = load_eval_arrays(args.data, model_path, args.split, args.n)
         import keras
 
-        model = keras.models.load_model(model_path, safe_mode=True, compile=False)
+        from dgad_tf.precision import with_policy
+
+        model = with_policy(keras.models.load_model(model_path, safe_mode=True, compile=False),
+                            args.precision)
         if tuple(model.input_shape[1:]) != tuple(x.shape[1:]):
             raise ValueError(f"the model takes images of shape {tuple(model.input_shape[1:])} "
                              f"but the data has {tuple(x.shape[1:])}")
@@ -301,6 +307,7 @@ def main(argv=None) -> int:
     report["model"] = str(model_path)
     report["model_sha256"] = sha256_file(model_path)
     report["split"] = args.split
+    report["precision"] = args.precision
     report["command"] = " ".join(["python -m dgad_tf.evaluate"] + list(argv or sys.argv[1:]))
     print(format_report(report))
     if args.out:

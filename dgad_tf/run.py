@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from dgad_tf import data as data_lib
-from dgad_tf import distribute, models
+from dgad_tf import distribute, models, precision
 from dgad_tf.callbacks import RunCheckpoints, atomic_write_text, save_model_atomic
 from dgad_tf.config import Config, ConfigError
 from dgad_tf.distiller import METHOD_SPECS, AdversarialDistiller
@@ -122,6 +122,9 @@ def build_distiller(cfg: Config, *, student: keras.Model, teacher: Optional[kera
     t, o, a = cfg.train, cfg.optimizer, cfg.attack
     # Every loss option of the method section; `method` may differ (a teacher trained here).
     options = {k: v for k, v in dataclasses.asdict(cfg.method).items() if k != "name"}
+    student = precision.with_policy(student, t.precision)
+    if teacher is not None:
+        teacher = precision.with_policy(teacher, t.precision)
     distiller = AdversarialDistiller(
         student, teacher, method=method, eps=a.eps, step_size=a.step_size, steps=a.steps,
         attack_init=a.init, init_std=a.init_std, val_robust_steps=t.val_robust_steps,
@@ -130,7 +133,8 @@ def build_distiller(cfg: Config, *, student: keras.Model, teacher: Optional[kera
                                nesterov=o.nesterov, steps_per_epoch=steps_per_epoch,
                                epochs=epochs, schedule=o.schedule, milestones=milestones,
                                gamma=o.gamma, warmup_epochs=o.warmup_epochs)
-    distiller.compile(optimizer=optimizer, jit_compile=t.jit_compile,
+    distiller.compile(optimizer=precision.loss_scaled(optimizer, t.precision),
+                      jit_compile=precision.resolve_jit_compile(t.jit_compile),
                       steps_per_execution=t.steps_per_execution)
     return distiller
 
