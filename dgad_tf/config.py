@@ -30,6 +30,8 @@ DATA_SOURCES = ("digits", "tfds", "npz", "folder", "tinyimagenet")
 ATTACK_INITS = ("auto", "uniform", "gaussian", "none")
 SCHEDULES = ("piecewise", "cosine", "constant")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
+# Which checkpoint the final report (and export) uses: see TrainConfig.select.
+SELECTION_RULES = ("last", "best_val", "best_test")
 
 
 class ConfigError(ValueError):
@@ -205,6 +207,16 @@ class TrainConfig:
             step eps/4). Default 10.
         jit_compile: compile the train step with XLA. Default False.
         steps_per_execution: train steps per compiled call. Default 1.
+        select: the checkpoint the final report evaluates (and export uses): "last"
+            (`student_last.keras`), "best_val" (`student_best_robust.keras`, best
+            `val_robust_accuracy` on the validation split; needs `data.val_fraction > 0`) or
+            "best_test" (`student_best_test_robust.keras`, best PGD accuracy on the TEST split
+            as the reference selects; leaky, a reproduction mode only). Default "best_val".
+        select_n: first n test images evaluated after every epoch (clean and
+            PGD-`val_robust_steps`) for `select="best_test"`. Default None (the whole test
+            split, as the reference).
+        drop_remainder: drop the last partial training batch of each epoch (the reference keeps
+            it). Default True.
     """
 
     epochs: int = 200
@@ -215,6 +227,9 @@ class TrainConfig:
     val_robust_steps: int = 10
     jit_compile: bool = False
     steps_per_execution: int = 1
+    select: str = "best_val"
+    select_n: Optional[int] = None
+    drop_remainder: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,6 +494,12 @@ def validate(cfg: Config) -> Config:
     _check(t.val_robust_n >= 1, "train.val_robust_n", t.val_robust_n, ">= 1")
     _check(t.val_robust_steps >= 0, "train.val_robust_steps", t.val_robust_steps, ">= 0")
     _check(t.steps_per_execution >= 1, "train.steps_per_execution", t.steps_per_execution, ">= 1")
+    _check_choice("train.select", t.select, SELECTION_RULES)
+    _check(t.select_n is None or t.select_n >= 1, "train.select_n", t.select_n, ">= 1 or null")
+    if t.select == "best_val" and d.val_fraction == 0:
+        raise ConfigError("`train.select`=best_val chooses the checkpoint on the validation split, "
+                          "but `data.val_fraction`=0 leaves none; set data.val_fraction > 0, or "
+                          "train.select=last (or best_test, the reference's leaky test-set rule)")
 
     _check(cfg.eval.n >= 1, "eval.n", cfg.eval.n, ">= 1")
     _check(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, ">= 1")
