@@ -553,7 +553,7 @@ class DistillerHyperModel(keras_tuner.HyperModel):
         student = run_lib.build_network(cfg, cfg.model.student, self.splits,
                                         cfg.model.sync_batchnorm)
         teacher = self.teacher if METHOD_SPECS[cfg.method.name].needs_teacher else None
-        steps_per_epoch = max(len(self.splits.train.y) // cfg.train.batch_size, 1)
+        steps_per_epoch = max(run_lib.steps_per_epoch_for(cfg, len(self.splits.train.y)), 1)
         distiller = run_lib.build_distiller(cfg, student=student, teacher=teacher,
                                             method=cfg.method.name,
                                             steps_per_epoch=steps_per_epoch,
