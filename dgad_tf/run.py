@@ -35,8 +35,8 @@ import tensorflow as tf
 from dgad_tf import data as data_lib
 from dgad_tf import distribute, models
 from dgad_tf.callbacks import (BEST_CHECKPOINTS, LAST_CHECKPOINT, EpochCSVLogger,
-                               RunCheckpoints, TestSetEvaluation, atomic_write_text, read_state_meta,
-                               save_model_atomic)
+                               RunCheckpoints, TestSetEvaluation, atomic_write_text,
+                               read_state_meta, save_model_atomic)
 from dgad_tf.config import Config, ConfigError
 from dgad_tf.distiller import METHOD_SPECS, AdversarialDistiller
 from dgad_tf.evaluate import evaluate_model, format_report
@@ -190,10 +190,11 @@ def train_network(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.
     log.info("training %s with %s for epochs %d..%d, %d steps per epoch, %s",
              student.name, method, initial_epoch + 1, epochs, steps_per_epoch,
              distribute.describe_batch(cfg.train.batch_size, strategy))
-    callbacks = [checkpoints, EpochCSVLogger(str(run_dir / "log.csv"), validates=val_ds is not None,
-                                             append=True)]
+    csv_logger = EpochCSVLogger(str(run_dir / "log.csv"), validates=val_ds is not None,
+                                append=True)
+    callbacks = [checkpoints, csv_logger]
     if cfg.train.select == "best_test":
-        selection_arrays = test_selection_arrays(cfg, splits)
+        selection_arrays = selection_test_arrays(cfg, splits)
         log.warning("train.select=best_test: the checkpoint is chosen on the TEST split "
                     "(test_robust_accuracy on %d images after every epoch), as the reference "
                     "does; this is leaky, a reproduction mode, and its test figures are "
@@ -211,7 +212,7 @@ def train_network(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.
     return distiller
 
 
-def test_selection_arrays(cfg: Config, splits: data_lib.DatasetSplits) -> data_lib.Arrays:
+def selection_test_arrays(cfg: Config, splits: data_lib.DatasetSplits) -> data_lib.Arrays:
     """The test images evaluated every epoch for `train.select=best_test`."""
     n = cfg.train.select_n
     return data_lib.Arrays(splits.test.x[:n], splits.test.y[:n])
@@ -248,7 +249,9 @@ def selected_checkpoint(cfg: Config, run_dir: pathlib.Path) -> tuple[pathlib.Pat
             path = best
         else:
             # best_val with validation every N > epochs: no epoch was ever validated.
-            note += f"; no {SELECTION_METRICS[rule]} was ever logged, so the last checkpoint"
+            note += f"; but no {SELECTION_METRICS[rule]} was ever logged: the last checkpoint"
+            log.warning("train.select=%s: no %s was logged in %s; using %s", rule,
+                        SELECTION_METRICS[rule], run_dir, LAST_CHECKPOINT)
             epoch = last_epoch
     selection = {"rule": rule, "path": path.name, "epoch": epoch, "note": note,
                  "same_as_last": path.name == LAST_CHECKPOINT or epoch == last_epoch}
