@@ -86,6 +86,8 @@ _UNTUNABLE = {
     "train.val_robust_n": "it decides how trials are measured; all trials must be scored alike",
     "train.val_robust_steps": "it decides how trials are measured; all trials must be scored "
                               "alike",
+    "train.select": "trials are scored on the validation split; no checkpoint is selected",
+    "train.select_n": "trials are never evaluated on the test split",
     "eval": "trials are never evaluated on the test split",
     "output": "it is not a training hyperparameter",
     "export": "it is not a training hyperparameter",
