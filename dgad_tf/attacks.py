@@ -374,6 +374,11 @@ def cw_l2(model_fn, x, labels, *, c=0.1, confidence=0.01, steps=1000, lr=0.01, a
     since the previous of 10 evenly spaced checks. Distances are measured from `x` itself
     (advertorch measures from `x` passed through arctanh and back, a 1e-6-level difference).
 
+    The defaults are the DGAD reference's call, `CarliniWagnerL2Attack(confidence=0.01,
+    max_iterations=1000, learning_rate=0.01, binary_search_steps=1, initial_const=c)` with
+    advertorch's default `abort_early=True`; advertorch's own defaults differ (9 binary-search
+    steps, 10000 iterations, initial_const 1e-3) and are not what the paper's "CW" column used.
+
     Args:
         model_fn: callable `x -> [B, C]` logits (inference mode).
         x: `[B, ...]` clean inputs in [0, 1].

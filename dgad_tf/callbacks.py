@@ -19,6 +19,14 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.npz"
+LAST_CHECKPOINT = "student_last.keras"
+# The metric each best-so-far checkpoint tracks (higher is better). `test_robust_accuracy` is only
+# logged by `TestSetEvaluation`, i.e. when `train.select` is the reference's test-set rule.
+BEST_CHECKPOINTS = {
+    "val_robust_accuracy": "student_best_robust.keras",
+    "val_clean_accuracy": "student_best_clean.keras",
+    "test_robust_accuracy": "student_best_test_robust.keras",
+}
 
 
 def atomic_write(path: str | os.PathLike, write_fn) -> None:
@@ -52,14 +60,81 @@ def save_model_atomic(model: keras.Model, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: model.save(tmp))
 
 
-class RunCheckpoints(keras.callbacks.Callback):
-    """Keeps the student's last, best-robust and best-clean checkpoints, and resumable state.
+def read_state_meta(run_dir: str | os.PathLike) -> dict | None:
+    """The metadata of a run directory's `train_state.npz` (epoch, bests), or None if absent."""
+    state_path = pathlib.Path(run_dir) / STATE_FILE
+    if not state_path.exists():
+        return None
+    with np.load(state_path) as state:
+        return json.loads(str(state["meta"]))
 
-    After every epoch the student is saved as `student_last.keras`; when `val_robust_accuracy`
-    (or `val_clean_accuracy`) beats its best so far, also as `student_best_robust.keras`
-    (`student_best_clean.keras`). The training state (student weights, optimiser variables, the
-    finished epoch and the best values) goes to one file, `train_state.npz`, replaced atomically,
-    so that `restore()` lets a re-run continue after the last completed epoch.
+
+class EpochCSVLogger(keras.callbacks.CSVLogger):
+    """Keras's `CSVLogger`, without made-up `val_*` columns in a run that never validates.
+
+    When the first epoch's logs hold no `val_` metric, Keras adds a `val_<name>` column for every
+    metric (expecting validation every N > 1 epochs). A run without a validation split
+    (`data.val_fraction=0`) would then log columns such as `val_test_robust_accuracy`, always
+    "NA", that read like validation figures.
+
+    Args:
+        filename: the CSV file.
+        validates: whether the run has validation data. Default True.
+        **kwargs: `separator`, `append` as for `keras.callbacks.CSVLogger`.
+    """
+
+    def __init__(self, filename, validates: bool = True, **kwargs):
+        super().__init__(filename, **kwargs)
+        self.validates = validates
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None and logs and not self.validates:
+            self.keys = sorted(logs)
+        super().on_epoch_end(epoch, logs)
+
+
+class TestSetEvaluation(keras.callbacks.Callback):
+    """Adds `test_clean_accuracy` and `test_robust_accuracy` to the epoch logs.
+
+    The distiller's own `test_step` (clean accuracy and PGD robust accuracy: cross-entropy,
+    uniform start, step eps/4, `val_robust_steps` steps) runs on a TEST-split dataset after every
+    epoch, as the DGAD reference does, so that `RunCheckpoints` can keep the best-test checkpoint.
+    (Every epoch, not every `val_every`: `CSVLogger` fixes its columns at the first epoch.)
+    Selecting on the test set is leaky: the figures of the selected checkpoint are optimistic.
+    Place this callback before `RunCheckpoints`, `CSVLogger` and `TensorBoard`, which then see
+    the two values.
+
+    Args:
+        dataset: batched `(x, y)` test dataset.
+    """
+
+    __test__ = False  # a callback, not a pytest test class, whatever its name
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        results = self.model.evaluate(self.dataset, verbose=0, return_dict=True)
+        logs["test_clean_accuracy"] = float(results["clean_accuracy"])
+        logs["test_robust_accuracy"] = float(results["robust_accuracy"])
+        log.info("epoch %d on the TEST split (for test-set selection; leaky): clean %.4f, "
+                 "PGD %.4f", epoch + 1, logs["test_clean_accuracy"], logs["test_robust_accuracy"])
+
+
+class RunCheckpoints(keras.callbacks.Callback):
+    """Keeps the student's last and best-so-far checkpoints, and resumable state.
+
+    After every epoch the student is saved as `student_last.keras`; when a metric of
+    `BEST_CHECKPOINTS` in the epoch logs beats its best so far, also under that metric's name:
+    `student_best_robust.keras` (`val_robust_accuracy`), `student_best_clean.keras`
+    (`val_clean_accuracy`), `student_best_test_robust.keras` (`test_robust_accuracy`, logged by
+    `TestSetEvaluation`). The training state (student weights, optimiser variables, the finished
+    epoch, the best values and the epochs that reached them) goes to one file,
+    `train_state.npz`, replaced atomically, so that `restore()` lets a re-run continue after the
+    last completed epoch with the same bests.
 
     Args:
         run_dir: folder of the run.
@@ -70,7 +145,9 @@ class RunCheckpoints(keras.callbacks.Callback):
         super().__init__()
         self.run_dir = pathlib.Path(run_dir)
         self.write = write
-        self.best = {"val_robust_accuracy": -np.inf, "val_clean_accuracy": -np.inf}
+        self.best = {key: -np.inf for key in BEST_CHECKPOINTS}
+        # 1-based epoch at which each best was reached (0: not yet).
+        self.best_epoch = {key: 0 for key in BEST_CHECKPOINTS}
         self.completed_epochs = 0
 
     # The distiller's student is what users keep; the teacher is saved elsewhere.
@@ -101,7 +178,9 @@ class RunCheckpoints(keras.callbacks.Callback):
                              f"variables; this optimiser has {len(optimizer.variables)}")
         for variable, value in zip(optimizer.variables, optimizer_values):
             variable.assign(value)
-        self.best = {k: float(v) for k, v in meta["best"].items()}
+        # States written before a metric was tracked lack its entry; it keeps its initial value.
+        self.best.update({k: float(v) for k, v in meta["best"].items()})
+        self.best_epoch.update({k: int(v) for k, v in meta.get("best_epoch", {}).items()})
         self.completed_epochs = int(meta["epoch"])
         log.info("resumed %s after epoch %d", self.run_dir, self.completed_epochs)
         return self.completed_epochs
@@ -112,13 +191,13 @@ class RunCheckpoints(keras.callbacks.Callback):
         if not self.write:
             return
         student = self._saveable_student()
-        for key, name in (("val_robust_accuracy", "student_best_robust.keras"),
-                          ("val_clean_accuracy", "student_best_clean.keras")):
+        for key, name in BEST_CHECKPOINTS.items():
             value = logs.get(key)
             if value is not None and float(value) > self.best[key]:
                 self.best[key] = float(value)
+                self.best_epoch[key] = self.completed_epochs
                 save_model_atomic(student, self.run_dir / name)
-        save_model_atomic(student, self.run_dir / "student_last.keras")
+        save_model_atomic(student, self.run_dir / LAST_CHECKPOINT)
         self._save_state()
 
     def _save_state(self):
@@ -127,7 +206,8 @@ class RunCheckpoints(keras.callbacks.Callback):
         optimizer_vars = self.model.optimizer.variables
         arrays.update({f"optimizer_{i}": np.asarray(v) for i, v in enumerate(optimizer_vars)})
         meta = {"epoch": self.completed_epochs, "num_student": len(student.get_weights()),
-                "num_optimizer": len(optimizer_vars), "best": self.best}
+                "num_optimizer": len(optimizer_vars), "best": self.best,
+                "best_epoch": self.best_epoch}
         # One file for weights and epoch counter, so they can never disagree after a kill.
         arrays["meta"] = np.array(json.dumps(meta))
         atomic_write(self.run_dir / STATE_FILE, lambda tmp: np.savez(tmp, **arrays))

@@ -36,6 +36,8 @@ DATA_SOURCES = ("digits", "tfds", "npz", "folder", "tinyimagenet")
 ATTACK_INITS = ("auto", "uniform", "gaussian", "none")
 SCHEDULES = ("piecewise", "cosine", "constant")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
+# Which checkpoint the final report (and export) uses: see TrainConfig.select.
+SELECTION_RULES = ("last", "best_val", "best_test")
 
 
 class ConfigError(ValueError):
@@ -246,6 +248,16 @@ class TrainConfig:
         precision: "float32", "mixed_bfloat16" (GPUs with bfloat16: A100/H100/H200) or
             "mixed_float16" (older GPUs; dynamic loss scaling); losses, softmax, KL and the
             attack's sign step stay float32 (see `dgad_tf.precision`). Default "float32".
+        select: the checkpoint the final report evaluates (and export uses): "last"
+            (`student_last.keras`), "best_val" (`student_best_robust.keras`, best
+            `val_robust_accuracy` on the validation split; needs `data.val_fraction > 0`) or
+            "best_test" (`student_best_test_robust.keras`, best PGD accuracy on the TEST split
+            as the reference selects; leaky, a reproduction mode only). Default "best_val".
+        select_n: first n test images evaluated after every epoch (clean and
+            PGD-`val_robust_steps`) for `select="best_test"`. Default None (the whole test
+            split, as the reference).
+        drop_remainder: drop the last partial training batch of each epoch (the reference keeps
+            it). Default True.
     """
 
     epochs: int = 200
@@ -257,6 +269,9 @@ class TrainConfig:
     jit_compile: typing.Union[bool, str] = "auto"
     steps_per_execution: int = 1
     precision: str = "float32"
+    select: str = "best_val"
+    select_n: Optional[int] = None
+    drop_remainder: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -534,6 +549,12 @@ def validate(cfg: Config) -> Config:
     _check(isinstance(t.jit_compile, bool) or t.jit_compile == "auto", "train.jit_compile",
            t.jit_compile, 'true, false or "auto"')
     _check_choice("train.precision", t.precision, PRECISIONS)
+    _check_choice("train.select", t.select, SELECTION_RULES)
+    _check(t.select_n is None or t.select_n >= 1, "train.select_n", t.select_n, ">= 1 or null")
+    if t.select == "best_val" and d.val_fraction == 0:
+        raise ConfigError("`train.select`=best_val chooses the checkpoint on the validation split, "
+                          "but `data.val_fraction`=0 leaves none; set data.val_fraction > 0, or "
+                          "train.select=last (or best_test, the reference's leaky test-set rule)")
 
     check_attack_names(cfg.eval.attacks)
     check_export_formats(cfg.export.formats)

@@ -706,6 +706,7 @@ def make_train_dataset(
     flip: bool = True,
     seed: int = 0,
     shuffle_buffer: int | None = None,
+    drop_remainder: bool = True,
 ) -> tf.data.Dataset:
     """Shuffled, augmented float32 training batches from a uint8 split.
 
@@ -718,7 +719,7 @@ def make_train_dataset(
     set, e.g. by `keras.utils.set_random_seed`; the sequence is fixed for a given pair.)
 
     Batches are `(x, y)` with x float32 [B, H, W, C] in [0, 1] and y int64 [B]; the last partial
-    batch is dropped.
+    batch is dropped unless `drop_remainder` is False (the reference keeps it).
 
     Args:
         arrays: the training split.
@@ -729,6 +730,7 @@ def make_train_dataset(
         flip: random horizontal flips when augmenting (turn off for digits). Defaults to True.
         seed: seed of the shuffle and the augmentation. Defaults to 0.
         shuffle_buffer: shuffle buffer size. Defaults to None (the whole split).
+        drop_remainder: drop the last, smaller batch of each epoch. Defaults to True.
 
     Returns:
         A `tf.data.Dataset` of `(x, y)` batches.
@@ -739,7 +741,7 @@ def make_train_dataset(
             f"`batch_size` must be a positive integer; received batch_size={batch_size!r}"
         )
     n = len(arrays)
-    if batch_size > n:
+    if drop_remainder and batch_size > n:
         raise ValueError(
             f"`batch_size`={batch_size} exceeds the {n} training images; with drop_remainder "
             "the dataset would yield no batch"
@@ -767,7 +769,7 @@ def make_train_dataset(
     indices = (
         tf.data.Dataset.range(n)
         .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size, drop_remainder=True)
+        .batch(batch_size, drop_remainder=bool(drop_remainder))
     )
     batch_seeds = tf.data.Dataset.random(
         seed=seed + _AUGMENT_SEED_OFFSET, rerandomize_each_iteration=True

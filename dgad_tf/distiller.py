@@ -287,11 +287,17 @@ class AdversarialDistiller(keras.Model):
     def train_step(self, data):
         x, y = data[0], data[1]
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        replica_context = tf.distribute.get_replica_context()
+        replicas = replica_context.num_replicas_in_sync
         local_batch = tf.shape(y)[0]
         # Every replica divides its per-sample sums by the global batch, so the summed gradients
-        # across replicas equal those of one device on the whole batch.
-        global_batch = local_batch * replicas
+        # across replicas equal those of one device on the whole batch. A kept last partial batch
+        # is split unevenly across replicas, so the global size is the sum of the local ones,
+        # not local_batch * replicas.
+        global_batch = local_batch
+        if replicas > 1:
+            global_batch = replica_context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                                      tf.cast(local_batch, tf.float32))
 
         # 1. attack (inference mode; gradients flow to the input only)
         x_adv = tf.stop_gradient(self.adversarial_examples(x, y))

@@ -51,16 +51,24 @@ def main(argv=None) -> int:
     except (RunError, ConfigError, FolderBusy) as err:
         return cli.error(str(err))
     student = report["student"]
-    summary = [f"student ({cfg.model.student}, {cfg.method.name}): clean "
-               f"{student['clean_accuracy']:.4f}"]
+    selection = student["selection"]
+    summary = [f"student ({cfg.model.student}, {cfg.method.name}, {student['path']}, "
+               f"train.select={selection['rule']}): clean {student['clean_accuracy']:.4f}"]
     summary += [f"{name} {entry['robust_accuracy']:.4f}"
                 for name, entry in student["attacks"].items() if name != "clean"]
+    if not selection["same_as_last"]:
+        last = report["student_last"]
+        summary.append(f"| last epoch: clean {last['clean_accuracy']:.4f}")
+        summary += [f"{name} {entry['robust_accuracy']:.4f}"
+                    for name, entry in last["attacks"].items() if name != "clean"]
     if "teacher" in report:
         teacher = report["teacher"]
         summary.append(f"| teacher: clean {teacher['clean_accuracy']:.4f}")
         summary += [f"{name} {entry['robust_accuracy']:.4f}"
                     for name, entry in teacher["attacks"].items() if name != "clean"]
     print(" ".join(summary))
+    if selection["rule"] == "best_test":
+        print(f"note: the student checkpoint was {selection['note']}")
     print(f"run directory: {cfg.output.dir}")
     return 0
 

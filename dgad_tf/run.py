@@ -11,10 +11,14 @@ existing one must hold the same config, which then resumes). A run directory hol
     student_last.keras             after every epoch
     student_best_robust.keras      best val_robust_accuracy so far
     student_best_clean.keras       best val_clean_accuracy so far
+    student_best_test_robust.keras best test_robust_accuracy so far (train.select=best_test only)
     train_state.npz                weights + optimiser state + epoch, for resuming
     log.csv, tensorboard/          per-epoch metrics
     teacher.keras, teacher_run/    when the teacher was trained here
     report.json                    final metrics, the command
+
+The final report evaluates the checkpoint `train.select` names ("student", with a "selection"
+entry saying which and why) and the last epoch's ("student_last") with the same attacks.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ import tensorflow as tf
 
 from dgad_tf import data as data_lib
 from dgad_tf import distribute, models, precision
-from dgad_tf.callbacks import RunCheckpoints, atomic_write_text, save_model_atomic
+from dgad_tf.callbacks import (BEST_CHECKPOINTS, LAST_CHECKPOINT, EpochCSVLogger,
+                               RunCheckpoints, TestSetEvaluation, atomic_write_text,
+                               read_state_meta, save_model_atomic)
 from dgad_tf.config import Config, ConfigError
 from dgad_tf.distiller import METHOD_SPECS, AdversarialDistiller
 from dgad_tf.evaluate import evaluate_model, format_report
@@ -139,15 +145,22 @@ def build_distiller(cfg: Config, *, student: keras.Model, teacher: Optional[kera
     return distiller
 
 
+def steps_per_epoch_for(cfg: Config, num_train: int) -> int:
+    """Training steps per epoch: full batches, plus the last partial one unless it is dropped."""
+    full, remainder = divmod(num_train, cfg.train.batch_size)
+    return full + int(bool(remainder) and not cfg.train.drop_remainder)
+
+
 def make_datasets(cfg: Config, splits: data_lib.DatasetSplits, seed: int):
     """(training dataset, validation dataset or None, steps per epoch) for the config."""
     t, d = cfg.train, cfg.data
-    steps_per_epoch = len(splits.train.y) // t.batch_size
+    steps_per_epoch = steps_per_epoch_for(cfg, len(splits.train.y))
     if steps_per_epoch < 1:
         raise RunError(f"train.batch_size={t.batch_size} is larger than the "
                        f"{len(splits.train.y)} training images")
     train_ds = data_lib.make_train_dataset(splits.train, t.batch_size, augment=d.augment,
-                                           crop_padding=d.crop_padding, flip=d.flip, seed=seed)
+                                           crop_padding=d.crop_padding, flip=d.flip, seed=seed,
+                                           drop_remainder=t.drop_remainder)
     train_ds = distribute.distribute_options(train_ds)
     val_arrays = data_lib.Arrays(splits.val.x[:t.val_robust_n], splits.val.y[:t.val_robust_n])
     val_ds = data_lib.make_eval_dataset(val_arrays, t.batch_size) if len(val_arrays.y) else None
@@ -166,7 +179,7 @@ def train_network(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.
     scope; Keras `fit` splits every global batch of `train.batch_size` across the replicas.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    steps_per_epoch = len(splits.train.y) // cfg.train.batch_size
+    steps_per_epoch = steps_per_epoch_for(cfg, len(splits.train.y))
     run_dir.mkdir(parents=True, exist_ok=True)
     with strategy.scope():
         distiller = build_distiller(cfg, student=student, teacher=teacher, method=method,
@@ -184,7 +197,19 @@ def train_network(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.
     log.info("training %s with %s for epochs %d..%d, %d steps per epoch, %s",
              student.name, method, initial_epoch + 1, epochs, steps_per_epoch,
              distribute.describe_batch(cfg.train.batch_size, strategy))
-    callbacks = [checkpoints, keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True)]
+    csv_logger = EpochCSVLogger(str(run_dir / "log.csv"), validates=val_ds is not None,
+                                append=True)
+    callbacks = [checkpoints, csv_logger]
+    if cfg.train.select == "best_test":
+        selection_arrays = selection_test_arrays(cfg, splits)
+        log.warning("train.select=best_test: the checkpoint is chosen on the TEST split "
+                    "(test_robust_accuracy on %d images after every epoch), as the reference "
+                    "does; this is leaky, a reproduction mode, and its test figures are "
+                    "optimistic", len(selection_arrays.y))
+        test_ds = distribute.distribute_options(
+            data_lib.make_eval_dataset(selection_arrays, cfg.train.batch_size))
+        # First, so that the checkpoints, log.csv and TensorBoard see test_* in the logs.
+        callbacks.insert(0, TestSetEvaluation(test_ds))
     if cfg.output.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
     distiller.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
@@ -194,9 +219,50 @@ def train_network(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.
     return distiller
 
 
-def best_student_path(run_dir: pathlib.Path) -> pathlib.Path:
-    best = run_dir / "student_best_robust.keras"
-    return best if best.exists() else run_dir / "student_last.keras"
+def selection_test_arrays(cfg: Config, splits: data_lib.DatasetSplits) -> data_lib.Arrays:
+    """The test images evaluated every epoch for `train.select=best_test`."""
+    n = cfg.train.select_n
+    return data_lib.Arrays(splits.test.x[:n], splits.test.y[:n])
+
+
+SELECTION_METRICS = {"best_val": "val_robust_accuracy", "best_test": "test_robust_accuracy"}
+SELECTION_NOTES = {
+    "last": "the last epoch's checkpoint",
+    "best_val": "best val_robust_accuracy on the validation split carved from the training data",
+    "best_test": "chosen on the TEST set (best test_robust_accuracy after each epoch), as the "
+                 "DGAD reference does: leaky, a reproduction mode; the test figures of this "
+                 "checkpoint are optimistic",
+}
+
+
+def selected_checkpoint(cfg: Config, run_dir: pathlib.Path) -> tuple[pathlib.Path, dict]:
+    """The checkpoint `train.select` names in `run_dir`, and a description for the report.
+
+    Returns:
+        (path, selection) where selection holds "rule", "path", "note", "epoch" (1-based epoch
+        of the checkpoint) and "same_as_last" (whether it holds the last epoch's weights).
+    """
+    rule = cfg.train.select
+    meta = read_state_meta(run_dir) or {}
+    last_epoch = int(meta.get("epoch", 0))
+    epoch = int(meta.get("best_epoch", {}).get(SELECTION_METRICS.get(rule, ""), 0))
+    note = SELECTION_NOTES[rule]
+    path = run_dir / LAST_CHECKPOINT
+    if rule == "last":
+        epoch = last_epoch
+    else:
+        best = run_dir / BEST_CHECKPOINTS[SELECTION_METRICS[rule]]
+        if best.exists():
+            path = best
+        else:
+            # best_val with validation every N > epochs: no epoch was ever validated.
+            note += f"; but no {SELECTION_METRICS[rule]} was ever logged: the last checkpoint"
+            log.warning("train.select=%s: no %s was logged in %s; using %s", rule,
+                        SELECTION_METRICS[rule], run_dir, LAST_CHECKPOINT)
+            epoch = last_epoch
+    selection = {"rule": rule, "path": path.name, "epoch": epoch, "note": note,
+                 "same_as_last": path.name == LAST_CHECKPOINT or epoch == last_epoch}
+    return path, selection
 
 
 def obtain_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) -> keras.Model:
@@ -221,8 +287,10 @@ def obtain_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) ->
         network = build_network(cfg, cfg.model.teacher, splits)
     train_network(cfg, splits, teacher_run, student=network, teacher=None, method=tt.method,
                   epochs=tt.epochs, lr=tt.lr, milestones=tt.milestones, strategy=strategy)
-    trained = keras.models.load_model(best_student_path(teacher_run), safe_mode=True,
-                                      compile=False)
+    teacher_file, selection = selected_checkpoint(cfg, teacher_run)
+    log.info("teacher: %s (train.select=%s: %s)", teacher_file.name, selection["rule"],
+             selection["note"])
+    trained = keras.models.load_model(teacher_file, safe_mode=True, compile=False)
     if not distribute.is_chief(strategy):
         path = run_dir / "teacher.keras"
     save_model_atomic(trained, path)
@@ -244,9 +312,15 @@ def preflight(cfg: Config, run_dir: Optional[pathlib.Path] = None):
     run_dir = pathlib.Path(cfg.output.dir) if run_dir is None else pathlib.Path(run_dir)
     check_run_dir(cfg, run_dir)
     splits = load_data(cfg)
-    if len(splits.train.y) < cfg.train.batch_size:
+    if cfg.train.drop_remainder and len(splits.train.y) < cfg.train.batch_size:
         raise RunError(f"train.batch_size={cfg.train.batch_size} is larger than the "
-                       f"{len(splits.train.y)} training images")
+                       f"{len(splits.train.y)} training images (and train.drop_remainder=true)")
+    if cfg.train.select == "best_val" and len(splits.val.y) == 0:
+        raise RunError(f"data.val_fraction={cfg.data.val_fraction} leaves no validation image out "
+                       f"of {len(splits.train.y)}; train.select=best_val needs some (or set "
+                       "train.select=last)")
+    if cfg.train.select == "best_test" and len(splits.test.y) == 0:
+        raise RunError("train.select=best_test needs a test split; this data has none")
     if METHOD_SPECS[cfg.method.name].needs_teacher:
         path = teacher_path_for(cfg, run_dir)
         if path.exists():
@@ -294,16 +368,28 @@ def _run_locked(cfg: Config, splits, run_dir: pathlib.Path, strategy, command: s
                   method=cfg.method.name, epochs=cfg.train.epochs, lr=cfg.optimizer.lr,
                   milestones=cfg.optimizer.milestones, strategy=strategy)
 
-    final_path = best_student_path(run_dir)
+    final_path, selection = selected_checkpoint(cfg, run_dir)
     final = keras.models.load_model(final_path, safe_mode=True, compile=False)
     x_test, y_test = splits.test.x[:cfg.eval.n], splits.test.y[:cfg.eval.n]
     eval_kwargs = dict(attacks=cfg.eval.attacks, eps=cfg.attack.eps,
                        batch_size=cfg.eval.batch_size, seed=cfg.train.seed)
     student_report = evaluate_model(final, x_test, y_test, **eval_kwargs)
-    log.info("student %s on the test split:\n%s", final_path.name, format_report(student_report))
+    log.info("student %s (train.select=%s: %s) on the test split:\n%s", final_path.name,
+             selection["rule"], selection["note"], format_report(student_report))
     report = {"command": command, "config_sha256": cfg.hash(), "method": cfg.method.name,
               "student": {"path": final_path.name, "architecture": cfg.model.student,
-                          **student_report}}
+                          "selection": selection, **student_report}}
+    if selection["same_as_last"]:
+        # The selected checkpoint holds the last epoch's weights: same figures, no second run.
+        last_report = student_report
+    else:
+        last = keras.models.load_model(run_dir / LAST_CHECKPOINT, safe_mode=True, compile=False)
+        last_report = evaluate_model(last, x_test, y_test, **eval_kwargs)
+        log.info("student %s (last epoch) on the test split:\n%s", LAST_CHECKPOINT,
+                 format_report(last_report))
+    report["student_last"] = {"path": LAST_CHECKPOINT, "architecture": cfg.model.student,
+                              "epoch": cfg.train.epochs,
+                              "same_as_selected": selection["same_as_last"], **last_report}
     if teacher is not None:
         teacher_report = evaluate_model(teacher, x_test, y_test, **eval_kwargs)
         log.info("teacher on the test split:\n%s", format_report(teacher_report))
@@ -338,8 +424,9 @@ def _read_log(path: pathlib.Path) -> list[dict]:
         return []
     with open(path) as handle:
         rows = list(csv.DictReader(handle))
-    # A header repeated mid-file (a run appended after an interrupted one) is not a row.
-    return [{k: float(v) if v not in ("", None) else None for k, v in row.items()}
+    # CSVLogger writes "NA" for a metric missing that epoch (validation every N epochs, or none
+    # at all with data.val_fraction=0); a header repeated mid-file is not a row.
+    return [{k: float(v) if v not in ("", None, "NA") else None for k, v in row.items()}
             for row in rows if row.get("epoch") != "epoch"]
 
 

@@ -87,6 +87,8 @@ _UNTUNABLE = {
     "train.val_robust_n": "it decides how trials are measured; all trials must be scored alike",
     "train.val_robust_steps": "it decides how trials are measured; all trials must be scored "
                               "alike",
+    "train.select": "trials are scored on the validation split; no checkpoint is selected",
+    "train.select_n": "trials are never evaluated on the test split",
     "eval": "trials are never evaluated on the test split",
     "output": "it is not a training hyperparameter",
     "export": "it is not a training hyperparameter",
@@ -554,7 +556,7 @@ class DistillerHyperModel(keras_tuner.HyperModel):
         student = run_lib.build_network(cfg, cfg.model.student, self.splits,
                                         cfg.model.sync_batchnorm)
         teacher = self.teacher if METHOD_SPECS[cfg.method.name].needs_teacher else None
-        steps_per_epoch = max(len(self.splits.train.y) // cfg.train.batch_size, 1)
+        steps_per_epoch = max(run_lib.steps_per_epoch_for(cfg, len(self.splits.train.y)), 1)
         distiller = run_lib.build_distiller(cfg, student=student, teacher=teacher,
                                             method=cfg.method.name,
                                             steps_per_epoch=steps_per_epoch,

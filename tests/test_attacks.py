@@ -311,3 +311,64 @@ def test_cw_l2_rejects_bad_arguments():
     model, x, y = trained_problem()
     with pytest.raises(ValueError, match="lr=0"):
         attacks.cw_l2(inference(model), x[:2], y[:2], lr=0)
+
+
+def _advertorch_cw_l2_linear(x, y, kernel, bias, *, c=0.1, confidence=0.01, steps=1000, lr=0.01):
+    """advertorch's CarliniWagnerL2Attack as the DGAD reference calls it (one binary-search step,
+    initial_const=c, abort_early=True), for logits = flatten(x) @ kernel + bias, in NumPy with
+    hand-derived gradients. Distances are measured, as advertorch does, from x passed through
+    arctanh and back."""
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    onehot = np.eye(kernel.shape[1])[y]
+    x_atanh = np.arctanh((np.clip(flat, 0, 1) * 2 - 1) * (1 - 1e-6))
+    x_rescaled = (np.tanh(x_atanh) + 1) / 2
+    delta, m, v = np.zeros_like(flat), np.zeros_like(flat), np.zeros_like(flat)
+    best_l2 = np.full(len(x), 1e10)
+    best = flat.copy()
+    previous_loss = 1e6
+    check_every = steps // 10 or 1
+    for i in range(steps):
+        adv = (np.tanh(x_atanh + delta) + 1) / 2
+        logits = adv @ kernel + bias
+        real = logits[np.arange(len(x)), y]
+        other_index = np.argmax(np.where(onehot > 0, -np.inf, logits), axis=1)
+        other = logits[np.arange(len(x)), other_index]
+        l2 = np.sum((adv - x_rescaled) ** 2, axis=1)
+        margin = np.maximum(real - other + confidence, 0)
+        loss = l2.sum() + c * margin.sum()
+        grad_adv = 2 * (adv - x_rescaled) + c * (margin > 0)[:, None] * (
+            kernel[:, y].T - kernel[:, other_index].T)
+        grad = grad_adv * (1 - np.tanh(x_atanh + delta) ** 2) / 2
+        # advertorch steps the optimiser before its abort check and its best-so-far update.
+        t = i + 1
+        m = 0.9 * m + 0.1 * grad
+        v = 0.999 * v + 0.001 * grad ** 2
+        delta = delta - lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        if i % check_every == 0:
+            if loss > previous_loss * (1 - 1e-6):
+                break
+            previous_loss = loss
+        successful = np.argmax(logits + confidence * onehot, axis=1) != y
+        improved = successful & (l2 < best_l2)
+        best_l2[improved] = l2[improved]
+        best[improved] = adv[improved]
+    return best.reshape(x.shape)
+
+
+def test_cw_l2_defaults_follow_advertorch_as_the_dgad_reference_calls_it():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.1, 0.9, size=(12, 2, 2, 1)).astype(np.float32)
+    kernel = rng.normal(0, 3.0, size=(4, 3)).astype(np.float32)
+    bias = rng.normal(0, 0.5, size=3).astype(np.float32)
+    y = np.argmax(x.reshape(12, -1) @ kernel + bias, axis=1)  # every point starts correct
+    y[:3] = (y[:3] + 1) % 3  # ... except three, which are already wrong
+    model_fn = lambda a: tf.reshape(a, [-1, 4]) @ kernel + bias  # noqa: E731
+    expected = _advertorch_cw_l2_linear(x, y, kernel.astype(np.float64), bias.astype(np.float64))
+    got = tf.function(lambda a, b: attacks.cw_l2(model_fn, a, b))(
+        tf.constant(x), tf.constant(y)).numpy()
+    broken = np.any(expected != x, axis=(1, 2, 3))
+    assert 0 < broken.sum() < len(x), broken  # both outcomes are exercised
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Unbroken points come back exactly; broken ones are misclassified.
+    np.testing.assert_array_equal(got[~broken], x[~broken])
+    assert np.all(np.argmax(model_fn(got).numpy(), 1)[broken] != y[broken])

@@ -1,9 +1,12 @@
-"""RunCheckpoints: the state written after an epoch is exactly what `restore` loads."""
+"""Run-directory callbacks: the state written after an epoch is exactly what `restore` loads,
+best-so-far checkpoints survive a resume, and the CSV log's columns."""
+
+import json
 
 import keras
 import numpy as np
 
-from dgad_tf.callbacks import RunCheckpoints
+from dgad_tf.callbacks import STATE_FILE, EpochCSVLogger, RunCheckpoints, read_state_meta
 from dgad_tf.distiller import AdversarialDistiller
 from dgad_tf.optim import EpochSchedule, TorchSGD
 
@@ -60,3 +63,83 @@ def test_restore_of_an_empty_run_directory_starts_from_epoch_zero(tmp_path):
     assert RunCheckpoints(tmp_path).restore(fresh) == 0
     for path, value in before.items():
         np.testing.assert_array_equal(_state(fresh)["weights"][path], value)
+
+
+def _model():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=TorchSGD(0.1, momentum=0.9))
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _saved_kernel(path):
+    return keras.models.load_model(path, compile=False).layers[-1].get_weights()[0]
+
+
+def _set_kernel(model, value):
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([np.full_like(kernel, value), bias])
+
+
+def test_best_test_checkpoint_survives_a_resume(tmp_path):
+    best_file = tmp_path / "student_best_test_robust.keras"
+    model = _model()
+    checkpoints = RunCheckpoints(tmp_path)
+    checkpoints.set_model(model)
+    _set_kernel(model, 1.0)
+    checkpoints.on_epoch_end(0, {"test_robust_accuracy": 0.5})
+    _set_kernel(model, 2.0)
+    checkpoints.on_epoch_end(1, {"test_robust_accuracy": 0.4})
+    np.testing.assert_array_equal(_saved_kernel(best_file), 1.0)
+
+    # A new process (after a kill) restores the best so far: a worse epoch leaves the file alone.
+    model = _model()
+    resumed = RunCheckpoints(tmp_path)
+    assert resumed.restore(model) == 2
+    assert resumed.best["test_robust_accuracy"] == 0.5
+    assert resumed.best_epoch["test_robust_accuracy"] == 1
+    resumed.set_model(model)
+    _set_kernel(model, 3.0)
+    resumed.on_epoch_end(2, {"test_robust_accuracy": 0.45})
+    np.testing.assert_array_equal(_saved_kernel(best_file), 1.0)
+    _set_kernel(model, 4.0)
+    resumed.on_epoch_end(3, {"test_robust_accuracy": 0.6})
+    np.testing.assert_array_equal(_saved_kernel(best_file), 4.0)
+    meta = read_state_meta(tmp_path)
+    assert meta["best"]["test_robust_accuracy"] == 0.6 and meta["epoch"] == 4
+    assert meta["best_epoch"]["test_robust_accuracy"] == 4
+    assert not (tmp_path / "student_best_robust.keras").exists()  # no val metric was logged
+
+
+def test_a_state_from_before_test_selection_still_resumes(tmp_path):
+    model = _model()
+    checkpoints = RunCheckpoints(tmp_path)
+    checkpoints.set_model(model)
+    checkpoints.on_epoch_end(0, {"val_robust_accuracy": 0.3})
+    # Rewrite the state as an older version wrote it: two tracked metrics, no best epochs.
+    state = tmp_path / STATE_FILE
+    with np.load(state) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["best"] = {"val_robust_accuracy": 0.3, "val_clean_accuracy": -np.inf}
+    del meta["best_epoch"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(state, **arrays)
+    resumed = RunCheckpoints(tmp_path)
+    assert resumed.restore(_model()) == 1
+    assert resumed.best["val_robust_accuracy"] == 0.3
+    assert resumed.best["test_robust_accuracy"] == -np.inf
+
+
+def test_csv_log_of_a_run_without_validation_has_no_val_columns(tmp_path):
+    logs = {"loss": 1.0, "test_robust_accuracy": 0.5}
+    without = EpochCSVLogger(str(tmp_path / "a.csv"), validates=False)
+    keras_default = EpochCSVLogger(str(tmp_path / "b.csv"))
+    for logger in (without, keras_default):
+        logger.set_model(_model())
+        logger.on_train_begin()
+        logger.on_epoch_end(0, dict(logs))
+        logger.on_train_end()
+    assert (tmp_path / "a.csv").read_text().splitlines()[0] == "epoch,loss,test_robust_accuracy"
+    # With validation expected later (every N epochs), Keras's own columns are kept.
+    assert "val_loss" in (tmp_path / "b.csv").read_text().splitlines()[0]

@@ -58,11 +58,44 @@ def test_parse_override_nests_keys():
     ("method.use_map=3", "method.use_map"),
     ("method.name=kd", "method.name"),
     ("data.source=tfds", "data.name"),
+    ("train.select=best", "train.select"),
+    ("train.select_n=0", "train.select_n"),
+    ("train.drop_remainder=2", "train.drop_remainder"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
     assert key in str(err.value)
+
+
+def test_validation_selection_without_a_validation_split_is_refused():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.val_fraction=0"])  # train.select defaults to best_val
+    assert "train.select" in str(err.value) and "data.val_fraction" in str(err.value)
+
+
+@pytest.mark.parametrize("select", ["last", "best_test"])
+def test_all_training_data_is_legal_with_a_selection_that_needs_no_validation(select):
+    cfg = load_config(None, ["data.val_fraction=0", f"train.select={select}"])
+    assert cfg.data.val_fraction == 0 and cfg.train.select == select
+
+
+def test_selection_defaults_keep_todays_behaviour():
+    t = load_config().train
+    assert (t.select, t.select_n, t.drop_remainder) == ("best_val", None, True)
+
+
+@pytest.mark.parametrize("name", ["cifar10_resnet18_dgad.yaml", "cifar10_mobilenetv2_dgad.yaml",
+                                  "cifar100_resnet18_dgad.yaml",
+                                  "tinyimagenet_preactresnet18_dgad.yaml"])
+def test_paper_recipes_reproduce_the_reference_run(name):
+    cfg = load_config(CONFIGS / name)
+    # All training images, last partial batch kept, best-PGD checkpoint chosen on the test set.
+    assert cfg.data.val_fraction == 0
+    assert cfg.train.drop_remainder is False
+    assert cfg.train.select == "best_test" and cfg.train.select_n is None
+    # The reference's columns beside AutoAttack.
+    assert {"pgd10", "cw_l2", "autoattack"} <= set(cfg.eval.attacks)
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):

@@ -429,3 +429,13 @@ def test_batch_larger_than_the_split_is_an_error():
 def test_arrays_rejects_wrong_dtype():
     with pytest.raises(ValueError, match="uint8"):
         data.Arrays(np.zeros((2, 4, 4, 3), np.float32), np.zeros(2, np.int64))
+
+
+def test_train_keeps_the_partial_batch_when_asked_and_covers_every_image_once():
+    arrays = _index_arrays(10)
+    batches = _epoch(data.make_train_dataset(arrays, 4, augment=False, drop_remainder=False))
+    assert [len(y) for _, y in batches] == [4, 4, 2]
+    np.testing.assert_array_equal(np.sort(np.concatenate([y for _, y in batches])), np.arange(10))
+    # One partial batch when the batch is larger than the split.
+    assert [len(y) for _, y in _epoch(data.make_train_dataset(arrays, 16,
+                                                               drop_remainder=False))] == [10]

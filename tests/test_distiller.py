@@ -268,3 +268,105 @@ def test_one_step_equals_the_hand_wired_sgd_update(method):
     assert logs["loss"] == pytest.approx(float(loss), rel=1e-5)
     for w, e in zip(student.trainable_variables, expected):
         np.testing.assert_allclose(np.array(w), e, rtol=1e-5, atol=1e-6)
+def _plain_net(num_classes=4, name=None):
+    inputs = keras.Input((6, 6, 1))
+    x = keras.layers.Flatten()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x), name=name)
+
+
+def test_a_partial_batch_loss_divides_by_its_own_size():
+    # The last batch of an epoch with train.drop_remainder=false holds 5 of 16 images: its loss
+    # is the mean over those 5 (a divisor of 16, the configured size, would shrink it by 5/16).
+    student = _plain_net(name="student")
+    distiller = AdversarialDistiller(student, None, method="pgd_at", eps=0.1, step_size=0.05,
+                                     steps=0, attack_init="none")
+    distiller.compile(optimizer=TorchSGD(0.05, momentum=0.0, weight_decay=0.0))
+    x, y = batch(5)
+    expected = float(keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
+        y, student(x, training=True), from_logits=True)))
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    assert logs["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+# One step on a global batch of 5 under MirroredStrategy over 2 logical CPUs (split 3 + 2) and on
+# one device from the same weights: the updated weights agree only if every replica divides by the
+# true global size 5 (3 * 2 = 6 on one replica and 2 * 2 = 4 on the other would not).
+_UNEVEN_SCRIPT = '''
+import json
+from dgad_tf import distribute
+from dgad_tf.config import DistributeConfig
+mirrored = distribute.make_strategy(DistributeConfig(strategy="mirrored", logical_cpus=2))
+import keras, numpy as np, tensorflow as tf
+from dgad_tf.distiller import AdversarialDistiller
+from dgad_tf.optim import TorchSGD
+
+rng = np.random.default_rng(0)
+x = rng.uniform(0, 1, size=(5, 6, 6, 1)).astype(np.float32)
+y = rng.integers(0, 4, size=5).astype(np.int64)
+keras.utils.set_random_seed(0)
+
+def net(name):
+    inputs = keras.Input((6, 6, 1))
+    return keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(inputs)), name=name)
+
+INIT = {"student": [np.array(w) for w in net("s").weights],
+        "teacher": [np.array(w) for w in net("t").weights]}
+
+def step(strategy, method):
+    with strategy.scope():
+        student, teacher = net("student"), net("teacher")
+        student.set_weights(INIT["student"])
+        teacher.set_weights(INIT["teacher"])
+        distiller = AdversarialDistiller(student, teacher, method=method, eps=0.1,
+                                         step_size=0.05, steps=2, attack_init="none",
+                                         val_robust_steps=0)
+        distiller.compile(optimizer=TorchSGD(0.5, momentum=0.0, weight_decay=0.0))
+    sizes = []
+    for batch_x, _ in strategy.experimental_distribute_dataset(
+            tf.data.Dataset.from_tensor_slices((x, y)).batch(5)):
+        sizes = [int(v.shape[0]) for v in strategy.experimental_local_results(batch_x)]
+    history = distiller.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(5), epochs=1,
+                            verbose=0, shuffle=False)
+    return [np.array(w) for w in student.weights], float(history.history["loss"][-1]), sizes
+
+out = {"replicas": mirrored.num_replicas_in_sync}
+for method in ("pgd_at", "dgad"):
+    one, loss_one, _ = step(tf.distribute.get_strategy(), method)
+    two, loss_two, sizes = step(mirrored, method)
+    out[method] = dict(
+        weights=max(float(np.max(np.abs(a - b))) for a, b in zip(one, two)),
+        moved=max(float(np.max(np.abs(a - b))) for a, b in zip(one, INIT["student"])),
+        loss_one=loss_one, loss_two=loss_two, sizes=sizes)
+print("RESULT " + json.dumps(out))
+'''
+
+
+@pytest.fixture(scope="module")
+def uneven_step_results(tmp_path_factory):
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    script = tmp_path_factory.mktemp("uneven") / "uneven.py"
+    script.write_text(_UNEVEN_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.run([sys.executable, str(script)], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.mark.parametrize("method", ["pgd_at", "dgad"])
+def test_two_replicas_take_the_single_device_step_on_an_uneven_partial_batch(
+        uneven_step_results, method):
+    entry = uneven_step_results[method]
+    assert uneven_step_results["replicas"] == 2
+    assert sorted(entry["sizes"]) == [2, 3], entry  # the batch really was split unevenly
+    assert entry["moved"] > 1e-3, entry
+    assert entry["weights"] <= 1e-5, entry
+    assert entry["loss_two"] == pytest.approx(entry["loss_one"], abs=1e-5)

@@ -142,3 +142,28 @@ def test_pgd_accuracy_is_measured_on_the_adversarial_images():
     assert report["clean_accuracy"] == 1.0
     assert 0.0 < expected < 1.0, "eps no longer informative"
     assert report["attacks"]["pgd5"]["robust_accuracy"] == pytest.approx(expected)
+def test_cw_l2_accuracy_counts_every_point_and_a_clean_error_is_an_adversarial_error():
+    import tensorflow as tf
+
+    from test_attacks import _advertorch_cw_l2_linear
+
+    rng = np.random.default_rng(3)
+    n = 24
+    x = rng.uniform(0.1, 0.9, size=(n, 2, 2, 1)).astype(np.float32)
+    kernel = rng.normal(0, 1.0, size=(4, 3)).astype(np.float32)
+    bias = rng.normal(0, 0.5, size=3).astype(np.float32)
+    y = np.argmax(x.reshape(n, -1) @ kernel + bias, axis=1)
+    y[::3] = (y[::3] + 1) % 3  # a third of the points are wrong before any attack
+
+    def model_fn(images):
+        return tf.reshape(tf.cast(images, tf.float32), [-1, 4]) @ kernel + bias
+
+    report = evaluate_model(model_fn, x, y, attacks=["clean", "cw_l2"], batch_size=64)
+    correct = np.flatnonzero(np.argmax(x.reshape(n, -1) @ kernel + bias, axis=1) == y)
+    # The reference's attack on the clean-correct points (one batch here, as evaluate's).
+    x_adv = _advertorch_cw_l2_linear(x[correct], y[correct], kernel.astype(np.float64),
+                                     bias.astype(np.float64))
+    still_right = np.argmax(x_adv.reshape(len(correct), -1) @ kernel + bias, axis=1) == y[correct]
+    assert report["n"] == n and report["clean_accuracy"] == pytest.approx(len(correct) / n)
+    assert 0 < still_right.sum() < len(correct)  # the attack breaks some points, not all
+    assert report["attacks"]["cw_l2"]["robust_accuracy"] == pytest.approx(still_right.sum() / n)

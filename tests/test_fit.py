@@ -133,3 +133,72 @@ def test_export_section_exports_the_finished_student(tmp_path):
     assert report["export"]["source"] == card["source"]
     assert card["source"]["config_sha256"] == report["config_sha256"]
     assert card["evaluation"]
+
+
+def _clean_accuracy(path, n=48):
+    from dgad_tf.data import load_splits
+    from dgad_tf.evaluate import evaluate_model
+
+    splits = load_splits("digits")
+    model = keras.models.load_model(path, safe_mode=True, compile=False)
+    return evaluate_model(model, splits.test.x[:n], splits.test.y[:n],
+                          attacks=["clean"])["clean_accuracy"]
+
+
+# train.select: (extra overrides, checkpoint the report must use, metric that chose it,
+# steps per epoch: 100 training images, or 90 beside 10 validation ones, in batches of 48 with
+# the last partial batch kept)
+SELECTIONS = {
+    "last": (["data.val_fraction=0"], "student_last.keras", None, 3),
+    "best_val": ([], "student_best_robust.keras", "val_robust_accuracy", 2),
+    "best_test": (["data.val_fraction=0", "train.select_n=100"],
+                  "student_best_test_robust.keras", "test_robust_accuracy", 3),
+}
+
+
+@pytest.mark.parametrize("select", sorted(SELECTIONS))
+def test_the_report_uses_the_selected_checkpoint_and_keeps_the_last_epochs(tmp_path, select,
+                                                                          capsys):
+    extra, checkpoint, metric, steps_per_epoch = SELECTIONS[select]
+    run_dir = tmp_path / "run"
+    code = main(args(run_dir, "method.name=pgd_at", "train.epochs=3", "data.train_limit=100",
+                     "output.tensorboard=false", "train.drop_remainder=false",
+                     f"train.select={select}", *extra))
+    assert code == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    student, last = report["student"], report["student_last"]
+    assert student["path"] == checkpoint == student["selection"]["path"]
+    assert student["selection"]["rule"] == select
+    assert (run_dir / checkpoint).is_file()
+    history = report["history"]
+    if metric is None:
+        assert student["selection"]["epoch"] == 3
+        assert not any(key.startswith(("val_", "test_")) for key in history[0])
+    else:
+        values = [row[metric] for row in history]
+        # The first epoch reaching the best value (later ties do not replace the checkpoint).
+        assert student["selection"]["epoch"] == int(np.argmax(values)) + 1
+    if select == "best_test":
+        assert "TEST set" in student["selection"]["note"]
+        assert "chosen on the TEST set" in capsys.readouterr().out
+        assert not (run_dir / "student_best_robust.keras").exists()  # no validation split
+    # Both the selected and the last epoch's figures, under the same attacks.
+    assert last["path"] == "student_last.keras"
+    assert set(last["attacks"]) == set(student["attacks"]) == {"clean", "fgsm", "pgd5"}
+    assert last["same_as_selected"] == (student["selection"]["epoch"] == 3)
+    assert last["clean_accuracy"] == pytest.approx(_clean_accuracy(run_dir / "student_last.keras"))
+    assert student["clean_accuracy"] == pytest.approx(_clean_accuracy(run_dir / checkpoint))
+    # The partial batch was trained on: one more optimiser step per epoch.
+    with np.load(run_dir / "train_state.npz") as saved:
+        iterations = [saved[k] for k in saved.files if k.startswith("optimizer_")
+                      and saved[k].dtype.kind == "i" and saved[k].ndim == 0]
+    assert iterations and int(iterations[0]) == 3 * steps_per_epoch
+
+
+def test_validation_selection_without_validation_images_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    # 0.001 of 192 images rounds to no validation image at all.
+    assert main(args(run_dir, "method.name=pgd_at", "data.val_fraction=0.001")) == 2
+    err = capsys.readouterr().err
+    assert "data.val_fraction" in err and "train.select=best_val" in err
+    assert not run_dir.exists()

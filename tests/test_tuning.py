@@ -98,6 +98,12 @@ def test_fields_fixed_for_the_whole_search_are_rejected():
         tuning.parse_search_space(space_of({"data.seed": {"type": "int", "min": 0, "max": 3}}))
 
 
+def test_checkpoint_selection_is_not_a_search_dimension():
+    with pytest.raises(tuning.TuneError, match="tune.space.train.select: .*cannot be searched"):
+        tuning.parse_search_space(space_of({"train.select": {
+            "type": "choice", "values": ["last", "best_test"]}}))
+
+
 def test_float_dimension_on_an_integer_field_is_rejected():
     with pytest.raises(tuning.TuneError, match="tune.space.attack.steps: .*integer field"):
         tuning.parse_search_space(space_of({"attack.steps": {"type": "float", "min": 1,
