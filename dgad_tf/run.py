@@ -53,7 +53,7 @@ def load_data(cfg: Config) -> data_lib.DatasetSplits:
 
 def build_network(cfg: Config, arch: str, splits: data_lib.DatasetSplits,
                   sync_batchnorm: bool = False) -> keras.Model:
-    """A registry network sized for the data, with the configured normalisation layer."""
+    """A registry network sized for the data, with the configured normalisation and init."""
     m = cfg.model
     normalize = None if m.normalize_mean is None else (m.normalize_mean, m.normalize_std)
     if normalize is not None and len(m.normalize_mean) != splits.image_shape[-1]:
@@ -61,7 +61,8 @@ def build_network(cfg: Config, arch: str, splits: data_lib.DatasetSplits,
                        f"images have {splits.image_shape[-1]}")
     try:
         return models.build_model(arch, splits.num_classes, tuple(splits.image_shape),
-                                  normalize=normalize, sync_batchnorm=sync_batchnorm)
+                                  normalize=normalize, sync_batchnorm=sync_batchnorm,
+                                  init=m.init)
     except ValueError as err:
         raise RunError(str(err)) from err
 

@@ -19,6 +19,7 @@ def test_defaults_are_the_paper_recipe():
     assert cfg.optimizer.milestones == (100, 150)
     assert cfg.train.epochs == 200 and cfg.train.batch_size == 128
     assert cfg.method.name == "dgad" and cfg.method.beta == 1.0
+    assert cfg.model.init == "torch"
 
 
 def test_yaml_overrides_only_what_it_names(tmp_path):
@@ -58,6 +59,7 @@ def test_parse_override_nests_keys():
     ("method.use_map=3", "method.use_map"),
     ("method.name=kd", "method.name"),
     ("data.source=tfds", "data.name"),
+    ("model.init=xavier", "model.init"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:

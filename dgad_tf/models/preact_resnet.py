@@ -41,6 +41,7 @@ def build_preact_resnet(
     normalize=None,
     sync_batchnorm=False,
     name_prefix=None,
+    init="torch",
     final_bn=True,
 ):
     """Build a CIFAR PreAct-ResNet returning logits.
@@ -55,6 +56,8 @@ def build_preact_resnet(
         normalize: optional (mean, std) applied inside the model. Defaults to None.
         sync_batchnorm: use synchronized BatchNormalization. Defaults to False.
         name_prefix: string prepended to every layer name and the model name. Defaults to None.
+        init: "torch" (PyTorch's initial weights, see `_common.initialize`) or "keras".
+            Defaults to "torch".
         final_bn: add the BN-ReLU before pooling (RobustBench/Rice et al.); False gives
             kuangliu's layout. Defaults to True.
 
@@ -68,6 +71,7 @@ def build_preact_resnet(
     num_classes = _common.check_num_classes(num_classes)
     input_shape = _common.check_input_shape(input_shape)
     prefix = _common.check_prefix(name_prefix)
+    init = _common.check_init(init)
 
     inputs, x = _common.model_input(input_shape, normalize, prefix)
     x = _common.conv(x, 64, 3, 1, f"{prefix}conv1")
@@ -82,4 +86,5 @@ def build_preact_resnet(
         x = _common.batch_norm(x, f"{prefix}bn", sync_batchnorm)
         x = _common.relu(x, f"{prefix}relu")
     logits = _common.classifier(x, num_classes, f"{prefix}linear", prefix)
-    return keras.Model(inputs, logits, name=f"{prefix}preact-resnet-{depth}")
+    model = keras.Model(inputs, logits, name=f"{prefix}preact-resnet-{depth}")
+    return _common.initialize(model, init)
