@@ -124,9 +124,13 @@ class KuangliuPreActBlock(nn.Module):
 
 
 class KuangliuResNet(nn.Module):
-    """kuangliu ResNet (block=BasicBlock) or PreActResNet (final_bn adds Rice et al.'s `bn`)."""
+    """kuangliu ResNet (block=BasicBlock) or PreActResNet (final_bn adds Rice et al.'s `bn`).
 
-    def __init__(self, block, num_blocks, num_classes, final_bn=False):
+    `avg_pool2d(out, 4)` keeps (input_size / 32)^2 positions of the last map, so the linear layer
+    takes 512 features at 32x32 and 2048 at 64x64 (the reference's Tiny ImageNet network).
+    """
+
+    def __init__(self, block, num_blocks, num_classes, final_bn=False, input_size=32):
         super().__init__()
         self.preact = block is KuangliuPreActBlock
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
@@ -141,7 +145,7 @@ class KuangliuResNet(nn.Module):
             setattr(self, f"layer{index + 1}", nn.Sequential(*layers))
         if final_bn:
             self.bn = nn.BatchNorm2d(512)
-        self.linear = nn.Linear(512, num_classes)
+        self.linear = nn.Linear(512 * (input_size // 32) ** 2, num_classes)
 
     def forward(self, x):
         out = self.conv1(x)
@@ -205,7 +209,7 @@ NETWORKS = {
     "wrn-16-1": lambda classes: TradesWideResNet(16, 1, classes),
     "resnet-18": lambda classes: KuangliuResNet(KuangliuBasicBlock, (2, 2, 2, 2), classes),
     "resnet-34": lambda classes: KuangliuResNet(KuangliuBasicBlock, (3, 4, 6, 3), classes),
-    "preact-resnet-18": lambda classes: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2), classes, final_bn=True),
+    "preact-resnet-18": lambda classes: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2), classes),
     "mobilenetv2": lambda classes: KuangliuMobileNetV2(classes),
 }
 
@@ -245,9 +249,9 @@ def _keras_logits_and_grad(model, x, labels):
     return logits.numpy(), tape.gradient(objective, x).numpy()
 
 
-def _assert_same_function(net, model, seed=0):
+def _assert_same_function(net, model, seed=0, size=32):
     rng = np.random.default_rng(seed)
-    x = rng.uniform(size=(2, 32, 32, 3)).astype("float32")
+    x = rng.uniform(size=(2, size, size, 3)).astype("float32")
     labels = np.array([1, 7])
     torch_logits, torch_grad = _torch_logits_and_grad(net, x, labels)
     keras_logits, keras_grad = _keras_logits_and_grad(model, x, labels)
@@ -273,11 +277,27 @@ def test_converted_keras_file_matches_pytorch_logits_and_gradients(tmp_path, arc
     _assert_same_function(net, model)
 
 
-def test_kuangliu_preact_without_final_bn_is_detected(tmp_path):
-    net = _make_net(lambda c: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2), c, final_bn=False))
+def test_robustbench_preact_with_final_bn_is_detected(tmp_path):
+    net = _make_net(lambda c: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2), c, final_bn=True))
     model = convert.convert_checkpoint(_save(net, tmp_path / "net.pt"), "preact-resnet-18", 10)
-    assert "bn" not in {layer.name for layer in model.layers}
+    assert "bn" in {layer.name for layer in model.layers}
     _assert_same_function(net, model)
+
+
+@pytest.mark.parametrize("size, num_classes", [(64, 200), (32, 10)])
+def test_reference_preact_resnet_18_converts_at_tiny_and_cifar_size(tmp_path, size, num_classes):
+    # The reference layout: no final BN, avg_pool2d(out, 4), 2x2x512 = 2048 features at 64x64.
+    net = _make_net(
+        lambda c: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2), c, input_size=size), num_classes
+    )
+    assert net.linear.in_features == 512 * (size // 32) ** 2
+    model = convert.convert_checkpoint(
+        _save(net, tmp_path / "net.pt"), "preact-resnet-18", num_classes, input_shape=(size, size, 3)
+    )
+    assert "bn" not in {layer.name for layer in model.layers}
+    params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert params == sum(p.numel() for p in net.parameters())
+    _assert_same_function(net, model, size=size)
 
 
 def test_nested_dataparallel_checkpoint_converts(tmp_path):

@@ -41,12 +41,25 @@ def _randomize(model, seed=0):
         ("wrn-16-4", 2_748_890),
         ("wrn-34-10", 46_160_474),
         ("resnet-34", 21_282_122),
-        # kuangliu's PreActResNet18 (11,171,146) plus the final 512-channel BN (1,024).
-        ("preact-resnet-18", 11_172_170),
+        # kuangliu's PreActResNet18, the reference layout (no final BN).
+        ("preact-resnet-18", 11_171_146),
     ],
 )
 def test_trainable_parameter_count_matches_pytorch(name, expected):
     assert _trainable_params(build_model(name, 10)) == expected
+
+
+def test_preact_resnet_18_for_tiny_imagenet_has_the_reference_2048_feature_head():
+    model = build_model("preact-resnet-18", 200, (64, 64, 3))
+    # PyTorch reference with Linear(2048, 200): 11,171,146 - 5,130 + 2048 * 200 + 200.
+    assert _trainable_params(model) == 11_575_816
+    assert tuple(model.get_layer("linear").kernel.shape) == (2048, 200)
+    assert "bn" not in {layer.name for layer in model.layers}
+
+
+def test_preact_resnet_18_needs_inputs_of_at_least_32_pixels():
+    with pytest.raises(ValueError, match="input_shape"):
+        build_model("preact-resnet-18", 10, (16, 16, 3))
 
 
 @pytest.mark.parametrize(
@@ -56,7 +69,7 @@ def test_trainable_parameter_count_matches_pytorch(name, expected):
         ("small-cnn", (32, 32, 3)),
         ("resnet-18", (16, 16, 3)),
         ("resnet-34", (16, 16, 3)),
-        ("preact-resnet-18", (16, 16, 3)),
+        ("preact-resnet-18", (32, 32, 3)),
         ("mobilenetv2", (16, 16, 3)),
         ("wrn-10-2", (16, 16, 3)),
     ],
@@ -151,7 +164,7 @@ def _body_weights(model):
         ("small-cnn", (8, 8, 1), ((0.5,), (0.25,))),
         ("mobilenetv2", (16, 16, 3), None),
         ("wrn-10-2", (16, 16, 3), (CIFAR_MEAN, CIFAR_STD)),
-        ("preact-resnet-18", (8, 8, 3), None),
+        ("preact-resnet-18", (32, 32, 3), None),
     ],
 )
 def test_keras_file_round_trip_in_safe_mode(tmp_path, name, input_shape, normalize):

@@ -150,9 +150,25 @@ def relu(x, name):
     return keras.layers.ReLU(name=name)(x)
 
 
-def classifier(x, num_classes, name, prefix):
-    """Global average pooling and a linear layer with bias, giving logits."""
-    x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}pool")(x)
+def classifier(x, num_classes, name, prefix, pool_size=None):
+    """Average pooling and a linear layer with bias, giving logits.
+
+    Args:
+        x: the last feature map (N, H, W, C).
+        num_classes: number of logits.
+        name: name of the linear layer.
+        prefix: string prepended to the other layer names.
+        pool_size: None pools globally to C features. An int is PyTorch's
+            `F.avg_pool2d(out, pool_size)` followed by `out.view(N, -1)`: every pooled position
+            is kept and flattened in PyTorch's (C, H, W) order, so the linear weight of a
+            checkpoint applies unchanged. Defaults to None.
+    """
+    if pool_size is None:
+        x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}pool")(x)
+    else:
+        x = keras.layers.AveragePooling2D(pool_size, name=f"{prefix}pool")(x)
+        x = keras.layers.Permute((3, 1, 2), name=f"{prefix}pool_nchw")(x)
+        x = keras.layers.Flatten(name=f"{prefix}flatten")(x)
     return keras.layers.Dense(num_classes, name=name)(x)
 
 
