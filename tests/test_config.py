@@ -91,6 +91,13 @@ def test_shipped_configs_load(path):
     load_config(path)
 
 
+def test_tiny_imagenet_recipe_crops_with_the_reference_padding():
+    # RandomCrop(64, padding=4); the default H/8 would pad 8 pixels at 64x64.
+    cfg = load_config(CONFIGS / "tinyimagenet_preactresnet18_dgad.yaml")
+    assert cfg.data.source == "tinyimagenet" and cfg.data.crop_padding == 4
+    assert cfg.model.student == "preact-resnet-18" and cfg.model.init == "torch"
+
+
 def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path, capsys):
     from dgad_tf.fit import main
 
