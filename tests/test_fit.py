@@ -133,17 +133,19 @@ def test_the_trained_teacher_itself_is_accepted(tmp_path, digits_teacher):
     assert run.load_teacher(digits_teacher, splits).output_shape[-1] == 10
 
 
-def test_a_constant_teacher_is_at_chance():
+@pytest.mark.parametrize("val_fraction, scored", [(0.1, "144 validation"), (0.0, "500 training")])
+def test_a_constant_teacher_is_at_chance(val_fraction, scored):
     from dgad_tf import data as data_lib
     from dgad_tf import run
 
-    splits = data_lib.load_splits("digits")
+    splits = data_lib.load_splits("digits", val_fraction=val_fraction)
     constant = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
                                  keras.layers.Dense(10, kernel_initializer="zeros",
                                                     bias_initializer="zeros")])
-    # Always class 0: about 10% right, under 1/10 + 3 * sqrt(0.09 / n) for n = 180 (0.167).
-    with pytest.raises(run.RunError, match="chance level"):
+    # Always class 0: about 10% right, under 1/10 + 3 * sqrt(0.09 / n) (0.175 for n = 144).
+    with pytest.raises(run.RunError, match="chance level") as err:
         run.check_teacher_beats_chance(constant, splits, "constant.keras")
+    assert scored in str(err.value)
 
 
 def test_missing_teacher_without_training_is_refused(tmp_path, capsys):
