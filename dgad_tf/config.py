@@ -34,6 +34,7 @@ DGAD_WEIGHTINGS = ("standard", "reference_mobilenetv2")
 TEACHER_TRAIN_METHODS = ("pgd_at", "trades")
 DATA_SOURCES = ("digits", "tfds", "npz", "folder", "tinyimagenet")
 ATTACK_INITS = ("auto", "uniform", "gaussian", "none")
+MODEL_INITS = ("torch", "keras")
 SCHEDULES = ("piecewise", "cosine", "constant")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
 # Which checkpoint the final report (and export) uses: see TrainConfig.select.
@@ -93,6 +94,10 @@ class ModelConfig:
         normalize_std: per-channel std of that layer. Default None.
         sync_batchnorm: synchronised batch-norm statistics across replicas for the student.
             Default False (as the reference).
+        init: initial weights of networks built here: "torch" (PyTorch's defaults, as the
+            reference: conv and linear U(+-1/sqrt(fan_in)); WideResNet convs
+            N(0, sqrt(2/(k*k*out_channels))) and linear bias 0) or "keras" (Keras's
+            initialisers). Default "torch".
     """
 
     student: str = "resnet-18"
@@ -101,6 +106,7 @@ class ModelConfig:
     normalize_mean: Optional[tuple[float, ...]] = None
     normalize_std: Optional[tuple[float, ...]] = None
     sync_batchnorm: bool = False
+    init: str = "torch"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -505,6 +511,7 @@ def validate(cfg: Config) -> Config:
                m.normalize_std, "as long as model.normalize_mean")
         _check(all(s > 0 for s in m.normalize_std), "model.normalize_std", m.normalize_std,
                "positive")
+    _check_choice("model.init", m.init, MODEL_INITS)
 
     _check_choice("teacher_train.method", cfg.teacher_train.method, TEACHER_TRAIN_METHODS)
     _check(cfg.teacher_train.epochs >= 0, "teacher_train.epochs", cfg.teacher_train.epochs, ">= 0")

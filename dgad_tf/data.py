@@ -488,9 +488,11 @@ def _load_tinyimagenet(path, image_size, train_limit, test_limit):
         if not os.path.exists(needed):
             raise FileNotFoundError(f"Tiny ImageNet layout incomplete: {needed!r} is missing")
     wnids_file = os.path.join(path, "wnids.txt")
+    # Class index = position in the *sorted* wnids, as torchvision's ImageFolder numbers them and
+    # so as PyTorch Tiny ImageNet checkpoints expect; wnids.txt is not sorted.
     if os.path.exists(wnids_file):
         with open(wnids_file) as f:
-            wnids = tuple(line.strip() for line in f if line.strip())
+            wnids = tuple(sorted({line.strip() for line in f if line.strip()}))
     else:
         wnids = tuple(_subdirectories(train_dir))
     if not wnids:

@@ -4,8 +4,9 @@
            -> AdversarialDistiller.fit with run-directory callbacks -> final evaluation -> report
 
 Everything that can be checked is checked before the first byte is written: the config, the data,
-the teacher file (its class count and input shape against the data), the run directory (an
-existing one must hold the same config, which then resumes). A run directory holds:
+the teacher file (its class count and input shape against the data, its accuracy above chance),
+the run directory (an existing one must hold the same config, which then resumes). A run
+directory holds:
 
     config.yaml                    the resolved config
     student_last.keras             after every epoch
@@ -32,6 +33,7 @@ import time
 from typing import Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from dgad_tf import data as data_lib
@@ -62,7 +64,7 @@ def load_data(cfg: Config) -> data_lib.DatasetSplits:
 
 def build_network(cfg: Config, arch: str, splits: data_lib.DatasetSplits,
                   sync_batchnorm: bool = False) -> keras.Model:
-    """A registry network sized for the data, with the configured normalisation layer."""
+    """A registry network sized for the data, with the configured normalisation and init."""
     m = cfg.model
     normalize = None if m.normalize_mean is None else (m.normalize_mean, m.normalize_std)
     if normalize is not None and len(m.normalize_mean) != splits.image_shape[-1]:
@@ -70,13 +72,14 @@ def build_network(cfg: Config, arch: str, splits: data_lib.DatasetSplits,
                        f"images have {splits.image_shape[-1]}")
     try:
         return models.build_model(arch, splits.num_classes, tuple(splits.image_shape),
-                                  normalize=normalize, sync_batchnorm=sync_batchnorm)
+                                  normalize=normalize, sync_batchnorm=sync_batchnorm,
+                                  init=m.init)
     except ValueError as err:
         raise RunError(str(err)) from err
 
 
 def load_teacher(path: pathlib.Path, splits: data_lib.DatasetSplits) -> keras.Model:
-    """Load a `.keras` teacher safely and check it fits the data."""
+    """Load a `.keras` teacher safely and check it fits the data and beats chance on it."""
     try:
         teacher = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as err:  # keras raises many types for a bad file
@@ -90,7 +93,53 @@ def load_teacher(path: pathlib.Path, splits: data_lib.DatasetSplits) -> keras.Mo
                        f"{tuple(teacher.input_shape[1:])} but the data has "
                        f"{tuple(splits.image_shape)}")
     teacher.trainable = False
+    check_teacher_beats_chance(teacher, splits, path)
     return teacher
+
+
+TEACHER_CHECK_N = 500
+"""Images on which a teacher must beat chance before anything is distilled from it."""
+
+
+def check_teacher_beats_chance(teacher: keras.Model, splits: data_lib.DatasetSplits,
+                               path, n: int = TEACHER_CHECK_N):
+    """Refuse a teacher whose clean accuracy is not significantly above chance.
+
+    A teacher whose class order differs from the data's (Tiny ImageNet numbered by wnids.txt
+    instead of sorted wnids, say) or that expects other input scaling scores at chance, and
+    distilling from it would train the student on permuted labels without any error. The
+    accuracy is measured on `n` images spread evenly over the validation split (the training
+    split when that is empty; both are in class order for folder sources), and must exceed
+    1/C + 3·sqrt((1/C)(1 - 1/C)/n), three binomial standard deviations above chance.
+
+    Args:
+        teacher: the loaded teacher.
+        splits: the run's data.
+        path: the teacher's file, for the message.
+        n: images to score. Default `TEACHER_CHECK_N` (500).
+
+    Raises:
+        RunError: naming the file, the accuracy, the chance level and the likely causes.
+    """
+    source, arrays = ("validation", splits.val) if len(splits.val.y) else ("training", splits.train)
+    count = min(n, len(arrays.y))
+    index = np.unique(np.linspace(0, len(arrays.y) - 1, count).round().astype(int))
+    x, y = data_lib.to_float(arrays.x[index]), arrays.y[index]
+    predictions = np.concatenate([
+        np.argmax(np.asarray(teacher(x[i:i + 100], training=False)), axis=-1)
+        for i in range(0, len(y), 100)])
+    accuracy = float(np.mean(predictions == y))
+    chance = 1.0 / splits.num_classes
+    threshold = chance + 3.0 * np.sqrt(chance * (1.0 - chance) / len(y))
+    log.info("teacher %s: clean accuracy %.1f%% on %d %s images (chance %.1f%%)", path,
+             100 * accuracy, len(y), source, 100 * chance)
+    if accuracy <= threshold:
+        raise RunError(
+            f"model.teacher_path: the teacher {path} is at chance level on the data: clean "
+            f"accuracy {accuracy:.1%} on {len(y)} {source} images, chance {chance:.1%} (it must "
+            f"exceed {threshold:.1%}). Its class order may differ from the data's (Tiny ImageNet "
+            "numbers classes by sorted wnids), its input normalisation may be wrong, or it is "
+            "untrained; nothing is distilled from it")
 
 
 def check_run_dir(cfg: Config, run_dir: pathlib.Path):

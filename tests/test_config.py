@@ -19,6 +19,7 @@ def test_defaults_are_the_paper_recipe():
     assert cfg.optimizer.milestones == (100, 150)
     assert cfg.train.epochs == 200 and cfg.train.batch_size == 128
     assert cfg.method.name == "dgad" and cfg.method.beta == 1.0
+    assert cfg.model.init == "torch"
 
 
 def test_yaml_overrides_only_what_it_names(tmp_path):
@@ -61,6 +62,7 @@ def test_parse_override_nests_keys():
     ("train.select=best", "train.select"),
     ("train.select_n=0", "train.select_n"),
     ("train.drop_remainder=2", "train.drop_remainder"),
+    ("model.init=xavier", "model.init"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:
@@ -120,6 +122,13 @@ def test_round_trip_through_yaml(tmp_path):
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     load_config(path)
+
+
+def test_tiny_imagenet_recipe_crops_with_the_reference_padding():
+    # RandomCrop(64, padding=4); the default H/8 would pad 8 pixels at 64x64.
+    cfg = load_config(CONFIGS / "tinyimagenet_preactresnet18_dgad.yaml")
+    assert cfg.data.source == "tinyimagenet" and cfg.data.crop_padding == 4
+    assert cfg.model.student == "preact-resnet-18" and cfg.model.init == "torch"
 
 
 def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path, capsys):

@@ -63,9 +63,9 @@ def _keras_logits_and_grad(model, x, labels):
     return logits.numpy(), tape.gradient(objective, x).numpy()
 
 
-def _assert_same_function(net, model, seed=0):
+def _assert_same_function(net, model, seed=0, size=32):
     rng = np.random.default_rng(seed)
-    x = rng.uniform(size=(2, 32, 32, 3)).astype("float32")
+    x = rng.uniform(size=(2, size, size, 3)).astype("float32")
     labels = np.array([1, 7])
     torch_logits, torch_grad = _torch_logits_and_grad(net, x, labels)
     keras_logits, keras_grad = _keras_logits_and_grad(model, x, labels)
@@ -91,11 +91,27 @@ def test_converted_keras_file_matches_pytorch_logits_and_gradients(tmp_path, arc
     _assert_same_function(net, model)
 
 
-def test_kuangliu_preact_without_final_bn_is_detected(tmp_path):
-    net = _make_net(lambda c: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2), c, final_bn=False))
+def test_robustbench_preact_with_final_bn_is_detected(tmp_path):
+    net = _make_net(lambda c: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2), c, final_bn=True))
     model = convert.convert_checkpoint(_save(net, tmp_path / "net.pt"), "preact-resnet-18", 10)
-    assert "bn" not in {layer.name for layer in model.layers}
+    assert "bn" in {layer.name for layer in model.layers}
     _assert_same_function(net, model)
+
+
+@pytest.mark.parametrize("size, num_classes", [(64, 200), (32, 10)])
+def test_reference_preact_resnet_18_converts_at_tiny_and_cifar_size(tmp_path, size, num_classes):
+    # The reference layout: no final BN, avg_pool2d(out, 4), 2x2x512 = 2048 features at 64x64.
+    net = _make_net(
+        lambda c: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2), c, input_size=size), num_classes
+    )
+    assert net.linear.in_features == 512 * (size // 32) ** 2
+    model = convert.convert_checkpoint(
+        _save(net, tmp_path / "net.pt"), "preact-resnet-18", num_classes, input_shape=(size, size, 3)
+    )
+    assert "bn" not in {layer.name for layer in model.layers}
+    params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert params == sum(p.numel() for p in net.parameters())
+    _assert_same_function(net, model, size=size)
 
 
 def test_nested_dataparallel_checkpoint_converts(tmp_path):
@@ -236,16 +252,22 @@ def test_full_size_wrn_34_10_converts(tmp_path):
 def test_converted_teacher_distils_in_fit(tmp_path):
     from dgad_tf.fit import main
 
-    pt = _save(_make_net(lambda c: TradesWideResNet(10, 1, c)), tmp_path / "wrn.pt")
+    net = _make_net(lambda c: TradesWideResNet(10, 1, c))
+    pt = _save(net, tmp_path / "wrn.pt")
     teacher = tmp_path / "teacher.keras"
     convert.convert_checkpoint(str(pt), "wrn-10-1", 10, out_path=str(teacher))
     teacher_bytes = teacher.read_bytes()
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "data.npz",
-             x_train=rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8),
-             y_train=np.arange(120) % 10,
-             x_test=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
-             y_test=np.arange(20) % 10)
+    x_train = rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8)
+    x_test = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+
+    def torch_labels(x):
+        # Labelled by the PyTorch network itself, so the teacher beats chance as fit demands.
+        with torch.no_grad():
+            return net(torch.tensor(x.transpose(0, 3, 1, 2) / np.float32(255))).argmax(1).numpy()
+
+    np.savez(tmp_path / "data.npz", x_train=x_train, y_train=torch_labels(x_train),
+             x_test=x_test, y_test=torch_labels(x_test))
     run_dir = tmp_path / "run"
     overrides = ["data.source=npz", f"data.path={tmp_path / 'data.npz'}",
                  "model.student=small-cnn", f"model.teacher_path={teacher}",

@@ -194,21 +194,28 @@ def test_folder_without_train_test_subfolders_is_an_error(tmp_path):
         data.load_splits("folder", path=str(tmp_path))
 
 
+TINY_COLOURS = (40, 130, 220)
+
+
 def _write_tiny_imagenet(root, wnids=("n02", "n01"), with_wnids_file=True):
-    """Two classes of constant-colour JPEGs (lossless enough to compare), one of them grayscale."""
-    colours = {wnids[0]: 40, wnids[1]: 220}
+    """Constant-colour JPEGs (lossless enough to compare), class k in TINY_COLOURS[k] of `wnids`.
+
+    Validation image i shows class wnids[-1 - i]; the first one is grayscale, as Tiny ImageNet
+    has a few.
+    """
+    colours = dict(zip(wnids, TINY_COLOURS))
     if with_wnids_file:
         (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
     for wnid, value in colours.items():
         for k in range(3):
             _write_jpeg(str(root / "train" / wnid / "images" / f"{wnid}_{k}.JPEG"),
                         np.full((8, 8, 3), value, np.uint8))
-    # A grayscale validation JPEG, as Tiny ImageNet has a few.
-    _write_jpeg(str(root / "val/images/val_0.JPEG"), np.full((8, 8, 1), 220, np.uint8))
-    _write_jpeg(str(root / "val/images/val_1.JPEG"), np.full((8, 8, 3), 40, np.uint8))
-    (root / "val/val_annotations.txt").write_text(
-        f"val_0.JPEG\t{wnids[1]}\t0\t0\t7\t7\nval_1.JPEG\t{wnids[0]}\t1\t1\t6\t6\n"
-    )
+    lines = []
+    for i, wnid in enumerate(reversed(wnids)):
+        _write_jpeg(str(root / f"val/images/val_{i}.JPEG"),
+                    np.full((8, 8, 1 if i == 0 else 3), colours[wnid], np.uint8))
+        lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t7\t7\n")
+    (root / "val/val_annotations.txt").write_text("".join(lines))
 
 
 def test_tinyimagenet_layout_uses_val_as_test(tmp_path):
@@ -216,13 +223,32 @@ def test_tinyimagenet_layout_uses_val_as_test(tmp_path):
 
     splits = data.load_splits("tinyimagenet", path=str(tmp_path), val_fraction=0.0)
 
-    # wnids.txt order defines the indices (not sorted order).
-    assert splits.class_names == ("n02", "n01")
-    np.testing.assert_array_equal(splits.train.y, [0, 0, 0, 1, 1, 1])
-    np.testing.assert_array_equal(splits.test.y, [1, 0])
+    assert splits.class_names == ("n01", "n02")
+    assert len(splits.train.y) == 6
+    np.testing.assert_array_equal(splits.test.y, [0, 1])  # val_0 is n01, val_1 is n02
     assert splits.image_shape == (8, 8, 3)
-    np.testing.assert_allclose(splits.train.x[:3], 40, atol=2)
-    np.testing.assert_allclose(splits.test.x[0], 220, atol=2)
+    # val_0 is grayscale, decoded to three channels; n01 is the second class of the fixture.
+    np.testing.assert_allclose(splits.test.x[0], TINY_COLOURS[1], atol=2)
+
+
+def test_tinyimagenet_labels_follow_sorted_wnids_not_the_file_order(tmp_path):
+    # wnids.txt lists the classes unsorted, and not merely reversed; torchvision's ImageFolder
+    # (and so every PyTorch Tiny ImageNet checkpoint) numbers them in sorted order.
+    listed = ("n03", "n01", "n02")
+    _write_tiny_imagenet(tmp_path, wnids=listed)
+    colour_of = dict(zip(listed, TINY_COLOURS))
+
+    splits = data.load_splits("tinyimagenet", path=str(tmp_path), val_fraction=0.0)
+
+    assert splits.class_names == ("n01", "n02", "n03")
+    for arrays in (splits.train, splits.test):
+        assert set(arrays.y.tolist()) == {0, 1, 2}
+        for image, label in zip(arrays.x, arrays.y):
+            expected_colour = colour_of[sorted(listed)[label]]
+            np.testing.assert_allclose(image, expected_colour, atol=2)
+    np.testing.assert_array_equal(splits.train.y, [0, 0, 0, 1, 1, 1, 2, 2, 2])
+    # val_0 is n02, val_1 is n01, val_2 is n03.
+    np.testing.assert_array_equal(splits.test.y, [1, 0, 2])
 
 
 def test_tinyimagenet_without_wnids_sorts_train_folders(tmp_path):

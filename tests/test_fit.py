@@ -35,7 +35,8 @@ def args(run_dir, *extra):
 
 def test_dgad_run_writes_a_complete_run_directory(tmp_path):
     run_dir = tmp_path / "run"
-    code = main(args(run_dir, "method.name=dgad", "train.epochs=2", "teacher_train.epochs=1"))
+    # Four teacher epochs: a teacher must beat chance on the data before it is distilled from.
+    code = main(args(run_dir, "method.name=dgad", "train.epochs=2", "teacher_train.epochs=4"))
     assert code == 0
     for name in ("config.yaml", "student_last.keras", "student_best_robust.keras",
                  "student_best_clean.keras", "train_state.npz", "log.csv", "report.json",
@@ -93,6 +94,58 @@ def test_teacher_with_other_classes_is_refused_before_writing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "model.teacher_path" in err and "5 classes" in err
     assert not run_dir.exists()
+
+
+def _permuted_teacher(teacher_path, out_path):
+    """The teacher with its logits rotated by one class: every prediction names the wrong class."""
+    teacher = keras.models.load_model(teacher_path, safe_mode=True, compile=False)
+    classes = teacher.output_shape[-1]
+    rotate = keras.layers.Dense(classes, use_bias=False, name="rotate")
+    model = keras.Model(teacher.inputs, rotate(teacher.outputs[0]))
+    rotate.set_weights([np.roll(np.eye(classes, dtype="float32"), 1, axis=1)])
+    model.save(out_path)
+    return model
+
+
+def test_teacher_with_permuted_classes_is_refused_before_writing(tmp_path, digits_teacher):
+    permuted_path = tmp_path / "permuted.keras"
+    permuted = _permuted_teacher(digits_teacher, permuted_path)
+    x = np.random.default_rng(0).uniform(size=(4, 8, 8, 1)).astype("float32")
+    original = keras.models.load_model(digits_teacher, compile=False)
+    np.testing.assert_array_equal(np.argmax(permuted(x), -1), (np.argmax(original(x), -1) + 1) % 10)
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, "-m", "dgad_tf.fit"] + args(
+        run_dir, "method.name=dgad", f"model.teacher_path={permuted_path}")
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "model.teacher_path" in proc.stderr and "chance" in proc.stderr
+    assert str(permuted_path) in proc.stderr
+    assert not run_dir.exists()
+
+
+def test_the_trained_teacher_itself_is_accepted(tmp_path, digits_teacher):
+    from dgad_tf import config, run
+
+    cfg = config.load_config(None, TINY + [f"model.teacher_path={digits_teacher}",
+                                           f"output.dir={tmp_path / 'run'}"])
+    splits = run.load_data(cfg)
+    assert run.load_teacher(digits_teacher, splits).output_shape[-1] == 10
+
+
+@pytest.mark.parametrize("val_fraction, scored", [(0.1, "144 validation"), (0.0, "500 training")])
+def test_a_constant_teacher_is_at_chance(val_fraction, scored):
+    from dgad_tf import data as data_lib
+    from dgad_tf import run
+
+    splits = data_lib.load_splits("digits", val_fraction=val_fraction)
+    constant = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                 keras.layers.Dense(10, kernel_initializer="zeros",
+                                                    bias_initializer="zeros")])
+    # Always class 0: about 10% right, under 1/10 + 3 * sqrt(0.09 / n) (0.175 for n = 144).
+    with pytest.raises(run.RunError, match="chance level") as err:
+        run.check_teacher_beats_chance(constant, splits, "constant.keras")
+    assert scored in str(err.value)
 
 
 def test_missing_teacher_without_training_is_refused(tmp_path, capsys):

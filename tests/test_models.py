@@ -44,9 +44,9 @@ def _torch_reference(name, num_classes):
     return {
         "resnet-18": lambda: KuangliuResNet(KuangliuBasicBlock, (2, 2, 2, 2), num_classes),
         "resnet-34": lambda: KuangliuResNet(KuangliuBasicBlock, (3, 4, 6, 3), num_classes),
-        # kuangliu's PreActResNet18 plus the final 512-channel BN of Rice et al.
+        # kuangliu's PreActResNet18, the reference layout (no final BN).
         "preact-resnet-18": lambda: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2),
-                                                   num_classes, final_bn=True),
+                                                   num_classes),
         "mobilenetv2": lambda: KuangliuMobileNetV2(num_classes),
     }[name]()
 
@@ -62,6 +62,19 @@ def test_trainable_parameter_count_matches_pytorch(name):
     assert _trainable_params(build_model(name, 10)) == expected
 
 
+def test_preact_resnet_18_for_tiny_imagenet_has_the_reference_2048_feature_head():
+    model = build_model("preact-resnet-18", 200, (64, 64, 3))
+    # PyTorch reference with Linear(2048, 200): 11,171,146 - 5,130 + 2048 * 200 + 200.
+    assert _trainable_params(model) == 11_575_816
+    assert tuple(model.get_layer("linear").kernel.shape) == (2048, 200)
+    assert "bn" not in {layer.name for layer in model.layers}
+
+
+def test_preact_resnet_18_needs_inputs_of_at_least_32_pixels():
+    with pytest.raises(ValueError, match="input_shape"):
+        build_model("preact-resnet-18", 10, (16, 16, 3))
+
+
 @pytest.mark.parametrize(
     "name, input_shape",
     [
@@ -69,7 +82,7 @@ def test_trainable_parameter_count_matches_pytorch(name):
         ("small-cnn", (32, 32, 3)),
         ("resnet-18", (16, 16, 3)),
         ("resnet-34", (16, 16, 3)),
-        ("preact-resnet-18", (16, 16, 3)),
+        ("preact-resnet-18", (32, 32, 3)),
         ("mobilenetv2", (16, 16, 3)),
         ("wrn-10-2", (16, 16, 3)),
     ],
@@ -164,7 +177,7 @@ def _body_weights(model):
         ("small-cnn", (8, 8, 1), ((0.5,), (0.25,))),
         ("mobilenetv2", (16, 16, 3), None),
         ("wrn-10-2", (16, 16, 3), (CIFAR_MEAN, CIFAR_STD)),
-        ("preact-resnet-18", (8, 8, 3), None),
+        ("preact-resnet-18", (32, 32, 3), None),
     ],
 )
 def test_keras_file_round_trip_in_safe_mode(tmp_path, name, input_shape, normalize):
@@ -219,3 +232,101 @@ def test_weight_layers_are_named_after_pytorch_modules():
     assert {"conv1", "block2.layer.0.convShortcut", "block3.layer.1.bn2", "bn1", "fc"} <= names
     # Group 1 of a width-1 WRN keeps 16 channels, so no shortcut conv there.
     assert "block1.layer.0.convShortcut" not in names
+
+
+# ---------------------------------------------------------------- initialisation
+
+
+def _expected_torch_init(layer, wrn):
+    """[(weight, 'uniform' bound or 'normal' sigma or 'zero', value)] from PyTorch's formulas."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        kh, kw, channels, multiplier = layer.kernel.shape
+        return [(layer.kernel, "uniform", 1 / np.sqrt(kh * kw))]  # torch weight (C, 1, kh, kw)
+    if isinstance(layer, keras.layers.Conv2D):
+        kh, kw, channels_in, channels_out = layer.kernel.shape
+        if wrn:
+            return [(layer.kernel, "normal", np.sqrt(2 / (kh * kw * channels_out)))]
+        return [(layer.kernel, "uniform", 1 / np.sqrt(kh * kw * channels_in))]
+    if isinstance(layer, keras.layers.Dense):
+        bound = 1 / np.sqrt(layer.kernel.shape[0])
+        return [(layer.kernel, "uniform", bound), (layer.bias, "zero" if wrn else "uniform", bound)]
+    return []
+
+
+@pytest.mark.parametrize(
+    "name, input_shape, wrn",
+    [
+        ("small-cnn", (8, 8, 3), False),
+        ("resnet-18", (8, 8, 3), False),
+        ("preact-resnet-18", (32, 32, 3), False),
+        ("mobilenetv2", (8, 8, 3), False),
+        ("wrn-16-2", (8, 8, 3), True),
+    ],
+)
+def test_torch_init_matches_pytorch_formulas_per_layer(name, input_shape, wrn):
+    # 300 classes give the linear bias enough values for an empirical std.
+    model = build_model(name, 300, input_shape, init="torch")
+    checked = set()
+    for layer in model.layers:
+        for weight, kind, scale in _expected_torch_init(layer, wrn):
+            values = np.asarray(weight.numpy(), np.float64).ravel()
+            if kind == "zero":
+                np.testing.assert_array_equal(values, 0.0, err_msg=weight.path)
+                checked.add(kind)
+                continue
+            if kind == "uniform":
+                assert np.max(np.abs(values)) <= scale * (1 + 1e-6), weight.path
+                expected_std = scale / np.sqrt(3)
+            else:
+                expected_std = scale
+            if values.size >= 256:  # std of the std estimate < 3% here; 12% is four of them
+                assert np.std(values) == pytest.approx(expected_std, rel=0.12), weight.path
+                assert abs(np.mean(values)) < 4 * expected_std / np.sqrt(values.size), weight.path
+                checked.add((type(layer).__name__, weight.path.rsplit("/", 1)[-1], kind))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            np.testing.assert_array_equal(layer.gamma.numpy(), 1.0)
+            np.testing.assert_array_equal(layer.beta.numpy(), 0.0)
+    kinds = {entry[0] for entry in checked if isinstance(entry, tuple)}
+    assert "Dense" in kinds and ("Conv2D" in kinds)
+    if name == "mobilenetv2":
+        assert "DepthwiseConv2D" in kinds
+    if wrn:
+        assert "zero" in checked
+
+
+def test_torch_init_depthwise_fan_in_is_kernel_area_only():
+    model = build_model("mobilenetv2", 10, (8, 8, 3), init="torch")
+    kernel = model.get_layer("layers.16.conv2").kernel.numpy()  # (3, 3, 960, 1)
+    # PyTorch's fan_in of a groups=C conv is 1*3*3; k*k*C would give a bound of 1/93.
+    assert np.max(np.abs(kernel)) > 0.3 and np.max(np.abs(kernel)) <= 1 / 3
+
+
+def test_keras_init_differs_from_torch_init():
+    torch_model = build_model("resnet-18", 300, (8, 8, 3), init="torch")
+    keras_model = build_model("resnet-18", 300, (8, 8, 3), init="keras")
+    conv_torch = torch_model.get_layer("layer3.0.conv1").kernel.numpy()
+    conv_keras = keras_model.get_layer("layer3.0.conv1").kernel.numpy()
+    fan_in = 3 * 3 * 128
+    # Keras's he_normal has std sqrt(2 / fan_in): sqrt(6) times PyTorch's 1 / sqrt(3 fan_in).
+    assert np.std(conv_keras) == pytest.approx(np.sqrt(2 / fan_in), rel=0.05)
+    assert np.std(conv_torch) == pytest.approx(1 / np.sqrt(3 * fan_in), rel=0.05)
+    np.testing.assert_array_equal(keras_model.get_layer("linear").bias.numpy(), 0.0)
+    assert np.std(torch_model.get_layer("linear").bias.numpy()) > 0.5 / np.sqrt(3 * 512)
+
+
+def test_unknown_init_is_rejected():
+    with pytest.raises(ValueError, match="init='xavier'"):
+        build_model("small-cnn", 10, (8, 8, 3), init="xavier")
+
+
+@pytest.mark.parametrize("init", ["torch", "keras"])
+def test_model_init_config_reaches_the_built_network(init):
+    from dgad_tf import data as data_lib
+    from dgad_tf import run
+    from dgad_tf.config import load_config
+
+    cfg = load_config(None, [f"model.init={init}"])
+    splits = data_lib.load_splits("digits")
+    bias = run.build_network(cfg, "small-cnn", splits).get_layer("fc").bias.numpy()
+    # Keras zeroes a Dense bias; PyTorch draws it U(+-1/sqrt(64)).
+    assert (np.count_nonzero(bias) == 0) == (init == "keras")

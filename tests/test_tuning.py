@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from dgad_tf import data as data_lib
-from dgad_tf import models, tuning
+from dgad_tf import tuning
 from dgad_tf.config import config_from_dict, load_config
 from dgad_tf.tune import main as tune_main
 
@@ -232,13 +232,10 @@ def test_fit_scores_on_the_validation_split_not_the_test_split(tmp_path, tiny_sp
 
 
 @pytest.fixture(scope="module")
-def finished_search(tmp_path_factory):
-    """A 2-trial random search with DGAD and a tiny (untrained) teacher file."""
+def finished_search(tmp_path_factory, digits_teacher):
+    """A 2-trial random search with DGAD and a small trained teacher file."""
     root = tmp_path_factory.mktemp("search")
-    keras.utils.set_random_seed(0)
-    teacher = models.build_model("small-cnn", 10, (8, 8, 1))
-    teacher_path = root / "teacher.keras"
-    teacher.save(teacher_path)
+    teacher_path = digits_teacher
     values = {**TINY, "method": {"name": "dgad"},
               "model": {"student": "small-cnn", "teacher_path": str(teacher_path)},
               "output": {"dir": str(root / "out"), "tensorboard": True, "quiet": True},

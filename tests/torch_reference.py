@@ -104,9 +104,13 @@ class KuangliuPreActBlock(nn.Module):
 
 
 class KuangliuResNet(nn.Module):
-    """kuangliu ResNet (block=BasicBlock) or PreActResNet (final_bn adds Rice et al.'s `bn`)."""
+    """kuangliu ResNet (block=BasicBlock) or PreActResNet (final_bn adds Rice et al.'s `bn`).
 
-    def __init__(self, block, num_blocks, num_classes, final_bn=False):
+    `avg_pool2d(out, 4)` keeps (input_size / 32)^2 positions of the last map, so the linear layer
+    takes 512 features at 32x32 and 2048 at 64x64 (the reference's Tiny ImageNet network).
+    """
+
+    def __init__(self, block, num_blocks, num_classes, final_bn=False, input_size=32):
         super().__init__()
         self.preact = block is KuangliuPreActBlock
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
@@ -121,7 +125,7 @@ class KuangliuResNet(nn.Module):
             setattr(self, f"layer{index + 1}", nn.Sequential(*layers))
         if final_bn:
             self.bn = nn.BatchNorm2d(512)
-        self.linear = nn.Linear(512, num_classes)
+        self.linear = nn.Linear(512 * (input_size // 32) ** 2, num_classes)
 
     def forward(self, x):
         out = self.conv1(x)
@@ -185,6 +189,6 @@ NETWORKS = {
     "wrn-16-1": lambda classes: TradesWideResNet(16, 1, classes),
     "resnet-18": lambda classes: KuangliuResNet(KuangliuBasicBlock, (2, 2, 2, 2), classes),
     "resnet-34": lambda classes: KuangliuResNet(KuangliuBasicBlock, (3, 4, 6, 3), classes),
-    "preact-resnet-18": lambda classes: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2), classes, final_bn=True),
+    "preact-resnet-18": lambda classes: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2), classes),
     "mobilenetv2": lambda classes: KuangliuMobileNetV2(classes),
 }

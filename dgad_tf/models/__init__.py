@@ -92,6 +92,7 @@ def build_model(
     normalize=None,
     sync_batchnorm=False,
     name_prefix=None,
+    init="torch",
 ):
     """Build a model of the zoo by name.
 
@@ -108,6 +109,10 @@ def build_model(
             training). Defaults to False.
         name_prefix: string prepended to every layer name and the model name, so that a teacher
             and a student can live in one graph without clashes. Defaults to None.
+        init: initial weights: "torch" draws them as the PyTorch reference networks do
+            (U(+-1/sqrt(fan_in)) for conv and linear layers; the WideResNet's own scheme), "keras"
+            keeps the Keras initialisers (he_normal convs, glorot_uniform linear, zero biases).
+            Defaults to "torch".
 
     Example:
         >>> model = build_model("resnet18", 10, normalize=((0.49, 0.48, 0.45), (0.25, 0.24, 0.26)))
@@ -115,7 +120,8 @@ def build_model(
         'resnet-18'
     """
     canonical = canonical_model_name(name)
-    kwargs = dict(normalize=normalize, sync_batchnorm=bool(sync_batchnorm), name_prefix=name_prefix)
+    kwargs = dict(normalize=normalize, sync_batchnorm=bool(sync_batchnorm), name_prefix=name_prefix,
+                  init=init)
     if canonical.startswith("wrn-"):
         _, depth, width = canonical.split("-")
         return build_wide_resnet(int(depth), int(width), num_classes, input_shape, **kwargs)

@@ -12,6 +12,9 @@ import numpy as np
 # PyTorch BatchNorm2d defaults: momentum 0.1 weights the *new* batch, Keras weights the old mean.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+# "torch": PyTorch's initial values (see `initialize`); "keras": the Keras initialisers the layers
+# were built with.
+INITS = ("torch", "keras")
 
 
 def check_input_shape(input_shape, min_size=1):
@@ -147,7 +150,93 @@ def relu(x, name):
     return keras.layers.ReLU(name=name)(x)
 
 
-def classifier(x, num_classes, name, prefix):
-    """Global average pooling and a linear layer with bias, giving logits."""
-    x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}pool")(x)
+def classifier(x, num_classes, name, prefix, pool_size=None):
+    """Average pooling and a linear layer with bias, giving logits.
+
+    Args:
+        x: the last feature map (N, H, W, C).
+        num_classes: number of logits.
+        name: name of the linear layer.
+        prefix: string prepended to the other layer names.
+        pool_size: None pools globally to C features. An int is PyTorch's
+            `F.avg_pool2d(out, pool_size)` followed by `out.view(N, -1)`: every pooled position
+            is kept and flattened in PyTorch's (C, H, W) order, so the linear weight of a
+            checkpoint applies unchanged. Defaults to None.
+    """
+    if pool_size is None:
+        x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}pool")(x)
+    else:
+        x = keras.layers.AveragePooling2D(pool_size, name=f"{prefix}pool")(x)
+        x = keras.layers.Permute((3, 1, 2), name=f"{prefix}pool_nchw")(x)
+        x = keras.layers.Flatten(name=f"{prefix}flatten")(x)
     return keras.layers.Dense(num_classes, name=name)(x)
+
+
+def check_init(init):
+    """Return `init` if it is one of `INITS`, else raise ValueError naming it."""
+    if init not in INITS:
+        raise ValueError(f"`init` must be one of {', '.join(INITS)}; received init={init!r}")
+    return init
+
+
+def initialize(model, init, *, wrn=False):
+    """Re-draw `model`'s conv and linear weights as PyTorch initialises them (init="torch").
+
+    PyTorch's default for `Conv2d` and `Linear` weights is kaiming_uniform with a = sqrt(5):
+    gain sqrt(2 / (1 + 5)) = sqrt(1/3), bound gain * sqrt(3 / fan_in) = 1 / sqrt(fan_in); biases
+    are U(+-1 / sqrt(fan_in)) too. A depthwise conv (`groups=C`) has fan_in k*k, not k*k*C.
+    The WideResNet reference re-initialises its convs N(0, sqrt(2 / (k*k*out_channels))) and
+    zeroes the linear bias (its linear weight keeps PyTorch's default). Batch-norm gamma = 1 and
+    beta = 0 are Keras's defaults already. init="keras" leaves the Keras initial values alone.
+    The values are drawn from Keras's global seed (`keras.utils.set_random_seed`); the layers'
+    configs keep naming their Keras initialisers, which only a rebuild from config would use.
+
+    Args:
+        model: a model of the zoo, freshly built.
+        init: "torch" or "keras".
+        wrn: use the WideResNet reference's conv and linear-bias initialisation. Defaults to False.
+
+    Returns:
+        `model`, for chaining.
+    """
+    if check_init(init) == "keras":
+        return model
+    for layer in model.layers:
+        for weight, draw in _torch_initializers(layer, wrn):
+            weight.assign(draw(tuple(weight.shape), weight.dtype))
+    return model
+
+
+def _uniform(bound):
+    return lambda shape, dtype: keras.random.uniform(shape, -bound, bound, dtype=dtype)
+
+
+def _zeros(shape, dtype):
+    return keras.ops.zeros(shape, dtype)
+
+
+def _torch_initializers(layer, wrn):
+    """[(weight, draw(shape, dtype))] giving `layer` PyTorch's initial values; [] for others."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        # Keras (kh, kw, C, multiplier); each PyTorch output channel sees one input channel.
+        kh, kw = layer.kernel.shape[:2]
+        fan_in, fan_out = kh * kw, kh * kw * layer.kernel.shape[2] * layer.kernel.shape[3]
+    elif isinstance(layer, keras.layers.Conv2D):
+        kh, kw, channels_in, channels_out = layer.kernel.shape
+        fan_in, fan_out = kh * kw * channels_in, kh * kw * channels_out
+    elif isinstance(layer, keras.layers.Dense):
+        fan_in = layer.kernel.shape[0]
+        draws = [(layer.kernel, _uniform(1.0 / np.sqrt(fan_in)))]
+        if layer.use_bias:
+            draws.append((layer.bias, _zeros if wrn else _uniform(1.0 / np.sqrt(fan_in))))
+        return draws
+    else:
+        return []
+    if wrn:
+        std = np.sqrt(2.0 / fan_out)
+        draws = [(layer.kernel, lambda shape, dtype: keras.random.normal(shape, 0.0, std, dtype))]
+    else:
+        draws = [(layer.kernel, _uniform(1.0 / np.sqrt(fan_in)))]
+    if layer.use_bias:
+        draws.append((layer.bias, _uniform(1.0 / np.sqrt(fan_in))))
+    return draws

@@ -53,6 +53,7 @@ def build_mobilenet_v2(
     normalize=None,
     sync_batchnorm=False,
     name_prefix=None,
+    init="torch",
 ):
     """Build kuangliu's CIFAR MobileNetV2 returning logits.
 
@@ -65,6 +66,8 @@ def build_mobilenet_v2(
         normalize: optional (mean, std) applied inside the model. Defaults to None.
         sync_batchnorm: use synchronized BatchNormalization. Defaults to False.
         name_prefix: string prepended to every layer name and the model name. Defaults to None.
+        init: "torch" (PyTorch's initial weights, see `_common.initialize`) or "keras".
+            Defaults to "torch".
 
     Example:
         >>> model = build_mobilenet_v2(10)
@@ -74,6 +77,7 @@ def build_mobilenet_v2(
     num_classes = _common.check_num_classes(num_classes)
     input_shape = _common.check_input_shape(input_shape)
     prefix = _common.check_prefix(name_prefix)
+    init = _common.check_init(init)
 
     inputs, x = _common.model_input(input_shape, normalize, prefix)
     x = _common.conv(x, 32, 3, 1, f"{prefix}conv1")
@@ -92,4 +96,5 @@ def build_mobilenet_v2(
     x = _common.batch_norm(x, f"{prefix}bn2", sync_batchnorm)
     x = _common.relu(x, f"{prefix}relu2")
     logits = _common.classifier(x, num_classes, f"{prefix}linear", prefix)
-    return keras.Model(inputs, logits, name=f"{prefix}mobilenetv2")
+    model = keras.Model(inputs, logits, name=f"{prefix}mobilenetv2")
+    return _common.initialize(model, init)

@@ -1,9 +1,12 @@
-"""CIFAR PreAct-ResNet-18 (He et al. 2016 identity mappings), as used in robust training.
+"""PreAct-ResNet-18 (He et al. 2016 identity mappings) in the reference layout, for 32 and 64 px.
 
-The layout is kuangliu/pytorch-cifar's `PreActResNet18` plus the final BN-ReLU (`bn`) that the
-robust-training versions (Rice et al. 2020, RobustBench) add before pooling. `final_bn=False`
-gives kuangliu's exact network, which has no final BN. Layer names follow the PyTorch module
-paths (`layer2.0.bn1`, `layer2.0.shortcut.0`, `bn`, `linear`).
+The layout is kuangliu/pytorch-cifar's `PreActResNet18`, the one the reference's Tiny ImageNet
+run uses (docs/DGAD_METHOD.md, section 11): no batch-norm/ReLU after the last block, then
+`F.avg_pool2d(out, 4)` and a linear layer on the flattened map. On 32x32 images the 4x4 map
+pools to 512 features; on 64x64 Tiny ImageNet images the 8x8 map pools to 2x2x512 = 2048
+features (Linear(2048, 200)). `final_bn=True` adds the final BN-ReLU (`bn`) of the robust-training
+versions (Rice et al. 2020, RobustBench). Layer names follow the PyTorch module paths
+(`layer2.0.bn1`, `layer2.0.shortcut.0`, `bn`, `linear`).
 """
 
 import keras
@@ -12,6 +15,9 @@ from dgad_tf.models import _common
 from dgad_tf.models.resnet import STAGE_WIDTHS
 
 PREACT_BLOCKS = {18: (2, 2, 2, 2)}
+# The reference's `F.avg_pool2d(out, 4)`; the last map is H/8 x W/8, so inputs need H, W >= 32.
+POOL_SIZE = 4
+MIN_INPUT_SIZE = 32
 
 
 def preact_block(x, in_planes, planes, stride, name, sync):
@@ -41,22 +47,28 @@ def build_preact_resnet(
     normalize=None,
     sync_batchnorm=False,
     name_prefix=None,
-    final_bn=True,
+    init="torch",
+    final_bn=False,
 ):
-    """Build a CIFAR PreAct-ResNet returning logits.
+    """Build a PreAct-ResNet in the reference layout, returning logits.
 
     A 3x3 stride-1 conv stem (64 channels, no BN after it), four stages of pre-activation
-    blocks (widths 64-512), a final BN-ReLU, global average pooling and a linear layer.
+    blocks (widths 64-512), 4x4 average pooling, flattening in PyTorch's (C, H, W) order and a
+    linear layer: 512 features at 32x32, 2048 at 64x64. 11,171,146 trainable parameters for
+    10 classes at 32x32 and 11,575,816 for 200 classes at 64x64, as the PyTorch reference.
 
     Args:
         depth: 18.
         num_classes: number of output logits (>= 2).
-        input_shape: (H, W, C) of the [0, 1] input images. Defaults to (32, 32, 3).
+        input_shape: (H, W, C) of the [0, 1] input images, H and W >= 32. Defaults to
+            (32, 32, 3).
         normalize: optional (mean, std) applied inside the model. Defaults to None.
         sync_batchnorm: use synchronized BatchNormalization. Defaults to False.
         name_prefix: string prepended to every layer name and the model name. Defaults to None.
-        final_bn: add the BN-ReLU before pooling (RobustBench/Rice et al.); False gives
-            kuangliu's layout. Defaults to True.
+        init: "torch" (PyTorch's initial weights, see `_common.initialize`) or "keras".
+            Defaults to "torch".
+        final_bn: add a BN-ReLU before pooling (RobustBench/Rice et al.); False is the
+            reference's (kuangliu's) layout. Defaults to False.
 
     Example:
         >>> model = build_preact_resnet(18, 10)
@@ -66,8 +78,9 @@ def build_preact_resnet(
     if depth not in PREACT_BLOCKS:
         raise ValueError(f"`depth` must be one of {sorted(PREACT_BLOCKS)}; received depth={depth!r}")
     num_classes = _common.check_num_classes(num_classes)
-    input_shape = _common.check_input_shape(input_shape)
+    input_shape = _common.check_input_shape(input_shape, min_size=MIN_INPUT_SIZE)
     prefix = _common.check_prefix(name_prefix)
+    init = _common.check_init(init)
 
     inputs, x = _common.model_input(input_shape, normalize, prefix)
     x = _common.conv(x, 64, 3, 1, f"{prefix}conv1")
@@ -81,5 +94,6 @@ def build_preact_resnet(
     if final_bn:
         x = _common.batch_norm(x, f"{prefix}bn", sync_batchnorm)
         x = _common.relu(x, f"{prefix}relu")
-    logits = _common.classifier(x, num_classes, f"{prefix}linear", prefix)
-    return keras.Model(inputs, logits, name=f"{prefix}preact-resnet-{depth}")
+    logits = _common.classifier(x, num_classes, f"{prefix}linear", prefix, pool_size=POOL_SIZE)
+    model = keras.Model(inputs, logits, name=f"{prefix}preact-resnet-{depth}")
+    return _common.initialize(model, init)

@@ -40,6 +40,7 @@ def build_resnet(
     normalize=None,
     sync_batchnorm=False,
     name_prefix=None,
+    init="torch",
 ):
     """Build a CIFAR ResNet-18 or ResNet-34 returning logits.
 
@@ -53,6 +54,8 @@ def build_resnet(
         normalize: optional (mean, std) applied inside the model. Defaults to None.
         sync_batchnorm: use synchronized BatchNormalization. Defaults to False.
         name_prefix: string prepended to every layer name and the model name. Defaults to None.
+        init: "torch" (PyTorch's initial weights, see `_common.initialize`) or "keras".
+            Defaults to "torch".
 
     Example:
         >>> model = build_resnet(18, 10)
@@ -64,6 +67,7 @@ def build_resnet(
     num_classes = _common.check_num_classes(num_classes)
     input_shape = _common.check_input_shape(input_shape)
     prefix = _common.check_prefix(name_prefix)
+    init = _common.check_init(init)
 
     inputs, x = _common.model_input(input_shape, normalize, prefix)
     x = _common.conv(x, 64, 3, 1, f"{prefix}conv1")
@@ -77,4 +81,5 @@ def build_resnet(
             x = basic_block(x, in_planes, planes, stride, name, sync_batchnorm)
             in_planes = planes
     logits = _common.classifier(x, num_classes, f"{prefix}linear", prefix)
-    return keras.Model(inputs, logits, name=f"{prefix}resnet-{depth}")
+    model = keras.Model(inputs, logits, name=f"{prefix}resnet-{depth}")
+    return _common.initialize(model, init)

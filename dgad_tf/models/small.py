@@ -15,6 +15,7 @@ def build_small_cnn(
     normalize=None,
     sync_batchnorm=False,
     name_prefix=None,
+    init="torch",
 ):
     """Build a four-conv CNN returning logits.
 
@@ -28,6 +29,8 @@ def build_small_cnn(
         normalize: optional (mean, std) applied inside the model. Defaults to None.
         sync_batchnorm: use synchronized BatchNormalization. Defaults to False.
         name_prefix: string prepended to every layer name and the model name. Defaults to None.
+        init: "torch" (PyTorch's initial weights, see `_common.initialize`) or "keras".
+            Defaults to "torch".
 
     Example:
         >>> model = build_small_cnn(10, (8, 8, 1))
@@ -37,6 +40,7 @@ def build_small_cnn(
     num_classes = _common.check_num_classes(num_classes)
     input_shape = _common.check_input_shape(input_shape, min_size=4)
     prefix = _common.check_prefix(name_prefix)
+    init = _common.check_init(init)
 
     inputs, x = _common.model_input(input_shape, normalize, prefix)
     for index, (filters, pool) in enumerate(SMALL_CNN_CFG, start=1):
@@ -46,4 +50,5 @@ def build_small_cnn(
         if pool:
             x = keras.layers.MaxPooling2D(2, name=f"{prefix}pool{index}")(x)
     logits = _common.classifier(x, num_classes, f"{prefix}fc", prefix)
-    return keras.Model(inputs, logits, name=f"{prefix}small-cnn")
+    model = keras.Model(inputs, logits, name=f"{prefix}small-cnn")
+    return _common.initialize(model, init)

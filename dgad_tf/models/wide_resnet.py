@@ -39,6 +39,7 @@ def build_wide_resnet(
     normalize=None,
     sync_batchnorm=False,
     name_prefix=None,
+    init="torch",
 ):
     """Build WRN-`depth`-`width` returning logits.
 
@@ -54,6 +55,8 @@ def build_wide_resnet(
         normalize: optional (mean, std) applied inside the model. Defaults to None.
         sync_batchnorm: use synchronized BatchNormalization. Defaults to False.
         name_prefix: string prepended to every layer name and the model name. Defaults to None.
+        init: "torch" (the reference's: convs N(0, sqrt(2 / (k*k*out_channels))), linear bias 0,
+            see `_common.initialize`) or "keras". Defaults to "torch".
 
     Example:
         >>> model = build_wide_resnet(16, 4, 10)
@@ -67,6 +70,7 @@ def build_wide_resnet(
     num_classes = _common.check_num_classes(num_classes)
     input_shape = _common.check_input_shape(input_shape)
     prefix = _common.check_prefix(name_prefix)
+    init = _common.check_init(init)
 
     blocks_per_group = (depth - 4) // 6
     widths = (16 * width, 32 * width, 64 * width)
@@ -82,4 +86,5 @@ def build_wide_resnet(
     x = _common.batch_norm(x, f"{prefix}bn1", sync_batchnorm)
     x = _common.relu(x, f"{prefix}relu")
     logits = _common.classifier(x, num_classes, f"{prefix}fc", prefix)
-    return keras.Model(inputs, logits, name=f"{prefix}wrn-{depth}-{width}")
+    model = keras.Model(inputs, logits, name=f"{prefix}wrn-{depth}-{width}")
+    return _common.initialize(model, init, wrn=True)

@@ -172,14 +172,14 @@ def _identity_shape(shape):
 
 
 def _build(arch, num_classes, input_shape, normalize, state):
-    """Build the Keras model for `arch`, choosing kuangliu's PreAct layout when `bn.*` is absent."""
+    """Build the Keras model for `arch`; a PreActResNet18 with `bn.*` tensors gets the final BN."""
     from dgad_tf.models import build_model, canonical_model_name
     from dgad_tf.models.preact_resnet import build_preact_resnet
 
     canonical = canonical_model_name(arch)
-    if canonical == "preact-resnet-18" and "bn.weight" not in state and "layer4.1.conv2.weight" in state:
-        logger.info("No final 'bn.*' tensors: using kuangliu's PreActResNet18 layout (no final BN)")
-        return build_preact_resnet(18, num_classes, input_shape, normalize=normalize, final_bn=False)
+    if canonical == "preact-resnet-18" and "bn.weight" in state:
+        logger.info("Final 'bn.*' tensors: using the RobustBench PreActResNet18 layout (final BN)")
+        return build_preact_resnet(18, num_classes, input_shape, normalize=normalize, final_bn=True)
     return build_model(canonical, num_classes, input_shape, normalize=normalize)
 
 
