@@ -59,9 +59,14 @@ def _as_labels(labels):
 
 
 def _seed_pair(seed, index=0):
-    """A stateless-RNG seed `[seed, index]`, or None for the global (stateful) generator."""
+    """A stateless-RNG seed `[seed, index]`, or None for the global (stateful) generator.
+
+    `seed` may also be a ready `[2]` integer tensor (the train step's per-step seed).
+    """
     if seed is None:
         return None
+    if tf.is_tensor(seed):
+        return tf.cast(tf.reshape(seed, [2]), tf.int64)
     if not isinstance(seed, (numbers.Integral, np.integer)) or isinstance(seed, bool):
         raise ValueError(f"`seed` must be an int or None; received seed={seed!r}")
     return tf.stack([tf.constant(int(seed), tf.int64), tf.cast(index, tf.int64)])
@@ -139,8 +144,8 @@ def pgd(x, objective, *, eps, step_size, steps, init="uniform", init_std=0.001, 
         init: `"uniform"` (x + U(-eps, eps), Madry PGD), `"gaussian"` (x + init_std * N(0, 1), the
             DGAD/AdaAD training attack) or `"none"`. Defaults to `"uniform"`.
         init_std: standard deviation of the Gaussian start. Defaults to `0.001`.
-        seed: None (global random generator) or an int for a reproducible, stateless random
-            start. Defaults to `None`.
+        seed: None (global random generator), an int, or a `[2]` integer tensor, for a
+            reproducible, stateless random start. Defaults to `None`.
 
     Returns:
         `[B, ...]` adversarial inputs, gradient-stopped.

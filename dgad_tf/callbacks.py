@@ -90,7 +90,45 @@ class EpochCSVLogger(keras.callbacks.CSVLogger):
     def on_epoch_end(self, epoch, logs=None):
         if self.keys is None and logs and not self.validates:
             self.keys = sorted(logs)
-        super().on_epoch_end(epoch, logs)
+        # Epochs are counted from 1, as the progress bar, the resume message and the report do.
+        super().on_epoch_end(epoch + 1, logs)
+
+
+class EpochTensorBoard(keras.callbacks.Callback):
+    """Every epoch's logs as TensorBoard scalars under the names and numbers of `log.csv`.
+
+    Keras's own `TensorBoard` callback renames metrics (`val_robust_accuracy` becomes
+    `validation/epoch_robust_accuracy`) and counts epochs from 0; this one writes each key of the
+    epoch logs as is (`loss`, `val_robust_accuracy`, `test_robust_accuracy`, ...) at step
+    epoch + 1, so TensorBoard, `log.csv` and the README use one name per number.
+
+    Args:
+        log_dir: the folder of the event files (`<run>/tensorboard`).
+        write: whether this process writes (False on non-chief workers). Default True.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, write: bool = True):
+        super().__init__()
+        self.log_dir = str(log_dir)
+        self.write = write
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.write or not logs:
+            return
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        with self._writer.as_default():
+            for name, value in sorted(logs.items()):
+                tf.summary.scalar(name, float(value), step=epoch + 1)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 class TestSetEvaluation(keras.callbacks.Callback):

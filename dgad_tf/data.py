@@ -707,18 +707,23 @@ def make_train_dataset(
     crop_padding: int | None = None,
     flip: bool = True,
     seed: int = 0,
-    shuffle_buffer: int | None = None,
     drop_remainder: bool = True,
+    first_epoch: int = 0,
+    epochs: int | None = None,
 ) -> tf.data.Dataset:
-    """Shuffled, augmented float32 training batches from a uint8 split.
+    """Shuffled, augmented float32 training batches from a uint8 split, epoch after epoch.
 
-    Each epoch (each new iterator) reshuffles; the sequence of epochs is fixed by `seed`, so two
-    datasets built with the same seed yield identical batches epoch by epoch. The augmentation
-    is the paper's: zero-pad by `crop_padding` on every side, crop a random H x W window, and
-    flip horizontally with probability 1/2. Its randomness comes from stateless ops keyed by a
-    per-batch seed drawn from a seeded, per-epoch re-randomised stream, so parallel mapping cannot
-    change the result. (tf.data's seeded ops also mix in TensorFlow's global seed when one is
-    set, e.g. by `keras.utils.set_random_seed`; the sequence is fixed for a given pair.)
+    Epoch e's order and augmentation are a pure function of `(seed, e)`: a stateless
+    permutation of the split, and per-batch stateless crop/flip seeds. A run resumed at epoch e
+    (`first_epoch=e`) therefore sees exactly the batches the uninterrupted run saw from there on,
+    and parallel mapping cannot change the result. The augmentation is the paper's: zero-pad by
+    `crop_padding` on every side, crop a random H x W window, flip horizontally with
+    probability 1/2.
+
+    With `epochs` set, the dataset holds epochs `first_epoch .. first_epoch + epochs - 1` back to
+    back: give Keras `steps_per_epoch` (`steps_per_epoch(len(arrays), ...)`) so that it keeps
+    one iterator across epochs. With `epochs=None` it holds epoch `first_epoch` only, and every
+    new iterator replays it.
 
     Batches are `(x, y)` with x float32 [B, H, W, C] in [0, 1] and y int64 [B]; the last partial
     batch is dropped unless `drop_remainder` is False (the reference keeps it).
@@ -731,8 +736,9 @@ def make_train_dataset(
             (round(H / 8): 4 for 32x32 images, 1 for 8x8).
         flip: random horizontal flips when augmenting (turn off for digits). Defaults to True.
         seed: seed of the shuffle and the augmentation. Defaults to 0.
-        shuffle_buffer: shuffle buffer size. Defaults to None (the whole split).
-        drop_remainder: drop the last, smaller batch of each epoch. Defaults to True.
+        drop_remainder: drop the last partial batch of each epoch. Defaults to True.
+        first_epoch: the (0-based) epoch the dataset starts at. Defaults to 0.
+        epochs: how many epochs the dataset holds, or None for one. Defaults to None.
 
     Returns:
         A `tf.data.Dataset` of `(x, y)` batches.
@@ -743,12 +749,12 @@ def make_train_dataset(
             f"`batch_size` must be a positive integer; received batch_size={batch_size!r}"
         )
     n = len(arrays)
-    if drop_remainder and batch_size > n:
+    if batch_size > n and drop_remainder:
         raise ValueError(
             f"`batch_size`={batch_size} exceeds the {n} training images; with drop_remainder "
             "the dataset would yield no batch"
         )
-    height, width = arrays.x.shape[1:3]
+    height = arrays.x.shape[1]
     if crop_padding is None:
         crop_padding = int(round(height / 8))
     if not _is_int(crop_padding) or crop_padding < 0:
@@ -756,40 +762,46 @@ def make_train_dataset(
             "`crop_padding` must be a non-negative integer or None; "
             f"received crop_padding={crop_padding!r}"
         )
-    if shuffle_buffer is None:
-        shuffle_buffer = n
-    if not _is_int(shuffle_buffer) or shuffle_buffer < 1:
-        raise ValueError(
-            "`shuffle_buffer` must be a positive integer or None; "
-            f"received shuffle_buffer={shuffle_buffer!r}"
-        )
-    if not _is_int(seed):
-        raise ValueError(f"`seed` must be an integer; received seed={seed!r}")
+    for name, value, low in (("seed", seed, None), ("first_epoch", first_epoch, 0),
+                             ("epochs", 1 if epochs is None else epochs, 1)):
+        if not _is_int(value) or (low is not None and value < low):
+            raise ValueError(f"`{name}` must be an integer{'' if low is None else f' >= {low}'};"
+                             f" received {name}={value!r}")
 
     images = tf.constant(arrays.x)
     labels = tf.constant(arrays.y.astype(np.int64))
-    indices = (
-        tf.data.Dataset.range(n)
-        .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size, drop_remainder=bool(drop_remainder))
-    )
-    batch_seeds = tf.data.Dataset.random(
-        seed=seed + _AUGMENT_SEED_OFFSET, rerandomize_each_iteration=True
-    )
+    batches = steps_per_epoch(n, batch_size, drop_remainder)
+    base = tf.constant([seed, 0], tf.int64)
 
-    def make_batch(batch_indices, batch_seed):
+    def epoch_batches(epoch):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=base + tf.stack([0, 2 * epoch]))
+        order = order[: batches * batch_size] if drop_remainder else order
+        index = tf.data.Dataset.range(batches).map(lambda b: epoch * batches + b)
+        return tf.data.Dataset.zip(
+            tf.data.Dataset.from_tensor_slices(order).batch(batch_size), index)
+
+    def make_batch(batch_indices, global_index):
         x = tf.cast(tf.gather(images, batch_indices), tf.float32) / 255.0
         if augment:
-            x = augment_batch(
-                x, tf.stack([batch_seed, tf.constant(seed, tf.int64)]), crop_padding, flip
-            )
+            # Keyed by the batch's position in the whole run: epoch * batches + b.
+            x = augment_batch(x, base + tf.stack([_AUGMENT_SEED_OFFSET, 2 * global_index + 1]),
+                              crop_padding, flip)
         return x, tf.gather(labels, batch_indices)
 
+    count = 1 if epochs is None else epochs
     return (
-        tf.data.Dataset.zip(indices, batch_seeds)
+        tf.data.Dataset.range(first_epoch, first_epoch + count)
+        .flat_map(epoch_batches)
         .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def steps_per_epoch(num_images: int, batch_size: int, drop_remainder: bool = True) -> int:
+    """Batches in one epoch of `make_train_dataset`."""
+    full, remainder = divmod(num_images, batch_size)
+    return full + int(bool(remainder) and not drop_remainder)
 
 
 def augment_batch(x, seed, crop_padding: int, flip: bool = True):

@@ -158,6 +158,8 @@ class AdversarialDistiller(keras.Model):
             Default 10.
         batch_size: the configured global batch size, which the reference MobileNetV2
             weighting divides by. Default None (each batch's own size).
+        seed: seed of the attacks' random starts (stateless, keyed by the optimizer's step and
+            the replica, so a resumed run repeats the uninterrupted run's draws). Default 0.
         **method_options: the loss options of `dgad_tf.config.MethodConfig` (beta, use_map,
             use_els, distill_weight, dgad_weighting, trades_beta, ard_alpha, ard_temperature,
             adaad_alpha, kl_reduction, kl_scale, rslad_log_epsilon, reference_forwards, iad_*),
@@ -172,8 +174,8 @@ class AdversarialDistiller(keras.Model):
     def __init__(self, student: keras.Model, teacher: Optional[keras.Model] = None, *,
                  method: str = "dgad", eps: float = 8 / 255, step_size: float = 2 / 255,
                  steps: int = 10, attack_init: str = "auto", init_std: float = 0.001,
-                 val_robust_steps: int = 10, batch_size: Optional[int] = None, name=None,
-                 **method_options):
+                 val_robust_steps: int = 10, batch_size: Optional[int] = None, seed: int = 0,
+                 name=None, **method_options):
         super().__init__(name=name)
         if method not in METHOD_SPECS:
             raise ValueError(f"`method` must be one of {', '.join(METHODS)}; "
@@ -205,6 +207,7 @@ class AdversarialDistiller(keras.Model):
         self.init_std = float(init_std)
         self.val_robust_steps = int(val_robust_steps)
         self.batch_size = batch_size
+        self.seed = int(seed)
         # The epoch Keras is training (set by `fit`); IAD's introspection starts after warm-up.
         self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch")
 
@@ -262,8 +265,11 @@ class AdversarialDistiller(keras.Model):
     def _teacher_fn(self, x):
         return self.teacher(x, training=False)
 
-    def adversarial_examples(self, x, y):
-        """The method's training attack on (x, y); both networks in inference mode."""
+    def adversarial_examples(self, x, y, seed=None):
+        """The method's training attack on (x, y); both networks in inference mode.
+
+        `seed`: None (global generator) or a `[2]` tensor for a stateless random start.
+        """
         kind = self.spec.attack
         if kind == "none" or self.steps == 0 and self.attack_init == "none":
             return x
@@ -280,7 +286,8 @@ class AdversarialDistiller(keras.Model):
         else:  # kl_teacher_clean
             objective = attacks.kl_to_fixed_objective(self._teacher_fn(x), self._student_fn)
         return attacks.pgd(x, objective, eps=self.eps, step_size=self.step_size,
-                           steps=self.steps, init=self.attack_init, init_std=self.init_std)
+                           steps=self.steps, init=self.attack_init, init_std=self.init_std,
+                           seed=seed)
 
     # ------------------------------------------------------------------ steps
 
@@ -299,8 +306,11 @@ class AdversarialDistiller(keras.Model):
             global_batch = replica_context.all_reduce(tf.distribute.ReduceOp.SUM,
                                                       tf.cast(local_batch, tf.float32))
 
-        # 1. attack (inference mode; gradients flow to the input only)
-        x_adv = tf.stop_gradient(self.adversarial_examples(x, y))
+        # 1. attack (inference mode; gradients flow to the input only). Its random start is keyed
+        # by (train seed, step, replica), so a resumed run draws what the uninterrupted one did.
+        step_seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(
+            self.optimizer.iterations, tf.int64) * replicas + _replica_id(replica_context)])
+        x_adv = tf.stop_gradient(self.adversarial_examples(x, y, seed=step_seed))
 
         # 2. teacher forward (inference mode, no gradient) -- before the tape, it needs none
         forwards = {"y": y}
@@ -409,9 +419,11 @@ class AdversarialDistiller(keras.Model):
         clean = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
         self._test_trackers["clean_accuracy"].update_state(clean)
         if self.val_robust_steps > 0 and self.eps > 0:
+            # A fixed stateless start: the same model always scores the same, so the best
+            # checkpoint a resumed run keeps is the one the uninterrupted run kept.
             x_adv = attacks.pgd(x, attacks.ce_objective(self._student_fn, y), eps=self.eps,
                                 step_size=self.eps / 4, steps=self.val_robust_steps,
-                                init="uniform")
+                                init="uniform", seed=self.seed)
             adv_logits = self.student(x_adv, training=False)
             # A point counts as robust only if it is also classified right when clean.
             robust = clean * tf.cast(
@@ -420,6 +432,11 @@ class AdversarialDistiller(keras.Model):
             robust = clean
         self._test_trackers["robust_accuracy"].update_state(robust)
         return _replica_results(self._test_trackers)
+
+
+def _replica_id(context) -> tf.Tensor:
+    replica = 0 if context is None else context.replica_id_in_sync_group
+    return tf.cast(replica, tf.int64)
 
 
 def _replica_results(trackers: dict) -> dict:

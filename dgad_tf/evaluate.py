@@ -63,8 +63,13 @@ def at_chance_level(accuracy: float, num_classes: int, n: int) -> bool:
         >>> at_chance_level(0.11, 10, 1000), at_chance_level(0.5, 10, 1000)
         (True, False)
     """
+    return accuracy <= chance_threshold(num_classes, n)
+
+
+def chance_threshold(num_classes: int, n: int) -> float:
+    """1/C plus three binomial standard deviations of an accuracy on `n` images."""
     chance = 1.0 / num_classes
-    return accuracy <= chance + 3.0 * (chance * (1.0 - chance) / max(n, 1)) ** 0.5
+    return chance + 3.0 * (chance * (1.0 - chance) / max(n, 1)) ** 0.5
 
 
 def _batched_attack(attack, x, y, batch_size):

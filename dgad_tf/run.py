@@ -39,13 +39,14 @@ import tensorflow as tf
 from dgad_tf import data as data_lib
 from dgad_tf import distribute, models, precision
 from dgad_tf.callbacks import (BEST_CHECKPOINTS, LAST_CHECKPOINT, EpochCSVLogger,
+                               EpochTensorBoard,
                                RunCheckpoints, TestSetEvaluation, atomic_write_text,
                                read_state_meta, save_model_atomic)
 from dgad_tf.config import Config, ConfigError
 from dgad_tf.distiller import METHOD_SPECS, AdversarialDistiller
-from dgad_tf.evaluate import evaluate_model, format_report
+from dgad_tf.evaluate import at_chance_level, chance_threshold, evaluate_model, format_report
 from dgad_tf.optim import make_optimizer
-from dgad_tf.rundir import LOCK_FILE, FolderLock
+from dgad_tf.rundir import LOCK_FILE, FolderLock, check_keras_file
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,11 @@ def build_network(cfg: Config, arch: str, splits: data_lib.DatasetSplits,
 
 def load_teacher(path: pathlib.Path, splits: data_lib.DatasetSplits) -> keras.Model:
     """Load a `.keras` teacher safely and check it fits the data and beats chance on it."""
+    try:
+        # Keras calls a folder, a text file or a truncated archive alike "File not found".
+        check_keras_file(path, "model.teacher_path")
+    except ValueError as err:
+        raise RunError(str(err)) from err
     try:
         teacher = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as err:  # keras raises many types for a bad file
@@ -130,14 +136,13 @@ def check_teacher_beats_chance(teacher: keras.Model, splits: data_lib.DatasetSpl
         for i in range(0, len(y), 100)])
     accuracy = float(np.mean(predictions == y))
     chance = 1.0 / splits.num_classes
-    threshold = chance + 3.0 * np.sqrt(chance * (1.0 - chance) / len(y))
     log.info("teacher %s: clean accuracy %.1f%% on %d %s images (chance %.1f%%)", path,
              100 * accuracy, len(y), source, 100 * chance)
-    if accuracy <= threshold:
+    if at_chance_level(accuracy, splits.num_classes, len(y)):
         raise RunError(
             f"model.teacher_path: the teacher {path} is at chance level on the data: clean "
             f"accuracy {accuracy:.1%} on {len(y)} {source} images, chance {chance:.1%} (it must "
-            f"exceed {threshold:.1%}). Its class order may differ from the data's (Tiny ImageNet "
+            f"exceed {chance_threshold(splits.num_classes, len(y)):.1%}). Its class order may differ from the data's (Tiny ImageNet "
             "numbers classes by sorted wnids), its input normalisation may be wrong, or it is "
             "untrained; nothing is distilled from it")
 
@@ -183,7 +188,7 @@ def build_distiller(cfg: Config, *, student: keras.Model, teacher: Optional[kera
     distiller = AdversarialDistiller(
         student, teacher, method=method, eps=a.eps, step_size=a.step_size, steps=a.steps,
         attack_init=a.init, init_std=a.init_std, val_robust_steps=t.val_robust_steps,
-        batch_size=t.batch_size, **options)
+        batch_size=t.batch_size, seed=t.seed, **options)
     optimizer = make_optimizer(lr, momentum=o.momentum, weight_decay=o.weight_decay,
                                nesterov=o.nesterov, steps_per_epoch=steps_per_epoch,
                                epochs=epochs, schedule=o.schedule, milestones=milestones,
@@ -196,20 +201,27 @@ def build_distiller(cfg: Config, *, student: keras.Model, teacher: Optional[kera
 
 def steps_per_epoch_for(cfg: Config, num_train: int) -> int:
     """Training steps per epoch: full batches, plus the last partial one unless it is dropped."""
-    full, remainder = divmod(num_train, cfg.train.batch_size)
-    return full + int(bool(remainder) and not cfg.train.drop_remainder)
+    return data_lib.steps_per_epoch(num_train, cfg.train.batch_size, cfg.train.drop_remainder)
 
 
-def make_datasets(cfg: Config, splits: data_lib.DatasetSplits, seed: int):
-    """(training dataset, validation dataset or None, steps per epoch) for the config."""
+def make_datasets(cfg: Config, splits: data_lib.DatasetSplits, *, first_epoch: int,
+                  epochs: int):
+    """(training dataset, validation dataset or None, steps per epoch) for the config.
+
+    The training dataset holds epochs `first_epoch .. epochs - 1`, each a pure function of
+    `train.seed` and the epoch: fit it with `steps_per_epoch`, and a resumed run replays the
+    uninterrupted run's batches exactly.
+    """
     t, d = cfg.train, cfg.data
     steps_per_epoch = steps_per_epoch_for(cfg, len(splits.train.y))
     if steps_per_epoch < 1:
         raise RunError(f"train.batch_size={t.batch_size} is larger than the "
                        f"{len(splits.train.y)} training images")
     train_ds = data_lib.make_train_dataset(splits.train, t.batch_size, augment=d.augment,
-                                           crop_padding=d.crop_padding, flip=d.flip, seed=seed,
-                                           drop_remainder=t.drop_remainder)
+                                           crop_padding=d.crop_padding, flip=d.flip,
+                                           seed=t.seed, drop_remainder=t.drop_remainder,
+                                           first_epoch=first_epoch,
+                                           epochs=max(epochs - first_epoch, 1))
     train_ds = distribute.distribute_options(train_ds)
     val_arrays = data_lib.Arrays(splits.val.x[:t.val_robust_n], splits.val.y[:t.val_robust_n])
     val_ds = data_lib.make_eval_dataset(val_arrays, t.batch_size) if len(val_arrays.y) else None
@@ -237,8 +249,8 @@ def train_network(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.
         checkpoints = RunCheckpoints(run_dir)
         initial_epoch = checkpoints.restore(distiller)
     distribute.check_workers_agree(strategy, initial_epoch, "the completed epochs to resume after")
-    # A resumed run reshuffles from a new seed rather than replaying epoch 1's order.
-    train_ds, val_ds, steps_per_epoch = make_datasets(cfg, splits, cfg.train.seed + initial_epoch)
+    train_ds, val_ds, steps_per_epoch = make_datasets(cfg, splits, first_epoch=initial_epoch,
+                                                      epochs=epochs)
 
     if initial_epoch >= epochs:
         log.info("%s already finished %d epochs", run_dir, initial_epoch)
@@ -260,8 +272,9 @@ def train_network(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.
         # First, so that the checkpoints, log.csv and TensorBoard see test_* in the logs.
         callbacks.insert(0, TestSetEvaluation(test_ds))
     if cfg.output.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+        callbacks.append(EpochTensorBoard(run_dir / "tensorboard"))
     distiller.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=steps_per_epoch,
                   validation_data=val_ds, validation_freq=cfg.train.val_every,
                   callbacks=callbacks, shuffle=False,
                   verbose=2 if cfg.output.quiet or not sys.stdout.isatty() else 1)

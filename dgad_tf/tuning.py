@@ -587,13 +587,15 @@ class DistillerHyperModel(keras_tuner.HyperModel):
                             f"extra arguments {list(kwargs) or args!r}")
         cfg = compress_schedule(self.trial_config(hp), self.epochs)
         epochs = int(epochs or cfg.train.epochs)
-        train_ds, val_ds, _ = run_lib.make_datasets(cfg, self.splits, cfg.train.seed)
+        train_ds, val_ds, steps_per_epoch = run_lib.make_datasets(
+            cfg, self.splits, first_epoch=initial_epoch, epochs=epochs)
         if val_ds is None:
             raise run_lib.RunError("the validation split is empty; tuning needs "
                                    "data.val_fraction > 0")
         score = ValidationScore(self.spec.clean_weight, self.spec.robust_weight)
         self.fits_run += 1
         model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=steps_per_epoch,
                   validation_freq=validation_epochs(initial_epoch, epochs, cfg.train.val_every),
                   callbacks=[score] + list(callbacks or []), shuffle=False, verbose=verbose)
         return best_epoch_metrics(score.epoch_logs, self.spec.objective)

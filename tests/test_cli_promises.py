@@ -240,3 +240,23 @@ def test_a_second_search_on_the_same_folder_is_refused(tmp_path, capsys):
     assert code == 2
     assert "being written by" in capsys.readouterr().err
     assert listing(out) == []
+
+
+@pytest.mark.parametrize("kind", ["folder", "text", "truncated"])
+def test_fit_names_a_teacher_file_that_is_not_a_keras_archive(tmp_path, capsys, kind):
+    teacher = tmp_path / "teacher.keras"
+    if kind == "folder":
+        teacher.mkdir()
+    elif kind == "text":
+        teacher.write_text("weights, honestly")
+    else:
+        tiny_model().save(teacher)
+        teacher.write_bytes(teacher.read_bytes()[:2000])
+    code = fit_cli.main(["--config", str(REPO / "configs" / "quickstart.yaml"),
+                         "--set", f"output.dir={tmp_path / 'run'}",
+                         "--set", f"model.teacher_path={teacher}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "model.teacher_path" in err and "File not found" not in err
+    assert ("is a folder" if kind == "folder" else "not a .keras archive") in err
+    assert not (tmp_path / "run").exists()

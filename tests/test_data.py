@@ -418,20 +418,27 @@ def test_default_crop_padding_is_an_eighth_of_the_height():
         assert any(np.array_equal(window, image) for window in windows)
 
 
-def test_train_dataset_is_deterministic_per_seed_and_reshuffles_each_epoch():
+def test_train_epochs_are_a_function_of_seed_and_epoch_so_a_resume_replays_them():
     arrays = _index_arrays(24)
-    first = data.make_train_dataset(arrays, 8, seed=5)
-    second = data.make_train_dataset(arrays, 8, seed=5)
-    other = data.make_train_dataset(arrays, 8, seed=6)
-
-    epoch1_a, epoch1_b = _epoch(first), _epoch(second)
-    epoch2_a, epoch2_b = _epoch(first), _epoch(second)
-    for (xa, ya), (xb, yb) in zip(epoch1_a + epoch2_a, epoch1_b + epoch2_b):
+    run = _epoch(data.make_train_dataset(arrays, 8, seed=5, epochs=3))  # 3 epochs of 3 batches
+    again = _epoch(data.make_train_dataset(arrays, 8, seed=5, epochs=3))
+    resumed = _epoch(data.make_train_dataset(arrays, 8, seed=5, first_epoch=1, epochs=2))
+    other = _epoch(data.make_train_dataset(arrays, 8, seed=6, epochs=1))
+    assert len(run) == 9 and len(resumed) == 6
+    for (xa, ya), (xb, yb) in zip(run, again):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
-    labels = lambda epoch: np.concatenate([y for _, y in epoch])  # noqa: E731
-    assert not np.array_equal(labels(epoch1_a), labels(epoch2_a))
-    assert not np.array_equal(labels(epoch1_a), labels(_epoch(other)))
+    # A run resumed at epoch 1 sees exactly the batches (order and augmentation) of epochs 1, 2.
+    for (xa, ya), (xb, yb) in zip(run[3:], resumed):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    labels = lambda batches: np.concatenate([y for _, y in batches])  # noqa: E731
+    assert sorted(labels(run[:3])) == list(range(24))  # each epoch is a permutation
+    assert not np.array_equal(labels(run[:3]), labels(run[3:6]))  # reshuffled per epoch
+    assert not np.array_equal(labels(run[:3]), labels(other))  # and per seed
+    # One epoch (epochs=None) is replayed by every new iterator.
+    single = data.make_train_dataset(arrays, 8, seed=5)
+    np.testing.assert_array_equal(labels(_epoch(single)), labels(_epoch(single)))
 
 
 def test_train_drops_the_remainder_and_eval_keeps_it_in_order():

@@ -48,7 +48,7 @@ def test_dgad_run_writes_a_complete_run_directory(tmp_path):
     assert report["command"].startswith("python -m dgad_tf.fit")
     assert set(report["student"]["attacks"]) == {"clean", "fgsm", "pgd5"}
     assert report["teacher"]["n"] == 48
-    assert [row["epoch"] for row in report["history"]] == [0, 1]
+    assert [row["epoch"] for row in report["history"]] == [1, 2]
     assert "val_robust_accuracy" in report["history"][-1]
     # The teacher on disk is the one distilled from: loading it gives the file's weights.
     teacher = keras.models.load_model(run_dir / "teacher.keras", safe_mode=True)
@@ -80,7 +80,61 @@ def test_resume_after_kill_continues_after_the_last_epoch(tmp_path):
     assert main(args(run_dir, "method.name=pgd_at", "train.epochs=4",
                      "output.tensorboard=false")) == 0
     epochs = [row.split(",")[0] for row in (run_dir / "log.csv").read_text().splitlines()[1:]]
-    assert epochs == ["0", "1", "2", "3"], epochs
+    assert epochs == ["1", "2", "3", "4"], epochs
+
+
+def _run_state(run_dir):
+    with np.load(run_dir / "train_state.npz") as state:
+        return {key: state[key] for key in state.files if key != "meta"}
+
+
+def test_a_run_killed_mid_epoch_and_resumed_ends_bit_exact(tmp_path):
+    # Same data order, augmentation, attack starts and optimiser steps after the resume as in
+    # the uninterrupted run: the final weights and optimiser state are equal to the bit.
+    extra = ("method.name=pgd_at", "train.epochs=3", "output.tensorboard=false",
+             "data.train_limit=1200")
+    uninterrupted = tmp_path / "uninterrupted"
+    assert main(args(uninterrupted, *extra)) == 0
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "dgad_tf.fit"] + args(killed, *extra)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state = killed / "train_state.npz"
+    deadline = time.time() + 240
+    try:
+        while not state.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert state.exists(), "no epoch completed in time"
+        time.sleep(0.3)  # into the second epoch (25 steps), not past it
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with np.load(state) as saved:
+        done = json.loads(str(saved["meta"]))["epoch"]
+    if done == 3:
+        pytest.skip("the run finished before it could be killed")
+    assert main(args(killed, *extra)) == 0
+    expected, resumed = _run_state(uninterrupted), _run_state(killed)
+    assert sorted(expected) == sorted(resumed)
+    for key in expected:
+        np.testing.assert_array_equal(resumed[key], expected[key], err_msg=key)
+
+
+def test_tensorboard_and_log_csv_use_the_same_names_and_epoch_numbers(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    assert main(args(run_dir, "method.name=pgd_at", "train.epochs=2")) == 0
+    header = (run_dir / "log.csv").read_text().splitlines()[0].split(",")
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+    assert "val_robust_accuracy" in tags and "loss" in tags
+    assert tags == set(header) - {"epoch"}
+    steps = sorted({event.step for event in events.Tensors("val_robust_accuracy")})
+    assert steps == [1, 2]
 
 
 def test_teacher_with_other_classes_is_refused_before_writing(tmp_path, capsys):

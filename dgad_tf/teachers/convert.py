@@ -341,10 +341,11 @@ def _ints(text):
 
 def build_parser():
     """Command-line parser of `python -m dgad_tf.teachers.convert`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dgad_tf.teachers.convert",
-        description="Convert a PyTorch CIFAR checkpoint (TRADES/RobustBench/kuangliu layout) to .keras.",
-    )
+    from dgad_tf import cli
+
+    parser = cli.parser("python -m dgad_tf.teachers.convert",
+                        "Convert a PyTorch CIFAR checkpoint (TRADES/RobustBench/kuangliu layout) "
+                        "to .keras.")
     parser.add_argument("--arch", required=True, help="wrn-D-W, resnet-18, resnet-34, preact-resnet-18, mobilenetv2")
     parser.add_argument("--num-classes", type=int, required=True, help="classes of the checkpoint's classifier")
     parser.add_argument(
@@ -353,7 +354,7 @@ def build_parser():
     parser.add_argument(
         "--normalize-std", type=_floats, default=None, help="per-channel std, e.g. 0.2471,0.2435,0.2616"
     )
-    parser.add_argument("--input-shape", type=_ints, default=(32, 32, 3), help="H,W,C (default 32,32,3)")
+    parser.add_argument("--input-shape", type=_ints, default=(32, 32, 3), help="H,W,C")
     parser.add_argument("input", help="checkpoint (.pt, .pth, .safetensors)")
     parser.add_argument("output", help="output .keras file")
     return parser
@@ -363,7 +364,9 @@ def main(argv=None):
     """Run the converter CLI; returns the process exit code (2 when the conversion is refused)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from dgad_tf import cli
+
+    cli.start(args.verbose, fmt="%(message)s")
     if (args.normalize_mean is None) != (args.normalize_std is None):
         parser.error("--normalize-mean and --normalize-std must be given together")
     normalize = None if args.normalize_mean is None else (args.normalize_mean, args.normalize_std)
