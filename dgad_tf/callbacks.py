@@ -1,8 +1,9 @@
-"""Run-directory callbacks: atomic student checkpoints and resumable training state.
+"""Keras callbacks of a run: checkpoints and resumable state, the test-set selection metric,
+`log.csv` and TensorBoard.
 
-Nothing under a final file name is ever half-written: each file is written under a temporary name
-in the same folder and moved into place with `os.replace`, which is atomic on POSIX file systems.
-A process killed mid-write leaves at worst a stray temporary file, never a truncated checkpoint.
+Nothing under a final file name is ever half-written: every file goes through
+`rundir.atomic_write` (a temporary name in the same folder, then `os.replace`), so a process
+killed mid-write leaves at worst a stray temporary file, never a truncated checkpoint.
 """
 
 from __future__ import annotations
@@ -11,62 +12,14 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 
 import keras
 import numpy as np
 
+from dgad_tf.rundir import (BEST_CHECKPOINTS, LAST_CHECKPOINT, STATE_FILE, atomic_write,
+                            save_model_atomic)
+
 log = logging.getLogger(__name__)
-
-STATE_FILE = "train_state.npz"
-LAST_CHECKPOINT = "student_last.keras"
-# The metric each best-so-far checkpoint tracks (higher is better). `test_robust_accuracy` is only
-# logged by `TestSetEvaluation`, i.e. when `train.select` is the reference's test-set rule.
-BEST_CHECKPOINTS = {
-    "val_robust_accuracy": "student_best_robust.keras",
-    "val_clean_accuracy": "student_best_clean.keras",
-    "test_robust_accuracy": "student_best_test_robust.keras",
-}
-
-
-def atomic_write(path: str | os.PathLike, write_fn) -> None:
-    """Call `write_fn(tmp_path)` and move the result to `path` atomically.
-
-    The temporary file keeps `path`'s suffix (Keras checks `.keras`/`.h5` suffixes) and lives in
-    the same folder, so the final `os.replace` never crosses file systems.
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix="".join(path.suffixes) or ".tmp",
-                               dir=path.parent)
-    os.close(fd)
-    os.unlink(tmp)  # writers such as keras refuse nothing, but some want to create the file
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` atomically."""
-    atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(text))
-
-
-def save_model_atomic(model: keras.Model, path: str | os.PathLike) -> None:
-    """`model.save(path)` without ever leaving a partial `.keras` file under `path`."""
-    atomic_write(path, lambda tmp: model.save(tmp))
-
-
-def read_state_meta(run_dir: str | os.PathLike) -> dict | None:
-    """The metadata of a run directory's `train_state.npz` (epoch, bests), or None if absent."""
-    state_path = pathlib.Path(run_dir) / STATE_FILE
-    if not state_path.exists():
-        return None
-    with np.load(state_path) as state:
-        return json.loads(str(state["meta"]))
 
 
 class EpochCSVLogger(keras.callbacks.CSVLogger):

@@ -273,10 +273,10 @@ def main(argv=None) -> int:
         return cli.error(str(err))
     cli.start(args.verbose, fmt="%(levelname)s %(name)s: %(message)s")
     from dgad_tf import rundir
-    from dgad_tf.serving import resolve_student_path, sha256_file
+    from dgad_tf.rundir import resolve_model_path, sha256_file
 
     try:
-        model_path = resolve_student_path(args.model)
+        model_path = resolve_model_path(args.model)
         run_cfg = rundir.run_config(model_path)
         if args.eps is not None:
             eps = parse_fraction(args.eps)
@@ -316,9 +316,7 @@ def main(argv=None) -> int:
     report["command"] = " ".join(["python -m dgad_tf.evaluate"] + list(argv or sys.argv[1:]))
     print(format_report(report))
     if args.out:
-        from dgad_tf.callbacks import atomic_write_text
-
-        atomic_write_text(args.out, json.dumps(report, indent=2))
+        rundir.atomic_write_text(args.out, json.dumps(report, indent=2))
     return 0
 
 

@@ -72,7 +72,7 @@ def main(argv=None):
     from dgad_tf import rundir, serving
 
     try:
-        model_path = serving.resolve_student_path(args.model)
+        model_path = rundir.resolve_model_path(args.model)
         out = rundir.ensure_writable_folder(args.out, "--out")
         if args.version is not None and (out / str(args.version)).exists():
             raise ValueError(f"--version {args.version} already exists in {out}; choose another "

@@ -1,4 +1,10 @@
-"""Folders that one process writes at a time: run folders, search folders, export base paths.
+"""The run folder and the folders like it: what they hold, how they are written, who writes.
+
+File names (`config.yaml`, checkpoints, `train_state.npz`, `log.csv`), atomic writes, the
+same-config guard, which checkpoint `train.select` names, path resolution and hashes live here;
+everything that reads or writes a run folder asks this module.
+
+One process writes a folder at a time: run folders, search folders, export base paths.
 
 A writer takes an exclusive advisory lock (`fcntl.flock`) on `<folder>/.lock` and holds it until
 it finishes. A second writer is refused at once with `FolderBusy`, naming the folder and the
@@ -13,11 +19,54 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import hashlib
+import json
+import logging
 import os
 import pathlib
+import tempfile
+import zipfile
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from dgad_tf.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
+CONFIG_FILE = "config.yaml"
+REPORT_FILE = "report.json"
+LOG_FILE = "log.csv"
+TEACHER_FILE = "teacher.keras"
+STATE_FILE = "train_state.npz"
+LAST_CHECKPOINT = "student_last.keras"
+# The metric each best-so-far checkpoint tracks (higher is better). `test_robust_accuracy` is only
+# logged by `TestSetEvaluation`, i.e. when `train.select` is the reference's test-set rule.
+BEST_CHECKPOINTS = {
+    "val_robust_accuracy": "student_best_robust.keras",
+    "val_clean_accuracy": "student_best_clean.keras",
+    "test_robust_accuracy": "student_best_test_robust.keras",
+}
+
+SELECTION_METRICS = {"best_val": "val_robust_accuracy", "best_test": "test_robust_accuracy"}
+SELECTION_NOTES = {
+    "last": "the last epoch's checkpoint",
+    "best_val": "best val_robust_accuracy on the validation split carved from the training data",
+    "best_test": "chosen on the TEST set (best test_robust_accuracy after each epoch), as the "
+                 "DGAD reference does: leaky, a reproduction mode; the test figures of this "
+                 "checkpoint are optimistic",
+}
+
+
+class RunError(ValueError):
+    """The run cannot start as configured (bad data, teacher, or run folder)."""
 
 
 class FolderBusy(RuntimeError):
@@ -108,8 +157,6 @@ def ensure_writable_folder(folder: str | os.PathLike, what: str) -> pathlib.Path
     Raises:
         ValueError: naming `what`, the folder and the reason.
     """
-    import tempfile
-
     folder = pathlib.Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{what} {folder} exists and is not a folder")
@@ -128,8 +175,6 @@ def check_keras_file(path: str | os.PathLike, what: str) -> pathlib.Path:
     Keras reports a folder, a text file or a truncated archive alike as "File not found"; this
     names the actual problem before loading.
     """
-    import zipfile
-
     path = pathlib.Path(path)
     if not path.exists():
         raise ValueError(f"{what}: no model at {path}")
@@ -160,9 +205,155 @@ def run_config(model_path: str | os.PathLike):
     Raises:
         ConfigError: the run's `config.yaml` is unreadable.
     """
-    from dgad_tf.config import load_config
-
     path = pathlib.Path(model_path)
     folder = path if path.is_dir() else path.parent
-    config_path = folder / "config.yaml"
+    config_path = folder / CONFIG_FILE
     return load_config(config_path) if config_path.is_file() else None
+
+def atomic_write(path: str | os.PathLike, write_fn) -> None:
+    """Call `write_fn(tmp_path)` and move the result to `path` atomically.
+
+    The temporary file keeps `path`'s suffix (Keras checks `.keras`/`.h5` suffixes) and lives in
+    the same folder, so the final `os.replace` never crosses file systems.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix="".join(path.suffixes) or ".tmp",
+                               dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)  # writers such as keras refuse nothing, but some want to create the file
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically."""
+    atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(text))
+
+
+def save_model_atomic(model: keras.Model, path: str | os.PathLike) -> None:
+    """`model.save(path)` without ever leaving a partial `.keras` file under `path`."""
+    atomic_write(path, lambda tmp: model.save(tmp))
+
+
+def read_state_meta(run_dir: str | os.PathLike) -> dict | None:
+    """The metadata of a run directory's `train_state.npz` (epoch, bests), or None if absent."""
+    state_path = pathlib.Path(run_dir) / STATE_FILE
+    if not state_path.exists():
+        return None
+    with np.load(state_path) as state:
+        return json.loads(str(state["meta"]))
+
+
+def check_run_dir(cfg: Config, run_dir: pathlib.Path):
+    """A run directory is new, or holds this same config (then the run resumes)."""
+    existing = run_dir / CONFIG_FILE
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"output.dir {run_dir} exists and is not a directory")
+    if existing.exists():
+        try:
+            previous = load_config(existing)
+        except ConfigError as err:
+            raise RunError(f"output.dir {run_dir} holds an unreadable config.yaml: {err}") from err
+        if previous.hash() != cfg.hash():
+            raise RunError(f"output.dir {run_dir} holds a run with a different config; choose "
+                           "another output.dir (nothing was changed there)")
+    elif run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        raise RunError(f"output.dir {run_dir} is not empty and holds no config.yaml; choose an "
+                       "empty or new directory")
+
+
+def teacher_path_for(cfg: Config, run_dir: pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(cfg.model.teacher_path) if cfg.model.teacher_path \
+        else run_dir / TEACHER_FILE
+
+
+def selected_checkpoint(cfg: Config, run_dir: pathlib.Path) -> tuple[pathlib.Path, dict]:
+    """The checkpoint `train.select` names in `run_dir`, and a description for the report.
+
+    Returns:
+        (path, selection) where selection holds "rule", "path", "note", "epoch" (1-based epoch
+        of the checkpoint) and "same_as_last" (whether it holds the last epoch's weights).
+    """
+    rule = cfg.train.select
+    meta = read_state_meta(run_dir) or {}
+    last_epoch = int(meta.get("epoch", 0))
+    epoch = int(meta.get("best_epoch", {}).get(SELECTION_METRICS.get(rule, ""), 0))
+    note = SELECTION_NOTES[rule]
+    path = run_dir / LAST_CHECKPOINT
+    if rule == "last":
+        epoch = last_epoch
+    else:
+        best = run_dir / BEST_CHECKPOINTS[SELECTION_METRICS[rule]]
+        if best.exists():
+            path = best
+        else:
+            # best_val with validation every N > epochs: no epoch was ever validated.
+            note += f"; but no {SELECTION_METRICS[rule]} was ever logged: the last checkpoint"
+            log.warning("train.select=%s: no %s was logged in %s; using %s", rule,
+                        SELECTION_METRICS[rule], run_dir, LAST_CHECKPOINT)
+            epoch = last_epoch
+    selection = {"rule": rule, "path": path.name, "epoch": epoch, "note": note,
+                 "same_as_last": path.name == LAST_CHECKPOINT or epoch == last_epoch}
+    return path, selection
+
+
+def read_log(path: pathlib.Path) -> list[dict]:
+    """`log.csv`'s rows as dicts of floats (None where a metric is missing that epoch)."""
+    if not path.exists():
+        return []
+    with open(path) as handle:
+        rows = list(csv.DictReader(handle))
+    # CSVLogger writes "NA" for a metric missing that epoch (validation every N epochs, or none
+    # at all with data.val_fraction=0); a header repeated mid-file is not a row.
+    return [{k: float(v) if v not in ("", None, "NA") else None for k, v in row.items()}
+            for row in rows if row.get("epoch") != "epoch"]
+
+
+def sha256_file(path):
+    """Hex SHA-256 of a file's bytes.
+
+    Args:
+        path: file to hash.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+
+RUN_DIR_CHECKPOINTS = (BEST_CHECKPOINTS["val_robust_accuracy"], LAST_CHECKPOINT)
+"""What a run folder without a readable config.yaml offers, in order of preference."""
+
+
+def resolve_model_path(model_or_run: str | os.PathLike) -> pathlib.Path:
+    """The `.keras` file a command should use for `model_or_run`.
+
+    A run folder gives the checkpoint its config's `train.select` names (the one `fit`
+    reported); a folder without a config, its best-robust or else its last checkpoint. A file
+    must be a whole `.keras` archive (see `check_keras_file`).
+
+    Raises:
+        FileNotFoundError: nothing at the path, or a folder with no checkpoint.
+        ValueError: a file that is not a `.keras` archive.
+    """
+    path = pathlib.Path(model_or_run)
+    if not path.exists():
+        raise FileNotFoundError(f"`model`: no model at {path}")
+    if path.is_dir():
+        cfg = run_config(path)
+        candidates = [selected_checkpoint(cfg, path)[0]] if cfg is not None else []
+        candidates += [path / name for name in RUN_DIR_CHECKPOINTS]
+        for candidate in candidates:
+            if candidate.is_file():
+                return check_keras_file(candidate, "`model`")
+        raise FileNotFoundError(
+            f"`model` run directory {str(path)!r} holds none of {list(RUN_DIR_CHECKPOINTS)}")
+    return check_keras_file(path, "`model`")

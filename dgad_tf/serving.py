@@ -40,7 +40,7 @@ import dgad_tf
 import dgad_tf.models  # noqa: F401  (registers the custom layers that students deserialize)
 from dgad_tf.config import EXPORT_FORMATS
 from dgad_tf.evaluate import at_chance_level
-from dgad_tf.rundir import FolderLock, check_keras_file, ensure_writable_folder
+from dgad_tf.rundir import FolderLock, ensure_writable_folder, resolve_model_path, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -58,25 +58,11 @@ TFLITE_FILES = {
 PROBABILITY_TOLERANCE = {"saved_model": 1e-5, "tflite_float": 1e-4}
 # Minimum fraction of the parity batch on which a quantised model keeps the float top-1 class.
 MIN_TOP1_AGREEMENT = {"tflite_dynamic": 0.98, "tflite_int8": 0.98}
-RUN_DIR_CHECKPOINTS = ("student_best_robust.keras", "student_last.keras")
 _BATCH = 256
 
 
 class ExportVerificationError(RuntimeError):
     """An exported artifact disagrees with the Keras model beyond its tolerance."""
-
-
-def sha256_file(path):
-    """Hex SHA-256 of a file's bytes.
-
-    Args:
-        path: file to hash.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_sha256(model):
@@ -94,28 +80,6 @@ def weights_sha256(model):
         digest.update(str((weight.path, value.shape, value.dtype.str)).encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
-
-
-def resolve_student_path(model_or_run):
-    """The `.keras` file to export from a run directory or a direct path.
-
-    A run directory holds `student_best_robust.keras` (preferred: the checkpoint with the best
-    PGD accuracy) and `student_last.keras`.
-
-    Args:
-        model_or_run: a run directory or a `.keras` file.
-    """
-    path = pathlib.Path(model_or_run)
-    if not path.exists():
-        raise FileNotFoundError(f"`model`: no model at {path}")
-    if path.is_dir():
-        for name in RUN_DIR_CHECKPOINTS:
-            if (path / name).is_file():
-                return check_keras_file(path / name, "`model`")
-        raise FileNotFoundError(
-            f"`model` run directory {str(path)!r} holds none of {list(RUN_DIR_CHECKPOINTS)}"
-        )
-    return check_keras_file(path, "`model`")
 
 
 def load_student(path):
@@ -609,7 +573,7 @@ def export_student(
     if isinstance(model_or_path, keras.Model):
         model = model_or_path
     else:
-        model_path = resolve_student_path(model_or_path)
+        model_path = resolve_model_path(model_or_path)
         if source_run is None and (model_path.parent / "config.yaml").is_file():
             source_run = model_path.parent
         model = load_student(model_path)

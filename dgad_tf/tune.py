@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     cli.start(args.verbose)
     from dgad_tf import tuning
     from dgad_tf.rundir import FolderBusy
-    from dgad_tf.run import RunError
+    from dgad_tf.rundir import RunError
 
     try:
         result = tuning.run_search(cfg)

@@ -54,11 +54,11 @@ import keras_tuner
 import yaml
 
 from dgad_tf import distribute
+from dgad_tf import build, rundir
 from dgad_tf import run as run_lib
-from dgad_tf.callbacks import atomic_write_text
 from dgad_tf.config import Config, ConfigError, config_from_dict
 from dgad_tf.distiller import METHOD_SPECS
-from dgad_tf.rundir import LOCK_FILE, FolderLock
+from dgad_tf.rundir import LOCK_FILE, FolderLock, RunError, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -507,7 +507,7 @@ def best_epoch_metrics(epoch_logs: list[dict], objective: str) -> dict:
     scored = [logs for logs in epoch_logs
               if objective in logs and not math.isnan(logs[objective])]
     if not scored:
-        raise run_lib.RunError(f"no epoch reported {objective}; is the validation split empty?")
+        raise RunError(f"no epoch reported {objective}; is the validation split empty?")
     return max(scored, key=lambda logs: logs[objective])
 
 
@@ -553,11 +553,11 @@ class DistillerHyperModel(keras_tuner.HyperModel):
         cfg = compress_schedule(self.trial_config(hp), self.epochs)
         # Every trial starts from the same initialisation, so trials differ by their values only.
         keras.utils.set_random_seed(cfg.train.seed)
-        student = run_lib.build_network(cfg, cfg.model.student, self.splits,
+        student = build.build_network(cfg, cfg.model.student, self.splits,
                                         cfg.model.sync_batchnorm)
         teacher = self.teacher if METHOD_SPECS[cfg.method.name].needs_teacher else None
-        steps_per_epoch = max(run_lib.steps_per_epoch_for(cfg, len(self.splits.train.y)), 1)
-        distiller = run_lib.build_distiller(cfg, student=student, teacher=teacher,
+        steps_per_epoch = max(build.steps_per_epoch_for(cfg, len(self.splits.train.y)), 1)
+        distiller = build.build_distiller(cfg, student=student, teacher=teacher,
                                             method=cfg.method.name,
                                             steps_per_epoch=steps_per_epoch,
                                             epochs=cfg.train.epochs, lr=cfg.optimizer.lr,
@@ -587,10 +587,10 @@ class DistillerHyperModel(keras_tuner.HyperModel):
                             f"extra arguments {list(kwargs) or args!r}")
         cfg = compress_schedule(self.trial_config(hp), self.epochs)
         epochs = int(epochs or cfg.train.epochs)
-        train_ds, val_ds, steps_per_epoch = run_lib.make_datasets(
+        train_ds, val_ds, steps_per_epoch = build.make_datasets(
             cfg, self.splits, first_epoch=initial_epoch, epochs=epochs)
         if val_ds is None:
-            raise run_lib.RunError("the validation split is empty; tuning needs "
+            raise RunError("the validation split is empty; tuning needs "
                                    "data.val_fraction > 0")
         score = ValidationScore(self.spec.clean_weight, self.spec.robust_weight)
         self.fits_run += 1
@@ -704,9 +704,9 @@ def preflight_search(cfg: Config):
     out_dir = pathlib.Path(cfg.output.dir)
     check_search_dir(cfg, spec, out_dir)
     strategy = make_strategy(cfg)
-    splits = run_lib.load_data(cfg)
+    splits = build.load_data(cfg)
     if len(splits.val.y) == 0:
-        raise run_lib.RunError(f"the validation split is empty (data.val_fraction="
+        raise RunError(f"the validation split is empty (data.val_fraction="
                                f"{cfg.data.val_fraction}); tuning scores trials on it")
     for key, batch_size in _batch_sizes(cfg, spec):
         if batch_size > len(splits.train.y):
@@ -717,17 +717,17 @@ def preflight_search(cfg: Config):
         except distribute.DistributeError as err:
             raise TuneError(f"{key}: {err}") from err
     if _needs_teacher(cfg, spec):
-        path = run_lib.teacher_path_for(cfg, out_dir)
+        path = rundir.teacher_path_for(cfg, out_dir)
         if path.exists():
-            run_lib.load_teacher(path, splits)
+            build.load_teacher(path, splits)
         elif cfg.teacher_train.epochs == 0:
-            raise run_lib.RunError(f"model.teacher_path: no teacher at {path} and "
+            raise RunError(f"model.teacher_path: no teacher at {path} and "
                                    "teacher_train.epochs=0; give a trained .keras teacher or set "
                                    "teacher_train.epochs")
     students = {cfg.model.student} | {v for d in spec.space if d.key == "model.student"
                                       for v in d.values}
     for student in sorted(students):
-        run_lib.build_network(cfg, student, splits)
+        build.build_network(cfg, student, splits)
     return spec, strategy, splits, out_dir
 
 
@@ -814,7 +814,7 @@ def best_trial_config(cfg: Config, values: dict, out_dir: pathlib.Path,
     changes = {"output": dataclasses.replace(best.output, dir=str(fresh_dir))}
     if METHOD_SPECS[best.method.name].needs_teacher:
         changes["model"] = dataclasses.replace(
-            best.model, teacher_path=str(run_lib.teacher_path_for(cfg, out_dir)))
+            best.model, teacher_path=str(rundir.teacher_path_for(cfg, out_dir)))
     return config_from_dict(dataclasses.replace(best, **changes).to_dict())
 
 
@@ -865,7 +865,7 @@ def _search_locked(cfg, spec, strategy, splits, out_dir, started, verbose) -> Se
     best_trials = [t for t in tuner.oracle.get_best_trials(len(rows))
                    if t.status == "COMPLETED" and t.score is not None]
     if not best_trials:
-        raise run_lib.RunError(f"no trial of the search in {out_dir} completed; see the trial "
+        raise RunError(f"no trial of the search in {out_dir} completed; see the trial "
                                "messages in search/trial_*/trial.json")
     best = best_trials[0]
     values = {d.key: best.hyperparameters.values[d.key] for d in spec.space}

@@ -6,7 +6,8 @@ import json
 import keras
 import numpy as np
 
-from dgad_tf.callbacks import STATE_FILE, EpochCSVLogger, RunCheckpoints, read_state_meta
+from dgad_tf.callbacks import EpochCSVLogger, RunCheckpoints
+from dgad_tf.rundir import STATE_FILE, read_state_meta
 from dgad_tf.distiller import AdversarialDistiller
 from dgad_tf.optim import EpochSchedule, TorchSGD
 

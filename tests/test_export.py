@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from dgad_tf import export as export_cli
 from dgad_tf import serving
-from dgad_tf import serving_client
+from dgad_tf import rundir, serving_client
 
 N_EVAL = 200
 
@@ -158,9 +158,9 @@ def test_existing_version_is_rejected(student, exported):
 
 def test_run_directory_prefers_best_robust_checkpoint(student, tmp_path):
     student.save(tmp_path / "student_last.keras")
-    assert serving.resolve_student_path(tmp_path).name == "student_last.keras"
+    assert rundir.resolve_model_path(tmp_path).name == "student_last.keras"
     student.save(tmp_path / "student_best_robust.keras")
-    assert serving.resolve_student_path(tmp_path).name == "student_best_robust.keras"
+    assert rundir.resolve_model_path(tmp_path).name == "student_best_robust.keras"
 
 
 @pytest.mark.parametrize("kind", ["missing", "folder", "text", "truncated"])
@@ -176,7 +176,7 @@ def test_a_model_that_is_not_a_keras_archive_is_named_for_what_it_is(student, tm
     expected = {"missing": "no model at", "folder": "holds none of", "text": "not a .keras archive",
                 "truncated": "not a .keras archive"}[kind]
     with pytest.raises((ValueError, FileNotFoundError), match=expected):
-        serving.resolve_student_path(path)
+        rundir.resolve_model_path(path)
 
 
 # --- SavedModel signatures -------------------------------------------------------------------

@@ -179,26 +179,26 @@ def test_teacher_with_permuted_classes_is_refused_before_writing(tmp_path, digit
 
 
 def test_the_trained_teacher_itself_is_accepted(tmp_path, digits_teacher):
-    from dgad_tf import config, run
+    from dgad_tf import build, config
 
     cfg = config.load_config(None, TINY + [f"model.teacher_path={digits_teacher}",
                                            f"output.dir={tmp_path / 'run'}"])
-    splits = run.load_data(cfg)
-    assert run.load_teacher(digits_teacher, splits).output_shape[-1] == 10
+    splits = build.load_data(cfg)
+    assert build.load_teacher(digits_teacher, splits).output_shape[-1] == 10
 
 
 @pytest.mark.parametrize("val_fraction, scored", [(0.1, "144 validation"), (0.0, "500 training")])
 def test_a_constant_teacher_is_at_chance(val_fraction, scored):
     from dgad_tf import data as data_lib
-    from dgad_tf import run
+    from dgad_tf import build
 
     splits = data_lib.load_splits("digits", val_fraction=val_fraction)
     constant = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
                                  keras.layers.Dense(10, kernel_initializer="zeros",
                                                     bias_initializer="zeros")])
     # Always class 0: about 10% right, under 1/10 + 3 * sqrt(0.09 / n) (0.175 for n = 144).
-    with pytest.raises(run.RunError, match="chance level") as err:
-        run.check_teacher_beats_chance(constant, splits, "constant.keras")
+    with pytest.raises(build.RunError, match="chance level") as err:
+        build.check_teacher_beats_chance(constant, splits, "constant.keras")
     assert scored in str(err.value)
 
 

@@ -322,11 +322,11 @@ def test_unknown_init_is_rejected():
 @pytest.mark.parametrize("init", ["torch", "keras"])
 def test_model_init_config_reaches_the_built_network(init):
     from dgad_tf import data as data_lib
-    from dgad_tf import run
+    from dgad_tf import build
     from dgad_tf.config import load_config
 
     cfg = load_config(None, [f"model.init={init}"])
     splits = data_lib.load_splits("digits")
-    bias = run.build_network(cfg, "small-cnn", splits).get_layer("fc").bias.numpy()
+    bias = build.build_network(cfg, "small-cnn", splits).get_layer("fc").bias.numpy()
     # Keras zeroes a Dense bias; PyTorch draws it U(+-1/sqrt(64)).
     assert (np.count_nonzero(bias) == 0) == (init == "keras")

@@ -187,9 +187,9 @@ def test_validation_runs_every_n_epochs_and_on_the_last():
 @pytest.fixture(scope="module")
 def tiny_splits():
     cfg = tiny_cfg("unused")
-    from dgad_tf import run
+    from dgad_tf import build
 
-    return run.load_data(cfg)
+    return build.load_data(cfg)
 
 
 def test_build_puts_the_sampled_values_into_the_distiller(tmp_path, tiny_splits):

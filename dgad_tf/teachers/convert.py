@@ -320,7 +320,7 @@ def _convert(path, arch, num_classes, out_path, normalize, input_shape):
 
 def save_atomically(model, out_path):
     """Save `model` to `out_path` (.keras) without ever leaving a partial file there."""
-    from dgad_tf.callbacks import save_model_atomic
+    from dgad_tf.rundir import save_model_atomic
 
     save_model_atomic(model, out_path)
 

@@ -1,0 +1,217 @@
+"""From a config to what a run trains: data, networks, the teacher, the distiller, datasets.
+
+`preflight` runs every check that needs no writing (data, networks, teacher file, run folder),
+so that a run, a search or a command refuses a bad config before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+from typing import Optional
+
+import keras
+import numpy as np
+
+from dgad_tf import data as data_lib
+from dgad_tf import distribute, models, precision
+from dgad_tf.config import Config
+from dgad_tf.distiller import METHOD_SPECS, AdversarialDistiller
+from dgad_tf.evaluate import at_chance_level, chance_threshold
+from dgad_tf.optim import make_optimizer
+from dgad_tf.rundir import RunError, check_keras_file, check_run_dir, teacher_path_for
+
+log = logging.getLogger(__name__)
+
+
+def load_data(cfg: Config) -> data_lib.DatasetSplits:
+    """The configured dataset's train/val/test splits (any loader error becomes a RunError)."""
+    try:
+        return data_lib.splits_from_config(cfg.data)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise RunError(f"data: {err}") from err
+
+
+def build_network(cfg: Config, arch: str, splits: data_lib.DatasetSplits,
+                  sync_batchnorm: bool = False) -> keras.Model:
+    """A registry network sized for the data, with the configured normalisation and init."""
+    m = cfg.model
+    normalize = None if m.normalize_mean is None else (m.normalize_mean, m.normalize_std)
+    if normalize is not None and len(m.normalize_mean) != splits.image_shape[-1]:
+        raise RunError(f"model.normalize_mean has {len(m.normalize_mean)} channels but the "
+                       f"images have {splits.image_shape[-1]}")
+    try:
+        return models.build_model(arch, splits.num_classes, tuple(splits.image_shape),
+                                  normalize=normalize, sync_batchnorm=sync_batchnorm,
+                                  init=m.init)
+    except ValueError as err:
+        raise RunError(str(err)) from err
+
+
+def load_teacher(path: pathlib.Path, splits: data_lib.DatasetSplits) -> keras.Model:
+    """Load a `.keras` teacher safely and check it fits the data and beats chance on it."""
+    try:
+        # Keras calls a folder, a text file or a truncated archive alike "File not found".
+        check_keras_file(path, "model.teacher_path")
+    except ValueError as err:
+        raise RunError(str(err)) from err
+    try:
+        teacher = keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as err:  # keras raises many types for a bad file
+        raise RunError(f"model.teacher_path: cannot load {path}: {err}") from err
+    classes = teacher.output_shape[-1]
+    if classes != splits.num_classes:
+        raise RunError(f"model.teacher_path: the teacher {path} has {classes} classes but the "
+                       f"data has {splits.num_classes}")
+    if tuple(teacher.input_shape[1:]) != tuple(splits.image_shape):
+        raise RunError(f"model.teacher_path: the teacher {path} takes images of shape "
+                       f"{tuple(teacher.input_shape[1:])} but the data has "
+                       f"{tuple(splits.image_shape)}")
+    teacher.trainable = False
+    check_teacher_beats_chance(teacher, splits, path)
+    return teacher
+
+
+TEACHER_CHECK_N = 500
+"""Images on which a teacher must beat chance before anything is distilled from it."""
+
+
+def check_teacher_beats_chance(teacher: keras.Model, splits: data_lib.DatasetSplits,
+                               path, n: int = TEACHER_CHECK_N):
+    """Refuse a teacher whose clean accuracy is not significantly above chance.
+
+    A teacher whose class order differs from the data's (Tiny ImageNet numbered by wnids.txt
+    instead of sorted wnids, say) or that expects other input scaling scores at chance, and
+    distilling from it would train the student on permuted labels without any error. The
+    accuracy is measured on `n` images spread evenly over the validation split (the training
+    split when that is empty; both are in class order for folder sources), and must exceed
+    1/C + 3·sqrt((1/C)(1 - 1/C)/n), three binomial standard deviations above chance.
+
+    Args:
+        teacher: the loaded teacher.
+        splits: the run's data.
+        path: the teacher's file, for the message.
+        n: images to score. Default `TEACHER_CHECK_N` (500).
+
+    Raises:
+        RunError: naming the file, the accuracy, the chance level and the likely causes.
+    """
+    source, arrays = ("validation", splits.val) if len(splits.val.y) else ("training", splits.train)
+    count = min(n, len(arrays.y))
+    index = np.unique(np.linspace(0, len(arrays.y) - 1, count).round().astype(int))
+    x, y = data_lib.to_float(arrays.x[index]), arrays.y[index]
+    predictions = np.concatenate([
+        np.argmax(np.asarray(teacher(x[i:i + 100], training=False)), axis=-1)
+        for i in range(0, len(y), 100)])
+    accuracy = float(np.mean(predictions == y))
+    chance = 1.0 / splits.num_classes
+    log.info("teacher %s: clean accuracy %.1f%% on %d %s images (chance %.1f%%)", path,
+             100 * accuracy, len(y), source, 100 * chance)
+    if at_chance_level(accuracy, splits.num_classes, len(y)):
+        raise RunError(
+            f"model.teacher_path: the teacher {path} is at chance level on the data: clean "
+            f"accuracy {accuracy:.1%} on {len(y)} {source} images, chance {chance:.1%} (it must "
+            f"exceed {chance_threshold(splits.num_classes, len(y)):.1%}). Its class order may differ from the data's (Tiny ImageNet "
+            "numbers classes by sorted wnids), its input normalisation may be wrong, or it is "
+            "untrained; nothing is distilled from it")
+
+
+def build_distiller(cfg: Config, *, student: keras.Model, teacher: Optional[keras.Model],
+                    method: str, steps_per_epoch: int, epochs: int, lr: float,
+                    milestones) -> AdversarialDistiller:
+    """A compiled `AdversarialDistiller` with the config's attack, loss weights and optimiser.
+
+    Call it inside `strategy.scope()` when training under a distribution strategy.
+    """
+    t, o, a = cfg.train, cfg.optimizer, cfg.attack
+    # Every loss option of the method section; `method` may differ (a teacher trained here).
+    options = {k: v for k, v in dataclasses.asdict(cfg.method).items() if k != "name"}
+    student = precision.with_policy(student, t.precision)
+    if teacher is not None:
+        teacher = precision.with_policy(teacher, t.precision)
+    distiller = AdversarialDistiller(
+        student, teacher, method=method, eps=a.eps, step_size=a.step_size, steps=a.steps,
+        attack_init=a.init, init_std=a.init_std, val_robust_steps=t.val_robust_steps,
+        batch_size=t.batch_size, seed=t.seed, **options)
+    optimizer = make_optimizer(lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                               nesterov=o.nesterov, steps_per_epoch=steps_per_epoch,
+                               epochs=epochs, schedule=o.schedule, milestones=milestones,
+                               gamma=o.gamma, warmup_epochs=o.warmup_epochs)
+    distiller.compile(optimizer=precision.loss_scaled(optimizer, t.precision),
+                      jit_compile=precision.resolve_jit_compile(t.jit_compile),
+                      steps_per_execution=t.steps_per_execution)
+    return distiller
+
+
+def steps_per_epoch_for(cfg: Config, num_train: int) -> int:
+    """Training steps per epoch: full batches, plus the last partial one unless it is dropped."""
+    return data_lib.steps_per_epoch(num_train, cfg.train.batch_size, cfg.train.drop_remainder)
+
+
+def make_datasets(cfg: Config, splits: data_lib.DatasetSplits, *, first_epoch: int,
+                  epochs: int):
+    """(training dataset, validation dataset or None, steps per epoch) for the config.
+
+    The training dataset holds epochs `first_epoch .. epochs - 1`, each a pure function of
+    `train.seed` and the epoch: fit it with `steps_per_epoch`, and a resumed run replays the
+    uninterrupted run's batches exactly.
+    """
+    t, d = cfg.train, cfg.data
+    steps_per_epoch = steps_per_epoch_for(cfg, len(splits.train.y))
+    if steps_per_epoch < 1:
+        raise RunError(f"train.batch_size={t.batch_size} is larger than the "
+                       f"{len(splits.train.y)} training images")
+    train_ds = data_lib.make_train_dataset(splits.train, t.batch_size, augment=d.augment,
+                                           crop_padding=d.crop_padding, flip=d.flip,
+                                           seed=t.seed, drop_remainder=t.drop_remainder,
+                                           first_epoch=first_epoch,
+                                           epochs=max(epochs - first_epoch, 1))
+    train_ds = distribute.distribute_options(train_ds)
+    val_arrays = data_lib.Arrays(splits.val.x[:t.val_robust_n], splits.val.y[:t.val_robust_n])
+    val_ds = data_lib.make_eval_dataset(val_arrays, t.batch_size) if len(val_arrays.y) else None
+    if val_ds is not None:
+        val_ds = distribute.distribute_options(val_ds)
+    return train_ds, val_ds, steps_per_epoch
+
+
+def selection_test_arrays(cfg: Config, splits: data_lib.DatasetSplits) -> data_lib.Arrays:
+    """The test images evaluated every epoch for `train.select=best_test`."""
+    n = cfg.train.select_n
+    return data_lib.Arrays(splits.test.x[:n], splits.test.y[:n])
+
+
+def preflight(cfg: Config, run_dir: Optional[pathlib.Path] = None):
+    """Every check that needs no writing: data, networks, teacher file, run directory.
+
+    Args:
+        cfg: the run's config.
+        run_dir: where this process writes. Default None (`output.dir`; a non-chief worker
+            passes its scratch directory).
+
+    Returns:
+        (splits, run_dir) ready for `run`.
+    """
+    run_dir = pathlib.Path(cfg.output.dir) if run_dir is None else pathlib.Path(run_dir)
+    check_run_dir(cfg, run_dir)
+    splits = load_data(cfg)
+    if cfg.train.drop_remainder and len(splits.train.y) < cfg.train.batch_size:
+        raise RunError(f"train.batch_size={cfg.train.batch_size} is larger than the "
+                       f"{len(splits.train.y)} training images (and train.drop_remainder=true)")
+    if cfg.train.select == "best_val" and len(splits.val.y) == 0:
+        raise RunError(f"data.val_fraction={cfg.data.val_fraction} leaves no validation image out "
+                       f"of {len(splits.train.y)}; train.select=best_val needs some (or set "
+                       "train.select=last)")
+    if cfg.train.select == "best_test" and len(splits.test.y) == 0:
+        raise RunError("train.select=best_test needs a test split; this data has none")
+    if METHOD_SPECS[cfg.method.name].needs_teacher:
+        path = teacher_path_for(cfg, run_dir)
+        if path.exists():
+            load_teacher(path, splits)
+        elif cfg.teacher_train.epochs == 0:
+            raise RunError(f"model.teacher_path: no teacher at {path} and teacher_train.epochs=0;"
+                           " give a trained .keras teacher or set teacher_train.epochs")
+        else:
+            build_network(cfg, cfg.model.teacher, splits)
+    build_network(cfg, cfg.model.student, splits)
+    return splits, run_dir
