@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 
+from dgad_tf.config import DATA_SOURCES
 from dgad_tf.data.arrays import (
     Arrays,
     DatasetSplits,
@@ -56,7 +57,8 @@ from dgad_tf.data.sources import (
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("tfds", "npz", "folder", "tinyimagenet", "digits")
+# The one list of sources is the config's; `SOURCES` stays as the package's public name for it.
+SOURCES = DATA_SOURCES
 
 __all__ = [
     "DIGITS_TEST_FRACTION",
@@ -121,8 +123,8 @@ def load_splits(
     Returns:
         A `DatasetSplits`.
     """
-    if source not in SOURCES:
-        raise ValueError(f"`source` must be one of {SOURCES}; received source={source!r}")
+    if source not in DATA_SOURCES:
+        raise ValueError(f"`source` must be one of {DATA_SOURCES}; received source={source!r}")
     if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
         raise ValueError(
             f"`val_fraction` must be in [0, 1); received val_fraction={val_fraction!r}"
