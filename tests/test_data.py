@@ -130,6 +130,12 @@ def test_unknown_source_and_bad_fraction_are_named():
         data.load_splits("digits", val_fraction=1.5)
 
 
+def test_sources_are_the_configs_one_list():
+    from dgad_tf import config
+
+    assert data.SOURCES is config.DATA_SOURCES
+
+
 def test_shared_cifar10_directory_loads(shared_cifar10):
     splits = data.load_splits("npz", path=str(shared_cifar10), train_limit=200, test_limit=50)
     assert splits.image_shape == (32, 32, 3)
