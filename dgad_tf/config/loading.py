@@ -1,0 +1,178 @@
+"""Reading a config: YAML files of overrides, `--set section.key=value`, type coercion.
+
+Example:
+    >>> cfg = load_config("configs/quickstart.yaml", ["attack.steps=5"])
+    >>> cfg.attack.steps
+    5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fractions
+import pathlib
+import types
+import typing
+from typing import Any
+
+import yaml
+
+from dgad_tf.config.sections import Config, ConfigError
+from dgad_tf.config.validate import validate
+
+def parse_fraction(text) -> float:
+    """Read "8/255", "0.03" or a number as a float; ValueError names the text otherwise.
+
+    Example:
+        >>> parse_fraction("8/255") == 8 / 255
+        True
+    """
+    try:
+        return float(fractions.Fraction(str(text).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"not a number or a fraction a/b: {text!r}") from None
+
+
+def _parse_number(key: str, value: Any, kind: type):
+    if isinstance(value, bool):
+        raise ConfigError(f"`{key}` must be a {kind.__name__}; received {key}={value!r}")
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            # Fractions such as "8/255" are how the field writes eps and step sizes.
+            try:
+                return parse_fraction(value)
+            except ValueError:
+                pass
+    raise ConfigError(f"`{key}` must be a {kind.__name__}; received {key}={value!r}")
+
+
+def _coerce(key: str, value: Any, annotation: Any):
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if bool in inner and str in inner:  # a switch with a named mode, e.g. true/false/"auto"
+            return value if isinstance(value, (bool, str)) else _coerce(key, value, bool)
+        return _coerce(key, value, inner[0])
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"`{key}` must be true or false; received {key}={value!r}")
+    if annotation in (int, float):
+        return _parse_number(key, value, annotation)
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"`{key}` must be a string; received {key}={value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"`{key}` must be a list; received {key}={value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"`{key}` must be a mapping; received {key}={value!r}")
+        return value
+    raise ConfigError(f"`{key}` has an unsupported type {annotation!r}")
+
+
+def _build(cls, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"`{prefix}` must be a mapping; received {prefix}={values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        where = f"section `{prefix}`" if prefix else "the top level"
+        raise ConfigError(
+            f"unknown key `{(prefix + '.') if prefix else ''}{unknown[0]}` in {where}; "
+            f"known keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value if value is not None else {}, key)
+        else:
+            kwargs[name] = _coerce(key, value, hint)
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict:
+    """Turn `section.key=value` into a nested dict; the value is read as YAML.
+
+    Example:
+        >>> parse_override("attack.eps=8/255")
+        {'attack': {'eps': '8/255'}}
+    """
+    if "=" not in text:
+        raise ConfigError(f"an override must look like section.key=value; received {text!r}")
+    dotted, raw = text.split("=", 1)
+    parts = [p.strip() for p in dotted.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"an override must look like section.key=value; received {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot read the value of `{dotted}`: {err}") from None
+    nested: dict = value
+    for part in reversed(parts):
+        nested = {part: nested}
+    return nested
+
+
+def config_from_dict(values: dict) -> Config:
+    """Build and validate a `Config` from a nested dict of overrides."""
+    if values is None:
+        values = {}
+    return validate(_build(Config, values, ""))
+
+
+def load_config(path: str | pathlib.Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file of overrides, apply `--set` overrides, validate.
+
+    Args:
+        path: YAML file holding only what differs from the defaults. Default None.
+        overrides: `section.key=value` strings applied after the file. Default ().
+
+    Returns:
+        The resolved, validated `Config`.
+
+    Raises:
+        ConfigError: the file is missing or malformed, or a key or value is wrong.
+    """
+    values: dict = {}
+    if path is not None:
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections; received {values!r}")
+    for text in overrides:
+        values = _deep_merge(values, parse_override(text))
+    return config_from_dict(values)

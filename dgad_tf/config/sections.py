@@ -1,0 +1,369 @@
+"""The config's sections: frozen dataclasses whose defaults are the single source of truth.
+
+Every name and choice list of the config lives here; `validate` checks values against them and
+`loading` reads YAML and `--set` overrides into them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import typing
+from typing import Optional
+
+import yaml
+
+METHODS = ("clean", "pgd_at", "trades", "ard", "rslad", "adaad", "iad", "dgad")
+TEACHER_METHODS = ("ard", "rslad", "adaad", "iad", "dgad")
+EXPORT_FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8")
+# Attacks of an evaluation by name; "pgd<K>" (K >= 1 steps) is a family (see dgad_tf.evaluate).
+EVAL_ATTACKS = ("clean", "fgsm", "cw_inf", "cw_l2", "autoattack", "autoattack_custom")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+KL_REDUCTIONS = ("batchmean", "class_mean")
+DGAD_WEIGHTINGS = ("standard", "reference_mobilenetv2")
+TEACHER_TRAIN_METHODS = ("pgd_at", "trades")
+DATA_SOURCES = ("digits", "tfds", "npz", "folder", "tinyimagenet")
+ATTACK_INITS = ("auto", "uniform", "gaussian", "none")
+MODEL_INITS = ("torch", "keras")
+SCHEDULES = ("piecewise", "cosine", "constant")
+STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
+# Which checkpoint the final report (and export) uses: see TrainConfig.select.
+SELECTION_RULES = ("last", "best_val", "best_test")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or out of range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are fed.
+
+    Args:
+        source: one of `DATA_SOURCES`. Default "digits" (embedded, no download).
+        name: TFDS dataset name for source "tfds" (e.g. "cifar10"). Default None.
+        path: file or folder for "npz", "folder" and "tinyimagenet". Default None.
+        data_dir: TFDS data directory. Default None (TFDS's own default).
+        val_fraction: share of the training data held out for validation. Default 0.1.
+        seed: seed of the validation carve-out and the shuffling. Default 0.
+        train_limit: use only the first n training images. Default None (all).
+        test_limit: use only the first n test images. Default None (all).
+        image_size: resize folder images to this square size. Default None.
+        augment: pad-and-crop augmentation of training images. Default True.
+        crop_padding: zero padding before the random crop. Default None (H/8, 4 for CIFAR).
+        flip: random horizontal flips. Default True.
+    """
+
+    source: str = "digits"
+    name: Optional[str] = None
+    path: Optional[str] = None
+    data_dir: Optional[str] = None
+    val_fraction: float = 0.1
+    seed: int = 0
+    train_limit: Optional[int] = None
+    test_limit: Optional[int] = None
+    image_size: Optional[int] = None
+    augment: bool = True
+    crop_padding: Optional[int] = None
+    flip: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Student and teacher networks.
+
+    Args:
+        student: registry name of the student architecture. Default "resnet-18".
+        teacher: registry name of the teacher architecture (used when it is trained here).
+            Default "wrn-34-10".
+        teacher_path: a `.keras` teacher. Loaded when the file exists; otherwise the teacher is
+            trained as `teacher_train` says and saved there (a cache). Default None
+            (`<run dir>/teacher.keras`).
+        normalize_mean: per-channel mean of an input-normalisation layer inside the models.
+            Default None (no normalisation layer).
+        normalize_std: per-channel std of that layer. Default None.
+        sync_batchnorm: synchronised batch-norm statistics across replicas for the student.
+            Default False (as the reference).
+        init: initial weights of networks built here: "torch" (PyTorch's defaults, as the
+            reference: conv and linear U(+-1/sqrt(fan_in)); WideResNet convs
+            N(0, sqrt(2/(k*k*out_channels))) and linear bias 0) or "keras" (Keras's
+            initialisers). Default "torch".
+    """
+
+    student: str = "resnet-18"
+    teacher: str = "wrn-34-10"
+    teacher_path: Optional[str] = None
+    normalize_mean: Optional[tuple[float, ...]] = None
+    normalize_std: Optional[tuple[float, ...]] = None
+    sync_batchnorm: bool = False
+    init: str = "torch"
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherTrainConfig:
+    """How a teacher is trained when `model.teacher_path` does not exist yet.
+
+    The teacher is trained with the same data, attack and optimiser sections as the student, but
+    with its own method, epochs, learning rate and milestones.
+
+    Args:
+        method: "pgd_at" (Madry) or "trades". Default "pgd_at".
+        epochs: training epochs; 0 means a missing teacher file is an error. Default 0.
+        lr: initial learning rate. Default 0.1.
+        milestones: epochs at which the learning rate is divided by 10. Default ().
+    """
+
+    method: str = "pgd_at"
+    epochs: int = 0
+    lr: float = 0.1
+    milestones: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """The L-inf PGD that makes training examples (inner maximisation).
+
+    Args:
+        eps: radius of the L-inf ball in pixel units; accepts fractions such as "8/255".
+            Default 8/255.
+        step_size: PGD step. Default 2/255.
+        steps: PGD iterations during training. Default 10.
+        init: random start: "auto" (the method's own: Gaussian 0.001 for the distillation
+            methods and TRADES, uniform in the ball for PGD-AT and ARD), "uniform",
+            "gaussian" or "none". Default "auto".
+        init_std: standard deviation of the Gaussian start. Default 0.001.
+    """
+
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+    init: str = "auto"
+    init_std: float = 0.001
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """Training method and its loss weights.
+
+    Args:
+        name: one of `METHODS`. Default "dgad".
+        beta: weight of DGAD's predictive-consistency regulariser (0 turns PCR off). Default 1.0.
+        use_map: DGAD's misclassification-aware partitioning. Default True.
+        use_els: DGAD's error-corrective label swapping. Default True.
+        distill_weight: explicit weight on DGAD's distillation (KL) term. Default 1.0.
+        trades_beta: TRADES's KL weight. Default 6.0.
+        ard_alpha: ARD's weight on the distillation term. Default 1.0.
+        ard_temperature: ARD's temperature. Default 30.0.
+        adaad_alpha: AdaAD's weight on the adversarial term. Default 1.0.
+        dgad_weighting: "standard" (the paper's loss) or "reference_mobilenetv2" (the reference
+            code's MobileNetV2 branch, which multiplies the clean and adversarial KL means; for
+            reproducing its MobileNetV2 rows, see `losses.dgad_loss`). Default "standard".
+        kl_reduction: scale of the KL terms of AdaAD, RSLAD and ARD: "batchmean" (KL summed over
+            classes, mean over the batch) or "class_mean" (also divided by the number of classes,
+            PyTorch's default `nn.KLDivLoss()` as their reference code uses on CIFAR-10).
+            Default "batchmean".
+        kl_scale: constant factor on those KL terms (the reference RSLAD's CIFAR-100 `10 * mean`
+            is class_mean with kl_scale 10). Default 1.0.
+        rslad_log_epsilon: RSLAD's student log-probabilities as log(p + epsilon), as its code;
+            0 is the exact log-softmax. Default 0.0.
+        reference_forwards: run the baselines' forward passes in the order and batch-norm modes of
+            their reference code (PGD-AT: Gaussian 0.001 start and an extra training-mode clean
+            forward after the adversarial one; TRADES: clean, adversarial, clean; RSLAD and ARD:
+            adversarial then clean; ARD: attack with the student in training mode). They change
+            only batch-norm statistics and the start, not the loss formula. Default False.
+        iad_alpha: IAD's weight on its distillation terms. Default 1.0.
+        iad_beta: exponent of the teacher's true-class confidence in IAD's introspection weight.
+            Default 0.1.
+        iad_temperature: IAD's distillation temperature. Default 30.0.
+        iad_warmup_epochs: epochs before IAD's introspection term starts. Default 60.
+    """
+
+    name: str = "dgad"
+    beta: float = 1.0
+    use_map: bool = True
+    use_els: bool = True
+    distill_weight: float = 1.0
+    trades_beta: float = 6.0
+    ard_alpha: float = 1.0
+    ard_temperature: float = 30.0
+    adaad_alpha: float = 1.0
+    dgad_weighting: str = "standard"
+    kl_reduction: str = "batchmean"
+    kl_scale: float = 1.0
+    rslad_log_epsilon: float = 0.0
+    reference_forwards: bool = False
+    iad_alpha: float = 1.0
+    iad_beta: float = 0.1
+    iad_temperature: float = 30.0
+    iad_warmup_epochs: int = 60
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """SGD with PyTorch-coupled weight decay and its learning-rate schedule.
+
+    Args:
+        lr: initial learning rate. Default 0.1.
+        momentum: SGD momentum. Default 0.9.
+        weight_decay: L2 coefficient added to every gradient before momentum, as PyTorch's
+            SGD does. Default 5e-4.
+        nesterov: Nesterov momentum. Default False.
+        schedule: "piecewise", "cosine" or "constant". Default "piecewise".
+        milestones: epochs at which a piecewise schedule multiplies the rate by `gamma`.
+            Default (100, 150).
+        gamma: piecewise decay factor. Default 0.1.
+        warmup_epochs: linear warm-up length in epochs. Default 0.
+    """
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "piecewise"
+    milestones: tuple[int, ...] = (100, 150)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The training loop.
+
+    Args:
+        epochs: student training epochs. Default 200.
+        batch_size: GLOBAL batch size (split across replicas). Default 128.
+        seed: seed of initialisation, shuffling and attacks. Default 0.
+        val_every: compute validation (clean and PGD robust accuracy) every N epochs. Default 1.
+        val_robust_n: validation images attacked for `val_robust_accuracy`. Default 1000.
+        val_robust_steps: PGD steps of that validation attack (CE loss, uniform start,
+            step eps/4). Default 10.
+        jit_compile: compile the train step with XLA: true, false, or "auto" (on where a GPU
+            is visible; off on CPU, where XLA measured 2-7x slower, see benchmarks/README.md).
+            Default "auto".
+        steps_per_execution: train steps per compiled call. Default 1.
+        precision: "float32", "mixed_bfloat16" (GPUs with bfloat16: A100/H100/H200) or
+            "mixed_float16" (older GPUs; dynamic loss scaling); losses, softmax, KL and the
+            attack's sign step stay float32 (see `dgad_tf.precision`). Default "float32".
+        select: the checkpoint the final report evaluates (and export uses): "last"
+            (`student_last.keras`), "best_val" (`student_best_robust.keras`, best
+            `val_robust_accuracy` on the validation split; needs `data.val_fraction > 0`) or
+            "best_test" (`student_best_test_robust.keras`, best PGD accuracy on the TEST split
+            as the reference selects; leaky, a reproduction mode only). Default "best_val".
+        select_n: first n test images evaluated after every epoch (clean and
+            PGD-`val_robust_steps`) for `select="best_test"`. Default None (the whole test
+            split, as the reference).
+        drop_remainder: drop the last partial training batch of each epoch (the reference keeps
+            it). Default True.
+    """
+
+    epochs: int = 200
+    batch_size: int = 128
+    seed: int = 0
+    val_every: int = 1
+    val_robust_n: int = 1000
+    val_robust_steps: int = 10
+    jit_compile: typing.Union[bool, str] = "auto"
+    steps_per_execution: int = 1
+    precision: str = "float32"
+    select: str = "best_val"
+    select_n: Optional[int] = None
+    drop_remainder: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The final report on the test split.
+
+    Args:
+        attacks: attacks of the final report, by name (see `dgad_tf.evaluate`).
+            Default ("clean", "pgd20").
+        n: first n test images attacked. Default 1000.
+        batch_size: evaluation batch size. Default 256.
+    """
+
+    attacks: tuple[str, ...] = ("clean", "pgd20")
+    n: int = 1000
+    batch_size: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    """Where a run writes.
+
+    Args:
+        dir: run directory. Default "runs/default".
+        tensorboard: write TensorBoard logs. Default True.
+        quiet: no progress bars, log lines only. Default False.
+    """
+
+    dir: str = "runs/default"
+    tensorboard: bool = True
+    quiet: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributeConfig:
+    """Data-parallel training.
+
+    Args:
+        strategy: "auto", "none", "mirrored" or "multi_worker". Default "auto".
+        devices: explicit device list for "mirrored". Default () (all visible GPUs).
+        logical_cpus: split the CPU into this many logical devices (to try data-parallel
+            training without GPUs). Default 0 (off).
+    """
+
+    strategy: str = "auto"
+    devices: tuple[str, ...] = ()
+    logical_cpus: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Automatic export of the finished student.
+
+    Args:
+        formats: artifacts to write after training, e.g. ("saved_model", "tflite_float").
+            Default () (no export).
+        dir: export folder; versions go in numbered sub-folders. Default None
+            (`<run dir>/export`).
+    """
+
+    formats: tuple[str, ...] = ()
+    dir: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole run. Every section has the defaults of its dataclass."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    teacher_train: TeacherTrainConfig = TeacherTrainConfig()
+    attack: AttackConfig = AttackConfig()
+    method: MethodConfig = MethodConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+    distribute: DistributeConfig = DistributeConfig()
+    export: ExportConfig = ExportConfig()
+    tune: dict = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (tuples as lists), as written to `config.yaml`."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """sha256 of the resolved config, independent of the file it came from."""
+        return hashlib.sha256(self.to_yaml().encode()).hexdigest()
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,169 @@
+"""Checks that types alone cannot make: ranges, choices and how sections fit together.
+
+Every check raises `ConfigError` naming the key and the value received, before anything runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dgad_tf.config.sections import (ATTACK_INITS, DATA_SOURCES, DGAD_WEIGHTINGS, EVAL_ATTACKS,
+                                     EXPORT_FORMATS, KL_REDUCTIONS, METHODS, MODEL_INITS,
+                                     PRECISIONS, SCHEDULES, SELECTION_RULES, STRATEGIES,
+                                     TEACHER_TRAIN_METHODS, Config, ConfigError, MethodConfig)
+
+def _check(condition: bool, key: str, value: Any, requirement: str):
+    if not condition:
+        raise ConfigError(f"`{key}` must be {requirement}; received {key}={value!r}")
+
+
+def _check_choice(key: str, value: str, choices: tuple):
+    _check(value in choices, key, value, "one of " + ", ".join(choices))
+
+
+def validate(cfg: Config) -> Config:
+    """Check ranges and choices that types alone cannot; returns `cfg` unchanged.
+
+    Raises:
+        ConfigError: naming the first offending key and its value.
+    """
+    d, m, a, me, o, t = cfg.data, cfg.model, cfg.attack, cfg.method, cfg.optimizer, cfg.train
+    _check_choice("data.source", d.source, DATA_SOURCES)
+    _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "in [0, 1)")
+    for key in ("train_limit", "test_limit", "image_size"):
+        value = getattr(d, key)
+        _check(value is None or value >= 1, f"data.{key}", value, ">= 1 or null")
+    _check(d.crop_padding is None or d.crop_padding >= 0, "data.crop_padding", d.crop_padding,
+           ">= 0 or null")
+    if d.source == "tfds":
+        _check(bool(d.name), "data.name", d.name, "a TFDS dataset name when data.source=tfds")
+    if d.source in ("npz", "folder", "tinyimagenet"):
+        _check(bool(d.path), "data.path", d.path, f"a path when data.source={d.source}")
+
+    if (m.normalize_mean is None) != (m.normalize_std is None):
+        raise ConfigError("`model.normalize_mean` and `model.normalize_std` must be given together;"
+                          f" received normalize_mean={m.normalize_mean!r}, "
+                          f"normalize_std={m.normalize_std!r}")
+    if m.normalize_std is not None:
+        _check(len(m.normalize_std) == len(m.normalize_mean), "model.normalize_std",
+               m.normalize_std, "as long as model.normalize_mean")
+        _check(all(s > 0 for s in m.normalize_std), "model.normalize_std", m.normalize_std,
+               "positive")
+    _check_choice("model.init", m.init, MODEL_INITS)
+
+    _check_choice("teacher_train.method", cfg.teacher_train.method, TEACHER_TRAIN_METHODS)
+    _check(cfg.teacher_train.epochs >= 0, "teacher_train.epochs", cfg.teacher_train.epochs, ">= 0")
+    _check(cfg.teacher_train.lr > 0, "teacher_train.lr", cfg.teacher_train.lr, "> 0")
+
+    _check(0.0 <= a.eps <= 1.0, "attack.eps", a.eps, "in [0, 1]")
+    _check(0.0 <= a.step_size <= 1.0, "attack.step_size", a.step_size, "in [0, 1]")
+    _check(a.steps >= 0, "attack.steps", a.steps, ">= 0")
+    _check_choice("attack.init", a.init, ATTACK_INITS)
+    _check(a.init_std >= 0, "attack.init_std", a.init_std, ">= 0")
+    attacked = [f"method.name={me.name}"] if me.name != "clean" else []
+    if cfg.teacher_train.epochs > 0:
+        attacked.append(f"teacher_train.method={cfg.teacher_train.method}")
+    if attacked:
+        # Every method but `clean` trains on adversarial examples; without them it silently
+        # becomes clean training under another name.
+        needs = f"for {' and '.join(attacked)}, which train on adversarial examples"
+        _check(a.eps > 0, "attack.eps", a.eps, f"> 0 {needs}")
+        _check(a.steps >= 1, "attack.steps", a.steps, f">= 1 {needs}")
+        _check(a.step_size > 0, "attack.step_size", a.step_size, f"> 0 {needs}")
+        _check(a.step_size <= a.eps, "attack.step_size", a.step_size,
+               f"<= attack.eps={a.eps:g} (a longer step only overshoots the eps-ball and is "
+               "clipped back)")
+
+    validate_method(me)
+
+    _check(o.lr > 0, "optimizer.lr", o.lr, "> 0")
+    _check(0.0 <= o.momentum < 1.0, "optimizer.momentum", o.momentum, "in [0, 1)")
+    _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, ">= 0")
+    _check_choice("optimizer.schedule", o.schedule, SCHEDULES)
+    _check(0.0 < o.gamma <= 1.0, "optimizer.gamma", o.gamma, "in (0, 1]")
+    _check(o.warmup_epochs >= 0, "optimizer.warmup_epochs", o.warmup_epochs, ">= 0")
+    _check(list(o.milestones) == sorted(o.milestones), "optimizer.milestones", o.milestones,
+           "increasing")
+
+    _check(t.epochs >= 1, "train.epochs", t.epochs, ">= 1")
+    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")
+    _check(t.val_every >= 1, "train.val_every", t.val_every, ">= 1")
+    _check(t.val_robust_n >= 1, "train.val_robust_n", t.val_robust_n, ">= 1")
+    _check(t.val_robust_steps >= 0, "train.val_robust_steps", t.val_robust_steps, ">= 0")
+    _check(t.steps_per_execution >= 1, "train.steps_per_execution", t.steps_per_execution, ">= 1")
+    _check(isinstance(t.jit_compile, bool) or t.jit_compile == "auto", "train.jit_compile",
+           t.jit_compile, 'true, false or "auto"')
+    _check_choice("train.precision", t.precision, PRECISIONS)
+    _check_choice("train.select", t.select, SELECTION_RULES)
+    _check(t.select_n is None or t.select_n >= 1, "train.select_n", t.select_n, ">= 1 or null")
+    if t.select == "best_val" and d.val_fraction == 0:
+        raise ConfigError("`train.select`=best_val chooses the checkpoint on the validation split, "
+                          "but `data.val_fraction`=0 leaves none; set data.val_fraction > 0, or "
+                          "train.select=last (or best_test, the reference's leaky test-set rule)")
+
+    check_attack_names(cfg.eval.attacks)
+    check_export_formats(cfg.export.formats)
+    _check(cfg.eval.n >= 1, "eval.n", cfg.eval.n, ">= 1")
+    _check(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, ">= 1")
+    _check(bool(cfg.output.dir), "output.dir", cfg.output.dir, "a non-empty path")
+    _check_choice("distribute.strategy", cfg.distribute.strategy, STRATEGIES)
+    _check(cfg.distribute.logical_cpus >= 0, "distribute.logical_cpus",
+           cfg.distribute.logical_cpus, ">= 0")
+    return cfg
+
+
+def check_attack_names(names, key: str = "eval.attacks") -> list[str]:
+    """Lower-cased attack names, each one of `EVAL_ATTACKS` or `pgd<K>` with K >= 1.
+
+    Raises:
+        ConfigError: naming `key` and the unknown name.
+    """
+    import re
+
+    checked = [str(n).strip().lower() for n in names if str(n).strip()]
+    for name in checked:
+        match = re.fullmatch(r"pgd(\d+)", name)
+        if name not in EVAL_ATTACKS and not (match and int(match.group(1)) >= 1):
+            raise ConfigError(f"`{key}` has an unknown attack {name!r}; known: "
+                              f"{', '.join(EVAL_ATTACKS)} and pgd<K> with K >= 1 steps")
+    if not checked:
+        raise ConfigError(f"`{key}` must name at least one attack; received {list(names)!r}")
+    return checked
+
+
+def check_export_formats(formats, key: str = "export.formats") -> list[str]:
+    """Export formats, each one of `EXPORT_FORMATS`; ConfigError naming `key` otherwise."""
+    checked = [str(f).strip() for f in formats if str(f).strip()]
+    for name in checked:
+        _check(name in EXPORT_FORMATS, key, list(formats), "a list of " + ", ".join(EXPORT_FORMATS))
+    return checked
+
+
+def validate_method(me: MethodConfig, prefix: str = "method") -> MethodConfig:
+    """Check the method section alone (the distiller checks its options with it too)."""
+    _check_choice(f"{prefix}.name", me.name, METHODS)
+    for key in ("beta", "distill_weight", "trades_beta", "rslad_log_epsilon", "iad_beta",
+                "iad_warmup_epochs"):
+        _check(getattr(me, key) >= 0, f"{prefix}.{key}", getattr(me, key), ">= 0")
+    for key in ("ard_alpha", "adaad_alpha", "iad_alpha"):
+        _check(0.0 <= getattr(me, key) <= 1.0, f"{prefix}.{key}", getattr(me, key), "in [0, 1]")
+    for key in ("ard_temperature", "iad_temperature", "kl_scale"):
+        _check(getattr(me, key) > 0, f"{prefix}.{key}", getattr(me, key), "> 0")
+    _check_choice(f"{prefix}.dgad_weighting", me.dgad_weighting, DGAD_WEIGHTINGS)
+    _check_choice(f"{prefix}.kl_reduction", me.kl_reduction, KL_REDUCTIONS)
+    return me
+
+
+def resolved_attack_init(method: str, init: str, reference_forwards: bool = False) -> str:
+    """The random start a method uses when `attack.init` is "auto".
+
+    The distillation methods and TRADES start from x + 0.001·N(0, I) as their reference code;
+    ARD and the clean baseline start uniformly in the ball as Madry et al., and so does PGD-AT
+    unless `reference_forwards` asks for the Gaussian start of the AdaAD code's SAT baseline.
+    """
+    if init != "auto":
+        return init
+    gaussian = ("trades", "rslad", "adaad", "iad", "dgad")
+    if method in gaussian or (method == "pgd_at" and reference_forwards):
+        return "gaussian"
+    return "uniform"
