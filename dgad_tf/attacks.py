@@ -416,7 +416,9 @@ def cw_l2(model_fn, x, labels, *, c=0.1, confidence=0.01, steps=1000, lr=0.01, a
             tape.watch(delta)
             adv = (tf.tanh(w_start + delta) + 1.0) / 2.0
             logits = _float_logits(model_fn, adv)
-            l2 = tf.reduce_sum(tf.reshape(tf.square(adv - x), [batch, -1]), axis=1)
+            # Summed over the pixel axes, not a reshape to [batch, -1]: that would lose the
+            # static batch size, and a traced batch of one would then change shape in the loop.
+            l2 = tf.reduce_sum(tf.square(adv - x), axis=list(range(1, len(x.shape))))
             # max(z_y - max_{j != y} z_j + kappa, 0), from the margin capped at kappa.
             margin_term = confidence - cw_margin_loss(logits, labels, confidence)
             loss = tf.reduce_sum(l2) + c * tf.reduce_sum(margin_term)

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     except ConfigError as err:
         return cli.error(str(err))
     if args.print_config:
-        print(cfg.to_yaml(), end="")
+        print("".join(f"# {line}\n" for line in run_summary(cfg)) + cfg.to_yaml(), end="")
         return 0
 
     cli.start(args.verbose)
@@ -71,6 +71,34 @@ def main(argv=None) -> int:
         print(f"note: the student checkpoint was {selection['note']}")
     print(f"run directory: {cfg.output.dir}")
     return 0
+
+
+# Training-split sizes of the TFDS datasets the paper recipes use (for --print-config).
+_TFDS_TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000}
+_SELECTION = {"last": "the last epoch's checkpoint",
+              "best_val": "best val_robust_accuracy on the validation split",
+              "best_test": "best test_robust_accuracy on the TEST split (the reference's rule; "
+                           "leaky, a reproduction mode)"}
+
+
+def run_summary(cfg) -> list[str]:
+    """What a run of `cfg` trains on, which checkpoint it reports and with which attacks."""
+    d, t = cfg.data, cfg.train
+    size = _TFDS_TRAIN_SIZES.get(d.name) if d.source == "tfds" else None
+    if d.train_limit is not None:
+        images = f"the first {d.train_limit:,}"
+    elif d.val_fraction == 0:
+        images = f"all {size:,}" if size else "all"
+    else:
+        images = (f"{round(size * (1 - d.val_fraction)):,} of {size:,}" if size
+                  else f"{1 - d.val_fraction:.0%}") + f" (data.val_fraction {d.val_fraction} held out)"
+    where = f"{d.name}'s train split" if d.source == "tfds" else f"the {d.source} training split"
+    batches = "dropped" if t.drop_remainder else "kept"
+    columns = {"pgd10": "pgd10 (the reference's PGD)", "cw_l2": "cw_l2 (the reference's CW)"}
+    attacks = ", ".join(columns.get(a, a) for a in cfg.eval.attacks)
+    return [f"training images: {images} of {where}; last partial batch {batches}",
+            f"checkpoint reported: train.select={t.select}: {_SELECTION[t.select]}",
+            f"final report: {attacks} on the first {cfg.eval.n:,} test images"]
 
 
 if __name__ == "__main__":

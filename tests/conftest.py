@@ -18,7 +18,7 @@ def _seed():
     yield
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_cifar10():
     """Path to ../shared/data/cifar10, or skip when it is not beside the checkout."""
     if not (SHARED_CIFAR / "test.npz").exists():

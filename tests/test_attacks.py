@@ -300,6 +300,15 @@ def test_cw_l2_finds_adversarials_inside_the_box_on_undefended_model():
     np.testing.assert_array_equal(x_adv[~fooled], x[~fooled])
 
 
+def test_cw_l2_traces_for_a_batch_of_one():
+    # evaluate's last batch of clean-correct points can hold one image: a traced graph with a
+    # static batch of 1 must keep its loop state's shapes.
+    model, x, y = trained_problem()
+    attack = tf.function(lambda a, b: attacks.cw_l2(inference(model), a, b, steps=5))
+    x_adv = attack(tf.constant(x[:1]), tf.constant(y[:1])).numpy()
+    assert x_adv.shape == x[:1].shape and np.isfinite(x_adv).all()
+
+
 def test_cw_l2_without_steps_returns_the_original():
     model, x, y = trained_problem()
     np.testing.assert_array_equal(

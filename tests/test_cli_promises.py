@@ -260,3 +260,17 @@ def test_fit_names_a_teacher_file_that_is_not_a_keras_archive(tmp_path, capsys, 
     assert "model.teacher_path" in err and "File not found" not in err
     assert ("is a folder" if kind == "folder" else "not a .keras archive") in err
     assert not (tmp_path / "run").exists()
+
+
+def test_print_config_of_a_paper_recipe_says_what_the_run_reproduces(capsys):
+    import yaml
+
+    assert fit_cli.main(["--config", str(REPO / "configs" / "cifar10_resnet18_dgad.yaml"),
+                         "--print-config"]) == 0
+    out = capsys.readouterr().out
+    comments = [line for line in out.splitlines() if line.startswith("#")]
+    assert "all 50,000 of cifar10's train split; last partial batch kept" in comments[0]
+    assert "train.select=best_test" in comments[1] and "TEST split" in comments[1]
+    assert "pgd10 (the reference's PGD)" in comments[2] and "cw_l2 (the reference's CW)" in comments[2]
+    printed = yaml.safe_load(out)  # the comments leave it a valid config
+    assert printed["data"]["val_fraction"] == 0 and printed["train"]["select"] == "best_test"
