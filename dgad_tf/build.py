@@ -17,7 +17,8 @@ import numpy as np
 from dgad_tf import data as data_lib
 from dgad_tf import distribute, models, precision
 from dgad_tf.config import Config
-from dgad_tf.distiller import METHOD_SPECS, AdversarialDistiller
+from dgad_tf.distiller import AdversarialDistiller
+from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.evaluate import at_chance_level, chance_threshold
 from dgad_tf.optim import make_optimizer
 from dgad_tf.rundir import RunError, check_keras_file, check_run_dir, teacher_path_for

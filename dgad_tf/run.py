@@ -40,7 +40,8 @@ from dgad_tf.build import (RunError, build_distiller, build_network, load_teache
                            make_datasets, preflight, selection_test_arrays, steps_per_epoch_for)
 from dgad_tf.callbacks import EpochCSVLogger, EpochTensorBoard, RunCheckpoints, TestSetEvaluation
 from dgad_tf.config import Config
-from dgad_tf.distiller import METHOD_SPECS, AdversarialDistiller
+from dgad_tf.distiller import AdversarialDistiller
+from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.evaluate import evaluate_model, format_report
 from dgad_tf.rundir import (CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, REPORT_FILE, TEACHER_FILE,
                             FolderLock, atomic_write_text, check_run_dir, read_log,

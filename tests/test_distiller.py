@@ -7,7 +7,8 @@ import tensorflow as tf
 
 from dgad_tf import attacks, losses
 from dgad_tf.config import METHODS
-from dgad_tf.distiller import METHOD_SPECS, AdversarialDistiller
+from dgad_tf.distiller import AdversarialDistiller
+from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.optim import TorchSGD
 
 

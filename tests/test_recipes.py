@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dgad_tf.config import load_config
-from dgad_tf.distiller import METHOD_SPECS
+from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.fit import main
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from dgad_tf.distiller import METHOD_SPECS, AdversarialDistiller
+from dgad_tf.distiller import AdversarialDistiller
+from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.optim import TorchSGD
 
 SHAPE, CLASSES = (6, 6, 1), 4

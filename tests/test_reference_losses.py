@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from dgad_tf.config import load_config
-from dgad_tf.distiller import METHOD_SPECS, StepContext
+from dgad_tf.methods import METHOD_SPECS, StepContext
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 TOL = dict(rtol=1e-6, atol=1e-6)
