@@ -206,13 +206,47 @@ def preflight(cfg: Config, run_dir: Optional[pathlib.Path] = None):
     if cfg.train.select == "best_test" and len(splits.test.y) == 0:
         raise RunError("train.select=best_test needs a test split; this data has none")
     if METHOD_SPECS[cfg.method.name].needs_teacher:
-        path = teacher_path_for(cfg, run_dir)
-        if path.exists():
-            load_teacher(path, splits)
-        elif cfg.teacher_train.epochs == 0:
-            raise RunError(f"model.teacher_path: no teacher at {path} and teacher_train.epochs=0;"
-                           " give a trained .keras teacher or set teacher_train.epochs")
-        else:
-            build_network(cfg, cfg.model.teacher, splits)
+        check_teacher(cfg, splits, run_dir)
     build_network(cfg, cfg.model.student, splits)
     return splits, run_dir
+
+
+def check_teacher(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.Path):
+    """The teacher file loads and suits the data, or a teacher can be trained here.
+
+    Raises:
+        RunError: naming `model.teacher_path` and what is wrong.
+    """
+    path = teacher_path_for(cfg, run_dir)
+    if path.exists():
+        load_teacher(path, splits)
+    elif cfg.teacher_train.epochs == 0:
+        raise RunError(f"model.teacher_path: no teacher at {path} and teacher_train.epochs=0;"
+                       " give a trained .keras teacher or set teacher_train.epochs")
+    else:
+        build_network(cfg, cfg.model.teacher, splits)
+
+
+def make_strategy(cfg: Config, batch_sizes=None):
+    """The configured distribution strategy, checked against every global batch size.
+
+    Create it before anything else touches TensorFlow: logical CPUs are configured there.
+
+    Args:
+        cfg: the config (`distribute` and `train.batch_size`).
+        batch_sizes: (key, global batch size) pairs to check. Default None
+            (`train.batch_size` only).
+
+    Raises:
+        RunError: settings `dgad_tf.distribute` cannot honour, naming the key.
+    """
+    try:
+        strategy = distribute.make_strategy(cfg.distribute)
+    except distribute.DistributeError as err:
+        raise RunError(str(err)) from err
+    for key, batch_size in batch_sizes or [("train.batch_size", cfg.train.batch_size)]:
+        try:
+            distribute.check_global_batch(batch_size, strategy)
+        except distribute.DistributeError as err:
+            raise RunError(f"{key}: {err}" if batch_sizes else str(err)) from err
+    return strategy

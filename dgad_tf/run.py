@@ -37,7 +37,8 @@ import tensorflow as tf
 from dgad_tf import data as data_lib
 from dgad_tf import distribute
 from dgad_tf.build import (RunError, build_distiller, build_network, load_teacher,  # noqa: F401
-                           make_datasets, preflight, selection_test_arrays, steps_per_epoch_for)
+                           make_datasets, make_strategy, preflight, selection_test_arrays,
+                           steps_per_epoch_for)
 from dgad_tf.callbacks import EpochCSVLogger, EpochTensorBoard, RunCheckpoints, TestSetEvaluation
 from dgad_tf.config import Config
 from dgad_tf.distiller import AdversarialDistiller
@@ -141,11 +142,7 @@ def run(cfg: Config, *, command: str = "") -> dict:
     TensorFlow initialises its devices). With several workers only the chief writes `output.dir`;
     the others run the same steps against a scratch directory deleted at the end.
     """
-    try:
-        strategy = distribute.make_strategy(cfg.distribute)
-        distribute.check_global_batch(cfg.train.batch_size, strategy)
-    except distribute.DistributeError as err:
-        raise RunError(str(err)) from err
+    strategy = make_strategy(cfg)
     keras.utils.set_random_seed(cfg.train.seed)
     splits, run_dir = preflight(cfg, distribute.worker_run_dir(cfg.output.dir, strategy))
     with FolderLock(run_dir, "output.dir"):

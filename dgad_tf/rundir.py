@@ -250,12 +250,29 @@ def read_state_meta(run_dir: str | os.PathLike) -> dict | None:
         return json.loads(str(state["meta"]))
 
 
+def holds_previous(folder: pathlib.Path, identity_file: str) -> bool:
+    """Whether `folder` holds an earlier writer's `identity_file`; else it is new or empty.
+
+    The writer then compares the identity file with its own settings (same config, same
+    search) before resuming there.
+
+    Raises:
+        RunError: `folder` is a file, or holds other files but no `identity_file`.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"output.dir {folder} exists and is not a directory")
+    if (folder / identity_file).exists():
+        return True
+    if folder.is_dir() and any(p.name != LOCK_FILE for p in folder.iterdir()):
+        raise RunError(f"output.dir {folder} is not empty and holds no {identity_file}; choose "
+                       "an empty or new directory")
+    return False
+
+
 def check_run_dir(cfg: Config, run_dir: pathlib.Path):
     """A run directory is new, or holds this same config (then the run resumes)."""
     existing = run_dir / CONFIG_FILE
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(f"output.dir {run_dir} exists and is not a directory")
-    if existing.exists():
+    if holds_previous(run_dir, CONFIG_FILE):
         try:
             previous = load_config(existing)
         except ConfigError as err:
@@ -263,9 +280,6 @@ def check_run_dir(cfg: Config, run_dir: pathlib.Path):
         if previous.hash() != cfg.hash():
             raise RunError(f"output.dir {run_dir} holds a run with a different config; choose "
                            "another output.dir (nothing was changed there)")
-    elif run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
-        raise RunError(f"output.dir {run_dir} is not empty and holds no config.yaml; choose an "
-                       "empty or new directory")
 
 
 def teacher_path_for(cfg: Config, run_dir: pathlib.Path) -> pathlib.Path:

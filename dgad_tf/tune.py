@@ -1,4 +1,4 @@
-"""`python -m dgad_tf.tune`: KerasTuner search over a config's `tune.space`, best trial as a config.
+"""`python -m dgad_tf.tune`: KerasTuner search over a config's `tune.space` (`dgad_tf.search`).
 
 Usage:
     python -m dgad_tf.tune --config configs/tune_quickstart.yaml
@@ -50,20 +50,19 @@ def main(argv=None) -> int:
         return cli.error(str(err))
 
     cli.start(args.verbose)
-    from dgad_tf import tuning
-    from dgad_tf.rundir import FolderBusy
-    from dgad_tf.rundir import RunError
+    from dgad_tf import search
+    from dgad_tf.rundir import FolderBusy, RunError
 
     try:
-        result = tuning.run_search(cfg)
+        result = search.run_search(cfg)
     except (RunError, ConfigError, FolderBusy) as err:
         return cli.error(str(err))
     except RuntimeError as err:  # KerasTuner gives up after consecutive failed trials
         print(f"error: the search stopped: {err}", file=sys.stderr)
         return 1
     print(f"\n{len(result.rows)} trials in {result.out_dir} ({result.trials_run} trained now, "
-          f"{result.seconds:.0f} s); objective {result.spec.objective}, * = best:")
-    print(tuning.format_trials_table(result.rows, result.best_trial))
+          f"{result.seconds:.0f} s); objective {result.tune.metric}, * = best:")
+    print(search.format_trials_table(result.rows, result.best_trial))
     print(f"best config: {result.best_config_path}")
     print(f"train it:    python -m dgad_tf.fit --config {result.best_config_path}")
     return 0

@@ -1,4 +1,4 @@
-"""Tuning: the `tune:` section parser, the HyperModel's data and score, searches, resuming, CLI."""
+"""Tuning: the typed `tune:` section, the HyperModel's data and score, searches, resuming, CLI."""
 
 import dataclasses
 import pathlib
@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from dgad_tf import data as data_lib
-from dgad_tf import tuning
-from dgad_tf.config import config_from_dict, load_config
+from dgad_tf import search, tuning
+from dgad_tf.config import ConfigError, config_from_dict, load_config
+from dgad_tf.rundir import RunError
 from dgad_tf.tune import main as tune_main
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -36,22 +37,24 @@ def tiny_cfg(out_dir, space=None, **tune):
     return config_from_dict(values)
 
 
-def space_of(entries):
-    return {"space": entries}
+def space_of(entries, **tune):
+    """The search space of a config whose `tune:` section holds `entries` (read at load)."""
+    return config_from_dict({"tune": {"space": entries, **tune}}).tune.space
 
 
 # --------------------------------------------------------------------------- parser
 
 
 def test_parser_reads_every_dimension_type():
-    dims = tuning.parse_search_space(space_of({
+    space = space_of({
         "optimizer.lr": {"type": "float", "min": 0.001, "max": 0.1, "log": True},
         "attack.steps": {"type": "int", "min": 1, "max": 7, "step": 3},
         "method.name": {"type": "choice", "values": ["pgd_at", "trades"]},
         "method.use_els": {"type": "bool"},
         "method.beta": {"type": "choice", "values": [0, 0.5, 2]},
-    }))
-    assert [(d.key, d.kind) for d in dims] == [
+    })
+    dims = list(space.values())
+    assert [(key, d.type) for key, d in space.items()] == [
         ("optimizer.lr", "float"), ("attack.steps", "int"), ("method.name", "choice"),
         ("method.use_els", "bool"), ("method.beta", "choice")]
     assert (dims[0].min, dims[0].max, dims[0].log) == (0.001, 0.1, True)
@@ -62,10 +65,8 @@ def test_parser_reads_every_dimension_type():
 
 
 def test_nested_space_reads_like_dotted_keys():
-    dotted = tuning.parse_search_space(space_of({"method.beta": {"type": "float", "min": 0,
-                                                                 "max": 4}}))
-    nested = tuning.parse_search_space(space_of({"method": {"beta": {"type": "float", "min": 0,
-                                                                     "max": 4}}}))
+    dotted = space_of({"method.beta": {"type": "float", "min": 0, "max": 4}})
+    nested = space_of({"method": {"beta": {"type": "float", "min": 0, "max": 4}}})
     assert dotted == nested
 
 
@@ -82,48 +83,54 @@ def test_nested_space_reads_like_dotted_keys():
     (0.5, "must be a mapping"),
 ])
 def test_bad_entry_is_rejected_naming_the_key(entry, message):
-    with pytest.raises(tuning.TuneError, match="tune.space.method.beta") as err:
-        tuning.parse_search_space(space_of({"method.beta": entry}))
+    with pytest.raises(ConfigError, match="tune.space.method.beta") as err:
+        space_of({"method.beta": entry})
     assert message in str(err.value)
 
 
 @pytest.mark.parametrize("key", ["method.betta", "foo", "method", "method.beta.x"])
 def test_path_that_is_not_a_config_field_is_rejected(key):
-    with pytest.raises(tuning.TuneError, match=f"tune.space.{key}: `{key}` is not a config"):
-        tuning.parse_search_space(space_of({key: {"type": "bool"}}))
+    with pytest.raises(ConfigError, match=f"tune.space.{key}: `{key}` is not a config"):
+        space_of({key: {"type": "bool"}})
 
 
 def test_fields_fixed_for_the_whole_search_are_rejected():
-    with pytest.raises(tuning.TuneError, match="tune.space.data.seed: .*cannot be searched"):
-        tuning.parse_search_space(space_of({"data.seed": {"type": "int", "min": 0, "max": 3}}))
+    with pytest.raises(ConfigError, match="tune.space.data.seed: .*cannot be searched"):
+        space_of({"data.seed": {"type": "int", "min": 0, "max": 3}})
 
 
 def test_checkpoint_selection_is_not_a_search_dimension():
-    with pytest.raises(tuning.TuneError, match="tune.space.train.select: .*cannot be searched"):
-        tuning.parse_search_space(space_of({"train.select": {
-            "type": "choice", "values": ["last", "best_test"]}}))
+    with pytest.raises(ConfigError, match="tune.space.train.select: .*cannot be searched"):
+        space_of({"train.select": {"type": "choice", "values": ["last", "best_test"]}})
 
 
 def test_float_dimension_on_an_integer_field_is_rejected():
-    with pytest.raises(tuning.TuneError, match="tune.space.attack.steps: .*integer field"):
-        tuning.parse_search_space(space_of({"attack.steps": {"type": "float", "min": 1,
-                                                             "max": 3}}))
+    with pytest.raises(ConfigError, match="tune.space.attack.steps: .*integer field"):
+        space_of({"attack.steps": {"type": "float", "min": 1, "max": 3}})
 
 
 def test_bounds_are_checked_against_the_base_config():
-    with pytest.raises(tuning.TuneError, match="tune.space.attack.eps: `attack.eps` must be in"):
-        tuning.parse_search_space(space_of({"attack.eps": {"type": "float", "min": 0.1,
-                                                           "max": 1.5}}))
+    with pytest.raises(ConfigError, match="tune.space.attack.eps: `attack.eps` must be in"):
+        space_of({"attack.eps": {"type": "float", "min": 0.1, "max": 1.5}})
 
 
 def test_tune_section_defaults_and_weighted_objective():
-    spec = tuning.parse_tune_section(space_of(SPACE))
-    assert (spec.objective, spec.tuner, spec.max_trials, spec.epochs) == (
+    tune = config_from_dict({"tune": {"space": SPACE}}).tune
+    assert (tune.metric, tune.tuner, tune.max_trials, tune.epochs) == (
         "val_robust_accuracy", "random", 10, None)
-    weighted = tuning.parse_tune_section({**space_of(SPACE), "objective": {
-        "clean_weight": 0.3, "robust_weight": 0.7}})
-    assert (weighted.objective, weighted.clean_weight, weighted.robust_weight) == (
-        "val_score", 0.3, 0.7)
+    weighted = config_from_dict({"tune": {"space": SPACE, "objective": {
+        "clean_weight": 0.3, "robust_weight": 0.7}}}).tune
+    assert (weighted.metric, weighted.weights) == ("val_score", (0.3, 0.7))
+
+
+def test_tune_section_round_trips_through_yaml(tmp_path):
+    cfg = load_config(CONFIGS / "tune_quickstart.yaml",
+                      ["tune.objective={clean_weight: 0.3, robust_weight: 0.7}"])
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(path)
+    assert again == cfg and again.hash() == cfg.hash()
+    assert config_from_dict({}).to_dict()["tune"] == {}  # runs without a search write `tune: {}`
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -134,14 +141,18 @@ def test_tune_section_defaults_and_weighted_objective():
     ({"spaces": {}}, "unknown key `tune.spaces`"),
 ])
 def test_bad_tune_keys_are_named(extra, message):
-    with pytest.raises(tuning.TuneError, match=message):
-        tuning.parse_tune_section({**space_of(SPACE), **extra})
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"tune": {"space": SPACE, **extra}})
 
 
 def test_tune_quickstart_config_parses():
     cfg = load_config(CONFIGS / "tune_quickstart.yaml")
-    spec = tuning.parse_tune_section(cfg.tune, cfg)
-    assert {d.key for d in spec.space} == {"method.beta", "optimizer.lr", "method.distill_weight"}
+    assert set(cfg.tune.space) == {"method.beta", "optimizer.lr", "method.distill_weight"}
+
+
+def test_a_search_needs_a_space(tmp_path):
+    with pytest.raises(ConfigError, match="no `tune.space`"):
+        search.run_search(config_from_dict({**TINY, "output": {"dir": str(tmp_path)}}))
 
 
 # --------------------------------------------------------------------------- pieces
@@ -244,7 +255,7 @@ def finished_search(tmp_path_factory, digits_teacher):
                                  "optimizer.lr": {"type": "choice", "values": [0.01, 0.1]}},
                        "max_trials": 2, "epochs": 1}}
     cfg = config_from_dict(values)
-    return cfg, tuning.run_search(cfg, verbose=0)
+    return cfg, search.run_search(cfg, verbose=0)
 
 
 def test_search_runs_every_trial_and_writes_a_loadable_best_config(finished_search):
@@ -257,7 +268,7 @@ def test_search_runs_every_trial_and_writes_a_loadable_best_config(finished_sear
     assert best.method.beta == pytest.approx(best_row["method.beta"])
     assert best.optimizer.lr == pytest.approx(best_row["optimizer.lr"])
     # A config for fit: the full epochs, no tune section, the tuned-against teacher, a new dir.
-    assert best.train.epochs == 3 and best.tune == {}
+    assert best.train.epochs == 3 and not best.tune.space
     assert best.model.teacher_path == cfg.model.teacher_path
     assert not pathlib.Path(best.output.dir).exists()
 
@@ -270,7 +281,7 @@ def test_search_writes_per_trial_tensorboard_logs(finished_search):
 
 def test_table_lists_every_trial_and_marks_the_best(finished_search):
     _, result = finished_search
-    lines = tuning.format_trials_table(result.rows, result.best_trial).splitlines()
+    lines = search.format_trials_table(result.rows, result.best_trial).splitlines()
     assert "method.beta" in lines[0] and "val_robust_accuracy" in lines[0]
     assert len(lines) == 2 + len(result.rows)
     assert [line[0] for line in lines[2:]].count("*") == 1
@@ -278,15 +289,15 @@ def test_table_lists_every_trial_and_marks_the_best(finished_search):
 
 def test_a_different_search_in_the_same_directory_is_refused(finished_search):
     cfg, result = finished_search
-    changed = dataclasses.replace(cfg, tune={**cfg.tune, "epochs": 2})
-    with pytest.raises(tuning.TuneError, match="`tune.epochs` differs"):
-        tuning.run_search(changed, verbose=0)
+    changed = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, epochs=2))
+    with pytest.raises(RunError, match="`tune.epochs` differs"):
+        search.run_search(changed, verbose=0)
 
 
 def test_rerun_with_more_trials_runs_only_the_new_ones(tmp_path):
-    first = tuning.run_search(tiny_cfg(tmp_path, max_trials=1), verbose=0)
+    first = search.run_search(tiny_cfg(tmp_path, max_trials=1), verbose=0)
     assert first.trials_run == 1
-    second = tuning.run_search(tiny_cfg(tmp_path, max_trials=2), verbose=0)
+    second = search.run_search(tiny_cfg(tmp_path, max_trials=2), verbose=0)
     assert second.trials_run == 1
     assert [r["trial"] for r in second.rows] == ["0", "1"]
     assert second.rows[0] == first.rows[0]  # the finished trial was kept, not retrained
@@ -304,9 +315,9 @@ def test_interrupted_trial_is_rerun_and_finished_ones_are_not(tmp_path, monkeypa
 
     monkeypatch.setattr(tuning.DistillerHyperModel, "fit", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
-        tuning.run_search(tiny_cfg(tmp_path), verbose=0)
+        search.run_search(tiny_cfg(tmp_path), verbose=0)
     monkeypatch.setattr(tuning.DistillerHyperModel, "fit", original)
-    result = tuning.run_search(tiny_cfg(tmp_path), verbose=0)
+    result = search.run_search(tiny_cfg(tmp_path), verbose=0)
     assert result.trials_run == 1
     assert [r["status"] for r in result.rows] == ["COMPLETED", "COMPLETED"]
     rerun = {k: result.rows[1][k] for k in SPACE}

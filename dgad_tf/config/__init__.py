@@ -11,26 +11,32 @@ Example:
     5
 
 The package: `sections` (the dataclasses and every choice list), `validate` (ranges and
-choices), `loading` (YAML, `--set`, coercion). Importing it never imports TensorFlow.
+choices), `space` (the search space of `tune.space`), `loading` (YAML, `--set`, coercion).
+Importing it never imports TensorFlow.
 """
 
 from dgad_tf.config.loading import (config_from_dict, load_config, parse_fraction,
-                                    parse_override)
-from dgad_tf.config.sections import (ATTACK_INITS, AttackConfig, Config, ConfigError, DATA_SOURCES,
-                                     DGAD_WEIGHTINGS, DataConfig, DistributeConfig, EVAL_ATTACKS,
-                                     EXPORT_FORMATS, EvalConfig, ExportConfig, KL_REDUCTIONS,
-                                     METHODS, MODEL_INITS, MethodConfig, ModelConfig,
-                                     OptimizerConfig, OutputConfig, PRECISIONS, SCHEDULES,
+                                    parse_override, with_values)
+from dgad_tf.config.sections import (ATTACK_INITS, DATA_SOURCES, DGAD_WEIGHTINGS, DIMENSION_TYPES,
+                                     EVAL_ATTACKS, EXPORT_FORMATS, KL_REDUCTIONS, METHODS,
+                                     MODEL_INITS, PRECISIONS, SCHEDULES, SCORE_METRIC,
                                      SELECTION_RULES, STRATEGIES, TEACHER_METHODS,
-                                     TEACHER_TRAIN_METHODS, TeacherTrainConfig, TrainConfig)
+                                     TEACHER_TRAIN_METHODS, TUNE_OBJECTIVES, TUNERS, AttackConfig,
+                                     Config, ConfigError, DataConfig, Dimension, DistributeConfig,
+                                     EvalConfig, ExportConfig, MethodConfig, ModelConfig,
+                                     OptimizerConfig, OutputConfig, TeacherTrainConfig,
+                                     TrainConfig, TuneConfig)
+from dgad_tf.config.space import parse_space
 from dgad_tf.config.validate import (check_attack_names, check_export_formats,
                                      resolved_attack_init, validate, validate_method)
 
 __all__ = ["ATTACK_INITS", "AttackConfig", "Config", "ConfigError", "DATA_SOURCES",
-           "DGAD_WEIGHTINGS", "DataConfig", "DistributeConfig", "EVAL_ATTACKS", "EXPORT_FORMATS",
-           "EvalConfig", "ExportConfig", "KL_REDUCTIONS", "METHODS", "MODEL_INITS", "MethodConfig",
-           "ModelConfig", "OptimizerConfig", "OutputConfig", "PRECISIONS", "SCHEDULES",
-           "SELECTION_RULES", "STRATEGIES", "TEACHER_METHODS", "TEACHER_TRAIN_METHODS",
-           "TeacherTrainConfig", "TrainConfig", "check_attack_names", "check_export_formats",
-           "config_from_dict", "load_config", "parse_fraction", "parse_override",
-           "resolved_attack_init", "validate", "validate_method"]
+           "DGAD_WEIGHTINGS", "DIMENSION_TYPES", "DataConfig", "Dimension", "DistributeConfig",
+           "EVAL_ATTACKS", "EXPORT_FORMATS", "EvalConfig", "ExportConfig", "KL_REDUCTIONS",
+           "METHODS", "MODEL_INITS", "MethodConfig", "ModelConfig", "OptimizerConfig",
+           "OutputConfig", "PRECISIONS", "SCHEDULES", "SCORE_METRIC", "SELECTION_RULES",
+           "STRATEGIES", "TEACHER_METHODS", "TEACHER_TRAIN_METHODS", "TUNERS", "TUNE_OBJECTIVES",
+           "TeacherTrainConfig", "TrainConfig", "TuneConfig", "check_attack_names",
+           "check_export_formats", "config_from_dict", "load_config", "parse_fraction",
+           "parse_override", "parse_space", "resolved_attack_init", "validate",
+           "validate_method", "with_values"]

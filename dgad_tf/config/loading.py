@@ -17,8 +17,10 @@ from typing import Any
 
 import yaml
 
-from dgad_tf.config.sections import Config, ConfigError
+from dgad_tf.config.sections import Config, ConfigError, Dimension
+from dgad_tf.config.space import parse_space
 from dgad_tf.config.validate import validate
+
 
 def parse_fraction(text) -> float:
     """Read "8/255", "0.03" or a number as a float; ValueError names the text otherwise.
@@ -60,6 +62,8 @@ def _coerce(key: str, value: Any, annotation: Any):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if dict in inner and isinstance(value, dict):  # a name or a mapping: tune.objective
+            return value
         if bool in inner and str in inner:  # a switch with a named mode, e.g. true/false/"auto"
             return value if isinstance(value, (bool, str)) else _coerce(key, value, bool)
         return _coerce(key, value, inner[0])
@@ -79,6 +83,8 @@ def _coerce(key: str, value: Any, annotation: Any):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"`{key}` must be a list; received {key}={value!r}")
         return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+    if annotation == dict[str, Dimension]:
+        return parse_space(value)
     if annotation is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"`{key}` must be a mapping; received {key}={value!r}")
@@ -146,7 +152,39 @@ def config_from_dict(values: dict) -> Config:
     """Build and validate a `Config` from a nested dict of overrides."""
     if values is None:
         values = {}
-    return validate(_build(Config, values, ""))
+    cfg = validate(_build(Config, values, ""))
+    for key, dimension in cfg.tune.space.items():
+        # `method.beta: {min: -1, ...}` is refused as the config refuses `method.beta=-1`.
+        for value in dimension.extremes():
+            try:
+                with_values(cfg, {key: value})
+            except ConfigError as err:
+                raise ConfigError(f"tune.space.{key}: {err}") from None
+    return cfg
+
+
+def with_values(cfg: Config, values: dict) -> Config:
+    """`cfg` with the dotted `values` put in, validated, its `tune` section emptied.
+
+    This is the config of one trial of a search.
+
+    Args:
+        cfg: the config the search starts from.
+        values: {"method.beta": 2.0, ...}.
+
+    Raises:
+        ConfigError: a value is of the wrong type or out of range for its field.
+
+    Example:
+        >>> with_values(Config(), {"method.beta": 2.0}).method.beta
+        2.0
+    """
+    merged = cfg.to_dict()
+    for key, value in values.items():
+        section, field = key.split(".")
+        merged[section] = {**merged[section], field: value}
+    merged["tune"] = {}
+    return config_from_dict(merged)
 
 
 def load_config(path: str | pathlib.Path | None = None, overrides: list[str] = ()) -> Config:

@@ -29,6 +29,11 @@ SCHEDULES = ("piecewise", "cosine", "constant")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
 # Which checkpoint the final report (and export) uses: see TrainConfig.select.
 SELECTION_RULES = ("last", "best_val", "best_test")
+# The search (TuneConfig); a weighted objective is scored as the metric SCORE_METRIC.
+TUNERS = ("random", "bayesian", "hyperband")
+TUNE_OBJECTIVES = ("val_robust_accuracy", "val_clean_accuracy")
+SCORE_METRIC = "val_score"
+DIMENSION_TYPES = ("float", "int", "choice", "bool")
 
 
 class ConfigError(ValueError):
@@ -333,6 +338,79 @@ class ExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class Dimension:
+    """One searched config value of `tune.space` (read by `dgad_tf.config.space`).
+
+    Args:
+        type: "float", "int", "choice" or "bool".
+        min, max: inclusive bounds of "float" and "int". Default None.
+        step: grid step of "float" and "int". Default None (continuous / 1).
+        log: sample a "float" uniformly in log space. Default False.
+        values: the options of "choice". Default ().
+    """
+
+    type: str
+    min: Optional[float] = None
+    max: Optional[float] = None
+    step: Optional[float] = None
+    log: bool = False
+    values: tuple = ()
+
+    def extremes(self) -> tuple:
+        """The values that bound the dimension: each must make a valid config."""
+        if self.type in ("float", "int"):
+            return (self.min, self.max)
+        return (False, True) if self.type == "bool" else self.values
+
+    def to_dict(self) -> dict:
+        """The dimension as written in `tune.space`, e.g. {"type": "float", "min": 0, "max": 4}."""
+        return _plain(_written_fields(self))
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """The hyperparameter search of `python -m dgad_tf.tune` (see `dgad_tf.search`).
+
+    Args:
+        objective: "val_robust_accuracy", "val_clean_accuracy", or weights
+            {clean_weight: a, robust_weight: b} of `val_score`. Default "val_robust_accuracy".
+        tuner: "random", "bayesian" or "hyperband". Default "random".
+        max_trials: trials in all, resumed ones included (not hyperband). Default 10.
+        epochs: epochs per trial (hyperband's max_epochs). Default None (train.epochs).
+        seed: seed of the tuner's sampling. Default 0.
+        space: dotted config key -> `Dimension`, read from `{type: float, min: 0, max: 4}`
+            entries. Default {} (no search; `fit` ignores the section).
+    """
+
+    objective: typing.Union[str, dict] = "val_robust_accuracy"
+    tuner: str = "random"
+    max_trials: int = 10
+    epochs: Optional[int] = None
+    seed: int = 0
+    space: dict[str, Dimension] = dataclasses.field(default_factory=dict)
+
+    @property
+    def metric(self) -> str:
+        """The metric trials are ranked by."""
+        return SCORE_METRIC if isinstance(self.objective, dict) else self.objective
+
+    @property
+    def weights(self) -> tuple[float, float]:
+        """(clean_weight, robust_weight) of `val_score`."""
+        if isinstance(self.objective, dict):
+            return (float(self.objective.get("clean_weight", 0.0)),
+                    float(self.objective.get("robust_weight", 0.0)))
+        return (1.0, 0.0) if self.objective == "val_clean_accuracy" else (0.0, 1.0)
+
+    def to_dict(self) -> dict:
+        """The section as written, defaults left out: runs without a search keep `tune: {}`."""
+        values = _written_fields(self)
+        if self.space:
+            values["space"] = {key: dimension.to_dict() for key, dimension in self.space.items()}
+        return values
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """A whole run. Every section has the defaults of its dataclass."""
 
@@ -347,11 +425,13 @@ class Config:
     output: OutputConfig = OutputConfig()
     distribute: DistributeConfig = DistributeConfig()
     export: ExportConfig = ExportConfig()
-    tune: dict = dataclasses.field(default_factory=dict)
+    tune: TuneConfig = TuneConfig()
 
     def to_dict(self) -> dict:
         """Plain nested dict (tuples as lists), as written to `config.yaml`."""
-        return _plain(dataclasses.asdict(self))
+        values = _plain(dataclasses.asdict(self))
+        values["tune"] = _plain(self.tune.to_dict())
+        return values
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -359,6 +439,14 @@ class Config:
     def hash(self) -> str:
         """sha256 of the resolved config, independent of the file it came from."""
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()
+
+
+def _written_fields(section) -> dict:
+    """The fields of a dataclass instance that differ from their defaults."""
+    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING
+                else f.default_factory() for f in dataclasses.fields(section)}
+    return {name: getattr(section, name) for name, default in defaults.items()
+            if getattr(section, name) != default}
 
 
 def _plain(value):

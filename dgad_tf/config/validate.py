@@ -10,7 +10,8 @@ from typing import Any
 from dgad_tf.config.sections import (ATTACK_INITS, DATA_SOURCES, DGAD_WEIGHTINGS, EVAL_ATTACKS,
                                      EXPORT_FORMATS, KL_REDUCTIONS, METHODS, MODEL_INITS,
                                      PRECISIONS, SCHEDULES, SELECTION_RULES, STRATEGIES,
-                                     TEACHER_TRAIN_METHODS, Config, ConfigError, MethodConfig)
+                                     TEACHER_TRAIN_METHODS, TUNE_OBJECTIVES, TUNERS, Config,
+                                     ConfigError, MethodConfig, TuneConfig)
 
 def _check(condition: bool, key: str, value: Any, requirement: str):
     if not condition:
@@ -109,7 +110,32 @@ def validate(cfg: Config) -> Config:
     _check_choice("distribute.strategy", cfg.distribute.strategy, STRATEGIES)
     _check(cfg.distribute.logical_cpus >= 0, "distribute.logical_cpus",
            cfg.distribute.logical_cpus, ">= 0")
+    validate_tune(cfg.tune)
     return cfg
+
+
+def validate_tune(tune: TuneConfig) -> TuneConfig:
+    """Check the search settings (`loading` checks the space against the config)."""
+    objective = tune.objective
+    if isinstance(objective, dict):
+        unknown = sorted(set(objective) - {"clean_weight", "robust_weight"})
+        if unknown:
+            raise ConfigError(f"unknown key `tune.objective.{unknown[0]}`; known keys: "
+                              "clean_weight, robust_weight")
+        for name in ("clean_weight", "robust_weight"):
+            weight = objective.get(name, 0.0)
+            _check(not isinstance(weight, bool) and isinstance(weight, (int, float))
+                   and weight >= 0, f"tune.objective.{name}", weight, "a number >= 0")
+        _check(sum(tune.weights) > 0, "tune.objective", objective,
+               "weights that are not both 0")
+    else:
+        _check(objective in TUNE_OBJECTIVES, "tune.objective", objective,
+               f"one of {', '.join(TUNE_OBJECTIVES)} or {{clean_weight: a, robust_weight: b}}")
+    _check_choice("tune.tuner", tune.tuner, TUNERS)
+    _check(tune.max_trials >= 1, "tune.max_trials", tune.max_trials, ">= 1")
+    _check(tune.epochs is None or tune.epochs >= 1, "tune.epochs", tune.epochs, ">= 1 or null")
+    _check(tune.seed >= 0, "tune.seed", tune.seed, ">= 0")
+    return tune
 
 
 def check_attack_names(names, key: str = "eval.attacks") -> list[str]:
