@@ -341,7 +341,7 @@ def test_corrupted_tflite_artifact_fails_verification(student, tmp_path, monkeyp
         other = keras.models.clone_model(model)  # same architecture, fresh weights
         return real_convert(other, *args, **kwargs)
 
-    monkeypatch.setattr(serving, "convert_tflite", convert_a_different_model)
+    monkeypatch.setattr(serving.tflite, "convert_tflite", convert_a_different_model)
     with pytest.raises(serving.ExportVerificationError, match="tflite_float"):
         serving.export_student(student, tmp_path / "m", formats="tflite_float")
     assert list((tmp_path / "m").iterdir()) == []
