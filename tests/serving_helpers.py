@@ -46,3 +46,15 @@ def keras_probabilities(model, x_uint8):
     logits = model(x_uint8.astype(np.float32) / 255.0, training=False).numpy().astype(np.float64)
     exp = np.exp(logits - logits.max(axis=1, keepdims=True))
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def write_broken_model(path, kind, model):
+    """Put at `path` what a `.keras` file must not be: by `kind`, nothing ("missing"), a folder,
+    a text file or the first half of `model`'s `.keras` archive ("truncated")."""
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "text":
+        path.write_text("not a model")
+    elif kind == "truncated":
+        model.save(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

@@ -83,13 +83,7 @@ def test_run_directory_prefers_best_robust_checkpoint(student, tmp_path):
 @pytest.mark.parametrize("kind", ["missing", "folder", "text", "truncated"])
 def test_a_model_that_is_not_a_keras_archive_is_named_for_what_it_is(student, tmp_path, kind):
     path = tmp_path / "student.keras"
-    if kind == "folder":
-        path.mkdir()
-    elif kind == "text":
-        path.write_text("not a model")
-    elif kind == "truncated":
-        student.save(path)
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    serving_helpers.write_broken_model(path, kind, student)
     expected = {"missing": "no model at", "folder": "holds none of", "text": "not a .keras archive",
                 "truncated": "not a .keras archive"}[kind]
     with pytest.raises((ValueError, FileNotFoundError), match=expected):
