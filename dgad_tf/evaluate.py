@@ -99,6 +99,56 @@ class Predictor:
         return np.concatenate(preds).astype(np.int64) if preds else np.zeros([0], np.int64)
 
 
+def attack_description(name: str, pgd_restarts: int = 1) -> str:
+    """The one-line description of a batched attack (`fgsm`, `pgd<K>`, `cw_inf`, `cw_l2`)."""
+    if name.startswith("pgd"):
+        return ATTACK_DESCRIPTIONS["pgd"].format(k=int(name[3:]), r=pgd_restarts)
+    return ATTACK_DESCRIPTIONS[name]
+
+
+def _attack_fn(name, model_fn, eps, seed, pgd_restarts):
+    """`fn(xb, yb) -> adversarial xb` for the attack `name`."""
+    import importlib
+
+    # import_module, not `from dgad_tf import attacks`: it returns what sys.modules holds.
+    attack_lib = importlib.import_module("dgad_tf.attacks")
+    if name == "fgsm":
+        return lambda xb, yb: attack_lib.fgsm(model_fn, xb, yb, eps=eps)
+    if name == "cw_inf":
+        return lambda xb, yb: attack_lib.cw_inf(model_fn, xb, yb, eps=eps, seed=seed)
+    if name == "cw_l2":
+        return lambda xb, yb: attack_lib.cw_l2(model_fn, xb, yb)
+    if name.startswith("pgd") and name[3:].isdigit():
+        k = int(name[3:])
+        return lambda xb, yb: attack_lib.pgd_ce(model_fn, xb, yb, eps=eps, steps=k,
+                                                restarts=pgd_restarts, seed=seed)
+    raise ValueError(f"`attack` must be fgsm, pgd<K>, cw_inf or cw_l2; received {name!r}")
+
+
+def adversarial_images(model_fn, x, y, attack="pgd20", *, eps=8 / 255, batch_size=256, seed=0,
+                       pgd_restarts=1) -> np.ndarray:
+    """Adversarial versions of every image in `x`, attacked batch by batch.
+
+    This is the attack path `evaluate_model` scores; `dgad_tf.serving` uses it to attack the
+    float Keras model once and score every exported artifact on the same images.
+
+    Args:
+        model_fn: callable mapping float [0,1] images to logits (in inference mode).
+        x: float32 images in [0,1], [N,H,W,C].
+        y: integer labels [N].
+        attack: "fgsm", "pgd<K>", "cw_inf" or "cw_l2". Default "pgd20".
+        eps: L-inf radius. Default 8/255.
+        batch_size: attack batch size. Default 256.
+        seed: seed of the random starts. Default 0.
+        pgd_restarts: restarts of the PGD attacks. Default 1.
+
+    Returns:
+        float32 array shaped like `x`.
+    """
+    fn = _attack_fn(attack, model_fn, eps, seed, pgd_restarts)
+    return _batched_attack(fn, x, np.asarray(y), batch_size).astype(np.float32, copy=False)
+
+
 def evaluate_model(model, x, y, *, attacks=("clean", "pgd20"), eps=8 / 255, batch_size=256,
                    seed=0, pgd_restarts=1) -> dict:
     """Clean and robust accuracy of `model` on (x, y) under each named attack.
@@ -117,7 +167,6 @@ def evaluate_model(model, x, y, *, attacks=("clean", "pgd20"), eps=8 / 255, batc
         dict with n, eps, clean_accuracy and, per attack, robust_accuracy, seconds and a
         description; AutoAttack entries add their per-component figures.
     """
-    from dgad_tf import attacks as attack_lib
     from dgad_tf.data import to_float
 
     names = check_attack_names(attacks)
@@ -166,23 +215,11 @@ def evaluate_model(model, x, y, *, attacks=("clean", "pgd20"), eps=8 / 255, batc
                 "per_attack": result.get("per_attack", {}),
             }
             continue
-        if name == "fgsm":
-            fn = lambda xb, yb: attack_lib.fgsm(model_fn, xb, yb, eps=eps)  # noqa: E731
-            description = ATTACK_DESCRIPTIONS["fgsm"]
-        elif name == "cw_inf":
-            fn = lambda xb, yb: attack_lib.cw_inf(model_fn, xb, yb, eps=eps, seed=seed)  # noqa
-            description = ATTACK_DESCRIPTIONS["cw_inf"]
-        elif name == "cw_l2":
-            fn = lambda xb, yb: attack_lib.cw_l2(model_fn, xb, yb)  # noqa: E731
-            description = ATTACK_DESCRIPTIONS["cw_l2"]
-        else:
-            k = int(name[3:])
-            fn = lambda xb, yb, k=k: attack_lib.pgd_ce(  # noqa: E731
-                model_fn, xb, yb, eps=eps, steps=k, restarts=pgd_restarts, seed=seed)
-            description = ATTACK_DESCRIPTIONS["pgd"].format(k=k, r=pgd_restarts)
+        description = attack_description(name, pgd_restarts)
         robust = np.zeros(len(x), bool)
         if len(xc):
-            x_adv = _batched_attack(fn, xc, yc, batch_size)
+            x_adv = adversarial_images(model_fn, xc, yc, name, eps=eps, batch_size=batch_size,
+                                       seed=seed, pgd_restarts=pgd_restarts)
             robust[idx] = predict(x_adv) == yc
         report["attacks"][name] = {"robust_accuracy": float(robust.mean()) if len(x) else 0.0,
                                    "seconds": time.perf_counter() - start,

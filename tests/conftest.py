@@ -51,3 +51,77 @@ def digits_teacher(tmp_path_factory):
     path = tmp_path_factory.mktemp("teacher") / "digits_teacher.keras"
     teacher.save(path)
     return path
+
+
+# --- dgad_tf.serving (test_serving_*.py) ------------------------------------------------------
+# One tiny convolutional student is trained for a few epochs on scikit-learn's 8x8 digits and
+# exported once per session; the four test_serving_*.py modules share that export.
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's 8x8 digits as uint8 [N, 8, 8, 1]: the first 1500 train, the rest test."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = np.round(data.images / 16.0 * 255.0).astype(np.uint8)[..., None]
+    y = data.target.astype(np.int64)
+    return {"train_x": x[:1500], "train_y": y[:1500], "test_x": x[1500:], "test_y": y[1500:]}
+
+
+@pytest.fixture(scope="session")
+def run_dir(digits, tmp_path_factory):
+    """A run directory with a trained tiny student and a config.yaml."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    hidden = keras.layers.Rescaling(1 / 0.3, offset=-0.5)(inputs)
+    hidden = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(hidden)
+    hidden = keras.layers.MaxPooling2D()(hidden)
+    hidden = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(hidden)
+    hidden = keras.layers.GlobalAveragePooling2D()(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(10)(hidden))
+    model.compile(
+        keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(digits["train_x"] / 255.0, digits["train_y"], epochs=5, batch_size=64, verbose=0)
+    path = tmp_path_factory.mktemp("run")
+    model.save(path / "student_last.keras")
+    (path / "config.yaml").write_text("data:\n  source: digits\n  seed: 0\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def student(run_dir):
+    import keras
+
+    return keras.saving.load_model(run_dir / "student_last.keras", compile=False)
+
+
+@pytest.fixture(scope="session")
+def exported(run_dir, digits, tmp_path_factory):
+    """All four formats exported once from the run directory; returns (base, card)."""
+    from serving_helpers import N_EVAL, stand_in_attacks
+
+    from dgad_tf import serving
+
+    base = tmp_path_factory.mktemp("export") / "digits"
+    with stand_in_attacks():
+        card = serving.export_student(
+            run_dir,
+            base,
+            representative_x=digits["train_x"],
+            eval_arrays=(digits["test_x"][:N_EVAL], digits["test_y"][:N_EVAL]),
+            eps=8 / 255,
+        )
+    return base, card
+
+
+@pytest.fixture(scope="session")
+def loaded(exported):
+    """The exported SavedModel, loaded with TensorFlow's own loader."""
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(exported[0] / "1"))

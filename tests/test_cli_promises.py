@@ -12,6 +12,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from serving_helpers import write_broken_model
 
 from dgad_tf import evaluate as evaluate_cli
 from dgad_tf import export as export_cli
@@ -245,13 +246,7 @@ def test_a_second_search_on_the_same_folder_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("kind", ["folder", "text", "truncated"])
 def test_fit_names_a_teacher_file_that_is_not_a_keras_archive(tmp_path, capsys, kind):
     teacher = tmp_path / "teacher.keras"
-    if kind == "folder":
-        teacher.mkdir()
-    elif kind == "text":
-        teacher.write_text("weights, honestly")
-    else:
-        tiny_model().save(teacher)
-        teacher.write_bytes(teacher.read_bytes()[:2000])
+    write_broken_model(teacher, kind, tiny_model())
     code = fit_cli.main(["--config", str(REPO / "configs" / "quickstart.yaml"),
                          "--set", f"output.dir={tmp_path / 'run'}",
                          "--set", f"model.teacher_path={teacher}"])

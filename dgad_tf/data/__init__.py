@@ -35,6 +35,8 @@ from dgad_tf.data.arrays import (
     _take,
     split_validation,
     to_float,
+    to_float_images,
+    to_uint8_images,
 )
 from dgad_tf.data.pipeline import (
     augment_batch,
@@ -76,6 +78,8 @@ __all__ = [
     "splits_from_config",
     "steps_per_epoch",
     "to_float",
+    "to_float_images",
+    "to_uint8_images",
 ]
 
 

@@ -87,6 +87,39 @@ def to_float(x_uint8) -> np.ndarray:
     return x.astype(np.float32) / np.float32(255.0)
 
 
+def to_uint8_images(x, name="x") -> np.ndarray:
+    """Images as uint8 0..255; float input must be in [0, 1] and is rounded to 8 bits.
+
+    Args:
+        x: uint8 or float array [N, H, W, C].
+        name: argument name for error messages. Default: "x".
+    """
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"`{name}` must be [N, H, W, C]; received shape {x.shape}")
+    if x.dtype == np.uint8:
+        return x
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"`{name}` must be uint8 or float in [0, 1]; received dtype {x.dtype}")
+    if x.size and (np.nanmin(x) < 0 or np.nanmax(x) > 1 or np.isnan(x).any()):
+        raise ValueError(f"`{name}` must be in [0, 1]; received range [{x.min()}, {x.max()}]")
+    return np.round(x * 255.0).astype(np.uint8)
+
+
+def to_float_images(x, name="x") -> np.ndarray:
+    """Images as float32 in [0, 1]: uint8 goes through `to_float`, float is checked and kept.
+
+    Args:
+        x: uint8 or float array [N, H, W, C].
+        name: argument name for error messages. Default: "x".
+    """
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return to_float(x)
+    to_uint8_images(x, name)  # validates shape, dtype and range
+    return x.astype(np.float32)
+
+
 def split_validation(arrays: Arrays, val_fraction: float, seed: int) -> tuple[Arrays, Arrays]:
     """Carve a class-stratified validation split out of `arrays`.
 

@@ -1,0 +1,258 @@
+"""Tests for dgad_tf.serving.export_student and dgad_tf.export: versions, atomic writes, the model
+card, argument checks and the command line.
+
+Most tests check one property of the session's one export (conftest's `exported`) or of a small
+extra export against the Keras model, NumPy and hashlib. The attack is the stand-in PGD of
+serving_helpers, so these tests do not depend on dgad_tf.attacks.
+"""
+
+import hashlib
+import json
+import pathlib
+import sys
+import types
+
+import keras
+import numpy as np
+import pytest
+import serving_helpers
+from serving_helpers import N_EVAL, keras_probabilities
+
+from dgad_tf import export as export_cli
+from dgad_tf import rundir, serving
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stand_in_attacks():
+    with serving_helpers.stand_in_attacks():
+        yield
+
+
+def _tree_hashes(folder):
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(pathlib.Path(folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+
+
+# --- layout and versions ---------------------------------------------------------------------
+
+
+def test_export_writes_version_1_with_every_artifact(exported):
+    base, _ = exported
+    assert sorted(p.name for p in base.iterdir()) == ["1"]
+    files = {p.name for p in (base / "1").iterdir()}
+    assert {"saved_model.pb", "variables", "model_card.json"} <= files
+    assert set(serving.TFLITE_FILES.values()) <= files
+
+
+def test_version_folder_is_readable_by_other_users(exported):
+    # A TF Serving container usually runs as another user than the one who exported.
+    assert (exported[0] / "1").stat().st_mode & 0o055 == 0o055
+
+
+def test_next_export_takes_the_next_version(student, tmp_path):
+    base = tmp_path / "m"
+    first = serving.export_student(student, base, formats="tflite_float")
+    second = serving.export_student(student, base, formats="tflite_float")
+    assert (first["version"], second["version"]) == (1, 2)
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
+
+
+def test_next_version_ignores_non_numeric_folders(tmp_path):
+    for name in ("3", "10", ".tmp-11-abc", "latest"):
+        (tmp_path / name).mkdir()
+    assert serving.next_version(tmp_path) == 11
+
+
+def test_existing_version_is_rejected(student, exported):
+    with pytest.raises(ValueError, match="version"):
+        serving.export_student(student, exported[0], version=1, formats="tflite_float")
+
+
+def test_run_directory_prefers_best_robust_checkpoint(student, tmp_path):
+    student.save(tmp_path / "student_last.keras")
+    assert rundir.resolve_model_path(tmp_path).name == "student_last.keras"
+    student.save(tmp_path / "student_best_robust.keras")
+    assert rundir.resolve_model_path(tmp_path).name == "student_best_robust.keras"
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "text", "truncated"])
+def test_a_model_that_is_not_a_keras_archive_is_named_for_what_it_is(student, tmp_path, kind):
+    path = tmp_path / "student.keras"
+    serving_helpers.write_broken_model(path, kind, student)
+    expected = {"missing": "no model at", "folder": "holds none of", "text": "not a .keras archive",
+                "truncated": "not a .keras archive"}[kind]
+    with pytest.raises((ValueError, FileNotFoundError), match=expected):
+        rundir.resolve_model_path(path)
+
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "formats, table, key, value",
+    [
+        ("saved_model", "PROBABILITY_TOLERANCE", "saved_model", -1.0),
+        ("tflite_float", "PROBABILITY_TOLERANCE", "tflite_float", -1.0),
+        ("tflite_int8", "MIN_TOP1_AGREEMENT", "tflite_int8", 1.01),
+    ],
+)
+def test_failed_check_leaves_no_version_and_keeps_earlier_ones(
+    student, digits, tmp_path, monkeypatch, formats, table, key, value
+):
+    base = tmp_path / "m"
+    serving.export_student(student, base, formats="tflite_float")
+    before = _tree_hashes(base)
+    monkeypatch.setitem(getattr(serving, table), key, value)
+    with pytest.raises(serving.ExportVerificationError, match=key):
+        serving.export_student(
+            student, base, formats=formats, representative_x=digits["train_x"]
+        )
+    assert [p.name for p in base.iterdir()] == ["1"]
+    assert _tree_hashes(base) == before
+
+
+def test_corrupted_tflite_artifact_fails_verification(student, tmp_path, monkeypatch):
+    real_convert = serving.convert_tflite
+
+    def convert_a_different_model(model, *args, **kwargs):
+        other = keras.models.clone_model(model)  # same architecture, fresh weights
+        return real_convert(other, *args, **kwargs)
+
+    monkeypatch.setattr(serving.tflite, "convert_tflite", convert_a_different_model)
+    with pytest.raises(serving.ExportVerificationError, match="tflite_float"):
+        serving.export_student(student, tmp_path / "m", formats="tflite_float")
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+# --- model card ------------------------------------------------------------------------------
+
+
+def test_model_card_file_matches_returned_card(exported):
+    base, card = exported
+    assert json.loads((base / "1" / "model_card.json").read_text()) == card
+
+
+def test_model_card_hashes_match_files(exported, run_dir):
+    source = exported[1]["source"]
+    digest = hashlib.sha256((run_dir / "student_last.keras").read_bytes()).hexdigest()
+    assert source["model_sha256"] == digest
+    config_digest = hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest()
+    assert source["config_sha256"] == config_digest
+    assert source["run"] == str(run_dir)
+
+
+def test_model_card_clean_accuracy_matches_keras(exported, student, digits):
+    evaluation = exported[1]["evaluation"]
+    x, y = digits["test_x"][:N_EVAL], digits["test_y"][:N_EVAL]
+    expected = np.mean(keras_probabilities(student, x).argmax(axis=1) == y)
+    assert evaluation["n"] == N_EVAL
+    assert evaluation["clean_accuracy"]["keras"] == pytest.approx(expected)
+    assert evaluation["clean_accuracy"]["saved_model"] == pytest.approx(expected)
+    assert set(evaluation["clean_accuracy"]) == {"keras", *serving.FORMATS}
+
+
+def test_model_card_robust_and_transfer_accuracies(exported):
+    evaluation = exported[1]["evaluation"]
+    robust, transfer = evaluation["robust_accuracy_pgd20"], evaluation["transfer_accuracy_pgd20"]
+    assert robust["keras"] < evaluation["clean_accuracy"]["keras"]
+    assert robust["saved_model"] == pytest.approx(robust["keras"])
+    assert set(transfer) == {"tflite_float", "tflite_dynamic", "tflite_int8"}
+    assert transfer["tflite_float"] == pytest.approx(robust["keras"])
+    assert evaluation["autoattack"] is None
+
+
+def test_zero_eps_robust_accuracy_equals_clean(student, digits, tmp_path):
+    card = serving.export_student(
+        student,
+        tmp_path / "m",
+        formats="tflite_float",
+        eval_arrays=(digits["test_x"][:64], digits["test_y"][:64]),
+        eps=0.0,
+    )
+    evaluation = card["evaluation"]
+    assert evaluation["robust_accuracy_pgd20"]["keras"] == evaluation["clean_accuracy"]["keras"]
+    assert (
+        evaluation["transfer_accuracy_pgd20"]["tflite_float"]
+        == evaluation["clean_accuracy"]["tflite_float"]
+    )
+
+
+def test_autoattack_result_is_recorded_when_requested(student, digits, tmp_path, monkeypatch):
+    calls = []
+
+    def run_autoattack(model_fn, x, labels, *, eps, version="standard", batch_size=500, seed=0):
+        calls.append((x.shape[0], eps))
+        return {"robust_accuracy": 0.25}
+
+    module = types.ModuleType("dgad_tf.autoattack")
+    module.run_autoattack = run_autoattack
+    monkeypatch.setitem(sys.modules, "dgad_tf.autoattack", module)
+    card = serving.export_student(
+        student,
+        tmp_path / "m",
+        formats="tflite_float",
+        eval_arrays=(digits["test_x"][:16], digits["test_y"][:16]),
+        eps=4 / 255,
+        autoattack=True,
+    )
+    assert calls == [(16, 4 / 255)]
+    assert card["evaluation"]["autoattack"]["robust_accuracy"] == 0.25
+
+
+def test_model_card_parity_figures_within_tolerance(exported):
+    parity = exported[1]["parity"]
+    assert parity["saved_model"]["max_abs_diff_probabilities"] <= 1e-5
+    assert parity["tflite_float"]["max_abs_diff_probabilities"] <= 1e-4
+    assert parity["tflite_int8"]["top1_agreement"] >= 0.98
+    assert parity["tflite_dynamic"]["top1_agreement"] >= 0.98
+    assert parity["n"] == N_EVAL
+
+
+# --- argument checks -------------------------------------------------------------------------
+
+
+def test_int8_without_representative_data_is_rejected(student, tmp_path):
+    with pytest.raises(ValueError, match="representative_x"):
+        serving.export_student(student, tmp_path / "m", formats="tflite_int8")
+
+
+def test_eps_outside_unit_interval_is_rejected(student, tmp_path):
+    with pytest.raises(ValueError, match="eps=8"):
+        serving.export_student(student, tmp_path / "m", formats="tflite_float", eps=8)
+
+
+def test_unknown_format_is_rejected(student, tmp_path):
+    with pytest.raises(ValueError, match="formats"):
+        serving.export_student(student, tmp_path / "m", formats="onnx")
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def test_export_cli_writes_a_verified_version(run_dir, digits, tmp_path, capsys):
+    np.savez(tmp_path / "train.npz", x=digits["train_x"][:300])
+    np.savez(tmp_path / "test.npz", x=digits["test_x"], y=digits["test_y"])
+    code = export_cli.main(
+        [
+            "--model", str(run_dir / "student_last.keras"), "--out", str(tmp_path / "m"),
+            "--formats", "tflite_float,tflite_int8", "--eval-n", "50", "--eps", "4/255",
+            "--representative-data", str(tmp_path / "train.npz"),
+            "--eval-data", str(tmp_path / "test.npz"),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    card = json.loads((tmp_path / "m" / "1" / "model_card.json").read_text())
+    assert card["evaluation"]["n"] == 50
+    assert card["evaluation"]["eps"] == pytest.approx(4 / 255)
+    assert "tflite_int8" in capsys.readouterr().out
+
+
+def test_parse_eps_accepts_fractions():
+    assert export_cli.parse_eps("8/255") == pytest.approx(8 / 255)
+    assert export_cli.parse_eps("0.5") == 0.5
