@@ -57,17 +57,15 @@ class EpochTensorBoard(keras.callbacks.Callback):
 
     Args:
         log_dir: the folder of the event files (`<run>/tensorboard`).
-        write: whether this process writes (False on non-chief workers). Default True.
     """
 
-    def __init__(self, log_dir: str | os.PathLike, write: bool = True):
+    def __init__(self, log_dir: str | os.PathLike):
         super().__init__()
         self.log_dir = str(log_dir)
-        self.write = write
         self._writer = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.write or not logs:
+        if not logs:
             return
         import tensorflow as tf
 
@@ -128,14 +126,12 @@ class RunCheckpoints(keras.callbacks.Callback):
     last completed epoch with the same bests.
 
     Args:
-        run_dir: folder of the run.
-        write: whether this process writes (False on non-chief workers). Default True.
+        run_dir: folder of the run (a non-chief worker's is its own scratch folder).
     """
 
-    def __init__(self, run_dir: str | os.PathLike, write: bool = True):
+    def __init__(self, run_dir: str | os.PathLike):
         super().__init__()
         self.run_dir = pathlib.Path(run_dir)
-        self.write = write
         self.best = {key: -np.inf for key in BEST_CHECKPOINTS}
         # 1-based epoch at which each best was reached (0: not yet).
         self.best_epoch = {key: 0 for key in BEST_CHECKPOINTS}
@@ -179,8 +175,6 @@ class RunCheckpoints(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         self.completed_epochs = epoch + 1
-        if not self.write:
-            return
         student = self._saveable_student()
         for key, name in BEST_CHECKPOINTS.items():
             value = logs.get(key)

@@ -13,8 +13,7 @@ around `x` and then into [0, 1], so an attack never leaves either set.
 
 from dgad_tf.attacks.cw_l2 import cw_l2
 from dgad_tf.attacks.pgd import (ce_objective, cw_inf, cw_margin_loss, cw_margin_objective, fgsm,
-                                 kl_objective, kl_to_fixed_objective, pgd, pgd_ce,
-                                 robust_accuracy)
+                                 kl_objective, kl_to_fixed_objective, pgd, pgd_ce)
 
 __all__ = [
     "pgd",
@@ -27,5 +26,4 @@ __all__ = [
     "pgd_ce",
     "cw_inf",
     "cw_l2",
-    "robust_accuracy",
 ]
