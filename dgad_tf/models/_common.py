@@ -88,6 +88,20 @@ def check_normalize(normalize, channels):
     return mean, std
 
 
+def begin(num_classes, input_shape, normalize, name_prefix, init, min_size=1):
+    """Every builder's first lines: check the arguments, create the input (and normalisation).
+
+    Returns:
+        (num_classes, prefix, init, inputs, x), with x the (normalised) input tensor.
+    """
+    num_classes = check_num_classes(num_classes)
+    input_shape = check_input_shape(input_shape, min_size=min_size)
+    prefix = check_prefix(name_prefix)
+    init = check_init(init)
+    inputs, x = model_input(input_shape, normalize, prefix)
+    return num_classes, prefix, init, inputs, x
+
+
 def check_prefix(name_prefix):
     """Return the layer-name prefix ('' for None); Keras forbids '/' in names."""
     if name_prefix is None:

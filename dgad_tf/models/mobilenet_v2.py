@@ -74,12 +74,9 @@ def build_mobilenet_v2(
         >>> model.output_shape
         (None, 10)
     """
-    num_classes = _common.check_num_classes(num_classes)
-    input_shape = _common.check_input_shape(input_shape)
-    prefix = _common.check_prefix(name_prefix)
-    init = _common.check_init(init)
 
-    inputs, x = _common.model_input(input_shape, normalize, prefix)
+    num_classes, prefix, init, inputs, x = _common.begin(num_classes, input_shape, normalize,
+                                                          name_prefix, init)
     x = _common.conv(x, 32, 3, 1, f"{prefix}conv1")
     x = _common.batch_norm(x, f"{prefix}bn1", sync_batchnorm)
     x = _common.relu(x, f"{prefix}relu1")

@@ -77,12 +77,9 @@ def build_preact_resnet(
     """
     if depth not in PREACT_BLOCKS:
         raise ValueError(f"`depth` must be one of {sorted(PREACT_BLOCKS)}; received depth={depth!r}")
-    num_classes = _common.check_num_classes(num_classes)
-    input_shape = _common.check_input_shape(input_shape, min_size=MIN_INPUT_SIZE)
-    prefix = _common.check_prefix(name_prefix)
-    init = _common.check_init(init)
 
-    inputs, x = _common.model_input(input_shape, normalize, prefix)
+    num_classes, prefix, init, inputs, x = _common.begin(num_classes, input_shape, normalize,
+                                                          name_prefix, init, min_size=MIN_INPUT_SIZE)
     x = _common.conv(x, 64, 3, 1, f"{prefix}conv1")
     in_planes = 64
     for stage, (blocks, planes) in enumerate(zip(PREACT_BLOCKS[depth], STAGE_WIDTHS)):

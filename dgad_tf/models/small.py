@@ -37,12 +37,9 @@ def build_small_cnn(
         >>> model.output_shape
         (None, 10)
     """
-    num_classes = _common.check_num_classes(num_classes)
-    input_shape = _common.check_input_shape(input_shape, min_size=4)
-    prefix = _common.check_prefix(name_prefix)
-    init = _common.check_init(init)
 
-    inputs, x = _common.model_input(input_shape, normalize, prefix)
+    num_classes, prefix, init, inputs, x = _common.begin(num_classes, input_shape, normalize,
+                                                          name_prefix, init, min_size=4)
     for index, (filters, pool) in enumerate(SMALL_CNN_CFG, start=1):
         x = _common.conv(x, filters, 3, 1, f"{prefix}conv{index}")
         x = _common.batch_norm(x, f"{prefix}bn{index}", sync_batchnorm)

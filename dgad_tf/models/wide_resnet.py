@@ -67,14 +67,11 @@ def build_wide_resnet(
         raise ValueError(f"`depth` must be an int >= 10 with (depth - 4) % 6 == 0; received depth={depth!r}")
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"`width` must be a positive int; received width={width!r}")
-    num_classes = _common.check_num_classes(num_classes)
-    input_shape = _common.check_input_shape(input_shape)
-    prefix = _common.check_prefix(name_prefix)
-    init = _common.check_init(init)
+    num_classes, prefix, init, inputs, x = _common.begin(num_classes, input_shape, normalize,
+                                                          name_prefix, init)
 
     blocks_per_group = (depth - 4) // 6
     widths = (16 * width, 32 * width, 64 * width)
-    inputs, x = _common.model_input(input_shape, normalize, prefix)
     x = _common.conv(x, 16, 3, 1, f"{prefix}conv1")
     in_planes = 16
     for group, planes in enumerate(widths):
