@@ -93,7 +93,7 @@ def check_teacher_beats_chance(teacher: keras.Model, splits: data_lib.DatasetSpl
         teacher: the loaded teacher.
         splits: the run's data.
         path: the teacher's file, for the message.
-        n: images to score. Default `TEACHER_CHECK_N` (500).
+        n: images to score. Defaults to `TEACHER_CHECK_N` (500).
 
     Raises:
         RunError: naming the file, the accuracy, the chance level and the likely causes.
@@ -187,7 +187,7 @@ def preflight(cfg: Config, run_dir: Optional[pathlib.Path] = None):
 
     Args:
         cfg: the run's config.
-        run_dir: where this process writes. Default None (`output.dir`; a non-chief worker
+        run_dir: where this process writes. Defaults to None (`output.dir`; a non-chief worker
             passes its scratch directory).
 
     Returns:
@@ -234,7 +234,7 @@ def make_strategy(cfg: Config, batch_sizes=None):
 
     Args:
         cfg: the config (`distribute` and `train.batch_size`).
-        batch_sizes: (key, global batch size) pairs to check. Default None
+        batch_sizes: (key, global batch size) pairs to check. Defaults to None
             (`train.batch_size` only).
 
     Raises:

@@ -32,7 +32,7 @@ class EpochCSVLogger(keras.callbacks.CSVLogger):
 
     Args:
         filename: the CSV file.
-        validates: whether the run has validation data. Default True.
+        validates: whether the run has validation data. Defaults to True.
         **kwargs: `separator`, `append` as for `keras.callbacks.CSVLogger`.
     """
 

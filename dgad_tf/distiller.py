@@ -45,19 +45,19 @@ class AdversarialDistiller(keras.Model):
     Args:
         student: Keras model mapping [0,1] images to logits.
         teacher: frozen Keras model with the same input and number of classes, required by
-            "ard", "rslad", "adaad" and "dgad". Default None.
-        method: one of `dgad_tf.config.METHODS`. Default "dgad".
-        eps: L-inf radius of the training attack. Default 8/255.
-        step_size: PGD step of the training attack. Default 2/255.
-        steps: PGD iterations of the training attack. Default 10.
-        attack_init: "auto", "uniform", "gaussian" or "none". Default "auto".
-        init_std: std of the Gaussian start. Default 0.001.
+            "ard", "rslad", "adaad" and "dgad". Defaults to None.
+        method: one of `dgad_tf.config.METHODS`. Defaults to "dgad".
+        eps: L-inf radius of the training attack. Defaults to 8/255.
+        step_size: PGD step of the training attack. Defaults to 2/255.
+        steps: PGD iterations of the training attack. Defaults to 10.
+        attack_init: "auto", "uniform", "gaussian" or "none". Defaults to "auto".
+        init_std: std of the Gaussian start. Defaults to 0.001.
         val_robust_steps: PGD steps of the robust accuracy in `test_step` (0: clean only).
-            Default 10.
+            Defaults to 10.
         batch_size: the configured global batch size, which the reference MobileNetV2
-            weighting divides by. Default None (each batch's own size).
+            weighting divides by. Defaults to None (each batch's own size).
         seed: seed of the attacks' random starts (stateless, keyed by the optimizer's step and
-            the replica, so a resumed run repeats the uninterrupted run's draws). Default 0.
+            the replica, so a resumed run repeats the uninterrupted run's draws). Defaults to 0.
         **method_options: the loss options of `dgad_tf.config.MethodConfig` (beta, use_map,
             use_els, distill_weight, dgad_weighting, trades_beta, ard_alpha, ard_temperature,
             adaad_alpha, kl_reduction, kl_scale, rslad_log_epsilon, reference_forwards, iad_*),

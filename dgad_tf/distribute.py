@@ -81,7 +81,7 @@ def read_tf_config(text: str | None = None) -> dict:
     "worker", "index": 0}}`; "chief" is optional (worker 0 is then the chief).
 
     Args:
-        text: the JSON text. Default None (the `TF_CONFIG` environment variable).
+        text: the JSON text. Defaults to None (the `TF_CONFIG` environment variable).
 
     Returns:
         The parsed dict.
@@ -200,7 +200,7 @@ def is_chief(strategy=None) -> bool:
     any single-worker run.
 
     Args:
-        strategy: a strategy. Default None (the current one).
+        strategy: a strategy. Defaults to None (the current one).
     """
     strategy = strategy or tf.distribute.get_strategy()
     kind, index, spec = _task(strategy)

@@ -136,11 +136,11 @@ def adversarial_images(model_fn, x, y, attack="pgd20", *, eps=8 / 255, batch_siz
         model_fn: callable mapping float [0,1] images to logits (in inference mode).
         x: float32 images in [0,1], [N,H,W,C].
         y: integer labels [N].
-        attack: "fgsm", "pgd<K>", "cw_inf" or "cw_l2". Default "pgd20".
-        eps: L-inf radius. Default 8/255.
-        batch_size: attack batch size. Default 256.
-        seed: seed of the random starts. Default 0.
-        pgd_restarts: restarts of the PGD attacks. Default 1.
+        attack: "fgsm", "pgd<K>", "cw_inf" or "cw_l2". Defaults to "pgd20".
+        eps: L-inf radius. Defaults to 8/255.
+        batch_size: attack batch size. Defaults to 256.
+        seed: seed of the random starts. Defaults to 0.
+        pgd_restarts: restarts of the PGD attacks. Defaults to 1.
 
     Returns:
         float32 array shaped like `x`.
@@ -157,11 +157,11 @@ def evaluate_model(model, x, y, *, attacks=("clean", "pgd20"), eps=8 / 255, batc
         model: Keras model or callable mapping float [0,1] images to logits.
         x: images, uint8 0..255 or float in [0,1], [N,H,W,C].
         y: integer labels [N].
-        attacks: attack names (see the module docstring). Default ("clean", "pgd20").
-        eps: L-inf radius. Default 8/255.
-        batch_size: attack batch size. Default 256.
-        seed: seed of the random starts. Default 0.
-        pgd_restarts: restarts of the PGD attacks. Default 1.
+        attacks: attack names (see the module docstring). Defaults to ("clean", "pgd20").
+        eps: L-inf radius. Defaults to 8/255.
+        batch_size: attack batch size. Defaults to 256.
+        seed: seed of the random starts. Defaults to 0.
+        pgd_restarts: restarts of the PGD attacks. Defaults to 1.
 
     Returns:
         dict with n, eps, clean_accuracy and, per attack, robust_accuracy, seconds and a
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", required=True, help="run directory or .keras file")
     parser.add_argument("--data", help="config YAML; npz file (keys x, y; or x_train, y_train, "
                         "x_test, y_test) or npz folder (train*.npz, test.npz); or 'digits'. "
-                        "Default: the run's own config")
+                        "Defaults to the run's own config")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--n", type=cli.int_at_least(1), default=None,
                         help="first n images of the split (default: all)")

@@ -40,9 +40,9 @@ class MethodSpec:
         loss: `(forwards, options: MethodConfig, global_batch, StepContext) -> dict` of terms.
         reference_forwards: the student's training-mode forwards in the order of the method's
             reference code ("clean", "adv"; a "+" marks a forward whose output the loss does not
-            use: it only moves batch-norm statistics). Default ("clean", "adv").
+            use: it only moves batch-norm statistics). Defaults to ("clean", "adv").
         reference_train_mode_attack: the reference attacks with the student in training mode.
-            Default False.
+            Defaults to False.
     """
 
     attack: str

@@ -27,10 +27,10 @@ class TorchSGD(keras.optimizers.Optimizer):
     """SGD with momentum and L2 weight decay coupled to the gradient, as `torch.optim.SGD`.
 
     Args:
-        learning_rate: float or `LearningRateSchedule`. Default 0.1.
-        momentum: momentum factor (dampening 0). Default 0.9.
-        weight_decay: coefficient of `wd·w` added to every gradient. Default 5e-4.
-        nesterov: Nesterov momentum. Default False.
+        learning_rate: float or `LearningRateSchedule`. Defaults to 0.1.
+        momentum: momentum factor (dampening 0). Defaults to 0.9.
+        weight_decay: coefficient of `wd·w` added to every gradient. Defaults to 5e-4.
+        nesterov: Nesterov momentum. Defaults to False.
 
     Example:
         >>> opt = TorchSGD(learning_rate=0.1, momentum=0.9, weight_decay=5e-4)
@@ -86,13 +86,13 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     warm-up ramps the rate per step over the first `warmup_epochs`.
 
     Args:
-        initial_lr: rate of epoch 0. Default 0.1.
-        steps_per_epoch: optimiser steps in one epoch. Default 1.
-        epochs: total epochs (the cosine period). Default 1.
-        kind: "piecewise", "cosine" or "constant". Default "piecewise".
-        milestones: epochs at which a piecewise rate is multiplied by `gamma`. Default ().
-        gamma: piecewise factor. Default 0.1.
-        warmup_epochs: linear warm-up length. Default 0.
+        initial_lr: rate of epoch 0. Defaults to 0.1.
+        steps_per_epoch: optimiser steps in one epoch. Defaults to 1.
+        epochs: total epochs (the cosine period). Defaults to 1.
+        kind: "piecewise", "cosine" or "constant". Defaults to "piecewise".
+        milestones: epochs at which a piecewise rate is multiplied by `gamma`. Defaults to ().
+        gamma: piecewise factor. Defaults to 0.1.
+        warmup_epochs: linear warm-up length. Defaults to 0.
 
     Example:
         >>> EpochSchedule(0.1, steps_per_epoch=390, epochs=200, milestones=(100, 150))

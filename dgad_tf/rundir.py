@@ -79,7 +79,7 @@ class FolderLock:
     Args:
         folder: the folder to lock.
         what: how the folder is named to the user (e.g. "output.dir"), for the error message.
-            Default "folder".
+            Defaults to "folder".
     """
 
     def __init__(self, folder: str | os.PathLike, what: str = "folder"):

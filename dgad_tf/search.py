@@ -248,7 +248,7 @@ def run_search(cfg: Config, *, verbose: Optional[int] = None) -> SearchResult:
 
     Args:
         cfg: the config with a `tune:` section; `output.dir` is the search directory.
-        verbose: Keras verbosity of the trials. Default None (2 when `output.quiet`, else 1).
+        verbose: Keras verbosity of the trials. Defaults to None (2 when `output.quiet`, else 1).
 
     Returns:
         A `SearchResult`.

@@ -83,7 +83,7 @@ def load_image(path, image_size=None):
 
     Args:
         path: PNG, JPEG, GIF or BMP file.
-        image_size: expected (H, W, C). Default: None (no check).
+        image_size: expected (H, W, C). Defaults to None (no check).
     """
     # Pillow (installed with tensorboard) decodes in milliseconds; importing TensorFlow only to
     # decode one image cost the client seconds before it even tried the server.
@@ -123,7 +123,7 @@ def build_request(images, signature_name=SIGNATURE_NAME):
 
     Args:
         images: uint8 [N, H, W, C].
-        signature_name: the signature to call. Default: "serving_default".
+        signature_name: the signature to call. Defaults to "serving_default".
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
@@ -160,7 +160,7 @@ def expected_image_size(url, timeout=10.0):
 
     Args:
         url: model URL, as for `predict_url`.
-        timeout: seconds. Default: 10.
+        timeout: seconds. Defaults to 10.
     """
     metadata = _request_json(metadata_url(url), timeout=timeout)
     try:
@@ -180,7 +180,7 @@ def predict(url, images, timeout=10.0):
     Args:
         url: model URL, as for `predict_url`.
         images: uint8 [N, H, W, C].
-        timeout: seconds. Default: 10.
+        timeout: seconds. Defaults to 10.
 
     Returns:
         A list of {"class": int, "probability": float, "probabilities": list}.

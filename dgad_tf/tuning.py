@@ -76,8 +76,8 @@ class ValidationScore(keras.callbacks.Callback):
     the callbacks in order, so TensorBoard, the tuner and its checkpoint then all see the score.
 
     Args:
-        clean_weight: weight of the clean accuracy. Default 0.0.
-        robust_weight: weight of the robust accuracy. Default 1.0.
+        clean_weight: weight of the clean accuracy. Defaults to 0.0.
+        robust_weight: weight of the robust accuracy. Defaults to 1.0.
     """
 
     def __init__(self, clean_weight: float = 0.0, robust_weight: float = 1.0):
@@ -163,10 +163,10 @@ class DistillerHyperModel(keras_tuner.HyperModel):
         Args:
             hp: the trial's hyperparameters.
             model: the distiller from `build(hp)`.
-            callbacks: the tuner's callbacks (run after the score callback). Default None.
-            epochs: last epoch (hyperband sets it). Default None (`tune.epochs`).
-            initial_epoch: first epoch, zero-indexed (hyperband sets it). Default 0.
-            verbose: Keras verbosity. Default 1.
+            callbacks: the tuner's callbacks (run after the score callback). Defaults to None.
+            epochs: last epoch (hyperband sets it). Defaults to None (`tune.epochs`).
+            initial_epoch: first epoch, zero-indexed (hyperband sets it). Defaults to 0.
+            verbose: Keras verbosity. Defaults to 1.
 
         Returns:
             {metric: value} of the epoch with the best objective, including val_clean_accuracy,

@@ -191,8 +191,8 @@ def load_config(path: str | pathlib.Path | None = None, overrides: list[str] = (
     """Read a YAML file of overrides, apply `--set` overrides, validate.
 
     Args:
-        path: YAML file holding only what differs from the defaults. Default None.
-        overrides: `section.key=value` strings applied after the file. Default ().
+        path: YAML file holding only what differs from the defaults. Defaults to None.
+        overrides: `section.key=value` strings applied after the file. Defaults to ().
 
     Returns:
         The resolved, validated `Config`.

@@ -45,18 +45,18 @@ class DataConfig:
     """Where the images come from and how they are fed.
 
     Args:
-        source: one of `DATA_SOURCES`. Default "digits" (embedded, no download).
-        name: TFDS dataset name for source "tfds" (e.g. "cifar10"). Default None.
-        path: file or folder for "npz", "folder" and "tinyimagenet". Default None.
-        data_dir: TFDS data directory. Default None (TFDS's own default).
-        val_fraction: share of the training data held out for validation. Default 0.1.
-        seed: seed of the validation carve-out and the shuffling. Default 0.
-        train_limit: use only the first n training images. Default None (all).
-        test_limit: use only the first n test images. Default None (all).
-        image_size: resize folder images to this square size. Default None.
-        augment: pad-and-crop augmentation of training images. Default True.
-        crop_padding: zero padding before the random crop. Default None (H/8, 4 for CIFAR).
-        flip: random horizontal flips. Default True.
+        source: one of `DATA_SOURCES`. Defaults to "digits" (embedded, no download).
+        name: TFDS dataset name for source "tfds" (e.g. "cifar10"). Defaults to None.
+        path: file or folder for "npz", "folder" and "tinyimagenet". Defaults to None.
+        data_dir: TFDS data directory. Defaults to None (TFDS's own default).
+        val_fraction: share of the training data held out for validation. Defaults to 0.1.
+        seed: seed of the validation carve-out and the shuffling. Defaults to 0.
+        train_limit: use only the first n training images. Defaults to None (all).
+        test_limit: use only the first n test images. Defaults to None (all).
+        image_size: resize folder images to this square size. Defaults to None.
+        augment: pad-and-crop augmentation of training images. Defaults to True.
+        crop_padding: zero padding before the random crop. Defaults to None (H/8, 4 for CIFAR).
+        flip: random horizontal flips. Defaults to True.
     """
 
     source: str = "digits"
@@ -78,21 +78,21 @@ class ModelConfig:
     """Student and teacher networks.
 
     Args:
-        student: registry name of the student architecture. Default "resnet-18".
+        student: registry name of the student architecture. Defaults to "resnet-18".
         teacher: registry name of the teacher architecture (used when it is trained here).
-            Default "wrn-34-10".
+            Defaults to "wrn-34-10".
         teacher_path: a `.keras` teacher. Loaded when the file exists; otherwise the teacher is
-            trained as `teacher_train` says and saved there (a cache). Default None
+            trained as `teacher_train` says and saved there (a cache). Defaults to None
             (`<run dir>/teacher.keras`).
         normalize_mean: per-channel mean of an input-normalisation layer inside the models.
-            Default None (no normalisation layer).
-        normalize_std: per-channel std of that layer. Default None.
+            Defaults to None (no normalisation layer).
+        normalize_std: per-channel std of that layer. Defaults to None.
         sync_batchnorm: synchronised batch-norm statistics across replicas for the student.
-            Default False (as the reference).
+            Defaults to False (as the reference).
         init: initial weights of networks built here: "torch" (PyTorch's defaults, as the
             reference: conv and linear U(+-1/sqrt(fan_in)); WideResNet convs
             N(0, sqrt(2/(k*k*out_channels))) and linear bias 0) or "keras" (Keras's
-            initialisers). Default "torch".
+            initialisers). Defaults to "torch".
     """
 
     student: str = "resnet-18"
@@ -112,10 +112,10 @@ class TeacherTrainConfig:
     with its own method, epochs, learning rate and milestones.
 
     Args:
-        method: "pgd_at" (Madry) or "trades". Default "pgd_at".
-        epochs: training epochs; 0 means a missing teacher file is an error. Default 0.
-        lr: initial learning rate. Default 0.1.
-        milestones: epochs at which the learning rate is divided by 10. Default ().
+        method: "pgd_at" (Madry) or "trades". Defaults to "pgd_at".
+        epochs: training epochs; 0 means a missing teacher file is an error. Defaults to 0.
+        lr: initial learning rate. Defaults to 0.1.
+        milestones: epochs at which the learning rate is divided by 10. Defaults to ().
     """
 
     method: str = "pgd_at"
@@ -130,13 +130,13 @@ class AttackConfig:
 
     Args:
         eps: radius of the L-inf ball in pixel units; accepts fractions such as "8/255".
-            Default 8/255.
-        step_size: PGD step. Default 2/255.
-        steps: PGD iterations during training. Default 10.
+            Defaults to 8/255.
+        step_size: PGD step. Defaults to 2/255.
+        steps: PGD iterations during training. Defaults to 10.
         init: random start: "auto" (the method's own: Gaussian 0.001 for the distillation
             methods and TRADES, uniform in the ball for PGD-AT and ARD), "uniform",
-            "gaussian" or "none". Default "auto".
-        init_std: standard deviation of the Gaussian start. Default 0.001.
+            "gaussian" or "none". Defaults to "auto".
+        init_std: standard deviation of the Gaussian start. Defaults to 0.001.
     """
 
     eps: float = 8 / 255
@@ -151,36 +151,36 @@ class MethodConfig:
     """Training method and its loss weights.
 
     Args:
-        name: one of `METHODS`. Default "dgad".
-        beta: weight of DGAD's predictive-consistency regulariser (0 turns PCR off). Default 1.0.
-        use_map: DGAD's misclassification-aware partitioning. Default True.
-        use_els: DGAD's error-corrective label swapping. Default True.
-        distill_weight: explicit weight on DGAD's distillation (KL) term. Default 1.0.
-        trades_beta: TRADES's KL weight. Default 6.0.
-        ard_alpha: ARD's weight on the distillation term. Default 1.0.
-        ard_temperature: ARD's temperature. Default 30.0.
-        adaad_alpha: AdaAD's weight on the adversarial term. Default 1.0.
+        name: one of `METHODS`. Defaults to "dgad".
+        beta: weight of DGAD's predictive-consistency regulariser (0 turns PCR off). Defaults to 1.0.
+        use_map: DGAD's misclassification-aware partitioning. Defaults to True.
+        use_els: DGAD's error-corrective label swapping. Defaults to True.
+        distill_weight: explicit weight on DGAD's distillation (KL) term. Defaults to 1.0.
+        trades_beta: TRADES's KL weight. Defaults to 6.0.
+        ard_alpha: ARD's weight on the distillation term. Defaults to 1.0.
+        ard_temperature: ARD's temperature. Defaults to 30.0.
+        adaad_alpha: AdaAD's weight on the adversarial term. Defaults to 1.0.
         dgad_weighting: "standard" (the paper's loss) or "reference_mobilenetv2" (the reference
             code's MobileNetV2 branch, which multiplies the clean and adversarial KL means; for
-            reproducing its MobileNetV2 rows, see `losses.dgad_loss`). Default "standard".
+            reproducing its MobileNetV2 rows, see `losses.dgad_loss`). Defaults to "standard".
         kl_reduction: scale of the KL terms of AdaAD, RSLAD and ARD: "batchmean" (KL summed over
             classes, mean over the batch) or "class_mean" (also divided by the number of classes,
             PyTorch's default `nn.KLDivLoss()` as their reference code uses on CIFAR-10).
-            Default "batchmean".
+            Defaults to "batchmean".
         kl_scale: constant factor on those KL terms (the reference RSLAD's CIFAR-100 `10 * mean`
-            is class_mean with kl_scale 10). Default 1.0.
+            is class_mean with kl_scale 10). Defaults to 1.0.
         rslad_log_epsilon: RSLAD's student log-probabilities as log(p + epsilon), as its code;
-            0 is the exact log-softmax. Default 0.0.
+            0 is the exact log-softmax. Defaults to 0.0.
         reference_forwards: run the baselines' forward passes in the order and batch-norm modes of
             their reference code (PGD-AT: Gaussian 0.001 start and an extra training-mode clean
             forward after the adversarial one; TRADES: clean, adversarial, clean; RSLAD and ARD:
             adversarial then clean; ARD: attack with the student in training mode). They change
-            only batch-norm statistics and the start, not the loss formula. Default False.
-        iad_alpha: IAD's weight on its distillation terms. Default 1.0.
+            only batch-norm statistics and the start, not the loss formula. Defaults to False.
+        iad_alpha: IAD's weight on its distillation terms. Defaults to 1.0.
         iad_beta: exponent of the teacher's true-class confidence in IAD's introspection weight.
-            Default 0.1.
-        iad_temperature: IAD's distillation temperature. Default 30.0.
-        iad_warmup_epochs: epochs before IAD's introspection term starts. Default 60.
+            Defaults to 0.1.
+        iad_temperature: IAD's distillation temperature. Defaults to 30.0.
+        iad_warmup_epochs: epochs before IAD's introspection term starts. Defaults to 60.
     """
 
     name: str = "dgad"
@@ -208,16 +208,16 @@ class OptimizerConfig:
     """SGD with PyTorch-coupled weight decay and its learning-rate schedule.
 
     Args:
-        lr: initial learning rate. Default 0.1.
-        momentum: SGD momentum. Default 0.9.
+        lr: initial learning rate. Defaults to 0.1.
+        momentum: SGD momentum. Defaults to 0.9.
         weight_decay: L2 coefficient added to every gradient before momentum, as PyTorch's
-            SGD does. Default 5e-4.
-        nesterov: Nesterov momentum. Default False.
-        schedule: "piecewise", "cosine" or "constant". Default "piecewise".
+            SGD does. Defaults to 5e-4.
+        nesterov: Nesterov momentum. Defaults to False.
+        schedule: "piecewise", "cosine" or "constant". Defaults to "piecewise".
         milestones: epochs at which a piecewise schedule multiplies the rate by `gamma`.
-            Default (100, 150).
-        gamma: piecewise decay factor. Default 0.1.
-        warmup_epochs: linear warm-up length in epochs. Default 0.
+            Defaults to (100, 150).
+        gamma: piecewise decay factor. Defaults to 0.1.
+        warmup_epochs: linear warm-up length in epochs. Defaults to 0.
     """
 
     lr: float = 0.1
@@ -235,30 +235,30 @@ class TrainConfig:
     """The training loop.
 
     Args:
-        epochs: student training epochs. Default 200.
-        batch_size: GLOBAL batch size (split across replicas). Default 128.
-        seed: seed of initialisation, shuffling and attacks. Default 0.
-        val_every: compute validation (clean and PGD robust accuracy) every N epochs. Default 1.
-        val_robust_n: validation images attacked for `val_robust_accuracy`. Default 1000.
+        epochs: student training epochs. Defaults to 200.
+        batch_size: GLOBAL batch size (split across replicas). Defaults to 128.
+        seed: seed of initialisation, shuffling and attacks. Defaults to 0.
+        val_every: compute validation (clean and PGD robust accuracy) every N epochs. Defaults to 1.
+        val_robust_n: validation images attacked for `val_robust_accuracy`. Defaults to 1000.
         val_robust_steps: PGD steps of that validation attack (CE loss, uniform start,
-            step eps/4). Default 10.
+            step eps/4). Defaults to 10.
         jit_compile: compile the train step with XLA: true, false, or "auto" (on where a GPU
             is visible; off on CPU, where XLA measured 2-7x slower, see benchmarks/README.md).
-            Default "auto".
-        steps_per_execution: train steps per compiled call. Default 1.
+            Defaults to "auto".
+        steps_per_execution: train steps per compiled call. Defaults to 1.
         precision: "float32", "mixed_bfloat16" (GPUs with bfloat16: A100/H100/H200) or
             "mixed_float16" (older GPUs; dynamic loss scaling); losses, softmax, KL and the
-            attack's sign step stay float32 (see `dgad_tf.precision`). Default "float32".
+            attack's sign step stay float32 (see `dgad_tf.precision`). Defaults to "float32".
         select: the checkpoint the final report evaluates (and export uses): "last"
             (`student_last.keras`), "best_val" (`student_best_robust.keras`, best
             `val_robust_accuracy` on the validation split; needs `data.val_fraction > 0`) or
             "best_test" (`student_best_test_robust.keras`, best PGD accuracy on the TEST split
-            as the reference selects; leaky, a reproduction mode only). Default "best_val".
+            as the reference selects; leaky, a reproduction mode only). Defaults to "best_val".
         select_n: first n test images evaluated after every epoch (clean and
-            PGD-`val_robust_steps`) for `select="best_test"`. Default None (the whole test
+            PGD-`val_robust_steps`) for `select="best_test"`. Defaults to None (the whole test
             split, as the reference).
         drop_remainder: drop the last partial training batch of each epoch (the reference keeps
-            it). Default True.
+            it). Defaults to True.
     """
 
     epochs: int = 200
@@ -281,9 +281,9 @@ class EvalConfig:
 
     Args:
         attacks: attacks of the final report, by name (see `dgad_tf.evaluate`).
-            Default ("clean", "pgd20").
-        n: first n test images attacked. Default 1000.
-        batch_size: evaluation batch size. Default 256.
+            Defaults to ("clean", "pgd20").
+        n: first n test images attacked. Defaults to 1000.
+        batch_size: evaluation batch size. Defaults to 256.
     """
 
     attacks: tuple[str, ...] = ("clean", "pgd20")
@@ -296,9 +296,9 @@ class OutputConfig:
     """Where a run writes.
 
     Args:
-        dir: run directory. Default "runs/default".
-        tensorboard: write TensorBoard logs. Default True.
-        quiet: no progress bars, log lines only. Default False.
+        dir: run directory. Defaults to "runs/default".
+        tensorboard: write TensorBoard logs. Defaults to True.
+        quiet: no progress bars, log lines only. Defaults to False.
     """
 
     dir: str = "runs/default"
@@ -311,10 +311,10 @@ class DistributeConfig:
     """Data-parallel training.
 
     Args:
-        strategy: "auto", "none", "mirrored" or "multi_worker". Default "auto".
-        devices: explicit device list for "mirrored". Default () (all visible GPUs).
+        strategy: "auto", "none", "mirrored" or "multi_worker". Defaults to "auto".
+        devices: explicit device list for "mirrored". Defaults to () (all visible GPUs).
         logical_cpus: split the CPU into this many logical devices (to try data-parallel
-            training without GPUs). Default 0 (off).
+            training without GPUs). Defaults to 0 (off).
     """
 
     strategy: str = "auto"
@@ -328,8 +328,8 @@ class ExportConfig:
 
     Args:
         formats: artifacts to write after training, e.g. ("saved_model", "tflite_float").
-            Default () (no export).
-        dir: export folder; versions go in numbered sub-folders. Default None
+            Defaults to () (no export).
+        dir: export folder; versions go in numbered sub-folders. Defaults to None
             (`<run dir>/export`).
     """
 
@@ -343,10 +343,10 @@ class Dimension:
 
     Args:
         type: "float", "int", "choice" or "bool".
-        min, max: inclusive bounds of "float" and "int". Default None.
-        step: grid step of "float" and "int". Default None (continuous / 1).
-        log: sample a "float" uniformly in log space. Default False.
-        values: the options of "choice". Default ().
+        min, max: inclusive bounds of "float" and "int". Defaults to None.
+        step: grid step of "float" and "int". Defaults to None (continuous / 1).
+        log: sample a "float" uniformly in log space. Defaults to False.
+        values: the options of "choice". Defaults to ().
     """
 
     type: str
@@ -373,13 +373,13 @@ class TuneConfig:
 
     Args:
         objective: "val_robust_accuracy", "val_clean_accuracy", or weights
-            {clean_weight: a, robust_weight: b} of `val_score`. Default "val_robust_accuracy".
-        tuner: "random", "bayesian" or "hyperband". Default "random".
-        max_trials: trials in all, resumed ones included (not hyperband). Default 10.
-        epochs: epochs per trial (hyperband's max_epochs). Default None (train.epochs).
-        seed: seed of the tuner's sampling. Default 0.
+            {clean_weight: a, robust_weight: b} of `val_score`. Defaults to "val_robust_accuracy".
+        tuner: "random", "bayesian" or "hyperband". Defaults to "random".
+        max_trials: trials in all, resumed ones included (not hyperband). Defaults to 10.
+        epochs: epochs per trial (hyperband's max_epochs). Defaults to None (train.epochs).
+        seed: seed of the tuner's sampling. Defaults to 0.
         space: dotted config key -> `Dimension`, read from `{type: float, min: 0, max: 4}`
-            entries. Default {} (no search; `fit` ignores the section).
+            entries. Defaults to {} (no search; `fit` ignores the section).
     """
 
     objective: typing.Union[str, dict] = "val_robust_accuracy"

@@ -92,7 +92,7 @@ def to_uint8_images(x, name="x") -> np.ndarray:
 
     Args:
         x: uint8 or float array [N, H, W, C].
-        name: argument name for error messages. Default: "x".
+        name: argument name for error messages. Defaults to "x".
     """
     x = np.asarray(x)
     if x.ndim != 4:
@@ -111,7 +111,7 @@ def to_float_images(x, name="x") -> np.ndarray:
 
     Args:
         x: uint8 or float array [N, H, W, C].
-        name: argument name for error messages. Default: "x".
+        name: argument name for error messages. Defaults to "x".
     """
     x = np.asarray(x)
     if x.dtype == np.uint8:

@@ -138,7 +138,7 @@ def load_npz_arrays(path, keys=("x", "y")) -> tuple:
 
     Args:
         path: the `.npz` file.
-        keys: ("x",) for images only, or ("x", "y"). Default ("x", "y").
+        keys: ("x",) for images only, or ("x", "y"). Defaults to ("x", "y").
 
     Raises:
         ValueError: the file is unreadable, lacks a key, or holds arrays of the wrong kind.

@@ -194,22 +194,22 @@ def export_student(
     Args:
         model_or_path: a Keras model, a `.keras` file or a run directory.
         out_dir: the TF Serving base path, e.g. `export/<name>`.
-        version: the version number; an existing one is an error. Default: None (next free).
-        formats: subset of `FORMATS` (tuple or comma-separated string). Default: all four.
+        version: the version number; an existing one is an error. Defaults to None (next free).
+        formats: subset of `FORMATS` (tuple or comma-separated string). Defaults to all four.
         representative_x: training images for int8 calibration (uint8 or float in [0, 1]);
-            required for "tflite_int8". Default: None.
+            required for "tflite_int8". Defaults to None.
         eval_arrays: test split (`.x`, `.y`, or an (x, y) pair) for the accuracies in the model
-            card; already cut to the number of points to evaluate. Default: None (no accuracies).
-        eps: L-inf radius for PGD-20 and AutoAttack, in pixel units. Default: 8/255.
-        source_run: run directory recorded as the source. Default: None (the folder of the
+            card; already cut to the number of points to evaluate. Defaults to None (no accuracies).
+        eps: L-inf radius for PGD-20 and AutoAttack, in pixel units. Defaults to 8/255.
+        source_run: run directory recorded as the source. Defaults to None (the folder of the
             `.keras` file when it holds a `config.yaml`).
-        config_hash: SHA-256 of the resolved config. Default: None (hash of `config.yaml` in
+        config_hash: SHA-256 of the resolved config. Defaults to None (hash of `config.yaml` in
             the run directory when there is one).
-        class_names: names of the classes for the card. Default: None.
-        autoattack: also run AutoAttack (standard) on the float model; slow. Default: False.
-        parity_n: size of the parity batch. Default: 256.
-        representative_n: calibration images used for int8. Default: 200.
-        seed: seed for the attacks and the noise parity batch. Default: 0.
+        class_names: names of the classes for the card. Defaults to None.
+        autoattack: also run AutoAttack (standard) on the float model; slow. Defaults to False.
+        parity_n: size of the parity batch. Defaults to 256.
+        representative_n: calibration images used for int8. Defaults to 200.
+        seed: seed for the attacks and the noise parity batch. Defaults to 0.
 
     Returns:
         The model card (also written to `out_dir/<version>/model_card.json`).

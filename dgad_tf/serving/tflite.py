@@ -36,8 +36,8 @@ def convert_tflite(model, mode, image_shape, *, representative_x=None, represent
         model: the Keras student.
         mode: "float", "dynamic" or "int8".
         image_shape: (H, W, C) of one image.
-        representative_x: calibration images for "int8", uint8 or float in [0, 1]. Default: None.
-        representative_n: how many calibration images to use. Default: 200.
+        representative_x: calibration images for "int8", uint8 or float in [0, 1]. Defaults to None.
+        representative_n: how many calibration images to use. Defaults to 200.
     """
     if mode not in ("float", "dynamic", "int8"):
         raise ValueError(f"`mode` must be 'float', 'dynamic' or 'int8'; received mode={mode!r}")
