@@ -1,4 +1,4 @@
-"""Install dgad_tf: `pip install -e .` (add `[test]` for pytest, `[torch]` to convert PyTorch teachers)."""
+"""Install dgad_tf: `pip install -e .` (`[test]` adds pytest, `[torch]` the PyTorch converter)."""
 
 import pathlib
 import re

@@ -59,26 +59,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="PGD steps of the training attack")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed calls per configuration, >= 1 (the first traces/compiles)")
-    parser.add_argument("--iters", type=int, default=5, help="timed steps per configuration "
-                        "per repeat")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed calls per configuration, >= 1 (the first traces/compiles)",
+    )
+    parser.add_argument(
+        "--iters", type=int, default=5, help="timed steps per configuration per repeat"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="round-robin repeats")
     parser.add_argument("--xla", choices=("both", "on", "off"), default="both")
-    parser.add_argument("--eager-iters", type=int, default=None,
-                        help="timed eager DGAD steps (default: --iters); 0 skips eager")
+    parser.add_argument(
+        "--eager-iters",
+        type=int,
+        default=None,
+        help="timed eager DGAD steps (default: --iters); 0 skips eager",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for method in args.methods:
         if method not in METHODS:
-            parser.error(f"`--methods` entries must be in {', '.join(METHODS)}; "
-                         f"received {method!r}")
+            parser.error(
+                f"`--methods` entries must be in {', '.join(METHODS)}; received {method!r}"
+            )
     for name in ("batch_size", "iters", "repeats", "warmup"):
         if getattr(args, name) < 1:
-            parser.error(f"`--{name.replace('_', '-')}` must be >= 1; "
-                         f"received {getattr(args, name)}")
+            parser.error(
+                f"`--{name.replace('_', '-')}` must be >= 1; received {getattr(args, name)}"
+            )
     if args.steps < 0:
         parser.error(f"`--steps` must be >= 0; received {args.steps}")
     if args.eager_iters is None:
@@ -86,8 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def make_distiller(method: str, teacher: keras.Model, args, *, jit_compile: bool,
-                   run_eagerly: bool = False) -> AdversarialDistiller:
+def make_distiller(
+    method: str, teacher: keras.Model, args, *, jit_compile: bool, run_eagerly: bool = False
+) -> AdversarialDistiller:
     """A compiled distiller with a freshly initialised student (same seed for every method).
 
     Args:
@@ -100,8 +112,9 @@ def make_distiller(method: str, teacher: keras.Model, args, *, jit_compile: bool
     keras.utils.set_random_seed(args.seed + 1)
     student = build_model(args.student, NUM_CLASSES, INPUT_SHAPE, name_prefix="student_")
     distiller = AdversarialDistiller(student, teacher, method=method, steps=args.steps)
-    distiller.compile(optimizer=TorchSGD(learning_rate=0.01), jit_compile=jit_compile,
-                      run_eagerly=run_eagerly)
+    distiller.compile(
+        optimizer=TorchSGD(learning_rate=0.01), jit_compile=jit_compile, run_eagerly=run_eagerly
+    )
     return distiller
 
 
@@ -137,8 +150,10 @@ def run(args) -> dict:
 
     modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.xla]
     configs = [(method, xla) for xla in modes for method in args.methods]
-    results = {f"{m}|xla={'on' if xla else 'off'}": dict(method=m, xla=xla, step_seconds=[])
-               for m, xla in configs}
+    results = {
+        f"{m}|xla={'on' if xla else 'off'}": dict(method=m, xla=xla, step_seconds=[])
+        for m, xla in configs
+    }
     key = {cfg: f"{cfg[0]}|xla={'on' if cfg[1] else 'off'}" for cfg in configs}
 
     distillers = {}
@@ -153,8 +168,9 @@ def run(args) -> dict:
             if args.warmup > 1:
                 seconds_per_step(distiller, x, y, args.warmup - 1)
             distillers[cfg] = distiller
-            print(f"warm {key[cfg]:<22} first call {entry['first_call_seconds']:8.2f} s",
-                  flush=True)
+            print(
+                f"warm {key[cfg]:<22} first call {entry['first_call_seconds']:8.2f} s", flush=True
+            )
         except Exception as exc:  # noqa: BLE001 -- report, do not hide, an XLA failure
             entry["error"] = _short_error(exc)
             print(f"FAILED {key[cfg]}: {entry['error']}", flush=True)
@@ -185,12 +201,13 @@ def run(args) -> dict:
     compiled_dgad = results.get("dgad|xla=off", {})
     if eager is not None and "error" not in eager:
         bracket = eager.get("compiled_before_after_step_seconds", [])
-        eager["compiled_bracket_mean_step_seconds"] = (
-            statistics.fmean(bracket) if bracket else None)
+        eager["compiled_bracket_mean_step_seconds"] = statistics.fmean(bracket) if bracket else None
         eager["compiled_over_eager_speed_bracket"] = _ratio(
-            eager["step_seconds"], eager["compiled_bracket_mean_step_seconds"])
+            eager["step_seconds"], eager["compiled_bracket_mean_step_seconds"]
+        )
         eager["compiled_over_eager_speed_median"] = _ratio(
-            eager["step_seconds"], compiled_dgad.get("median_step_seconds"))
+            eager["step_seconds"], compiled_dgad.get("median_step_seconds")
+        )
 
     ratios = {}
     for xla in modes:
@@ -198,24 +215,44 @@ def run(args) -> dict:
         dgad = results.get(f"dgad|xla={tag}", {})
         for other in ("pgd_at", "adaad"):
             base = results.get(f"{other}|xla={tag}", {})
-            paired = [d / b for d, b in zip(dgad.get("step_seconds", []),
-                                            base.get("step_seconds", []))]
+            paired = [
+                d / b for d, b in zip(dgad.get("step_seconds", []), base.get("step_seconds", []))
+            ]
             ratios[f"dgad/{other}|xla={tag}"] = dict(
-                ratio_of_medians=_ratio(dgad.get("median_step_seconds"),
-                                        base.get("median_step_seconds")),
+                ratio_of_medians=_ratio(
+                    dgad.get("median_step_seconds"), base.get("median_step_seconds")
+                ),
                 median_of_paired_ratios=statistics.median(paired) if paired else None,
-                paired_ratios=paired)
+                paired_ratios=paired,
+            )
 
     return dict(
-        config=dict(student=args.student, teacher=args.teacher, batch_size=args.batch_size,
-                    pgd_steps=args.steps, methods=args.methods, warmup=args.warmup,
-                    iters=args.iters, repeats=args.repeats, xla=args.xla, seed=args.seed,
-                    input_shape=list(INPUT_SHAPE), command=" ".join(sys.argv)),
-        machine=dict(tensorflow=tf.__version__, keras=keras.__version__,
-                     python=platform.python_version(), cpu_count=os.cpu_count(),
-                     gpus=len(tf.config.list_physical_devices("GPU")),
-                     platform=platform.platform()),
-        results=results, ratios=ratios, eager=eager)
+        config=dict(
+            student=args.student,
+            teacher=args.teacher,
+            batch_size=args.batch_size,
+            pgd_steps=args.steps,
+            methods=args.methods,
+            warmup=args.warmup,
+            iters=args.iters,
+            repeats=args.repeats,
+            xla=args.xla,
+            seed=args.seed,
+            input_shape=list(INPUT_SHAPE),
+            command=" ".join(sys.argv),
+        ),
+        machine=dict(
+            tensorflow=tf.__version__,
+            keras=keras.__version__,
+            python=platform.python_version(),
+            cpu_count=os.cpu_count(),
+            gpus=len(tf.config.list_physical_devices("GPU")),
+            platform=platform.platform(),
+        ),
+        results=results,
+        ratios=ratios,
+        eager=eager,
+    )
 
 
 def _time_eager(teacher, x, y, args) -> dict:
@@ -227,8 +264,9 @@ def _time_eager(teacher, x, y, args) -> dict:
     except Exception as exc:  # noqa: BLE001
         return dict(error=_short_error(exc))
     print(f"eager  dgad                   {seconds:8.3f} s/step", flush=True)
-    return dict(step_seconds=seconds, images_per_second=args.batch_size / seconds,
-                iters=args.eager_iters)
+    return dict(
+        step_seconds=seconds, images_per_second=args.batch_size / seconds, iters=args.eager_iters
+    )
 
 
 def _fmt(value, spec):
@@ -238,26 +276,34 @@ def _fmt(value, spec):
 def print_report(report: dict) -> None:
     """Prints the per-method table, the cost ratios and the two target checks."""
     cfg = report["config"]
-    print(f"\n{cfg['student']} student, {cfg['teacher']} teacher, batch {cfg['batch_size']}, "
-          f"{cfg['pgd_steps']} PGD steps, {cfg['iters']} steps x {cfg['repeats']} repeats "
-          f"(median), TF {report['machine']['tensorflow']}, "
-          f"{report['machine']['cpu_count']} CPUs, {report['machine']['gpus']} GPUs")
-    print(f"{'method':<10}{'xla':<5}{'images/s':>10}{'s/step':>9}{'min':>9}{'max':>9}"
-          f"{'1st call s':>12}")
+    print(
+        f"\n{cfg['student']} student, {cfg['teacher']} teacher, batch {cfg['batch_size']}, "
+        f"{cfg['pgd_steps']} PGD steps, {cfg['iters']} steps x {cfg['repeats']} repeats "
+        f"(median), TF {report['machine']['tensorflow']}, "
+        f"{report['machine']['cpu_count']} CPUs, {report['machine']['gpus']} GPUs"
+    )
+    print(
+        f"{'method':<10}{'xla':<5}{'images/s':>10}{'s/step':>9}{'min':>9}{'max':>9}"
+        f"{'1st call s':>12}"
+    )
     for entry in report["results"].values():
         tag = "on" if entry["xla"] else "off"
         if "error" in entry:
             print(f"{entry['method']:<10}{tag:<5} ERROR: {entry['error'].splitlines()[0]}")
             continue
-        print(f"{entry['method']:<10}{tag:<5}{_fmt(entry.get('images_per_second'), '10.3f')}"
-              f"{_fmt(entry.get('median_step_seconds'), '9.3f')}"
-              f"{_fmt(entry.get('min_step_seconds'), '9.3f')}"
-              f"{_fmt(entry.get('max_step_seconds'), '9.3f')}"
-              f"{_fmt(entry.get('first_call_seconds'), '12.2f')}")
+        print(
+            f"{entry['method']:<10}{tag:<5}{_fmt(entry.get('images_per_second'), '10.3f')}"
+            f"{_fmt(entry.get('median_step_seconds'), '9.3f')}"
+            f"{_fmt(entry.get('min_step_seconds'), '9.3f')}"
+            f"{_fmt(entry.get('max_step_seconds'), '9.3f')}"
+            f"{_fmt(entry.get('first_call_seconds'), '12.2f')}"
+        )
     print("\ncost ratio (step time)     of medians  median of paired")
     for name, ratio in report["ratios"].items():
-        print(f"{name:<27}{_fmt(ratio['ratio_of_medians'], '10.4f')}"
-              f"{_fmt(ratio['median_of_paired_ratios'], '18.4f')}")
+        print(
+            f"{name:<27}{_fmt(ratio['ratio_of_medians'], '10.4f')}"
+            f"{_fmt(ratio['median_of_paired_ratios'], '18.4f')}"
+        )
     for name, ratio in report["ratios"].items():
         if name.startswith("dgad/adaad") and ratio["ratio_of_medians"] is not None:
             verdict = "PASS" if ratio["ratio_of_medians"] <= ADAAD_TARGET else "FAIL"
@@ -267,17 +313,22 @@ def print_report(report: dict) -> None:
         if "error" in eager:
             print(f"eager DGAD ERROR: {eager['error']}")
         else:
-            print(f"eager DGAD {eager['images_per_second']:.3f} images/s "
-                  f"({eager['step_seconds']:.3f} s/step, {eager['iters']} steps, once)")
+            print(
+                f"eager DGAD {eager['images_per_second']:.3f} images/s "
+                f"({eager['step_seconds']:.3f} s/step, {eager['iters']} steps, once)"
+            )
             bracket = eager.get("compiled_before_after_step_seconds", [])
-            print(f"compiled DGAD (xla off) just before/after eager: "
-                  f"{', '.join(f'{t:.3f}' for t in bracket)} s/step")
+            print(
+                f"compiled DGAD (xla off) just before/after eager: "
+                f"{', '.join(f'{t:.3f}' for t in bracket)} s/step"
+            )
             for name in ("bracket", "median"):
                 speed = eager.get(f"compiled_over_eager_speed_{name}")
                 if speed is not None:
                     verdict = "PASS" if speed >= 1.0 else "FAIL"
-                    print(f"target compiled >= eager speed (compiled {name}): "
-                          f"{speed:.4f}x: {verdict}")
+                    print(
+                        f"target compiled >= eager speed (compiled {name}): {speed:.4f}x: {verdict}"
+                    )
 
 
 def main(argv=None) -> int:
@@ -291,8 +342,10 @@ def main(argv=None) -> int:
     report["machine"]["loadavg_1_5_15_after"] = list(os.getloadavg())
     report["wall_seconds"] = time.time() - started
     print_report(report)
-    print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
-          f"(1-min); wall time {report['wall_seconds']:.0f} s")
+    print(
+        f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
+        f"(1-min); wall time {report['wall_seconds']:.0f} s"
+    )
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(report, handle, indent=2)

@@ -18,8 +18,8 @@ from dgad_tf import data as data_lib
 from dgad_tf import distribute, models, precision
 from dgad_tf.config import Config
 from dgad_tf.distiller import AdversarialDistiller
-from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.evaluate import at_chance_level, chance_threshold
+from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.optim import make_optimizer
 from dgad_tf.rundir import RunError, check_keras_file, check_run_dir, teacher_path_for
 
@@ -34,18 +34,26 @@ def load_data(cfg: Config) -> data_lib.DatasetSplits:
         raise RunError(f"data: {err}") from err
 
 
-def build_network(cfg: Config, arch: str, splits: data_lib.DatasetSplits,
-                  sync_batchnorm: bool = False) -> keras.Model:
+def build_network(
+    cfg: Config, arch: str, splits: data_lib.DatasetSplits, sync_batchnorm: bool = False
+) -> keras.Model:
     """A registry network sized for the data, with the configured normalisation and init."""
     m = cfg.model
     normalize = None if m.normalize_mean is None else (m.normalize_mean, m.normalize_std)
     if normalize is not None and len(m.normalize_mean) != splits.image_shape[-1]:
-        raise RunError(f"model.normalize_mean has {len(m.normalize_mean)} channels but the "
-                       f"images have {splits.image_shape[-1]}")
+        raise RunError(
+            f"model.normalize_mean has {len(m.normalize_mean)} channels but the "
+            f"images have {splits.image_shape[-1]}"
+        )
     try:
-        return models.build_model(arch, splits.num_classes, tuple(splits.image_shape),
-                                  normalize=normalize, sync_batchnorm=sync_batchnorm,
-                                  init=m.init)
+        return models.build_model(
+            arch,
+            splits.num_classes,
+            tuple(splits.image_shape),
+            normalize=normalize,
+            sync_batchnorm=sync_batchnorm,
+            init=m.init,
+        )
     except ValueError as err:
         raise RunError(str(err)) from err
 
@@ -63,12 +71,16 @@ def load_teacher(path: pathlib.Path, splits: data_lib.DatasetSplits) -> keras.Mo
         raise RunError(f"model.teacher_path: cannot load {path}: {err}") from err
     classes = teacher.output_shape[-1]
     if classes != splits.num_classes:
-        raise RunError(f"model.teacher_path: the teacher {path} has {classes} classes but the "
-                       f"data has {splits.num_classes}")
+        raise RunError(
+            f"model.teacher_path: the teacher {path} has {classes} classes but the "
+            f"data has {splits.num_classes}"
+        )
     if tuple(teacher.input_shape[1:]) != tuple(splits.image_shape):
-        raise RunError(f"model.teacher_path: the teacher {path} takes images of shape "
-                       f"{tuple(teacher.input_shape[1:])} but the data has "
-                       f"{tuple(splits.image_shape)}")
+        raise RunError(
+            f"model.teacher_path: the teacher {path} takes images of shape "
+            f"{tuple(teacher.input_shape[1:])} but the data has "
+            f"{tuple(splits.image_shape)}"
+        )
     teacher.trainable = False
     check_teacher_beats_chance(teacher, splits, path)
     return teacher
@@ -78,8 +90,9 @@ TEACHER_CHECK_N = 500
 """Images on which a teacher must beat chance before anything is distilled from it."""
 
 
-def check_teacher_beats_chance(teacher: keras.Model, splits: data_lib.DatasetSplits,
-                               path, n: int = TEACHER_CHECK_N):
+def check_teacher_beats_chance(
+    teacher: keras.Model, splits: data_lib.DatasetSplits, path, n: int = TEACHER_CHECK_N
+):
     """Refuse a teacher whose clean accuracy is not significantly above chance.
 
     A teacher whose class order differs from the data's (Tiny ImageNet numbered by wnids.txt
@@ -102,25 +115,44 @@ def check_teacher_beats_chance(teacher: keras.Model, splits: data_lib.DatasetSpl
     count = min(n, len(arrays.y))
     index = np.unique(np.linspace(0, len(arrays.y) - 1, count).round().astype(int))
     x, y = data_lib.to_float(arrays.x[index]), arrays.y[index]
-    predictions = np.concatenate([
-        np.argmax(np.asarray(teacher(x[i:i + 100], training=False)), axis=-1)
-        for i in range(0, len(y), 100)])
+    predictions = np.concatenate(
+        [
+            np.argmax(np.asarray(teacher(x[i : i + 100], training=False)), axis=-1)
+            for i in range(0, len(y), 100)
+        ]
+    )
     accuracy = float(np.mean(predictions == y))
     chance = 1.0 / splits.num_classes
-    log.info("teacher %s: clean accuracy %.1f%% on %d %s images (chance %.1f%%)", path,
-             100 * accuracy, len(y), source, 100 * chance)
+    log.info(
+        "teacher %s: clean accuracy %.1f%% on %d %s images (chance %.1f%%)",
+        path,
+        100 * accuracy,
+        len(y),
+        source,
+        100 * chance,
+    )
     if at_chance_level(accuracy, splits.num_classes, len(y)):
         raise RunError(
             f"model.teacher_path: the teacher {path} is at chance level on the data: clean "
             f"accuracy {accuracy:.1%} on {len(y)} {source} images, chance {chance:.1%} (it must "
-            f"exceed {chance_threshold(splits.num_classes, len(y)):.1%}). Its class order may differ from the data's (Tiny ImageNet "
+            f"exceed {chance_threshold(splits.num_classes, len(y)):.1%}). Its class order may "
+            "differ from the data's (Tiny ImageNet "
             "numbers classes by sorted wnids), its input normalisation may be wrong, or it is "
-            "untrained; nothing is distilled from it")
+            "untrained; nothing is distilled from it"
+        )
 
 
-def build_distiller(cfg: Config, *, student: keras.Model, teacher: Optional[keras.Model],
-                    method: str, steps_per_epoch: int, epochs: int, lr: float,
-                    milestones) -> AdversarialDistiller:
+def build_distiller(
+    cfg: Config,
+    *,
+    student: keras.Model,
+    teacher: Optional[keras.Model],
+    method: str,
+    steps_per_epoch: int,
+    epochs: int,
+    lr: float,
+    milestones,
+) -> AdversarialDistiller:
     """A compiled `AdversarialDistiller` with the config's attack, loss weights and optimiser.
 
     Call it inside `strategy.scope()` when training under a distribution strategy.
@@ -132,16 +164,36 @@ def build_distiller(cfg: Config, *, student: keras.Model, teacher: Optional[kera
     if teacher is not None:
         teacher = precision.with_policy(teacher, t.precision)
     distiller = AdversarialDistiller(
-        student, teacher, method=method, eps=a.eps, step_size=a.step_size, steps=a.steps,
-        attack_init=a.init, init_std=a.init_std, val_robust_steps=t.val_robust_steps,
-        batch_size=t.batch_size, seed=t.seed, **options)
-    optimizer = make_optimizer(lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                               nesterov=o.nesterov, steps_per_epoch=steps_per_epoch,
-                               epochs=epochs, schedule=o.schedule, milestones=milestones,
-                               gamma=o.gamma, warmup_epochs=o.warmup_epochs)
-    distiller.compile(optimizer=precision.loss_scaled(optimizer, t.precision),
-                      jit_compile=precision.resolve_jit_compile(t.jit_compile),
-                      steps_per_execution=t.steps_per_execution)
+        student,
+        teacher,
+        method=method,
+        eps=a.eps,
+        step_size=a.step_size,
+        steps=a.steps,
+        attack_init=a.init,
+        init_std=a.init_std,
+        val_robust_steps=t.val_robust_steps,
+        batch_size=t.batch_size,
+        seed=t.seed,
+        **options,
+    )
+    optimizer = make_optimizer(
+        lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+        nesterov=o.nesterov,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        schedule=o.schedule,
+        milestones=milestones,
+        gamma=o.gamma,
+        warmup_epochs=o.warmup_epochs,
+    )
+    distiller.compile(
+        optimizer=precision.loss_scaled(optimizer, t.precision),
+        jit_compile=precision.resolve_jit_compile(t.jit_compile),
+        steps_per_execution=t.steps_per_execution,
+    )
     return distiller
 
 
@@ -150,8 +202,7 @@ def steps_per_epoch_for(cfg: Config, num_train: int) -> int:
     return data_lib.steps_per_epoch(num_train, cfg.train.batch_size, cfg.train.drop_remainder)
 
 
-def make_datasets(cfg: Config, splits: data_lib.DatasetSplits, *, first_epoch: int,
-                  epochs: int):
+def make_datasets(cfg: Config, splits: data_lib.DatasetSplits, *, first_epoch: int, epochs: int):
     """(training dataset, validation dataset or None, steps per epoch) for the config.
 
     The training dataset holds epochs `first_epoch .. epochs - 1`, each a pure function of
@@ -161,15 +212,23 @@ def make_datasets(cfg: Config, splits: data_lib.DatasetSplits, *, first_epoch: i
     t, d = cfg.train, cfg.data
     steps_per_epoch = steps_per_epoch_for(cfg, len(splits.train.y))
     if steps_per_epoch < 1:
-        raise RunError(f"train.batch_size={t.batch_size} is larger than the "
-                       f"{len(splits.train.y)} training images")
-    train_ds = data_lib.make_train_dataset(splits.train, t.batch_size, augment=d.augment,
-                                           crop_padding=d.crop_padding, flip=d.flip,
-                                           seed=t.seed, drop_remainder=t.drop_remainder,
-                                           first_epoch=first_epoch,
-                                           epochs=max(epochs - first_epoch, 1))
+        raise RunError(
+            f"train.batch_size={t.batch_size} is larger than the "
+            f"{len(splits.train.y)} training images"
+        )
+    train_ds = data_lib.make_train_dataset(
+        splits.train,
+        t.batch_size,
+        augment=d.augment,
+        crop_padding=d.crop_padding,
+        flip=d.flip,
+        seed=t.seed,
+        drop_remainder=t.drop_remainder,
+        first_epoch=first_epoch,
+        epochs=max(epochs - first_epoch, 1),
+    )
     train_ds = distribute.distribute_options(train_ds)
-    val_arrays = data_lib.Arrays(splits.val.x[:t.val_robust_n], splits.val.y[:t.val_robust_n])
+    val_arrays = data_lib.Arrays(splits.val.x[: t.val_robust_n], splits.val.y[: t.val_robust_n])
     val_ds = data_lib.make_eval_dataset(val_arrays, t.batch_size) if len(val_arrays.y) else None
     if val_ds is not None:
         val_ds = distribute.distribute_options(val_ds)
@@ -197,12 +256,16 @@ def preflight(cfg: Config, run_dir: Optional[pathlib.Path] = None):
     check_run_dir(cfg, run_dir)
     splits = load_data(cfg)
     if cfg.train.drop_remainder and len(splits.train.y) < cfg.train.batch_size:
-        raise RunError(f"train.batch_size={cfg.train.batch_size} is larger than the "
-                       f"{len(splits.train.y)} training images (and train.drop_remainder=true)")
+        raise RunError(
+            f"train.batch_size={cfg.train.batch_size} is larger than the "
+            f"{len(splits.train.y)} training images (and train.drop_remainder=true)"
+        )
     if cfg.train.select == "best_val" and len(splits.val.y) == 0:
-        raise RunError(f"data.val_fraction={cfg.data.val_fraction} leaves no validation image out "
-                       f"of {len(splits.train.y)}; train.select=best_val needs some (or set "
-                       "train.select=last)")
+        raise RunError(
+            f"data.val_fraction={cfg.data.val_fraction} leaves no validation image out "
+            f"of {len(splits.train.y)}; train.select=best_val needs some (or set "
+            "train.select=last)"
+        )
     if cfg.train.select == "best_test" and len(splits.test.y) == 0:
         raise RunError("train.select=best_test needs a test split; this data has none")
     if METHOD_SPECS[cfg.method.name].needs_teacher:
@@ -221,8 +284,10 @@ def check_teacher(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.
     if path.exists():
         load_teacher(path, splits)
     elif cfg.teacher_train.epochs == 0:
-        raise RunError(f"model.teacher_path: no teacher at {path} and teacher_train.epochs=0;"
-                       " give a trained .keras teacher or set teacher_train.epochs")
+        raise RunError(
+            f"model.teacher_path: no teacher at {path} and teacher_train.epochs=0;"
+            " give a trained .keras teacher or set teacher_train.epochs"
+        )
     else:
         build_network(cfg, cfg.model.teacher, splits)
 

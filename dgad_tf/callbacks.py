@@ -16,8 +16,13 @@ import pathlib
 import keras
 import numpy as np
 
-from dgad_tf.rundir import (BEST_CHECKPOINTS, LAST_CHECKPOINT, STATE_FILE, atomic_write,
-                            save_model_atomic)
+from dgad_tf.rundir import (
+    BEST_CHECKPOINTS,
+    LAST_CHECKPOINT,
+    STATE_FILE,
+    atomic_write,
+    save_model_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +114,12 @@ class TestSetEvaluation(keras.callbacks.Callback):
         results = self.model.evaluate(self.dataset, verbose=0, return_dict=True)
         logs["test_clean_accuracy"] = float(results["clean_accuracy"])
         logs["test_robust_accuracy"] = float(results["robust_accuracy"])
-        log.info("epoch %d on the TEST split (for test-set selection; leaky): clean %.4f, "
-                 "PGD %.4f", epoch + 1, logs["test_clean_accuracy"], logs["test_robust_accuracy"])
+        log.info(
+            "epoch %d on the TEST split (for test-set selection; leaky): clean %.4f, PGD %.4f",
+            epoch + 1,
+            logs["test_clean_accuracy"],
+            logs["test_robust_accuracy"],
+        )
 
 
 class RunCheckpoints(keras.callbacks.Callback):
@@ -161,8 +170,10 @@ class RunCheckpoints(keras.callbacks.Callback):
         optimizer = distiller.optimizer
         optimizer.build(student.trainable_variables)
         if len(optimizer.variables) != len(optimizer_values):
-            raise ValueError(f"{self.run_dir / STATE_FILE} holds {len(optimizer_values)} optimiser "
-                             f"variables; this optimiser has {len(optimizer.variables)}")
+            raise ValueError(
+                f"{self.run_dir / STATE_FILE} holds {len(optimizer_values)} optimiser "
+                f"variables; this optimiser has {len(optimizer.variables)}"
+            )
         for variable, value in zip(optimizer.variables, optimizer_values):
             variable.assign(value)
         # States written before a metric was tracked lack its entry; it keeps its initial value.
@@ -190,9 +201,13 @@ class RunCheckpoints(keras.callbacks.Callback):
         arrays = {f"student_{i}": np.asarray(w) for i, w in enumerate(student.get_weights())}
         optimizer_vars = self.model.optimizer.variables
         arrays.update({f"optimizer_{i}": np.asarray(v) for i, v in enumerate(optimizer_vars)})
-        meta = {"epoch": self.completed_epochs, "num_student": len(student.get_weights()),
-                "num_optimizer": len(optimizer_vars), "best": self.best,
-                "best_epoch": self.best_epoch}
+        meta = {
+            "epoch": self.completed_epochs,
+            "num_student": len(student.get_weights()),
+            "num_optimizer": len(optimizer_vars),
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+        }
         # One file for weights and epoch counter, so they can never disagree after a kill.
         arrays["meta"] = np.array(json.dumps(meta))
         atomic_write(self.run_dir / STATE_FILE, lambda tmp: np.savez(tmp, **arrays))

@@ -22,8 +22,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """An argument parser with the shared help layout and a `--verbose` flag."""
     result = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
-    result.add_argument("--verbose", action="store_true",
-                        help="also show TensorFlow's own start-up and C++ log lines")
+    result.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show TensorFlow's own start-up and C++ log lines",
+    )
     return result
 
 

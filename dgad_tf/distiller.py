@@ -1,4 +1,5 @@
-"""`AdversarialDistiller`: one Keras model whose `train_step` is a whole adversarial-distillation step.
+"""`AdversarialDistiller`: one Keras model whose `train_step` is a whole adversarial-distillation
+step.
 
 The step, for every method (DGAD and the baselines differ only in the attack objective and the
 loss, both looked up in `METHOD_SPECS`):
@@ -29,11 +30,12 @@ from dgad_tf import attacks, distribute
 from dgad_tf.config import METHODS, MethodConfig, resolved_attack_init, validate_method
 from dgad_tf.methods import METHOD_SPECS, StepContext
 
-
 # Loss-dict entries that are counts over the local batch; logged as fractions of the batch.
-_COUNT_KEYS = {"num_misclassified": "misclassified_fraction",
-               "num_swapped_clean": "swap_rate_clean",
-               "num_swapped_adv": "swap_rate_adv"}
+_COUNT_KEYS = {
+    "num_misclassified": "misclassified_fraction",
+    "num_swapped_clean": "swap_rate_clean",
+    "num_swapped_adv": "swap_rate_adv",
+}
 
 
 class AdversarialDistiller(keras.Model):
@@ -69,24 +71,40 @@ class AdversarialDistiller(keras.Model):
         >>> distiller.fit(train_ds, validation_data=val_ds, epochs=200)
     """
 
-    def __init__(self, student: keras.Model, teacher: Optional[keras.Model] = None, *,
-                 method: str = "dgad", eps: float = 8 / 255, step_size: float = 2 / 255,
-                 steps: int = 10, attack_init: str = "auto", init_std: float = 0.001,
-                 val_robust_steps: int = 10, batch_size: Optional[int] = None, seed: int = 0,
-                 name=None, **method_options):
+    def __init__(
+        self,
+        student: keras.Model,
+        teacher: Optional[keras.Model] = None,
+        *,
+        method: str = "dgad",
+        eps: float = 8 / 255,
+        step_size: float = 2 / 255,
+        steps: int = 10,
+        attack_init: str = "auto",
+        init_std: float = 0.001,
+        val_robust_steps: int = 10,
+        batch_size: Optional[int] = None,
+        seed: int = 0,
+        name=None,
+        **method_options,
+    ):
         super().__init__(name=name)
         if method not in METHOD_SPECS:
-            raise ValueError(f"`method` must be one of {', '.join(METHODS)}; "
-                             f"received method={method!r}")
+            raise ValueError(
+                f"`method` must be one of {', '.join(METHODS)}; received method={method!r}"
+            )
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"`eps` must be in [0, 1]; received eps={eps}")
         if steps < 0:
             raise ValueError(f"`steps` must be >= 0; received steps={steps}")
-        unknown = sorted(set(method_options) - {f.name for f in dataclasses.fields(MethodConfig)}
-                         - {"name"})
+        unknown = sorted(
+            set(method_options) - {f.name for f in dataclasses.fields(MethodConfig)} - {"name"}
+        )
         if unknown or "name" in method_options:
-            raise TypeError(f"unknown method option {(unknown or ['name'])[0]!r}; the options are "
-                            "the fields of dgad_tf.config.MethodConfig other than name")
+            raise TypeError(
+                f"unknown method option {(unknown or ['name'])[0]!r}; the options are "
+                "the fields of dgad_tf.config.MethodConfig other than name"
+            )
         self.options = validate_method(MethodConfig(name=method, **method_options))
         self.spec = METHOD_SPECS[method]
         if self.spec.needs_teacher and teacher is None:
@@ -116,8 +134,9 @@ class AdversarialDistiller(keras.Model):
         if self.teacher is not None:
             names += ["teacher_clean_accuracy", "teacher_adv_accuracy"]
         self._train_trackers = {n: keras.metrics.Mean(name=n) for n in names}
-        self._test_trackers = {n: keras.metrics.Mean(name=n)
-                               for n in ("clean_accuracy", "robust_accuracy")}
+        self._test_trackers = {
+            n: keras.metrics.Mean(name=n) for n in ("clean_accuracy", "robust_accuracy")
+        }
 
     def _step_context(self) -> StepContext:
         introspection = tf.cast(self.epoch >= self.options.iad_warmup_epochs, tf.float32)
@@ -126,8 +145,9 @@ class AdversarialDistiller(keras.Model):
     def _discover_loss_keys(self, num_classes: int) -> list[str]:
         # The loss dict's keys define which metrics exist; they must be known before tracing.
         logits = tf.zeros([2, num_classes])
-        dummy = dict(s_clean=logits, s_adv=logits, t_clean=logits, t_adv=logits,
-                     y=tf.zeros([2], tf.int32))
+        dummy = dict(
+            s_clean=logits, s_adv=logits, t_clean=logits, t_adv=logits, y=tf.zeros([2], tf.int32)
+        )
         context = StepContext(introspection=tf.constant(0.0), batch_size=None)
         return sorted(self.spec.loss(dummy, self.options, None, context).keys())
 
@@ -176,16 +196,24 @@ class AdversarialDistiller(keras.Model):
             # and every attack step moves the moving averages.
             train_mode = self.reference_forwards and self.spec.reference_train_mode_attack
             objective = attacks.ce_objective(
-                self._student_train_mode_fn if train_mode else self._student_fn, y)
+                self._student_train_mode_fn if train_mode else self._student_fn, y
+            )
         elif kind == "kl_teacher":
             objective = attacks.kl_objective(self._teacher_fn, self._student_fn)
         elif kind == "kl_student_clean":
             objective = attacks.kl_to_fixed_objective(self._student_fn(x), self._student_fn)
         else:  # kl_teacher_clean
             objective = attacks.kl_to_fixed_objective(self._teacher_fn(x), self._student_fn)
-        return attacks.pgd(x, objective, eps=self.eps, step_size=self.step_size,
-                           steps=self.steps, init=self.attack_init, init_std=self.init_std,
-                           seed=seed)
+        return attacks.pgd(
+            x,
+            objective,
+            eps=self.eps,
+            step_size=self.step_size,
+            steps=self.steps,
+            init=self.attack_init,
+            init_std=self.init_std,
+            seed=seed,
+        )
 
     # ------------------------------------------------------------------ steps
 
@@ -201,13 +229,19 @@ class AdversarialDistiller(keras.Model):
         # not local_batch * replicas.
         global_batch = local_batch
         if replicas > 1:
-            global_batch = replica_context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                                      tf.cast(local_batch, tf.float32))
+            global_batch = replica_context.all_reduce(
+                tf.distribute.ReduceOp.SUM, tf.cast(local_batch, tf.float32)
+            )
 
         # 1. attack (inference mode; gradients flow to the input only). Its random start is keyed
         # by (train seed, step, replica), so a resumed run draws what the uninterrupted one did.
-        step_seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(
-            self.optimizer.iterations, tf.int64) * replicas + _replica_id(replica_context)])
+        step_seed = tf.stack(
+            [
+                tf.constant(self.seed, tf.int64),
+                tf.cast(self.optimizer.iterations, tf.int64) * replicas
+                + _replica_id(replica_context),
+            ]
+        )
         x_adv = tf.stop_gradient(self.adversarial_examples(x, y, seed=step_seed))
 
         # 2. teacher forward (inference mode, no gradient) -- before the tape, it needs none
@@ -246,8 +280,9 @@ class AdversarialDistiller(keras.Model):
     def _forward_order(self) -> tuple:
         if self.reference_forwards:
             return self.spec.reference_forwards
-        needed = (("clean",) if self.spec.student_clean else ()) + \
-            (("adv",) if self.spec.attack != "none" else ())
+        needed = (("clean",) if self.spec.student_clean else ()) + (
+            ("adv",) if self.spec.attack != "none" else ()
+        )
         return needed
 
     def _average_replica_statistics(self):
@@ -256,8 +291,9 @@ class AdversarialDistiller(keras.Model):
         # step gives every copy the mean of the replicas' updates; the update being linear, that
         # is what averaging the copies at read time would give.
         # Integer state (e.g. random-seed counters) is equal on every replica and stays as is.
-        statistics = [v for v in self.student.non_trainable_variables
-                      if keras.backend.is_float_dtype(v.dtype)]
+        statistics = [
+            v for v in self.student.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)
+        ]
         if not statistics:
             return
         context = tf.distribute.get_replica_context()
@@ -265,7 +301,8 @@ class AdversarialDistiller(keras.Model):
         # ("destinations can not be empty") and one call is cheaper anyway.
         packed = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in statistics], 0)
         averaged = context.all_reduce(tf.distribute.ReduceOp.SUM, packed) / tf.cast(
-            context.num_replicas_in_sync, tf.float32)
+            context.num_replicas_in_sync, tf.float32
+        )
         sizes = [int(np.prod(v.shape)) for v in statistics]
         for variable, value in zip(statistics, tf.split(averaged, sizes)):
             variable.assign(tf.cast(tf.reshape(value, variable.shape), variable.dtype))
@@ -281,18 +318,22 @@ class AdversarialDistiller(keras.Model):
         for key, value in terms.items():
             if key in _COUNT_KEYS:
                 self._train_trackers[_COUNT_KEYS[key]].update_state(
-                    tf.cast(value, tf.float32) / weight, sample_weight=weight)
+                    tf.cast(value, tf.float32) / weight, sample_weight=weight
+                )
             elif key in partition_sizes:
-                self._train_trackers[key].update_state(tf.cast(value, tf.float32),
-                                                       sample_weight=partition_sizes[key])
+                self._train_trackers[key].update_state(
+                    tf.cast(value, tf.float32), sample_weight=partition_sizes[key]
+                )
             elif key == "total":
                 # `total` is this replica's share of the global mean; the mean of
                 # replicas·share over replicas is the global loss (likewise every other term).
                 self._train_trackers["loss"].update_state(
-                    tf.cast(value, tf.float32) * tf.cast(replicas, tf.float32))
+                    tf.cast(value, tf.float32) * tf.cast(replicas, tf.float32)
+                )
             else:
                 self._train_trackers[key].update_state(
-                    tf.cast(value, tf.float32) * tf.cast(replicas, tf.float32))
+                    tf.cast(value, tf.float32) * tf.cast(replicas, tf.float32)
+                )
 
         def correct(logits):
             return tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
@@ -307,7 +348,8 @@ class AdversarialDistiller(keras.Model):
         self._train_trackers["student_adv_accuracy"].update_state(correct(s_adv))
         if self.teacher is not None:
             self._train_trackers["teacher_clean_accuracy"].update_state(
-                correct(forwards["t_clean"]))
+                correct(forwards["t_clean"])
+            )
             self._train_trackers["teacher_adv_accuracy"].update_state(correct(forwards["t_adv"]))
 
     def test_step(self, data):
@@ -319,13 +361,20 @@ class AdversarialDistiller(keras.Model):
         if self.val_robust_steps > 0 and self.eps > 0:
             # A fixed stateless start: the same model always scores the same, so the best
             # checkpoint a resumed run keeps is the one the uninterrupted run kept.
-            x_adv = attacks.pgd(x, attacks.ce_objective(self._student_fn, y), eps=self.eps,
-                                step_size=self.eps / 4, steps=self.val_robust_steps,
-                                init="uniform", seed=self.seed)
+            x_adv = attacks.pgd(
+                x,
+                attacks.ce_objective(self._student_fn, y),
+                eps=self.eps,
+                step_size=self.eps / 4,
+                steps=self.val_robust_steps,
+                init="uniform",
+                seed=self.seed,
+            )
             adv_logits = self.student(x_adv, training=False)
             # A point counts as robust only if it is also classified right when clean.
             robust = clean * tf.cast(
-                tf.equal(tf.argmax(adv_logits, -1, output_type=tf.int32), y), tf.float32)
+                tf.equal(tf.argmax(adv_logits, -1, output_type=tf.int32), y), tf.float32
+            )
         else:
             robust = clean
         self._test_trackers["robust_accuracy"].update_state(robust)
@@ -346,11 +395,18 @@ def _replica_results(trackers: dict) -> dict:
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return {name: m.result() for name, m in trackers.items()}
-    sums = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack(
-        [tf.stack([tf.convert_to_tensor(m.total), tf.convert_to_tensor(m.count)])
-         for m in trackers.values()]))
-    results = {name: tf.math.divide_no_nan(sums[i, 0], sums[i, 1])
-               for i, name in enumerate(trackers)}
+    sums = context.all_reduce(
+        tf.distribute.ReduceOp.SUM,
+        tf.stack(
+            [
+                tf.stack([tf.convert_to_tensor(m.total), tf.convert_to_tensor(m.count)])
+                for m in trackers.values()
+            ]
+        ),
+    )
+    results = {
+        name: tf.math.divide_no_nan(sums[i, 0], sums[i, 1]) for i, name in enumerate(trackers)
+    }
     if distribute.is_multi_worker(tf.distribute.get_strategy()):
         # Keras 3 reduces multi-worker logs with `strategy.reduce(..., axis=0)`, which a scalar
         # lacks; one-element vectors reduce to the same scalar.

@@ -57,20 +57,23 @@ def configure_logical_cpus(n: int) -> None:
             with another layout.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise DistributeError(f"`distribute.logical_cpus` must be a positive integer; "
-                              f"received logical_cpus={n!r}")
+        raise DistributeError(
+            f"`distribute.logical_cpus` must be a positive integer; received logical_cpus={n!r}"
+        )
     cpu = tf.config.list_physical_devices("CPU")[0]
     current = tf.config.get_logical_device_configuration(cpu)
     if current is not None and len(current) == n:
         return
     try:
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)]
+        )
     except RuntimeError as err:
         raise DistributeError(
             f"cannot split the CPU into distribute.logical_cpus={n} devices: TensorFlow has "
             "already initialised its devices in this process. Configure logical CPUs before "
-            f"any TensorFlow op runs (e.g. first thing in the program). ({err})") from err
+            f"any TensorFlow op runs (e.g. first thing in the program). ({err})"
+        ) from err
 
 
 def read_tf_config(text: str | None = None) -> dict:
@@ -95,7 +98,8 @@ def read_tf_config(text: str | None = None) -> dict:
         raise DistributeError(
             "distribute.strategy=multi_worker needs the TF_CONFIG environment variable, e.g. "
             'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-            '"task": {"type": "worker", "index": 0}}\'')
+            '"task": {"type": "worker", "index": 0}}\''
+        )
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as err:
@@ -106,24 +110,35 @@ def read_tf_config(text: str | None = None) -> dict:
     if not isinstance(cluster, dict) or not cluster:
         raise DistributeError(f"TF_CONFIG needs a non-empty `cluster` mapping; received {text!r}")
     for job, addresses in cluster.items():
-        if (not isinstance(addresses, list) or not addresses
-                or not all(isinstance(a, str) and ":" in a for a in addresses)):
-            raise DistributeError(f"TF_CONFIG `cluster.{job}` must be a list of 'host:port' "
-                                  f"strings; received {addresses!r}")
+        if (
+            not isinstance(addresses, list)
+            or not addresses
+            or not all(isinstance(a, str) and ":" in a for a in addresses)
+        ):
+            raise DistributeError(
+                f"TF_CONFIG `cluster.{job}` must be a list of 'host:port' "
+                f"strings; received {addresses!r}"
+            )
     if "chief" in cluster and len(cluster["chief"]) != 1:
-        raise DistributeError(f"TF_CONFIG `cluster.chief` must hold exactly one address; "
-                              f"received {cluster['chief']!r}")
+        raise DistributeError(
+            f"TF_CONFIG `cluster.chief` must hold exactly one address; "
+            f"received {cluster['chief']!r}"
+        )
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
-        raise DistributeError(f"TF_CONFIG needs `task` with `type` and `index`; received "
-                              f"task={task!r}")
+        raise DistributeError(
+            f"TF_CONFIG needs `task` with `type` and `index`; received task={task!r}"
+        )
     kind, index = task["type"], task["index"]
     if kind not in cluster:
-        raise DistributeError(f"TF_CONFIG `task.type` must be one of the cluster's jobs "
-                              f"({', '.join(cluster)}); received type={kind!r}")
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(
-            cluster[kind]):
-        raise DistributeError(f"TF_CONFIG `task.index` must be in [0, {len(cluster[kind])}) for "
-                              f"job {kind!r}; received index={index!r}")
+        raise DistributeError(
+            f"TF_CONFIG `task.type` must be one of the cluster's jobs "
+            f"({', '.join(cluster)}); received type={kind!r}"
+        )
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise DistributeError(
+            f"TF_CONFIG `task.index` must be in [0, {len(cluster[kind])}) for "
+            f"job {kind!r}; received index={index!r}"
+        )
     return spec
 
 
@@ -161,15 +176,23 @@ def make_strategy(distribute_cfg) -> tf.distribute.Strategy:
         strategy = tf.distribute.MirroredStrategy()
     elif kind in ("auto", "none"):
         if distribute_cfg.logical_cpus > 0 and kind == "auto":
-            log.warning("distribute.logical_cpus=%d has no effect with distribute.strategy=auto "
-                        "and fewer than 2 GPUs; set distribute.strategy=mirrored to use them",
-                        distribute_cfg.logical_cpus)
+            log.warning(
+                "distribute.logical_cpus=%d has no effect with distribute.strategy=auto "
+                "and fewer than 2 GPUs; set distribute.strategy=mirrored to use them",
+                distribute_cfg.logical_cpus,
+            )
         strategy = tf.distribute.get_strategy()
     else:
-        raise DistributeError(f"`distribute.strategy` must be one of auto, none, mirrored, "
-                              f"multi_worker; received strategy={kind!r}")
-    log.info("distribution: %s with %d replica(s)%s", type(strategy).__name__,
-             strategy.num_replicas_in_sync, _worker_suffix(strategy))
+        raise DistributeError(
+            f"`distribute.strategy` must be one of auto, none, mirrored, "
+            f"multi_worker; received strategy={kind!r}"
+        )
+    log.info(
+        "distribution: %s with %d replica(s)%s",
+        type(strategy).__name__,
+        strategy.num_replicas_in_sync,
+        _worker_suffix(strategy),
+    )
     return strategy
 
 
@@ -256,15 +279,18 @@ def check_global_batch(batch_size: int, strategy) -> int:
         raise DistributeError(
             f"`train.batch_size` is the global batch and must be divisible by the "
             f"{replicas} replicas in sync; received train.batch_size={batch_size} (try "
-            f"{max(replicas, batch_size // replicas * replicas)})")
+            f"{max(replicas, batch_size // replicas * replicas)})"
+        )
     return batch_size // replicas
 
 
 def describe_batch(batch_size: int, strategy) -> str:
     """'global batch 64 = 2 replicas x 32' for a run's log."""
     replicas = strategy.num_replicas_in_sync
-    return (f"global batch {batch_size} = {replicas} replica{'s' if replicas > 1 else ''} "
-            f"x {batch_size // replicas}")
+    return (
+        f"global batch {batch_size} = {replicas} replica{'s' if replicas > 1 else ''} "
+        f"x {batch_size // replicas}"
+    )
 
 
 def distribute_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -298,4 +324,5 @@ def check_workers_agree(strategy, value: int, what: str) -> None:
             f"the workers disagree on {what} (values {values}; this worker has {value}). "
             "Non-chief workers resume from their scratch run directories under "
             f"{pathlib.Path(tempfile.gettempdir()) / 'dgad_tf_workers'}; restart every worker on "
-            "the machine it ran on, or start over in a new output.dir")
+            "the machine it ran on, or start over in a new output.dir"
+        )

@@ -13,7 +13,8 @@ Attacks by name (L-inf, inputs in [0,1], the model in inference mode):
 
 Before attacking, AutoAttack's sanity checks warn about outputs that look like probabilities
 rather than logits, and about a model whose output changes between identical calls (randomness,
-training-mode batch-norm). Only points the model classifies correctly are attacked (a wrong point is already non-robust).
+training-mode batch-norm). Only points the model classifies correctly are attacked (a wrong
+point is already non-robust).
 `--n` takes the first n images of the split in file order, so other tools can attack exactly the
 same points.
 
@@ -78,8 +79,12 @@ def _batched_attack(attack, x, y, batch_size):
     compiled = tf.function(attack, reduce_retracing=True)
     out = []
     for start in range(0, len(x), batch_size):
-        out.append(compiled(tf.constant(x[start:start + batch_size]),
-                            tf.constant(y[start:start + batch_size])).numpy())
+        out.append(
+            compiled(
+                tf.constant(x[start : start + batch_size]),
+                tf.constant(y[start : start + batch_size]),
+            ).numpy()
+        )
     return np.concatenate(out) if out else x.copy()
 
 
@@ -94,8 +99,9 @@ class Predictor:
         self.batch_size = batch_size
 
     def __call__(self, x) -> np.ndarray:
-        preds = [self._fn(x[s:s + self.batch_size]).numpy()
-                 for s in range(0, len(x), self.batch_size)]
+        preds = [
+            self._fn(x[s : s + self.batch_size]).numpy() for s in range(0, len(x), self.batch_size)
+        ]
         return np.concatenate(preds).astype(np.int64) if preds else np.zeros([0], np.int64)
 
 
@@ -120,13 +126,15 @@ def _attack_fn(name, model_fn, eps, seed, pgd_restarts):
         return lambda xb, yb: attack_lib.cw_l2(model_fn, xb, yb)
     if name.startswith("pgd") and name[3:].isdigit():
         k = int(name[3:])
-        return lambda xb, yb: attack_lib.pgd_ce(model_fn, xb, yb, eps=eps, steps=k,
-                                                restarts=pgd_restarts, seed=seed)
+        return lambda xb, yb: attack_lib.pgd_ce(
+            model_fn, xb, yb, eps=eps, steps=k, restarts=pgd_restarts, seed=seed
+        )
     raise ValueError(f"`attack` must be fgsm, pgd<K>, cw_inf or cw_l2; received {name!r}")
 
 
-def adversarial_images(model_fn, x, y, attack="pgd20", *, eps=8 / 255, batch_size=256, seed=0,
-                       pgd_restarts=1) -> np.ndarray:
+def adversarial_images(
+    model_fn, x, y, attack="pgd20", *, eps=8 / 255, batch_size=256, seed=0, pgd_restarts=1
+) -> np.ndarray:
     """Adversarial versions of every image in `x`, attacked batch by batch.
 
     This is the attack path `evaluate_model` scores; `dgad_tf.serving` uses it to attack the
@@ -149,8 +157,9 @@ def adversarial_images(model_fn, x, y, attack="pgd20", *, eps=8 / 255, batch_siz
     return _batched_attack(fn, x, np.asarray(y), batch_size).astype(np.float32, copy=False)
 
 
-def evaluate_model(model, x, y, *, attacks=("clean", "pgd20"), eps=8 / 255, batch_size=256,
-                   seed=0, pgd_restarts=1) -> dict:
+def evaluate_model(
+    model, x, y, *, attacks=("clean", "pgd20"), eps=8 / 255, batch_size=256, seed=0, pgd_restarts=1
+) -> dict:
     """Clean and robust accuracy of `model` on (x, y) under each named attack.
 
     Args:
@@ -178,8 +187,9 @@ def evaluate_model(model, x, y, *, attacks=("clean", "pgd20"), eps=8 / 255, batc
     y = np.asarray(y).astype(np.int64).reshape(-1)
     if len(x) != len(y):
         raise ValueError(f"{len(x)} images but {len(y)} labels")
-    model_fn = (lambda xb: model(xb, training=False)) if hasattr(model, "trainable_variables") \
-        else model
+    model_fn = (
+        (lambda xb: model(xb, training=False)) if hasattr(model, "trainable_variables") else model
+    )
 
     if len(x) and not any(name.startswith("autoattack") for name in names):
         # AutoAttack runs these checks itself; every other evaluation gets them here.
@@ -189,8 +199,13 @@ def evaluate_model(model, x, y, *, attacks=("clean", "pgd20"), eps=8 / 255, batc
     predict = Predictor(model_fn, batch_size)
     start = time.perf_counter()
     clean_correct = predict(x) == y
-    report = {"n": int(len(x)), "eps": float(eps), "seed": int(seed),
-              "clean_accuracy": float(clean_correct.mean()) if len(x) else 0.0, "attacks": {}}
+    report = {
+        "n": int(len(x)),
+        "eps": float(eps),
+        "seed": int(seed),
+        "clean_accuracy": float(clean_correct.mean()) if len(x) else 0.0,
+        "attacks": {},
+    }
     clean_seconds = time.perf_counter() - start
     idx = np.flatnonzero(clean_correct)
     xc, yc = x[idx], y[idx]
@@ -198,16 +213,19 @@ def evaluate_model(model, x, y, *, attacks=("clean", "pgd20"), eps=8 / 255, batc
     for name in names:
         start = time.perf_counter()
         if name == "clean":
-            report["attacks"]["clean"] = {"robust_accuracy": report["clean_accuracy"],
-                                          "seconds": clean_seconds,
-                                          "description": ATTACK_DESCRIPTIONS["clean"]}
+            report["attacks"]["clean"] = {
+                "robust_accuracy": report["clean_accuracy"],
+                "seconds": clean_seconds,
+                "description": ATTACK_DESCRIPTIONS["clean"],
+            }
             continue
         if name.startswith("autoattack"):
             from dgad_tf.autoattack import run_autoattack
 
             version = "custom" if name.endswith("custom") else "standard"
-            result = run_autoattack(model_fn, x, y, eps=eps, version=version,
-                                    batch_size=batch_size, seed=seed)
+            result = run_autoattack(
+                model_fn, x, y, eps=eps, version=version, batch_size=batch_size, seed=seed
+            )
             report["attacks"][name] = {
                 "robust_accuracy": float(result["robust_accuracy"]),
                 "seconds": time.perf_counter() - start,
@@ -218,22 +236,36 @@ def evaluate_model(model, x, y, *, attacks=("clean", "pgd20"), eps=8 / 255, batc
         description = attack_description(name, pgd_restarts)
         robust = np.zeros(len(x), bool)
         if len(xc):
-            x_adv = adversarial_images(model_fn, xc, yc, name, eps=eps, batch_size=batch_size,
-                                       seed=seed, pgd_restarts=pgd_restarts)
+            x_adv = adversarial_images(
+                model_fn,
+                xc,
+                yc,
+                name,
+                eps=eps,
+                batch_size=batch_size,
+                seed=seed,
+                pgd_restarts=pgd_restarts,
+            )
             robust[idx] = predict(x_adv) == yc
-        report["attacks"][name] = {"robust_accuracy": float(robust.mean()) if len(x) else 0.0,
-                                   "seconds": time.perf_counter() - start,
-                                   "description": description}
+        report["attacks"][name] = {
+            "robust_accuracy": float(robust.mean()) if len(x) else 0.0,
+            "seconds": time.perf_counter() - start,
+            "description": description,
+        }
     return report
 
 
 def format_report(report: dict) -> str:
     """The report as an aligned text table."""
-    lines = [f"n={report['n']}  eps={report['eps']:.5f}  clean={report['clean_accuracy']:.4f}",
-             f"{'attack':<20} {'accuracy':>9} {'seconds':>9}  description"]
+    lines = [
+        f"n={report['n']}  eps={report['eps']:.5f}  clean={report['clean_accuracy']:.4f}",
+        f"{'attack':<20} {'accuracy':>9} {'seconds':>9}  description",
+    ]
     for name, entry in report["attacks"].items():
-        lines.append(f"{name:<20} {entry['robust_accuracy']:>9.4f} {entry['seconds']:>9.1f}  "
-                     f"{entry['description']}")
+        lines.append(
+            f"{name:<20} {entry['robust_accuracy']:>9.4f} {entry['seconds']:>9.1f}  "
+            f"{entry['description']}"
+        )
     return "\n".join(lines)
 
 
@@ -283,22 +315,35 @@ def main(argv=None) -> int:
 
     parser = cli.parser("python -m dgad_tf.evaluate", __doc__)
     parser.add_argument("--model", required=True, help="run directory or .keras file")
-    parser.add_argument("--data", help="config YAML; npz file (keys x, y; or x_train, y_train, "
-                        "x_test, y_test) or npz folder (train*.npz, test.npz); or 'digits'. "
-                        "Defaults to the run's own config")
+    parser.add_argument(
+        "--data",
+        help="config YAML; npz file (keys x, y; or x_train, y_train, "
+        "x_test, y_test) or npz folder (train*.npz, test.npz); or 'digits'. "
+        "Defaults to the run's own config",
+    )
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--n", type=cli.int_at_least(1), default=None,
-                        help="first n images of the split (default: all)")
+    parser.add_argument(
+        "--n",
+        type=cli.int_at_least(1),
+        default=None,
+        help="first n images of the split (default: all)",
+    )
     parser.add_argument("--attacks", default="clean,fgsm,pgd20,cw_inf")
-    parser.add_argument("--eps", default=None,
-                        help="L-inf radius, e.g. 8/255 (default: the run's attack.eps when the "
-                        "model is in a run folder, else 8/255)")
+    parser.add_argument(
+        "--eps",
+        default=None,
+        help="L-inf radius, e.g. 8/255 (default: the run's attack.eps when the "
+        "model is in a run folder, else 8/255)",
+    )
     parser.add_argument("--batch-size", type=cli.int_at_least(1), default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--restarts", type=cli.int_at_least(1), default=1, help="PGD restarts")
-    parser.add_argument("--precision", default="float32",
-                        choices=("float32", "mixed_bfloat16", "mixed_float16"),
-                        help="run the model under this dtype policy (attacks stay float32)")
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=("float32", "mixed_bfloat16", "mixed_float16"),
+        help="run the model under this dtype policy (attacks stay float32)",
+    )
     parser.add_argument("--out", help="write the JSON report here (checked before the attacks)")
     args = parser.parse_args(argv)
 
@@ -330,22 +375,38 @@ def main(argv=None) -> int:
 
         from dgad_tf.precision import with_policy
 
-        model = with_policy(keras.models.load_model(model_path, safe_mode=True, compile=False),
-                            args.precision)
+        model = with_policy(
+            keras.models.load_model(model_path, safe_mode=True, compile=False), args.precision
+        )
         if tuple(model.input_shape[1:]) != tuple(x.shape[1:]):
-            raise ValueError(f"the model takes images of shape {tuple(model.input_shape[1:])} "
-                             f"but the data has {tuple(x.shape[1:])}")
+            raise ValueError(
+                f"the model takes images of shape {tuple(model.input_shape[1:])} "
+                f"but the data has {tuple(x.shape[1:])}"
+            )
         if y.max(initial=0) >= model.output_shape[-1]:
-            raise ValueError(f"the data has label {int(y.max())} but the model has only "
-                             f"{model.output_shape[-1]} classes")
+            raise ValueError(
+                f"the data has label {int(y.max())} but the model has only "
+                f"{model.output_shape[-1]} classes"
+            )
     except (ValueError, FileNotFoundError, ConfigError) as err:
         return cli.error(str(err))
 
-    source = "--eps" if args.eps is not None else ("the run's attack.eps" if run_cfg is not None
-                                                  else "the default")
+    source = (
+        "--eps"
+        if args.eps is not None
+        else ("the run's attack.eps" if run_cfg is not None else "the default")
+    )
     log.info("attacking %d images of %s at eps=%.6f (%s)", len(x), model_path, eps, source)
-    report = evaluate_model(model, x, y, attacks=names, eps=eps, batch_size=args.batch_size,
-                            seed=args.seed, pgd_restarts=args.restarts)
+    report = evaluate_model(
+        model,
+        x,
+        y,
+        attacks=names,
+        eps=eps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        pgd_restarts=args.restarts,
+    )
     report["model"] = str(model_path)
     report["model_sha256"] = sha256_file(model_path)
     report["split"] = args.split

@@ -16,7 +16,6 @@ import logging
 import pathlib
 import sys
 
-
 from dgad_tf import cli
 from dgad_tf.config import EXPORT_FORMATS, ConfigError, check_export_formats, parse_fraction
 
@@ -45,16 +44,29 @@ def build_parser():
     parser = cli.parser("python -m dgad_tf.export", __doc__)
     parser.add_argument("--model", required=True, help="run directory or .keras file")
     parser.add_argument("--out", required=True, help="TF Serving base path, e.g. export/<name>")
-    parser.add_argument("--version", type=cli.int_at_least(1), default=None,
-                        help="version folder to write (must not exist); default: next free")
-    parser.add_argument("--formats", type=parse_formats, default=list(EXPORT_FORMATS),
-                        help="comma-separated subset of " + ",".join(EXPORT_FORMATS))
+    parser.add_argument(
+        "--version",
+        type=cli.int_at_least(1),
+        default=None,
+        help="version folder to write (must not exist); default: next free",
+    )
+    parser.add_argument(
+        "--formats",
+        type=parse_formats,
+        default=list(EXPORT_FORMATS),
+        help="comma-separated subset of " + ",".join(EXPORT_FORMATS),
+    )
     parser.add_argument("--representative-data", default=None, help=".npz with x (calibration)")
     parser.add_argument("--eval-data", default=None, help=".npz with x and y (evaluation)")
-    parser.add_argument("--eval-n", type=cli.int_at_least(0), default=1000,
-                        help="test points evaluated; 0: none")
-    parser.add_argument("--eps", type=parse_eps, default=None,
-                        help="L-inf radius, e.g. 8/255; default: the run's attack.eps, else 8/255")
+    parser.add_argument(
+        "--eval-n", type=cli.int_at_least(0), default=1000, help="test points evaluated; 0: none"
+    )
+    parser.add_argument(
+        "--eps",
+        type=parse_eps,
+        default=None,
+        help="L-inf radius, e.g. 8/255; default: the run's attack.eps, else 8/255",
+    )
     parser.add_argument("--autoattack", action="store_true", help="also run AutoAttack (slow)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -75,8 +87,10 @@ def main(argv=None):
         model_path = rundir.resolve_model_path(args.model)
         out = rundir.ensure_writable_folder(args.out, "--out")
         if args.version is not None and (out / str(args.version)).exists():
-            raise ValueError(f"--version {args.version} already exists in {out}; choose another "
-                             "or leave --version out for the next free one")
+            raise ValueError(
+                f"--version {args.version} already exists in {out}; choose another "
+                "or leave --version out for the next free one"
+            )
         run_cfg = rundir.run_config(args.model)
         eps = args.eps if args.eps is not None else (run_cfg.attack.eps if run_cfg else 8 / 255)
         inputs = _inputs(args, run_cfg)
@@ -109,8 +123,9 @@ def main(argv=None):
 def _inputs(args, run_cfg):
     """(calibration images, evaluation arrays, class names) from the flags or the run's data."""
     splits = None
-    if run_cfg is not None and (args.representative_data is None
-                                or (args.eval_data is None and args.eval_n > 0)):
+    if run_cfg is not None and (
+        args.representative_data is None or (args.eval_data is None and args.eval_n > 0)
+    ):
         from dgad_tf.data import splits_from_config
 
         splits = splits_from_config(run_cfg.data)
@@ -121,8 +136,10 @@ def _inputs(args, run_cfg):
     elif splits is not None:
         representative_x = splits.train.x
     if "tflite_int8" in args.formats and representative_x is None:
-        raise ValueError("tflite_int8 needs calibration images: pass --representative-data or a "
-                         "run directory whose config.yaml names the data")
+        raise ValueError(
+            "tflite_int8 needs calibration images: pass --representative-data or a "
+            "run directory whose config.yaml names the data"
+        )
 
     eval_arrays, class_names = None, None
     if args.eval_n > 0:

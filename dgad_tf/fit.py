@@ -22,10 +22,16 @@ from dgad_tf import cli
 def main(argv=None) -> int:
     parser = cli.parser("python -m dgad_tf.fit", __doc__)
     parser.add_argument("--config", help="YAML file of overrides (default: built-in defaults)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one value; repeatable")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config and exit")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one value; repeatable",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
     parser.add_argument("--quiet", action="store_true", help="log lines only, no progress bars")
     args = parser.parse_args(argv)
 
@@ -41,31 +47,43 @@ def main(argv=None) -> int:
         return 0
 
     cli.start(args.verbose)
-    from dgad_tf.rundir import FolderBusy
     from dgad_tf.run import RunError, run
+    from dgad_tf.rundir import FolderBusy
 
-    command = shlex.join(["python", "-m", "dgad_tf.fit"] + list(sys.argv[1:] if argv is None
-                                                               else argv))
+    command = shlex.join(
+        ["python", "-m", "dgad_tf.fit"] + list(sys.argv[1:] if argv is None else argv)
+    )
     try:
         report = run(cfg, command=command)
     except (RunError, ConfigError, FolderBusy) as err:
         return cli.error(str(err))
     student = report["student"]
     selection = student["selection"]
-    summary = [f"student ({cfg.model.student}, {cfg.method.name}, {student['path']}, "
-               f"train.select={selection['rule']}): clean {student['clean_accuracy']:.4f}"]
-    summary += [f"{name} {entry['robust_accuracy']:.4f}"
-                for name, entry in student["attacks"].items() if name != "clean"]
+    summary = [
+        f"student ({cfg.model.student}, {cfg.method.name}, {student['path']}, "
+        f"train.select={selection['rule']}): clean {student['clean_accuracy']:.4f}"
+    ]
+    summary += [
+        f"{name} {entry['robust_accuracy']:.4f}"
+        for name, entry in student["attacks"].items()
+        if name != "clean"
+    ]
     if not selection["same_as_last"]:
         last = report["student_last"]
         summary.append(f"| last epoch: clean {last['clean_accuracy']:.4f}")
-        summary += [f"{name} {entry['robust_accuracy']:.4f}"
-                    for name, entry in last["attacks"].items() if name != "clean"]
+        summary += [
+            f"{name} {entry['robust_accuracy']:.4f}"
+            for name, entry in last["attacks"].items()
+            if name != "clean"
+        ]
     if "teacher" in report:
         teacher = report["teacher"]
         summary.append(f"| teacher: clean {teacher['clean_accuracy']:.4f}")
-        summary += [f"{name} {entry['robust_accuracy']:.4f}"
-                    for name, entry in teacher["attacks"].items() if name != "clean"]
+        summary += [
+            f"{name} {entry['robust_accuracy']:.4f}"
+            for name, entry in teacher["attacks"].items()
+            if name != "clean"
+        ]
     print(" ".join(summary))
     if selection["rule"] == "best_test":
         print(f"note: the student checkpoint was {selection['note']}")
@@ -75,10 +93,12 @@ def main(argv=None) -> int:
 
 # Training-split sizes of the TFDS datasets the paper recipes use (for --print-config).
 _TFDS_TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000}
-_SELECTION = {"last": "the last epoch's checkpoint",
-              "best_val": "best val_robust_accuracy on the validation split",
-              "best_test": "best test_robust_accuracy on the TEST split (the reference's rule; "
-                           "leaky, a reproduction mode)"}
+_SELECTION = {
+    "last": "the last epoch's checkpoint",
+    "best_val": "best val_robust_accuracy on the validation split",
+    "best_test": "best test_robust_accuracy on the TEST split (the reference's rule; "
+    "leaky, a reproduction mode)",
+}
 
 
 def run_summary(cfg) -> list[str]:
@@ -90,15 +110,20 @@ def run_summary(cfg) -> list[str]:
     elif d.val_fraction == 0:
         images = f"all {size:,}" if size else "all"
     else:
-        images = (f"{round(size * (1 - d.val_fraction)):,} of {size:,}" if size
-                  else f"{1 - d.val_fraction:.0%}") + f" (data.val_fraction {d.val_fraction} held out)"
+        images = (
+            f"{round(size * (1 - d.val_fraction)):,} of {size:,}"
+            if size
+            else f"{1 - d.val_fraction:.0%}"
+        ) + f" (data.val_fraction {d.val_fraction} held out)"
     where = f"{d.name}'s train split" if d.source == "tfds" else f"the {d.source} training split"
     batches = "dropped" if t.drop_remainder else "kept"
     columns = {"pgd10": "pgd10 (the reference's PGD)", "cw_l2": "cw_l2 (the reference's CW)"}
     attacks = ", ".join(columns.get(a, a) for a in cfg.eval.attacks)
-    return [f"training images: {images} of {where}; last partial batch {batches}",
-            f"checkpoint reported: train.select={t.select}: {_SELECTION[t.select]}",
-            f"final report: {attacks} on the first {cfg.eval.n:,} test images"]
+    return [
+        f"training images: {images} of {where}; last partial batch {batches}",
+        f"checkpoint reported: train.select={t.select}: {_SELECTION[t.select]}",
+        f"final report: {attacks} on the first {cfg.eval.n:,} test images",
+    ]
 
 
 if __name__ == "__main__":

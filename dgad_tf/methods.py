@@ -14,6 +14,7 @@ import tensorflow as tf
 from dgad_tf import losses
 from dgad_tf.config import METHODS, TEACHER_METHODS
 
+
 @dataclasses.dataclass(frozen=True)
 class StepContext:
     """What a method's loss may need besides the forward passes and its options.
@@ -62,39 +63,79 @@ def _pgd_at(f, o, gbs, step):
 
 
 def _trades(f, o, gbs, step):
-    return losses.trades_loss(f["s_clean"], f["s_adv"], f["y"], beta=o.trades_beta,
-                              global_batch_size=gbs)
+    return losses.trades_loss(
+        f["s_clean"], f["s_adv"], f["y"], beta=o.trades_beta, global_batch_size=gbs
+    )
 
 
 def _ard(f, o, gbs, step):
-    return losses.ard_loss(f["s_clean"], f["s_adv"], f["t_clean"], f["y"], alpha=o.ard_alpha,
-                           temperature=o.ard_temperature, kl_reduction=o.kl_reduction,
-                           kl_scale=o.kl_scale, global_batch_size=gbs)
+    return losses.ard_loss(
+        f["s_clean"],
+        f["s_adv"],
+        f["t_clean"],
+        f["y"],
+        alpha=o.ard_alpha,
+        temperature=o.ard_temperature,
+        kl_reduction=o.kl_reduction,
+        kl_scale=o.kl_scale,
+        global_batch_size=gbs,
+    )
 
 
 def _rslad(f, o, gbs, step):
-    return losses.rslad_loss(f["s_clean"], f["s_adv"], f["t_clean"], kl_reduction=o.kl_reduction,
-                             kl_scale=o.kl_scale, log_epsilon=o.rslad_log_epsilon,
-                             global_batch_size=gbs)
+    return losses.rslad_loss(
+        f["s_clean"],
+        f["s_adv"],
+        f["t_clean"],
+        kl_reduction=o.kl_reduction,
+        kl_scale=o.kl_scale,
+        log_epsilon=o.rslad_log_epsilon,
+        global_batch_size=gbs,
+    )
 
 
 def _adaad(f, o, gbs, step):
-    return losses.adaad_loss(f["s_clean"], f["s_adv"], f["t_clean"], f["t_adv"],
-                             alpha=o.adaad_alpha, kl_reduction=o.kl_reduction,
-                             kl_scale=o.kl_scale, global_batch_size=gbs)
+    return losses.adaad_loss(
+        f["s_clean"],
+        f["s_adv"],
+        f["t_clean"],
+        f["t_adv"],
+        alpha=o.adaad_alpha,
+        kl_reduction=o.kl_reduction,
+        kl_scale=o.kl_scale,
+        global_batch_size=gbs,
+    )
 
 
 def _iad(f, o, gbs, step):
-    return losses.iad_loss(f["s_clean"], f["s_adv"], f["t_adv"], f["y"],
-                           introspection=step.introspection, alpha=o.iad_alpha, beta=o.iad_beta,
-                           temperature=o.iad_temperature, global_batch_size=gbs)
+    return losses.iad_loss(
+        f["s_clean"],
+        f["s_adv"],
+        f["t_adv"],
+        f["y"],
+        introspection=step.introspection,
+        alpha=o.iad_alpha,
+        beta=o.iad_beta,
+        temperature=o.iad_temperature,
+        global_batch_size=gbs,
+    )
 
 
 def _dgad(f, o, gbs, step):
-    return losses.dgad_loss(f["s_clean"], f["s_adv"], f["t_clean"], f["t_adv"], f["y"],
-                            beta=o.beta, use_map=o.use_map, use_els=o.use_els,
-                            distill_weight=o.distill_weight, weighting=o.dgad_weighting,
-                            reference_batch_size=step.batch_size, global_batch_size=gbs)
+    return losses.dgad_loss(
+        f["s_clean"],
+        f["s_adv"],
+        f["t_clean"],
+        f["t_adv"],
+        f["y"],
+        beta=o.beta,
+        use_map=o.use_map,
+        use_els=o.use_els,
+        distill_weight=o.distill_weight,
+        weighting=o.dgad_weighting,
+        reference_batch_size=step.batch_size,
+        global_batch_size=gbs,
+    )
 
 
 METHOD_SPECS = {
@@ -103,12 +144,20 @@ METHOD_SPECS = {
     "pgd_at": MethodSpec("ce", False, False, _pgd_at, reference_forwards=("adv", "+clean")),
     # TRADES evaluates model(x_adv) and then model(x_natural) again inside its KL; in training
     # mode on the same batch that third forward equals the first, so only its statistics count.
-    "trades": MethodSpec("kl_student_clean", False, True, _trades,
-                         reference_forwards=("clean", "adv", "+clean")),
-    "ard": MethodSpec("ce", True, True, _ard, reference_forwards=("adv", "clean"),
-                      reference_train_mode_attack=True),
-    "rslad": MethodSpec("kl_teacher_clean", True, True, _rslad,
-                        reference_forwards=("adv", "clean")),
+    "trades": MethodSpec(
+        "kl_student_clean", False, True, _trades, reference_forwards=("clean", "adv", "+clean")
+    ),
+    "ard": MethodSpec(
+        "ce",
+        True,
+        True,
+        _ard,
+        reference_forwards=("adv", "clean"),
+        reference_train_mode_attack=True,
+    ),
+    "rslad": MethodSpec(
+        "kl_teacher_clean", True, True, _rslad, reference_forwards=("adv", "clean")
+    ),
     "adaad": MethodSpec("kl_teacher", True, True, _adaad),
     "iad": MethodSpec("kl_teacher", True, True, _iad),
     "dgad": MethodSpec("kl_teacher", True, True, _dgad),

@@ -36,8 +36,15 @@ class TorchSGD(keras.optimizers.Optimizer):
         >>> opt = TorchSGD(learning_rate=0.1, momentum=0.9, weight_decay=5e-4)
     """
 
-    def __init__(self, learning_rate=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False,
-                 name="torch_sgd", **kwargs):
+    def __init__(
+        self,
+        learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        nesterov=False,
+        name="torch_sgd",
+        **kwargs,
+    ):
         kwargs.pop("weight_decay", None)
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if not 0.0 <= momentum < 1.0:
@@ -73,8 +80,9 @@ class TorchSGD(keras.optimizers.Optimizer):
     def get_config(self):
         config = super().get_config()
         config.pop("weight_decay", None)
-        config.update(momentum=self.momentum, weight_decay=self.coupled_weight_decay,
-                      nesterov=self.nesterov)
+        config.update(
+            momentum=self.momentum, weight_decay=self.coupled_weight_decay, nesterov=self.nesterov
+        )
         return config
 
 
@@ -98,10 +106,20 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         >>> EpochSchedule(0.1, steps_per_epoch=390, epochs=200, milestones=(100, 150))
     """
 
-    def __init__(self, initial_lr=0.1, steps_per_epoch=1, epochs=1, kind="piecewise",
-                 milestones=(), gamma=0.1, warmup_epochs=0):
+    def __init__(
+        self,
+        initial_lr=0.1,
+        steps_per_epoch=1,
+        epochs=1,
+        kind="piecewise",
+        milestones=(),
+        gamma=0.1,
+        warmup_epochs=0,
+    ):
         if kind not in ("piecewise", "cosine", "constant"):
-            raise ValueError(f"`kind` must be piecewise, cosine or constant; received kind={kind!r}")
+            raise ValueError(
+                f"`kind` must be piecewise, cosine or constant; received kind={kind!r}"
+            )
         if steps_per_epoch < 1:
             raise ValueError(f"`steps_per_epoch` must be >= 1; received {steps_per_epoch}")
         self.initial_lr = float(initial_lr)
@@ -116,8 +134,11 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         """The rate of a (possibly fractional-free) epoch index, as a float tensor."""
         epoch = ops.cast(epoch, "float32")
         if self.kind == "piecewise":
-            passed = sum(ops.cast(epoch >= m, "float32") for m in self.milestones) if \
-                self.milestones else ops.zeros_like(epoch)
+            passed = (
+                sum(ops.cast(epoch >= m, "float32") for m in self.milestones)
+                if self.milestones
+                else ops.zeros_like(epoch)
+            )
             return self.initial_lr * ops.power(self.gamma, passed)
         if self.kind == "cosine":
             return self.initial_lr * 0.5 * (1.0 + ops.cos(math.pi * epoch / self.epochs))
@@ -133,15 +154,40 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return rate
 
     def get_config(self):
-        return dict(initial_lr=self.initial_lr, steps_per_epoch=self.steps_per_epoch,
-                    epochs=self.epochs, kind=self.kind, milestones=list(self.milestones),
-                    gamma=self.gamma, warmup_epochs=self.warmup_epochs)
+        return dict(
+            initial_lr=self.initial_lr,
+            steps_per_epoch=self.steps_per_epoch,
+            epochs=self.epochs,
+            kind=self.kind,
+            milestones=list(self.milestones),
+            gamma=self.gamma,
+            warmup_epochs=self.warmup_epochs,
+        )
 
 
-def make_optimizer(lr, *, momentum, weight_decay, nesterov, steps_per_epoch, epochs,
-                   schedule="piecewise", milestones=(), gamma=0.1, warmup_epochs=0) -> TorchSGD:
+def make_optimizer(
+    lr,
+    *,
+    momentum,
+    weight_decay,
+    nesterov,
+    steps_per_epoch,
+    epochs,
+    schedule="piecewise",
+    milestones=(),
+    gamma=0.1,
+    warmup_epochs=0,
+) -> TorchSGD:
     """`TorchSGD` driven by an `EpochSchedule`, from the optimiser section of a config."""
-    rate = EpochSchedule(lr, steps_per_epoch=steps_per_epoch, epochs=epochs, kind=schedule,
-                         milestones=milestones, gamma=gamma, warmup_epochs=warmup_epochs)
-    return TorchSGD(learning_rate=rate, momentum=momentum, weight_decay=weight_decay,
-                    nesterov=nesterov)
+    rate = EpochSchedule(
+        lr,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        kind=schedule,
+        milestones=milestones,
+        gamma=gamma,
+        warmup_epochs=warmup_epochs,
+    )
+    return TorchSGD(
+        learning_rate=rate, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
+    )

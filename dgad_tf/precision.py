@@ -39,8 +39,9 @@ def with_policy(model: keras.Model, policy: str) -> keras.Model:
         policy: one of `PRECISIONS`.
     """
     if policy not in PRECISIONS:
-        raise ValueError(f"`policy` must be one of {', '.join(PRECISIONS)}; "
-                         f"received policy={policy!r}")
+        raise ValueError(
+            f"`policy` must be one of {', '.join(PRECISIONS)}; received policy={policy!r}"
+        )
     if policy_name(model) == policy:
         return model
     config = copy.deepcopy(model.get_config())

@@ -36,24 +36,53 @@ import tensorflow as tf
 
 from dgad_tf import data as data_lib
 from dgad_tf import distribute
-from dgad_tf.build import (RunError, build_distiller, build_network, load_teacher,  # noqa: F401
-                           make_datasets, make_strategy, preflight, selection_test_arrays,
-                           steps_per_epoch_for)
+from dgad_tf.build import (  # noqa: F401
+    RunError,
+    build_distiller,
+    build_network,
+    load_teacher,
+    make_datasets,
+    make_strategy,
+    preflight,
+    selection_test_arrays,
+    steps_per_epoch_for,
+)
 from dgad_tf.callbacks import EpochCSVLogger, EpochTensorBoard, RunCheckpoints, TestSetEvaluation
 from dgad_tf.config import Config
 from dgad_tf.distiller import AdversarialDistiller
-from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.evaluate import evaluate_model, format_report
-from dgad_tf.rundir import (CONFIG_FILE, LAST_CHECKPOINT, LOG_FILE, REPORT_FILE, TEACHER_FILE,
-                            FolderLock, atomic_write_text, check_run_dir, read_log,
-                            save_model_atomic, selected_checkpoint, teacher_path_for)
+from dgad_tf.methods import METHOD_SPECS
+from dgad_tf.rundir import (
+    CONFIG_FILE,
+    LAST_CHECKPOINT,
+    LOG_FILE,
+    REPORT_FILE,
+    TEACHER_FILE,
+    FolderLock,
+    atomic_write_text,
+    check_run_dir,
+    read_log,
+    save_model_atomic,
+    selected_checkpoint,
+    teacher_path_for,
+)
 
 log = logging.getLogger(__name__)
 
 
-def train_network(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.Path, *,
-                  student: keras.Model, teacher: Optional[keras.Model], method: str,
-                  epochs: int, lr: float, milestones, strategy=None) -> AdversarialDistiller:
+def train_network(
+    cfg: Config,
+    splits: data_lib.DatasetSplits,
+    run_dir: pathlib.Path,
+    *,
+    student: keras.Model,
+    teacher: Optional[keras.Model],
+    method: str,
+    epochs: int,
+    lr: float,
+    milestones,
+    strategy=None,
+) -> AdversarialDistiller:
     """Train `student` with `method` for `epochs`, writing checkpoints and logs to `run_dir`.
 
     Resumes after the last completed epoch when `run_dir` holds a training state. Under a
@@ -64,41 +93,64 @@ def train_network(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.
     steps_per_epoch = steps_per_epoch_for(cfg, len(splits.train.y))
     run_dir.mkdir(parents=True, exist_ok=True)
     with strategy.scope():
-        distiller = build_distiller(cfg, student=student, teacher=teacher, method=method,
-                                    steps_per_epoch=max(steps_per_epoch, 1), epochs=epochs,
-                                    lr=lr, milestones=milestones)
+        distiller = build_distiller(
+            cfg,
+            student=student,
+            teacher=teacher,
+            method=method,
+            steps_per_epoch=max(steps_per_epoch, 1),
+            epochs=epochs,
+            lr=lr,
+            milestones=milestones,
+        )
         checkpoints = RunCheckpoints(run_dir)
         initial_epoch = checkpoints.restore(distiller)
     distribute.check_workers_agree(strategy, initial_epoch, "the completed epochs to resume after")
-    train_ds, val_ds, steps_per_epoch = make_datasets(cfg, splits, first_epoch=initial_epoch,
-                                                      epochs=epochs)
+    train_ds, val_ds, steps_per_epoch = make_datasets(
+        cfg, splits, first_epoch=initial_epoch, epochs=epochs
+    )
 
     if initial_epoch >= epochs:
         log.info("%s already finished %d epochs", run_dir, initial_epoch)
         return distiller
-    log.info("training %s with %s for epochs %d..%d, %d steps per epoch, %s",
-             student.name, method, initial_epoch + 1, epochs, steps_per_epoch,
-             distribute.describe_batch(cfg.train.batch_size, strategy))
-    csv_logger = EpochCSVLogger(str(run_dir / LOG_FILE), validates=val_ds is not None,
-                                append=True)
+    log.info(
+        "training %s with %s for epochs %d..%d, %d steps per epoch, %s",
+        student.name,
+        method,
+        initial_epoch + 1,
+        epochs,
+        steps_per_epoch,
+        distribute.describe_batch(cfg.train.batch_size, strategy),
+    )
+    csv_logger = EpochCSVLogger(str(run_dir / LOG_FILE), validates=val_ds is not None, append=True)
     callbacks = [checkpoints, csv_logger]
     if cfg.train.select == "best_test":
         selection_arrays = selection_test_arrays(cfg, splits)
-        log.warning("train.select=best_test: the checkpoint is chosen on the TEST split "
-                    "(test_robust_accuracy on %d images after every epoch), as the reference "
-                    "does; this is leaky, a reproduction mode, and its test figures are "
-                    "optimistic", len(selection_arrays.y))
+        log.warning(
+            "train.select=best_test: the checkpoint is chosen on the TEST split "
+            "(test_robust_accuracy on %d images after every epoch), as the reference "
+            "does; this is leaky, a reproduction mode, and its test figures are "
+            "optimistic",
+            len(selection_arrays.y),
+        )
         test_ds = distribute.distribute_options(
-            data_lib.make_eval_dataset(selection_arrays, cfg.train.batch_size))
+            data_lib.make_eval_dataset(selection_arrays, cfg.train.batch_size)
+        )
         # First, so that the checkpoints, log.csv and TensorBoard see test_* in the logs.
         callbacks.insert(0, TestSetEvaluation(test_ds))
     if cfg.output.tensorboard:
         callbacks.append(EpochTensorBoard(run_dir / "tensorboard"))
-    distiller.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=steps_per_epoch,
-                  validation_data=val_ds, validation_freq=cfg.train.val_every,
-                  callbacks=callbacks, shuffle=False,
-                  verbose=2 if cfg.output.quiet or not sys.stdout.isatty() else 1)
+    distiller.fit(
+        train_ds,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=val_ds,
+        validation_freq=cfg.train.val_every,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=2 if cfg.output.quiet or not sys.stdout.isatty() else 1,
+    )
     return distiller
 
 
@@ -117,16 +169,32 @@ def obtain_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) ->
         with strategy.scope():
             return load_teacher(path, splits)
     tt = cfg.teacher_train
-    log.info("no teacher at %s: training %s with %s for %d epochs", path, cfg.model.teacher,
-             tt.method, tt.epochs)
+    log.info(
+        "no teacher at %s: training %s with %s for %d epochs",
+        path,
+        cfg.model.teacher,
+        tt.method,
+        tt.epochs,
+    )
     teacher_run = run_dir / "teacher_run"
     with strategy.scope():
         network = build_network(cfg, cfg.model.teacher, splits)
-    train_network(cfg, splits, teacher_run, student=network, teacher=None, method=tt.method,
-                  epochs=tt.epochs, lr=tt.lr, milestones=tt.milestones, strategy=strategy)
+    train_network(
+        cfg,
+        splits,
+        teacher_run,
+        student=network,
+        teacher=None,
+        method=tt.method,
+        epochs=tt.epochs,
+        lr=tt.lr,
+        milestones=tt.milestones,
+        strategy=strategy,
+    )
     teacher_file, selection = selected_checkpoint(cfg, teacher_run)
-    log.info("teacher: %s (train.select=%s: %s)", teacher_file.name, selection["rule"],
-             selection["note"])
+    log.info(
+        "teacher: %s (train.select=%s: %s)", teacher_file.name, selection["rule"], selection["note"]
+    )
     trained = keras.models.load_model(teacher_file, safe_mode=True, compile=False)
     if not distribute.is_chief(strategy):
         path = run_dir / TEACHER_FILE
@@ -161,32 +229,65 @@ def _run_locked(cfg: Config, splits, run_dir: pathlib.Path, strategy, command: s
         teacher = obtain_teacher(cfg, splits, run_dir, strategy)
     with strategy.scope():
         student = build_network(cfg, cfg.model.student, splits, cfg.model.sync_batchnorm)
-    train_network(cfg, splits, run_dir, student=student, teacher=teacher,
-                  method=cfg.method.name, epochs=cfg.train.epochs, lr=cfg.optimizer.lr,
-                  milestones=cfg.optimizer.milestones, strategy=strategy)
+    train_network(
+        cfg,
+        splits,
+        run_dir,
+        student=student,
+        teacher=teacher,
+        method=cfg.method.name,
+        epochs=cfg.train.epochs,
+        lr=cfg.optimizer.lr,
+        milestones=cfg.optimizer.milestones,
+        strategy=strategy,
+    )
 
     final_path, selection = selected_checkpoint(cfg, run_dir)
     final = keras.models.load_model(final_path, safe_mode=True, compile=False)
-    x_test, y_test = splits.test.x[:cfg.eval.n], splits.test.y[:cfg.eval.n]
-    eval_kwargs = dict(attacks=cfg.eval.attacks, eps=cfg.attack.eps,
-                       batch_size=cfg.eval.batch_size, seed=cfg.train.seed)
+    x_test, y_test = splits.test.x[: cfg.eval.n], splits.test.y[: cfg.eval.n]
+    eval_kwargs = dict(
+        attacks=cfg.eval.attacks,
+        eps=cfg.attack.eps,
+        batch_size=cfg.eval.batch_size,
+        seed=cfg.train.seed,
+    )
     student_report = evaluate_model(final, x_test, y_test, **eval_kwargs)
-    log.info("student %s (train.select=%s: %s) on the test split:\n%s", final_path.name,
-             selection["rule"], selection["note"], format_report(student_report))
-    report = {"command": command, "config_sha256": cfg.hash(), "method": cfg.method.name,
-              "student": {"path": final_path.name, "architecture": cfg.model.student,
-                          "selection": selection, **student_report}}
+    log.info(
+        "student %s (train.select=%s: %s) on the test split:\n%s",
+        final_path.name,
+        selection["rule"],
+        selection["note"],
+        format_report(student_report),
+    )
+    report = {
+        "command": command,
+        "config_sha256": cfg.hash(),
+        "method": cfg.method.name,
+        "student": {
+            "path": final_path.name,
+            "architecture": cfg.model.student,
+            "selection": selection,
+            **student_report,
+        },
+    }
     if selection["same_as_last"]:
         # The selected checkpoint holds the last epoch's weights: same figures, no second run.
         last_report = student_report
     else:
         last = keras.models.load_model(run_dir / LAST_CHECKPOINT, safe_mode=True, compile=False)
         last_report = evaluate_model(last, x_test, y_test, **eval_kwargs)
-        log.info("student %s (last epoch) on the test split:\n%s", LAST_CHECKPOINT,
-                 format_report(last_report))
-    report["student_last"] = {"path": LAST_CHECKPOINT, "architecture": cfg.model.student,
-                              "epoch": cfg.train.epochs,
-                              "same_as_selected": selection["same_as_last"], **last_report}
+        log.info(
+            "student %s (last epoch) on the test split:\n%s",
+            LAST_CHECKPOINT,
+            format_report(last_report),
+        )
+    report["student_last"] = {
+        "path": LAST_CHECKPOINT,
+        "architecture": cfg.model.student,
+        "epoch": cfg.train.epochs,
+        "same_as_selected": selection["same_as_last"],
+        **last_report,
+    }
     if teacher is not None:
         teacher_report = evaluate_model(teacher, x_test, y_test, **eval_kwargs)
         log.info("teacher on the test split:\n%s", format_report(teacher_report))
@@ -207,8 +308,13 @@ def _export(cfg: Config, model_path: pathlib.Path, splits, run_dir: pathlib.Path
 
     out = pathlib.Path(cfg.export.dir) if cfg.export.dir else run_dir / "export"
     card = serving.export_student(
-        str(model_path), str(out), formats=tuple(cfg.export.formats),
+        str(model_path),
+        str(out),
+        formats=tuple(cfg.export.formats),
         representative_x=splits.train.x[:200],
-        eval_arrays=(splits.test.x[:cfg.eval.n], splits.test.y[:cfg.eval.n]),
-        eps=cfg.attack.eps, source_run=str(run_dir), config_hash=cfg.hash())
+        eval_arrays=(splits.test.x[: cfg.eval.n], splits.test.y[: cfg.eval.n]),
+        eps=cfg.attack.eps,
+        source_run=str(run_dir),
+        config_hash=cfg.hash(),
+    )
     return card

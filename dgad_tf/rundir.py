@@ -28,7 +28,6 @@ import os
 import pathlib
 import tempfile
 import zipfile
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -60,8 +59,8 @@ SELECTION_NOTES = {
     "last": "the last epoch's checkpoint",
     "best_val": "best val_robust_accuracy on the validation split carved from the training data",
     "best_test": "chosen on the TEST set (best test_robust_accuracy after each epoch), as the "
-                 "DGAD reference does: leaky, a reproduction mode; the test figures of this "
-                 "checkpoint are optimistic",
+    "DGAD reference does: leaky, a reproduction mode; the test figures of this "
+    "checkpoint are optimistic",
 }
 
 
@@ -98,8 +97,10 @@ class FolderLock:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 handle.close()
-                raise FolderBusy(f"{self.what} {self.folder} is being written by {holder}; wait "
-                                 "for it to finish or choose another folder") from None
+                raise FolderBusy(
+                    f"{self.what} {self.folder} is being written by {holder}; wait "
+                    "for it to finish or choose another folder"
+                ) from None
             # The holder before us may have removed the file between our open and our lock:
             # then we locked a file nobody else can see; take the one on disk instead.
             try:
@@ -183,8 +184,9 @@ def check_keras_file(path: str | os.PathLike, what: str) -> pathlib.Path:
     if path.suffix != ".keras":
         raise ValueError(f"{what}: {path} is not a .keras model file")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{what}: {path} is not a .keras archive (truncated, or another kind "
-                         "of file)")
+        raise ValueError(
+            f"{what}: {path} is not a .keras archive (truncated, or another kind of file)"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
@@ -192,8 +194,10 @@ def check_keras_file(path: str | os.PathLike, what: str) -> pathlib.Path:
     except (zipfile.BadZipFile, OSError) as err:
         raise ValueError(f"{what}: {path} is a damaged .keras archive: {err}") from None
     if broken is not None or "config.json" not in names:
-        raise ValueError(f"{what}: {path} is a damaged .keras archive "
-                         f"({'corrupt member ' + broken if broken else 'no config.json'})")
+        raise ValueError(
+            f"{what}: {path} is a damaged .keras archive "
+            f"({'corrupt member ' + broken if broken else 'no config.json'})"
+        )
     return path
 
 
@@ -210,6 +214,7 @@ def run_config(model_path: str | os.PathLike):
     config_path = folder / CONFIG_FILE
     return load_config(config_path) if config_path.is_file() else None
 
+
 def atomic_write(path: str | os.PathLike, write_fn) -> None:
     """Call `write_fn(tmp_path)` and move the result to `path` atomically.
 
@@ -218,8 +223,9 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix="".join(path.suffixes) or ".tmp",
-                               dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix="".join(path.suffixes) or ".tmp", dir=path.parent
+    )
     os.close(fd)
     os.unlink(tmp)  # writers such as keras refuse nothing, but some want to create the file
     try:
@@ -264,8 +270,10 @@ def holds_previous(folder: pathlib.Path, identity_file: str) -> bool:
     if (folder / identity_file).exists():
         return True
     if folder.is_dir() and any(p.name != LOCK_FILE for p in folder.iterdir()):
-        raise RunError(f"output.dir {folder} is not empty and holds no {identity_file}; choose "
-                       "an empty or new directory")
+        raise RunError(
+            f"output.dir {folder} is not empty and holds no {identity_file}; choose "
+            "an empty or new directory"
+        )
     return False
 
 
@@ -278,13 +286,16 @@ def check_run_dir(cfg: Config, run_dir: pathlib.Path):
         except ConfigError as err:
             raise RunError(f"output.dir {run_dir} holds an unreadable config.yaml: {err}") from err
         if previous.hash() != cfg.hash():
-            raise RunError(f"output.dir {run_dir} holds a run with a different config; choose "
-                           "another output.dir (nothing was changed there)")
+            raise RunError(
+                f"output.dir {run_dir} holds a run with a different config; choose "
+                "another output.dir (nothing was changed there)"
+            )
 
 
 def teacher_path_for(cfg: Config, run_dir: pathlib.Path) -> pathlib.Path:
-    return pathlib.Path(cfg.model.teacher_path) if cfg.model.teacher_path \
-        else run_dir / TEACHER_FILE
+    return (
+        pathlib.Path(cfg.model.teacher_path) if cfg.model.teacher_path else run_dir / TEACHER_FILE
+    )
 
 
 def selected_checkpoint(cfg: Config, run_dir: pathlib.Path) -> tuple[pathlib.Path, dict]:
@@ -309,11 +320,21 @@ def selected_checkpoint(cfg: Config, run_dir: pathlib.Path) -> tuple[pathlib.Pat
         else:
             # best_val with validation every N > epochs: no epoch was ever validated.
             note += f"; but no {SELECTION_METRICS[rule]} was ever logged: the last checkpoint"
-            log.warning("train.select=%s: no %s was logged in %s; using %s", rule,
-                        SELECTION_METRICS[rule], run_dir, LAST_CHECKPOINT)
+            log.warning(
+                "train.select=%s: no %s was logged in %s; using %s",
+                rule,
+                SELECTION_METRICS[rule],
+                run_dir,
+                LAST_CHECKPOINT,
+            )
             epoch = last_epoch
-    selection = {"rule": rule, "path": path.name, "epoch": epoch, "note": note,
-                 "same_as_last": path.name == LAST_CHECKPOINT or epoch == last_epoch}
+    selection = {
+        "rule": rule,
+        "path": path.name,
+        "epoch": epoch,
+        "note": note,
+        "same_as_last": path.name == LAST_CHECKPOINT or epoch == last_epoch,
+    }
     return path, selection
 
 
@@ -325,8 +346,11 @@ def read_log(path: pathlib.Path) -> list[dict]:
         rows = list(csv.DictReader(handle))
     # CSVLogger writes "NA" for a metric missing that epoch (validation every N epochs, or none
     # at all with data.val_fraction=0); a header repeated mid-file is not a row.
-    return [{k: float(v) if v not in ("", None, "NA") else None for k, v in row.items()}
-            for row in rows if row.get("epoch") != "epoch"]
+    return [
+        {k: float(v) if v not in ("", None, "NA") else None for k, v in row.items()}
+        for row in rows
+        if row.get("epoch") != "epoch"
+    ]
 
 
 def sha256_file(path):
@@ -340,7 +364,6 @@ def sha256_file(path):
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
 
 
 RUN_DIR_CHECKPOINTS = (BEST_CHECKPOINTS["val_robust_accuracy"], LAST_CHECKPOINT)
@@ -369,5 +392,6 @@ def resolve_model_path(model_or_run: str | os.PathLike) -> pathlib.Path:
             if candidate.is_file():
                 return check_keras_file(candidate, "`model`")
         raise FileNotFoundError(
-            f"`model` run directory {str(path)!r} holds none of {list(RUN_DIR_CHECKPOINTS)}")
+            f"`model` run directory {str(path)!r} holds none of {list(RUN_DIR_CHECKPOINTS)}"
+        )
     return check_keras_file(path, "`model`")

@@ -32,8 +32,14 @@ import yaml
 
 from dgad_tf import build, rundir
 from dgad_tf import run as run_lib
-from dgad_tf.config import (SCORE_METRIC, Config, ConfigError, TuneConfig, config_from_dict,
-                            with_values)
+from dgad_tf.config import (
+    SCORE_METRIC,
+    Config,
+    ConfigError,
+    TuneConfig,
+    config_from_dict,
+    with_values,
+)
 from dgad_tf.distiller import METHOD_SPECS
 from dgad_tf.rundir import FolderLock, RunError, atomic_write_text
 from dgad_tf.tuning import DistillerHyperModel
@@ -80,10 +86,15 @@ def search_identity(cfg: Config) -> dict:
     values.pop("output")
     tune = cfg.tune
     clean_weight, robust_weight = tune.weights
-    values["tune"] = {"objective": tune.metric, "clean_weight": clean_weight,
-                      "robust_weight": robust_weight, "tuner": tune.tuner, "epochs": tune.epochs,
-                      "seed": tune.seed,
-                      "space": {k: d.to_dict() for k, d in tune.space.items()}}
+    values["tune"] = {
+        "objective": tune.metric,
+        "clean_weight": clean_weight,
+        "robust_weight": robust_weight,
+        "tuner": tune.tuner,
+        "epochs": tune.epochs,
+        "seed": tune.seed,
+        "space": {k: d.to_dict() for k, d in tune.space.items()},
+    }
     return values
 
 
@@ -108,8 +119,10 @@ def check_search_dir(cfg: Config, out_dir: pathlib.Path):
         current = yaml.safe_load(yaml.safe_dump(search_identity(cfg), sort_keys=False))
         differs = _first_difference(previous, current)
         if differs:
-            raise RunError(f"output.dir {out_dir} holds a different search (`{differs}` "
-                           "differs); choose another --out or restore the setting")
+            raise RunError(
+                f"output.dir {out_dir} holds a different search (`{differs}` "
+                "differs); choose another --out or restore the setting"
+            )
 
 
 def _batch_sizes(cfg: Config):
@@ -117,8 +130,11 @@ def _batch_sizes(cfg: Config):
     yield "train.batch_size", cfg.train.batch_size
     dimension = cfg.tune.space.get("train.batch_size")
     if dimension is not None:
-        values = dimension.values if dimension.type == "choice" \
+        values = (
+            dimension.values
+            if dimension.type == "choice"
             else range(dimension.min, dimension.max + 1, dimension.step or 1)
+        )
         for value in values:
             yield "tune.space.train.batch_size", value
 
@@ -133,24 +149,31 @@ def preflight_search(cfg: Config):
         ConfigError, RunError: naming the problem.
     """
     if not cfg.tune.space:
-        raise ConfigError("the config has no `tune.space`; add a `tune:` section with at least "
-                          "`space:`, e.g. `method.beta: {type: float, min: 0, max: 4}`")
+        raise ConfigError(
+            "the config has no `tune.space`; add a `tune:` section with at least "
+            "`space:`, e.g. `method.beta: {type: float, min: 0, max: 4}`"
+        )
     if cfg.distribute.strategy == "multi_worker":
-        raise ConfigError("`distribute.strategy` must not be multi_worker for tuning: "
-                          "KerasTuner runs one trial on one machine's devices; received "
-                          "distribute.strategy='multi_worker'")
+        raise ConfigError(
+            "`distribute.strategy` must not be multi_worker for tuning: "
+            "KerasTuner runs one trial on one machine's devices; received "
+            "distribute.strategy='multi_worker'"
+        )
     out_dir = pathlib.Path(cfg.output.dir)
     check_search_dir(cfg, out_dir)
     batch_sizes = list(_batch_sizes(cfg))
     strategy = build.make_strategy(cfg, batch_sizes)
     splits = build.load_data(cfg)
     if len(splits.val.y) == 0:
-        raise RunError(f"the validation split is empty (data.val_fraction="
-                       f"{cfg.data.val_fraction}); tuning scores trials on it")
+        raise RunError(
+            f"the validation split is empty (data.val_fraction="
+            f"{cfg.data.val_fraction}); tuning scores trials on it"
+        )
     for key, batch_size in batch_sizes:
         if batch_size > len(splits.train.y):
-            raise RunError(f"{key}: {batch_size} is larger than the {len(splits.train.y)} "
-                           "training images")
+            raise RunError(
+                f"{key}: {batch_size} is larger than the {len(splits.train.y)} training images"
+            )
     if _needs_teacher(cfg):
         build.check_teacher(cfg, splits, out_dir)
     students = {cfg.model.student}
@@ -163,9 +186,14 @@ def preflight_search(cfg: Config):
 
 def _make_tuner(cfg: Config, hypermodel, out_dir: pathlib.Path, strategy):
     tune = cfg.tune
-    common = dict(objective=keras_tuner.Objective(tune.metric, "max"), seed=tune.seed,
-                  directory=str(out_dir), project_name="search", overwrite=False,
-                  distribution_strategy=strategy)
+    common = dict(
+        objective=keras_tuner.Objective(tune.metric, "max"),
+        seed=tune.seed,
+        directory=str(out_dir),
+        project_name="search",
+        overwrite=False,
+        distribution_strategy=strategy,
+    )
     if tune.tuner == "random":
         return keras_tuner.RandomSearch(hypermodel, max_trials=tune.max_trials, **common)
     if tune.tuner == "bayesian":
@@ -185,8 +213,9 @@ def trial_rows(tuner, cfg: Config) -> list[dict]:
         for key in cfg.tune.space:
             row[key] = trial.hyperparameters.values.get(key)
         for metric in _METRIC_COLUMNS:
-            row[metric] = trial.metrics.get_last_value(metric) \
-                if trial.metrics.exists(metric) else None
+            row[metric] = (
+                trial.metrics.get_last_value(metric) if trial.metrics.exists(metric) else None
+            )
         rows.append(row)
     return rows
 
@@ -223,8 +252,7 @@ def _rows_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def best_trial_config(cfg: Config, values: dict, out_dir: pathlib.Path,
-                      trial_id: str) -> Config:
+def best_trial_config(cfg: Config, values: dict, out_dir: pathlib.Path, trial_id: str) -> Config:
     """The best trial as a config for `python -m dgad_tf.fit`: full epochs, a fresh run dir.
 
     The teacher the trial was distilled from is pinned in `model.teacher_path`, so fit loads it
@@ -235,7 +263,8 @@ def best_trial_config(cfg: Config, values: dict, out_dir: pathlib.Path,
     changes = {"output": dataclasses.replace(best.output, dir=str(fresh_dir))}
     if METHOD_SPECS[best.method.name].needs_teacher:
         changes["model"] = dataclasses.replace(
-            best.model, teacher_path=str(rundir.teacher_path_for(cfg, out_dir)))
+            best.model, teacher_path=str(rundir.teacher_path_for(cfg, out_dir))
+        )
     return config_from_dict(dataclasses.replace(best, **changes).to_dict())
 
 
@@ -267,8 +296,9 @@ def run_search(cfg: Config, *, verbose: Optional[int] = None) -> SearchResult:
 
 def _search_locked(cfg, strategy, splits, out_dir, started, verbose) -> SearchResult:
     if not (out_dir / SPEC_FILE).exists():
-        atomic_write_text(out_dir / SPEC_FILE,
-                          yaml.safe_dump(search_identity(cfg), sort_keys=False))
+        atomic_write_text(
+            out_dir / SPEC_FILE, yaml.safe_dump(search_identity(cfg), sort_keys=False)
+        )
 
     teacher = None
     if _needs_teacher(cfg):
@@ -285,20 +315,34 @@ def _search_locked(cfg, strategy, splits, out_dir, started, verbose) -> SearchRe
 
     rows = trial_rows(tuner, cfg)
     atomic_write_text(out_dir / "trials.csv", _rows_csv(rows))
-    best_trials = [t for t in tuner.oracle.get_best_trials(len(rows))
-                   if t.status == "COMPLETED" and t.score is not None]
+    best_trials = [
+        t
+        for t in tuner.oracle.get_best_trials(len(rows))
+        if t.status == "COMPLETED" and t.score is not None
+    ]
     if not best_trials:
-        raise RunError(f"no trial of the search in {out_dir} completed; see the trial "
-                       "messages in search/trial_*/trial.json")
+        raise RunError(
+            f"no trial of the search in {out_dir} completed; see the trial "
+            "messages in search/trial_*/trial.json"
+        )
     best = best_trials[0]
     values = {key: best.hyperparameters.values[key] for key in cfg.tune.space}
     best_cfg = best_trial_config(cfg, values, out_dir, best.trial_id)
-    header = (f"# Best trial {best.trial_id} of the search in {out_dir}: {cfg.tune.metric} "
-              f"{best.score:.4f} on the validation split after {hypermodel.epochs} epochs.\n"
-              f"# Searched: {', '.join(f'{k}={v}' for k, v in values.items())}\n"
-              f"# Train it: python -m dgad_tf.fit --config {out_dir / BEST_CONFIG_FILE}\n")
+    header = (
+        f"# Best trial {best.trial_id} of the search in {out_dir}: {cfg.tune.metric} "
+        f"{best.score:.4f} on the validation split after {hypermodel.epochs} epochs.\n"
+        f"# Searched: {', '.join(f'{k}={v}' for k, v in values.items())}\n"
+        f"# Train it: python -m dgad_tf.fit --config {out_dir / BEST_CONFIG_FILE}\n"
+    )
     best_path = out_dir / BEST_CONFIG_FILE
     atomic_write_text(best_path, header + best_cfg.to_yaml())
-    return SearchResult(out_dir=out_dir, tune=cfg.tune, rows=rows, best_trial=best.trial_id,
-                        best_config=best_cfg, best_config_path=best_path,
-                        trials_run=hypermodel.fits_run, seconds=time.time() - started)
+    return SearchResult(
+        out_dir=out_dir,
+        tune=cfg.tune,
+        rows=rows,
+        best_trial=best.trial_id,
+        best_config=best_cfg,
+        best_config_path=best_path,
+        trials_run=hypermodel.fits_run,
+        seconds=time.time() - started,
+    )

@@ -100,7 +100,8 @@ def load_image(path, image_size=None):
                 raise UnidentifiedImageError(decoded.format)
             if decoded.mode not in ("L", "LA", "RGB", "RGBA", "P", "1"):
                 raise ClientInputError(
-                    f"`--image` {path!r} must be 8-bit; received pixel mode {decoded.mode}")
+                    f"`--image` {path!r} must be 8-bit; received pixel mode {decoded.mode}"
+                )
             if decoded.mode in ("P", "1"):  # palette (GIF) and bilevel images decode to colours
                 decoded = decoded.convert("RGB" if decoded.mode == "P" else "L")
             image = np.asarray(decoded, dtype=np.uint8)

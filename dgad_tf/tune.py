@@ -25,11 +25,17 @@ from dgad_tf import cli
 def main(argv=None) -> int:
     parser = cli.parser("python -m dgad_tf.tune", __doc__)
     parser.add_argument("--config", help="YAML file of overrides with a `tune:` section")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one value; repeatable")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one value; repeatable",
+    )
     parser.add_argument("--tuner", help="random, bayesian or hyperband (tune.tuner)")
-    parser.add_argument("--max-trials", help="trials in all, finished ones included "
-                                             "(tune.max_trials)")
+    parser.add_argument(
+        "--max-trials", help="trials in all, finished ones included (tune.max_trials)"
+    )
     parser.add_argument("--epochs", help="epochs per trial (tune.epochs)")
     parser.add_argument("--out", help="search directory (output.dir)")
     parser.add_argument("--quiet", action="store_true", help="log lines only, no progress bars")
@@ -38,8 +44,12 @@ def main(argv=None) -> int:
     from dgad_tf.config import ConfigError, load_config
 
     overrides = list(args.set)
-    for flag, key in ((args.tuner, "tune.tuner"), (args.max_trials, "tune.max_trials"),
-                      (args.epochs, "tune.epochs"), (args.out, "output.dir")):
+    for flag, key in (
+        (args.tuner, "tune.tuner"),
+        (args.max_trials, "tune.max_trials"),
+        (args.epochs, "tune.epochs"),
+        (args.out, "output.dir"),
+    ):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     if args.quiet:
@@ -60,8 +70,10 @@ def main(argv=None) -> int:
     except RuntimeError as err:  # KerasTuner gives up after consecutive failed trials
         print(f"error: the search stopped: {err}", file=sys.stderr)
         return 1
-    print(f"\n{len(result.rows)} trials in {result.out_dir} ({result.trials_run} trained now, "
-          f"{result.seconds:.0f} s); objective {result.tune.metric}, * = best:")
+    print(
+        f"\n{len(result.rows)} trials in {result.out_dir} ({result.trials_run} trained now, "
+        f"{result.seconds:.0f} s); objective {result.tune.metric}, * = best:"
+    )
     print(search.format_trials_table(result.rows, result.best_trial))
     print(f"best config: {result.best_config_path}")
     print(f"train it:    python -m dgad_tf.fit --config {result.best_config_path}")

@@ -32,8 +32,15 @@ def sample(key: str, dimension: Dimension, hp: keras_tuner.HyperParameters):
         0.0
     """
     if dimension.type == "float":
-        return float(hp.Float(key, dimension.min, dimension.max, step=dimension.step,
-                              sampling="log" if dimension.log else "linear"))
+        return float(
+            hp.Float(
+                key,
+                dimension.min,
+                dimension.max,
+                step=dimension.step,
+                sampling="log" if dimension.log else "linear",
+            )
+        )
     if dimension.type == "int":
         return int(hp.Int(key, dimension.min, dimension.max, step=dimension.step or 1))
     if dimension.type == "bool":
@@ -55,9 +62,10 @@ def compress_schedule(cfg: Config, epochs: int) -> Config:
     milestones = tuple(sorted({max(1, round(m * scale)) for m in cfg.optimizer.milestones}))
     warmup = round(cfg.optimizer.warmup_epochs * scale)
     return dataclasses.replace(
-        cfg, train=dataclasses.replace(cfg.train, epochs=epochs),
-        optimizer=dataclasses.replace(cfg.optimizer, milestones=milestones,
-                                      warmup_epochs=warmup))
+        cfg,
+        train=dataclasses.replace(cfg.train, epochs=epochs),
+        optimizer=dataclasses.replace(cfg.optimizer, milestones=milestones, warmup_epochs=warmup),
+    )
 
 
 def validation_epochs(initial_epoch: int, epochs: int, every: int) -> list[int]:
@@ -90,15 +98,15 @@ class ValidationScore(keras.callbacks.Callback):
         if logs is None:
             return
         if "val_clean_accuracy" in logs and "val_robust_accuracy" in logs:
-            logs[SCORE_METRIC] = (self.clean_weight * float(logs["val_clean_accuracy"])
-                                  + self.robust_weight * float(logs["val_robust_accuracy"]))
+            logs[SCORE_METRIC] = self.clean_weight * float(
+                logs["val_clean_accuracy"]
+            ) + self.robust_weight * float(logs["val_robust_accuracy"])
         self.epoch_logs.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
 
 
 def best_epoch_metrics(epoch_logs: list[dict], objective: str) -> dict:
     """The logs of the validated epoch with the highest `objective` (the first among ties)."""
-    scored = [logs for logs in epoch_logs
-              if objective in logs and not math.isnan(logs[objective])]
+    scored = [logs for logs in epoch_logs if objective in logs and not math.isnan(logs[objective])]
     if not scored:
         raise RunError(f"no epoch reported {objective}; is the validation split empty?")
     return max(scored, key=lambda logs: logs[objective])
@@ -133,8 +141,9 @@ class DistillerHyperModel(keras_tuner.HyperModel):
 
     def trial_values(self, hp: keras_tuner.HyperParameters) -> dict:
         """{dotted key: value} of this trial (declaring the dimensions on `hp` if needed)."""
-        return {key: sample(key, dimension, hp)
-                for key, dimension in self.base_cfg.tune.space.items()}
+        return {
+            key: sample(key, dimension, hp) for key, dimension in self.base_cfg.tune.space.items()
+        }
 
     def trial_config(self, hp: keras_tuner.HyperParameters) -> Config:
         """The complete config of this trial, with the base config's full `train.epochs`."""
@@ -144,20 +153,26 @@ class DistillerHyperModel(keras_tuner.HyperModel):
         cfg = compress_schedule(self.trial_config(hp), self.epochs)
         # Every trial starts from the same initialisation, so trials differ by their values only.
         keras.utils.set_random_seed(cfg.train.seed)
-        student = build.build_network(cfg, cfg.model.student, self.splits,
-                                      cfg.model.sync_batchnorm)
+        student = build.build_network(cfg, cfg.model.student, self.splits, cfg.model.sync_batchnorm)
         teacher = self.teacher if METHOD_SPECS[cfg.method.name].needs_teacher else None
         steps_per_epoch = max(build.steps_per_epoch_for(cfg, len(self.splits.train.y)), 1)
-        distiller = build.build_distiller(cfg, student=student, teacher=teacher,
-                                          method=cfg.method.name, steps_per_epoch=steps_per_epoch,
-                                          epochs=cfg.train.epochs, lr=cfg.optimizer.lr,
-                                          milestones=cfg.optimizer.milestones)
+        distiller = build.build_distiller(
+            cfg,
+            student=student,
+            teacher=teacher,
+            method=cfg.method.name,
+            steps_per_epoch=steps_per_epoch,
+            epochs=cfg.train.epochs,
+            lr=cfg.optimizer.lr,
+            milestones=cfg.optimizer.milestones,
+        )
         # The tuner saves the best epoch's weights, which Keras refuses for an unbuilt model.
         distiller.build((None, *self.splits.image_shape))
         return distiller
 
-    def fit(self, hp, model, *args, callbacks=None, epochs=None, initial_epoch=0, verbose=1,
-            **kwargs):
+    def fit(
+        self, hp, model, *args, callbacks=None, epochs=None, initial_epoch=0, verbose=1, **kwargs
+    ):
         """Train `model` on the training split; return the best validated epoch's metrics.
 
         Args:
@@ -173,18 +188,28 @@ class DistillerHyperModel(keras_tuner.HyperModel):
             val_robust_accuracy and val_score.
         """
         if args or kwargs:
-            raise TypeError("DistillerHyperModel.fit takes its data from the config; received "
-                            f"extra arguments {list(kwargs) or args!r}")
+            raise TypeError(
+                "DistillerHyperModel.fit takes its data from the config; received "
+                f"extra arguments {list(kwargs) or args!r}"
+            )
         cfg = compress_schedule(self.trial_config(hp), self.epochs)
         epochs = int(epochs or cfg.train.epochs)
         train_ds, val_ds, steps_per_epoch = build.make_datasets(
-            cfg, self.splits, first_epoch=initial_epoch, epochs=epochs)
+            cfg, self.splits, first_epoch=initial_epoch, epochs=epochs
+        )
         if val_ds is None:
             raise RunError("the validation split is empty; tuning needs data.val_fraction > 0")
         score = ValidationScore(*self.base_cfg.tune.weights)
         self.fits_run += 1
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=steps_per_epoch,
-                  validation_freq=validation_epochs(initial_epoch, epochs, cfg.train.val_every),
-                  callbacks=[score] + list(callbacks or []), shuffle=False, verbose=verbose)
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch,
+            validation_freq=validation_epochs(initial_epoch, epochs, cfg.train.val_every),
+            callbacks=[score] + list(callbacks or []),
+            shuffle=False,
+            verbose=verbose,
+        )
         return best_epoch_metrics(score.epoch_logs, self.base_cfg.tune.metric)

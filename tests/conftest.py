@@ -41,10 +41,13 @@ def digits_teacher(tmp_path_factory):
     keras.utils.set_random_seed(0)
     splits = data_lib.load_splits("digits", val_fraction=0.0)
     teacher = build_model("small-cnn", splits.num_classes, splits.image_shape)
-    teacher.compile(optimizer=keras.optimizers.Adam(1e-2),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    teacher.fit(data_lib.to_float(splits.train.x), splits.train.y, epochs=5, batch_size=64,
-                verbose=0)
+    teacher.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    teacher.fit(
+        data_lib.to_float(splits.train.x), splits.train.y, epochs=5, batch_size=64, verbose=0
+    )
     logits = teacher.predict(data_lib.to_float(splits.test.x), verbose=0)
     accuracy = np.mean(np.argmax(logits, -1) == splits.test.y)
     assert accuracy > 0.8, f"the digits teacher fixture only reached {accuracy:.1%}"

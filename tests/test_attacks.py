@@ -77,8 +77,14 @@ def test_pgd_stays_in_eps_ball_and_pixel_range(init):
     model = dense_model()
     x, y = image_batch(), labels_for(8)
     x_adv = attacks.pgd(
-        x, attacks.ce_objective(inference(model), y), eps=0.3, step_size=0.2, steps=5,
-        init=init, init_std=0.5, seed=0,
+        x,
+        attacks.ce_objective(inference(model), y),
+        eps=0.3,
+        step_size=0.2,
+        steps=5,
+        init=init,
+        init_std=0.5,
+        seed=0,
     )
     assert_in_ball_and_box(x_adv, x, 0.3)
 
@@ -87,7 +93,14 @@ def test_pgd_stays_in_eps_ball_and_pixel_range(init):
 def test_pgd_random_start_is_clipped_to_ball_and_box(init):
     x = image_batch()
     start = attacks.pgd(
-        x, lambda z: tf.zeros([8]), eps=0.05, step_size=0.0, steps=0, init=init, init_std=0.5, seed=1
+        x,
+        lambda z: tf.zeros([8]),
+        eps=0.05,
+        step_size=0.0,
+        steps=0,
+        init=init,
+        init_std=0.5,
+        seed=1,
     ).numpy()
     assert_in_ball_and_box(start, x, 0.05)
     assert np.any(start != x)
@@ -97,8 +110,9 @@ def test_pgd_random_start_is_clipped_to_ball_and_box(init):
 def test_pgd_eps_zero_returns_x_exactly(init):
     model = dense_model()
     x, y = image_batch(), labels_for(8)
-    x_adv = attacks.pgd(x, attacks.ce_objective(inference(model), y), eps=0.0, step_size=0.1,
-                        steps=3, init=init)
+    x_adv = attacks.pgd(
+        x, attacks.ce_objective(inference(model), y), eps=0.0, step_size=0.1, steps=3, init=init
+    )
     np.testing.assert_array_equal(x_adv.numpy(), x)
 
 
@@ -123,8 +137,14 @@ def test_pgd_output_carries_no_gradient():
     model = dense_model()
     x = tf.Variable(image_batch())
     with tf.GradientTape() as tape:
-        x_adv = attacks.pgd(x, attacks.ce_objective(inference(model), labels_for(8)),
-                            eps=0.1, step_size=0.05, steps=2, init="none")
+        x_adv = attacks.pgd(
+            x,
+            attacks.ce_objective(inference(model), labels_for(8)),
+            eps=0.1,
+            step_size=0.05,
+            steps=2,
+            init="none",
+        )
         total = tf.reduce_sum(x_adv)
     assert tape.gradient(total, x) is None
 
@@ -136,7 +156,9 @@ def test_pgd_same_seed_same_result_different_seed_different_result():
     run = functools.partial(attacks.pgd, x, objective, eps=0.1, step_size=0.01, steps=3)
     np.testing.assert_array_equal(run(seed=7).numpy(), run(seed=7).numpy())
     assert np.any(run(seed=7).numpy() != run(seed=8).numpy())
-    np.testing.assert_array_equal(run(init="gaussian", seed=7).numpy(), run(init="gaussian", seed=7).numpy())
+    np.testing.assert_array_equal(
+        run(init="gaussian", seed=7).numpy(), run(init="gaussian", seed=7).numpy()
+    )
 
 
 def test_pgd_leaves_batch_norm_moving_statistics_unchanged():
@@ -191,9 +213,13 @@ def test_pgd_gaussian_start_under_jit_compile_stays_in_ball():
 def test_kl_objectives_are_zero_when_models_agree():
     model = dense_model()
     x = tf.constant(image_batch())
-    np.testing.assert_allclose(attacks.kl_objective(inference(model), inference(model))(x), 0.0, atol=1e-6)
+    np.testing.assert_allclose(
+        attacks.kl_objective(inference(model), inference(model))(x), 0.0, atol=1e-6
+    )
     fixed = model(x, training=False)
-    np.testing.assert_allclose(attacks.kl_to_fixed_objective(fixed, inference(model))(x), 0.0, atol=1e-6)
+    np.testing.assert_allclose(
+        attacks.kl_to_fixed_objective(fixed, inference(model))(x), 0.0, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(
@@ -221,7 +247,9 @@ def test_cw_margin_loss_matches_numpy(confidence):
     for i in range(12):
         largest_other = max(logits[i, j] for j in range(6) if j != y[i])
         expected.append(min(largest_other - logits[i, y[i]], confidence))
-    np.testing.assert_allclose(attacks.cw_margin_loss(logits, y, confidence).numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        attacks.cw_margin_loss(logits, y, confidence).numpy(), expected, atol=1e-6
+    )
 
 
 # ----------------------------------------------------------------------------- evaluation attacks
@@ -353,13 +381,14 @@ def _advertorch_cw_l2_linear(x, y, kernel, bias, *, c=0.1, confidence=0.01, step
         margin = np.maximum(real - other + confidence, 0)
         loss = l2.sum() + c * margin.sum()
         grad_adv = 2 * (adv - x_rescaled) + c * (margin > 0)[:, None] * (
-            kernel[:, y].T - kernel[:, other_index].T)
+            kernel[:, y].T - kernel[:, other_index].T
+        )
         grad = grad_adv * (1 - np.tanh(x_atanh + delta) ** 2) / 2
         # advertorch steps the optimiser before its abort check and its best-so-far update.
         t = i + 1
         m = 0.9 * m + 0.1 * grad
-        v = 0.999 * v + 0.001 * grad ** 2
-        delta = delta - lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        v = 0.999 * v + 0.001 * grad**2
+        delta = delta - lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
         if i % check_every == 0:
             if loss > previous_loss * (1 - 1e-6):
                 break
@@ -381,7 +410,8 @@ def test_cw_l2_defaults_follow_advertorch_as_the_dgad_reference_calls_it():
     model_fn = lambda a: tf.reshape(a, [-1, 4]) @ kernel + bias  # noqa: E731
     expected = _advertorch_cw_l2_linear(x, y, kernel.astype(np.float64), bias.astype(np.float64))
     got = tf.function(lambda a, b: attacks.cw_l2(model_fn, a, b))(
-        tf.constant(x), tf.constant(y)).numpy()
+        tf.constant(x), tf.constant(y)
+    ).numpy()
     broken = np.any(expected != x, axis=(1, 2, 3))
     assert 0 < broken.sum() < len(x), broken  # both outcomes are exercised
     np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -15,9 +15,18 @@ import pytest
 import tensorflow as tf
 from scipy.optimize import linprog
 
-from dgad_tf.autoattack import (apgd, apgd_checkpoints, apgd_targeted, dlr_loss,
-                                dlr_targeted_loss, fab_targeted, project_linf_hyperplane_box,
-                                run_autoattack, square, square_p_selection)
+from dgad_tf.autoattack import (
+    apgd,
+    apgd_checkpoints,
+    apgd_targeted,
+    dlr_loss,
+    dlr_targeted_loss,
+    fab_targeted,
+    project_linf_hyperplane_box,
+    run_autoattack,
+    square,
+    square_p_selection,
+)
 from dgad_tf.autoattack.apgd import _build_apgd_run
 from dgad_tf.autoattack.square import _build_square_run
 
@@ -45,14 +54,17 @@ def model_fn():
     """An undefended dense classifier (clean accuracy ~1) on the synthetic data."""
     keras.utils.set_random_seed(1)
     x, labels = _synthetic_data(2000, seed=1)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dense(NUM_CLASSES),
-    ])
-    model.compile(keras.optimizers.Adam(0.01),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(NUM_CLASSES),
+        ]
+    )
+    model.compile(
+        keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.fit(x, labels, epochs=5, batch_size=100, verbose=0)
     return lambda inputs: model(inputs, training=False)
 
@@ -96,14 +108,16 @@ def test_dlr_loss_matches_numpy():
     labels = rng.integers(0, 10, 16)
     # Make half the rows correctly classified so both branches of the max are used.
     logits[:8][np.arange(8), labels[:8]] += 10.0
-    np.testing.assert_allclose(dlr_loss(logits, labels).numpy(), _numpy_dlr(logits, labels),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        dlr_loss(logits, labels).numpy(), _numpy_dlr(logits, labels), rtol=1e-5
+    )
 
 
 def test_dlr_loss_hand_value():
     # -(z_y - max other) / (z_1 - z_3) = -(1 - 3) / (3 - 0)
-    np.testing.assert_allclose(dlr_loss([[1.0, 3.0, 0.0, -1.0]], [0]).numpy(), [2.0 / 3.0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        dlr_loss([[1.0, 3.0, 0.0, -1.0]], [0]).numpy(), [2.0 / 3.0], rtol=1e-6
+    )
 
 
 def test_dlr_targeted_loss_matches_numpy():
@@ -114,9 +128,11 @@ def test_dlr_targeted_loss_matches_numpy():
     ordered = np.sort(logits, axis=1)[:, ::-1]
     rows = np.arange(16)
     expected = -(logits[rows, labels] - logits[rows, targets]) / (
-        ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
-    np.testing.assert_allclose(dlr_targeted_loss(logits, labels, targets).numpy(), expected,
-                               rtol=1e-5)
+        ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12
+    )
+    np.testing.assert_allclose(
+        dlr_targeted_loss(logits, labels, targets).numpy(), expected, rtol=1e-5
+    )
 
 
 # ------------------------------------------------------------------------------ schedules
@@ -128,8 +144,7 @@ def _paper_checkpoints(n_iter):
     result = []
     while math.ceil(p * n_iter) < n_iter:
         result.append(math.ceil(p * n_iter))
-        p_prev, p = p, p + max(p - p_prev - fractions.Fraction(3, 100),
-                               fractions.Fraction(6, 100))
+        p_prev, p = p, p + max(p - p_prev - fractions.Fraction(3, 100), fractions.Fraction(6, 100))
     return sorted(set(result))
 
 
@@ -145,13 +160,16 @@ def test_apgd_checkpoints_for_100_iterations():
 
 
 def test_square_p_schedule_halves_after_reference_thresholds():
-    values = {i: square_p_selection(i, 10000, p_init=0.8)
-              for i in (0, 10, 11, 50, 51, 200, 201, 501, 1001, 2001, 4001, 6001, 8001, 9999)}
+    values = {
+        i: square_p_selection(i, 10000, p_init=0.8)
+        for i in (0, 10, 11, 50, 51, 200, 201, 501, 1001, 2001, 4001, 6001, 8001, 9999)
+    }
     assert values[0] == values[10] == 0.8
     assert values[11] == values[50] == 0.4
     assert values[51] == values[200] == 0.2
     assert [values[i] for i in (201, 501, 1001, 2001, 4001, 6001, 8001)] == [
-        0.8 / 2 ** k for k in range(3, 10)]
+        0.8 / 2**k for k in range(3, 10)
+    ]
     assert values[9999] == 0.8 / 512
     # Rescaled to 5000 queries, query 6 sits at 12 of 10000: already halved once.
     assert square_p_selection(6, 5000, rescale_schedule=True) == 0.4
@@ -166,8 +184,14 @@ def _linprog_min_linf(t, w, b):
     dim = len(t)
     cost = np.r_[np.zeros(dim), 1.0]
     a_ub = np.vstack([np.c_[np.eye(dim), -np.ones(dim)], np.c_[-np.eye(dim), -np.ones(dim)]])
-    result = linprog(cost, A_ub=a_ub, b_ub=np.zeros(2 * dim), A_eq=np.r_[w, 0.0][None],
-                     b_eq=[b - w @ t], bounds=[(-ti, 1 - ti) for ti in t] + [(0, None)])
+    result = linprog(
+        cost,
+        A_ub=a_ub,
+        b_ub=np.zeros(2 * dim),
+        A_eq=np.r_[w, 0.0][None],
+        b_eq=[b - w @ t],
+        bounds=[(-ti, 1 - ti) for ti in t] + [(0, None)],
+    )
     return result.fun if result.status == 0 else None
 
 
@@ -216,8 +240,9 @@ def test_linf_projection_goes_to_the_nearest_corner_when_infeasible():
 @pytest.mark.parametrize("name", ["apgd-ce", "apgd-t", "fab-t", "square"])
 def test_attack_stays_in_eps_ball_and_box(model_fn, batch, name):
     x, labels = batch
-    attack = {"apgd-ce": apgd, "apgd-t": apgd_targeted, "fab-t": fab_targeted,
-              "square": square}[name]
+    attack = {"apgd-ce": apgd, "apgd-t": apgd_targeted, "fab-t": fab_targeted, "square": square}[
+        name
+    ]
     x_adv = attack(model_fn, x, labels, eps=0.3, seed=0, **QUICK[name])
     _assert_in_ball(x_adv, x, 0.3)
 
@@ -231,13 +256,15 @@ def test_apgd_ce_fools_an_undefended_model(model_fn, batch):
 def _pgd(model_fn, x, labels, eps, n_steps, step_size, seed):
     """Plain PGD on cross-entropy with a uniform random start, L-inf."""
     x = tf.constant(x)
-    x_adv = tf.clip_by_value(x + tf.random.stateless_uniform(x.shape, [seed, 0], -eps, eps),
-                             0.0, 1.0)
+    x_adv = tf.clip_by_value(
+        x + tf.random.stateless_uniform(x.shape, [seed, 0], -eps, eps), 0.0, 1.0
+    )
     for _ in range(n_steps):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
-            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels, model_fn(x_adv)))
+            loss = tf.reduce_sum(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels, model_fn(x_adv))
+            )
         gradient = tape.gradient(loss, x_adv)
         x_adv = tf.clip_by_value(x_adv + step_size * tf.sign(gradient), x - eps, x + eps)
         x_adv = tf.clip_by_value(x_adv, 0.0, 1.0)
@@ -310,8 +337,7 @@ def _numpy_apgd(net, x, x_start, labels, eps, n_iter, momentum=0.75, rho=0.75):
     for k in range(n_iter):
         alpha = 1.0 if k == 0 else momentum  # the first step has no momentum
         z = np.clip(x_cur + eta.reshape(rows) * np.sign(g), lower, upper)
-        x_next = np.clip(x_cur + alpha * (z - x_cur) + (1 - alpha) * (x_cur - x_prev),
-                         lower, upper)
+        x_next = np.clip(x_cur + alpha * (z - x_cur) + (1 - alpha) * (x_cur - x_prev), lower, upper)
         f_next, g_next = net.ce_and_gradient(x_next, labels)
         gaps += [np.abs(f_next - f_prev), np.abs(f_next - f_max)]
         n_increases += f_next > f_prev
@@ -346,10 +372,10 @@ def test_apgd_step_sizes_and_iterates_match_a_numpy_apgd():
     x_start = np.clip(x + rng.uniform(-eps, eps, x.shape), 0, 1).astype(np.float32)
 
     run = _build_apgd_run(net.tf_logits, (3, 3, 1), eps, n_iter, "ce", 0.75, trace=True)
-    *_, trace = run(tf.constant(x), tf.constant(x_start), tf.constant(labels),
-                    tf.constant(labels))
-    etas, iterates, gap = _numpy_apgd(net, x.astype(np.float64), x_start.astype(np.float64),
-                                      labels, eps, n_iter)
+    *_, trace = run(tf.constant(x), tf.constant(x_start), tf.constant(labels), tf.constant(labels))
+    etas, iterates, gap = _numpy_apgd(
+        net, x.astype(np.float64), x_start.astype(np.float64), labels, eps, n_iter
+    )
     assert gap > 1e-6, "a loss comparison is a float32 tie; choose another seed"
     np.testing.assert_allclose(trace["step_size"].numpy(), etas, rtol=1e-6)
     np.testing.assert_allclose(trace["x"].numpy(), iterates, atol=1e-6)
@@ -357,8 +383,9 @@ def test_apgd_step_sizes_and_iterates_match_a_numpy_apgd():
     # The run is one in which both mechanisms show: some points halve, not all alike, and
     # another momentum gives other iterates.
     assert len(set(etas[-1] / eps)) > 1 and etas[-1].min() < 2 * eps
-    _, other_momentum, _ = _numpy_apgd(net, x.astype(np.float64), x_start.astype(np.float64),
-                                       labels, eps, n_iter, momentum=0.25)
+    _, other_momentum, _ = _numpy_apgd(
+        net, x.astype(np.float64), x_start.astype(np.float64), labels, eps, n_iter, momentum=0.25
+    )
     assert np.abs(other_momentum - iterates).max() > 0.1
 
 
@@ -462,14 +489,14 @@ def test_square_first_query_follows_the_proposal_and_acceptance_rule():
             candidates = [init[i].copy() for _ in range(4)]
             for candidate, channel_signs in zip(candidates, [(-1, -1), (-1, 1), (1, -1), (1, 1)]):
                 candidate[:side, :side] = x[i, :side, :side] + eps * np.array(channel_signs)
-            worse = margin(np.stack(candidates), labels[i]) >= margin(init[i:i + 1], labels[i])
+            worse = margin(np.stack(candidates), labels[i]) >= margin(init[i : i + 1], labels[i])
             assert worse.any(), i
         else:
             accepted += 1
             # The square holds x + eps * (one sign per channel), and the margin went down.
             channel_signs = window[0, 0]
             np.testing.assert_array_equal(window, np.broadcast_to(channel_signs, window.shape))
-            assert margin(x_best[i:i + 1], labels[i]) < margin(init[i:i + 1], labels[i]), i
+            assert margin(x_best[i : i + 1], labels[i]) < margin(init[i : i + 1], labels[i]), i
     assert 0 < accepted < len(x), "the query should be accepted for some points, not all"
 
 
@@ -480,8 +507,7 @@ def test_square_needs_no_gradients(model_fn, batch):
     masked = lambda inputs: tf.stop_gradient(model_fn(inputs))  # noqa: E731
     with pytest.warns(RuntimeWarning, match="zero input gradient"):
         apgd_accuracy = _accuracy(model_fn, apgd(masked, x, labels, eps=EPS, n_iter=20), labels)
-    square_accuracy = _accuracy(
-        model_fn, square(masked, x, labels, eps=EPS, n_queries=300), labels)
+    square_accuracy = _accuracy(model_fn, square(masked, x, labels, eps=EPS, n_queries=300), labels)
     assert apgd_accuracy >= 0.8
     assert square_accuracy <= 0.5
 
@@ -494,15 +520,17 @@ def test_runner_worst_case_is_below_every_component(model_fn, batch):
     eps = 0.035
     result = run_autoattack(model_fn, x, labels, eps=eps, attack_options=QUICK)
     for name in ("apgd-ce", "apgd-t", "fab-t", "square"):
-        alone = run_autoattack(model_fn, x, labels, eps=eps, version="custom", attacks=[name],
-                               attack_options=QUICK)
+        alone = run_autoattack(
+            model_fn, x, labels, eps=eps, version="custom", attacks=[name], attack_options=QUICK
+        )
         assert result["robust_accuracy"] <= alone["robust_accuracy"], name
         assert result["robust_accuracy"] <= result["per_attack"][name]["robust_accuracy_after"]
     # APGD-CE runs first on the same batch, and FAB-T is deterministic per point, so the
     # worst case also holds point by point for them.
     for name in ("apgd-ce", "fab-t"):
-        alone = run_autoattack(model_fn, x, labels, eps=eps, version="custom", attacks=[name],
-                               attack_options=QUICK)
+        alone = run_autoattack(
+            model_fn, x, labels, eps=eps, version="custom", attacks=[name], attack_options=QUICK
+        )
         assert not np.any(result["robust_mask"] & ~alone["robust_mask"]), name
     assert 0.0 < result["robust_accuracy"] < result["clean_accuracy"], "uninformative eps"
 
@@ -511,8 +539,16 @@ def test_runner_reports_consistent_results(model_fn, batch):
     x, labels = batch
     x = np.concatenate([x, x[:4]])
     labels = np.concatenate([labels, (labels[:4] + 1) % NUM_CLASSES])  # 4 wrong labels
-    result = run_autoattack(model_fn, x, labels, eps=0.035, version="custom",
-                            attacks=["apgd-ce"], batch_size=16, attack_options=QUICK)
+    result = run_autoattack(
+        model_fn,
+        x,
+        labels,
+        eps=0.035,
+        version="custom",
+        attacks=["apgd-ce"],
+        batch_size=16,
+        attack_options=QUICK,
+    )
     predictions = np.argmax(model_fn(result["x_adv"]).numpy(), 1)
     assert result["clean_accuracy"] == pytest.approx(40 / 44)
     np.testing.assert_array_equal(result["robust_mask"], predictions == labels)
@@ -524,8 +560,10 @@ def test_runner_reports_consistent_results(model_fn, batch):
 
 def test_same_seed_gives_same_result(model_fn, batch):
     x, labels = batch
-    runs = [run_autoattack(model_fn, x, labels, eps=0.035, seed=7, attack_options=QUICK)
-            for _ in range(2)]
+    runs = [
+        run_autoattack(model_fn, x, labels, eps=0.035, seed=7, attack_options=QUICK)
+        for _ in range(2)
+    ]
     np.testing.assert_array_equal(runs[0]["x_adv"], runs[1]["x_adv"])
     np.testing.assert_array_equal(runs[0]["robust_mask"], runs[1]["robust_mask"])
 
@@ -534,8 +572,15 @@ def test_runner_warns_about_probability_outputs(model_fn, batch):
     x, labels = batch
     softmax = lambda inputs: tf.nn.softmax(model_fn(inputs))  # noqa: E731
     with pytest.warns(RuntimeWarning, match="probability distribution"):
-        run_autoattack(softmax, x[:4], labels[:4], eps=0.01, version="custom",
-                       attacks=["apgd-ce"], attack_options={"apgd-ce": {"n_iter": 2}})
+        run_autoattack(
+            softmax,
+            x[:4],
+            labels[:4],
+            eps=0.01,
+            version="custom",
+            attacks=["apgd-ce"],
+            attack_options={"apgd-ce": {"n_iter": 2}},
+        )
 
 
 def test_runner_warns_about_a_randomised_model(model_fn, batch):
@@ -545,8 +590,15 @@ def test_runner_warns_about_a_randomised_model(model_fn, batch):
         return model_fn(inputs) + tf.random.normal([tf.shape(inputs)[0], NUM_CLASSES])
 
     with pytest.warns(RuntimeWarning, match="changes between identical calls"):
-        run_autoattack(noisy, x[:4], labels[:4], eps=0.01, version="custom",
-                       attacks=["apgd-ce"], attack_options={"apgd-ce": {"n_iter": 2}})
+        run_autoattack(
+            noisy,
+            x[:4],
+            labels[:4],
+            eps=0.01,
+            version="custom",
+            attacks=["apgd-ce"],
+            attack_options={"apgd-ce": {"n_iter": 2}},
+        )
 
 
 def test_runner_warns_when_square_beats_gradient_attacks(model_fn, batch):
@@ -554,9 +606,15 @@ def test_runner_warns_when_square_beats_gradient_attacks(model_fn, batch):
     masked = lambda inputs: tf.stop_gradient(model_fn(inputs))  # noqa: E731
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_autoattack(masked, x, labels, eps=EPS, version="custom",
-                       attacks=["apgd-ce", "square"],
-                       attack_options={"apgd-ce": {"n_iter": 5}, "square": {"n_queries": 300}})
+        run_autoattack(
+            masked,
+            x,
+            labels,
+            eps=EPS,
+            version="custom",
+            attacks=["apgd-ce", "square"],
+            attack_options={"apgd-ce": {"n_iter": 5}, "square": {"n_queries": 300}},
+        )
     assert any("Square Attack lowered" in str(w.message) for w in caught)
 
 

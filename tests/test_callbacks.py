@@ -7,9 +7,9 @@ import keras
 import numpy as np
 
 from dgad_tf.callbacks import EpochCSVLogger, RunCheckpoints
-from dgad_tf.rundir import STATE_FILE, read_state_meta
 from dgad_tf.distiller import AdversarialDistiller
 from dgad_tf.optim import EpochSchedule, TorchSGD
+from dgad_tf.rundir import STATE_FILE, read_state_meta
 
 
 def _distiller(seed):
@@ -19,8 +19,16 @@ def _distiller(seed):
     h = keras.layers.Dense(6, name="hidden")(keras.layers.Flatten()(inputs))
     h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn")(h))
     student = keras.Model(inputs, keras.layers.Dense(3, name="logits")(h), name="student")
-    distiller = AdversarialDistiller(student, None, method="pgd_at", eps=0.05, step_size=0.02,
-                                     steps=1, attack_init="none", val_robust_steps=0)
+    distiller = AdversarialDistiller(
+        student,
+        None,
+        method="pgd_at",
+        eps=0.05,
+        step_size=0.02,
+        steps=1,
+        attack_init="none",
+        val_robust_steps=0,
+    )
     # Two steps per epoch, rate x0.1 from epoch 1: after two epochs the rate is 0.01.
     schedule = EpochSchedule(0.1, steps_per_epoch=2, epochs=2, milestones=(1,))
     distiller.compile(optimizer=TorchSGD(schedule, momentum=0.9, weight_decay=5e-4))
@@ -29,10 +37,12 @@ def _distiller(seed):
 
 def _state(distiller):
     optimizer = distiller.optimizer
-    return {"weights": {w.path: np.array(w) for w in distiller.student.weights},
-            "optimizer": {v.path: np.array(v) for v in optimizer.variables},
-            "iterations": int(optimizer.iterations),
-            "learning_rate": float(optimizer.learning_rate)}
+    return {
+        "weights": {w.path: np.array(w) for w in distiller.student.weights},
+        "optimizer": {v.path: np.array(v) for v in optimizer.variables},
+        "iterations": int(optimizer.iterations),
+        "learning_rate": float(optimizer.learning_rate),
+    }
 
 
 def test_restore_brings_back_weights_momentum_rate_and_step_count(tmp_path):

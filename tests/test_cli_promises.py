@@ -28,9 +28,11 @@ def tiny_model(constant=False):
     x = keras.layers.Flatten()(inputs)
     if constant:
         # Ignores the image: always class 3.
-        dense = keras.layers.Dense(10, kernel_initializer="zeros",
-                                   bias_initializer=keras.initializers.Constant(
-                                       np.eye(10)[3].astype(np.float32)))
+        dense = keras.layers.Dense(
+            10,
+            kernel_initializer="zeros",
+            bias_initializer=keras.initializers.Constant(np.eye(10)[3].astype(np.float32)),
+        )
     else:
         dense = keras.layers.Dense(10)
     return keras.Model(inputs, dense(x))
@@ -41,24 +43,31 @@ def run_folder(tmp_path_factory):
     """A run folder trained at eps 0.1 (its config.yaml says so) with a student checkpoint."""
     path = tmp_path_factory.mktemp("run")
     tiny_model().save(path / "student_last.keras")
-    (path / "config.yaml").write_text("data:\n  source: digits\nattack:\n  eps: 0.1\n"
-                                      "  step_size: 0.025\n")
+    (path / "config.yaml").write_text(
+        "data:\n  source: digits\nattack:\n  eps: 0.1\n  step_size: 0.025\n"
+    )
     return path
 
 
 def listing(folder):
     folder = pathlib.Path(folder)
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else None
+    return (
+        sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else None
+    )
 
 
 # --------------------------------------------------------------------------- export
 
-@pytest.mark.parametrize("flags, message", [
-    (["--version", "0"], "--version: must be >= 1"),
-    (["--version", "-2"], "--version: must be >= 1"),
-    (["--formats", "onnx"], "--formats"),
-    (["--eval-n", "-3"], "--eval-n: must be >= 0"),
-])
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--version", "0"], "--version: must be >= 1"),
+        (["--version", "-2"], "--version: must be >= 1"),
+        (["--formats", "onnx"], "--formats"),
+        (["--eval-n", "-3"], "--eval-n: must be >= 0"),
+    ],
+)
 def test_export_refuses_bad_flags_with_exit_2(run_folder, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
         export_cli.main(["--model", str(run_folder), "--out", str(tmp_path / "m")] + flags)
@@ -69,16 +78,27 @@ def test_export_refuses_bad_flags_with_exit_2(run_folder, tmp_path, capsys, flag
 
 def test_export_refuses_an_existing_version_before_working(run_folder, tmp_path, capsys):
     (tmp_path / "m" / "4").mkdir(parents=True)
-    code = export_cli.main(["--model", str(run_folder), "--out", str(tmp_path / "m"),
-                            "--version", "4", "--formats", "tflite_float"])
+    code = export_cli.main(
+        [
+            "--model",
+            str(run_folder),
+            "--out",
+            str(tmp_path / "m"),
+            "--version",
+            "4",
+            "--formats",
+            "tflite_float",
+        ]
+    )
     assert code == 2
     assert "--version 4 already exists" in capsys.readouterr().err
     assert listing(tmp_path / "m") == ["4"]
 
 
 def test_export_names_a_missing_model_first(tmp_path, capsys):
-    code = export_cli.main(["--model", str(tmp_path / "runs" / "nope"), "--out",
-                            str(tmp_path / "m")])
+    code = export_cli.main(
+        ["--model", str(tmp_path / "runs" / "nope"), "--out", str(tmp_path / "m")]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "no model at" in err and "calibration" not in err
@@ -90,8 +110,9 @@ def test_export_refuses_an_unwritable_out(run_folder, tmp_path, capsys, kind):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
     out = blocker if kind == "file" else blocker / "m"
-    code = export_cli.main(["--model", str(run_folder), "--out", str(out),
-                            "--formats", "tflite_float"])
+    code = export_cli.main(
+        ["--model", str(run_folder), "--out", str(out), "--formats", "tflite_float"]
+    )
     assert code == 2
     assert "--out" in capsys.readouterr().err
     assert blocker.read_text() == "a file"
@@ -99,8 +120,18 @@ def test_export_refuses_an_unwritable_out(run_folder, tmp_path, capsys, kind):
 
 def test_a_second_exporter_of_the_same_base_path_is_refused(run_folder, tmp_path, capsys):
     with FolderLock(tmp_path / "m", "export folder"):
-        code = export_cli.main(["--model", str(run_folder), "--out", str(tmp_path / "m"),
-                                "--formats", "tflite_float", "--eval-n", "0"])
+        code = export_cli.main(
+            [
+                "--model",
+                str(run_folder),
+                "--out",
+                str(tmp_path / "m"),
+                "--formats",
+                "tflite_float",
+                "--eval-n",
+                "0",
+            ]
+        )
     assert code == 2
     assert "being written by" in capsys.readouterr().err
     assert listing(tmp_path / "m") == []
@@ -109,15 +140,35 @@ def test_a_second_exporter_of_the_same_base_path_is_refused(run_folder, tmp_path
 def test_export_removes_temporaries_of_a_killed_export(run_folder, tmp_path):
     stale = tmp_path / "m" / ".tmp-1-abc123"
     (stale / "variables").mkdir(parents=True)
-    code = export_cli.main(["--model", str(run_folder), "--out", str(tmp_path / "m"),
-                            "--formats", "tflite_float", "--eval-n", "0"])
+    code = export_cli.main(
+        [
+            "--model",
+            str(run_folder),
+            "--out",
+            str(tmp_path / "m"),
+            "--formats",
+            "tflite_float",
+            "--eval-n",
+            "0",
+        ]
+    )
     assert code == 0
     assert listing(tmp_path / "m") == ["1", "1/model_card.json", "1/model_float32.tflite"]
 
 
 def test_export_defaults_to_the_runs_eps(run_folder, tmp_path):
-    code = export_cli.main(["--model", str(run_folder), "--out", str(tmp_path / "m"),
-                            "--formats", "tflite_float", "--eval-n", "20"])
+    code = export_cli.main(
+        [
+            "--model",
+            str(run_folder),
+            "--out",
+            str(tmp_path / "m"),
+            "--formats",
+            "tflite_float",
+            "--eval-n",
+            "20",
+        ]
+    )
     assert code == 0
     card = json.loads((tmp_path / "m" / "1" / "model_card.json").read_text())
     assert card["evaluation"]["eps"] == pytest.approx(0.1)
@@ -128,25 +179,37 @@ def test_a_student_at_chance_level_exports_with_a_warning(tmp_path):
 
     data = load_digits()
     x = np.round(data.images[:300] / 16.0 * 255.0).astype(np.uint8)[..., None]
-    card = serving.export_student(tiny_model(constant=True), tmp_path / "m",
-                                  formats=("tflite_float",), eval_arrays=(x, data.target[:300]))
+    card = serving.export_student(
+        tiny_model(constant=True),
+        tmp_path / "m",
+        formats=("tflite_float",),
+        eval_arrays=(x, data.target[:300]),
+    )
     assert card["parity"]["tflite_float"]["max_abs_diff_probabilities"] < 1e-4
     (warning,) = card["warnings"]
     assert "chance level" in warning
     written = json.loads((tmp_path / "m" / "1" / "model_card.json").read_text())
     assert written["warnings"] == card["warnings"]
-    learned = serving.export_student(tiny_model(), tmp_path / "n", formats=("tflite_float",),
-                                     eval_arrays=(x[:0], data.target[:0]))
+    learned = serving.export_student(
+        tiny_model(),
+        tmp_path / "n",
+        formats=("tflite_float",),
+        eval_arrays=(x[:0], data.target[:0]),
+    )
     assert "warnings" not in learned
 
 
 # --------------------------------------------------------------------------- evaluate
 
-@pytest.mark.parametrize("flags, message", [
-    (["--batch-size", "0"], "--batch-size: must be >= 1"),
-    (["--restarts", "0"], "--restarts: must be >= 1"),
-    (["--n", "0"], "--n: must be >= 1"),
-])
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch-size", "0"], "--batch-size: must be >= 1"),
+        (["--restarts", "0"], "--restarts: must be >= 1"),
+        (["--n", "0"], "--n: must be >= 1"),
+    ],
+)
 def test_evaluate_refuses_bad_numbers_with_exit_2(run_folder, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
         evaluate_cli.main(["--model", str(run_folder)] + flags)
@@ -159,8 +222,7 @@ def test_evaluate_checks_out_before_attacking(run_folder, tmp_path, capsys, monk
     monkeypatch.setattr(evaluate_cli, "evaluate_model", lambda *a, **k: attacked.append(1))
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
-    code = evaluate_cli.main(["--model", str(run_folder), "--out",
-                              str(blocker / "report.json")])
+    code = evaluate_cli.main(["--model", str(run_folder), "--out", str(blocker / "report.json")])
     assert code == 2
     assert "--out" in capsys.readouterr().err
     assert attacked == []
@@ -175,12 +237,25 @@ def test_evaluate_refuses_an_npz_without_the_needed_keys(run_folder, tmp_path, c
 
 def test_evaluate_takes_a_single_xy_npz_and_the_runs_eps(run_folder, tmp_path, capsys, caplog):
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "test.npz", x=rng.integers(0, 256, (12, 8, 8, 1), dtype=np.uint8),
-             y=rng.integers(0, 10, 12))
+    np.savez(
+        tmp_path / "test.npz",
+        x=rng.integers(0, 256, (12, 8, 8, 1), dtype=np.uint8),
+        y=rng.integers(0, 10, 12),
+    )
     out = tmp_path / "report.json"
     with caplog.at_level("INFO"):
-        code = evaluate_cli.main(["--model", str(run_folder), "--data", str(tmp_path / "test.npz"),
-                                  "--attacks", "clean,pgd2", "--out", str(out)])
+        code = evaluate_cli.main(
+            [
+                "--model",
+                str(run_folder),
+                "--data",
+                str(tmp_path / "test.npz"),
+                "--attacks",
+                "clean,pgd2",
+                "--out",
+                str(out),
+            ]
+        )
     assert code == 0
     report = json.loads(out.read_text())
     assert report["n"] == 12
@@ -197,15 +272,29 @@ def test_every_help_shows_the_defaults(capsys):
 
 # --------------------------------------------------------------------------- fit
 
-@pytest.mark.parametrize("override, key", [("eval.attacks=[clean,foo]", "eval.attacks"),
-                                           ("export.formats=[onnx]", "export.formats"),
-                                           ("eval.attacks=[pgd0]", "eval.attacks"),
-                                           ("attack.steps=0", "attack.steps"),
-                                           ("attack.eps=0", "attack.eps"),
-                                           ("attack.step_size=0.2", "attack.step_size")])
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("eval.attacks=[clean,foo]", "eval.attacks"),
+        ("export.formats=[onnx]", "export.formats"),
+        ("eval.attacks=[pgd0]", "eval.attacks"),
+        ("attack.steps=0", "attack.steps"),
+        ("attack.eps=0", "attack.eps"),
+        ("attack.step_size=0.2", "attack.step_size"),
+    ],
+)
 def test_fit_refuses_at_load_time_what_it_would_fail_on_later(tmp_path, capsys, override, key):
-    code = fit_cli.main(["--config", str(REPO / "configs" / "quickstart.yaml"),
-                         "--set", f"output.dir={tmp_path / 'run'}", "--set", override])
+    code = fit_cli.main(
+        [
+            "--config",
+            str(REPO / "configs" / "quickstart.yaml"),
+            "--set",
+            f"output.dir={tmp_path / 'run'}",
+            "--set",
+            override,
+        ]
+    )
     assert code == 2
     assert f"`{key}`" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -214,20 +303,38 @@ def test_fit_refuses_at_load_time_what_it_would_fail_on_later(tmp_path, capsys, 
 def test_a_second_fit_on_the_same_folder_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
     with FolderLock(run, "output.dir"):
-        code = fit_cli.main(["--config", str(REPO / "configs" / "quickstart.yaml"),
-                             "--set", f"output.dir={run}"])
+        code = fit_cli.main(
+            ["--config", str(REPO / "configs" / "quickstart.yaml"), "--set", f"output.dir={run}"]
+        )
     assert code == 2
     assert "being written by" in capsys.readouterr().err
     assert listing(run) == []
 
 
 def test_commands_start_without_tensorflows_noise(run_folder):
-    proc = subprocess.run([sys.executable, "-m", "dgad_tf.evaluate", "--model", str(run_folder),
-                           "--attacks", "clean", "--n", "5"], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dgad_tf.evaluate",
+            "--model",
+            str(run_folder),
+            "--attacks",
+            "clean",
+            "--n",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
-    noise = [line for line in proc.stderr.splitlines()
-             if "absl::InitializeLog" in line or "cuda" in line.lower() or "oneDNN" in line]
+    noise = [
+        line
+        for line in proc.stderr.splitlines()
+        if "absl::InitializeLog" in line or "cuda" in line.lower() or "oneDNN" in line
+    ]
     assert noise == []
 
 
@@ -236,8 +343,9 @@ def test_a_second_search_on_the_same_folder_is_refused(tmp_path, capsys):
 
     out = tmp_path / "search"
     with FolderLock(out, "search folder"):
-        code = tune_cli.main(["--config", str(REPO / "configs" / "tune_quickstart.yaml"),
-                              "--out", str(out)])
+        code = tune_cli.main(
+            ["--config", str(REPO / "configs" / "tune_quickstart.yaml"), "--out", str(out)]
+        )
     assert code == 2
     assert "being written by" in capsys.readouterr().err
     assert listing(out) == []
@@ -247,9 +355,16 @@ def test_a_second_search_on_the_same_folder_is_refused(tmp_path, capsys):
 def test_fit_names_a_teacher_file_that_is_not_a_keras_archive(tmp_path, capsys, kind):
     teacher = tmp_path / "teacher.keras"
     write_broken_model(teacher, kind, tiny_model())
-    code = fit_cli.main(["--config", str(REPO / "configs" / "quickstart.yaml"),
-                         "--set", f"output.dir={tmp_path / 'run'}",
-                         "--set", f"model.teacher_path={teacher}"])
+    code = fit_cli.main(
+        [
+            "--config",
+            str(REPO / "configs" / "quickstart.yaml"),
+            "--set",
+            f"output.dir={tmp_path / 'run'}",
+            "--set",
+            f"model.teacher_path={teacher}",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "model.teacher_path" in err and "File not found" not in err
@@ -260,12 +375,18 @@ def test_fit_names_a_teacher_file_that_is_not_a_keras_archive(tmp_path, capsys, 
 def test_print_config_of_a_paper_recipe_says_what_the_run_reproduces(capsys):
     import yaml
 
-    assert fit_cli.main(["--config", str(REPO / "configs" / "cifar10_resnet18_dgad.yaml"),
-                         "--print-config"]) == 0
+    assert (
+        fit_cli.main(
+            ["--config", str(REPO / "configs" / "cifar10_resnet18_dgad.yaml"), "--print-config"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     comments = [line for line in out.splitlines() if line.startswith("#")]
     assert "all 50,000 of cifar10's train split; last partial batch kept" in comments[0]
     assert "train.select=best_test" in comments[1] and "TEST split" in comments[1]
-    assert "pgd10 (the reference's PGD)" in comments[2] and "cw_l2 (the reference's CW)" in comments[2]
+    assert (
+        "pgd10 (the reference's PGD)" in comments[2] and "cw_l2 (the reference's CW)" in comments[2]
+    )
     printed = yaml.safe_load(out)  # the comments leave it a valid config
     assert printed["data"]["val_fraction"] == 0 and printed["train"]["select"] == "best_test"

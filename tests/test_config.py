@@ -15,7 +15,11 @@ def test_defaults_are_the_paper_recipe():
     assert cfg.attack.eps == pytest.approx(8 / 255)
     assert cfg.attack.step_size == pytest.approx(2 / 255)
     assert cfg.attack.steps == 10
-    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.1, 0.9, 5e-4)
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (
+        0.1,
+        0.9,
+        5e-4,
+    )
     assert cfg.optimizer.milestones == (100, 150)
     assert cfg.train.epochs == 200 and cfg.train.batch_size == 128
     assert cfg.method.name == "dgad" and cfg.method.beta == 1.0
@@ -34,8 +38,15 @@ def test_yaml_overrides_only_what_it_names(tmp_path):
 def test_set_overrides_apply_after_the_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 3\n")
-    cfg = load_config(path, ["train.epochs=5", "optimizer.milestones=[2, 4]",
-                             "method.use_els=false", "eval.attacks=clean,fgsm"])
+    cfg = load_config(
+        path,
+        [
+            "train.epochs=5",
+            "optimizer.milestones=[2, 4]",
+            "method.use_els=false",
+            "eval.attacks=clean,fgsm",
+        ],
+    )
     assert cfg.train.epochs == 5
     assert cfg.optimizer.milestones == (2, 4)
     assert cfg.method.use_els is False
@@ -48,22 +59,25 @@ def test_parse_override_nests_keys():
         parse_override("novalue")
 
 
-@pytest.mark.parametrize("override, key", [
-    ("attack.epsilon=0.1", "attack.epsilon"),
-    ("nosuchsection.x=1", "nosuchsection"),
-    ("attack.eps=9", "attack.eps"),
-    ("attack.eps=-0.1", "attack.eps"),
-    ("attack.steps=-1", "attack.steps"),
-    ("train.batch_size=0", "train.batch_size"),
-    ("train.epochs=two", "train.epochs"),
-    ("method.use_map=3", "method.use_map"),
-    ("method.name=kd", "method.name"),
-    ("data.source=tfds", "data.name"),
-    ("train.select=best", "train.select"),
-    ("train.select_n=0", "train.select_n"),
-    ("train.drop_remainder=2", "train.drop_remainder"),
-    ("model.init=xavier", "model.init"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("attack.epsilon=0.1", "attack.epsilon"),
+        ("nosuchsection.x=1", "nosuchsection"),
+        ("attack.eps=9", "attack.eps"),
+        ("attack.eps=-0.1", "attack.eps"),
+        ("attack.steps=-1", "attack.steps"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.epochs=two", "train.epochs"),
+        ("method.use_map=3", "method.use_map"),
+        ("method.name=kd", "method.name"),
+        ("data.source=tfds", "data.name"),
+        ("train.select=best", "train.select"),
+        ("train.select_n=0", "train.select_n"),
+        ("train.drop_remainder=2", "train.drop_remainder"),
+        ("model.init=xavier", "model.init"),
+    ],
+)
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
@@ -87,9 +101,15 @@ def test_selection_defaults_keep_todays_behaviour():
     assert (t.select, t.select_n, t.drop_remainder) == ("best_val", None, True)
 
 
-@pytest.mark.parametrize("name", ["cifar10_resnet18_dgad.yaml", "cifar10_mobilenetv2_dgad.yaml",
-                                  "cifar100_resnet18_dgad.yaml",
-                                  "tinyimagenet_preactresnet18_dgad.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cifar10_resnet18_dgad.yaml",
+        "cifar10_mobilenetv2_dgad.yaml",
+        "cifar100_resnet18_dgad.yaml",
+        "tinyimagenet_preactresnet18_dgad.yaml",
+    ],
+)
 def test_paper_recipes_reproduce_the_reference_run(name):
     cfg = load_config(CONFIGS / name)
     # All training images, last partial batch kept, best-PGD checkpoint chosen on the test set.
@@ -110,8 +130,14 @@ def test_malformed_yaml_and_missing_file(tmp_path):
 
 
 def test_round_trip_through_yaml(tmp_path):
-    cfg = load_config(None, ["attack.eps=8/255", "model.normalize_mean=[0.5,0.5,0.5]",
-                             "model.normalize_std=[0.25,0.25,0.25]"])
+    cfg = load_config(
+        None,
+        [
+            "attack.eps=8/255",
+            "model.normalize_mean=[0.5,0.5,0.5]",
+            "model.normalize_std=[0.25,0.25,0.25]",
+        ],
+    )
     path = tmp_path / "resolved.yaml"
     path.write_text(cfg.to_yaml())
     again = load_config(path)
@@ -154,11 +180,17 @@ def test_readme_documents_every_config_key():
     import typing
 
     readme = (CONFIGS.parent / "README.md").read_text()
-    sections = {name: hint for name, hint in typing.get_type_hints(Config).items()
-                if dataclasses.is_dataclass(hint)}
+    sections = {
+        name: hint
+        for name, hint in typing.get_type_hints(Config).items()
+        if dataclasses.is_dataclass(hint)
+    }
     assert len(sections) >= 10
-    keys = [f"{name}.{field.name}" for name, hint in sections.items()
-            for field in dataclasses.fields(hint)]
+    keys = [
+        f"{name}.{field.name}"
+        for name, hint in sections.items()
+        for field in dataclasses.fields(hint)
+    ]
     missing = [key for key in keys if f"`{key}`" not in readme]
     assert not missing, f"README's config reference lacks {missing}"
 
@@ -167,7 +199,9 @@ def test_package_exposes_its_public_names():
     import dgad_tf
 
     assert dgad_tf.load_config is load_config
-    assert callable(dgad_tf.dgad_loss) and dgad_tf.AdversarialDistiller.__name__ == \
-        "AdversarialDistiller"
+    assert (
+        callable(dgad_tf.dgad_loss)
+        and dgad_tf.AdversarialDistiller.__name__ == "AdversarialDistiller"
+    )
     with pytest.raises(AttributeError):
         dgad_tf.no_such_name

@@ -2,8 +2,8 @@
 
 The PyTorch networks in tests/torch_reference.py follow the public reference layouts (TRADES /
 RobustBench WideResNet with its unused `sub_block1`, kuangliu's ResNet, PreAct-ResNet and
-MobileNetV2); their weights and BatchNorm running statistics are randomised, and the converted Keras model
-must reproduce their logits and input gradients.
+MobileNetV2); their weights and BatchNorm running statistics are randomised, and the converted
+Keras model must reproduce their logits and input gradients.
 """
 
 import os
@@ -18,10 +18,9 @@ nn = torch.nn
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from torch_reference import NETWORKS, KuangliuPreActBlock, KuangliuResNet, TradesWideResNet  # noqa: E402  (pytest puts tests/ on the path)
 
 from dgad_tf.teachers import convert  # noqa: E402
-from torch_reference import (  # noqa: E402  (pytest puts tests/ on the path)
-    NETWORKS, KuangliuPreActBlock, KuangliuResNet, TradesWideResNet)
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)
@@ -106,7 +105,10 @@ def test_reference_preact_resnet_18_converts_at_tiny_and_cifar_size(tmp_path, si
     )
     assert net.linear.in_features == 512 * (size // 32) ** 2
     model = convert.convert_checkpoint(
-        _save(net, tmp_path / "net.pt"), "preact-resnet-18", num_classes, input_shape=(size, size, 3)
+        _save(net, tmp_path / "net.pt"),
+        "preact-resnet-18",
+        num_classes,
+        input_shape=(size, size, 3),
     )
     assert "bn" not in {layer.name for layer in model.layers}
     params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
@@ -136,7 +138,9 @@ def test_robustbench_normalisation_buffers_become_a_layer(tmp_path):
     model, report = convert.convert_state_dict(state, "wrn-10-1", 10)
     layer = model.get_layer("normalize")
     np.testing.assert_allclose(np.asarray(layer.mean).reshape(-1), CIFAR_MEAN, rtol=1e-6)
-    np.testing.assert_allclose(np.sqrt(np.asarray(layer.variance)).reshape(-1), CIFAR_STD, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.sqrt(np.asarray(layer.variance)).reshape(-1), CIFAR_STD, rtol=1e-6
+    )
     assert "mu" in report["normalize_source"]
     _assert_same_function(net, model)
 
@@ -145,7 +149,9 @@ def test_explicit_normalisation_conflicting_with_buffers_is_refused(tmp_path):
     net = _make_net(lambda c: TradesWideResNet(10, 1, c, buffers=(CIFAR_MEAN, CIFAR_STD)))
     state = convert.load_state_dict(_save(net, tmp_path / "net.pt"))
     with pytest.raises(convert.ConversionError, match="normalises inputs itself"):
-        convert.convert_state_dict(state, "wrn-10-1", 10, normalize=((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
+        convert.convert_state_dict(
+            state, "wrn-10-1", 10, normalize=((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        )
 
 
 # ---------------------------------------------------------------- refusals (CLI, exit code 2)
@@ -164,7 +170,10 @@ def wrn_state():
 def test_missing_tensor_is_refused_and_named(tmp_path, capsys, wrn_state):
     del wrn_state["block2.layer.0.conv1.weight"]
     torch.save(wrn_state, tmp_path / "in.pt")
-    code, err = _cli(["--arch", "wrn-10-2", "--num-classes", "10", tmp_path / "in.pt", tmp_path / "out.keras"], capsys)
+    code, err = _cli(
+        ["--arch", "wrn-10-2", "--num-classes", "10", tmp_path / "in.pt", tmp_path / "out.keras"],
+        capsys,
+    )
     assert code == 2
     assert "missing" in err and "block2.layer.0.conv1.weight" in err
     assert os.listdir(tmp_path) == ["in.pt"]
@@ -173,7 +182,10 @@ def test_missing_tensor_is_refused_and_named(tmp_path, capsys, wrn_state):
 def test_unexpected_tensor_is_refused_and_named(tmp_path, capsys, wrn_state):
     wrn_state["head.extra.weight"] = torch.zeros(3)
     torch.save(wrn_state, tmp_path / "in.pt")
-    code, err = _cli(["--arch", "wrn-10-2", "--num-classes", "10", tmp_path / "in.pt", tmp_path / "out.keras"], capsys)
+    code, err = _cli(
+        ["--arch", "wrn-10-2", "--num-classes", "10", tmp_path / "in.pt", tmp_path / "out.keras"],
+        capsys,
+    )
     assert code == 2
     assert "unexpected" in err and "head.extra.weight" in err
     assert os.listdir(tmp_path) == ["in.pt"]
@@ -181,7 +193,10 @@ def test_unexpected_tensor_is_refused_and_named(tmp_path, capsys, wrn_state):
 
 def test_wrong_class_count_is_refused(tmp_path, capsys):
     torch.save(_make_net(NETWORKS["wrn-10-2"], num_classes=100).state_dict(), tmp_path / "in.pt")
-    code, err = _cli(["--arch", "wrn-10-2", "--num-classes", "10", tmp_path / "in.pt", tmp_path / "out.keras"], capsys)
+    code, err = _cli(
+        ["--arch", "wrn-10-2", "--num-classes", "10", tmp_path / "in.pt", tmp_path / "out.keras"],
+        capsys,
+    )
     assert code == 2
     assert "100 classes" in err and "fc.weight" in err and "num_classes=10" in err
     assert os.listdir(tmp_path) == ["in.pt"]
@@ -190,15 +205,25 @@ def test_wrong_class_count_is_refused(tmp_path, capsys):
 def test_shape_mismatch_is_refused_with_both_shapes(tmp_path, capsys, wrn_state):
     wrn_state["block3.layer.0.conv2.weight"] = torch.zeros(128, 128, 1, 1)
     torch.save(wrn_state, tmp_path / "in.pt")
-    code, err = _cli(["--arch", "wrn-10-2", "--num-classes", "10", tmp_path / "in.pt", tmp_path / "out.keras"], capsys)
+    code, err = _cli(
+        ["--arch", "wrn-10-2", "--num-classes", "10", tmp_path / "in.pt", tmp_path / "out.keras"],
+        capsys,
+    )
     assert code == 2
-    assert "block3.layer.0.conv2.weight" in err and "(128, 128, 1, 1)" in err and "(128, 128, 3, 3)" in err
+    assert (
+        "block3.layer.0.conv2.weight" in err
+        and "(128, 128, 1, 1)" in err
+        and "(128, 128, 3, 3)" in err
+    )
     assert os.listdir(tmp_path) == ["in.pt"]
 
 
 def test_unknown_arch_is_refused(tmp_path, capsys, wrn_state):
     torch.save(wrn_state, tmp_path / "in.pt")
-    code, err = _cli(["--arch", "vgg-16", "--num-classes", "10", tmp_path / "in.pt", tmp_path / "out.keras"], capsys)
+    code, err = _cli(
+        ["--arch", "vgg-16", "--num-classes", "10", tmp_path / "in.pt", tmp_path / "out.keras"],
+        capsys,
+    )
     assert code == 2
     assert "vgg-16" in err and "wrn-34-10" in err
     assert os.listdir(tmp_path) == ["in.pt"]
@@ -217,10 +242,25 @@ def test_cli_module_writes_a_loadable_file_with_given_normalisation(tmp_path):
     _save(net, tmp_path / "in.pt")
     out = tmp_path / "sub" / "teacher.keras"
     result = subprocess.run(
-        [sys.executable, "-m", "dgad_tf.teachers.convert", "--arch", "wrn-10-2", "--num-classes", "10",
-         "--normalize-mean", ",".join(map(str, CIFAR_MEAN)), "--normalize-std", ",".join(map(str, CIFAR_STD)),
-         str(tmp_path / "in.pt"), str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "dgad_tf.teachers.convert",
+            "--arch",
+            "wrn-10-2",
+            "--num-classes",
+            "10",
+            "--normalize-mean",
+            ",".join(map(str, CIFAR_MEAN)),
+            "--normalize-std",
+            ",".join(map(str, CIFAR_STD)),
+            str(tmp_path / "in.pt"),
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert os.listdir(out.parent) == ["teacher.keras"]  # no temporary file left behind
@@ -266,14 +306,28 @@ def test_converted_teacher_distils_in_fit(tmp_path):
         with torch.no_grad():
             return net(torch.tensor(x.transpose(0, 3, 1, 2) / np.float32(255))).argmax(1).numpy()
 
-    np.savez(tmp_path / "data.npz", x_train=x_train, y_train=torch_labels(x_train),
-             x_test=x_test, y_test=torch_labels(x_test))
+    np.savez(
+        tmp_path / "data.npz",
+        x_train=x_train,
+        y_train=torch_labels(x_train),
+        x_test=x_test,
+        y_test=torch_labels(x_test),
+    )
     run_dir = tmp_path / "run"
-    overrides = ["data.source=npz", f"data.path={tmp_path / 'data.npz'}",
-                 "model.student=small-cnn", f"model.teacher_path={teacher}",
-                 "method.name=dgad", "train.epochs=1", "train.batch_size=36",
-                 "attack.steps=1", "train.val_robust_steps=1", "eval.n=20",
-                 "output.tensorboard=false", f"output.dir={run_dir}"]
+    overrides = [
+        "data.source=npz",
+        f"data.path={tmp_path / 'data.npz'}",
+        "model.student=small-cnn",
+        f"model.teacher_path={teacher}",
+        "method.name=dgad",
+        "train.epochs=1",
+        "train.batch_size=36",
+        "attack.steps=1",
+        "train.val_robust_steps=1",
+        "eval.n=20",
+        "output.tensorboard=false",
+        f"output.dir={run_dir}",
+    ]
     argv = [arg for item in overrides for arg in ("--set", item)] + ["--quiet"]
     assert main(argv) == 0
     assert (run_dir / "student_last.keras").is_file()

@@ -70,8 +70,13 @@ def test_npz_single_file_adds_channel_to_grayscale(tmp_path):
 
 def test_npz_limits_take_the_first_images(tmp_path):
     file = tmp_path / "d.npz"
-    np.savez(file, x_train=_tagged_images(30), y_train=np.arange(30) % 3,
-             x_test=_tagged_images(10), y_test=np.arange(10) % 3)
+    np.savez(
+        file,
+        x_train=_tagged_images(30),
+        y_train=np.arange(30) % 3,
+        x_test=_tagged_images(10),
+        y_test=np.arange(10) % 3,
+    )
 
     splits = data.load_splits("npz", path=str(file), val_fraction=0.0, train_limit=7, test_limit=4)
 
@@ -95,24 +100,40 @@ def test_npz_ambiguous_train_files_are_an_error(tmp_path):
 
 def test_npz_label_out_of_range_is_named(tmp_path):
     file = tmp_path / "d.npz"
-    np.savez(file, x_train=_tagged_images(4), y_train=[0, 1, 2, 1], x_test=_tagged_images(2),
-             y_test=[0, 1], class_names=np.array(["cat", "dog"]))
+    np.savez(
+        file,
+        x_train=_tagged_images(4),
+        y_train=[0, 1, 2, 1],
+        x_test=_tagged_images(2),
+        y_test=[0, 1],
+        class_names=np.array(["cat", "dog"]),
+    )
     with pytest.raises(ValueError, match=r"label 2 in npz train is out of range \[0, 1\]"):
         data.load_splits("npz", path=str(file))
 
 
 def test_npz_negative_label_is_out_of_range(tmp_path):
     file = tmp_path / "d.npz"
-    np.savez(file, x_train=_tagged_images(4), y_train=[0, -1, 1, 1], x_test=_tagged_images(2),
-             y_test=[0, 1])
+    np.savez(
+        file,
+        x_train=_tagged_images(4),
+        y_train=[0, -1, 1, 1],
+        x_test=_tagged_images(2),
+        y_test=[0, 1],
+    )
     with pytest.raises(ValueError, match="label -1 .* out of range"):
         data.load_splits("npz", path=str(file))
 
 
 def test_npz_float_images_are_rejected(tmp_path):
     file = tmp_path / "d.npz"
-    np.savez(file, x_train=np.zeros((4, 4, 4, 3), np.float32), y_train=[0, 1, 0, 1],
-             x_test=np.zeros((2, 4, 4, 3), np.float32), y_test=[0, 1])
+    np.savez(
+        file,
+        x_train=np.zeros((4, 4, 4, 3), np.float32),
+        y_train=[0, 1, 0, 1],
+        x_test=np.zeros((2, 4, 4, 3), np.float32),
+        y_test=[0, 1],
+    )
     with pytest.raises(ValueError, match="must be uint8.*float32"):
         data.load_splits("npz", path=str(file))
 
@@ -214,12 +235,16 @@ def _write_tiny_imagenet(root, wnids=("n02", "n01"), with_wnids_file=True):
         (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
     for wnid, value in colours.items():
         for k in range(3):
-            _write_jpeg(str(root / "train" / wnid / "images" / f"{wnid}_{k}.JPEG"),
-                        np.full((8, 8, 3), value, np.uint8))
+            _write_jpeg(
+                str(root / "train" / wnid / "images" / f"{wnid}_{k}.JPEG"),
+                np.full((8, 8, 3), value, np.uint8),
+            )
     lines = []
     for i, wnid in enumerate(reversed(wnids)):
-        _write_jpeg(str(root / f"val/images/val_{i}.JPEG"),
-                    np.full((8, 8, 1 if i == 0 else 3), colours[wnid], np.uint8))
+        _write_jpeg(
+            str(root / f"val/images/val_{i}.JPEG"),
+            np.full((8, 8, 1 if i == 0 else 3), colours[wnid], np.uint8),
+        )
         lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t7\t7\n")
     (root / "val/val_annotations.txt").write_text("".join(lines))
 
@@ -280,8 +305,9 @@ def test_tfds_via_mock_data(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     # Offline there are no metadata files, so build the info from the dataset's code.
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-        splits = data.load_splits("tfds", name="cifar10", data_dir=str(tmp_path),
-                                  val_fraction=0.25, test_limit=5)
+        splits = data.load_splits(
+            "tfds", name="cifar10", data_dir=str(tmp_path), val_fraction=0.25, test_limit=5
+        )
     assert splits.image_shape == (32, 32, 3)
     assert splits.train.x.dtype == np.uint8 and splits.train.y.dtype == np.int64
     assert (len(splits.train), len(splits.val), len(splits.test)) == (9, 3, 5)
@@ -291,8 +317,9 @@ def test_tfds_via_mock_data(tmp_path):
 def test_tfds_image_size_resizes(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
-        splits = data.load_splits("tfds", name="cifar10", data_dir=str(tmp_path),
-                                  val_fraction=0.0, image_size=16)
+        splits = data.load_splits(
+            "tfds", name="cifar10", data_dir=str(tmp_path), val_fraction=0.0, image_size=16
+        )
     assert splits.image_shape == (16, 16, 3) and splits.test.x.shape == (4, 16, 16, 3)
 
 
@@ -389,7 +416,8 @@ def test_train_batches_are_true_shifts_and_flips_of_the_padded_image():
                 for dx in range(2 * pad + 1)
                 for flipped in (False, True)
                 if np.array_equal(
-                    (lambda c: c[:, ::-1] if flipped else c)(padded[dy:dy + 6, dx:dx + 6]), image
+                    (lambda c: c[:, ::-1] if flipped else c)(padded[dy : dy + 6, dx : dx + 6]),
+                    image,
                 )
             ]
             assert found, f"augmented image of label {label} is no shift/flip of its original"
@@ -420,7 +448,7 @@ def test_default_crop_padding_is_an_eighth_of_the_height():
     originals = data.to_float(arrays.x)
     for image, label in zip(x.numpy(), y.numpy()):
         padded = np.pad(originals[label], ((1, 1), (1, 1), (0, 0)))
-        windows = [padded[dy:dy + 8, dx:dx + 8] for dy in range(3) for dx in range(3)]
+        windows = [padded[dy : dy + 8, dx : dx + 8] for dy in range(3) for dx in range(3)]
         assert any(np.array_equal(window, image) for window in windows)
 
 
@@ -476,5 +504,6 @@ def test_train_keeps_the_partial_batch_when_asked_and_covers_every_image_once():
     assert [len(y) for _, y in batches] == [4, 4, 2]
     np.testing.assert_array_equal(np.sort(np.concatenate([y for _, y in batches])), np.arange(10))
     # One partial batch when the batch is larger than the split.
-    assert [len(y) for _, y in _epoch(data.make_train_dataset(arrays, 16,
-                                                               drop_remainder=False))] == [10]
+    assert [
+        len(y) for _, y in _epoch(data.make_train_dataset(arrays, 16, drop_remainder=False))
+    ] == [10]

@@ -32,8 +32,9 @@ def make(method, lr=0.05, **kwargs):
     student = tiny_net(name="student")
     teacher = tiny_net(width=16, name="teacher") if METHOD_SPECS[method].needs_teacher else None
     kwargs.setdefault("steps", 2)
-    distiller = AdversarialDistiller(student, teacher, method=method, eps=0.1, step_size=0.05,
-                                     val_robust_steps=2, **kwargs)
+    distiller = AdversarialDistiller(
+        student, teacher, method=method, eps=0.1, step_size=0.05, val_robust_steps=2, **kwargs
+    )
     distiller.compile(optimizer=TorchSGD(lr, momentum=0.9, weight_decay=5e-4))
     return distiller
 
@@ -62,8 +63,9 @@ def test_fit_trains_the_student_and_never_the_teacher():
     # statistics by the training-mode forwards (compared name by name, not by position).
     after = {w.path: np.array(w) for w in distiller.student.weights}
     assert len(after) == len(student_before) == 8
-    unchanged = [path for path, before in student_before.items()
-                 if np.array_equal(before, after[path])]
+    unchanged = [
+        path for path, before in student_before.items() if np.array_equal(before, after[path])
+    ]
     assert not unchanged, unchanged
 
 
@@ -80,8 +82,13 @@ def test_teacher_methods_need_a_teacher_and_matching_classes():
 def _dgad_loss_at(distiller, x, x_adv, y):
     s = distiller.student
     t = distiller.teacher
-    out = losses.dgad_loss(s(x, training=True), s(x_adv, training=True), t(x, training=False),
-                           t(x_adv, training=False), y)
+    out = losses.dgad_loss(
+        s(x, training=True),
+        s(x_adv, training=True),
+        t(x, training=False),
+        t(x_adv, training=False),
+        y,
+    )
     return float(out["total"])
 
 
@@ -131,8 +138,9 @@ def test_compiled_step_does_not_retrace_per_batch():
             traces.append(1)  # Python runs only while tracing a compiled step
             return super().train_step(data)
 
-    distiller = Counting(tiny_net(), tiny_net(width=16), method="dgad", eps=0.1,
-                         step_size=0.05, steps=2)
+    distiller = Counting(
+        tiny_net(), tiny_net(width=16), method="dgad", eps=0.1, step_size=0.05, steps=2
+    )
     distiller.compile(optimizer=TorchSGD(0.05))
     x, y = batch(64)
     distiller.fit(x, y, batch_size=16, epochs=1, verbose=0)
@@ -188,8 +196,9 @@ def test_training_attack_ascends_the_methods_objective(method):
     x_adv = distiller.adversarial_examples(x, y).numpy()
     tf.random.set_seed(7)
     objective = _expected_objective(method, distiller.student, distiller.teacher, x, y)
-    expected = attacks.pgd(x, objective, eps=0.1, step_size=0.05, steps=3, init=init,
-                           init_std=0.01).numpy()
+    expected = attacks.pgd(
+        x, objective, eps=0.1, step_size=0.05, steps=3, init=init, init_std=0.01
+    ).numpy()
     assert np.abs(expected - x.numpy()).max() > 0.05  # the attack moved
     # Both sides are float32 sums in different orders: allow a rare sign flip of a gradient
     # entry that is zero up to rounding, never a different objective.
@@ -212,8 +221,16 @@ def test_training_attack_leaves_batch_norm_statistics_alone(method):
         np.testing.assert_array_equal(b, a)
 
 
-HPARAMS = dict(beta=0.7, trades_beta=3.0, ard_alpha=0.6, ard_temperature=4.0, adaad_alpha=0.7,
-               iad_alpha=0.6, iad_temperature=4.0, iad_warmup_epochs=0)
+HPARAMS = dict(
+    beta=0.7,
+    trades_beta=3.0,
+    ard_alpha=0.6,
+    ard_temperature=4.0,
+    adaad_alpha=0.7,
+    iad_alpha=0.6,
+    iad_temperature=4.0,
+    iad_warmup_epochs=0,
+)
 
 
 def _expected_loss(method, s_clean, s_adv, t_clean, t_adv, y):
@@ -224,18 +241,29 @@ def _expected_loss(method, s_clean, s_adv, t_clean, t_adv, y):
     if method == "trades":
         return losses.trades_loss(s_clean, s_adv, y, beta=3.0, global_batch_size=gbs)["total"]
     if method == "ard":
-        return losses.ard_loss(s_clean, s_adv, t_clean, y, alpha=0.6, temperature=4.0,
-                               global_batch_size=gbs)["total"]
+        return losses.ard_loss(
+            s_clean, s_adv, t_clean, y, alpha=0.6, temperature=4.0, global_batch_size=gbs
+        )["total"]
     if method == "rslad":
         return losses.rslad_loss(s_clean, s_adv, t_clean, global_batch_size=gbs)["total"]
     if method == "adaad":
-        return losses.adaad_loss(s_clean, s_adv, t_clean, t_adv, alpha=0.7,
-                                 global_batch_size=gbs)["total"]
+        return losses.adaad_loss(s_clean, s_adv, t_clean, t_adv, alpha=0.7, global_batch_size=gbs)[
+            "total"
+        ]
     if method == "iad":  # warm-up 0: the introspection term counts from the first epoch
-        return losses.iad_loss(s_clean, s_adv, t_adv, y, introspection=1.0, alpha=0.6,
-                               temperature=4.0, global_batch_size=gbs)["total"]
-    return losses.dgad_loss(s_clean, s_adv, t_clean, t_adv, y, beta=0.7,
-                            global_batch_size=gbs)["total"]
+        return losses.iad_loss(
+            s_clean,
+            s_adv,
+            t_adv,
+            y,
+            introspection=1.0,
+            alpha=0.6,
+            temperature=4.0,
+            global_batch_size=gbs,
+        )["total"]
+    return losses.dgad_loss(s_clean, s_adv, t_clean, t_adv, y, beta=0.7, global_batch_size=gbs)[
+        "total"
+    ]
 
 
 @pytest.mark.parametrize("method", ATTACKING_METHODS)
@@ -252,8 +280,14 @@ def test_one_step_equals_the_hand_wired_sgd_update(method):
     replica.set_weights(student.get_weights())
     x, y = batch(8, seed=3)
     x, y = tf.constant(x), tf.constant(y, tf.int32)
-    x_adv = attacks.pgd(x, _expected_objective(method, student, teacher, x, y), eps=0.1,
-                        step_size=0.05, steps=steps, init="none")
+    x_adv = attacks.pgd(
+        x,
+        _expected_objective(method, student, teacher, x, y),
+        eps=0.1,
+        step_size=0.05,
+        steps=steps,
+        init="none",
+    )
 
     t_clean = t_adv = None
     if teacher is not None:
@@ -269,6 +303,8 @@ def test_one_step_equals_the_hand_wired_sgd_update(method):
     assert logs["loss"] == pytest.approx(float(loss), rel=1e-5)
     for w, e in zip(student.trainable_variables, expected):
         np.testing.assert_allclose(np.array(w), e, rtol=1e-5, atol=1e-6)
+
+
 def _plain_net(num_classes=4, name=None):
     inputs = keras.Input((6, 6, 1))
     x = keras.layers.Flatten()(inputs)
@@ -279,12 +315,18 @@ def test_a_partial_batch_loss_divides_by_its_own_size():
     # The last batch of an epoch with train.drop_remainder=false holds 5 of 16 images: its loss
     # is the mean over those 5 (a divisor of 16, the configured size, would shrink it by 5/16).
     student = _plain_net(name="student")
-    distiller = AdversarialDistiller(student, None, method="pgd_at", eps=0.1, step_size=0.05,
-                                     steps=0, attack_init="none")
+    distiller = AdversarialDistiller(
+        student, None, method="pgd_at", eps=0.1, step_size=0.05, steps=0, attack_init="none"
+    )
     distiller.compile(optimizer=TorchSGD(0.05, momentum=0.0, weight_decay=0.0))
     x, y = batch(5)
-    expected = float(keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
-        y, student(x, training=True), from_logits=True)))
+    expected = float(
+        keras.ops.mean(
+            keras.losses.sparse_categorical_crossentropy(
+                y, student(x, training=True), from_logits=True
+            )
+        )
+    )
     logs = distiller.train_on_batch(x, y, return_dict=True)
     assert logs["loss"] == pytest.approx(expected, rel=1e-5)
 
@@ -292,7 +334,7 @@ def test_a_partial_batch_loss_divides_by_its_own_size():
 # One step on a global batch of 5 under MirroredStrategy over 2 logical CPUs (split 3 + 2) and on
 # one device from the same weights: the updated weights agree only if every replica divides by the
 # true global size 5 (3 * 2 = 6 on one replica and 2 * 2 = 4 on the other would not).
-_UNEVEN_SCRIPT = '''
+_UNEVEN_SCRIPT = """
 import json
 from dgad_tf import distribute
 from dgad_tf.config import DistributeConfig
@@ -339,7 +381,7 @@ for method in ("pgd_at", "dgad"):
         moved=max(float(np.max(np.abs(a - b))) for a, b in zip(one, INIT["student"])),
         loss_one=loss_one, loss_two=loss_two, sizes=sizes)
 print("RESULT " + json.dumps(out))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -355,16 +397,23 @@ def uneven_step_results(tmp_path_factory):
     script.write_text(_UNEVEN_SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TF_CONFIG", None)
-    proc = subprocess.run([sys.executable, str(script)], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 @pytest.mark.parametrize("method", ["pgd_at", "dgad"])
 def test_two_replicas_take_the_single_device_step_on_an_uneven_partial_batch(
-        uneven_step_results, method):
+    uneven_step_results, method
+):
     entry = uneven_step_results[method]
     assert uneven_step_results["replicas"] == 2
     assert sorted(entry["sizes"]) == [2, 3], entry  # the batch really was split unevenly

@@ -33,8 +33,9 @@ def _fake_strategy(replicas=1, task_type=None, task_id=None, cluster=None):
     resolver = None
     if task_type is not None:
         spec = types.SimpleNamespace(as_dict=lambda: cluster)
-        resolver = types.SimpleNamespace(task_type=task_type, task_id=task_id,
-                                         cluster_spec=lambda: spec)
+        resolver = types.SimpleNamespace(
+            task_type=task_type, task_id=task_id, cluster_spec=lambda: spec
+        )
     return types.SimpleNamespace(num_replicas_in_sync=replicas, cluster_resolver=resolver)
 
 
@@ -48,19 +49,26 @@ def test_global_batch_must_split_evenly_and_the_error_names_the_key():
 
 
 def test_batch_split_is_described_for_the_log():
-    assert distribute.describe_batch(64, _fake_strategy(replicas=2)) == \
-        "global batch 64 = 2 replicas x 32"
+    assert (
+        distribute.describe_batch(64, _fake_strategy(replicas=2))
+        == "global batch 64 = 2 replicas x 32"
+    )
 
 
-@pytest.mark.parametrize("text, message", [
-    (None, "needs the TF_CONFIG environment variable"),
-    ("{not json", "not valid JSON"),
-    ('{"cluster": {"worker": ["a:1"]}}', "needs `task`"),
-    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
-     r"`task.index` must be in \[0, 1\)"),
-    ('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}', "host:port"),
-    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "ps", "index": 0}}', "`task.type`"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "needs the TF_CONFIG environment variable"),
+        ("{not json", "not valid JSON"),
+        ('{"cluster": {"worker": ["a:1"]}}', "needs `task`"),
+        (
+            '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+            r"`task.index` must be in \[0, 1\)",
+        ),
+        ('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}', "host:port"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "ps", "index": 0}}', "`task.type`"),
+    ],
+)
 def test_malformed_tf_config_is_a_clear_error(monkeypatch, text, message):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     if text is not None:
@@ -70,18 +78,23 @@ def test_malformed_tf_config_is_a_clear_error(monkeypatch, text, message):
 
 
 def test_well_formed_tf_config_is_accepted():
-    text = ('{"cluster": {"chief": ["h0:1"], "worker": ["h1:1", "h2:1"]}, '
-            '"task": {"type": "worker", "index": 1}}')
+    text = (
+        '{"cluster": {"chief": ["h0:1"], "worker": ["h1:1", "h2:1"]}, '
+        '"task": {"type": "worker", "index": 1}}'
+    )
     assert distribute.read_tf_config(text)["task"] == {"type": "worker", "index": 1}
 
 
-@pytest.mark.parametrize("task_type, task_id, cluster, chief", [
-    (None, None, None, True),
-    ("worker", 0, {"worker": ["a:1", "b:1"]}, True),
-    ("worker", 1, {"worker": ["a:1", "b:1"]}, False),
-    ("worker", 0, {"chief": ["c:1"], "worker": ["a:1"]}, False),
-    ("chief", 0, {"chief": ["c:1"], "worker": ["a:1"]}, True),
-])
+@pytest.mark.parametrize(
+    "task_type, task_id, cluster, chief",
+    [
+        (None, None, None, True),
+        ("worker", 0, {"worker": ["a:1", "b:1"]}, True),
+        ("worker", 1, {"worker": ["a:1", "b:1"]}, False),
+        ("worker", 0, {"chief": ["c:1"], "worker": ["a:1"]}, False),
+        ("chief", 0, {"chief": ["c:1"], "worker": ["a:1"]}, True),
+    ],
+)
 def test_chief_is_the_chief_task_else_worker_zero(task_type, task_id, cluster, chief):
     assert distribute.is_chief(_fake_strategy(2, task_type, task_id, cluster)) is chief
 
@@ -208,11 +221,17 @@ STEP_SCRIPT = textwrap.dedent('''
 def step_results(tmp_path_factory):
     script = tmp_path_factory.mktemp("step") / "step.py"
     script.write_text(STEP_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def _assert_same_step(entry):
@@ -257,15 +276,32 @@ def test_replicas_keep_identical_batch_norm_statistics(step_results, case):
 
 
 def _fit(args, env=None, timeout=240):
-    return subprocess.run([sys.executable, "-m", "dgad_tf.fit", "--quiet", *args], cwd=REPO,
-                          env=env or _env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dgad_tf.fit", "--quiet", *args],
+        cwd=REPO,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_indivisible_global_batch_fails_before_writing(tmp_path):
     out = tmp_path / "run"
-    proc = _fit(["--config", "configs/quickstart.yaml", "--set", "distribute.strategy=mirrored",
-                 "--set", "distribute.logical_cpus=2", "--set", "train.batch_size=63",
-                 "--set", f"output.dir={out}"])
+    proc = _fit(
+        [
+            "--config",
+            "configs/quickstart.yaml",
+            "--set",
+            "distribute.strategy=mirrored",
+            "--set",
+            "distribute.logical_cpus=2",
+            "--set",
+            "train.batch_size=63",
+            "--set",
+            f"output.dir={out}",
+        ]
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "train.batch_size=63" in proc.stderr
     assert not out.exists()
@@ -277,17 +313,39 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-QUICK_ARGS = ["--config", "configs/quickstart.yaml", "--set", "method.name=pgd_at",
-              "--set", "train.epochs=1", "--set", "data.train_limit=256",
-              "--set", "train.val_robust_n=64", "--set", "eval.n=64",
-              "--set", "eval.attacks=[clean]", "--set", "output.tensorboard=false"]
+QUICK_ARGS = [
+    "--config",
+    "configs/quickstart.yaml",
+    "--set",
+    "method.name=pgd_at",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "data.train_limit=256",
+    "--set",
+    "train.val_robust_n=64",
+    "--set",
+    "eval.n=64",
+    "--set",
+    "eval.attacks=[clean]",
+    "--set",
+    "output.tensorboard=false",
+]
 # Deterministic attack start and synchronised batch norm: two workers must then take exactly
 # the steps of one device on the same global batches. A 1e-6 attack: PGD's sign() turns the
 # 1e-7 round-off of a different gradient-summation order into whole-step pixel flips, which at
 # eps 0.1 left weight differences of ~1e-4 with PyTorch's initialisation (2e-8 without them);
 # at eps 1e-6 a flip moves a pixel by 1e-6, below the comparison's tolerance.
-EXACT_ARGS = ["--set", "attack.init=none", "--set", "model.sync_batchnorm=true",
-              "--set", "attack.eps=1e-6", "--set", "attack.step_size=1e-6"]
+EXACT_ARGS = [
+    "--set",
+    "attack.init=none",
+    "--set",
+    "model.sync_batchnorm=true",
+    "--set",
+    "attack.eps=1e-6",
+    "--set",
+    "attack.step_size=1e-6",
+]
 
 
 def _two_workers(tmp_path, out, extra=()):
@@ -299,18 +357,37 @@ def _two_workers(tmp_path, out, extra=()):
     ports = [_free_port(), _free_port()]
     scratch = tmp_path / "tmp"
     scratch.mkdir(exist_ok=True)
-    args = [*QUICK_ARGS, "--set", "distribute.strategy=multi_worker",
-            "--set", f"output.dir={out}", "--quiet", *extra]
+    args = [
+        *QUICK_ARGS,
+        "--set",
+        "distribute.strategy=multi_worker",
+        "--set",
+        f"output.dir={out}",
+        "--quiet",
+        *extra,
+    ]
     procs, outputs = [], []
     try:
         for index in range(2):
-            tf_config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                                    "task": {"type": "worker", "index": index}})
-            env = _env(TF_CONFIG=tf_config, TMPDIR=str(scratch),
-                       **{distribute.KEEP_WORKER_DIR_ENV: "1"})
-            procs.append(subprocess.Popen([sys.executable, "-m", "dgad_tf.fit", *args], cwd=REPO,
-                                          env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True))
+            tf_config = json.dumps(
+                {
+                    "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                    "task": {"type": "worker", "index": index},
+                }
+            )
+            env = _env(
+                TF_CONFIG=tf_config, TMPDIR=str(scratch), **{distribute.KEEP_WORKER_DIR_ENV: "1"}
+            )
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "dgad_tf.fit", *args],
+                    cwd=REPO,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
         outputs = [proc.communicate(timeout=240)[0] for proc in procs]
     finally:
         for proc in procs:
@@ -347,8 +424,16 @@ def test_two_workers_take_the_single_device_steps_and_only_the_chief_writes(tmp_
     # DATA sharding gives each worker its own half of every global batch: together they train
     # as one device does (a worker seeing the other's half would not).
     single = tmp_path / "single"
-    proc = _fit([*QUICK_ARGS, *EXACT_ARGS, "--set", "distribute.strategy=none",
-                 "--set", f"output.dir={single}"])
+    proc = _fit(
+        [
+            *QUICK_ARGS,
+            *EXACT_ARGS,
+            "--set",
+            "distribute.strategy=none",
+            "--set",
+            f"output.dir={single}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     _assert_same_weights(chief, _weights(single / "student_last.keras"), atol=1e-5)
 
@@ -358,8 +443,9 @@ def test_restarted_workers_resume_from_their_own_state(tmp_path):
     # every step, so the workers still end bit-identical.
     out = tmp_path / "run"
     _, worker_dir = _two_workers(tmp_path, out)
-    _assert_same_weights(_weights(out / "student_last.keras"),
-                         _weights(worker_dir / "student_last.keras"))
+    _assert_same_weights(
+        _weights(out / "student_last.keras"), _weights(worker_dir / "student_last.keras")
+    )
     outputs, _ = _two_workers(tmp_path, out)
     for output in outputs:
         assert "already finished 1 epochs" in output, output[-2000:]

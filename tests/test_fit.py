@@ -17,12 +17,22 @@ from dgad_tf.fit import main
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 TINY = [
-    "data.source=digits", "data.train_limit=192", "data.flip=false",
-    "model.student=small-cnn", "model.teacher=small-cnn",
-    "attack.eps=0.1", "attack.step_size=0.05", "attack.steps=2",
-    "optimizer.lr=0.05", "optimizer.milestones=[]",
-    "train.batch_size=48", "train.val_robust_n=48", "train.val_robust_steps=2",
-    "eval.n=48", "eval.attacks=[clean,fgsm,pgd5]", "output.tensorboard=true",
+    "data.source=digits",
+    "data.train_limit=192",
+    "data.flip=false",
+    "model.student=small-cnn",
+    "model.teacher=small-cnn",
+    "attack.eps=0.1",
+    "attack.step_size=0.05",
+    "attack.steps=2",
+    "optimizer.lr=0.05",
+    "optimizer.milestones=[]",
+    "train.batch_size=48",
+    "train.val_robust_n=48",
+    "train.val_robust_steps=2",
+    "eval.n=48",
+    "eval.attacks=[clean,fgsm,pgd5]",
+    "output.tensorboard=true",
 ]
 
 
@@ -38,9 +48,16 @@ def test_dgad_run_writes_a_complete_run_directory(tmp_path):
     # Four teacher epochs: a teacher must beat chance on the data before it is distilled from.
     code = main(args(run_dir, "method.name=dgad", "train.epochs=2", "teacher_train.epochs=4"))
     assert code == 0
-    for name in ("config.yaml", "student_last.keras", "student_best_robust.keras",
-                 "student_best_clean.keras", "train_state.npz", "log.csv", "report.json",
-                 "teacher.keras"):
+    for name in (
+        "config.yaml",
+        "student_last.keras",
+        "student_best_robust.keras",
+        "student_best_clean.keras",
+        "train_state.npz",
+        "log.csv",
+        "report.json",
+        "teacher.keras",
+    ):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "tensorboard").is_dir()
     assert not list(run_dir.glob(".*")), "temporary files left behind"
@@ -58,10 +75,12 @@ def test_dgad_run_writes_a_complete_run_directory(tmp_path):
 def test_resume_after_kill_continues_after_the_last_epoch(tmp_path):
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "dgad_tf.fit"] + args(
-        run_dir, "method.name=pgd_at", "train.epochs=4", "output.tensorboard=false")
+        run_dir, "method.name=pgd_at", "train.epochs=4", "output.tensorboard=false"
+    )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     state = run_dir / "train_state.npz"
     deadline = time.time() + 240
     try:
@@ -77,8 +96,9 @@ def test_resume_after_kill_continues_after_the_last_epoch(tmp_path):
     if done == 4:
         pytest.skip("the run finished before it could be killed")
     # Same command again: resumes, and every epoch appears once in the log.
-    assert main(args(run_dir, "method.name=pgd_at", "train.epochs=4",
-                     "output.tensorboard=false")) == 0
+    assert (
+        main(args(run_dir, "method.name=pgd_at", "train.epochs=4", "output.tensorboard=false")) == 0
+    )
     epochs = [row.split(",")[0] for row in (run_dir / "log.csv").read_text().splitlines()[1:]]
     assert epochs == ["1", "2", "3", "4"], epochs
 
@@ -91,16 +111,21 @@ def _run_state(run_dir):
 def test_a_run_killed_mid_epoch_and_resumed_ends_bit_exact(tmp_path):
     # Same data order, augmentation, attack starts and optimiser steps after the resume as in
     # the uninterrupted run: the final weights and optimiser state are equal to the bit.
-    extra = ("method.name=pgd_at", "train.epochs=3", "output.tensorboard=false",
-             "data.train_limit=1200")
+    extra = (
+        "method.name=pgd_at",
+        "train.epochs=3",
+        "output.tensorboard=false",
+        "data.train_limit=1200",
+    )
     uninterrupted = tmp_path / "uninterrupted"
     assert main(args(uninterrupted, *extra)) == 0
 
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "dgad_tf.fit"] + args(killed, *extra)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     state = killed / "train_state.npz"
     deadline = time.time() + 240
     try:
@@ -138,8 +163,9 @@ def test_tensorboard_and_log_csv_use_the_same_names_and_epoch_numbers(tmp_path):
 
 
 def test_teacher_with_other_classes_is_refused_before_writing(tmp_path, capsys):
-    teacher = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
-                                keras.layers.Dense(5)])
+    teacher = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(5)]
+    )
     teacher_path = tmp_path / "teacher5.keras"
     teacher.save(teacher_path)
     run_dir = tmp_path / "run"
@@ -170,7 +196,8 @@ def test_teacher_with_permuted_classes_is_refused_before_writing(tmp_path, digit
     run_dir = tmp_path / "run"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     command = [sys.executable, "-m", "dgad_tf.fit"] + args(
-        run_dir, "method.name=dgad", f"model.teacher_path={permuted_path}")
+        run_dir, "method.name=dgad", f"model.teacher_path={permuted_path}"
+    )
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "model.teacher_path" in proc.stderr and "chance" in proc.stderr
@@ -181,21 +208,26 @@ def test_teacher_with_permuted_classes_is_refused_before_writing(tmp_path, digit
 def test_the_trained_teacher_itself_is_accepted(tmp_path, digits_teacher):
     from dgad_tf import build, config
 
-    cfg = config.load_config(None, TINY + [f"model.teacher_path={digits_teacher}",
-                                           f"output.dir={tmp_path / 'run'}"])
+    cfg = config.load_config(
+        None, TINY + [f"model.teacher_path={digits_teacher}", f"output.dir={tmp_path / 'run'}"]
+    )
     splits = build.load_data(cfg)
     assert build.load_teacher(digits_teacher, splits).output_shape[-1] == 10
 
 
 @pytest.mark.parametrize("val_fraction, scored", [(0.1, "144 validation"), (0.0, "500 training")])
 def test_a_constant_teacher_is_at_chance(val_fraction, scored):
-    from dgad_tf import data as data_lib
     from dgad_tf import build
+    from dgad_tf import data as data_lib
 
     splits = data_lib.load_splits("digits", val_fraction=val_fraction)
-    constant = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
-                                 keras.layers.Dense(10, kernel_initializer="zeros",
-                                                    bias_initializer="zeros")])
+    constant = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, kernel_initializer="zeros", bias_initializer="zeros"),
+        ]
+    )
     # Always class 0: about 10% right, under 1/10 + 3 * sqrt(0.09 / n) (0.175 for n = 144).
     with pytest.raises(build.RunError, match="chance level") as err:
         build.check_teacher_beats_chance(constant, splits, "constant.keras")
@@ -229,8 +261,15 @@ def test_a_run_directory_of_another_config_is_left_alone(tmp_path, capsys):
 
 def test_export_section_exports_the_finished_student(tmp_path):
     run_dir = tmp_path / "run"
-    code = main(args(run_dir, "method.name=pgd_at", "train.epochs=1",
-                     "export.formats=[saved_model,tflite_float]", "output.tensorboard=false"))
+    code = main(
+        args(
+            run_dir,
+            "method.name=pgd_at",
+            "train.epochs=1",
+            "export.formats=[saved_model,tflite_float]",
+            "output.tensorboard=false",
+        )
+    )
     assert code == 0
     version = run_dir / "export" / "1"
     assert (version / "saved_model.pb").is_file()
@@ -248,8 +287,9 @@ def _clean_accuracy(path, n=48):
 
     splits = load_splits("digits")
     model = keras.models.load_model(path, safe_mode=True, compile=False)
-    return evaluate_model(model, splits.test.x[:n], splits.test.y[:n],
-                          attacks=["clean"])["clean_accuracy"]
+    return evaluate_model(model, splits.test.x[:n], splits.test.y[:n], attacks=["clean"])[
+        "clean_accuracy"
+    ]
 
 
 # train.select: (extra overrides, checkpoint the report must use, metric that chose it,
@@ -258,19 +298,33 @@ def _clean_accuracy(path, n=48):
 SELECTIONS = {
     "last": (["data.val_fraction=0"], "student_last.keras", None, 3),
     "best_val": ([], "student_best_robust.keras", "val_robust_accuracy", 2),
-    "best_test": (["data.val_fraction=0", "train.select_n=100"],
-                  "student_best_test_robust.keras", "test_robust_accuracy", 3),
+    "best_test": (
+        ["data.val_fraction=0", "train.select_n=100"],
+        "student_best_test_robust.keras",
+        "test_robust_accuracy",
+        3,
+    ),
 }
 
 
 @pytest.mark.parametrize("select", sorted(SELECTIONS))
-def test_the_report_uses_the_selected_checkpoint_and_keeps_the_last_epochs(tmp_path, select,
-                                                                          capsys):
+def test_the_report_uses_the_selected_checkpoint_and_keeps_the_last_epochs(
+    tmp_path, select, capsys
+):
     extra, checkpoint, metric, steps_per_epoch = SELECTIONS[select]
     run_dir = tmp_path / "run"
-    code = main(args(run_dir, "method.name=pgd_at", "train.epochs=3", "data.train_limit=100",
-                     "output.tensorboard=false", "train.drop_remainder=false",
-                     f"train.select={select}", *extra))
+    code = main(
+        args(
+            run_dir,
+            "method.name=pgd_at",
+            "train.epochs=3",
+            "data.train_limit=100",
+            "output.tensorboard=false",
+            "train.drop_remainder=false",
+            f"train.select={select}",
+            *extra,
+        )
+    )
     assert code == 0
     report = json.loads((run_dir / "report.json").read_text())
     student, last = report["student"], report["student_last"]
@@ -297,8 +351,11 @@ def test_the_report_uses_the_selected_checkpoint_and_keeps_the_last_epochs(tmp_p
     assert student["clean_accuracy"] == pytest.approx(_clean_accuracy(run_dir / checkpoint))
     # The partial batch was trained on: one more optimiser step per epoch.
     with np.load(run_dir / "train_state.npz") as saved:
-        iterations = [saved[k] for k in saved.files if k.startswith("optimizer_")
-                      and saved[k].dtype.kind == "i" and saved[k].ndim == 0]
+        iterations = [
+            saved[k]
+            for k in saved.files
+            if k.startswith("optimizer_") and saved[k].dtype.kind == "i" and saved[k].ndim == 0
+        ]
     assert iterations and int(iterations[0]) == 3 * steps_per_epoch
 
 

@@ -84,7 +84,9 @@ def np_dgad(sc, sa, tc, ta, y, beta=1.0, use_map=True, use_els=True, global_batc
 def random_batch(seed, n=16, num_classes=10, teacher_right_fraction=0.5):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, num_classes, size=n)
-    sc, sa, tc, ta = (rng.normal(0, 2.0, size=(n, num_classes)).astype(np.float32) for _ in range(4))
+    sc, sa, tc, ta = (
+        rng.normal(0, 2.0, size=(n, num_classes)).astype(np.float32) for _ in range(4)
+    )
     right = rng.random(n) < teacher_right_fraction
     tc[right, y[right]] = tc[right].max(axis=1) + 2.0  # teacher right on clean for these
     ta[right, y[right]] += 3.0
@@ -161,8 +163,14 @@ def test_dgad_loss_teacher_right_everywhere_uses_only_adversarial_term():
     result = as_numpy(losses.dgad_loss(sc, sa, tc, ta, y))
     assert result["num_misclassified"] == 0
     assert result["kl_clean"] == 0.0
-    adv_only = np.mean([np_kl(np_swap(ta[i], y[i]) if ta[i][y[i]] < np.delete(ta[i], y[i]).max()
-                              else ta[i], sa[i]) for i in range(len(y))])
+    adv_only = np.mean(
+        [
+            np_kl(
+                np_swap(ta[i], y[i]) if ta[i][y[i]] < np.delete(ta[i], y[i]).max() else ta[i], sa[i]
+            )
+            for i in range(len(y))
+        ]
+    )
     np.testing.assert_allclose(result["distill"], adv_only, **TOL)
     np.testing.assert_allclose(result["kl_adv"], adv_only, **TOL)
 
@@ -258,7 +266,9 @@ def test_dgad_loss_gradients_reach_both_student_outputs_and_not_the_teacher():
         result = losses.dgad_loss(*variables, y)
         pcr_only = losses.dgad_loss(*variables, y)["pcr"]
     grads = tape.gradient(result["total"], variables)
-    np.testing.assert_allclose(grads[0].numpy(), tape.gradient(pcr_only, variables[0]).numpy(), atol=1e-7)
+    np.testing.assert_allclose(
+        grads[0].numpy(), tape.gradient(pcr_only, variables[0]).numpy(), atol=1e-7
+    )
     assert np.abs(grads[0].numpy()).sum() > 0
     assert np.abs(grads[1].numpy()).sum() > 0
     assert grads[2] is None and grads[3] is None
@@ -316,9 +326,12 @@ def test_ard_loss_matches_numpy(kl_reduction):
     kl = np.mean([np_kl(tc[i], sa[i], temperature) for i in range(n)])
     if kl_reduction == "class_mean":
         kl /= num_classes
-    expected = alpha * temperature**2 * kl + (1 - alpha) * np.mean([np_ce(sc[i], y[i]) for i in range(n)])
-    got = losses.ard_loss(sc, sa, tc, y, alpha=alpha, temperature=temperature,
-                          kl_reduction=kl_reduction)
+    expected = alpha * temperature**2 * kl + (1 - alpha) * np.mean(
+        [np_ce(sc[i], y[i]) for i in range(n)]
+    )
+    got = losses.ard_loss(
+        sc, sa, tc, y, alpha=alpha, temperature=temperature, kl_reduction=kl_reduction
+    )
     np.testing.assert_allclose(got["total"].numpy(), expected, **TOL)
 
 
@@ -331,8 +344,10 @@ def test_ard_loss_defaults_are_alpha_one_temperature_thirty():
 def test_rslad_loss_matches_numpy_with_global_batch_size():
     sc, sa, tc, _, y = random_batch(24)
     n = len(y)
-    expected = (5 / 6 * sum(np_kl(tc[i], sa[i]) for i in range(n))
-                + 1 / 6 * sum(np_kl(tc[i], sc[i]) for i in range(n))) / 50
+    expected = (
+        5 / 6 * sum(np_kl(tc[i], sa[i]) for i in range(n))
+        + 1 / 6 * sum(np_kl(tc[i], sc[i]) for i in range(n))
+    ) / 50
     got = losses.rslad_loss(sc, sa, tc, global_batch_size=50)["total"].numpy()
     np.testing.assert_allclose(got, expected, **TOL)
 
@@ -344,7 +359,9 @@ def test_adaad_loss_matches_numpy(alpha):
     expected = alpha * np.mean([np_kl(ta[i], sa[i]) for i in range(n)]) + (1 - alpha) * np.mean(
         [np_kl(tc[i], sc[i]) for i in range(n)]
     )
-    np.testing.assert_allclose(losses.adaad_loss(sc, sa, tc, ta, alpha=alpha)["total"].numpy(), expected, **TOL)
+    np.testing.assert_allclose(
+        losses.adaad_loss(sc, sa, tc, ta, alpha=alpha)["total"].numpy(), expected, **TOL
+    )
 
 
 def test_baseline_teacher_logits_get_no_gradient():

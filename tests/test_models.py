@@ -1,12 +1,10 @@
 """Tests for dgad_tf.models: parameter counts, shapes, names, normalisation, save/load."""
 
+import keras
 import numpy as np
 import pytest
 
-import keras
-
-from dgad_tf.models import MODEL_NAMES, build_model, canonical_model_name
-from dgad_tf.models import _common
+from dgad_tf.models import MODEL_NAMES, _common, build_model, canonical_model_name
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)
@@ -35,8 +33,13 @@ def _randomize(model, seed=0):
 def _torch_reference(name, num_classes):
     """The PyTorch reference network of a registry name (tests/torch_reference.py)."""
     pytest.importorskip("torch")
-    from torch_reference import (KuangliuBasicBlock, KuangliuMobileNetV2, KuangliuPreActBlock,
-                                 KuangliuResNet, TradesWideResNet)
+    from torch_reference import (
+        KuangliuBasicBlock,
+        KuangliuMobileNetV2,
+        KuangliuPreActBlock,
+        KuangliuResNet,
+        TradesWideResNet,
+    )
 
     if name.startswith("wrn-"):
         depth, width = (int(v) for v in name.split("-")[1:])
@@ -45,20 +48,21 @@ def _torch_reference(name, num_classes):
         "resnet-18": lambda: KuangliuResNet(KuangliuBasicBlock, (2, 2, 2, 2), num_classes),
         "resnet-34": lambda: KuangliuResNet(KuangliuBasicBlock, (3, 4, 6, 3), num_classes),
         # kuangliu's PreActResNet18, the reference layout (no final BN).
-        "preact-resnet-18": lambda: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2),
-                                                   num_classes),
+        "preact-resnet-18": lambda: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2), num_classes),
         "mobilenetv2": lambda: KuangliuMobileNetV2(num_classes),
     }[name]()
 
 
 @pytest.mark.parametrize(
-    "name", ["resnet-18", "mobilenetv2", "wrn-16-4", "wrn-34-10", "resnet-34", "preact-resnet-18"])
+    "name", ["resnet-18", "mobilenetv2", "wrn-16-4", "wrn-34-10", "resnet-34", "preact-resnet-18"]
+)
 def test_trainable_parameter_count_matches_pytorch(name):
     # PyTorch's count, sum(p.numel() for p in net.parameters()), without TRADES' WRN
     # `sub_block1`: it is built but never called, and checkpoints' copies of it are dropped.
     net = _torch_reference(name, 10)
-    expected = sum(p.numel() for path, p in net.named_parameters()
-                   if not path.startswith("sub_block1."))
+    expected = sum(
+        p.numel() for path, p in net.named_parameters() if not path.startswith("sub_block1.")
+    )
     assert _trainable_params(build_model(name, 10)) == expected
 
 
@@ -122,9 +126,22 @@ def test_unknown_name_error_lists_known_names():
         build_model("vgg-16", 10)
     message = str(info.value)
     assert "vgg-16" in message
-    for name in ("small-cnn", "resnet-18", "resnet-34", "preact-resnet-18", "mobilenetv2", "wrn-34-10"):
+    for name in (
+        "small-cnn",
+        "resnet-18",
+        "resnet-34",
+        "preact-resnet-18",
+        "mobilenetv2",
+        "wrn-34-10",
+    ):
         assert name in message
-    assert set(MODEL_NAMES) >= {"small-cnn", "resnet-18", "resnet-34", "preact-resnet-18", "mobilenetv2"}
+    assert set(MODEL_NAMES) >= {
+        "small-cnn",
+        "resnet-18",
+        "resnet-34",
+        "preact-resnet-18",
+        "mobilenetv2",
+    }
 
 
 def test_invalid_wrn_depth_is_rejected():
@@ -321,8 +338,8 @@ def test_unknown_init_is_rejected():
 
 @pytest.mark.parametrize("init", ["torch", "keras"])
 def test_model_init_config_reaches_the_built_network(init):
-    from dgad_tf import data as data_lib
     from dgad_tf import build
+    from dgad_tf import data as data_lib
     from dgad_tf.config import load_config
 
     cfg = load_config(None, [f"model.init={init}"])

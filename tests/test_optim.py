@@ -12,8 +12,9 @@ torch = pytest.importorskip("torch")
 def _torch_sgd(w0, grads, lrs, momentum, weight_decay, nesterov=False):
     """`torch.optim.SGD` run on `w0` with the given gradients and per-step rates."""
     param = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
-    optimizer = torch.optim.SGD([param], lr=lrs[0], momentum=momentum,
-                                weight_decay=weight_decay, nesterov=nesterov)
+    optimizer = torch.optim.SGD(
+        [param], lr=lrs[0], momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
+    )
     for g, lr in zip(grads, lrs):
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -22,21 +23,30 @@ def _torch_sgd(w0, grads, lrs, momentum, weight_decay, nesterov=False):
     return param.detach().numpy()
 
 
-@pytest.mark.parametrize("momentum, weight_decay, nesterov",
-                         [(0.9, 5e-4, False), (0.9, 5e-4, True), (0.5, 0.0, True),
-                          (0.0, 1e-2, False), (0.9, 0.1, False)])
+@pytest.mark.parametrize(
+    "momentum, weight_decay, nesterov",
+    [
+        (0.9, 5e-4, False),
+        (0.9, 5e-4, True),
+        (0.5, 0.0, True),
+        (0.0, 1e-2, False),
+        (0.9, 0.1, False),
+    ],
+)
 def test_matches_torch_sgd_with_changing_lr(momentum, weight_decay, nesterov):
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(3, 4)).astype(np.float32)
     grads = [rng.normal(size=(3, 4)).astype(np.float32) for _ in range(6)]
     schedule = EpochSchedule(0.1, steps_per_epoch=2, epochs=3, milestones=(1, 2), gamma=0.1)
     variable = keras.Variable(w0)
-    opt = TorchSGD(learning_rate=schedule, momentum=momentum, weight_decay=weight_decay,
-                   nesterov=nesterov)
+    opt = TorchSGD(
+        learning_rate=schedule, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
+    )
     for g in grads:
         opt.apply([keras.ops.convert_to_tensor(g)], [variable])
-    expected = _torch_sgd(w0, grads, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], momentum,
-                          weight_decay, nesterov)
+    expected = _torch_sgd(
+        w0, grads, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], momentum, weight_decay, nesterov
+    )
     np.testing.assert_allclose(np.array(variable), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -67,8 +77,9 @@ def test_cosine_and_warmup():
     assert float(s(0)) == pytest.approx(0.2)
     assert float(s(20)) == pytest.approx(0.1, rel=1e-6)  # epoch 5 of 10
     w = EpochSchedule(0.1, steps_per_epoch=4, epochs=10, kind="constant", warmup_epochs=1)
-    np.testing.assert_allclose([float(w(i)) for i in range(5)], [0.025, 0.05, 0.075, 0.1, 0.1],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        [float(w(i)) for i in range(5)], [0.025, 0.05, 0.075, 0.1, 0.1], rtol=1e-6
+    )
 
 
 def test_bad_arguments_are_named():

@@ -24,8 +24,9 @@ def digits(n=256):
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    return (np.round(data.images[:n] / 16.0 * 255.0).astype(np.uint8)[..., None] / 255.0
-            ).astype(np.float32), data.target[:n].astype(np.int64)
+    return (np.round(data.images[:n] / 16.0 * 255.0).astype(np.uint8)[..., None] / 255.0).astype(
+        np.float32
+    ), data.target[:n].astype(np.int64)
 
 
 def test_with_policy_keeps_weights_and_float32_logits():
@@ -47,8 +48,16 @@ def test_with_policy_keeps_weights_and_float32_logits():
 def train(policy, steps=6):
     student, teacher = nets()
     student, teacher = with_policy(student, policy), with_policy(teacher, policy)
-    distiller = AdversarialDistiller(student, teacher, method="dgad", eps=0.1, step_size=0.025,
-                                     steps=3, attack_init="none", val_robust_steps=0)
+    distiller = AdversarialDistiller(
+        student,
+        teacher,
+        method="dgad",
+        eps=0.1,
+        step_size=0.025,
+        steps=3,
+        attack_init="none",
+        val_robust_steps=0,
+    )
     distiller.compile(optimizer=loss_scaled(TorchSGD(0.05, momentum=0.9), policy))
     x, y = digits(64)
     initial = [np.array(w) for w in student.trainable_weights]
@@ -56,8 +65,9 @@ def train(policy, steps=6):
     for _ in range(steps):
         distiller.reset_metrics()
         losses.append(distiller.train_on_batch(x, y, return_dict=True)["loss"])
-    moved = np.concatenate([(np.array(w) - w0).ravel()
-                            for w, w0 in zip(student.trainable_weights, initial)])
+    moved = np.concatenate(
+        [(np.array(w) - w0).ravel() for w, w0 in zip(student.trainable_weights, initial)]
+    )
     return np.array(losses), moved
 
 
@@ -82,8 +92,9 @@ def test_a_mixed_step_moves_the_loss_as_float32_does(float32_run, policy):
 def test_a_mixed_pgd_evaluation_is_not_weaker():
     student, _ = nets()
     x, y = digits(512)
-    student.compile(keras.optimizers.Adam(1e-2),
-                    keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    student.compile(
+        keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     student.fit(x[:384], y[:384], epochs=8, batch_size=64, verbose=0)
     kwargs = dict(attacks=("pgd20",), eps=0.03, seed=0, batch_size=128)
     full = evaluate_model(student, x[384:], y[384:], **kwargs)
@@ -96,12 +107,17 @@ def test_a_mixed_pgd_evaluation_is_not_weaker():
 
 def test_checkpoints_of_a_mixed_run_are_float32(tmp_path):
     student, _ = nets()
-    distiller = AdversarialDistiller(with_policy(student, "mixed_bfloat16"), None,
-                                     method="pgd_at", eps=0.1, step_size=0.05, steps=1)
+    distiller = AdversarialDistiller(
+        with_policy(student, "mixed_bfloat16"),
+        None,
+        method="pgd_at",
+        eps=0.1,
+        step_size=0.05,
+        steps=1,
+    )
     distiller.compile(optimizer=TorchSGD(0.05))
     x, y = digits(32)
-    distiller.fit(x, y, batch_size=16, epochs=1, verbose=0,
-                  callbacks=[RunCheckpoints(tmp_path)])
+    distiller.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[RunCheckpoints(tmp_path)])
     saved = keras.models.load_model(tmp_path / "student_last.keras", compile=False)
     assert policy_name(saved) == "float32"
     assert all(layer.compute_dtype == "float32" for layer in saved.layers[1:])

@@ -14,22 +14,27 @@ import numpy as np
 import pytest
 
 from dgad_tf.config import load_config
-from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.fit import main
+from dgad_tf.methods import METHOD_SPECS
 
 pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-RECIPES = sorted(p.name for p in (REPO / "configs").glob("*.yaml")
-                 if not p.name.startswith(("quickstart", "tune_")))
+RECIPES = sorted(
+    p.name
+    for p in (REPO / "configs").glob("*.yaml")
+    if not p.name.startswith(("quickstart", "tune_"))
+)
 
 
 @pytest.fixture(scope="module")
 def cifar_subset(shared_cifar10, tmp_path_factory):
     """An npz folder of 250 training and 64 test CIFAR-10 images, and a teacher trained on more."""
     folder = tmp_path_factory.mktemp("cifar_subset")
-    with np.load(shared_cifar10 / "train_20k.npz") as train, \
-            np.load(shared_cifar10 / "test.npz") as test:
+    with (
+        np.load(shared_cifar10 / "train_20k.npz") as train,
+        np.load(shared_cifar10 / "test.npz") as test,
+    ):
         order = np.random.default_rng(0).permutation(len(train["y"]))
         x, y = train["x"][order], train["y"][order].astype(np.int64)
         np.savez(folder / "train.npz", x=x[:250], y=y[:250])
@@ -41,8 +46,9 @@ def cifar_subset(shared_cifar10, tmp_path_factory):
     hidden = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(hidden)
     hidden = keras.layers.GlobalAveragePooling2D()(hidden)
     teacher = keras.Model(inputs, keras.layers.Dense(10)(hidden))
-    teacher.compile(keras.optimizers.Adam(3e-3),
-                    keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    teacher.compile(
+        keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     teacher.fit(x[:4000] / 255.0, y[:4000], epochs=4, batch_size=128, verbose=0)
     teacher.save(folder / "teacher.keras")
     return folder
@@ -53,11 +59,21 @@ def test_recipe_runs_on_a_cifar10_subset(recipe, cifar_subset, tmp_path):
     cfg = load_config(REPO / "configs" / recipe)
     out = tmp_path / "run"
     overrides = [
-        "data.source=npz", f"data.path={cifar_subset}", "data.name=null",
-        "model.student=small-cnn", f"model.teacher_path={cifar_subset / 'teacher.keras'}",
-        "train.epochs=1", "train.batch_size=32", "attack.steps=2", "train.val_robust_steps=2",
-        "train.select_n=64", "eval.n=32", "optimizer.milestones=[]", "method.iad_warmup_epochs=0",
-        "output.tensorboard=false", f"output.dir={out}",
+        "data.source=npz",
+        f"data.path={cifar_subset}",
+        "data.name=null",
+        "model.student=small-cnn",
+        f"model.teacher_path={cifar_subset / 'teacher.keras'}",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "attack.steps=2",
+        "train.val_robust_steps=2",
+        "train.select_n=64",
+        "eval.n=32",
+        "optimizer.milestones=[]",
+        "method.iad_warmup_epochs=0",
+        "output.tensorboard=false",
+        f"output.dir={out}",
         # The recipe's columns but AutoAttack (minutes on CPU; tested in test_autoattack).
         "eval.attacks=[" + ",".join(a for a in cfg.eval.attacks if a != "autoattack") + "]",
     ]

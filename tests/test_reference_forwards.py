@@ -26,17 +26,27 @@ def input_bn_net(name):
 
 def make(method, *, eps=0.1, steps=2, **options):
     teacher = input_bn_net("teacher") if METHOD_SPECS[method].needs_teacher else None
-    distiller = AdversarialDistiller(input_bn_net("student"), teacher, method=method, eps=eps,
-                                     step_size=0.05, steps=steps, attack_init="none",
-                                     val_robust_steps=0, **options)
+    distiller = AdversarialDistiller(
+        input_bn_net("student"),
+        teacher,
+        method=method,
+        eps=eps,
+        step_size=0.05,
+        steps=steps,
+        attack_init="none",
+        val_robust_steps=0,
+        **options,
+    )
     distiller.compile(optimizer=TorchSGD(0.05, momentum=0.9))
     return distiller
 
 
 def batch(n=8, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.uniform(0, 1, (n,) + SHAPE).astype(np.float32),
-            rng.integers(0, CLASSES, n).astype(np.int64))
+    return (
+        rng.uniform(0, 1, (n,) + SHAPE).astype(np.float32),
+        rng.integers(0, CLASSES, n).astype(np.int64),
+    )
 
 
 def moving_mean(model):
@@ -99,8 +109,7 @@ def test_ard_attacks_with_the_student_in_training_mode_only_in_reference_mode(re
 
 def test_pgd_at_reference_start_is_gaussian_unless_the_config_names_one():
     def start(**kwargs):
-        return AdversarialDistiller(input_bn_net("s"), None, method="pgd_at",
-                                    **kwargs).attack_init
+        return AdversarialDistiller(input_bn_net("s"), None, method="pgd_at", **kwargs).attack_init
 
     assert start() == "uniform"
     assert start(reference_forwards=True) == "gaussian"
@@ -116,12 +125,14 @@ def test_unknown_method_option_is_refused_by_name():
 
 # --------------------------------------------------------------------------- IAD's warm-up
 
+
 def test_fit_keeps_the_epoch_variable_at_the_epoch_being_trained():
     distiller = make("iad")
     x, y = batch(16)
     seen = []
     record = keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: seen.append((epoch, int(distiller.epoch.numpy()))))
+        on_epoch_end=lambda epoch, logs: seen.append((epoch, int(distiller.epoch.numpy())))
+    )
     distiller.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[record])
     distiller.fit(x, y, batch_size=8, initial_epoch=5, epochs=6, verbose=0, callbacks=[record])
     assert seen == [(0, 0), (1, 1), (5, 5)]

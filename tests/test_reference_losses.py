@@ -63,8 +63,10 @@ def recipe(name):
 
 def fixed_logits(batch, classes, seed=0, teacher_wrong=None, scale=2.5):
     rng = np.random.default_rng(seed)
-    logits = {k: rng.normal(0, scale, (batch, classes)).astype(np.float32)
-              for k in ("s_clean", "s_adv", "t_clean", "t_adv")}
+    logits = {
+        k: rng.normal(0, scale, (batch, classes)).astype(np.float32)
+        for k in ("s_clean", "s_adv", "t_clean", "t_adv")
+    }
     y = rng.integers(0, classes, batch)
     if teacher_wrong is not None:
         # Make the teacher right on exactly the rows not in `teacher_wrong`.
@@ -91,8 +93,9 @@ def our_loss(cfg, logits, y, *, introspection=0.0, batch_size=None):
 def test_pgd_at_recipe_is_mean_cross_entropy_on_adversarial_logits(classes):
     logits, y = fixed_logits(64, classes)
     expected = cross_entropy(logits["s_adv"], y)
-    np.testing.assert_allclose(our_loss(recipe("cifar10_resnet18_pgdat.yaml"), logits, y),
-                               expected, **TOL)
+    np.testing.assert_allclose(
+        our_loss(recipe("cifar10_resnet18_pgdat.yaml"), logits, y), expected, **TOL
+    )
 
 
 @pytest.mark.parametrize("classes", [10, 100])
@@ -102,53 +105,67 @@ def test_trades_recipe(classes):
     # criterion_kl = KLDivLoss(size_average=False); loss_robust = (1/batch) * criterion_kl(...)
     robust = kl_div(log_softmax(logits["s_adv"]), softmax(logits["s_clean"]), "sum") / batch
     expected = cross_entropy(logits["s_clean"], y) + 6.0 * robust
-    np.testing.assert_allclose(our_loss(recipe("cifar10_resnet18_trades.yaml"), logits, y),
-                               expected, **TOL)
+    np.testing.assert_allclose(
+        our_loss(recipe("cifar10_resnet18_trades.yaml"), logits, y), expected, **TOL
+    )
 
 
 @pytest.mark.parametrize("classes", [10, 100])
 def test_ard_recipe_is_t_squared_kl_with_default_reduction(classes):
     logits, y = fixed_logits(64, classes, scale=8.0)
     temperature = 30.0
-    kl = kl_div(log_softmax(logits["s_adv"] / temperature),
-                softmax(logits["t_clean"] / temperature), "mean")
+    kl = kl_div(
+        log_softmax(logits["s_adv"] / temperature), softmax(logits["t_clean"] / temperature), "mean"
+    )
     expected = 1.0 * temperature**2 * kl + 0.0 * cross_entropy(logits["s_clean"], y)
-    np.testing.assert_allclose(our_loss(recipe("cifar10_resnet18_ard.yaml"), logits, y),
-                               expected, **TOL)
+    np.testing.assert_allclose(
+        our_loss(recipe("cifar10_resnet18_ard.yaml"), logits, y), expected, **TOL
+    )
 
 
 def rslad_reference(logits, scale):
     # KLDivLoss(reduction="none") on log(softmax + 1e-5), then scale * torch.mean.
     def term(student):
-        return scale * kl_div(np.log(softmax(student) + 1e-5), softmax(logits["t_clean"]),
-                              "none").mean()
+        return (
+            scale
+            * kl_div(np.log(softmax(student) + 1e-5), softmax(logits["t_clean"]), "none").mean()
+        )
+
     return 5.0 / 6.0 * term(logits["s_adv"]) + 1.0 / 6.0 * term(logits["s_clean"])
 
 
 def test_rslad_cifar10_recipe_is_mean_over_batch_and_classes():
     logits, y = fixed_logits(64, 10)
-    np.testing.assert_allclose(our_loss(recipe("cifar10_resnet18_rslad.yaml"), logits, y),
-                               rslad_reference(logits, 1.0), **TOL)
+    np.testing.assert_allclose(
+        our_loss(recipe("cifar10_resnet18_rslad.yaml"), logits, y),
+        rslad_reference(logits, 1.0),
+        **TOL,
+    )
 
 
 def test_rslad_cifar100_recipe_is_ten_times_the_mean():
     logits, y = fixed_logits(64, 100)
-    np.testing.assert_allclose(our_loss(recipe("cifar100_resnet18_rslad.yaml"), logits, y),
-                               rslad_reference(logits, 10.0), **TOL)
+    np.testing.assert_allclose(
+        our_loss(recipe("cifar100_resnet18_rslad.yaml"), logits, y),
+        rslad_reference(logits, 10.0),
+        **TOL,
+    )
 
 
 def test_adaad_cifar10_recipe_divides_the_kl_by_the_classes():
     logits, y = fixed_logits(64, 10)
     expected = kl_div(log_softmax(logits["s_adv"]), softmax(logits["t_adv"]), "mean")
-    np.testing.assert_allclose(our_loss(recipe("cifar10_resnet18_adaad.yaml"), logits, y),
-                               expected, **TOL)
+    np.testing.assert_allclose(
+        our_loss(recipe("cifar10_resnet18_adaad.yaml"), logits, y), expected, **TOL
+    )
 
 
 def test_adaad_cifar100_recipe_divides_the_kl_by_the_batch():
     logits, y = fixed_logits(64, 100)
     expected = kl_div(log_softmax(logits["s_adv"]), softmax(logits["t_adv"]), "batchmean")
-    np.testing.assert_allclose(our_loss(recipe("cifar100_resnet18_adaad.yaml"), logits, y),
-                               expected, **TOL)
+    np.testing.assert_allclose(
+        our_loss(recipe("cifar100_resnet18_adaad.yaml"), logits, y), expected, **TOL
+    )
 
 
 @pytest.mark.parametrize("classes", [10, 100])
@@ -158,14 +175,18 @@ def test_iad_recipe_before_and_after_warmup(classes, after_warmup):
     # nearly equal float32 log-probabilities, exact to only ~5 digits.
     logits, y = fixed_logits(64, classes, scale=8.0)
     temperature, beta = 30.0, 0.1
-    distill = temperature**2 * kl_div(log_softmax(logits["s_adv"] / temperature),
-                                      softmax(logits["t_adv"] / temperature), "batchmean")
+    distill = temperature**2 * kl_div(
+        log_softmax(logits["s_adv"] / temperature),
+        softmax(logits["t_adv"] / temperature),
+        "batchmean",
+    )
     weight = softmax(logits["t_adv"])[np.arange(len(y)), y] ** beta
     per_sample = kl_div(log_softmax(logits["s_adv"]), softmax(logits["s_clean"]), "none").sum(1)
     introspection = np.mean((1.0 - weight) * per_sample)
     expected = distill + (introspection if after_warmup else 0.0)
-    got = our_loss(recipe("cifar10_resnet18_iad.yaml"), logits, y,
-                   introspection=float(after_warmup))
+    got = our_loss(
+        recipe("cifar10_resnet18_iad.yaml"), logits, y, introspection=float(after_warmup)
+    )
     np.testing.assert_allclose(got, expected, **TOL)
 
 
@@ -185,8 +206,9 @@ def dgad_reference_partitioned(logits, y):
     return len(wrong), mean_clean, mean_adv, pcr
 
 
-@pytest.mark.parametrize("name,classes", [("cifar10_resnet18_dgad.yaml", 10),
-                                          ("cifar100_resnet18_dgad.yaml", 100)])
+@pytest.mark.parametrize(
+    "name,classes", [("cifar10_resnet18_dgad.yaml", 10), ("cifar100_resnet18_dgad.yaml", 100)]
+)
 def test_dgad_recipes(name, classes):
     logits, y = fixed_logits(64, classes, teacher_wrong=set(range(0, 64, 5)))
     wrong, mean_clean, mean_adv, pcr = dgad_reference_partitioned(logits, y)
@@ -210,8 +232,9 @@ def test_dgad_mobilenetv2_recipe_is_the_reference_parenthesis(batch, classes):
 def test_dgad_mobilenetv2_weighting_is_finite_when_one_partition_is_empty(wrong):
     cfg = recipe("cifar10_mobilenetv2_dgad.yaml")
     batch = 16
-    logits, y = fixed_logits(batch, 10, teacher_wrong=set(range(batch)) if wrong == "all"
-                             else set())
+    logits, y = fixed_logits(
+        batch, 10, teacher_wrong=set(range(batch)) if wrong == "all" else set()
+    )
     got = our_loss(cfg, logits, y, batch_size=batch)
     pcr = np.mean((softmax(logits["s_adv"]) - softmax(logits["s_clean"])) ** 2)
     assert np.isfinite(got)

@@ -16,6 +16,7 @@ from serving_helpers import keras_probabilities
 
 from dgad_tf import serving_client
 
+
 class _FakeTFServing:
     """A bounded local HTTP server that answers like TF Serving's REST API, using the real
     exported SavedModel for predictions. Records every request it receives."""
@@ -196,12 +197,13 @@ def test_client_decodes_like_tensorflow(tmp_path, shape, kind):
 
 
 def test_client_decodes_without_importing_tensorflow(digit_png):
-    code = ("import sys; from dgad_tf import serving_client; "
-            f"image = serving_client.load_image({str(digit_png)!r}); "
-            "assert image.shape == (8, 8, 1), image.shape; "
-            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+    code = (
+        "import sys; from dgad_tf import serving_client; "
+        f"image = serving_client.load_image({str(digit_png)!r}); "
+        "assert image.shape == (8, 8, 1), image.shape; "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 
 

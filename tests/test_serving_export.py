@@ -36,8 +36,6 @@ def _tree_hashes(folder):
     }
 
 
-
-
 # --- layout and versions ---------------------------------------------------------------------
 
 
@@ -84,11 +82,14 @@ def test_run_directory_prefers_best_robust_checkpoint(student, tmp_path):
 def test_a_model_that_is_not_a_keras_archive_is_named_for_what_it_is(student, tmp_path, kind):
     path = tmp_path / "student.keras"
     serving_helpers.write_broken_model(path, kind, student)
-    expected = {"missing": "no model at", "folder": "holds none of", "text": "not a .keras archive",
-                "truncated": "not a .keras archive"}[kind]
+    expected = {
+        "missing": "no model at",
+        "folder": "holds none of",
+        "text": "not a .keras archive",
+        "truncated": "not a .keras archive",
+    }[kind]
     with pytest.raises((ValueError, FileNotFoundError), match=expected):
         rundir.resolve_model_path(path)
-
 
 
 # --- atomic writes ---------------------------------------------------------------------------
@@ -110,9 +111,7 @@ def test_failed_check_leaves_no_version_and_keeps_earlier_ones(
     before = _tree_hashes(base)
     monkeypatch.setitem(getattr(serving, table), key, value)
     with pytest.raises(serving.ExportVerificationError, match=key):
-        serving.export_student(
-            student, base, formats=formats, representative_x=digits["train_x"]
-        )
+        serving.export_student(student, base, formats=formats, representative_x=digits["train_x"])
     assert [p.name for p in base.iterdir()] == ["1"]
     assert _tree_hashes(base) == before
 

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from serving_helpers import keras_probabilities
 
+
 def test_serving_default_returns_keras_probabilities_and_classes(loaded, student, digits):
     x = digits["test_x"][:32]
     outputs = loaded.signatures["serving_default"](images=tf.constant(x))

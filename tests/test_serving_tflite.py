@@ -3,13 +3,13 @@
 The files are run with a plain `tf.lite.Interpreter`, one image at a time, quantising by hand.
 """
 
-
 import numpy as np
 import pytest
 import tensorflow as tf
 from serving_helpers import N_EVAL, keras_probabilities
 
 from dgad_tf import serving
+
 
 def _run_interpreter(path, x_float):
     """Logits from a TFLite file, one image at a time, quantising by hand."""

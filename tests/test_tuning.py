@@ -18,8 +18,13 @@ from dgad_tf.tune import main as tune_main
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 TINY = {
-    "data": {"source": "digits", "flip": False, "train_limit": 192, "test_limit": 48,
-             "val_fraction": 0.25},
+    "data": {
+        "source": "digits",
+        "flip": False,
+        "train_limit": 192,
+        "test_limit": 48,
+        "val_fraction": 0.25,
+    },
     "model": {"student": "small-cnn"},
     "method": {"name": "pgd_at"},
     "attack": {"eps": 0.1, "step_size": 0.05, "steps": 1},
@@ -27,13 +32,18 @@ TINY = {
     "train": {"epochs": 1, "batch_size": 48, "val_robust_n": 24, "val_robust_steps": 1},
     "output": {"tensorboard": False, "quiet": True},
 }
-SPACE = {"optimizer.lr": {"type": "choice", "values": [0.01, 0.1]},
-         "attack.steps": {"type": "int", "min": 1, "max": 2}}
+SPACE = {
+    "optimizer.lr": {"type": "choice", "values": [0.01, 0.1]},
+    "attack.steps": {"type": "int", "min": 1, "max": 2},
+}
 
 
 def tiny_cfg(out_dir, space=None, **tune):
-    values = {**TINY, "output": {**TINY["output"], "dir": str(out_dir)},
-              "tune": {"space": space or SPACE, "max_trials": 2, **tune}}
+    values = {
+        **TINY,
+        "output": {**TINY["output"], "dir": str(out_dir)},
+        "tune": {"space": space or SPACE, "max_trials": 2, **tune},
+    }
     return config_from_dict(values)
 
 
@@ -46,17 +56,23 @@ def space_of(entries, **tune):
 
 
 def test_parser_reads_every_dimension_type():
-    space = space_of({
-        "optimizer.lr": {"type": "float", "min": 0.001, "max": 0.1, "log": True},
-        "attack.steps": {"type": "int", "min": 1, "max": 7, "step": 3},
-        "method.name": {"type": "choice", "values": ["pgd_at", "trades"]},
-        "method.use_els": {"type": "bool"},
-        "method.beta": {"type": "choice", "values": [0, 0.5, 2]},
-    })
+    space = space_of(
+        {
+            "optimizer.lr": {"type": "float", "min": 0.001, "max": 0.1, "log": True},
+            "attack.steps": {"type": "int", "min": 1, "max": 7, "step": 3},
+            "method.name": {"type": "choice", "values": ["pgd_at", "trades"]},
+            "method.use_els": {"type": "bool"},
+            "method.beta": {"type": "choice", "values": [0, 0.5, 2]},
+        }
+    )
     dims = list(space.values())
     assert [(key, d.type) for key, d in space.items()] == [
-        ("optimizer.lr", "float"), ("attack.steps", "int"), ("method.name", "choice"),
-        ("method.use_els", "bool"), ("method.beta", "choice")]
+        ("optimizer.lr", "float"),
+        ("attack.steps", "int"),
+        ("method.name", "choice"),
+        ("method.use_els", "bool"),
+        ("method.beta", "choice"),
+    ]
     assert (dims[0].min, dims[0].max, dims[0].log) == (0.001, 0.1, True)
     assert (dims[1].min, dims[1].max, dims[1].step) == (1, 7, 3)
     assert dims[2].values == ("pgd_at", "trades")
@@ -70,18 +86,21 @@ def test_nested_space_reads_like_dotted_keys():
     assert dotted == nested
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"type": "flaot", "min": 0, "max": 4}, "unknown type 'flaot'"),
-    ({"type": "float", "min": 0}, "needs `max`"),
-    ({"type": "float", "min": 3, "max": 1}, "`min` must be below `max`"),
-    ({"type": "float", "min": 0, "max": 1, "log": True}, "needs min > 0"),
-    ({"type": "float", "min": 0, "max": 4, "lg": True}, "unknown field 'lg'"),
-    ({"type": "choice", "values": []}, "non-empty list `values`"),
-    ({"type": "choice", "values": [1, "a"]}, "of one type"),
-    ({"type": "choice", "values": [1, 1]}, "repeat"),
-    ({"type": "float", "min": -1, "max": 4}, "`method.beta` must be >= 0"),
-    (0.5, "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"type": "flaot", "min": 0, "max": 4}, "unknown type 'flaot'"),
+        ({"type": "float", "min": 0}, "needs `max`"),
+        ({"type": "float", "min": 3, "max": 1}, "`min` must be below `max`"),
+        ({"type": "float", "min": 0, "max": 1, "log": True}, "needs min > 0"),
+        ({"type": "float", "min": 0, "max": 4, "lg": True}, "unknown field 'lg'"),
+        ({"type": "choice", "values": []}, "non-empty list `values`"),
+        ({"type": "choice", "values": [1, "a"]}, "of one type"),
+        ({"type": "choice", "values": [1, 1]}, "repeat"),
+        ({"type": "float", "min": -1, "max": 4}, "`method.beta` must be >= 0"),
+        (0.5, "must be a mapping"),
+    ],
+)
 def test_bad_entry_is_rejected_naming_the_key(entry, message):
     with pytest.raises(ConfigError, match="tune.space.method.beta") as err:
         space_of({"method.beta": entry})
@@ -117,15 +136,21 @@ def test_bounds_are_checked_against_the_base_config():
 def test_tune_section_defaults_and_weighted_objective():
     tune = config_from_dict({"tune": {"space": SPACE}}).tune
     assert (tune.metric, tune.tuner, tune.max_trials, tune.epochs) == (
-        "val_robust_accuracy", "random", 10, None)
-    weighted = config_from_dict({"tune": {"space": SPACE, "objective": {
-        "clean_weight": 0.3, "robust_weight": 0.7}}}).tune
+        "val_robust_accuracy",
+        "random",
+        10,
+        None,
+    )
+    weighted = config_from_dict(
+        {"tune": {"space": SPACE, "objective": {"clean_weight": 0.3, "robust_weight": 0.7}}}
+    ).tune
     assert (weighted.metric, weighted.weights) == ("val_score", (0.3, 0.7))
 
 
 def test_tune_section_round_trips_through_yaml(tmp_path):
-    cfg = load_config(CONFIGS / "tune_quickstart.yaml",
-                      ["tune.objective={clean_weight: 0.3, robust_weight: 0.7}"])
+    cfg = load_config(
+        CONFIGS / "tune_quickstart.yaml", ["tune.objective={clean_weight: 0.3, robust_weight: 0.7}"]
+    )
     path = tmp_path / "config.yaml"
     path.write_text(cfg.to_yaml())
     again = load_config(path)
@@ -133,13 +158,16 @@ def test_tune_section_round_trips_through_yaml(tmp_path):
     assert config_from_dict({}).to_dict()["tune"] == {}  # runs without a search write `tune: {}`
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"objective": "val_acc"}, "tune.objective"),
-    ({"objective": {"clean_weight": -1}}, "tune.objective.clean_weight"),
-    ({"tuner": "grid"}, "tune.tuner"),
-    ({"max_trials": 0}, "tune.max_trials"),
-    ({"spaces": {}}, "unknown key `tune.spaces`"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"objective": "val_acc"}, "tune.objective"),
+        ({"objective": {"clean_weight": -1}}, "tune.objective.clean_weight"),
+        ({"tuner": "grid"}, "tune.tuner"),
+        ({"max_trials": 0}, "tune.max_trials"),
+        ({"spaces": {}}, "unknown key `tune.spaces`"),
+    ],
+)
 def test_bad_tune_keys_are_named(extra, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict({"tune": {"space": SPACE, **extra}})
@@ -168,15 +196,18 @@ def test_validation_score_is_written_before_later_callbacks_read_the_logs():
     score = tuning.ValidationScore(clean_weight=0.3, robust_weight=0.7)
     callbacks = keras.callbacks.CallbackList([score, Reader()])
     callbacks.on_epoch_end(0, {"loss": 1.0})
-    callbacks.on_epoch_end(1, {"loss": 0.5, "val_clean_accuracy": 0.5,
-                               "val_robust_accuracy": 0.25})
+    callbacks.on_epoch_end(1, {"loss": 0.5, "val_clean_accuracy": 0.5, "val_robust_accuracy": 0.25})
     assert "val_score" not in seen[0]
     assert seen[1]["val_score"] == pytest.approx(0.3 * 0.5 + 0.7 * 0.25)
 
 
 def test_best_epoch_ignores_epochs_without_validation():
-    logs = [{"epoch": 1, "val_robust_accuracy": 0.2}, {"epoch": 2, "loss": 0.1},
-            {"epoch": 3, "val_robust_accuracy": 0.4}, {"epoch": 4, "val_robust_accuracy": 0.3}]
+    logs = [
+        {"epoch": 1, "val_robust_accuracy": 0.2},
+        {"epoch": 2, "loss": 0.1},
+        {"epoch": 3, "val_robust_accuracy": 0.4},
+        {"epoch": 4, "val_robust_accuracy": 0.3},
+    ]
     assert tuning.best_epoch_metrics(logs, "val_robust_accuracy")["epoch"] == 3
 
 
@@ -213,8 +244,7 @@ def test_build_puts_the_sampled_values_into_the_distiller(tmp_path, tiny_splits)
     assert float(distiller.optimizer.learning_rate) == pytest.approx(0.1)
 
 
-def test_fit_scores_on_the_validation_split_not_the_test_split(tmp_path, tiny_splits,
-                                                               monkeypatch):
+def test_fit_scores_on_the_validation_split_not_the_test_split(tmp_path, tiny_splits, monkeypatch):
     assert not np.array_equal(tiny_splits.val.x[:24], tiny_splits.test.x[:24])
     evaluated = []
     original = data_lib.make_eval_dataset
@@ -247,13 +277,21 @@ def finished_search(tmp_path_factory, digits_teacher):
     """A 2-trial random search with DGAD and a small trained teacher file."""
     root = tmp_path_factory.mktemp("search")
     teacher_path = digits_teacher
-    values = {**TINY, "method": {"name": "dgad"},
-              "model": {"student": "small-cnn", "teacher_path": str(teacher_path)},
-              "output": {"dir": str(root / "out"), "tensorboard": True, "quiet": True},
-              "train": {**TINY["train"], "epochs": 3},
-              "tune": {"space": {"method.beta": {"type": "float", "min": 0, "max": 4},
-                                 "optimizer.lr": {"type": "choice", "values": [0.01, 0.1]}},
-                       "max_trials": 2, "epochs": 1}}
+    values = {
+        **TINY,
+        "method": {"name": "dgad"},
+        "model": {"student": "small-cnn", "teacher_path": str(teacher_path)},
+        "output": {"dir": str(root / "out"), "tensorboard": True, "quiet": True},
+        "train": {**TINY["train"], "epochs": 3},
+        "tune": {
+            "space": {
+                "method.beta": {"type": "float", "min": 0, "max": 4},
+                "optimizer.lr": {"type": "choice", "values": [0.01, 0.1]},
+            },
+            "max_trials": 2,
+            "epochs": 1,
+        },
+    }
     cfg = config_from_dict(values)
     return cfg, search.run_search(cfg, verbose=0)
 
@@ -327,15 +365,18 @@ def test_interrupted_trial_is_rerun_and_finished_ones_are_not(tmp_path, monkeypa
 # --------------------------------------------------------------------------- CLI
 
 
-@pytest.mark.parametrize("entry, named", [
-    ("method.beta: {type: flaot, min: 0, max: 4}", "tune.space.method.beta: unknown type"),
-    ("method.betta: {type: bool}", "tune.space.method.betta"),
-])
-def test_cli_bad_space_exits_2_naming_the_key_and_writes_nothing(tmp_path, capsys, entry,
-                                                                  named):
+@pytest.mark.parametrize(
+    "entry, named",
+    [
+        ("method.beta: {type: flaot, min: 0, max: 4}", "tune.space.method.beta: unknown type"),
+        ("method.betta: {type: bool}", "tune.space.method.betta"),
+    ],
+)
+def test_cli_bad_space_exits_2_naming_the_key_and_writes_nothing(tmp_path, capsys, entry, named):
     config = tmp_path / "tune.yaml"
-    config.write_text(yaml.safe_dump({k: v for k, v in TINY.items()})
-                      + f"tune:\n  space:\n    {entry}\n")
+    config.write_text(
+        yaml.safe_dump({k: v for k, v in TINY.items()}) + f"tune:\n  space:\n    {entry}\n"
+    )
     out = tmp_path / "out"
     assert tune_main(["--config", str(config), "--out", str(out)]) == 2
     assert named in capsys.readouterr().err
@@ -344,7 +385,15 @@ def test_cli_bad_space_exits_2_naming_the_key_and_writes_nothing(tmp_path, capsy
 
 def test_cli_bad_config_exits_2(tmp_path, capsys):
     out = tmp_path / "out"
-    code = tune_main(["--config", str(CONFIGS / "tune_quickstart.yaml"), "--out", str(out),
-                      "--set", "attack.steps=-1"])
+    code = tune_main(
+        [
+            "--config",
+            str(CONFIGS / "tune_quickstart.yaml"),
+            "--out",
+            str(out),
+            "--set",
+            "attack.steps=-1",
+        ]
+    )
     assert code == 2 and "attack.steps" in capsys.readouterr().err
     assert not out.exists()

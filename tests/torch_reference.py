@@ -18,7 +18,11 @@ class TradesBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_planes)
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
         self.equal_in_out = in_planes == out_planes
-        self.convShortcut = None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
+        self.convShortcut = (
+            None
+            if self.equal_in_out
+            else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
+        )
 
     def forward(self, x):
         if self.equal_in_out:
@@ -36,7 +40,12 @@ class TradesNetworkBlock(nn.Module):
     def __init__(self, n, in_planes, out_planes, stride):
         super().__init__()
         self.layer = nn.Sequential(
-            *[TradesBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1) for i in range(n)]
+            *[
+                TradesBlock(
+                    in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1
+                )
+                for i in range(n)
+            ]
         )
 
     def forward(self, x):
@@ -77,7 +86,9 @@ class KuangliuBasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -162,7 +173,15 @@ class KuangliuMobileBlock(nn.Module):
 
 
 class KuangliuMobileNetV2(nn.Module):
-    cfg = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    cfg = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 1),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
 
     def __init__(self, num_classes):
         super().__init__()

@@ -12,8 +12,17 @@ around `x` and then into [0, 1], so an attack never leaves either set.
 """
 
 from dgad_tf.attacks.cw_l2 import cw_l2
-from dgad_tf.attacks.pgd import (ce_objective, cw_inf, cw_margin_loss, cw_margin_objective, fgsm,
-                                 kl_objective, kl_to_fixed_objective, pgd, pgd_ce)
+from dgad_tf.attacks.pgd import (
+    ce_objective,
+    cw_inf,
+    cw_margin_loss,
+    cw_margin_objective,
+    fgsm,
+    kl_objective,
+    kl_to_fixed_objective,
+    pgd,
+    pgd_ce,
+)
 
 __all__ = [
     "pgd",

@@ -2,8 +2,14 @@
 
 import tensorflow as tf
 
-from dgad_tf.attacks.pgd import (_as_labels, _broadcast_rows, _check_attack_args, _float_logits,
-                                 _is_number, cw_margin_loss)
+from dgad_tf.attacks.pgd import (
+    _as_labels,
+    _broadcast_rows,
+    _check_attack_args,
+    _float_logits,
+    _is_number,
+    cw_margin_loss,
+)
 
 _ATANH_SHRINK = 1.0 - 1e-6
 _ABORT_TOLERANCE = 1.0 - 1e-6

@@ -172,7 +172,9 @@ def kl_objective(reference_logits_fn, model_fn):
     """
 
     def objective(x_adv):
-        return kl_divergence(_float_logits(reference_logits_fn, x_adv), _float_logits(model_fn, x_adv))
+        return kl_divergence(
+            _float_logits(reference_logits_fn, x_adv), _float_logits(model_fn, x_adv)
+        )
 
     return objective
 

@@ -7,8 +7,7 @@ and reports the per-point worst case.
 
 from dgad_tf.autoattack.apgd import apgd, apgd_checkpoints, apgd_targeted, clear_compiled_cache
 from dgad_tf.autoattack.fab import fab_targeted, project_linf_hyperplane_box
-from dgad_tf.autoattack.losses import (cross_entropy_loss, dlr_loss, dlr_targeted_loss,
-                                       margin_loss)
+from dgad_tf.autoattack.losses import cross_entropy_loss, dlr_loss, dlr_targeted_loss, margin_loss
 from dgad_tf.autoattack.runner import STANDARD_ATTACKS, check_model_outputs, run_autoattack
 from dgad_tf.autoattack.square import square, square_p_selection
 

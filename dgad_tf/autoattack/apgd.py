@@ -98,8 +98,9 @@ def apgd(model_fn, x, labels, *, eps, n_iter=100, loss="ce", n_restarts=1, rho=0
     return attack_still_robust(model_fn, x, labels, attempt, n_restarts, eps)
 
 
-def apgd_targeted(model_fn, x, labels, *, eps, n_iter=100, n_target_classes=9, n_restarts=1,
-                  rho=0.75, seed=0):
+def apgd_targeted(
+    model_fn, x, labels, *, eps, n_iter=100, n_target_classes=9, n_restarts=1, rho=0.75, seed=0
+):
     """APGD-T: APGD on the targeted DLR loss, one run per target class, L-inf.
 
     The targets are the classes ranked 2nd, 3rd, ... by the clean logits of each point;
@@ -126,15 +127,17 @@ def apgd_targeted(model_fn, x, labels, *, eps, n_iter=100, n_target_classes=9, n
     x, labels = prepare_inputs(x, labels)
     num_classes = int(logits_of(model_fn, x[:1]).shape[1])
     if num_classes < 4:
-        raise ValueError(f"APGD-T's targeted DLR loss needs >= 4 classes; the model has "
-                         f"{num_classes}")
+        raise ValueError(
+            f"APGD-T's targeted DLR loss needs >= 4 classes; the model has {num_classes}"
+        )
     n_targets = min(n_target_classes, num_classes - 1)
     run = _apgd_function(model_fn, x.shape[1:], eps, n_iter, "dlr-targeted", rho)
 
     def attempt(index, x_sub, labels_sub):
         rank = 2 + index // n_restarts
-        ranking = tf.argsort(logits_of(model_fn, x_sub), axis=1, direction="DESCENDING",
-                             stable=True)
+        ranking = tf.argsort(
+            logits_of(model_fn, x_sub), axis=1, direction="DESCENDING", stable=True
+        )
         targets = ranking[:, rank - 1]
         x_start = random_linf_start(x_sub, eps, seed, stream=index)
         x_adv, _, n_zero_grad = run(x_sub, x_start, labels_sub, targets)
@@ -146,8 +149,11 @@ def apgd_targeted(model_fn, x, labels, *, eps, n_iter=100, n_target_classes=9, n
 
 def _apgd_function(model_fn, input_shape, eps, n_iter, loss, rho):
     key = ("apgd", tuple(input_shape), float(eps), n_iter, loss, float(rho))
-    return cached_function(model_fn, key, lambda: _build_apgd_run(
-        model_fn, tuple(input_shape), float(eps), n_iter, loss, float(rho)))
+    return cached_function(
+        model_fn,
+        key,
+        lambda: _build_apgd_run(model_fn, tuple(input_shape), float(eps), n_iter, loss, float(rho)),
+    )
 
 
 def _build_apgd_run(model_fn, input_shape, eps, n_iter, loss, rho, trace=False):
@@ -184,8 +190,7 @@ def _build_apgd_run(model_fn, input_shape, eps, n_iter, loss, rho, trace=False):
             per_sample = objective(logits, labels, targets)
             total = tf.reduce_sum(per_sample)
         # A model cut off from its input (stop_gradient) gets zero gradients, not an error.
-        gradient = tape.gradient(total, x_adv,
-                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        gradient = tape.gradient(total, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         correct = tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), labels)
         return per_sample, gradient, correct
 
@@ -204,18 +209,31 @@ def _build_apgd_run(model_fn, input_shape, eps, n_iter, loss, rho, trace=False):
         n_zero_gradient = tf.reduce_sum(tf.cast(gradient_size == 0.0, tf.int32))
         step_size = tf.fill(tf.shape(loss_start), 2.0 * eps)
 
-        def body(i, x_adv, x_prev, gradient, x_best, gradient_best, loss_best, x_best_adv,
-                 robust, step_size, loss_prev, n_increases, loss_best_at_check,
-                 halved_at_check, *history):
+        def body(
+            i,
+            x_adv,
+            x_prev,
+            gradient,
+            x_best,
+            gradient_best,
+            loss_best,
+            x_best_adv,
+            robust,
+            step_size,
+            loss_prev,
+            n_increases,
+            loss_best_at_check,
+            halved_at_check,
+            *history,
+        ):
             step_used = step_size
             # Momentum from the second step on: z is the plain PGD step, x_next mixes it with
             # the previous displacement; both are clipped into the eps-ball and the box.
             momentum = tf.where(i > 0, _MOMENTUM, 1.0)
-            z = tf.clip_by_value(x_adv + per_sample(step_size) * tf.sign(gradient),
-                                 lower, upper)
+            z = tf.clip_by_value(x_adv + per_sample(step_size) * tf.sign(gradient), lower, upper)
             x_next = tf.clip_by_value(
-                x_adv + momentum * (z - x_adv) + (1.0 - momentum) * (x_adv - x_prev),
-                lower, upper)
+                x_adv + momentum * (z - x_adv) + (1.0 - momentum) * (x_adv - x_prev), lower, upper
+            )
             loss_next, gradient_next, correct = loss_and_gradient(x_next, labels, targets)
             x_best_adv = tf.where(per_sample(correct), x_best_adv, x_next)
             robust = tf.logical_and(robust, correct)
@@ -232,8 +250,9 @@ def _build_apgd_run(model_fn, input_shape, eps, n_iter, loss, rho, trace=False):
             # from their best point with its gradient.
             at_check = is_checkpoint[i]
             too_few_increases = n_increases <= rho * interval[i]
-            stalled = tf.logical_and(tf.logical_not(halved_at_check),
-                                     loss_best_at_check >= loss_best)
+            stalled = tf.logical_and(
+                tf.logical_not(halved_at_check), loss_best_at_check >= loss_best
+            )
             halve = tf.logical_and(at_check, tf.logical_or(too_few_increases, stalled))
             step_size = tf.where(halve, step_size / 2.0, step_size)
             x_after = tf.where(per_sample(halve), x_best, x_next)
@@ -242,23 +261,55 @@ def _build_apgd_run(model_fn, input_shape, eps, n_iter, loss, rho, trace=False):
             halved_at_check = tf.where(at_check, halve, halved_at_check)
             loss_best_at_check = tf.where(at_check, loss_best, loss_best_at_check)
             n_increases = tf.where(at_check, tf.zeros_like(n_increases), n_increases)
-            state = (i + 1, x_after, x_adv, gradient_after, x_best, gradient_best, loss_best,
-                     x_best_adv, robust, step_size, loss_prev, n_increases,
-                     loss_best_at_check, halved_at_check)
+            state = (
+                i + 1,
+                x_after,
+                x_adv,
+                gradient_after,
+                x_best,
+                gradient_best,
+                loss_best,
+                x_best_adv,
+                robust,
+                step_size,
+                loss_prev,
+                n_increases,
+                loss_best_at_check,
+                halved_at_check,
+            )
             if trace:
                 state += (history[0].write(i, step_used), history[1].write(i, x_after))
             return state
 
-        state = (tf.constant(0), x_start, x_start, gradient, x_start, gradient, loss_start,
-                 x_start, robust, step_size, loss_start, tf.zeros_like(loss_start),
-                 loss_start, tf.ones_like(robust))
+        state = (
+            tf.constant(0),
+            x_start,
+            x_start,
+            gradient,
+            x_start,
+            gradient,
+            loss_start,
+            x_start,
+            robust,
+            step_size,
+            loss_start,
+            tf.zeros_like(loss_start),
+            loss_start,
+            tf.ones_like(robust),
+        )
         if trace:
-            state += (tf.TensorArray(tf.float32, size=n_iter),
-                      tf.TensorArray(tf.float32, size=n_iter))
+            state += (
+                tf.TensorArray(tf.float32, size=n_iter),
+                tf.TensorArray(tf.float32, size=n_iter),
+            )
         state = tf.while_loop(lambda i, *_: i < n_iter, body, state)
         if trace:
-            return state[7], state[8], n_zero_gradient, {"step_size": state[14].stack(),
-                                                         "x": state[15].stack()}
+            return (
+                state[7],
+                state[8],
+                n_zero_gradient,
+                {"step_size": state[14].stack(), "x": state[15].stack()},
+            )
         return state[7], state[8], n_zero_gradient
 
     return run
@@ -274,8 +325,10 @@ def _check_apgd_args(eps, n_iter, n_restarts, rho):
 
 def _warn_zero_gradients(n_points):
     if n_points:
-        message = (f"{n_points} points have an all-zero input gradient at the start of APGD; "
-                   "gradient-based results may be unreliable (possible gradient masking).")
+        message = (
+            f"{n_points} points have an all-zero input gradient at the start of APGD; "
+            "gradient-based results may be unreliable (possible gradient masking)."
+        )
         logger.warning(message)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
@@ -287,8 +340,11 @@ def _warn_zero_gradients(n_points):
 
 def check_eps(eps):
     """Raises if ``eps`` is not a number in ``[0, 1]``."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)) \
-            or not 0.0 <= float(eps) <= 1.0:
+    if (
+        isinstance(eps, bool)
+        or not isinstance(eps, (int, float, np.floating, np.integer))
+        or not 0.0 <= float(eps) <= 1.0
+    ):
         raise ValueError(f"`eps` must be in [0, 1]; received eps={eps!r}")
 
 
@@ -307,11 +363,15 @@ def prepare_inputs(x, labels):
     if x.shape.rank is None or x.shape.rank < 2:
         raise ValueError(f"`x` must be a batch [B, ...]; received shape {x.shape}")
     if labels.shape[0] != x.shape[0]:
-        raise ValueError(f"`labels` must have one entry per row of `x` ({x.shape[0]}); "
-                         f"received {labels.shape[0]}")
+        raise ValueError(
+            f"`labels` must have one entry per row of `x` ({x.shape[0]}); "
+            f"received {labels.shape[0]}"
+        )
     if x.shape[0] and (float(tf.reduce_min(x)) < 0.0 or float(tf.reduce_max(x)) > 1.0):
-        raise ValueError("`x` must be in [0, 1]; received values in "
-                         f"[{float(tf.reduce_min(x))}, {float(tf.reduce_max(x))}]")
+        raise ValueError(
+            "`x` must be in [0, 1]; received values in "
+            f"[{float(tf.reduce_min(x))}, {float(tf.reduce_max(x))}]"
+        )
     return x, labels
 
 
@@ -365,12 +425,13 @@ def attack_still_robust(model_fn, x, labels, attempt, n_attempts, eps):
         candidate = tf.convert_to_tensor(attempt(index, x_sub, labels_sub))
         fooled = tf.logical_and(
             tf.not_equal(predict_labels(model_fn, candidate), labels_sub),
-            in_linf_ball(candidate, x_sub, eps))
+            in_linf_ball(candidate, x_sub, eps),
+        )
         fooled_rows = tf.boolean_mask(still_robust, fooled)[:, None]
-        x_adv = tf.tensor_scatter_nd_update(x_adv, fooled_rows,
-                                            tf.boolean_mask(candidate, fooled))
-        robust = tf.tensor_scatter_nd_update(robust, fooled_rows,
-                                             tf.zeros_like(fooled_rows[:, 0], tf.bool))
+        x_adv = tf.tensor_scatter_nd_update(x_adv, fooled_rows, tf.boolean_mask(candidate, fooled))
+        robust = tf.tensor_scatter_nd_update(
+            robust, fooled_rows, tf.zeros_like(fooled_rows[:, 0], tf.bool)
+        )
     return x_adv
 
 
@@ -404,4 +465,3 @@ def cached_function(model_fn, key, build):
 def clear_compiled_cache():
     """Drops the cached compiled attack loops (and the references they hold to models)."""
     _COMPILED.clear()
-

@@ -13,8 +13,14 @@ target runs inside a ``tf.function``, one gradient of ``z_target - z_y`` per ite
 
 import tensorflow as tf
 
-from dgad_tf.autoattack.apgd import (check_positive_int, logits_of, prepare_inputs,
-                                     attack_still_robust, cached_function, check_eps)
+from dgad_tf.autoattack.apgd import (
+    attack_still_robust,
+    cached_function,
+    check_eps,
+    check_positive_int,
+    logits_of,
+    prepare_inputs,
+)
 
 # Floor of the projection distances, as in the reference, so alpha is always defined.
 _MIN_DISTANCE = 1e-8
@@ -71,8 +77,20 @@ def project_linf_hyperplane_box(points, w, b):
     return tf.where(w != 0.0, step, 0.0)
 
 
-def fab_targeted(model_fn, x, labels, *, eps, n_iter=100, n_target_classes=9, n_restarts=1,
-                 alpha_max=0.1, eta=1.05, beta=0.9, seed=0):
+def fab_targeted(
+    model_fn,
+    x,
+    labels,
+    *,
+    eps,
+    n_iter=100,
+    n_target_classes=9,
+    n_restarts=1,
+    alpha_max=0.1,
+    eta=1.05,
+    beta=0.9,
+    seed=0,
+):
     """Targeted FAB under an L-inf bound; returns points fooled within ``eps``.
 
     For each target (clean-logit rank 2, 3, ...) and restart, FAB runs ``n_iter`` iterations on
@@ -114,13 +132,19 @@ def fab_targeted(model_fn, x, labels, *, eps, n_iter=100, n_target_classes=9, n_
         raise ValueError(f"FAB-T needs >= 2 classes; the model has {num_classes}")
     n_targets = min(n_target_classes, num_classes - 1)
     key = ("fab-t", tuple(x.shape[1:]), n_iter, float(alpha_max), float(eta), float(beta))
-    run = cached_function(model_fn, key, lambda: _build_fab_run(
-        model_fn, tuple(x.shape[1:]), n_iter, float(alpha_max), float(eta), float(beta)))
+    run = cached_function(
+        model_fn,
+        key,
+        lambda: _build_fab_run(
+            model_fn, tuple(x.shape[1:]), n_iter, float(alpha_max), float(eta), float(beta)
+        ),
+    )
 
     def attempt(index, x_sub, labels_sub):
         rank = 2 + index // n_restarts
-        ranking = tf.argsort(logits_of(model_fn, x_sub), axis=1, direction="DESCENDING",
-                             stable=True)
+        ranking = tf.argsort(
+            logits_of(model_fn, x_sub), axis=1, direction="DESCENDING", stable=True
+        )
         targets = ranking[:, rank - 1]
         if index % n_restarts == 0:
             x_start = x_sub
@@ -157,30 +181,36 @@ def _build_fab_run(model_fn, input_shape, n_iter, alpha_max, eta, beta):
             with tf.GradientTape() as tape:
                 tape.watch(x1)
                 logits = logits_of(model_fn, x1)
-                difference = (tf.gather(logits, targets, axis=1, batch_dims=1)
-                              - tf.gather(logits, labels, axis=1, batch_dims=1))
+                difference = tf.gather(logits, targets, axis=1, batch_dims=1) - tf.gather(
+                    logits, labels, axis=1, batch_dims=1
+                )
                 total = tf.reduce_sum(difference)
-            gradient = tape.gradient(total, x1,
-                                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            gradient = tape.gradient(total, x1, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             gradient = tf.reshape(gradient, [batch, -1])
             x1_flat = tf.reshape(x1, [batch, -1])
             # Linearisation: difference(x1) + gradient.(z - x1) = 0  <=>  gradient.z = offset.
             offset = tf.reduce_sum(gradient * x1_flat, axis=1) - difference
             steps = project_linf_hyperplane_box(
-                tf.concat([x1_flat, x0], 0), tf.concat([gradient, gradient], 0),
-                tf.concat([offset, offset], 0))
+                tf.concat([x1_flat, x0], 0),
+                tf.concat([gradient, gradient], 0),
+                tf.concat([offset, offset], 0),
+            )
             step_from_x1, step_from_x0 = steps[:batch], steps[batch:]
             distance = tf.maximum(tf.reduce_max(tf.abs(steps), axis=1), _MIN_DISTANCE)
             distance_x1, distance_x0 = distance[:batch], distance[batch:]
-            alpha = tf.clip_by_value(distance_x1 / (distance_x1 + distance_x0), 0.0,
-                                     alpha_max)[:, None]
+            alpha = tf.clip_by_value(distance_x1 / (distance_x1 + distance_x0), 0.0, alpha_max)[
+                :, None
+            ]
             x1_flat = tf.clip_by_value(
-                (x1_flat + eta * step_from_x1) * (1.0 - alpha)
-                + (x0 + eta * step_from_x0) * alpha, 0.0, 1.0)
+                (x1_flat + eta * step_from_x1) * (1.0 - alpha) + (x0 + eta * step_from_x0) * alpha,
+                0.0,
+                1.0,
+            )
             x1 = tf.reshape(x1_flat, tf.shape(x))
 
             is_adv = tf.not_equal(
-                tf.argmax(logits_of(model_fn, x1), axis=1, output_type=tf.int32), labels)
+                tf.argmax(logits_of(model_fn, x1), axis=1, output_type=tf.int32), labels
+            )
             norm = tf.reduce_max(tf.abs(x1_flat - x0), axis=1)
             better = tf.logical_and(is_adv, norm < best_norm)
             x_adv = tf.where(per_sample(better), x1, x_adv)

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from dgad_tf.autoattack.apgd import check_positive_int, apgd, apgd_targeted, check_eps
+from dgad_tf.autoattack.apgd import apgd, apgd_targeted, check_eps, check_positive_int
 from dgad_tf.autoattack.fab import fab_targeted
 from dgad_tf.autoattack.square import square
 
@@ -33,10 +33,18 @@ _VERSIONS = ("standard", "custom")
 _ATTACKS = {
     "apgd-ce": (apgd, {"loss": "ce", "n_iter": 100, "n_restarts": 1, "rho": 0.75}),
     "apgd-dlr": (apgd, {"loss": "dlr", "n_iter": 100, "n_restarts": 1, "rho": 0.75}),
-    "apgd-t": (apgd_targeted, {"n_iter": 100, "n_target_classes": 9, "n_restarts": 1,
-                               "rho": 0.75}),
-    "fab-t": (fab_targeted, {"n_iter": 100, "n_target_classes": 9, "n_restarts": 1,
-                             "alpha_max": 0.1, "eta": 1.05, "beta": 0.9}),
+    "apgd-t": (apgd_targeted, {"n_iter": 100, "n_target_classes": 9, "n_restarts": 1, "rho": 0.75}),
+    "fab-t": (
+        fab_targeted,
+        {
+            "n_iter": 100,
+            "n_target_classes": 9,
+            "n_restarts": 1,
+            "alpha_max": 0.1,
+            "eta": 1.05,
+            "beta": 0.9,
+        },
+    ),
     "square": (square, {"n_queries": 5000, "p_init": 0.8, "n_restarts": 1}),
 }
 # Square beating the gradient attacks by more than this (absolute accuracy) is suspicious.
@@ -46,8 +54,18 @@ _RANDOMNESS_TOLERANCE = 1e-4
 _BALL_TOLERANCE = 1e-6
 
 
-def run_autoattack(model_fn, x, labels, *, eps, version="standard", batch_size=500, seed=0,
-                   attacks=None, attack_options=None):
+def run_autoattack(
+    model_fn,
+    x,
+    labels,
+    *,
+    eps,
+    version="standard",
+    batch_size=500,
+    seed=0,
+    attacks=None,
+    attack_options=None,
+):
     """Evaluates L-inf robustness with AutoAttack.
 
     Args:
@@ -83,8 +101,10 @@ def run_autoattack(model_fn, x, labels, *, eps, version="standard", batch_size=5
     x = np.asarray(x, np.float32)
     labels = np.asarray(labels).reshape(-1).astype(np.int32)
     if labels.shape[0] != x.shape[0]:
-        raise ValueError(f"`labels` must have one entry per row of `x` ({x.shape[0]}); "
-                         f"received {labels.shape[0]}")
+        raise ValueError(
+            f"`labels` must have one entry per row of `x` ({x.shape[0]}); "
+            f"received {labels.shape[0]}"
+        )
     n_points = x.shape[0]
     if n_points == 0:
         raise ValueError("`x` must contain at least one point; received an empty batch")
@@ -94,13 +114,21 @@ def run_autoattack(model_fn, x, labels, *, eps, version="standard", batch_size=5
     num_classes = check_model_outputs(model_fn, x[:batch_size], labels[:batch_size])
     _check_num_classes(num_classes, attack_names, options)
 
-    predictions = np.concatenate([
-        _predict(model_fn, x[start:start + batch_size])
-        for start in range(0, n_points, batch_size)])
+    predictions = np.concatenate(
+        [
+            _predict(model_fn, x[start : start + batch_size])
+            for start in range(0, n_points, batch_size)
+        ]
+    )
     robust_mask = predictions == labels
     clean_accuracy = float(robust_mask.mean())
-    logger.info("AutoAttack (%s: %s), eps=%.5f: clean accuracy %.2f%%", version,
-                ", ".join(attack_names), eps, 100 * clean_accuracy)
+    logger.info(
+        "AutoAttack (%s: %s), eps=%.5f: clean accuracy %.2f%%",
+        version,
+        ", ".join(attack_names),
+        eps,
+        100 * clean_accuracy,
+    )
 
     x_adv = x.copy()
     per_attack = {}
@@ -110,19 +138,21 @@ def run_autoattack(model_fn, x, labels, *, eps, version="standard", batch_size=5
         started = time.perf_counter()
         still_robust = np.flatnonzero(robust_mask)
         for start in range(0, still_robust.size, batch_size):
-            rows = still_robust[start:start + batch_size]
+            rows = still_robust[start : start + batch_size]
             candidate = np.asarray(
                 function(model_fn, x[rows], labels[rows], eps=eps, seed=seed, **settings),
-                np.float32)
+                np.float32,
+            )
             fooled = (_predict(model_fn, candidate) != labels[rows]) & _in_ball(
-                candidate, x[rows], eps)
+                candidate, x[rows], eps
+            )
             robust_mask[rows[fooled]] = False
             x_adv[rows[fooled]] = candidate[fooled]
         seconds = time.perf_counter() - started
-        per_attack[name] = {"robust_accuracy_after": float(robust_mask.mean()),
-                            "seconds": seconds}
-        logger.info("robust accuracy after %s: %.2f%% (%.1f s)", name,
-                    100 * robust_mask.mean(), seconds)
+        per_attack[name] = {"robust_accuracy_after": float(robust_mask.mean()), "seconds": seconds}
+        logger.info(
+            "robust accuracy after %s: %.2f%% (%.1f s)", name, 100 * robust_mask.mean(), seconds
+        )
 
     _check_square(clean_accuracy, per_attack)
     largest = float(np.abs(x_adv - x).reshape(n_points, -1).max())
@@ -145,14 +175,18 @@ def _resolve_attacks(version, attacks):
         raise ValueError(f"`version` must be one of {_VERSIONS}; received version={version!r}")
     if version == "standard":
         if attacks is not None:
-            raise ValueError("`attacks` is only used with version='custom'; received "
-                             f"attacks={attacks!r} with version='standard'")
+            raise ValueError(
+                "`attacks` is only used with version='custom'; received "
+                f"attacks={attacks!r} with version='standard'"
+            )
         return STANDARD_ATTACKS
     attacks = CUSTOM_DEFAULT_ATTACKS if attacks is None else tuple(attacks)
     unknown = [name for name in attacks if name not in _ATTACKS]
     if unknown or not attacks:
-        raise ValueError(f"`attacks` must be a non-empty list of {sorted(_ATTACKS)}; "
-                         f"received attacks={list(attacks)!r}")
+        raise ValueError(
+            f"`attacks` must be a non-empty list of {sorted(_ATTACKS)}; "
+            f"received attacks={list(attacks)!r}"
+        )
     return attacks
 
 
@@ -160,12 +194,15 @@ def _resolve_options(attack_options):
     attack_options = dict(attack_options or {})
     for name, overrides in attack_options.items():
         if name not in _ATTACKS:
-            raise ValueError(f"`attack_options` keys must be in {sorted(_ATTACKS)}; "
-                             f"received {name!r}")
+            raise ValueError(
+                f"`attack_options` keys must be in {sorted(_ATTACKS)}; received {name!r}"
+            )
         unknown = set(overrides) - set(_ATTACKS[name][1]) - {"rescale_schedule"}
         if unknown:
-            raise ValueError(f"`attack_options[{name!r}]` has unknown settings "
-                             f"{sorted(unknown)}; known: {sorted(_ATTACKS[name][1])}")
+            raise ValueError(
+                f"`attack_options[{name!r}]` has unknown settings "
+                f"{sorted(unknown)}; known: {sorted(_ATTACKS[name][1])}"
+            )
     return attack_options
 
 
@@ -190,46 +227,62 @@ def check_model_outputs(model_fn, x, labels, n_calls=3):
 
     Warns through `warnings` and `logging`; returns the number of classes.
     """
-    outputs = [tf.cast(model_fn(tf.convert_to_tensor(x)), tf.float32).numpy()
-               for _ in range(n_calls)]
+    outputs = [
+        tf.cast(model_fn(tf.convert_to_tensor(x)), tf.float32).numpy() for _ in range(n_calls)
+    ]
     first = outputs[0]
-    if (first.max() < 1.0 + _PROBABILITY_TOLERANCE and first.min() > -_PROBABILITY_TOLERANCE
-            and np.all(np.abs(first.sum(-1) - 1.0) < _PROBABILITY_TOLERANCE)):
-        _warn("the model's outputs look like a probability distribution; AutoAttack needs "
-              "logits (remove the final softmax).")
+    if (
+        first.max() < 1.0 + _PROBABILITY_TOLERANCE
+        and first.min() > -_PROBABILITY_TOLERANCE
+        and np.all(np.abs(first.sum(-1) - 1.0) < _PROBABILITY_TOLERANCE)
+    ):
+        _warn(
+            "the model's outputs look like a probability distribution; AutoAttack needs "
+            "logits (remove the final softmax)."
+        )
     normalised = [out / (np.linalg.norm(out, axis=1, keepdims=True) + 1e-10) for out in outputs]
     n_correct = [int((out.argmax(1) == labels).sum()) for out in outputs]
-    largest_change = max(float(np.linalg.norm(a - b, axis=1).max())
-                         for a in normalised for b in normalised)
+    largest_change = max(
+        float(np.linalg.norm(a - b, axis=1).max()) for a in normalised for b in normalised
+    )
     if len(set(n_correct)) > 1 or largest_change > _RANDOMNESS_TOLERANCE:
-        _warn("the model's output changes between identical calls (randomised defence or "
-              "training-mode layers?); the standard AutoAttack evaluation is not reliable "
-              "for it.")
+        _warn(
+            "the model's output changes between identical calls (randomised defence or "
+            "training-mode layers?); the standard AutoAttack evaluation is not reliable "
+            "for it."
+        )
     return first.shape[-1]
 
 
 def _check_num_classes(num_classes, attack_names, options):
     if "apgd-t" in attack_names and num_classes < 4:
-        raise ValueError(f"APGD-T needs >= 4 classes for the targeted DLR loss; the model "
-                         f"has {num_classes}")
+        raise ValueError(
+            f"APGD-T needs >= 4 classes for the targeted DLR loss; the model has {num_classes}"
+        )
     if "apgd-dlr" in attack_names and num_classes < 3:
         raise ValueError(f"the DLR loss needs >= 3 classes; the model has {num_classes}")
     for name in ("apgd-t", "fab-t"):
         if name in attack_names:
-            n_targets = options.get(name, {}).get("n_target_classes",
-                                                  _ATTACKS[name][1]["n_target_classes"])
+            n_targets = options.get(name, {}).get(
+                "n_target_classes", _ATTACKS[name][1]["n_target_classes"]
+            )
             if n_targets > num_classes - 1:
-                _warn(f"{name} asks for {n_targets} target classes but the model has only "
-                      f"{num_classes - 1} other classes; using {num_classes - 1}.")
+                _warn(
+                    f"{name} asks for {n_targets} target classes but the model has only "
+                    f"{num_classes - 1} other classes; using {num_classes - 1}."
+                )
 
 
 def _check_square(clean_accuracy, per_attack):
     if "square" not in per_attack or len(per_attack) < 2:
         return
-    others = [clean_accuracy] + [result["robust_accuracy_after"]
-                                 for name, result in per_attack.items() if name != "square"]
+    others = [clean_accuracy] + [
+        result["robust_accuracy_after"] for name, result in per_attack.items() if name != "square"
+    ]
     drop = min(others) - per_attack["square"]["robust_accuracy_after"]
     if drop > _SQUARE_MARGIN:
-        _warn(f"Square Attack lowered the robust accuracy by a further {drop:.2%} after the "
-              "gradient-based attacks; the gradients may be masked and the evaluation "
-              "unreliable (try more Square queries/restarts or an adaptive attack).")
+        _warn(
+            f"Square Attack lowered the robust accuracy by a further {drop:.2%} after the "
+            "gradient-based attacks; the gradients may be masked and the evaluation "
+            "unreliable (try more Square queries/restarts or an adaptive attack)."
+        )

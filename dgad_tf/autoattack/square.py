@@ -15,8 +15,14 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from dgad_tf.autoattack.apgd import (check_positive_int, logits_of, prepare_inputs,
-                                     attack_still_robust, cached_function, check_eps)
+from dgad_tf.autoattack.apgd import (
+    attack_still_robust,
+    cached_function,
+    check_eps,
+    check_positive_int,
+    logits_of,
+    prepare_inputs,
+)
 from dgad_tf.autoattack.losses import margin_loss
 
 # Query indices after which p is halved again (the reference's thresholds for 10000 queries).
@@ -46,11 +52,21 @@ def square_p_selection(iteration, n_queries, p_init=0.8, rescale_schedule=False)
     if rescale_schedule:
         iteration = int(iteration / n_queries * 10000)
     halvings = sum(iteration > threshold for threshold in _P_THRESHOLDS)
-    return p_init / 2 ** halvings
+    return p_init / 2**halvings
 
 
-def square(model_fn, x, labels, *, eps, n_queries=5000, p_init=0.8, n_restarts=1, seed=0,
-           rescale_schedule=False):
+def square(
+    model_fn,
+    x,
+    labels,
+    *,
+    eps,
+    n_queries=5000,
+    p_init=0.8,
+    n_restarts=1,
+    seed=0,
+    rescale_schedule=False,
+):
     """L-inf Square Attack on the points the model classifies correctly.
 
     Args:
@@ -82,14 +98,41 @@ def square(model_fn, x, labels, *, eps, n_queries=5000, p_init=0.8, n_restarts=1
     height, width = int(x.shape[1]), int(x.shape[2])
     # Side of the square per query: round(sqrt(p * n_features / channels)), at least 1 and
     # at most the image (Python's round, as the reference).
-    sides = np.array([
-        min(max(int(round(math.sqrt(square_p_selection(i, n_queries, p_init, rescale_schedule)
-                                    * height * width))), 1), height, width)
-        for i in range(n_queries)], np.int32)
-    key = ("square", tuple(x.shape[1:]), float(eps), n_queries, float(p_init),
-           bool(rescale_schedule))
-    run = cached_function(model_fn, key, lambda: _build_square_run(
-        model_fn, tuple(x.shape[1:]), float(eps), n_queries, sides))
+    sides = np.array(
+        [
+            min(
+                max(
+                    int(
+                        round(
+                            math.sqrt(
+                                square_p_selection(i, n_queries, p_init, rescale_schedule)
+                                * height
+                                * width
+                            )
+                        )
+                    ),
+                    1,
+                ),
+                height,
+                width,
+            )
+            for i in range(n_queries)
+        ],
+        np.int32,
+    )
+    key = (
+        "square",
+        tuple(x.shape[1:]),
+        float(eps),
+        n_queries,
+        float(p_init),
+        bool(rescale_schedule),
+    )
+    run = cached_function(
+        model_fn,
+        key,
+        lambda: _build_square_run(model_fn, tuple(x.shape[1:]), float(eps), n_queries, sides),
+    )
 
     def attempt(index, x_sub, labels_sub):
         return run(x_sub, labels_sub, tf.constant([seed, index], tf.int64))
@@ -111,8 +154,9 @@ def _build_square_run(model_fn, input_shape, eps, n_queries, sides):
     def margin(x_query, labels):
         return margin_loss(logits_of(model_fn, x_query), labels)
 
-    @tf.function(input_signature=[spec, tf.TensorSpec([None], tf.int32),
-                                  tf.TensorSpec([2], tf.int64)])
+    @tf.function(
+        input_signature=[spec, tf.TensorSpec([None], tf.int32), tf.TensorSpec([2], tf.int64)]
+    )
     def run(x, labels, seed):
         batch = tf.shape(x)[0]
         lower = tf.maximum(x - eps, 0.0)
@@ -140,9 +184,11 @@ def _build_square_run(model_fn, input_shape, eps, n_queries, sides):
             left = tf.reshape(left, [-1, 1, 1, 1])
             window = tf.logical_and(
                 tf.logical_and(rows >= top, rows < top + side),
-                tf.logical_and(cols >= left, cols < left + side))
-            signs = random_signs([n_active, 1, 1, channels],
-                                 tf.random.experimental.stateless_fold_in(step_seed, 1))
+                tf.logical_and(cols >= left, cols < left + side),
+            )
+            signs = random_signs(
+                [n_active, 1, 1, channels], tf.random.experimental.stateless_fold_in(step_seed, 1)
+            )
             # Adding 2 eps then clipping sets the window to x +- eps (or the box edge).
             x_new = tf.where(window, x_best_curr + 2.0 * eps * signs, x_best_curr)
             x_new = tf.clip_by_value(x_new, tf.gather(lower, active), tf.gather(upper, active))
@@ -162,4 +208,3 @@ def _build_square_run(model_fn, input_shape, eps, n_queries, sides):
         return x_best
 
     return run
-

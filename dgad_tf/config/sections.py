@@ -152,7 +152,8 @@ class MethodConfig:
 
     Args:
         name: one of `METHODS`. Defaults to "dgad".
-        beta: weight of DGAD's predictive-consistency regulariser (0 turns PCR off). Defaults to 1.0.
+        beta: weight of DGAD's predictive-consistency regulariser (0 turns PCR off).
+            Defaults to 1.0.
         use_map: DGAD's misclassification-aware partitioning. Defaults to True.
         use_els: DGAD's error-corrective label swapping. Defaults to True.
         distill_weight: explicit weight on DGAD's distillation (KL) term. Defaults to 1.0.
@@ -398,8 +399,10 @@ class TuneConfig:
     def weights(self) -> tuple[float, float]:
         """(clean_weight, robust_weight) of `val_score`."""
         if isinstance(self.objective, dict):
-            return (float(self.objective.get("clean_weight", 0.0)),
-                    float(self.objective.get("robust_weight", 0.0)))
+            return (
+                float(self.objective.get("clean_weight", 0.0)),
+                float(self.objective.get("robust_weight", 0.0)),
+            )
         return (1.0, 0.0) if self.objective == "val_clean_accuracy" else (0.0, 1.0)
 
     def to_dict(self) -> dict:
@@ -443,10 +446,15 @@ class Config:
 
 def _written_fields(section) -> dict:
     """The fields of a dataclass instance that differ from their defaults."""
-    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING
-                else f.default_factory() for f in dataclasses.fields(section)}
-    return {name: getattr(section, name) for name, default in defaults.items()
-            if getattr(section, name) != default}
+    defaults = {
+        f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(section)
+    }
+    return {
+        name: getattr(section, name)
+        for name, default in defaults.items()
+        if getattr(section, name) != default
+    }
 
 
 def _plain(value):

@@ -24,10 +24,12 @@ from typing import Any
 
 from dgad_tf.config.sections import DIMENSION_TYPES, Config, ConfigError, Dimension
 
-_DIMENSION_FIELDS = {"float": ("type", "min", "max", "log", "step"),
-                     "int": ("type", "min", "max", "step"),
-                     "choice": ("type", "values"),
-                     "bool": ("type",)}
+_DIMENSION_FIELDS = {
+    "float": ("type", "min", "max", "log", "step"),
+    "int": ("type", "min", "max", "step"),
+    "choice": ("type", "values"),
+    "bool": ("type",),
+}
 
 # Keys a trial cannot vary, with the reason given to the user. A section name covers all its
 # fields. These are fixed once per search, or they define how trials are measured.
@@ -39,8 +41,7 @@ _UNTUNABLE = {
     "train.epochs": "trials run `tune.epochs` epochs; set that instead",
     "train.val_every": "it decides how trials are measured; all trials must be scored alike",
     "train.val_robust_n": "it decides how trials are measured; all trials must be scored alike",
-    "train.val_robust_steps": "it decides how trials are measured; all trials must be scored "
-                              "alike",
+    "train.val_robust_steps": "it decides how trials are measured; all trials must be scored alike",
     "train.select": "trials are scored on the validation split; no checkpoint is selected",
     "train.select_n": "trials are never evaluated on the test split",
     "eval": "trials are never evaluated on the test split",
@@ -69,9 +70,11 @@ def parse_space(space: Any) -> dict[str, Dimension]:
         {'method.beta': Dimension(type='float', min=0.0, max=4.0, step=None, log=False, ...)}
     """
     if not isinstance(space, dict):
-        raise ConfigError("`tune.space` must map config keys to dimensions, e.g. "
-                          "`method.beta: {type: float, min: 0, max: 4}`; received "
-                          f"tune.space={space!r}")
+        raise ConfigError(
+            "`tune.space` must map config keys to dimensions, e.g. "
+            "`method.beta: {type: float, min: 0, max: 4}`; received "
+            f"tune.space={space!r}"
+        )
     dimensions = {}
     for key, entry in _flatten_space(space).items():
         _check_key(key)
@@ -89,8 +92,12 @@ def _flatten_space(space: dict, prefix: str = "") -> dict:
         if not isinstance(key, str) or not key:
             raise ConfigError(f"`tune.space` keys must be dotted config keys; received {key!r}")
         path = prefix + key
-        if isinstance(entry, dict) and entry and "type" not in entry \
-                and all(isinstance(v, dict) for v in entry.values()):
+        if (
+            isinstance(entry, dict)
+            and entry
+            and "type" not in entry
+            and all(isinstance(v, dict) for v in entry.values())
+        ):
             flat.update(_flatten_space(entry, path + "."))
         else:
             flat[path] = entry
@@ -103,13 +110,16 @@ def _check_key(key: str):
     hints = typing.get_type_hints(Config)
     if len(parts) != 2 or parts[0] not in hints or not dataclasses.is_dataclass(hints[parts[0]]):
         sections = ", ".join(n for n, h in hints.items() if dataclasses.is_dataclass(h))
-        raise ConfigError(f"{where}: `{key}` is not a config field; a key is `section.field` "
-                          f"with section one of {sections}")
+        raise ConfigError(
+            f"{where}: `{key}` is not a config field; a key is `section.field` "
+            f"with section one of {sections}"
+        )
     section, field = parts
     fields = [f.name for f in dataclasses.fields(hints[section])]
     if field not in fields:
-        raise ConfigError(f"{where}: `{key}` is not a config field; section `{section}` has "
-                          f"{', '.join(fields)}")
+        raise ConfigError(
+            f"{where}: `{key}` is not a config field; section `{section}` has {', '.join(fields)}"
+        )
     for prefix in (key, section):
         if prefix in _UNTUNABLE:
             raise ConfigError(f"{where}: `{key}` cannot be searched: {_UNTUNABLE[prefix]}")
@@ -123,42 +133,56 @@ def _field_type(key: str):
 
 
 def _number(where: str, name: str, value, kind: type):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            (kind is int and not float(value).is_integer()) or not math.isfinite(float(value)):
-        raise ConfigError(f"{where}: `{name}` must be a{'n int' if kind is int else ' number'}; "
-                          f"received {name}={value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and not float(value).is_integer())
+        or not math.isfinite(float(value))
+    ):
+        raise ConfigError(
+            f"{where}: `{name}` must be a{'n int' if kind is int else ' number'}; "
+            f"received {name}={value!r}"
+        )
     return kind(value)
 
 
 def _parse_dimension(key: str, entry: Any) -> Dimension:
     where = f"tune.space.{key}"
     if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: must be a mapping such as {{type: float, min: 0, max: 1}}; "
-                          f"received {entry!r}")
+        raise ConfigError(
+            f"{where}: must be a mapping such as {{type: float, min: 0, max: 1}}; "
+            f"received {entry!r}"
+        )
     kind = entry.get("type")
     if kind not in DIMENSION_TYPES:
-        raise ConfigError(f"{where}: unknown type {kind!r}; expected one of "
-                          f"{', '.join(DIMENSION_TYPES)}")
+        raise ConfigError(
+            f"{where}: unknown type {kind!r}; expected one of {', '.join(DIMENSION_TYPES)}"
+        )
     unknown = sorted(set(entry) - set(_DIMENSION_FIELDS[kind]))
     if unknown:
-        raise ConfigError(f"{where}: unknown field {unknown[0]!r} for type {kind}; known fields: "
-                          f"{', '.join(_DIMENSION_FIELDS[kind])}")
+        raise ConfigError(
+            f"{where}: unknown field {unknown[0]!r} for type {kind}; known fields: "
+            f"{', '.join(_DIMENSION_FIELDS[kind])}"
+        )
     if kind in ("float", "int"):
         return _parse_range(where, kind, entry)
     if kind == "bool":
         return Dimension(kind)
     values = entry.get("values")
     if not isinstance(values, (list, tuple)) or not values:
-        raise ConfigError(f"{where}: type choice needs a non-empty list `values`; "
-                          f"received values={values!r}")
+        raise ConfigError(
+            f"{where}: type choice needs a non-empty list `values`; received values={values!r}"
+        )
     if not all(isinstance(v, (bool, int, float, str)) for v in values):
-        raise ConfigError(f"{where}: choice values must be numbers, strings or booleans; "
-                          f"received values={list(values)!r}")
-    kinds = {bool if isinstance(v, bool) else str if isinstance(v, str) else float
-             for v in values}
+        raise ConfigError(
+            f"{where}: choice values must be numbers, strings or booleans; "
+            f"received values={list(values)!r}"
+        )
+    kinds = {bool if isinstance(v, bool) else str if isinstance(v, str) else float for v in values}
     if len(kinds) > 1:
-        raise ConfigError(f"{where}: choice values must all be of one type; "
-                          f"received values={list(values)!r}")
+        raise ConfigError(
+            f"{where}: choice values must all be of one type; received values={list(values)!r}"
+        )
     if kinds == {float} and any(isinstance(v, float) for v in values):
         values = [float(v) for v in values]  # KerasTuner wants one type: 0 and 0.5 -> floats
     if len(set(values)) != len(values):

@@ -7,11 +7,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from dgad_tf.config.sections import (ATTACK_INITS, DATA_SOURCES, DGAD_WEIGHTINGS, EVAL_ATTACKS,
-                                     EXPORT_FORMATS, KL_REDUCTIONS, METHODS, MODEL_INITS,
-                                     PRECISIONS, SCHEDULES, SELECTION_RULES, STRATEGIES,
-                                     TEACHER_TRAIN_METHODS, TUNE_OBJECTIVES, TUNERS, Config,
-                                     ConfigError, MethodConfig, TuneConfig)
+from dgad_tf.config.sections import (
+    ATTACK_INITS,
+    DATA_SOURCES,
+    DGAD_WEIGHTINGS,
+    EVAL_ATTACKS,
+    EXPORT_FORMATS,
+    KL_REDUCTIONS,
+    METHODS,
+    MODEL_INITS,
+    PRECISIONS,
+    SCHEDULES,
+    SELECTION_RULES,
+    STRATEGIES,
+    TEACHER_TRAIN_METHODS,
+    TUNE_OBJECTIVES,
+    TUNERS,
+    Config,
+    ConfigError,
+    MethodConfig,
+    TuneConfig,
+)
+
 
 def _check(condition: bool, key: str, value: Any, requirement: str):
     if not condition:
@@ -34,22 +51,33 @@ def validate(cfg: Config) -> Config:
     for key in ("train_limit", "test_limit", "image_size"):
         value = getattr(d, key)
         _check(value is None or value >= 1, f"data.{key}", value, ">= 1 or null")
-    _check(d.crop_padding is None or d.crop_padding >= 0, "data.crop_padding", d.crop_padding,
-           ">= 0 or null")
+    _check(
+        d.crop_padding is None or d.crop_padding >= 0,
+        "data.crop_padding",
+        d.crop_padding,
+        ">= 0 or null",
+    )
     if d.source == "tfds":
         _check(bool(d.name), "data.name", d.name, "a TFDS dataset name when data.source=tfds")
     if d.source in ("npz", "folder", "tinyimagenet"):
         _check(bool(d.path), "data.path", d.path, f"a path when data.source={d.source}")
 
     if (m.normalize_mean is None) != (m.normalize_std is None):
-        raise ConfigError("`model.normalize_mean` and `model.normalize_std` must be given together;"
-                          f" received normalize_mean={m.normalize_mean!r}, "
-                          f"normalize_std={m.normalize_std!r}")
+        raise ConfigError(
+            "`model.normalize_mean` and `model.normalize_std` must be given together;"
+            f" received normalize_mean={m.normalize_mean!r}, "
+            f"normalize_std={m.normalize_std!r}"
+        )
     if m.normalize_std is not None:
-        _check(len(m.normalize_std) == len(m.normalize_mean), "model.normalize_std",
-               m.normalize_std, "as long as model.normalize_mean")
-        _check(all(s > 0 for s in m.normalize_std), "model.normalize_std", m.normalize_std,
-               "positive")
+        _check(
+            len(m.normalize_std) == len(m.normalize_mean),
+            "model.normalize_std",
+            m.normalize_std,
+            "as long as model.normalize_mean",
+        )
+        _check(
+            all(s > 0 for s in m.normalize_std), "model.normalize_std", m.normalize_std, "positive"
+        )
     _check_choice("model.init", m.init, MODEL_INITS)
 
     _check_choice("teacher_train.method", cfg.teacher_train.method, TEACHER_TRAIN_METHODS)
@@ -71,9 +99,13 @@ def validate(cfg: Config) -> Config:
         _check(a.eps > 0, "attack.eps", a.eps, f"> 0 {needs}")
         _check(a.steps >= 1, "attack.steps", a.steps, f">= 1 {needs}")
         _check(a.step_size > 0, "attack.step_size", a.step_size, f"> 0 {needs}")
-        _check(a.step_size <= a.eps, "attack.step_size", a.step_size,
-               f"<= attack.eps={a.eps:g} (a longer step only overshoots the eps-ball and is "
-               "clipped back)")
+        _check(
+            a.step_size <= a.eps,
+            "attack.step_size",
+            a.step_size,
+            f"<= attack.eps={a.eps:g} (a longer step only overshoots the eps-ball and is "
+            "clipped back)",
+        )
 
     validate_method(me)
 
@@ -83,8 +115,12 @@ def validate(cfg: Config) -> Config:
     _check_choice("optimizer.schedule", o.schedule, SCHEDULES)
     _check(0.0 < o.gamma <= 1.0, "optimizer.gamma", o.gamma, "in (0, 1]")
     _check(o.warmup_epochs >= 0, "optimizer.warmup_epochs", o.warmup_epochs, ">= 0")
-    _check(list(o.milestones) == sorted(o.milestones), "optimizer.milestones", o.milestones,
-           "increasing")
+    _check(
+        list(o.milestones) == sorted(o.milestones),
+        "optimizer.milestones",
+        o.milestones,
+        "increasing",
+    )
 
     _check(t.epochs >= 1, "train.epochs", t.epochs, ">= 1")
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")
@@ -92,15 +128,21 @@ def validate(cfg: Config) -> Config:
     _check(t.val_robust_n >= 1, "train.val_robust_n", t.val_robust_n, ">= 1")
     _check(t.val_robust_steps >= 0, "train.val_robust_steps", t.val_robust_steps, ">= 0")
     _check(t.steps_per_execution >= 1, "train.steps_per_execution", t.steps_per_execution, ">= 1")
-    _check(isinstance(t.jit_compile, bool) or t.jit_compile == "auto", "train.jit_compile",
-           t.jit_compile, 'true, false or "auto"')
+    _check(
+        isinstance(t.jit_compile, bool) or t.jit_compile == "auto",
+        "train.jit_compile",
+        t.jit_compile,
+        'true, false or "auto"',
+    )
     _check_choice("train.precision", t.precision, PRECISIONS)
     _check_choice("train.select", t.select, SELECTION_RULES)
     _check(t.select_n is None or t.select_n >= 1, "train.select_n", t.select_n, ">= 1 or null")
     if t.select == "best_val" and d.val_fraction == 0:
-        raise ConfigError("`train.select`=best_val chooses the checkpoint on the validation split, "
-                          "but `data.val_fraction`=0 leaves none; set data.val_fraction > 0, or "
-                          "train.select=last (or best_test, the reference's leaky test-set rule)")
+        raise ConfigError(
+            "`train.select`=best_val chooses the checkpoint on the validation split, "
+            "but `data.val_fraction`=0 leaves none; set data.val_fraction > 0, or "
+            "train.select=last (or best_test, the reference's leaky test-set rule)"
+        )
 
     check_attack_names(cfg.eval.attacks)
     check_export_formats(cfg.export.formats)
@@ -108,8 +150,12 @@ def validate(cfg: Config) -> Config:
     _check(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, ">= 1")
     _check(bool(cfg.output.dir), "output.dir", cfg.output.dir, "a non-empty path")
     _check_choice("distribute.strategy", cfg.distribute.strategy, STRATEGIES)
-    _check(cfg.distribute.logical_cpus >= 0, "distribute.logical_cpus",
-           cfg.distribute.logical_cpus, ">= 0")
+    _check(
+        cfg.distribute.logical_cpus >= 0,
+        "distribute.logical_cpus",
+        cfg.distribute.logical_cpus,
+        ">= 0",
+    )
     validate_tune(cfg.tune)
     return cfg
 
@@ -120,17 +166,26 @@ def validate_tune(tune: TuneConfig) -> TuneConfig:
     if isinstance(objective, dict):
         unknown = sorted(set(objective) - {"clean_weight", "robust_weight"})
         if unknown:
-            raise ConfigError(f"unknown key `tune.objective.{unknown[0]}`; known keys: "
-                              "clean_weight, robust_weight")
+            raise ConfigError(
+                f"unknown key `tune.objective.{unknown[0]}`; known keys: "
+                "clean_weight, robust_weight"
+            )
         for name in ("clean_weight", "robust_weight"):
             weight = objective.get(name, 0.0)
-            _check(not isinstance(weight, bool) and isinstance(weight, (int, float))
-                   and weight >= 0, f"tune.objective.{name}", weight, "a number >= 0")
-        _check(sum(tune.weights) > 0, "tune.objective", objective,
-               "weights that are not both 0")
+            _check(
+                not isinstance(weight, bool) and isinstance(weight, (int, float)) and weight >= 0,
+                f"tune.objective.{name}",
+                weight,
+                "a number >= 0",
+            )
+        _check(sum(tune.weights) > 0, "tune.objective", objective, "weights that are not both 0")
     else:
-        _check(objective in TUNE_OBJECTIVES, "tune.objective", objective,
-               f"one of {', '.join(TUNE_OBJECTIVES)} or {{clean_weight: a, robust_weight: b}}")
+        _check(
+            objective in TUNE_OBJECTIVES,
+            "tune.objective",
+            objective,
+            f"one of {', '.join(TUNE_OBJECTIVES)} or {{clean_weight: a, robust_weight: b}}",
+        )
     _check_choice("tune.tuner", tune.tuner, TUNERS)
     _check(tune.max_trials >= 1, "tune.max_trials", tune.max_trials, ">= 1")
     _check(tune.epochs is None or tune.epochs >= 1, "tune.epochs", tune.epochs, ">= 1 or null")
@@ -150,8 +205,10 @@ def check_attack_names(names, key: str = "eval.attacks") -> list[str]:
     for name in checked:
         match = re.fullmatch(r"pgd(\d+)", name)
         if name not in EVAL_ATTACKS and not (match and int(match.group(1)) >= 1):
-            raise ConfigError(f"`{key}` has an unknown attack {name!r}; known: "
-                              f"{', '.join(EVAL_ATTACKS)} and pgd<K> with K >= 1 steps")
+            raise ConfigError(
+                f"`{key}` has an unknown attack {name!r}; known: "
+                f"{', '.join(EVAL_ATTACKS)} and pgd<K> with K >= 1 steps"
+            )
     if not checked:
         raise ConfigError(f"`{key}` must name at least one attack; received {list(names)!r}")
     return checked
@@ -168,8 +225,14 @@ def check_export_formats(formats, key: str = "export.formats") -> list[str]:
 def validate_method(me: MethodConfig, prefix: str = "method") -> MethodConfig:
     """Check the method section alone (the distiller checks its options with it too)."""
     _check_choice(f"{prefix}.name", me.name, METHODS)
-    for key in ("beta", "distill_weight", "trades_beta", "rslad_log_epsilon", "iad_beta",
-                "iad_warmup_epochs"):
+    for key in (
+        "beta",
+        "distill_weight",
+        "trades_beta",
+        "rslad_log_epsilon",
+        "iad_beta",
+        "iad_warmup_epochs",
+    ):
         _check(getattr(me, key) >= 0, f"{prefix}.{key}", getattr(me, key), ">= 0")
     for key in ("ard_alpha", "adaad_alpha", "iad_alpha"):
         _check(0.0 <= getattr(me, key) <= 1.0, f"{prefix}.{key}", getattr(me, key), "in [0, 1]")

@@ -136,13 +136,11 @@ def load_splits(
     for arg_name, value in (("train_limit", train_limit), ("test_limit", test_limit)):
         if value is not None and (not _is_int(value) or value < 1):
             raise ValueError(
-                f"`{arg_name}` must be a positive integer or None; "
-                f"received {arg_name}={value!r}"
+                f"`{arg_name}` must be a positive integer or None; received {arg_name}={value!r}"
             )
     if image_size is not None and (not _is_int(image_size) or image_size < 1):
         raise ValueError(
-            "`image_size` must be a positive integer or None; "
-            f"received image_size={image_size!r}"
+            f"`image_size` must be a positive integer or None; received image_size={image_size!r}"
         )
     if not _is_int(seed):
         raise ValueError(f"`seed` must be an integer; received seed={seed!r}")
@@ -216,6 +214,14 @@ def splits_from_config(data_cfg) -> DatasetSplits:
         data_cfg: a `DataConfig`, or any object with its attributes.
     """
     d = data_cfg
-    return load_splits(d.source, name=d.name, path=d.path, data_dir=d.data_dir,
-                       val_fraction=d.val_fraction, seed=d.seed, train_limit=d.train_limit,
-                       test_limit=d.test_limit, image_size=d.image_size)
+    return load_splits(
+        d.source,
+        name=d.name,
+        path=d.path,
+        data_dir=d.data_dir,
+        val_fraction=d.val_fraction,
+        seed=d.seed,
+        train_limit=d.train_limit,
+        test_limit=d.test_limit,
+        image_size=d.image_size,
+    )

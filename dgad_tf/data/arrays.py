@@ -26,11 +26,12 @@ class Arrays:
     def __post_init__(self):
         if not isinstance(self.x, np.ndarray) or self.x.dtype != np.uint8 or self.x.ndim != 4:
             raise ValueError(
-                "`Arrays.x` must be a uint8 array [N, H, W, C]; received "
-                f"{_describe(self.x)}"
+                f"`Arrays.x` must be a uint8 array [N, H, W, C]; received {_describe(self.x)}"
             )
-        if not isinstance(self.y, np.ndarray) or self.y.ndim != 1 or not np.issubdtype(
-            self.y.dtype, np.integer
+        if (
+            not isinstance(self.y, np.ndarray)
+            or self.y.ndim != 1
+            or not np.issubdtype(self.y.dtype, np.integer)
         ):
             raise ValueError(
                 f"`Arrays.y` must be an integer array [N]; received {_describe(self.y)}"
@@ -143,9 +144,7 @@ def split_validation(arrays: Arrays, val_fraction: float, seed: int) -> tuple[Ar
     if n_val == 0:
         return arrays, Arrays(arrays.x[:0], arrays.y[:0])
     if n_val >= n:
-        raise ValueError(
-            f"`val_fraction`={val_fraction} leaves no training data out of {n} images"
-        )
+        raise ValueError(f"`val_fraction`={val_fraction} leaves no training data out of {n} images")
     classes, counts = np.unique(arrays.y, return_counts=True)
     quotas = counts * (n_val / n)
     per_class = np.floor(quotas).astype(np.int64)
@@ -163,6 +162,7 @@ def split_validation(arrays: Arrays, val_fraction: float, seed: int) -> tuple[Ar
         Arrays(arrays.x[~val_mask], arrays.y[~val_mask]),
         Arrays(arrays.x[val_mask], arrays.y[val_mask]),
     )
+
 
 def _as_arrays(x, y, where):
     """Validate and convert raw image/label arrays from `where` into `Arrays`."""
@@ -205,8 +205,7 @@ def _check_labels(y, num_classes, where):
     if low < 0 or high >= num_classes:
         bad = low if low < 0 else high
         raise ValueError(
-            f"label {bad} in {where} is out of range [0, {num_classes - 1}] "
-            f"({num_classes} classes)"
+            f"label {bad} in {where} is out of range [0, {num_classes - 1}] ({num_classes} classes)"
         )
 
 
@@ -228,6 +227,4 @@ def _describe(value):
 
 def _check_arrays(arrays):
     if not isinstance(arrays, Arrays):
-        raise TypeError(
-            f"`arrays` must be a dgad_tf.data.Arrays; received {type(arrays).__name__}"
-        )
+        raise TypeError(f"`arrays` must be a dgad_tf.data.Arrays; received {type(arrays).__name__}")

@@ -78,11 +78,16 @@ def make_train_dataset(
             "`crop_padding` must be a non-negative integer or None; "
             f"received crop_padding={crop_padding!r}"
         )
-    for name, value, low in (("seed", seed, None), ("first_epoch", first_epoch, 0),
-                             ("epochs", 1 if epochs is None else epochs, 1)):
+    for name, value, low in (
+        ("seed", seed, None),
+        ("first_epoch", first_epoch, 0),
+        ("epochs", 1 if epochs is None else epochs, 1),
+    ):
         if not _is_int(value) or (low is not None and value < low):
-            raise ValueError(f"`{name}` must be an integer{'' if low is None else f' >= {low}'};"
-                             f" received {name}={value!r}")
+            raise ValueError(
+                f"`{name}` must be an integer{'' if low is None else f' >= {low}'};"
+                f" received {name}={value!r}"
+            )
 
     images = tf.constant(arrays.x)
     labels = tf.constant(arrays.y.astype(np.int64))
@@ -91,18 +96,21 @@ def make_train_dataset(
 
     def epoch_batches(epoch):
         order = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=base + tf.stack([0, 2 * epoch]))
+            tf.range(n, dtype=tf.int64), seed=base + tf.stack([0, 2 * epoch])
+        )
         order = order[: batches * batch_size] if drop_remainder else order
         index = tf.data.Dataset.range(batches).map(lambda b: epoch * batches + b)
         return tf.data.Dataset.zip(
-            tf.data.Dataset.from_tensor_slices(order).batch(batch_size), index)
+            tf.data.Dataset.from_tensor_slices(order).batch(batch_size), index
+        )
 
     def make_batch(batch_indices, global_index):
         x = tf.cast(tf.gather(images, batch_indices), tf.float32) / 255.0
         if augment:
             # Keyed by the batch's position in the whole run: epoch * batches + b.
-            x = augment_batch(x, base + tf.stack([_AUGMENT_SEED_OFFSET, 2 * global_index + 1]),
-                              crop_padding, flip)
+            x = augment_batch(
+                x, base + tf.stack([_AUGMENT_SEED_OFFSET, 2 * global_index + 1]), crop_padding, flip
+            )
         return x, tf.gather(labels, batch_indices)
 
     count = 1 if epochs is None else epochs

@@ -98,7 +98,8 @@ def _load_npz(path):
                 raise ValueError(
                     f"{path!r} holds one split (keys x, y): training needs a folder with "
                     "train*.npz and test.npz, or one file with x_train, y_train, x_test, y_test "
-                    "(a file with x, y serves `evaluate --data`)")
+                    "(a file with x, y serves `evaluate --data`)"
+                )
             x_train, y_train, x_test, y_test = _npz_keys(
                 data, ("x_train", "y_train", "x_test", "y_test"), path
             )
@@ -191,9 +192,7 @@ def _load_folder(path, image_size, train_limit, test_limit):
             files += class_files
             labels += [index[class_name]] * len(class_files)
         files, labels = files[:limit], labels[:limit]
-        arrays[split_name] = Arrays(
-            _decode_files(files, image_size), np.asarray(labels, np.int64)
-        )
+        arrays[split_name] = Arrays(_decode_files(files, image_size), np.asarray(labels, np.int64))
     return arrays["train"], arrays["test"], len(class_names), class_names
 
 
@@ -312,9 +311,7 @@ def _decode_files(files, image_size, channels=None):
         for image in dataset.as_numpy_iterator():
             images.append(image)
     except tf.errors.InvalidArgumentError as err:
-        raise ValueError(
-            f"could not decode image {files[len(images)]!r}: {err.message}"
-        ) from err
+        raise ValueError(f"could not decode image {files[len(images)]!r}: {err.message}") from err
     if channels is None:
         # Gray+alpha (2) counts as gray, RGBA (4) as colour.
         target = 3 if any(im.shape[-1] >= 3 for im in images) else 1

@@ -14,8 +14,15 @@ number of classes C; `kl_reduction="class_mean"` on those losses reproduces that
 """
 
 from dgad_tf.losses._common import kl_divergence, largest_other_logit, swap_true_with_max
-from dgad_tf.losses.baselines import (adaad_loss, ard_loss, clean_loss, iad_loss, pgd_at_loss,
-                                      rslad_loss, trades_loss)
+from dgad_tf.losses.baselines import (
+    adaad_loss,
+    ard_loss,
+    clean_loss,
+    iad_loss,
+    pgd_at_loss,
+    rslad_loss,
+    trades_loss,
+)
 from dgad_tf.losses.dgad import dgad_loss
 
 __all__ = [

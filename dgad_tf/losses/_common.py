@@ -5,6 +5,7 @@ import numbers
 
 import tensorflow as tf
 
+
 def _check_non_negative(name, value):
     if isinstance(value, numbers.Number) and not value >= 0:
         raise ValueError(f"`{name}` must be >= 0; received {name}={value}")
@@ -34,7 +35,7 @@ def _check_global_batch_size(global_batch_size):
 
 
 def _batch_denominator(reference, global_batch_size):
-    """Float32 divisor for summed per-sample terms: the global batch size, else this batch's size."""
+    """Float32 divisor for summed per-sample terms: the global batch size, else the batch's."""
     _check_global_batch_size(global_batch_size)
     if global_batch_size is None:
         return tf.cast(tf.shape(reference)[0], tf.float32)

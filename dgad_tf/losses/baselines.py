@@ -4,19 +4,36 @@ clean training."""
 import tensorflow as tf
 
 from dgad_tf.config import KL_REDUCTIONS
-from dgad_tf.losses._common import (_as_labels, _batch_denominator, _check_non_negative,
-                                    _check_positive, _check_unit_interval, _cross_entropy, _logits,
-                                    kl_divergence)
+from dgad_tf.losses._common import (
+    _as_labels,
+    _batch_denominator,
+    _check_non_negative,
+    _check_positive,
+    _check_unit_interval,
+    _cross_entropy,
+    _logits,
+    kl_divergence,
+)
+
 
 def _check_kl_reduction(kl_reduction, kl_scale):
     if kl_reduction not in KL_REDUCTIONS:
-        raise ValueError(f"`kl_reduction` must be one of {', '.join(KL_REDUCTIONS)}; "
-                         f"received kl_reduction={kl_reduction!r}")
+        raise ValueError(
+            f"`kl_reduction` must be one of {', '.join(KL_REDUCTIONS)}; "
+            f"received kl_reduction={kl_reduction!r}"
+        )
     _check_positive("kl_scale", kl_scale)
 
 
-def _kl_term(p_logits, q_logits, batch_divisor, temperature=1.0, kl_reduction="batchmean",
-             kl_scale=1.0, q_log_epsilon=0.0):
+def _kl_term(
+    p_logits,
+    q_logits,
+    batch_divisor,
+    temperature=1.0,
+    kl_reduction="batchmean",
+    kl_scale=1.0,
+    q_log_epsilon=0.0,
+):
     """kl_scale * sum_i KL_i / B, further divided by C for `kl_reduction="class_mean"`."""
     per_sample = kl_divergence(p_logits, q_logits, temperature, q_log_epsilon)
     term = kl_scale * tf.reduce_sum(per_sample) / batch_divisor
@@ -42,7 +59,9 @@ def pgd_at_loss(student_logits_adv, labels, *, global_batch_size=None):
     return {"total": ce_adv, "ce_adv": ce_adv}
 
 
-def trades_loss(student_logits_clean, student_logits_adv, labels, *, beta=6.0, global_batch_size=None):
+def trades_loss(
+    student_logits_clean, student_logits_adv, labels, *, beta=6.0, global_batch_size=None
+):
     """TRADES (Zhang et al. 2019): CE(s(x), y) + beta * KL(s(x) || s(x')).
 
     As in the TRADES code, the KL is summed over classes and averaged over the batch, and gradients
@@ -183,10 +202,12 @@ def adaad_loss(
     _check_kl_reduction(kl_reduction, kl_scale)
     divisor = _batch_denominator(teacher_logits_clean, global_batch_size)
     scale = dict(kl_reduction=kl_reduction, kl_scale=kl_scale)
-    kl_adv = _kl_term(tf.stop_gradient(_logits(teacher_logits_adv)), student_logits_adv, divisor,
-                      **scale)
-    kl_clean = _kl_term(tf.stop_gradient(_logits(teacher_logits_clean)), student_logits_clean,
-                        divisor, **scale)
+    kl_adv = _kl_term(
+        tf.stop_gradient(_logits(teacher_logits_adv)), student_logits_adv, divisor, **scale
+    )
+    kl_clean = _kl_term(
+        tf.stop_gradient(_logits(teacher_logits_clean)), student_logits_clean, divisor, **scale
+    )
     total = alpha * kl_adv + (1.0 - alpha) * kl_clean
     return {"total": total, "kl_adv": kl_adv, "kl_clean": kl_clean}
 
@@ -206,7 +227,8 @@ def iad_loss(
     """IAD (Zhu et al. 2022) as the DGAD reference repository runs it.
 
         total = alpha * T^2 / B * sum_i KL(softmax(t(x'_i)/T) || softmax(s(x'_i)/T))
-              + introspection * alpha / B * sum_i (1 - w_i) * KL(softmax(s(x_i)) || softmax(s(x'_i)))
+              + introspection * alpha / B
+                * sum_i (1 - w_i) * KL(softmax(s(x_i)) || softmax(s(x'_i)))
               + (1 - alpha) * CE(s(x), y),
         w_i   = softmax(t(x'_i))[y_i] ** beta      (a constant: no gradient)
 
@@ -234,17 +256,20 @@ def iad_loss(
     divisor = _batch_denominator(labels, global_batch_size)
     teacher_adv = tf.stop_gradient(_logits(teacher_logits_adv))
     kl_adv = _kl_term(teacher_adv, student_logits_adv, divisor, temperature)
-    true_confidence = tf.gather(tf.nn.softmax(teacher_adv, axis=-1), _as_labels(labels),
-                                axis=-1, batch_dims=1)
+    true_confidence = tf.gather(
+        tf.nn.softmax(teacher_adv, axis=-1), _as_labels(labels), axis=-1, batch_dims=1
+    )
     reliability = tf.stop_gradient(tf.pow(true_confidence, beta))
-    introspective = tf.reduce_sum(
-        (1.0 - reliability) * kl_divergence(student_logits_clean, student_logits_adv)) / divisor
+    introspective = (
+        tf.reduce_sum((1.0 - reliability) * kl_divergence(student_logits_clean, student_logits_adv))
+        / divisor
+    )
     ce_clean = tf.reduce_sum(_cross_entropy(student_logits_clean, labels)) / divisor
     switch = tf.cast(introspection, tf.float32)
-    total = (alpha * temperature**2 * kl_adv + switch * alpha * introspective
-             + (1.0 - alpha) * ce_clean)
-    return {"total": total, "kl_adv": kl_adv, "introspection": introspective,
-            "ce_clean": ce_clean}
+    total = (
+        alpha * temperature**2 * kl_adv + switch * alpha * introspective + (1.0 - alpha) * ce_clean
+    )
+    return {"total": total, "kl_adv": kl_adv, "introspection": introspective, "ce_clean": ce_clean}
 
 
 def clean_loss(student_logits_clean, labels, *, global_batch_size=None):

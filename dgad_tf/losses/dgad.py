@@ -4,9 +4,17 @@ MobileNetV2 weighting for reproducing those rows."""
 import tensorflow as tf
 
 from dgad_tf.config import DGAD_WEIGHTINGS
-from dgad_tf.losses._common import (_as_labels, _batch_denominator, _check_non_negative, _count,
-                                    _logits, kl_divergence, largest_other_logit,
-                                    swap_true_with_max)
+from dgad_tf.losses._common import (
+    _as_labels,
+    _batch_denominator,
+    _check_non_negative,
+    _count,
+    _logits,
+    kl_divergence,
+    largest_other_logit,
+    swap_true_with_max,
+)
+
 
 def dgad_loss(
     student_logits_clean,
@@ -27,8 +35,9 @@ def dgad_loss(
 
     With M = {i : argmax t_clean_i != y_i} (Misclassification-Aware Partitioning),
 
-        total = distill_weight / B * [ sum_{i in M}     KL(softmax(t~_clean_i) || softmax(s_clean_i))
-                                     + sum_{i not in M} KL(softmax(t~_adv_i)   || softmax(s_adv_i)) ]
+        total = distill_weight / B
+                * [ sum_{i in M}     KL(softmax(t~_clean_i) || softmax(s_clean_i))
+                  + sum_{i not in M} KL(softmax(t~_adv_i)   || softmax(s_adv_i)) ]
                 + beta * PCR,
         PCR   = 1 / (B * C) * sum_i || softmax(s_adv_i) - softmax(s_clean_i) ||^2,
 
@@ -54,7 +63,8 @@ def dgad_loss(
         weighting: `"standard"` (the formula above) or `"reference_mobilenetv2"`, the reference
             code's MobileNetV2 branch reproduced for paper runs:
             `0.5 * ((|M|/bs) * Lc + (bs - |M|)/bs) * La` in place of the bracket, with
-            `Lc = sum_{i in M} KL_clean_i / (|M| + 1e-10)`, `La = sum_{i not in M} KL_adv_i / (B - |M|)`
+            `Lc = sum_{i in M} KL_clean_i / (|M| + 1e-10)`,
+            `La = sum_{i not in M} KL_adv_i / (B - |M|)`
             (0 when every sample is in M, where the reference gives NaN) and bs the configured batch
             size. Its parenthesis multiplies the two KL means, so it needs the whole batch's sums:
             under a distribution strategy they are all-reduced and the per-replica totals still
@@ -74,8 +84,10 @@ def dgad_loss(
     _check_non_negative("beta", beta)
     _check_non_negative("distill_weight", distill_weight)
     if weighting not in DGAD_WEIGHTINGS:
-        raise ValueError(f"`weighting` must be one of {', '.join(DGAD_WEIGHTINGS)}; "
-                         f"received weighting={weighting!r}")
+        raise ValueError(
+            f"`weighting` must be one of {', '.join(DGAD_WEIGHTINGS)}; "
+            f"received weighting={weighting!r}"
+        )
     labels = _as_labels(labels)
     student_clean = _logits(student_logits_clean)
     student_adv = _logits(student_logits_adv)
@@ -114,12 +126,19 @@ def dgad_loss(
         distill = (tf.reduce_sum(clean_part) + tf.reduce_sum(adv_part)) / batch_divisor
     else:
         distill = _reference_mobilenetv2_distill(
-            tf.reduce_sum(clean_part), tf.reduce_sum(adv_part), _count(misclassified),
-            batch_divisor, batch_divisor if reference_batch_size is None
-            else tf.cast(reference_batch_size, tf.float32))
+            tf.reduce_sum(clean_part),
+            tf.reduce_sum(adv_part),
+            _count(misclassified),
+            batch_divisor,
+            batch_divisor
+            if reference_batch_size is None
+            else tf.cast(reference_batch_size, tf.float32),
+        )
 
     num_classes = tf.cast(tf.shape(student_clean)[-1], tf.float32)
-    squared_gap = tf.square(tf.nn.softmax(student_adv, axis=-1) - tf.nn.softmax(student_clean, axis=-1))
+    squared_gap = tf.square(
+        tf.nn.softmax(student_adv, axis=-1) - tf.nn.softmax(student_clean, axis=-1)
+    )
     pcr = tf.reduce_sum(squared_gap) / (batch_divisor * num_classes)
 
     num_misclassified = _count(misclassified)

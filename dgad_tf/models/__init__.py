@@ -34,8 +34,12 @@ __all__ = [
 
 _FIXED_BUILDERS = {
     "small-cnn": build_small_cnn,
-    "resnet-18": lambda num_classes, input_shape, **kw: build_resnet(18, num_classes, input_shape, **kw),
-    "resnet-34": lambda num_classes, input_shape, **kw: build_resnet(34, num_classes, input_shape, **kw),
+    "resnet-18": lambda num_classes, input_shape, **kw: build_resnet(
+        18, num_classes, input_shape, **kw
+    ),
+    "resnet-34": lambda num_classes, input_shape, **kw: build_resnet(
+        34, num_classes, input_shape, **kw
+    ),
     "preact-resnet-18": lambda num_classes, input_shape, **kw: build_preact_resnet(
         18, num_classes, input_shape, **kw
     ),
@@ -120,8 +124,9 @@ def build_model(
         'resnet-18'
     """
     canonical = canonical_model_name(name)
-    kwargs = dict(normalize=normalize, sync_batchnorm=bool(sync_batchnorm), name_prefix=name_prefix,
-                  init=init)
+    kwargs = dict(
+        normalize=normalize, sync_batchnorm=bool(sync_batchnorm), name_prefix=name_prefix, init=init
+    )
     if canonical.startswith("wrn-"):
         _, depth, width = canonical.split("-")
         return build_wide_resnet(int(depth), int(width), num_classes, input_shape, **kwargs)

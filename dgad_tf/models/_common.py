@@ -39,7 +39,11 @@ def check_input_shape(input_shape, min_size=1):
 
 def check_num_classes(num_classes):
     """Validate the class count (an int >= 2) and return it."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, (int, np.integer))
+        or num_classes < 2
+    ):
         raise ValueError(f"`num_classes` must be an int >= 2; received num_classes={num_classes!r}")
     return int(num_classes)
 
@@ -84,7 +88,9 @@ def check_normalize(normalize, channels):
             f"{channels}; received normalize={normalize!r}"
         ) from None
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
-        raise ValueError(f"`normalize` needs finite means and positive stds; received normalize={normalize!r}")
+        raise ValueError(
+            f"`normalize` needs finite means and positive stds; received normalize={normalize!r}"
+        )
     return mean, std
 
 

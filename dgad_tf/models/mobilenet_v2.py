@@ -75,8 +75,9 @@ def build_mobilenet_v2(
         (None, 10)
     """
 
-    num_classes, prefix, init, inputs, x = _common.begin(num_classes, input_shape, normalize,
-                                                          name_prefix, init)
+    num_classes, prefix, init, inputs, x = _common.begin(
+        num_classes, input_shape, normalize, name_prefix, init
+    )
     x = _common.conv(x, 32, 3, 1, f"{prefix}conv1")
     x = _common.batch_norm(x, f"{prefix}bn1", sync_batchnorm)
     x = _common.relu(x, f"{prefix}relu1")

@@ -76,10 +76,13 @@ def build_preact_resnet(
         (None, 10)
     """
     if depth not in PREACT_BLOCKS:
-        raise ValueError(f"`depth` must be one of {sorted(PREACT_BLOCKS)}; received depth={depth!r}")
+        raise ValueError(
+            f"`depth` must be one of {sorted(PREACT_BLOCKS)}; received depth={depth!r}"
+        )
 
-    num_classes, prefix, init, inputs, x = _common.begin(num_classes, input_shape, normalize,
-                                                          name_prefix, init, min_size=MIN_INPUT_SIZE)
+    num_classes, prefix, init, inputs, x = _common.begin(
+        num_classes, input_shape, normalize, name_prefix, init, min_size=MIN_INPUT_SIZE
+    )
     x = _common.conv(x, 64, 3, 1, f"{prefix}conv1")
     in_planes = 64
     for stage, (blocks, planes) in enumerate(zip(PREACT_BLOCKS[depth], STAGE_WIDTHS)):

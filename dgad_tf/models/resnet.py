@@ -63,10 +63,13 @@ def build_resnet(
         (None, 10)
     """
     if depth not in RESNET_BLOCKS:
-        raise ValueError(f"`depth` must be one of {sorted(RESNET_BLOCKS)}; received depth={depth!r}")
+        raise ValueError(
+            f"`depth` must be one of {sorted(RESNET_BLOCKS)}; received depth={depth!r}"
+        )
 
-    num_classes, prefix, init, inputs, x = _common.begin(num_classes, input_shape, normalize,
-                                                          name_prefix, init)
+    num_classes, prefix, init, inputs, x = _common.begin(
+        num_classes, input_shape, normalize, name_prefix, init
+    )
     x = _common.conv(x, 64, 3, 1, f"{prefix}conv1")
     x = _common.batch_norm(x, f"{prefix}bn1", sync_batchnorm)
     x = _common.relu(x, f"{prefix}relu1")

@@ -38,8 +38,9 @@ def build_small_cnn(
         (None, 10)
     """
 
-    num_classes, prefix, init, inputs, x = _common.begin(num_classes, input_shape, normalize,
-                                                          name_prefix, init, min_size=4)
+    num_classes, prefix, init, inputs, x = _common.begin(
+        num_classes, input_shape, normalize, name_prefix, init, min_size=4
+    )
     for index, (filters, pool) in enumerate(SMALL_CNN_CFG, start=1):
         x = _common.conv(x, filters, 3, 1, f"{prefix}conv{index}")
         x = _common.batch_norm(x, f"{prefix}bn{index}", sync_batchnorm)

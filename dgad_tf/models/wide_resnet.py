@@ -64,11 +64,14 @@ def build_wide_resnet(
         (None, 10)
     """
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-        raise ValueError(f"`depth` must be an int >= 10 with (depth - 4) % 6 == 0; received depth={depth!r}")
+        raise ValueError(
+            f"`depth` must be an int >= 10 with (depth - 4) % 6 == 0; received depth={depth!r}"
+        )
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"`width` must be a positive int; received width={width!r}")
-    num_classes, prefix, init, inputs, x = _common.begin(num_classes, input_shape, normalize,
-                                                          name_prefix, init)
+    num_classes, prefix, init, inputs, x = _common.begin(
+        num_classes, input_shape, normalize, name_prefix, init
+    )
 
     blocks_per_group = (depth - 4) // 6
     widths = (16 * width, 32 * width, 64 * width)

@@ -88,6 +88,7 @@ logger = logging.getLogger(__name__)
 FORMATS = EXPORT_FORMATS
 MODEL_CARD = "model_card.json"
 
+
 def weights_sha256(model):
     """Hex SHA-256 over a model's weights (order, shapes and float bytes).
 
@@ -294,10 +295,20 @@ def export_student(
             # user.
             os.chmod(tmp_dir, 0o755)
             card = verify.build_and_verify(
-                model, tmp_dir, formats=formats, image_shape=image_shape,
-                num_classes=num_classes, parity_u8=parity_u8, reference_logits=reference_logits,
-                representative_x=representative_x, representative_n=representative_n,
-                eval_x=eval_x, eval_y=eval_y, eps=eps, autoattack=autoattack, seed=seed,
+                model,
+                tmp_dir,
+                formats=formats,
+                image_shape=image_shape,
+                num_classes=num_classes,
+                parity_u8=parity_u8,
+                reference_logits=reference_logits,
+                representative_x=representative_x,
+                representative_n=representative_n,
+                eval_x=eval_x,
+                eval_y=eval_y,
+                eps=eps,
+                autoattack=autoattack,
+                seed=seed,
             )
             card.update(
                 {
@@ -315,7 +326,8 @@ def export_student(
                     "input": {
                         "image_shape": list(image_shape),
                         "num_classes": num_classes,
-                        "class_names": None if class_names is None
+                        "class_names": None
+                        if class_names is None
                         else [str(c) for c in class_names],
                         "pixels": "float32 in [0, 1] for the Keras model, the `logits` signature "
                         "and the float/dynamic TFLite models; uint8 0..255 for "
@@ -335,7 +347,8 @@ def export_student(
             (tmp_dir / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
             if final_dir.exists():
                 raise FileExistsError(
-                    f"version folder {str(final_dir)!r} appeared during the export")
+                    f"version folder {str(final_dir)!r} appeared during the export"
+                )
             os.rename(tmp_dir, final_dir)
         except BaseException:
             shutil.rmtree(tmp_dir, ignore_errors=True)

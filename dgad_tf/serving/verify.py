@@ -43,9 +43,11 @@ def chance_level_warning(evaluation, num_classes):
     accuracy = evaluation["clean_accuracy"].get("keras")
     if accuracy is None or not at_chance_level(accuracy, num_classes, evaluation["n"]):
         return None
-    return (f"clean accuracy {accuracy:.4f} on {evaluation['n']} test images is at chance level "
-            f"for {num_classes} classes (1/{num_classes} = {1 / num_classes:.4f}): this model "
-            "has not learned the task")
+    return (
+        f"clean accuracy {accuracy:.4f} on {evaluation['n']} test images is at chance level "
+        f"for {num_classes} classes (1/{num_classes} = {1 / num_classes:.4f}): this model "
+        "has not learned the task"
+    )
 
 
 def _softmax(logits):
@@ -112,8 +114,9 @@ def _check_top1_agreement(name, reference_logits, logits):
 
 
 def _autoattack(model, x, labels, eps, seed):
-    report = evaluate_model(model, x, labels, attacks=("autoattack",), eps=eps,
-                            batch_size=AUTOATTACK_BATCH, seed=seed)
+    report = evaluate_model(
+        model, x, labels, attacks=("autoattack",), eps=eps, batch_size=AUTOATTACK_BATCH, seed=seed
+    )
     return {
         "status": "ok",
         "version": "standard",
@@ -128,8 +131,9 @@ def _verify_saved_model(model, tmp_dir, image_shape, parity_u8, reference_logits
     serve = loaded.signatures[SERVING_SIGNATURE]
     probabilities = signature_outputs(serve, parity_u8, "probabilities")
     classes = signature_outputs(serve, parity_u8, "classes")
-    sm_logits = signature_outputs(loaded.signatures[LOGITS_SIGNATURE], to_float(parity_u8),
-                                  "logits")
+    sm_logits = signature_outputs(
+        loaded.signatures[LOGITS_SIGNATURE], to_float(parity_u8), "logits"
+    )
     figures = _probability_parity("saved_model", _softmax(reference_logits), probabilities)
     figures["logits_signature"] = _check_probability_parity(
         "saved_model", reference_logits, sm_logits
@@ -140,8 +144,9 @@ def _verify_saved_model(model, tmp_dir, image_shape, parity_u8, reference_logits
     return loaded, figures
 
 
-def _verify_tflite(model, name, path, image_shape, parity_x, reference_logits,
-                   representative_x, representative_n):
+def _verify_tflite(
+    model, name, path, image_shape, parity_x, reference_logits, representative_x, representative_n
+):
     """Write and re-load one TFLite variant; returns (runner, parity figures, card entry)."""
     mode = tflite.TFLITE_MODES[name]
     path.write_bytes(
@@ -199,8 +204,15 @@ def build_and_verify(
     x_adv = None
     if evaluate:
         clean["keras"] = _accuracy(keras_logits(model, eval_xf), eval_y)
-        x_adv = adversarial_images(lambda images: model(images, training=False), eval_xf, eval_y,
-                                   "pgd20", eps=eps, batch_size=BATCH, seed=seed)
+        x_adv = adversarial_images(
+            lambda images: model(images, training=False),
+            eval_xf,
+            eval_y,
+            "pgd20",
+            eps=eps,
+            batch_size=BATCH,
+            seed=seed,
+        )
         robust["keras"] = _accuracy(keras_logits(model, x_adv), eval_y)
 
     if "saved_model" in formats:
@@ -219,8 +231,14 @@ def build_and_verify(
         if name not in formats:
             continue
         runner, parity[name], artifacts[name] = _verify_tflite(
-            model, name, tmp_dir / tflite.TFLITE_FILES[name], image_shape, parity_x,
-            reference_logits, representative_x, representative_n,
+            model,
+            name,
+            tmp_dir / tflite.TFLITE_FILES[name],
+            image_shape,
+            parity_x,
+            reference_logits,
+            representative_x,
+            representative_n,
         )
         if evaluate:
             clean[name] = _accuracy(runner.logits(eval_xf), eval_y)

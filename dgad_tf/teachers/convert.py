@@ -115,7 +115,9 @@ def _strip_wrapper_prefixes(state):
         while name.startswith(WRAPPER_PREFIXES):
             name = name.split(".", 1)[1]
         if name in stripped:
-            raise ConversionError(f"checkpoint has tensor {name!r} twice (with and without a wrapper prefix)")
+            raise ConversionError(
+                f"checkpoint has tensor {name!r} twice (with and without a wrapper prefix)"
+            )
         stripped[name] = value
     return stripped
 
@@ -145,13 +147,29 @@ def _keras_to_torch_names(layer):
         return [(f"{name}.{s}", i, _identity, _identity_shape) for i, s in enumerate(suffixes)]
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         # PyTorch depthwise weight (C, 1, kh, kw) <-> Keras (kh, kw, C, 1).
-        return [(f"{name}.weight", 0, lambda w: w.transpose(2, 3, 0, 1), lambda s: (s[2], s[3], s[0], s[1]))]
+        return [
+            (
+                f"{name}.weight",
+                0,
+                lambda w: w.transpose(2, 3, 0, 1),
+                lambda s: (s[2], s[3], s[0], s[1]),
+            )
+        ]
     if isinstance(layer, keras.layers.Conv2D):
-        entries = [(f"{name}.weight", 0, lambda w: w.transpose(2, 3, 1, 0), lambda s: (s[3], s[2], s[0], s[1]))]
+        entries = [
+            (
+                f"{name}.weight",
+                0,
+                lambda w: w.transpose(2, 3, 1, 0),
+                lambda s: (s[3], s[2], s[0], s[1]),
+            )
+        ]
     elif isinstance(layer, keras.layers.Dense):
         entries = [(f"{name}.weight", 0, lambda w: w.T, lambda s: (s[1], s[0]))]
     else:
-        raise ConversionError(f"layer {name!r} of type {type(layer).__name__} has no PyTorch mapping")
+        raise ConversionError(
+            f"layer {name!r} of type {type(layer).__name__} has no PyTorch mapping"
+        )
     if layer.use_bias:
         entries.append((f"{name}.bias", 1, _identity, _identity_shape))
     return entries
@@ -217,32 +235,44 @@ def convert_state_dict(state, arch, num_classes, *, normalize=None, input_shape=
         try:
             found_mean, found_std = _common.check_normalize((mean, std), channels)
         except ValueError as err:
-            raise ConversionError(f"checkpoint normalisation buffers {keys} are unusable: {err}") from None
+            raise ConversionError(
+                f"checkpoint normalisation buffers {keys} are unusable: {err}"
+            ) from None
         logger.info(
             "Found normalisation buffers %s: mean=%s std=%s",
-            keys, np.round(found_mean, 6).tolist(), np.round(found_std, 6).tolist(),
+            keys,
+            np.round(found_mean, 6).tolist(),
+            np.round(found_std, 6).tolist(),
         )
         if normalize is not None:
             given_mean, given_std = _common.check_normalize(normalize, channels)
-            if not (np.allclose(given_mean, found_mean, atol=1e-6) and np.allclose(given_std, found_std, atol=1e-6)):
+            if not (
+                np.allclose(given_mean, found_mean, atol=1e-6)
+                and np.allclose(given_std, found_std, atol=1e-6)
+            ):
                 raise ConversionError(
                     f"the checkpoint normalises inputs itself ({keys[0]}={found_mean.tolist()}, "
                     f"{keys[1]}={found_std.tolist()}) but a different `normalize` was given "
-                    f"(mean={given_mean.tolist()}, std={given_std.tolist()}); drop the explicit values"
+                    f"(mean={given_mean.tolist()}, std={given_std.tolist()}); "
+                    "drop the explicit values"
                 )
         normalize = (found_mean, found_std)
         report["normalize_source"] = f"checkpoint buffers {keys[0]!r}/{keys[1]!r}"
     elif normalize is not None:
         normalize = _common.check_normalize(normalize, channels)
         report["normalize_source"] = "given"
-    report["normalize"] = None if normalize is None else (normalize[0].tolist(), normalize[1].tolist())
+    report["normalize"] = (
+        None if normalize is None else (normalize[0].tolist(), normalize[1].tolist())
+    )
 
     model = _build(arch, num_classes, input_shape, normalize, state)
 
     import keras
 
     weight_layers = [
-        layer for layer in model.layers if layer.weights and not isinstance(layer, keras.layers.Normalization)
+        layer
+        for layer in model.layers
+        if layer.weights and not isinstance(layer, keras.layers.Normalization)
     ]
     classifier = weight_layers[-1]
     classifier_key = f"{classifier.name}.weight"
@@ -273,15 +303,20 @@ def convert_state_dict(state, arch, num_classes, *, normalize=None, input_shape=
         got = tuple(state[key].shape)
         if got != want:
             raise ConversionError(
-                f"shape mismatch for tensor {key!r}: checkpoint has {got}, {model.name} expects {want}"
+                f"shape mismatch for tensor {key!r}: checkpoint has {got}, "
+                f"{model.name} expects {want}"
             )
-        values[layer.name][index] = np.ascontiguousarray(to_keras(np.asarray(state[key], np.float32)))
+        values[layer.name][index] = np.ascontiguousarray(
+            to_keras(np.asarray(state[key], np.float32))
+        )
     for layer in weight_layers:
         layer.set_weights(values[layer.name])
     return model, report
 
 
-def convert_checkpoint(path, arch, num_classes, out_path=None, normalize=None, *, input_shape=(32, 32, 3)):
+def convert_checkpoint(
+    path, arch, num_classes, out_path=None, normalize=None, *, input_shape=(32, 32, 3)
+):
     """Convert a PyTorch checkpoint into a Keras model, optionally saving it as `.keras`.
 
     The output file is written atomically (a temporary file in the same directory, then
@@ -312,7 +347,9 @@ def _convert(path, arch, num_classes, out_path, normalize, input_shape):
     if out_path is not None and not str(out_path).endswith(".keras"):
         raise ValueError(f"`out_path` must end with '.keras'; received out_path={str(out_path)!r}")
     state = load_state_dict(path)
-    model, report = convert_state_dict(state, arch, num_classes, normalize=normalize, input_shape=input_shape)
+    model, report = convert_state_dict(
+        state, arch, num_classes, normalize=normalize, input_shape=input_shape
+    )
     if out_path is not None:
         save_atomically(model, out_path)
     return model, report
@@ -329,30 +366,45 @@ def _floats(text):
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; received {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers; received {text!r}"
+        ) from None
 
 
 def _ints(text):
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints; received {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated ints; received {text!r}"
+        ) from None
 
 
 def build_parser():
     """Command-line parser of `python -m dgad_tf.teachers.convert`."""
     from dgad_tf import cli
 
-    parser = cli.parser("python -m dgad_tf.teachers.convert",
-                        "Convert a PyTorch CIFAR checkpoint (TRADES/RobustBench/kuangliu layout) "
-                        "to .keras.")
-    parser.add_argument("--arch", required=True, help="wrn-D-W, resnet-18, resnet-34, preact-resnet-18, mobilenetv2")
-    parser.add_argument("--num-classes", type=int, required=True, help="classes of the checkpoint's classifier")
-    parser.add_argument(
-        "--normalize-mean", type=_floats, default=None, help="per-channel mean, e.g. 0.4914,0.4822,0.4465"
+    parser = cli.parser(
+        "python -m dgad_tf.teachers.convert",
+        "Convert a PyTorch CIFAR checkpoint (TRADES/RobustBench/kuangliu layout) to .keras.",
     )
     parser.add_argument(
-        "--normalize-std", type=_floats, default=None, help="per-channel std, e.g. 0.2471,0.2435,0.2616"
+        "--arch", required=True, help="wrn-D-W, resnet-18, resnet-34, preact-resnet-18, mobilenetv2"
+    )
+    parser.add_argument(
+        "--num-classes", type=int, required=True, help="classes of the checkpoint's classifier"
+    )
+    parser.add_argument(
+        "--normalize-mean",
+        type=_floats,
+        default=None,
+        help="per-channel mean, e.g. 0.4914,0.4822,0.4465",
+    )
+    parser.add_argument(
+        "--normalize-std",
+        type=_floats,
+        default=None,
+        help="per-channel std, e.g. 0.2471,0.2435,0.2616",
     )
     parser.add_argument("--input-shape", type=_ints, default=(32, 32, 3), help="H,W,C")
     parser.add_argument("input", help="checkpoint (.pt, .pth, .safetensors)")
