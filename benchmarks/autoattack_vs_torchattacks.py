@@ -59,7 +59,8 @@ def parse_args(argv=None):
 
 
 def _nchw(x_uint8):
-    return torch.from_numpy(x_uint8.astype(np.float32).transpose(0, 3, 1, 2) / 255.0)
+    return torch.from_numpy(np.ascontiguousarray(
+        x_uint8.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)))
 
 
 def fast_adversarial_training(net, x, y, epochs, seed, batch_size=128):

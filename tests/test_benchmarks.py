@@ -28,10 +28,14 @@ def test_one_dgad_step_agrees_with_pytorch(vs_pytorch):
     check = vs_pytorch.check_one_step("small-cnn", "small-cnn", batch_size=4, steps=2, seed=3)
     assert check["params_ours"] == check["params_torch"]
     assert check["loss_abs_diff"] <= vs_pytorch.LOSS_TOLERANCE
-    assert check["weights_ok"], check["max_abs_diff"]
+    assert check["weights_ok"], check["weight_failures"]
+    # Far inside the benchmark's tolerance on this small network, whose logits are well apart.
+    assert check["update_max_rel_diff"] < 1e-4
     assert check["max_abs_diff"]["trainable"] < 1e-5
     assert check["max_abs_diff"]["moving_mean"] < 1e-5
+    assert check["one_step_fraction_differing"] == 0.0
     assert check["x_adv_fraction_differing"] == 0.0
+    assert abs(check["attack_objective_ours"] - check["attack_objective_torch"]) < 1e-4
     assert check["passed"]
 
 
