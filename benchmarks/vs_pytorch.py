@@ -171,8 +171,8 @@ class MobileBlock(nn.Module):
 class MobileNetV2(nn.Module):
     """kuangliu/pytorch-cifar MobileNetV2."""
 
-    cfg = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-           (6, 160, 3, 2), (6, 320, 1, 1)]
+    cfg = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+           (6, 160, 3, 2), (6, 320, 1, 1))
 
     def __init__(self, num_classes=NUM_CLASSES):
         super().__init__()
