@@ -19,8 +19,9 @@ distiller's own methods, run on the same batch:
 
 Parts are timed in rounds (the order rotates every round) and reported as the median seconds
 and as the median fraction of the full step measured in the same round, so the figures are
-ratios within one run on a shared machine. `--variants` also times candidate fixes that stay
-outside the library: the attack with a `GradientTape(watch_accessed_variables=False)`.
+ratios within one run on a shared machine. Two candidate fixes are timed beside the parts they
+would replace: the attack with a `GradientTape(watch_accessed_variables=False)` ("attack, tape
+on input only") and the teacher run once on the concatenated batch.
 
 Example:
 
