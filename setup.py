@@ -1,4 +1,5 @@
-"""Install dgad_tf: `pip install -e .` (`[test]` adds pytest, `[torch]` the PyTorch converter)."""
+"""Install dgad_tf: `pip install -e .` (`[test]` adds pytest, `[torch]` the PyTorch converter,
+`[bench]` the benchmarks against PyTorch)."""
 
 import pathlib
 import re
@@ -27,5 +28,9 @@ setup(
     extras_require={
         "test": ["pytest>=7"],
         "torch": ["torch>=2.0", "safetensors>=0.4"],
+        # benchmarks/vs_pytorch.py and benchmarks/autoattack_vs_torchattacks.py compare against
+        # PyTorch and torchattacks' AutoAttack. Install torch first (the CPU or CUDA build you
+        # want): torchattacks only asks for torch>=1.7.1 and must not pull another build.
+        "bench": ["torch>=2.0", "torchattacks>=3.5"],
     },
 )
