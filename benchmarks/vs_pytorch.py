@@ -38,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -53,6 +54,8 @@ sys.path.insert(0, os.path.dirname(_HERE))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
+
+from dgad_tf.teachers.torch_reference import NETWORKS, count_parameters  # noqa: E402
 
 EPS = 8 / 255
 STEP_SIZE = 2 / 255
@@ -105,168 +108,13 @@ class SmallCNN(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, in_planes, planes, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
-
-
-class ResNet18(nn.Module):
-    """kuangliu/pytorch-cifar ResNet-18."""
-
-    def __init__(self, num_classes=NUM_CLASSES):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        in_planes = 64
-        for index, planes in enumerate((64, 128, 256, 512)):
-            blocks = []
-            for i in range(2):
-                blocks.append(BasicBlock(in_planes, planes, 2 if index > 0 and i == 0 else 1))
-                in_planes = planes
-            setattr(self, f"layer{index + 1}", nn.Sequential(*blocks))
-        self.linear = nn.Linear(512, num_classes)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        return self.linear(F.avg_pool2d(out, 4).flatten(1))
-
-
-class MobileBlock(nn.Module):
-    def __init__(self, in_planes, out_planes, expansion, stride):
-        super().__init__()
-        self.stride = stride
-        planes = expansion * in_planes
-        self.conv1 = nn.Conv2d(in_planes, planes, 1, 1, 0, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, groups=planes, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out_planes, 1, 1, 0, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_planes)
-        self.shortcut = nn.Sequential()
-        if stride == 1 and in_planes != out_planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, out_planes, 1, 1, 0, bias=False), nn.BatchNorm2d(out_planes)
-            )
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return out + self.shortcut(x) if self.stride == 1 else out
-
-
-class MobileNetV2(nn.Module):
-    """kuangliu/pytorch-cifar MobileNetV2."""
-
-    cfg = (
-        (1, 16, 1, 1),
-        (6, 24, 2, 1),
-        (6, 32, 3, 2),
-        (6, 64, 4, 2),
-        (6, 96, 3, 1),
-        (6, 160, 3, 2),
-        (6, 320, 1, 1),
-    )
-
-    def __init__(self, num_classes=NUM_CLASSES):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 32, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(32)
-        layers, in_planes = [], 32
-        for expansion, out_planes, num_blocks, stride in self.cfg:
-            for s in [stride] + [1] * (num_blocks - 1):
-                layers.append(MobileBlock(in_planes, out_planes, expansion, s))
-                in_planes = out_planes
-        self.layers = nn.Sequential(*layers)
-        self.conv2 = nn.Conv2d(320, 1280, 1, 1, 0, bias=False)
-        self.bn2 = nn.BatchNorm2d(1280)
-        self.linear = nn.Linear(1280, num_classes)
-
-    def forward(self, x):
-        out = self.layers(F.relu(self.bn1(self.conv1(x))))
-        out = F.relu(self.bn2(self.conv2(out)))
-        return self.linear(F.avg_pool2d(out, 4).flatten(1))
-
-
-class WideBlock(nn.Module):
-    def __init__(self, in_planes, out_planes, stride):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_planes)
-        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
-        self.equal_in_out = in_planes == out_planes
-        self.convShortcut = (
-            None
-            if self.equal_in_out
-            else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
-        )
-
-    def forward(self, x):
-        if self.equal_in_out:
-            out = F.relu(self.bn1(x))
-            shortcut = x
-        else:
-            x = F.relu(self.bn1(x))
-            out = x
-            shortcut = self.convShortcut(x)
-        return shortcut + self.conv2(F.relu(self.bn2(self.conv1(out))))
-
-
-class WideStage(nn.Module):
-    def __init__(self, n, in_planes, out_planes, stride):
-        super().__init__()
-        self.layer = nn.Sequential(
-            *[
-                WideBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1)
-                for i in range(n)
-            ]
-        )
-
-    def forward(self, x):
-        return self.layer(x)
-
-
-class WideResNet(nn.Module):
-    """TRADES' WRN-34-10 (without its unused `sub_block1`, which holds no work)."""
-
-    def __init__(self, depth=34, width=10, num_classes=NUM_CLASSES):
-        super().__init__()
-        n = (depth - 4) // 6
-        channels = [16, 16 * width, 32 * width, 64 * width]
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.block1 = WideStage(n, 16, channels[1], 1)
-        self.block2 = WideStage(n, channels[1], channels[2], 2)
-        self.block3 = WideStage(n, channels[2], channels[3], 2)
-        self.bn1 = nn.BatchNorm2d(channels[3])
-        self.fc = nn.Linear(channels[3], num_classes)
-
-    def forward(self, x):
-        out = self.block3(self.block2(self.block1(self.conv1(x))))
-        out = F.relu(self.bn1(out))
-        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
-
-
+# The zoo's networks in the public PyTorch layouts the converter reads (kuangliu, TRADES).
 TORCH_NETS = {
     "small-cnn": SmallCNN,
-    "resnet-18": ResNet18,
-    "mobilenetv2": MobileNetV2,
-    "wrn-34-10": WideResNet,
+    **{
+        arch: functools.partial(NETWORKS[arch], NUM_CLASSES)
+        for arch in ("resnet-18", "mobilenetv2", "wrn-34-10")
+    },
 }
 
 
@@ -411,7 +259,7 @@ def make_distiller(student, teacher, steps, attack_init):
 
 
 def count_params(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+    return count_parameters(net)
 
 
 def _weight_groups(model):

@@ -30,6 +30,19 @@ def parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return result
 
 
+def add_config_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
+    """`--config FILE`, repeatable `--set section.key=value` and `--quiet`, as fit and tune take."""
+    parser.add_argument("--config", help=config_help)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one value; repeatable",
+    )
+    parser.add_argument("--quiet", action="store_true", help="log lines only, no progress bars")
+
+
 def int_at_least(minimum: int):
     """An argparse type: an integer >= `minimum` (argparse then exits 2 naming the option)."""
 

@@ -21,18 +21,10 @@ from dgad_tf import cli
 
 def main(argv=None) -> int:
     parser = cli.parser("python -m dgad_tf.fit", __doc__)
-    parser.add_argument("--config", help="YAML file of overrides (default: built-in defaults)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one value; repeatable",
-    )
+    cli.add_config_arguments(parser, "YAML file of overrides (default: built-in defaults)")
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
     )
-    parser.add_argument("--quiet", action="store_true", help="log lines only, no progress bars")
     args = parser.parse_args(argv)
 
     from dgad_tf.config import ConfigError, load_config

@@ -24,21 +24,13 @@ from dgad_tf import cli
 
 def main(argv=None) -> int:
     parser = cli.parser("python -m dgad_tf.tune", __doc__)
-    parser.add_argument("--config", help="YAML file of overrides with a `tune:` section")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one value; repeatable",
-    )
+    cli.add_config_arguments(parser, "YAML file of overrides with a `tune:` section")
     parser.add_argument("--tuner", help="random, bayesian or hyperband (tune.tuner)")
     parser.add_argument(
         "--max-trials", help="trials in all, finished ones included (tune.max_trials)"
     )
     parser.add_argument("--epochs", help="epochs per trial (tune.epochs)")
     parser.add_argument("--out", help="search directory (output.dir)")
-    parser.add_argument("--quiet", action="store_true", help="log lines only, no progress bars")
     args = parser.parse_args(argv)
 
     from dgad_tf.config import ConfigError, load_config

@@ -1,7 +1,7 @@
 """Tests for dgad_tf.teachers.convert against PyTorch reference networks.
 
-The PyTorch networks in tests/torch_reference.py follow the public reference layouts (TRADES /
-RobustBench WideResNet with its unused `sub_block1`, kuangliu's ResNet, PreAct-ResNet and
+The PyTorch networks in dgad_tf/teachers/torch_reference.py follow the public reference layouts
+(TRADES / RobustBench WideResNet with its unused `sub_block1`, kuangliu's ResNet, PreAct-ResNet and
 MobileNetV2); their weights and BatchNorm running statistics are randomised, and the converted
 Keras model must reproduce their logits and input gradients.
 """
@@ -18,9 +18,14 @@ nn = torch.nn
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from torch_reference import NETWORKS, KuangliuPreActBlock, KuangliuResNet, TradesWideResNet  # noqa: E402  (pytest puts tests/ on the path)
 
 from dgad_tf.teachers import convert  # noqa: E402
+from dgad_tf.teachers.torch_reference import (  # noqa: E402
+    NETWORKS,
+    KuangliuPreActBlock,
+    KuangliuResNet,
+    TradesWideResNet,
+)
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)

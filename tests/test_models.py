@@ -31,9 +31,9 @@ def _randomize(model, seed=0):
 
 
 def _torch_reference(name, num_classes):
-    """The PyTorch reference network of a registry name (tests/torch_reference.py)."""
+    """The PyTorch reference network of a registry name (dgad_tf/teachers/torch_reference.py)."""
     pytest.importorskip("torch")
-    from torch_reference import (
+    from dgad_tf.teachers.torch_reference import (
         KuangliuBasicBlock,
         KuangliuMobileNetV2,
         KuangliuPreActBlock,
@@ -57,12 +57,9 @@ def _torch_reference(name, num_classes):
     "name", ["resnet-18", "mobilenetv2", "wrn-16-4", "wrn-34-10", "resnet-34", "preact-resnet-18"]
 )
 def test_trainable_parameter_count_matches_pytorch(name):
-    # PyTorch's count, sum(p.numel() for p in net.parameters()), without TRADES' WRN
-    # `sub_block1`: it is built but never called, and checkpoints' copies of it are dropped.
-    net = _torch_reference(name, 10)
-    expected = sum(
-        p.numel() for path, p in net.named_parameters() if not path.startswith("sub_block1.")
-    )
+    from dgad_tf.teachers.torch_reference import count_parameters
+
+    expected = count_parameters(_torch_reference(name, 10))
     assert _trainable_params(build_model(name, 10)) == expected
 
 

@@ -1,7 +1,8 @@
-"""PyTorch reference networks (public layouts) shared by the conversion and model tests.
+"""PyTorch reference networks in the public layouts the converter reads.
 
-TRADES / RobustBench WideResNet with its unused `sub_block1`, kuangliu's ResNet,
-PreAct-ResNet and MobileNetV2. Import only after `pytest.importorskip("torch")`.
+TRADES / RobustBench WideResNet with its unused `sub_block1`, kuangliu's ResNet, PreAct-ResNet
+and MobileNetV2: what the converter's tests convert, the model tests count parameters of, and
+the benchmarks time against. Needs the `torch` extra.
 """
 
 import torch
@@ -203,6 +204,13 @@ class KuangliuMobileNetV2(nn.Module):
         return self.linear(F.avg_pool2d(out, 4).flatten(1))
 
 
+def count_parameters(net) -> int:
+    """PyTorch's parameter count without TRADES' `sub_block1` (built, never called, dropped)."""
+    return sum(
+        p.numel() for path, p in net.named_parameters() if not path.startswith("sub_block1.")
+    )
+
+
 NETWORKS = {
     "wrn-10-2": lambda classes: TradesWideResNet(10, 2, classes),
     "wrn-16-1": lambda classes: TradesWideResNet(16, 1, classes),
@@ -210,4 +218,5 @@ NETWORKS = {
     "resnet-34": lambda classes: KuangliuResNet(KuangliuBasicBlock, (3, 4, 6, 3), classes),
     "preact-resnet-18": lambda classes: KuangliuResNet(KuangliuPreActBlock, (2, 2, 2, 2), classes),
     "mobilenetv2": lambda classes: KuangliuMobileNetV2(classes),
+    "wrn-34-10": lambda classes: TradesWideResNet(34, 10, classes),
 }
