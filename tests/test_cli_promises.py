@@ -390,3 +390,44 @@ def test_print_config_of_a_paper_recipe_says_what_the_run_reproduces(capsys):
     )
     printed = yaml.safe_load(out)  # the comments leave it a valid config
     assert printed["data"]["val_fraction"] == 0 and printed["train"]["select"] == "best_test"
+
+
+def test_log_csv_reading_skips_a_repeated_header(tmp_path):
+    from dgad_tf.rundir import read_log
+
+    log_csv = tmp_path / "log.csv"
+    log_csv.write_text(
+        "epoch,loss,val_robust_accuracy\n1,0.5,0.2\nepoch,loss,val_robust_accuracy\n2,0.4,NA\n"
+    )
+    assert read_log(log_csv) == [
+        {"epoch": 1.0, "loss": 0.5, "val_robust_accuracy": 0.2},
+        {"epoch": 2.0, "loss": 0.4, "val_robust_accuracy": None},
+    ]
+
+
+def test_fit_prints_one_plain_line_per_epoch_when_stdout_is_not_a_terminal(tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "dgad_tf.fit",
+        "--config",
+        str(REPO / "configs" / "quickstart.yaml"),
+    ]
+    for item in (
+        "method.name=clean",
+        "train.epochs=2",
+        "data.train_limit=256",
+        "train.val_robust_n=64",
+        "eval.n=64",
+        "eval.attacks=[clean]",
+        "output.tensorboard=false",
+        f"output.dir={tmp_path / 'run'}",
+    ):
+        command += ["--set", item]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\r" not in proc.stdout and "\x08" not in proc.stdout
+    assert [line for line in proc.stdout.splitlines() if line.startswith("Epoch ")] == [
+        "Epoch 1/2",
+        "Epoch 2/2",
+    ]
