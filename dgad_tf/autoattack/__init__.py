@@ -5,7 +5,8 @@ Every attack is a pure function ``(model_fn, x, labels, *, eps, ...) -> x_adv`` 
 and reports the per-point worst case.
 """
 
-from dgad_tf.autoattack.apgd import apgd, apgd_checkpoints, apgd_targeted, clear_compiled_cache
+from dgad_tf.autoattack._common import clear_compiled_cache
+from dgad_tf.autoattack.apgd import apgd, apgd_checkpoints, apgd_targeted
 from dgad_tf.autoattack.fab import fab_targeted, project_linf_hyperplane_box
 from dgad_tf.autoattack.losses import cross_entropy_loss, dlr_loss, dlr_targeted_loss, margin_loss
 from dgad_tf.autoattack.runner import STANDARD_ATTACKS, check_model_outputs, run_autoattack

@@ -13,7 +13,7 @@ target runs inside a ``tf.function``, one gradient of ``z_target - z_y`` per ite
 
 import tensorflow as tf
 
-from dgad_tf.autoattack.apgd import (
+from dgad_tf.autoattack._common import (
     attack_still_robust,
     cached_function,
     check_eps,

@@ -19,7 +19,8 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from dgad_tf.autoattack.apgd import apgd, apgd_targeted, check_eps, check_positive_int
+from dgad_tf.autoattack._common import check_eps, check_positive_int
+from dgad_tf.autoattack.apgd import apgd, apgd_targeted
 from dgad_tf.autoattack.fab import fab_targeted
 from dgad_tf.autoattack.square import square
 

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from dgad_tf.autoattack.apgd import (
+from dgad_tf.autoattack._common import (
     attack_still_robust,
     cached_function,
     check_eps,
