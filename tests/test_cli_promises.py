@@ -59,6 +59,11 @@ def listing(folder):
 # --------------------------------------------------------------------------- export
 
 
+def export(model, out, *flags):
+    """`python -m dgad_tf.export --model MODEL --out OUT FLAGS...`, its exit code."""
+    return export_cli.main(["--model", str(model), "--out", str(out), *flags])
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -70,7 +75,7 @@ def listing(folder):
 )
 def test_export_refuses_bad_flags_with_exit_2(run_folder, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
-        export_cli.main(["--model", str(run_folder), "--out", str(tmp_path / "m")] + flags)
+        export(run_folder, tmp_path / "m", *flags)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
@@ -78,17 +83,8 @@ def test_export_refuses_bad_flags_with_exit_2(run_folder, tmp_path, capsys, flag
 
 def test_export_refuses_an_existing_version_before_working(run_folder, tmp_path, capsys):
     (tmp_path / "m" / "4").mkdir(parents=True)
-    code = export_cli.main(
-        [
-            "--model",
-            str(run_folder),
-            "--out",
-            str(tmp_path / "m"),
-            "--version",
-            "4",
-            "--formats",
-            "tflite_float",
-        ]
+    code = export(
+        str(run_folder), str(tmp_path / "m"), "--version", "4", "--formats", "tflite_float"
     )
     assert code == 2
     assert "--version 4 already exists" in capsys.readouterr().err
@@ -96,9 +92,7 @@ def test_export_refuses_an_existing_version_before_working(run_folder, tmp_path,
 
 
 def test_export_names_a_missing_model_first(tmp_path, capsys):
-    code = export_cli.main(
-        ["--model", str(tmp_path / "runs" / "nope"), "--out", str(tmp_path / "m")]
-    )
+    code = export(tmp_path / "runs" / "nope", tmp_path / "m")
     assert code == 2
     err = capsys.readouterr().err
     assert "no model at" in err and "calibration" not in err
@@ -110,9 +104,7 @@ def test_export_refuses_an_unwritable_out(run_folder, tmp_path, capsys, kind):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
     out = blocker if kind == "file" else blocker / "m"
-    code = export_cli.main(
-        ["--model", str(run_folder), "--out", str(out), "--formats", "tflite_float"]
-    )
+    code = export(run_folder, out, "--formats", "tflite_float")
     assert code == 2
     assert "--out" in capsys.readouterr().err
     assert blocker.read_text() == "a file"
@@ -120,17 +112,8 @@ def test_export_refuses_an_unwritable_out(run_folder, tmp_path, capsys, kind):
 
 def test_a_second_exporter_of_the_same_base_path_is_refused(run_folder, tmp_path, capsys):
     with FolderLock(tmp_path / "m", "export folder"):
-        code = export_cli.main(
-            [
-                "--model",
-                str(run_folder),
-                "--out",
-                str(tmp_path / "m"),
-                "--formats",
-                "tflite_float",
-                "--eval-n",
-                "0",
-            ]
+        code = export(
+            str(run_folder), str(tmp_path / "m"), "--formats", "tflite_float", "--eval-n", "0"
         )
     assert code == 2
     assert "being written by" in capsys.readouterr().err
@@ -140,34 +123,16 @@ def test_a_second_exporter_of_the_same_base_path_is_refused(run_folder, tmp_path
 def test_export_removes_temporaries_of_a_killed_export(run_folder, tmp_path):
     stale = tmp_path / "m" / ".tmp-1-abc123"
     (stale / "variables").mkdir(parents=True)
-    code = export_cli.main(
-        [
-            "--model",
-            str(run_folder),
-            "--out",
-            str(tmp_path / "m"),
-            "--formats",
-            "tflite_float",
-            "--eval-n",
-            "0",
-        ]
+    code = export(
+        str(run_folder), str(tmp_path / "m"), "--formats", "tflite_float", "--eval-n", "0"
     )
     assert code == 0
     assert listing(tmp_path / "m") == ["1", "1/model_card.json", "1/model_float32.tflite"]
 
 
 def test_export_defaults_to_the_runs_eps(run_folder, tmp_path):
-    code = export_cli.main(
-        [
-            "--model",
-            str(run_folder),
-            "--out",
-            str(tmp_path / "m"),
-            "--formats",
-            "tflite_float",
-            "--eval-n",
-            "20",
-        ]
+    code = export(
+        str(run_folder), str(tmp_path / "m"), "--formats", "tflite_float", "--eval-n", "20"
     )
     assert code == 0
     card = json.loads((tmp_path / "m" / "1" / "model_card.json").read_text())
