@@ -1,7 +1,8 @@
-"""The training methods: what each attacks, which forwards its loss needs, and its loss.
+"""The training methods: what each attacks, which forwards its loss takes, and its loss.
 
-`METHOD_SPECS` maps `method.name` to a `MethodSpec`; the distiller's train step looks its method up
-here, so adding a method is one spec and one loss function in `dgad_tf.losses`.
+`METHOD_SPECS` maps `method.name` to a `MethodSpec`, which binds the method's `MethodConfig`
+options to its loss function in `dgad_tf.losses`; the distiller's train step looks its method up
+here, so adding a method is one loss function and one spec.
 """
 
 from __future__ import annotations
@@ -31,14 +32,18 @@ class StepContext:
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
-    """What a training method attacks and how it scores the student.
+    """What a training method attacks and how it scores the student: its loss with options bound.
 
     Args:
         attack: "none", "ce" (CE to labels), "kl_teacher" (KL(t(x')‖s(x')), both moving),
             "kl_student_clean" (KL(s(x)‖s(x'))) or "kl_teacher_clean" (KL(t(x)‖s(x'))).
         needs_teacher: whether the method distils from a teacher.
         student_clean: whether the student's clean forward (training mode) enters the loss.
-        loss: `(forwards, options: MethodConfig, global_batch, StepContext) -> dict` of terms.
+        loss_fn: the method's loss in `dgad_tf.losses`.
+        inputs: the forwards `loss_fn` takes, in order (keys of the train step's forwards:
+            "s_clean", "s_adv", "t_clean", "t_adv", "y").
+        options: (keyword of `loss_fn`, field of `MethodConfig`) pairs. Defaults to ().
+        context: (keyword of `loss_fn`, field of `StepContext`) pairs. Defaults to ().
         reference_forwards: the student's training-mode forwards in the order of the method's
             reference code ("clean", "adv"; a "+" marks a forward whose output the loss does not
             use: it only moves batch-norm statistics). Defaults to ("clean", "adv").
@@ -49,118 +54,94 @@ class MethodSpec:
     attack: str
     needs_teacher: bool
     student_clean: bool
-    loss: Callable[..., dict]
+    loss_fn: Callable[..., dict]
+    inputs: tuple
+    options: tuple = ()
+    context: tuple = ()
     reference_forwards: tuple = ("clean", "adv")
     reference_train_mode_attack: bool = False
 
-
-def _clean(f, o, gbs, step):
-    return losses.clean_loss(f["s_clean"], f["y"], global_batch_size=gbs)
-
-
-def _pgd_at(f, o, gbs, step):
-    return losses.pgd_at_loss(f["s_adv"], f["y"], global_batch_size=gbs)
-
-
-def _trades(f, o, gbs, step):
-    return losses.trades_loss(
-        f["s_clean"], f["s_adv"], f["y"], beta=o.trades_beta, global_batch_size=gbs
-    )
+    def loss(self, forwards: dict, options, global_batch, step: StepContext) -> dict:
+        """The loss dict of `loss_fn` on `forwards`, with the method's options bound."""
+        kwargs = {arg: getattr(options, field) for arg, field in self.options}
+        kwargs.update({arg: getattr(step, field) for arg, field in self.context})
+        return self.loss_fn(
+            *(forwards[key] for key in self.inputs), global_batch_size=global_batch, **kwargs
+        )
 
 
-def _ard(f, o, gbs, step):
-    return losses.ard_loss(
-        f["s_clean"],
-        f["s_adv"],
-        f["t_clean"],
-        f["y"],
-        alpha=o.ard_alpha,
-        temperature=o.ard_temperature,
-        kl_reduction=o.kl_reduction,
-        kl_scale=o.kl_scale,
-        global_batch_size=gbs,
-    )
-
-
-def _rslad(f, o, gbs, step):
-    return losses.rslad_loss(
-        f["s_clean"],
-        f["s_adv"],
-        f["t_clean"],
-        kl_reduction=o.kl_reduction,
-        kl_scale=o.kl_scale,
-        log_epsilon=o.rslad_log_epsilon,
-        global_batch_size=gbs,
-    )
-
-
-def _adaad(f, o, gbs, step):
-    return losses.adaad_loss(
-        f["s_clean"],
-        f["s_adv"],
-        f["t_clean"],
-        f["t_adv"],
-        alpha=o.adaad_alpha,
-        kl_reduction=o.kl_reduction,
-        kl_scale=o.kl_scale,
-        global_batch_size=gbs,
-    )
-
-
-def _iad(f, o, gbs, step):
-    return losses.iad_loss(
-        f["s_clean"],
-        f["s_adv"],
-        f["t_adv"],
-        f["y"],
-        introspection=step.introspection,
-        alpha=o.iad_alpha,
-        beta=o.iad_beta,
-        temperature=o.iad_temperature,
-        global_batch_size=gbs,
-    )
-
-
-def _dgad(f, o, gbs, step):
-    return losses.dgad_loss(
-        f["s_clean"],
-        f["s_adv"],
-        f["t_clean"],
-        f["t_adv"],
-        f["y"],
-        beta=o.beta,
-        use_map=o.use_map,
-        use_els=o.use_els,
-        distill_weight=o.distill_weight,
-        weighting=o.dgad_weighting,
-        reference_batch_size=step.batch_size,
-        global_batch_size=gbs,
-    )
-
+_KL_SCALE = (("kl_reduction", "kl_reduction"), ("kl_scale", "kl_scale"))
 
 METHOD_SPECS = {
-    "clean": MethodSpec("none", False, True, _clean, reference_forwards=("clean",)),
+    "clean": MethodSpec(
+        "none", False, True, losses.clean_loss, ("s_clean", "y"), reference_forwards=("clean",)
+    ),
     # AdaAD's SAT baseline: a training-mode clean forward after the adversarial one, unused.
-    "pgd_at": MethodSpec("ce", False, False, _pgd_at, reference_forwards=("adv", "+clean")),
+    "pgd_at": MethodSpec(
+        "ce", False, False, losses.pgd_at_loss, ("s_adv", "y"), reference_forwards=("adv", "+clean")
+    ),
     # TRADES evaluates model(x_adv) and then model(x_natural) again inside its KL; in training
     # mode on the same batch that third forward equals the first, so only its statistics count.
     "trades": MethodSpec(
-        "kl_student_clean", False, True, _trades, reference_forwards=("clean", "adv", "+clean")
+        "kl_student_clean",
+        False,
+        True,
+        losses.trades_loss,
+        ("s_clean", "s_adv", "y"),
+        options=(("beta", "trades_beta"),),
+        reference_forwards=("clean", "adv", "+clean"),
     ),
     "ard": MethodSpec(
         "ce",
         True,
         True,
-        _ard,
+        losses.ard_loss,
+        ("s_clean", "s_adv", "t_clean", "y"),
+        options=(("alpha", "ard_alpha"), ("temperature", "ard_temperature")) + _KL_SCALE,
         reference_forwards=("adv", "clean"),
         reference_train_mode_attack=True,
     ),
     "rslad": MethodSpec(
-        "kl_teacher_clean", True, True, _rslad, reference_forwards=("adv", "clean")
+        "kl_teacher_clean",
+        True,
+        True,
+        losses.rslad_loss,
+        ("s_clean", "s_adv", "t_clean"),
+        options=_KL_SCALE + (("log_epsilon", "rslad_log_epsilon"),),
+        reference_forwards=("adv", "clean"),
     ),
-    "adaad": MethodSpec("kl_teacher", True, True, _adaad),
-    "iad": MethodSpec("kl_teacher", True, True, _iad),
-    "dgad": MethodSpec("kl_teacher", True, True, _dgad),
+    "adaad": MethodSpec(
+        "kl_teacher",
+        True,
+        True,
+        losses.adaad_loss,
+        ("s_clean", "s_adv", "t_clean", "t_adv"),
+        options=(("alpha", "adaad_alpha"),) + _KL_SCALE,
+    ),
+    "iad": MethodSpec(
+        "kl_teacher",
+        True,
+        True,
+        losses.iad_loss,
+        ("s_clean", "s_adv", "t_adv", "y"),
+        options=(("alpha", "iad_alpha"), ("beta", "iad_beta"), ("temperature", "iad_temperature")),
+        context=(("introspection", "introspection"),),
+    ),
+    "dgad": MethodSpec(
+        "kl_teacher",
+        True,
+        True,
+        losses.dgad_loss,
+        ("s_clean", "s_adv", "t_clean", "t_adv", "y"),
+        options=(
+            ("beta", "beta"),
+            ("use_map", "use_map"),
+            ("use_els", "use_els"),
+            ("distill_weight", "distill_weight"),
+            ("weighting", "dgad_weighting"),
+        ),
+        context=(("reference_batch_size", "batch_size"),),
+    ),
 }
 assert set(METHOD_SPECS) == set(METHODS)
 assert {m for m, s in METHOD_SPECS.items() if s.needs_teacher} == set(TEACHER_METHODS)
