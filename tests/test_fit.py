@@ -72,26 +72,36 @@ def test_dgad_run_writes_a_complete_run_directory(tmp_path):
     assert teacher.output_shape[-1] == 10
 
 
-def test_resume_after_kill_continues_after_the_last_epoch(tmp_path):
-    run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "dgad_tf.fit"] + args(
-        run_dir, "method.name=pgd_at", "train.epochs=4", "output.tensorboard=false"
-    )
+def _kill_after_first_epoch(fit_args, run_dir, extra_seconds=0.0):
+    """Run `python -m dgad_tf.fit` in a subprocess, SIGKILL it once an epoch's state is written
+    (plus `extra_seconds`), and return the epochs the state file says are done."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "dgad_tf.fit", *fit_args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     state = run_dir / "train_state.npz"
     deadline = time.time() + 240
     try:
         while not state.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert state.exists(), "no epoch completed in time"
+        time.sleep(extra_seconds)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     with np.load(state) as saved:
-        done = json.loads(str(saved["meta"]))["epoch"]
+        return json.loads(str(saved["meta"]))["epoch"]
+
+
+def test_resume_after_kill_continues_after_the_last_epoch(tmp_path):
+    run_dir = tmp_path / "run"
+    done = _kill_after_first_epoch(
+        args(run_dir, "method.name=pgd_at", "train.epochs=4", "output.tensorboard=false"), run_dir
+    )
     assert done >= 1
     if done == 4:
         pytest.skip("the run finished before it could be killed")
@@ -121,23 +131,8 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_bit_exact(tmp_path):
     assert main(args(uninterrupted, *extra)) == 0
 
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "dgad_tf.fit"] + args(killed, *extra)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    state = killed / "train_state.npz"
-    deadline = time.time() + 240
-    try:
-        while not state.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert state.exists(), "no epoch completed in time"
-        time.sleep(0.3)  # into the second epoch (25 steps), not past it
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    with np.load(state) as saved:
-        done = json.loads(str(saved["meta"]))["epoch"]
+    # 0.3 s after the first epoch's state appears: into the second epoch (25 steps), not past it.
+    done = _kill_after_first_epoch(args(killed, *extra), killed, extra_seconds=0.3)
     if done == 3:
         pytest.skip("the run finished before it could be killed")
     assert main(args(killed, *extra)) == 0
