@@ -33,11 +33,13 @@ Example:
     python benchmarks/vs_pytorch.py --quick
     python benchmarks/vs_pytorch.py --configs resnet-18:resnet-18 --rounds 7
     python benchmarks/vs_pytorch.py --paper          # ResNet-18 <- WRN-34-10, batch 128, GPU
+    python benchmarks/vs_pytorch.py --gradient-check resnet-18 [--smooth]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -174,16 +176,24 @@ def dgad_loss_torch(s_clean, s_adv, t_clean, t_adv, labels, beta=BETA):
     return kl.sum() / batch + beta * pcr / (batch * num_classes)
 
 
-def pgd_kl_torch(student, teacher, x, steps, init_noise=True):
-    """The DGAD inner maximisation, both networks in eval mode, gradients to x' only."""
+def pgd_kl_torch(student, teacher, x, steps, init_noise=True, autocast=None):
+    """The DGAD inner maximisation, both networks in eval mode, gradients to x' only.
+
+    `autocast`: None (float32), or a torch dtype the networks run in under `torch.autocast`
+    (the KL and the sign step stay float32, as on our side).
+    """
     student.eval()
     x_adv = x.detach()
     if init_noise:
         x_adv = (x_adv + INIT_STD * torch.randn_like(x_adv)).clamp(0.0, 1.0)
     for _ in range(steps):
         x_adv.requires_grad_(True)
+        with _autocast(x, autocast):
+            s_logits, t_logits = student(x_adv), teacher(x_adv)
         loss = F.kl_div(
-            F.log_softmax(student(x_adv), dim=1), F.softmax(teacher(x_adv), dim=1), reduction="sum"
+            F.log_softmax(s_logits.float(), dim=1),
+            F.softmax(t_logits.float(), dim=1),
+            reduction="sum",
         )
         (grad,) = torch.autograd.grad(loss, [x_adv])
         x_adv = x_adv.detach() + STEP_SIZE * grad.sign()
@@ -192,11 +202,21 @@ def pgd_kl_torch(student, teacher, x, steps, init_noise=True):
     return x_adv.detach()
 
 
-class TorchDGADStep:
-    """One DGAD training step in idiomatic PyTorch (what a reference training loop does)."""
+def _autocast(x, dtype):
+    """`torch.autocast` to `dtype` on x's device; a no-op context for None (float32)."""
+    return torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None)
 
-    def __init__(self, student, teacher, steps):
+
+class TorchDGADStep:
+    """One DGAD training step in idiomatic PyTorch (what a reference training loop does).
+
+    `autocast`: None (float32), or torch.bfloat16 to run the networks under `torch.autocast`
+    (PyTorch's mixed precision; losses on float32 logits).
+    """
+
+    def __init__(self, student, teacher, steps, autocast=None):
         self.student, self.teacher, self.steps = student, teacher, steps
+        self.autocast = autocast
         self.teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -206,14 +226,18 @@ class TorchDGADStep:
 
     def __call__(self, x, y, init_noise=True, x_adv=None):
         if x_adv is None:
-            x_adv = pgd_kl_torch(self.student, self.teacher, x, self.steps, init_noise)
+            x_adv = pgd_kl_torch(
+                self.student, self.teacher, x, self.steps, init_noise, self.autocast
+            )
         self.student.train()
-        s_clean = self.student(x)
-        s_adv = self.student(x_adv)
-        with torch.no_grad():
-            t_clean = self.teacher(x)
-            t_adv = self.teacher(x_adv)
-        loss = dgad_loss_torch(s_clean, s_adv, t_clean, t_adv, y)
+        with _autocast(x, self.autocast):
+            s_clean = self.student(x)
+            s_adv = self.student(x_adv)
+            with torch.no_grad():
+                t_clean = self.teacher(x)
+                t_adv = self.teacher(x_adv)
+        logits = (s_clean, s_adv, t_clean, t_adv)
+        loss = dgad_loss_torch(*(z.float() for z in logits), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -417,14 +441,22 @@ def check_one_step(student_arch, teacher_arch, batch_size, steps, seed=0, device
     )
 
 
-def gradient_agreement(arch, batch_size, seed=0):
+def gradient_agreement(arch, batch_size, seed=0, smooth=False):
     """Weight gradients of one training-mode forward under a linear loss, against float64.
 
     Isolates the frameworks' backward passes from the DGAD loss: loss = sum(logits * r) for a
     fixed random r, on both sides in float32 and in PyTorch in float64 (the reference). Returns
     (max |logit gap|, [(variable, gap ours-torch, gap ours-float64, gap torch-float64)]), each
     gap max|g - g_ref| / max|g_float64| over the variable.
+
+    With `smooth`, every ReLU of the three networks is a softplus. A ReLU's derivative jumps at
+    0: a unit whose float32 pre-activation lies within rounding of 0 can take the other side
+    than in float64 and switch its whole gradient contribution on or off. With a smooth
+    activation only rounding remains, so the two runs together show what the gaps come from.
     """
+    if smooth:
+        with _softplus_for_relu():
+            return gradient_agreement(arch, batch_size, seed)
     import tensorflow as tf
 
     from dgad_tf.teachers.convert import convert_state_dict
@@ -467,6 +499,24 @@ def gradient_agreement(arch, batch_size, seed=0):
     return float(np.max(np.abs(logits_torch.detach().numpy() - logits.numpy()))), gaps
 
 
+@contextlib.contextmanager
+def _softplus_for_relu():
+    """Build our models and run PyTorch's with softplus wherever they would use ReLU."""
+    import keras
+
+    from dgad_tf.models import _common
+
+    def softplus(x, name):
+        return keras.layers.Activation("softplus", name=name)(x)
+
+    saved = _common.relu, F.relu
+    _common.relu, F.relu = softplus, F.softplus
+    try:
+        yield
+    finally:
+        _common.relu, F.relu = saved
+
+
 # ----------------------------------------------------------------- timing
 
 
@@ -475,23 +525,52 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+# The precisions `--precision` offers: ours as a Keras policy, PyTorch's autocast dtype.
+PRECISIONS = {"float32": None, "mixed_bfloat16": torch.bfloat16}
+
+
+def build_steps(student_arch, teacher_arch, steps, seed, device, precision="float32"):
+    """(our distiller, the PyTorch step) from the same converted weights, attack start on.
+
+    `precision`: a key of `PRECISIONS`: our networks under that Keras policy
+    (`dgad_tf.precision.with_policy`), PyTorch's under `torch.autocast` to the same dtype.
+    """
+    from dgad_tf.precision import with_policy
+
+    torch_student = build_torch_net(student_arch, seed + 1, device)
+    torch_teacher = build_torch_net(teacher_arch, seed, device)
+    student = with_policy(keras_from_torch(torch_student, student_arch, "student_"), precision)
+    teacher = with_policy(keras_from_torch(torch_teacher, teacher_arch, "teacher_"), precision)
+    distiller = make_distiller(student, teacher, steps, attack_init="gaussian")
+    step = TorchDGADStep(torch_student, torch_teacher, steps, autocast=PRECISIONS[precision])
+    return distiller, step
+
+
+def random_batch(batch_size, seed):
+    """The timed batch: uniform images (N, H, W, C) float32 and int64 labels."""
+    rng = np.random.default_rng(seed + 7)
+    x = rng.random((batch_size,) + INPUT_SHAPE, dtype=np.float32)
+    return x, rng.integers(0, NUM_CLASSES, size=batch_size).astype(np.int64)
+
+
+def torch_batch(x, y, device):
+    """`random_batch`'s arrays as PyTorch NCHW tensors on `device`."""
+    return (
+        torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device),
+        torch.from_numpy(y).to(device),
+    )
+
+
 def time_config(student_arch, teacher_arch, args, device):
     """Alternating rounds of our step and the PyTorch step; returns the per-round timings."""
-    torch_student = build_torch_net(student_arch, args.seed + 1, device)
-    torch_teacher = build_torch_net(teacher_arch, args.seed, device)
-    student = keras_from_torch(torch_student, student_arch, "student_")
-    teacher = keras_from_torch(torch_teacher, teacher_arch, "teacher_")
-    distiller = make_distiller(student, teacher, args.steps, attack_init="gaussian")
-    step = TorchDGADStep(torch_student, torch_teacher, args.steps)
-
-    rng = np.random.default_rng(args.seed + 7)
-    x = rng.random((args.batch_size,) + INPUT_SHAPE, dtype=np.float32)
-    y = rng.integers(0, NUM_CLASSES, size=args.batch_size).astype(np.int64)
     import tensorflow as tf
 
+    distiller, step = build_steps(
+        student_arch, teacher_arch, args.steps, args.seed, device, args.precision
+    )
+    x, y = random_batch(args.batch_size, args.seed)
     x_tf, y_tf = tf.constant(x), tf.constant(y)
-    x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)
-    y_t = torch.from_numpy(y).to(device)
+    x_t, y_t = torch_batch(x, y, device)
 
     def ours():
         start = time.perf_counter()
@@ -562,6 +641,13 @@ def parse_args(argv=None):
         help="intra-op threads of both frameworks (default: usable CPUs)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--precision",
+        choices=sorted(PRECISIONS),
+        default="float32",
+        help="precision of the timed steps: ours under the Keras policy, PyTorch under "
+        "torch.autocast to the same dtype (the equality check always runs in float32)",
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument(
         "--gradient-check",
@@ -569,6 +655,11 @@ def parse_args(argv=None):
         metavar="ARCH",
         help="only compare one training-mode forward's weight gradients under a "
         "linear loss for ARCH (see gradient_agreement), then exit",
+    )
+    parser.add_argument(
+        "--smooth",
+        action="store_true",
+        help="with --gradient-check: softplus in place of every ReLU, on all sides",
     )
     args = parser.parse_args(argv)
     if args.paper:
@@ -610,9 +701,12 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     if args.gradient_check:
-        gap, gaps = gradient_agreement(args.gradient_check, args.batch_size, args.seed)
+        gap, gaps = gradient_agreement(
+            args.gradient_check, args.batch_size, args.seed, smooth=args.smooth
+        )
         print(
-            f"{args.gradient_check}, batch {args.batch_size}, linear loss on one training-mode "
+            f"{args.gradient_check}{' with softplus for ReLU' if args.smooth else ''}, batch "
+            f"{args.batch_size}, linear loss on one training-mode "
             f"forward: max |logit gap| ours-torch {gap:.2e}; weight gradients, "
             f"max|diff| / max|float64 gradient| per variable:"
         )
@@ -639,7 +733,8 @@ def main(argv=None) -> int:
         f", inter-op {tf.config.threading.get_inter_op_parallelism_threads()}), Keras "
         f"{keras.__version__}; torch {torch.__version__} (threads {torch.get_num_threads()}, "
         f"interop {torch.get_num_interop_threads()}); device {device}; "
-        f"batch {args.batch_size}, {args.steps} PGD steps, {args.rounds} rounds x "
+        f"batch {args.batch_size}, {args.steps} PGD steps, timed in {args.precision}, "
+        f"{args.rounds} rounds x "
         f"{args.iters} steps per side",
         flush=True,
     )
@@ -649,6 +744,7 @@ def main(argv=None) -> int:
             tensorflow=tf.__version__,
             torch=torch.__version__,
             threads=args.threads,
+            precision=args.precision,
             cpu_count=os.cpu_count(),
             device=device,
             platform=platform.platform(),

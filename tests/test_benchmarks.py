@@ -61,3 +61,73 @@ def test_torch_dgad_loss_matches_ours(vs_pytorch):
         vs_pytorch.dgad_loss_torch(*(torch.from_numpy(v) for v in logits), torch.from_numpy(labels))
     )
     assert abs(ours - theirs) < 1e-6
+
+
+def test_kernel_time_sums_and_overlaps_the_marked_primitives():
+    # Hand-made oneDNN v3 lines: two overlapping convolutions and a reorder inside "ours",
+    # one line outside any marker (ignored), an untimestamped PyTorch step.
+    kernel_time = _load("kernel_time")
+    lines = [
+        "onednn_verbose,v1,5.0,primitive,exec,cpu,reorder,jit:uni,undef,src,,,64x3,9.0",
+        "@@kernel_time begin ours",
+        "onednn_verbose,v1,100.0,primitive,exec,cpu,convolution,brg,forward_training,a,b,c,d,4.0",
+        "onednn_verbose,v1,102.0,primitive,exec,cpu,convolution,brg,forward_training,a,b,c,d,4.0",
+        "onednn_verbose,v1,110.0,primitive,exec,cpu,reorder,jit:uni,undef,src,,,64x3,1.0",
+        "onednn_verbose,v1,info,cpu,runtime:threadpool,nthr:2",
+        "@@kernel_time end ours 0.020",
+        "@@kernel_time begin pytorch",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,jit,backward_data,a,b,c,d,3.0",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,jit,backward_data,a,b,c,d,2.0",
+        "@@kernel_time end pytorch 0.010",
+    ]
+    steps = kernel_time.parse_verbose(lines)
+    (ours,), (theirs,) = steps["ours"], steps["pytorch"]
+    assert ours["wall"] == 0.020 and theirs["wall"] == 0.010
+    assert np.isclose(ours["onednn"], 0.009)
+    # [100, 104] and [102, 106] overlap into 6 ms; [110, 111] adds 1 ms.
+    assert np.isclose(ours["busy"], 0.007)
+    assert ours["kinds"] == {
+        "convolution brg forward_training": 0.008,
+        "reorder jit:uni undef": 0.001,
+    }
+    # Without start times the intervals cannot be overlapped: busy falls back to the sum.
+    assert np.isclose(theirs["busy"], 0.005) and np.isclose(theirs["onednn"], 0.005)
+    busy, summed, ranked = kernel_time.summarize(steps["ours"], top=1)
+    assert np.isclose(busy, 0.007) and np.isclose(summed, 0.009)
+    assert ranked == [("convolution brg forward_training", 0.008)]
+
+
+def test_kernel_time_child_sees_onednn_in_both_steps():
+    # The verbose child runs both steps of a tiny config; both frameworks' convolutions must
+    # show up between the markers, inside the step's wall time.
+    kernel_time = _load("kernel_time")
+    args = kernel_time.parse_args(
+        ["--configs", "small-cnn:small-cnn", "--batch-size", "4", "--steps", "1", "--iters", "1"]
+    )
+    steps = kernel_time.kernel_times(args, args.configs[0])
+    for side in ("ours", "pytorch"):
+        (step,) = steps[side]
+        assert any(kind.startswith("convolution") for kind in step["kinds"]), step["kinds"]
+        # Timestamps are printed to the microsecond: abutting intervals may overlap by ~1 us.
+        assert 0 < step["busy"] <= step["onednn"] * 1.01 + 1e-4
+        assert step["busy"] <= step["wall"] + 1e-3
+
+
+def test_bfloat16_steps_run_both_sides_networks_in_bfloat16(vs_pytorch):
+    # `--precision mixed_bfloat16` must change the arithmetic on both sides, not only a label.
+    from dgad_tf.precision import policy_name
+
+    distiller, step = vs_pytorch.build_steps(
+        "small-cnn", "small-cnn", 1, 0, "cpu", "mixed_bfloat16"
+    )
+    assert policy_name(distiller.student) == policy_name(distiller.teacher) == "mixed_bfloat16"
+    seen = []
+    for net in (step.student, step.teacher):
+        net.conv2.register_forward_hook(lambda module, inputs, out: seen.append(out.dtype))
+    x, y = vs_pytorch.random_batch(4, 0)
+    loss = step(*vs_pytorch.torch_batch(x, y, "cpu"))
+    assert np.isfinite(loss)
+    # Attack: 1 step x 2 networks; training: student x 2, teacher x 2.
+    assert seen == [torch.bfloat16] * 6
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"])

@@ -1,0 +1,249 @@
+"""How much of each framework's DGAD step is spent inside oneDNN, and what that bounds.
+
+On x86 CPUs both TensorFlow and PyTorch hand their convolutions to oneDNN (TensorFlow's own
+build, PyTorch's own). This script runs `vs_pytorch.py`'s two DGAD steps (same converted
+weights, same batch, same PGD settings, same thread counts) and reports, per step and per side:
+
+* the wall time, from paired rounds in this process (`vs_pytorch.time_config`, no logging);
+* the time inside oneDNN primitives, from a child process run with `ONEDNN_VERBOSE=profile_exec`
+  (oneDNN then prints every primitive it executes with its own execution time in ms; the child
+  prints a marker line before and after each timed step, and the lines in between are summed).
+
+From these it prints the **ceiling** on ours/PyTorch speed for equal work on this machine:
+PyTorch's wall time divided by our oneDNN time, i.e. the ratio we would reach if everything of
+our step outside oneDNN took no time at all and the kernels stayed the ones TensorFlow picks.
+The kernel columns, grouped by primitive kind and implementation, say where the two oneDNN builds
+differ (e.g. which side reorders more).
+
+The verbose child's wall times are inflated by the logging itself and are not used for ratios.
+
+Example:
+
+    python benchmarks/kernel_time.py --configs resnet-18:resnet-18
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+sys.path.insert(0, os.path.dirname(_HERE))
+
+import vs_pytorch  # noqa: E402
+
+MARK = "@@kernel_time"
+
+
+def parse_verbose(lines):
+    """Sum oneDNN `profile_exec` lines between this script's markers.
+
+    Args:
+        lines: the child's stdout lines: `@@kernel_time begin <side>` / `@@kernel_time end
+            <side> <wall seconds>` markers around each timed step, and oneDNN v3 lines
+            `onednn_verbose,v1,<start ms>,primitive,exec,cpu,<kind>,<impl>,<prop>,...,<ms>`
+            (the start time is there with ONEDNN_VERBOSE_TIMESTAMP=1).
+
+    Returns:
+        {side: [step]}, one step per marked pair: {"wall": s, "onednn": summed primitive s,
+        "busy": s during which at least one primitive ran (the union of the [start, start +
+        duration] intervals: primitives of independent ops overlap under an inter-op pool),
+        "kinds": {"kind impl prop": summed s}}.
+    """
+    steps = collections.defaultdict(list)
+    side, kinds, spans = None, None, None
+    for line in lines:
+        line = line.strip()
+        if line.startswith(MARK):
+            fields = line.split()
+            if fields[1] == "begin":
+                side, kinds, spans = fields[2], collections.Counter(), []
+            elif fields[1] == "end" and side == fields[2]:
+                steps[side].append(
+                    dict(
+                        wall=float(fields[3]),
+                        onednn=sum(kinds.values()),
+                        busy=_union_length(spans),
+                        kinds=dict(kinds),
+                    )
+                )
+                side = None
+            continue
+        if side is None or not line.startswith("onednn_verbose,"):
+            continue
+        parts = line.split(",")
+        if "exec" not in parts[:6]:
+            continue
+        at = parts.index("exec")
+        try:
+            seconds = float(parts[-1]) / 1000.0
+            start = float(parts[2]) / 1000.0 if at == 4 else None
+        except ValueError:
+            continue
+        kinds[" ".join(p or "-" for p in parts[at + 2 : at + 5])] += seconds
+        spans.append((start, seconds))
+    return dict(steps)
+
+
+def _union_length(spans):
+    """Total length covered by (start, duration) intervals; their sum if a start is missing."""
+    if any(start is None for start, _ in spans):
+        return sum(duration for _, duration in spans)
+    covered, reach = 0.0, float("-inf")
+    for start, duration in sorted(spans):
+        end = start + duration
+        if end > reach:
+            covered += end - max(start, reach)
+            reach = end
+    return covered
+
+
+def child(args):
+    """Run in the verbose child: one warm-up, then `--iters` marked steps per side."""
+    vs_pytorch.set_threads(args.threads)
+    import tensorflow as tf
+
+    distiller, step = vs_pytorch.build_steps(
+        *args.configs[0], args.steps, args.seed, "cpu", args.precision
+    )
+    x, y = vs_pytorch.random_batch(args.batch_size, args.seed)
+    x_tf, y_tf = tf.constant(x), tf.constant(y)
+    x_t, y_t = vs_pytorch.torch_batch(x, y, "cpu")
+    sides = {
+        "ours": lambda: distiller.train_on_batch(x_tf, y_tf),
+        "pytorch": lambda: step(x_t, y_t),
+    }
+    for run in sides.values():
+        run()
+    for i in range(args.iters):
+        for name in sorted(sides, reverse=i % 2 == 1):
+            _say(f"{MARK} begin {name}")
+            start = time.perf_counter()
+            sides[name]()
+            _say(f"{MARK} end {name} {time.perf_counter() - start:.6f}")
+    return 0
+
+
+def _say(text):
+    """Write a marker line straight to fd 1, between oneDNN's own (flushed) lines."""
+    sys.stdout.flush()
+    os.write(1, (text + "\n").encode())
+
+
+def kernel_times(args, pair):
+    """Run the verbose child for `pair`; return parse_verbose's result."""
+    command = [sys.executable, os.path.abspath(__file__), "--child"]
+    command += ["--configs", ":".join(pair), "--batch-size", str(args.batch_size)]
+    command += ["--steps", str(args.steps), "--iters", str(args.iters)]
+    command += ["--threads", str(args.threads), "--seed", str(args.seed)]
+    command += ["--precision", args.precision]
+    env = dict(
+        os.environ,
+        ONEDNN_VERBOSE="profile_exec",
+        ONEDNN_VERBOSE_TIMESTAMP="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the verbose child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    steps = parse_verbose(done.stdout.splitlines())
+    for side in ("ours", "pytorch"):
+        if not steps.get(side) or not any(s["onednn"] > 0 for s in steps[side]):
+            raise RuntimeError(
+                f"no oneDNN primitive was logged during the {side} steps: this build of "
+                f"{'TensorFlow' if side == 'ours' else 'PyTorch'} does not run its convolutions "
+                f"through oneDNN here (or ignores ONEDNN_VERBOSE), so there is nothing to bound"
+            )
+    return steps
+
+
+def summarize(steps, top=6):
+    """Median busy and summed oneDNN seconds per step, and the `top` groups by median seconds."""
+    busy = statistics.median(s["busy"] for s in steps)
+    summed = statistics.median(s["onednn"] for s in steps)
+    groups = {k for s in steps for k in s["kinds"]}
+    by_group = {g: statistics.median(s["kinds"].get(g, 0.0) for s in steps) for g in groups}
+    ranked = sorted(by_group.items(), key=lambda item: -item[1])[:top]
+    return busy, summed, ranked
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--configs", default="resnet-18:resnet-18", help="comma-separated student:teacher pairs"
+    )
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10, help="PGD steps")
+    parser.add_argument("--rounds", type=int, default=3, help="paired wall-time rounds")
+    parser.add_argument("--iters", type=int, default=2, help="steps per side per round / child")
+    parser.add_argument("--threads", type=int, default=None, help="default: usable CPUs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=sorted(vs_pytorch.PRECISIONS), default="float32")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.configs = [tuple(c.split(":")) for c in args.configs.split(",") if c]
+    for pair in args.configs:
+        if len(pair) != 2 or any(a not in vs_pytorch.TORCH_NETS for a in pair):
+            parser.error(
+                f"`--configs` entries must be student:teacher from "
+                f"{', '.join(vs_pytorch.TORCH_NETS)}; received {':'.join(pair)!r}"
+            )
+    if min(args.rounds, args.iters, args.batch_size) < 1 or args.steps < 0:
+        parser.error("`--rounds`, `--iters`, `--batch-size` must be >= 1, `--steps` >= 0")
+    if args.threads is None:
+        args.threads = len(os.sched_getaffinity(0))
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child(args)
+    vs_pytorch.set_threads(args.threads)
+    print(
+        f"batch {args.batch_size}, {args.steps} PGD steps, {args.precision}, {args.threads} "
+        f"intra-op and inter-op threads each; load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    results = {}
+    for pair in args.configs:
+        name = f"{pair[0]} <- {pair[1]}"
+        print(f"\n{name}: paired wall-time rounds (no logging)", flush=True)
+        timing = vs_pytorch.time_config(*pair, args, "cpu")
+        wall = {
+            "ours": statistics.median(r["ours_seconds"] for r in timing["rounds"]),
+            "pytorch": statistics.median(r["torch_seconds"] for r in timing["rounds"]),
+        }
+        print(f"  {name}: oneDNN time per step (ONEDNN_VERBOSE=profile_exec child)", flush=True)
+        steps = kernel_times(args, pair)
+        busy, summed = {}, {}
+        for side in ("ours", "pytorch"):
+            busy[side], summed[side], ranked = summarize(steps[side])
+            print(
+                f"  {side:<8} wall {wall[side]:.3f} s/step; oneDNN running {busy[side]:.3f} s "
+                f"({100 * busy[side] / wall[side]:.0f}% of wall), primitives summed "
+                f"{summed[side]:.3f} s:"
+            )
+            for group, seconds in ranked:
+                print(f"      {seconds:8.3f} s  {group}")
+        ceiling = wall["pytorch"] / busy["ours"]
+        print(
+            f"  ours/pytorch speed: measured {wall['pytorch'] / wall['ours']:.3f} (median "
+            f"of paired rounds {timing['median_of_paired_ratios']:.3f}); summed oneDNN time "
+            f"pytorch/ours {summed['pytorch'] / summed['ours']:.3f}; ceiling if nothing of ours "
+            f"ran outside oneDNN: {ceiling:.3f}",
+            flush=True,
+        )
+        results[name] = dict(wall=wall, busy=busy, summed=summed, ceiling=ceiling)
+    print(f"\nload average after {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
