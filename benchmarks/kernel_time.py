@@ -186,19 +186,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=sorted(vs_pytorch.PRECISIONS), default="float32")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    args.configs = [tuple(c.split(":")) for c in args.configs.split(",") if c]
-    for pair in args.configs:
-        if len(pair) != 2 or any(a not in vs_pytorch.TORCH_NETS for a in pair):
-            parser.error(
-                f"`--configs` entries must be student:teacher from "
-                f"{', '.join(vs_pytorch.TORCH_NETS)}; received {':'.join(pair)!r}"
-            )
-    if min(args.rounds, args.iters, args.batch_size) < 1 or args.steps < 0:
-        parser.error("`--rounds`, `--iters`, `--batch-size` must be >= 1, `--steps` >= 0")
-    if args.threads is None:
-        args.threads = len(os.sched_getaffinity(0))
-    return args
+    return vs_pytorch.finish_args(parser, parser.parse_args(argv))
 
 
 def main(argv=None) -> int:

@@ -668,6 +668,14 @@ def parse_args(argv=None):
     if args.quick:
         args.rounds, args.iters = 3, 1
     args.batch_size = args.batch_size or 32
+    return finish_args(parser, args)
+
+
+def finish_args(parser, args):
+    """Split `--configs` into (student, teacher) pairs, check the counts, default `--threads`.
+
+    Shared with `kernel_time.py`, whose arguments carry the same names.
+    """
     args.configs = [tuple(c.split(":")) for c in args.configs.split(",") if c]
     for pair in args.configs:
         if len(pair) != 2 or any(a not in TORCH_NETS for a in pair):
