@@ -110,7 +110,7 @@ def child(args):
     import tensorflow as tf
 
     distiller, step = vs_pytorch.build_steps(
-        *args.configs[0], args.steps, args.seed, "cpu", args.precision
+        *args.configs[0], args.steps, args.seed, "cpu", args.precision, args.torch_channels_last
     )
     x, y = vs_pytorch.random_batch(args.batch_size, args.seed)
     x_tf, y_tf = tf.constant(x), tf.constant(y)
@@ -143,6 +143,7 @@ def kernel_times(args, pair):
     command += ["--steps", str(args.steps), "--iters", str(args.iters)]
     command += ["--threads", str(args.threads), "--seed", str(args.seed)]
     command += ["--precision", args.precision]
+    command += ["--torch-channels-last"] if args.torch_channels_last else []
     env = dict(
         os.environ,
         ONEDNN_VERBOSE="profile_exec",
@@ -185,6 +186,9 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="default: usable CPUs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=sorted(vs_pytorch.PRECISIONS), default="float32")
+    parser.add_argument(
+        "--torch-channels-last", action="store_true", help="PyTorch in channels_last format"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return vs_pytorch.finish_args(parser, parser.parse_args(argv))
 
@@ -195,7 +199,8 @@ def main(argv=None) -> int:
         return child(args)
     vs_pytorch.set_threads(args.threads)
     print(
-        f"batch {args.batch_size}, {args.steps} PGD steps, {args.precision}, {args.threads} "
+        f"batch {args.batch_size}, {args.steps} PGD steps, {args.precision}"
+        f"{', PyTorch channels_last' if args.torch_channels_last else ''}, {args.threads} "
         f"intra-op and inter-op threads each; load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )

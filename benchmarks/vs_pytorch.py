@@ -14,8 +14,12 @@ Both sides do the same work from the same weights:
 * update: SGD lr 0.1, momentum 0.9, weight decay 5e-4 added to the gradient (torch.optim.SGD;
   `dgad_tf.optim.TorchSGD` on our side).
 
-Ours is `AdversarialDistiller.train_on_batch` (the compiled Keras train step, XLA off: XLA is
-slower on CPU, see README.md). Before timing, `check_one_step` compares the two sides from
+Ours is `AdversarialDistiller.train_on_batch` (the compiled Keras train step, XLA as
+`train.jit_compile: auto` sets it: off on CPU, where XLA is slower, see README.md; on with a
+GPU). PyTorch's side is NCHW float32 by default; `--precision mixed_bfloat16` runs both sides in
+bfloat16 (Keras policy / `torch.autocast`), `--torch-channels-last` gives PyTorch the
+channels_last memory format (NHWC, as ours), the two settings a tuned PyTorch loop adds. Before
+timing, `check_one_step` compares the two sides from
 identical weights with the attack's random start switched off (the only random op of the step):
 the first PGD step pixel by pixel, the objective the full attack reaches, and one training step
 (forwards, loss, gradient, update) from the same x' -- the loss to `LOSS_TOLERANCE`, every
@@ -32,7 +36,8 @@ Example:
 
     python benchmarks/vs_pytorch.py --quick
     python benchmarks/vs_pytorch.py --configs resnet-18:resnet-18 --rounds 7
-    python benchmarks/vs_pytorch.py --paper          # ResNet-18 <- WRN-34-10, batch 128, GPU
+    python benchmarks/vs_pytorch.py --quick --torch-channels-last
+    python benchmarks/vs_pytorch.py --paper --precision mixed_bfloat16 --torch-channels-last
     python benchmarks/vs_pytorch.py --gradient-check resnet-18 [--smooth]
 """
 
@@ -211,12 +216,14 @@ class TorchDGADStep:
     """One DGAD training step in idiomatic PyTorch (what a reference training loop does).
 
     `autocast`: None (float32), or torch.bfloat16 to run the networks under `torch.autocast`
-    (PyTorch's mixed precision; losses on float32 logits).
+    (PyTorch's mixed precision; losses on float32 logits). `channels_last`: the networks are
+    expected in `torch.channels_last` memory format, and each batch is converted to it on entry,
+    as a PyTorch training loop tuned for speed does.
     """
 
-    def __init__(self, student, teacher, steps, autocast=None):
+    def __init__(self, student, teacher, steps, autocast=None, channels_last=False):
         self.student, self.teacher, self.steps = student, teacher, steps
-        self.autocast = autocast
+        self.autocast, self.channels_last = autocast, channels_last
         self.teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -225,6 +232,8 @@ class TorchDGADStep:
         )
 
     def __call__(self, x, y, init_noise=True, x_adv=None):
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if x_adv is None:
             x_adv = pgd_kl_torch(
                 self.student, self.teacher, x, self.steps, init_noise, self.autocast
@@ -261,9 +270,10 @@ def keras_from_torch(net: nn.Module, arch: str, prefix: str):
 
 
 def make_distiller(student, teacher, steps, attack_init):
-    """Our compiled DGAD step with the benchmark's settings (XLA off)."""
+    """Our compiled DGAD step with the benchmark's settings, XLA as `train.jit_compile: auto`."""
     from dgad_tf.distiller import AdversarialDistiller
     from dgad_tf.optim import TorchSGD
+    from dgad_tf.precision import resolve_jit_compile
 
     distiller = AdversarialDistiller(
         student,
@@ -277,7 +287,8 @@ def make_distiller(student, teacher, steps, attack_init):
         beta=BETA,
     )
     distiller.compile(
-        optimizer=TorchSGD(LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY), jit_compile=False
+        optimizer=TorchSGD(LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY),
+        jit_compile=resolve_jit_compile("auto"),
     )
     return distiller
 
@@ -529,11 +540,15 @@ def _sync(device):
 PRECISIONS = {"float32": None, "mixed_bfloat16": torch.bfloat16}
 
 
-def build_steps(student_arch, teacher_arch, steps, seed, device, precision="float32"):
+def build_steps(
+    student_arch, teacher_arch, steps, seed, device, precision="float32", channels_last=False
+):
     """(our distiller, the PyTorch step) from the same converted weights, attack start on.
 
     `precision`: a key of `PRECISIONS`: our networks under that Keras policy
     (`dgad_tf.precision.with_policy`), PyTorch's under `torch.autocast` to the same dtype.
+    `channels_last`: PyTorch's networks and batches in `torch.channels_last` memory format
+    (NHWC, the layout ours uses), after the weights were converted.
     """
     from dgad_tf.precision import with_policy
 
@@ -542,7 +557,12 @@ def build_steps(student_arch, teacher_arch, steps, seed, device, precision="floa
     student = with_policy(keras_from_torch(torch_student, student_arch, "student_"), precision)
     teacher = with_policy(keras_from_torch(torch_teacher, teacher_arch, "teacher_"), precision)
     distiller = make_distiller(student, teacher, steps, attack_init="gaussian")
-    step = TorchDGADStep(torch_student, torch_teacher, steps, autocast=PRECISIONS[precision])
+    if channels_last:
+        torch_student = torch_student.to(memory_format=torch.channels_last)
+        torch_teacher = torch_teacher.to(memory_format=torch.channels_last)
+    step = TorchDGADStep(
+        torch_student, torch_teacher, steps, PRECISIONS[precision], channels_last=channels_last
+    )
     return distiller, step
 
 
@@ -566,7 +586,13 @@ def time_config(student_arch, teacher_arch, args, device):
     import tensorflow as tf
 
     distiller, step = build_steps(
-        student_arch, teacher_arch, args.steps, args.seed, device, args.precision
+        student_arch,
+        teacher_arch,
+        args.steps,
+        args.seed,
+        device,
+        args.precision,
+        args.torch_channels_last,
     )
     x, y = random_batch(args.batch_size, args.seed)
     x_tf, y_tf = tf.constant(x), tf.constant(y)
@@ -647,6 +673,12 @@ def parse_args(argv=None):
         default="float32",
         help="precision of the timed steps: ours under the Keras policy, PyTorch under "
         "torch.autocast to the same dtype (the equality check always runs in float32)",
+    )
+    parser.add_argument(
+        "--torch-channels-last",
+        action="store_true",
+        help="time PyTorch with its networks and batches in channels_last memory format "
+        "(NHWC; the equality check runs in the default NCHW)",
     )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument(
@@ -741,7 +773,8 @@ def main(argv=None) -> int:
         f", inter-op {tf.config.threading.get_inter_op_parallelism_threads()}), Keras "
         f"{keras.__version__}; torch {torch.__version__} (threads {torch.get_num_threads()}, "
         f"interop {torch.get_num_interop_threads()}); device {device}; "
-        f"batch {args.batch_size}, {args.steps} PGD steps, timed in {args.precision}, "
+        f"batch {args.batch_size}, {args.steps} PGD steps, timed in {args.precision}"
+        f"{', PyTorch channels_last' if args.torch_channels_last else ''}, "
         f"{args.rounds} rounds x "
         f"{args.iters} steps per side",
         flush=True,
@@ -753,6 +786,7 @@ def main(argv=None) -> int:
             torch=torch.__version__,
             threads=args.threads,
             precision=args.precision,
+            torch_channels_last=args.torch_channels_last,
             cpu_count=os.cpu_count(),
             device=device,
             platform=platform.platform(),

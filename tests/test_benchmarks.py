@@ -131,3 +131,25 @@ def test_bfloat16_steps_run_both_sides_networks_in_bfloat16(vs_pytorch):
     assert seen == [torch.bfloat16] * 6
     logs = distiller.train_on_batch(x, y, return_dict=True)
     assert np.isfinite(logs["loss"])
+
+
+def test_channels_last_torch_step_is_the_same_step_in_nhwc(vs_pytorch):
+    # `--torch-channels-last` may only change PyTorch's memory layout: from the same weights and
+    # the same x', one step gives the same loss and weights as the NCHW step, with the
+    # convolutions really computed on channels_last tensors.
+    _, nchw = vs_pytorch.build_steps("small-cnn", "small-cnn", 1, 0, "cpu")
+    _, nhwc = vs_pytorch.build_steps("small-cnn", "small-cnn", 1, 0, "cpu", channels_last=True)
+    layouts = []
+    nhwc.student.conv2.register_forward_hook(
+        lambda module, inputs, out: layouts.append(
+            out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+        )
+    )
+    x, y = vs_pytorch.random_batch(4, 0)
+    x_t, y_t = vs_pytorch.torch_batch(x, y, "cpu")
+    x_adv = (x_t + 0.01).clamp(0.0, 1.0)
+    losses = [step(x_t, y_t, x_adv=x_adv) for step in (nchw, nhwc)]
+    assert layouts == [True, True]
+    assert abs(losses[0] - losses[1]) < 1e-6
+    for a, b in zip(nchw.student.parameters(), nhwc.student.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
