@@ -232,6 +232,132 @@ def test_batchnorm_uses_pytorch_momentum_epsilon_and_sync_flag():
     assert not any(getattr(layer, "synchronized", False) for layer in plain.layers)
 
 
+def test_zoo_batch_norm_is_fused_unless_synchronized():
+    fused = build_model("small-cnn", 10, (8, 8, 3))
+    synced = build_model("small-cnn", 10, (8, 8, 3), sync_batchnorm=True)
+    kinds = {type(layer) for layer in fused.layers if "bn" in layer.name}
+    assert kinds == {_common.FusedBatchNormalization}
+    assert all(
+        type(layer) is keras.layers.BatchNormalization
+        for layer in synced.layers
+        if "bn" in layer.name
+    )
+
+
+def _batch_norm_layer(channels=3, gamma=(1.5, 0.5, 2.0), beta=(0.1, -0.2, 0.3)):
+    layer = _common.FusedBatchNormalization(momentum=0.9, epsilon=1e-5)
+    layer.build((None, 4, 5, channels))
+    layer.gamma.assign(np.asarray(gamma, "float32"))
+    layer.beta.assign(np.asarray(beta, "float32"))
+    layer.moving_mean.assign(np.asarray([0.2, -0.1, 0.0], "float32"))
+    layer.moving_variance.assign(np.asarray([1.0, 2.0, 0.5], "float32"))
+    return layer
+
+
+def test_fused_batch_norm_training_step_against_numpy():
+    # Training mode: normalise with the batch's biased variance, average the *unbiased* one
+    # (n / (n - 1)) into the moving variance, as PyTorch's BatchNorm2d does.
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 3.0, size=(2, 4, 5, 3)).astype("float32")
+    layer = _batch_norm_layer()
+    start_mean, start_var = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+    y = np.asarray(layer(x, training=True))
+    x64 = x.astype(np.float64)
+    mean, biased = x64.mean(axis=(0, 1, 2)), x64.var(axis=(0, 1, 2))
+    expected = (x64 - mean) / np.sqrt(biased + 1e-5) * [1.5, 0.5, 2.0] + [0.1, -0.2, 0.3]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    n = 2 * 4 * 5
+    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.9 * start_mean + 0.1 * mean, atol=1e-6)
+    np.testing.assert_allclose(
+        layer.moving_variance.numpy(), 0.9 * start_var + 0.1 * biased * n / (n - 1), rtol=1e-6
+    )
+
+
+def test_fused_batch_norm_inference_and_gradients_equal_keras_batch_norm():
+    # Inference uses the moving statistics and leaves them alone; gradients (to the input in
+    # inference mode, as the attack takes them; to input, gamma and beta in training mode) are
+    # those of Keras's own BatchNormalization on the same weights.
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(2, 4, 5, 3)).astype("float32"))
+    r = tf.constant(rng.normal(size=(2, 4, 5, 3)).astype("float32"))
+    fused = _batch_norm_layer()
+    plain = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    plain.build((None, 4, 5, 3))
+    plain.set_weights(fused.get_weights())
+    stats = [w.copy() for w in fused.get_weights()[2:]]
+    for training in (False, True):
+        grads = []
+        for layer in (fused, plain):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(layer(x, training=training) * r)
+            grads.append(tape.gradient(loss, [x, layer.gamma, layer.beta]))
+            if not training:
+                for before, after in zip(stats, layer.get_weights()[2:]):
+                    np.testing.assert_array_equal(before, after)
+        for ours, keras_grad in zip(*grads):
+            np.testing.assert_allclose(ours, keras_grad, rtol=1e-4, atol=1e-5)
+    moving_x = (np.asarray(x) - [0.2, -0.1, 0.0]) / np.sqrt(np.asarray([1.0, 2.0, 0.5]) + 1e-5)
+    fresh = _batch_norm_layer()
+    np.testing.assert_allclose(
+        fresh(x, training=False), moving_x * [1.5, 0.5, 2.0] + [0.1, -0.2, 0.3], atol=1e-5
+    )
+
+
+def test_fused_batch_norm_matches_pytorch_batchnorm2d_over_steps():
+    # Three training steps and an inference call against torch.nn.BatchNorm2d from equal state.
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    layer = _batch_norm_layer()
+    reference = torch.nn.BatchNorm2d(3, eps=1e-5, momentum=0.1)
+    with torch.no_grad():
+        for name, weight in zip(
+            ("weight", "bias", "running_mean", "running_var"), layer.get_weights()
+        ):
+            getattr(reference, name).copy_(torch.from_numpy(weight))
+    reference.train()
+    for _ in range(3):
+        x = rng.normal(0.5, 2.0, size=(4, 3, 3, 3)).astype("float32")
+        ours = np.asarray(layer(x, training=True))
+        theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
+        np.testing.assert_allclose(ours, theirs.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), reference.running_mean.numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        layer.moving_variance.numpy(), reference.running_var.numpy(), rtol=1e-6
+    )
+    reference.eval()
+    x = rng.normal(size=(2, 3, 3, 3)).astype("float32")
+    theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
+    np.testing.assert_allclose(
+        layer(x, training=False), theirs.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_fused_batch_norm_takes_16_bit_activations(policy):
+    # Under a mixed policy: 16-bit in and out, float32 statistics, close to the float32 layer.
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 4, 5, 3)).astype("float32")
+    full = _batch_norm_layer()
+    mixed = _common.FusedBatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy)
+    mixed.build((None, 4, 5, 3))
+    mixed.set_weights(full.get_weights())
+    half = tf.cast(x, mixed.compute_dtype)
+    for training in (False, True):
+        out = mixed(half, training=training)
+        assert out.dtype == mixed.compute_dtype
+        tolerance = 0.05 if policy == "mixed_bfloat16" else 5e-3
+        np.testing.assert_allclose(
+            tf.cast(out, "float32"), full(x, training=training), atol=tolerance, rtol=tolerance
+        )
+    assert mixed.moving_variance.dtype == "float32"
+    np.testing.assert_allclose(mixed.moving_variance, full.moving_variance, rtol=1e-2)
+
+
 def test_name_prefix_applies_to_model_and_every_layer():
     model = build_model("resnet-18", 10, (8, 8, 3), name_prefix="teacher_")
     assert model.name == "teacher_resnet-18"

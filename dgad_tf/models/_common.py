@@ -159,10 +159,70 @@ def depthwise_conv(x, kernel_size, stride, name):
 
 
 def batch_norm(x, name, sync):
-    """BatchNormalization with PyTorch's momentum and epsilon."""
-    return keras.layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=sync, name=name
-    )(x)
+    """Batch normalisation with PyTorch's momentum, epsilon and running-variance update.
+
+    `FusedBatchNormalization`, or Keras's synchronized BatchNormalization when `sync`.
+    """
+    layer = keras.layers.BatchNormalization if sync else FusedBatchNormalization
+    return layer(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=sync, name=name)(x)
+
+
+@keras.saving.register_keras_serializable(package="dgad_tf")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """BatchNormalization in TensorFlow's fused kernel, updating the moving variance as PyTorch.
+
+    Keras 3 normalises with separate ops (moments, then subtract and scale: several passes over
+    the activations forward and backward) and, under a mixed policy, casts every activation to
+    float32 and back. TensorFlow's `FusedBatchNormV3` does each direction in one kernel and takes
+    16-bit activations with float32 statistics. In training mode it normalises with the batch's
+    biased variance, as Keras and PyTorch do, and returns the unbiased one (n / (n - 1), n the
+    values per channel), which is what PyTorch's `BatchNorm2d` averages into `running_var`;
+    Keras averages the biased one. Same weights, same config, same moving-average momentum.
+
+    Where the fused kernel does not apply (another backend, synchronized statistics, renorm, a
+    mask, inputs that are not 4-D with channels last) it is Keras's layer unchanged. Models saved
+    with it need `dgad_tf.models` imported to load (`import dgad_tf.models`).
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        channels = inputs.shape[-1]
+        gamma = tf.cast(self.gamma, "float32") if self.scale else tf.ones([channels])
+        beta = tf.cast(self.beta, "float32") if self.center else tf.zeros([channels])
+        if training and self.trainable:
+            outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, gamma, beta, epsilon=self.epsilon, is_training=True
+            )
+            momentum = self.momentum
+            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+            self.moving_variance.assign(
+                self.moving_variance * momentum + unbiased_variance * (1.0 - momentum)
+            )
+        else:
+            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                inputs,
+                gamma,
+                beta,
+                mean=tf.cast(self.moving_mean, "float32"),
+                variance=tf.cast(self.moving_variance, "float32"),
+                epsilon=self.epsilon,
+                is_training=False,
+            )
+        return tf.cast(outputs, self.compute_dtype)
+
+    def _fusable(self, inputs, mask):
+        return (
+            keras.backend.backend() == "tensorflow"
+            and mask is None
+            and not self.synchronized
+            and not self.renorm
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and inputs.dtype in ("float16", "bfloat16", "float32")
+        )
 
 
 def relu(x, name):
