@@ -66,7 +66,7 @@ def load_teacher(path: pathlib.Path, splits: data_lib.DatasetSplits) -> keras.Mo
     except ValueError as err:
         raise RunError(str(err)) from err
     try:
-        teacher = keras.models.load_model(path, safe_mode=True, compile=False)
+        teacher = models.load_model(path)
     except Exception as err:  # keras raises many types for a bad file
         raise RunError(f"model.teacher_path: cannot load {path}: {err}") from err
     classes = teacher.output_shape[-1]

@@ -371,13 +371,10 @@ def main(argv=None) -> int:
                 raise ValueError(f"--out {args.out} is a folder; give a file name")
             rundir.ensure_writable_folder(pathlib.Path(args.out).resolve().parent, "--out's folder")
         x, y = load_eval_arrays(args.data, model_path, args.split, args.n)
-        import keras
-
+        from dgad_tf.models import load_model
         from dgad_tf.precision import with_policy
 
-        model = with_policy(
-            keras.models.load_model(model_path, safe_mode=True, compile=False), args.precision
-        )
+        model = with_policy(load_model(model_path), args.precision)
         if tuple(model.input_shape[1:]) != tuple(x.shape[1:]):
             raise ValueError(
                 f"the model takes images of shape {tuple(model.input_shape[1:])} "

@@ -35,7 +35,7 @@ import keras
 import tensorflow as tf
 
 from dgad_tf import data as data_lib
-from dgad_tf import distribute
+from dgad_tf import distribute, models
 from dgad_tf.build import (  # noqa: F401
     RunError,
     build_distiller,
@@ -195,7 +195,7 @@ def obtain_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) ->
     log.info(
         "teacher: %s (train.select=%s: %s)", teacher_file.name, selection["rule"], selection["note"]
     )
-    trained = keras.models.load_model(teacher_file, safe_mode=True, compile=False)
+    trained = models.load_model(teacher_file)
     if not distribute.is_chief(strategy):
         path = run_dir / TEACHER_FILE
     save_model_atomic(trained, path)
@@ -243,7 +243,7 @@ def _run_locked(cfg: Config, splits, run_dir: pathlib.Path, strategy, command: s
     )
 
     final_path, selection = selected_checkpoint(cfg, run_dir)
-    final = keras.models.load_model(final_path, safe_mode=True, compile=False)
+    final = models.load_model(final_path)
     x_test, y_test = splits.test.x[: cfg.eval.n], splits.test.y[: cfg.eval.n]
     eval_kwargs = dict(
         attacks=cfg.eval.attacks,
@@ -274,7 +274,7 @@ def _run_locked(cfg: Config, splits, run_dir: pathlib.Path, strategy, command: s
         # The selected checkpoint holds the last epoch's weights: same figures, no second run.
         last_report = student_report
     else:
-        last = keras.models.load_model(run_dir / LAST_CHECKPOINT, safe_mode=True, compile=False)
+        last = models.load_model(run_dir / LAST_CHECKPOINT)
         last_report = evaluate_model(last, x_test, y_test, **eval_kwargs)
         log.info(
             "student %s (last epoch) on the test split:\n%s",

@@ -303,6 +303,25 @@ def test_commands_start_without_tensorflows_noise(run_folder):
     assert noise == []
 
 
+def test_evaluate_loads_a_zoo_network_saved_by_another_process(tmp_path):
+    # A fresh interpreter has not imported dgad_tf.models: loading must register the zoo's
+    # FusedBatchNormalization itself, or Keras cannot find the class.
+    from dgad_tf.models import build_model
+
+    path = tmp_path / "student.keras"
+    build_model("small-cnn", 10, (8, 8, 1)).save(path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dgad_tf.evaluate", "--model", str(path), "--data", "digits"]
+        + ["--attacks", "clean", "--n", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "clean=" in proc.stdout
+
+
 def test_a_second_search_on_the_same_folder_is_refused(tmp_path, capsys):
     from dgad_tf import tune as tune_cli
 

@@ -15,6 +15,8 @@ Example:
 
 import re
 
+import keras
+
 from dgad_tf.models.mobilenet_v2 import build_mobilenet_v2
 from dgad_tf.models.preact_resnet import build_preact_resnet
 from dgad_tf.models.resnet import build_resnet
@@ -131,3 +133,12 @@ def build_model(
         _, depth, width = canonical.split("-")
         return build_wide_resnet(int(depth), int(width), num_classes, input_shape, **kwargs)
     return _FIXED_BUILDERS[canonical](num_classes, input_shape, **kwargs)
+
+
+def load_model(path):
+    """Load a `.keras` network in safe mode, uncompiled, with the zoo's custom layers known.
+
+    Every command loads through here: a network of the zoo holds `FusedBatchNormalization`,
+    which Keras can only deserialize once this package has registered it.
+    """
+    return keras.saving.load_model(path, safe_mode=True, compile=False)

@@ -115,7 +115,7 @@ def load_student(path):
     Args:
         path: the `.keras` file.
     """
-    return keras.saving.load_model(path, compile=False)
+    return dgad_tf.models.load_model(path)
 
 
 def _remove_stale_temporaries(out_dir):
