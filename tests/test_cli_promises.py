@@ -276,24 +276,19 @@ def test_a_second_fit_on_the_same_folder_is_refused(tmp_path, capsys):
     assert listing(run) == []
 
 
-def test_commands_start_without_tensorflows_noise(run_folder):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dgad_tf.evaluate",
-            "--model",
-            str(run_folder),
-            "--attacks",
-            "clean",
-            "--n",
-            "5",
-        ],
+def evaluate_in_a_new_process(*args):
+    """`python -m dgad_tf.evaluate ARGS` in a fresh interpreter; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "dgad_tf.evaluate", *args],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=REPO,
     )
+
+
+def test_commands_start_without_tensorflows_noise(run_folder):
+    proc = evaluate_in_a_new_process("--model", str(run_folder), "--attacks", "clean", "--n", "5")
     assert proc.returncode == 0, proc.stderr
     noise = [
         line
@@ -310,13 +305,8 @@ def test_evaluate_loads_a_zoo_network_saved_by_another_process(tmp_path):
 
     path = tmp_path / "student.keras"
     build_model("small-cnn", 10, (8, 8, 1)).save(path)
-    proc = subprocess.run(
-        [sys.executable, "-m", "dgad_tf.evaluate", "--model", str(path), "--data", "digits"]
-        + ["--attacks", "clean", "--n", "5"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
+    proc = evaluate_in_a_new_process(
+        "--model", str(path), "--data", "digits", "--attacks", "clean", "--n", "5"
     )
     assert proc.returncode == 0, proc.stderr
     assert "clean=" in proc.stdout
