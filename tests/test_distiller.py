@@ -420,3 +420,103 @@ def test_two_replicas_take_the_single_device_step_on_an_uneven_partial_batch(
     assert entry["moved"] > 1e-3, entry
     assert entry["weights"] <= 1e-5, entry
     assert entry["loss_two"] == pytest.approx(entry["loss_one"], abs=1e-5)
+
+
+# --------------------------------------------------------------------------- wiring probes
+
+
+class _ModeProbe(keras.layers.Layer):
+    """Identity that records the `training` value of every call and, when eager, the input."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.modes, self.inputs = [], []
+
+    def call(self, x, training=None):
+        self.modes.append(training)
+        if tf.executing_eagerly():
+            self.inputs.append((training, np.array(x)))
+        return x
+
+
+def _probed_net(probe, num_classes=4, dropout=0.0, name=None):
+    inputs = keras.Input((6, 6, 1))
+    x = probe(inputs)
+    x = keras.layers.Flatten()(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout)(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x), name=name)
+
+
+# DGAD's attack ascends KL(t(x')||s(x')), RSLAD's KL(t(x)||s(x')): between them every place a
+# step calls the teacher (both attack objectives, the clean and adversarial forwards).
+@pytest.mark.parametrize("method", ["dgad", "rslad"])
+def test_the_teacher_is_never_run_in_training_mode(method):
+    # A user's teacher may hold Dropout or noise layers, which only inference mode switches off;
+    # the probe sees every call the step makes (attack, forwards) and must never see training=True.
+    probe = _ModeProbe()
+    teacher = _probed_net(probe, dropout=0.5, name="teacher")
+    distiller = AdversarialDistiller(
+        tiny_net(name="student"), teacher, method=method, eps=0.1, step_size=0.05, steps=2
+    )
+    distiller.compile(optimizer=TorchSGD(0.05))
+    x, y = batch()
+    probe.modes.clear()
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    assert probe.modes, "the teacher was never called"
+    assert True not in probe.modes, probe.modes
+    # With Dropout(0.5) live, the logged teacher accuracy would not be the inference one.
+    expected = np.mean(np.argmax(teacher(x, training=False).numpy(), -1) == y)
+    assert logs["teacher_clean_accuracy"] == pytest.approx(expected)
+
+
+def _adversarial_inputs_of_two_steps(seed):
+    """The student's training-mode adversarial input at two steps on one batch, weights fixed."""
+    keras.utils.set_random_seed(0)
+    probe = _ModeProbe()
+    student = _probed_net(probe, name="student")  # no batch norm: the attack's target stays put
+    distiller = AdversarialDistiller(
+        student, None, method="pgd_at", eps=0.1, step_size=0.01, steps=1, seed=seed
+    )
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0), run_eagerly=True)
+    x, y = batch()
+    seen = []
+    for _ in range(2):
+        probe.inputs.clear()
+        distiller.train_on_batch(x, y)
+        seen.append([inp for training, inp in probe.inputs if training][0])
+    return x, seen
+
+
+def test_the_attack_start_differs_between_steps_and_repeats_for_the_same_seed():
+    x, (first, second) = _adversarial_inputs_of_two_steps(seed=3)
+    assert not np.allclose(first, x)  # it is the adversarial forward, not the clean one
+    # Same batch, same weights: only the random start can make the two steps' points differ.
+    assert np.abs(first - second).max() > 1e-3
+    _, (again, _) = _adversarial_inputs_of_two_steps(seed=3)
+    np.testing.assert_array_equal(first, again)
+
+
+class _RightOnlyWhenMoved(keras.layers.Layer):
+    """Logits for 4 classes: class 0 at the uniform grey image, class 1 anywhere else; the input
+    gradient is zero everywhere, so PGD stays where its random start put it."""
+
+    def call(self, x):
+        moved = tf.cast(tf.reduce_max(tf.abs(x - 0.5), axis=[1, 2, 3]) > 1e-4, tf.float32)
+        flat = 0.0 * tf.reduce_mean(x, axis=[1, 2, 3])
+        return tf.stack([1.0 - moved + flat, moved + flat, flat, flat], axis=1)
+
+
+def test_validation_robust_accuracy_never_counts_a_point_wrong_when_clean():
+    inputs = keras.Input((6, 6, 1))
+    student = keras.Model(inputs, _RightOnlyWhenMoved()(inputs))
+    distiller = AdversarialDistiller(student, None, method="pgd_at", eps=0.1, val_robust_steps=2)
+    distiller.compile(optimizer=TorchSGD(0.1))
+    x = np.full((8, 6, 6, 1), 0.5, np.float32)
+    y = np.ones(8, np.int64)
+    # Clean, every point is class 0 (wrong); the attack's start moves it to class 1 (right).
+    assert np.all(np.argmax(student(x).numpy(), -1) == 0)
+    assert np.all(np.argmax(student(x + 0.05).numpy(), -1) == 1)
+    logs = distiller.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    assert logs["clean_accuracy"] == 0.0
+    assert logs["robust_accuracy"] == 0.0

@@ -274,6 +274,30 @@ def test_dgad_loss_gradients_reach_both_student_outputs_and_not_the_teacher():
     assert grads[2] is None and grads[3] is None
 
 
+def _softmax64(logits):
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+def test_pcr_gradient_on_each_student_side_matches_numpy():
+    # PCR = sum ||p_adv - p_clean||^2 / (B*C). With g = 2(p_adv - p_clean)/(B*C) and the softmax
+    # Jacobian diag(p) - p p^T, d/dz_adv = p_adv*(g - <p_adv, g>), d/dz_clean = -p_clean*(g -
+    # <p_clean, g>): both sides are pulled together, neither is a fixed target.
+    sc, sa, tc, ta, y = random_batch(13)
+    variables = [tf.Variable(v) for v in (sc, sa)]
+    with tf.GradientTape() as tape:
+        # distill_weight 0: the total is PCR alone, so no KL term can supply a gradient.
+        total = losses.dgad_loss(*variables, tc, ta, y, distill_weight=0.0)["total"]
+    grad_clean, grad_adv = tape.gradient(total, variables)
+    p_clean, p_adv = _softmax64(sc.astype(np.float64)), _softmax64(sa.astype(np.float64))
+    g = 2.0 * (p_adv - p_clean) / p_clean.size
+    expected_adv = p_adv * (g - (p_adv * g).sum(-1, keepdims=True))
+    expected_clean = -p_clean * (g - (p_clean * g).sum(-1, keepdims=True))
+    assert np.abs(expected_adv).max() > 1e-4
+    np.testing.assert_allclose(grad_adv.numpy(), expected_adv, rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(grad_clean.numpy(), expected_clean, rtol=1e-4, atol=1e-8)
+
+
 def test_dgad_loss_matches_under_jit_compiled_function():
     sc, sa, tc, ta, y = random_batch(12)
     compiled = tf.function(lambda *a: losses.dgad_loss(*a)["total"], jit_compile=True)
