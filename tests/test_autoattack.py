@@ -638,3 +638,62 @@ def test_arguments_are_checked(model_fn, batch):
         run_autoattack(model_fn, x, labels, eps=0.1, attacks=["apgd-ce"])
     with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):
         square(model_fn, x * 2.0 + 0.5, labels, eps=0.1)
+
+
+# --------------------------------------------------------------------------- targets, sequence
+
+
+def _third_class_only_model(x):
+    """4 classes on 2x2x1 images. At the grey image class 0 leads, class 1 (constant) is the
+    runner-up and can never win, class 2 ranks third and wins once the mean pixel rises by
+    0.04 (of eps 0.05: no random start gets there); class 3 is far behind. Only a targeted
+    attack that goes past the runner-up succeeds."""
+    x = tf.cast(x, tf.float32)
+    mean = tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1)
+    ones = tf.ones_like(mean)
+    return tf.stack([ones, 0.9 * ones, 0.5 + 12.5 * (mean - 0.5), -ones], axis=1)
+
+
+@pytest.mark.parametrize("attack", [apgd_targeted, fab_targeted])
+def test_targeted_attacks_go_on_past_the_runner_up_class(attack):
+    x = np.full((8, 2, 2, 1), 0.5, np.float32)
+    labels = np.zeros(8, np.int32)
+    ranking = np.argsort(-_third_class_only_model(x).numpy(), axis=1)
+    assert np.all(ranking[:, :3] == [0, 1, 2])
+    runner_up_only = attack(
+        _third_class_only_model, x, labels, eps=0.05, n_iter=10, n_target_classes=1
+    )
+    assert np.all(np.argmax(_third_class_only_model(runner_up_only).numpy(), 1) == 0)
+    x_adv = attack(_third_class_only_model, x, labels, eps=0.05, n_iter=10, n_target_classes=3)
+    assert np.all(np.argmax(_third_class_only_model(x_adv).numpy(), 1) == 2)
+    _assert_in_ball(x_adv, x, 0.05)
+
+
+def test_each_point_keeps_the_example_of_the_first_attack_that_broke_it(model_fn, batch):
+    # Later attacks run on the points earlier ones left robust: a broken point's stored example
+    # is the first breaker's, untouched by the attacks after it.
+    x, labels = batch
+    eps = 0.035
+    options = {"apgd-ce": {"n_iter": 5}, "square": {"n_queries": 100}}
+    first = run_autoattack(
+        model_fn, x, labels, eps=eps, version="custom", attacks=["apgd-ce"], attack_options=options
+    )
+    both = run_autoattack(
+        model_fn,
+        x,
+        labels,
+        eps=eps,
+        version="custom",
+        attacks=["apgd-ce", "square"],
+        attack_options=options,
+    )
+    assert first["clean_accuracy"] == 1.0  # the batch fixture holds correctly classified points
+    broken_first = ~first["robust_mask"]
+    assert 0 < broken_first.sum() < len(labels), "uninformative eps"
+    np.testing.assert_array_equal(both["x_adv"][broken_first], first["x_adv"][broken_first])
+    # Square does change points when it runs on them, so the equality above is informative.
+    alone = run_autoattack(
+        model_fn, x, labels, eps=eps, version="custom", attacks=["square"], attack_options=options
+    )
+    hit = broken_first & ~alone["robust_mask"]
+    assert hit.any() and not np.allclose(alone["x_adv"][hit], first["x_adv"][hit])

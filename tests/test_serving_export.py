@@ -255,3 +255,85 @@ def test_export_cli_writes_a_verified_version(run_dir, digits, tmp_path, capsys)
 def test_parse_eps_accepts_fractions():
     assert export_cli.parse_eps("8/255") == pytest.approx(8 / 255)
     assert export_cli.parse_eps("0.5") == 0.5
+
+
+# --- verification thresholds and per-artifact figures -------------------------------------
+
+
+def _shifted_copy(model, delta):
+    """`model` with `delta` added to the final layer's bias of class 0: same network, slightly
+    different probabilities (at most delta/4 apart)."""
+    other = keras.models.clone_model(model)
+    other.set_weights(model.get_weights())
+    bias = other.layers[-1].bias
+    bias.assign(bias.numpy() + np.eye(bias.shape[0], dtype=np.float32)[0] * delta)
+    return other
+
+
+@pytest.mark.parametrize("artifact", ["saved_model", "tflite_float"])
+def test_an_artifact_a_thousandth_off_in_probability_is_refused(
+    student, digits, tmp_path, monkeypatch, artifact
+):
+    # An exported network whose probabilities move by ~1e-3 is not the model that was trained;
+    # a check loose enough to let that through would pass almost any near-copy.
+    shifted = _shifted_copy(student, 0.01)
+    x = digits["test_x"][:256]
+    gap = np.abs(keras_probabilities(shifted, x) - keras_probabilities(student, x)).max()
+    assert 5e-4 < gap < 5e-3, gap
+    if artifact == "saved_model":
+        real_save = serving.verify.save_serving_model
+        monkeypatch.setattr(
+            serving.verify,
+            "save_serving_model",
+            lambda model, *args, **kwargs: real_save(shifted, *args, **kwargs),
+        )
+    else:
+        real_convert = serving.tflite.convert_tflite
+        monkeypatch.setattr(
+            serving.tflite,
+            "convert_tflite",
+            lambda model, *args, **kwargs: real_convert(shifted, *args, **kwargs),
+        )
+    with pytest.raises(serving.ExportVerificationError, match=artifact):
+        serving.export_student(student, tmp_path / "m", formats=artifact, representative_x=x)
+
+
+def _near_the_boundary(model, x, count):
+    """uint8 images on segments between test images of different classes where the float
+    model's top two logits are within a few hundredths: where int8 rounding flips classes."""
+    rng = np.random.default_rng(0)
+    found = []
+    while len(found) < count:
+        a, b = x[rng.integers(0, len(x), 2)]
+        t = np.linspace(0.0, 1.0, 64)[:, None, None, None]
+        images = np.round((1 - t) * a + t * b).astype(np.uint8)
+        logits = model(images / np.float32(255.0), training=False).numpy()
+        top2 = np.sort(logits, axis=1)[:, -2:]
+        found.extend(images[(top2[:, 1] - top2[:, 0]) < 0.05])
+    return np.stack(found[:count])
+
+
+def test_each_artifact_is_scored_by_its_own_predictions(student, digits, tmp_path):
+    # Images near the float model's boundaries, labelled with its own predictions: the float
+    # model scores 1 there by construction, the int8 model does not. Each card figure must be
+    # that artifact's accuracy, recomputed here from the written file.
+    boundary = _near_the_boundary(student, digits["test_x"], 300)
+    labels = keras_probabilities(student, boundary).argmax(axis=1)
+    eval_x = np.concatenate([digits["test_x"][:200], boundary])
+    eval_y = np.concatenate([digits["test_y"][:200], labels])
+    base = tmp_path / "m"
+    card = serving.export_student(
+        student,
+        base,
+        formats="tflite_float,tflite_int8",
+        representative_x=digits["train_x"],
+        eval_arrays=(eval_x, eval_y),
+        parity_n=200,
+        eps=2 / 255,
+    )
+    clean = card["evaluation"]["clean_accuracy"]
+    for name in ("tflite_float", "tflite_int8"):
+        runner = serving.tflite.TFLiteRunner(base / "1" / serving.tflite.TFLITE_FILES[name])
+        own = np.mean(runner.logits(eval_x / np.float32(255.0)).argmax(axis=1) == eval_y)
+        assert clean[name] == pytest.approx(own), name
+    assert clean["tflite_int8"] < clean["keras"] - 0.01, "int8 flipped nothing: uninformative"

@@ -397,3 +397,31 @@ def test_cli_bad_config_exits_2(tmp_path, capsys):
     )
     assert code == 2 and "attack.steps" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_trials_are_ranked_by_robust_accuracy_not_clean(tmp_path):
+    # Method `clean` trains both trials identically (same seed, data and init; one epoch, so the
+    # best epoch is the same one); `attack.eps` only sets the validation attack. So both trials
+    # have the same clean accuracy, and at eps 1 the
+    # attack turns every image into another: the trial validated at eps 1 is far less robust.
+    # KerasTuner breaks ties in trial order, and trial 0 is the eps-1 trial, so a search ranking
+    # by clean accuracy would name it best.
+    values = {
+        **TINY,
+        "method": {"name": "clean"},
+        "train": {**TINY["train"], "batch_size": 16},
+        "optimizer": {"lr": 0.1, "milestones": []},
+        "output": {**TINY["output"], "dir": str(tmp_path)},
+        "tune": {
+            "space": {"attack.eps": {"type": "choice", "values": [1.0, 0.0]}},
+            "max_trials": 2,
+        },
+    }
+    cfg = config_from_dict(values)
+    result = search.run_search(cfg, verbose=0)
+    rows = {row["attack.eps"]: row for row in result.rows}
+    assert rows[1.0]["trial"] == "0"
+    assert rows[1.0]["val_clean_accuracy"] == rows[0.0]["val_clean_accuracy"] > 0.3, rows
+    assert rows[0.0]["val_robust_accuracy"] > rows[1.0]["val_robust_accuracy"] + 0.1
+    assert result.best_trial == rows[0.0]["trial"]
+    assert result.best_config.attack.eps == 0.0
