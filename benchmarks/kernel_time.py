@@ -157,11 +157,26 @@ def kernel_times(args, pair):
         raise RuntimeError(f"the verbose child failed ({done.returncode}):\n{done.stderr[-3000:]}")
     steps = parse_verbose(done.stdout.splitlines())
     for side in ("ours", "pytorch"):
-        if not steps.get(side) or not any(s["onednn"] > 0 for s in steps[side]):
+        convolutions = [
+            kind
+            for s in steps.get(side, [])
+            for kind in s["kinds"]
+            if kind.startswith("convolution")
+        ]
+        if not convolutions:
+            # A matmul alone (TensorFlow's `gemm_api`) is no bound on a convolutional step.
+            hint = (
+                " TensorFlow turns its oneDNN kernels on by default only on CPUs with "
+                "AVX-512 VNNI/BF16 or AMX-class features; set TF_ENABLE_ONEDNN_OPTS=1 to "
+                "measure them (the timed steps of vs_pytorch.py then run with it too)."
+                if side == "ours"
+                else ""
+            )
             raise RuntimeError(
-                f"no oneDNN primitive was logged during the {side} steps: this build of "
+                f"no oneDNN convolution was logged during the {side} steps: this build of "
                 f"{'TensorFlow' if side == 'ours' else 'PyTorch'} does not run its convolutions "
-                f"through oneDNN here (or ignores ONEDNN_VERBOSE), so there is nothing to bound"
+                f"through oneDNN here (or ignores ONEDNN_VERBOSE), so there is nothing to "
+                f"bound.{hint}"
             )
     return steps
 
