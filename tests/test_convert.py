@@ -234,6 +234,27 @@ def test_unknown_arch_is_refused(tmp_path, capsys, wrn_state):
     assert os.listdir(tmp_path) == ["in.pt"]
 
 
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("in.pt", b"a text file, not a checkpoint"),
+        ("in.pt", b""),
+        ("in.pth", bytes(range(256)) * 2),
+        ("in.safetensors", b"junk"),
+    ],
+)
+def test_a_file_that_is_not_a_checkpoint_is_refused_and_named(tmp_path, capsys, name, content):
+    (tmp_path / name).write_bytes(content)
+    code, err = _cli(
+        ["--arch", "wrn-10-2", "--num-classes", "10", tmp_path / name, tmp_path / "out.keras"],
+        capsys,
+    )
+    assert code == 2
+    assert f"{tmp_path / name} is not a readable" in err and "nothing written" in err
+    assert "Traceback" not in err
+    assert os.listdir(tmp_path) == [name]
+
+
 def test_missing_torch_names_the_install_command(tmp_path, monkeypatch):
     path = tmp_path / "in.pt"
     path.write_bytes(b"not read")

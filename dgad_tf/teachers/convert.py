@@ -59,16 +59,31 @@ def load_state_dict(path):
             from safetensors.numpy import load_file
         except ImportError:
             raise ImportError(f"{_TORCH_HINT} (safetensors)") from None
-        raw = load_file(str(path))
+        try:
+            raw = load_file(str(path))
+        except Exception as err:  # safetensors raises its own SafetensorError
+            raise _not_a_checkpoint(path, "safetensors", err) from None
     else:
         try:
             import torch
         except ImportError:
             raise ImportError(_TORCH_HINT) from None
-        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as err:  # unpickling fails in many ways: KeyError, EOFError, ...
+            raise _not_a_checkpoint(path, "torch.save", err) from None
         raw = _unnest(raw, path)
         raw = {key: _tensor_to_numpy(value, key) for key, value in raw.items()}
     return _strip_wrapper_prefixes(raw)
+
+
+def _not_a_checkpoint(path, kind, err):
+    detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+    return ConversionError(
+        f"{path} is not a readable {kind} checkpoint ({type(err).__name__}"
+        + (f": {detail}" if detail else "")
+        + "); pass the file PyTorch's torch.save or safetensors wrote"
+    )
 
 
 def _unnest(checkpoint, path):
