@@ -87,10 +87,16 @@ class FolderLock:
         self._handle = None
 
     def acquire(self) -> "FolderLock":
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_FILE
-        while True:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
             handle = open(path, "a+")
+        except OSError as err:  # a read-only file system, no permission, a file in the path
+            raise RunError(
+                f"{self.what} {self.folder} cannot be written ({err.strerror or err}); "
+                "choose a folder this process may create files in"
+            ) from None
+        while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -110,6 +116,7 @@ class FolderLock:
             if same:
                 break
             handle.close()
+            handle = open(path, "a+")
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()}\n")

@@ -276,6 +276,26 @@ def test_a_second_fit_on_the_same_folder_is_refused(tmp_path, capsys):
     assert listing(run) == []
 
 
+@pytest.mark.parametrize("where", ["under_a_file", "read_only_file_system"])
+def test_fit_refuses_an_output_dir_it_cannot_create(tmp_path, capsys, where):
+    if where == "under_a_file":
+        blocker = tmp_path / "blocker"
+        blocker.write_text("a file")
+        run = blocker / "run"
+    else:
+        # sysfs refuses new folders even to root: the read-only case a test can reach.
+        run = pathlib.Path("/sys/dgad_tf_test_run")
+        if not pathlib.Path("/sys").is_dir():
+            pytest.skip("no /sys on this machine")
+    code = fit_cli.main(
+        ["--config", str(REPO / "configs" / "quickstart.yaml"), "--set", f"output.dir={run}"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"output.dir {run} cannot be written" in err and "Traceback" not in err
+    assert not run.exists()
+
+
 def evaluate_in_a_new_process(*args):
     """`python -m dgad_tf.evaluate ARGS` in a fresh interpreter; returns the CompletedProcess."""
     return subprocess.run(
