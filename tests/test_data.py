@@ -112,6 +112,36 @@ def test_npz_label_out_of_range_is_named(tmp_path):
         data.load_splits("npz", path=str(file))
 
 
+def test_npz_labels_from_1_without_class_names_warn_of_the_empty_class(tmp_path, caplog):
+    # Labels 1..10 meant as 10 classes: without class_names they imply 11, class 0 empty.
+    file = tmp_path / "d.npz"
+    labels = np.arange(1, 11)
+    np.savez(
+        file, x_train=_tagged_images(10), y_train=labels, x_test=_tagged_images(2), y_test=[1, 2]
+    )
+    with caplog.at_level("INFO", logger="dgad_tf.data.sources"):
+        splits = data.load_splits("npz", path=str(file), val_fraction=0.0)
+    assert splits.num_classes == 11
+    assert "11 classes from the largest label (10)" in caplog.text
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "have no training image (class 0)" in warnings[0].getMessage()
+
+
+def test_npz_labels_covering_every_class_do_not_warn(tmp_path, caplog):
+    file = tmp_path / "d.npz"
+    np.savez(
+        file,
+        x_train=_tagged_images(4),
+        y_train=[0, 1, 2, 0],
+        x_test=_tagged_images(2),
+        y_test=[0, 1],
+    )
+    with caplog.at_level("INFO", logger="dgad_tf.data.sources"):
+        data.load_splits("npz", path=str(file), val_fraction=0.0)
+    assert "3 classes from the largest label (2)" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_npz_negative_label_is_out_of_range(tmp_path):
     file = tmp_path / "d.npz"
     np.savez(

@@ -7,6 +7,7 @@ Each `_load_<source>` returns `(train, test, num_classes, class_names)` with uin
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import zipfile
 
@@ -14,6 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from dgad_tf.data.arrays import Arrays, _as_arrays, _check_labels, split_validation
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # The digits test split must not move when the user changes `seed` (that seed only picks the
@@ -111,7 +114,35 @@ def _load_npz(path):
     else:
         num_classes = int(max(train.y.max(initial=-1), test.y.max(initial=-1))) + 1
         class_names = tuple(str(i) for i in range(num_classes))
+        _log_inferred_classes(path, train.y, num_classes)
     return train, test, num_classes, class_names
+
+
+def _log_inferred_classes(path, train_labels, num_classes):
+    """Say how many classes labels without `class_names` imply, and warn of empty classes
+    (labels 1..10 or 0..10 where 10 classes were meant train an 11-way classifier)."""
+    labels = np.asarray(train_labels, np.int64)
+    # A negative label is refused later, by name (`_check_labels`); count the others.
+    counts = np.bincount(labels[labels >= 0], minlength=num_classes)
+    empty = np.flatnonzero(counts == 0)
+    logger.info(
+        "%s: no `class_names` array, so %d classes from the largest label (%d)",
+        path,
+        num_classes,
+        num_classes - 1,
+    )
+    if empty.size:
+        shown = ", ".join(str(c) for c in empty[:10]) + (", ..." if empty.size > 10 else "")
+        logger.warning(
+            "%s: %d of the %d classes inferred from the labels have no training image "
+            "(class %s); if the labels are not 0..%d, relabel them or add a `class_names` "
+            "array",
+            path,
+            empty.size,
+            num_classes,
+            shown,
+            num_classes - 1,
+        )
 
 
 def _npz_keys(data, keys, filename):
