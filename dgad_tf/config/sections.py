@@ -170,8 +170,10 @@ class MethodConfig:
             Defaults to "batchmean".
         kl_scale: constant factor on those KL terms (the reference RSLAD's CIFAR-100 `10 * mean`
             is class_mean with kl_scale 10). Defaults to 1.0.
-        rslad_log_epsilon: RSLAD's student log-probabilities as log(p + epsilon), as its code;
-            0 is the exact log-softmax. Defaults to 0.0.
+        rslad_log_epsilon: epsilon of RSLAD's KL as its code writes it, -a*b + log(b + epsilon)*b
+            with a the student's log-softmax and b the TEACHER's softmax: the value moves by a
+            constant of the teacher, the gradient is the exact KL gradient; 0 is the exact KL.
+            Defaults to 0.0.
         reference_forwards: run the baselines' forward passes in the order and batch-norm modes of
             their reference code (PGD-AT: Gaussian 0.001 start and an extra training-mode clean
             forward after the adversarial one; TRADES: clean, adversarial, clean; RSLAD and ARD:

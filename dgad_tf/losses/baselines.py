@@ -32,10 +32,10 @@ def _kl_term(
     temperature=1.0,
     kl_reduction="batchmean",
     kl_scale=1.0,
-    q_log_epsilon=0.0,
+    p_log_epsilon=0.0,
 ):
     """kl_scale * sum_i KL_i / B, further divided by C for `kl_reduction="class_mean"`."""
-    per_sample = kl_divergence(p_logits, q_logits, temperature, q_log_epsilon)
+    per_sample = kl_divergence(p_logits, q_logits, temperature, p_log_epsilon)
     term = kl_scale * tf.reduce_sum(per_sample) / batch_divisor
     if kl_reduction == "class_mean":
         term = term / tf.cast(tf.shape(p_logits)[-1], tf.float32)
@@ -142,8 +142,10 @@ def rslad_loss(
 
     The KL is summed over classes and averaged over the batch. The released RSLAD code instead
     takes `torch.mean` over batch *and* classes (`kl_reduction="class_mean"`, KL / C) on CIFAR-10,
-    `10 * torch.mean` on CIFAR-100 (add `kl_scale=10`), and the student's log-probabilities as
-    `log(softmax + 1e-5)` (`log_epsilon=1e-5`).
+    `10 * torch.mean` on CIFAR-100 (add `kl_scale=10`), and writes each KL as
+    `-a*b + log(b + 1e-5)*b` with a the student's log-softmax and b the teacher's softmax
+    (`log_epsilon=1e-5`): the epsilon sits on the teacher's side, so it shifts the value by a
+    constant and leaves the gradient the exact KL gradient.
 
     Args:
         student_logits_clean: `[B, C]` student logits on clean inputs.
@@ -151,8 +153,8 @@ def rslad_loss(
         teacher_logits_clean: `[B, C]` teacher logits on clean inputs (no gradient).
         kl_reduction: `"batchmean"` or `"class_mean"` (KL / C). Defaults to `"batchmean"`.
         kl_scale: constant factor on both KL terms. Defaults to `1.0`.
-        log_epsilon: the student's log-probabilities are log(q + log_epsilon); 0 is exact.
-            Defaults to `0.0`.
+        log_epsilon: the teacher's term is sum b·log(b + log_epsilon) (b the teacher's softmax),
+            as the reference writes it; 0 is the exact KL. Defaults to `0.0`.
         global_batch_size: batch size across replicas, or None. Defaults to `None`.
 
     Returns:
@@ -161,7 +163,7 @@ def rslad_loss(
     _check_kl_reduction(kl_reduction, kl_scale)
     divisor = _batch_denominator(teacher_logits_clean, global_batch_size)
     teacher = tf.stop_gradient(_logits(teacher_logits_clean))
-    scale = dict(kl_reduction=kl_reduction, kl_scale=kl_scale, q_log_epsilon=log_epsilon)
+    scale = dict(kl_reduction=kl_reduction, kl_scale=kl_scale, p_log_epsilon=log_epsilon)
     kl_adv = _kl_term(teacher, student_logits_adv, divisor, **scale)
     kl_clean = _kl_term(teacher, student_logits_clean, divisor, **scale)
     total = 5.0 / 6.0 * kl_adv + 1.0 / 6.0 * kl_clean
