@@ -89,7 +89,7 @@ def main(argv=None) -> int:
             if name != "clean"
         ]
     print(" ".join(summary))
-    if selection["rule"] == "best_test":
+    if selection["rule"] in ("best_test", "rslad_pgd20"):
         print(f"note: the student checkpoint was {selection['note']}")
     print(f"run directory: {cfg.output.dir}")
     return 0
@@ -102,6 +102,8 @@ _SELECTION = {
     "best_val": "best val_robust_accuracy on the validation split",
     "best_test": "best test_robust_accuracy on the TEST split (the reference's rule; "
     "leaky, a reproduction mode)",
+    "rslad_pgd20": "best test_pgd20_accuracy (PGD-20, step 0.003) on the TEST split after every "
+    "20th epoch before 215 and every epoch from 215 (RSLAD's rule; leaky, a reproduction mode)",
 }
 
 

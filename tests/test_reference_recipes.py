@@ -87,6 +87,7 @@ REFERENCE = {
         train_mode_attack=False,  # rslad_loss.py:37 model.eval()
         keep_partial_batch=True,  # :28 DataLoader without drop_last
         val_fraction=0,  # :27 the whole training set
+        select="rslad_pgd20",  # :68-80
     ),
     "cifar100_resnet18_rslad.yaml": dict(
         source="zibojia/RSLAD resnet18_rslad_cifar100.py, rslad_loss.py",
@@ -105,6 +106,7 @@ REFERENCE = {
         train_mode_attack=False,  # rslad_loss.py:37
         keep_partial_batch=True,  # :29
         val_fraction=0,  # :28
+        select="rslad_pgd20",  # :71-83
     ),
     "cifar10_resnet18_trades.yaml": dict(
         source="yaodongyu/TRADES train_trades_cifar10.py, trades.py",
@@ -193,7 +195,7 @@ def test_loss_options_are_the_references(name):
         assert (me.ard_alpha, me.ard_temperature) == ref["ard"]
 
 
-@pytest.mark.parametrize("name", sorted(n for n in REFERENCE if "select" in REFERENCE[n]))
+@pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_selection_is_the_references(name):
     assert recipe(name).train.select == REFERENCE[name]["select"]
 
@@ -208,6 +210,21 @@ def test_every_key_the_recipe_sets_names_where_it_comes_from(name):
         above = lines[i - 1].lstrip() if i else ""
         cited = comment or (above.startswith("#") and above)
         assert cited, f"{name}:{i + 1} sets {line.strip()!r} without naming its source"
+
+
+def test_rslad_selection_evaluates_at_the_references_epochs():
+    from dgad_tf.callbacks import PeriodicTestPGD
+
+    rule = PeriodicTestPGD.rslad(None, eps=8 / 255)
+    # resnet18_rslad_cifar10.py:47 epochs from 1; :68 the condition as written.
+    expected = [
+        (epoch % 20 == 0 and epoch < 215) or (epoch % 1 == 0 and epoch >= 215)
+        for epoch in range(1, 300 + 1)
+    ]
+    assert [rule.evaluated_epochs(epoch) for epoch in range(1, 301)] == expected
+    # :72 attack_pgd(..., attack_iters=20, step_size=0.003, epsilon=8.0/255.0); rslad_loss.py:10
+    # a uniform start.
+    assert (rule.steps, rule.step_size, rule.eps) == (20, 0.003, 8 / 255)
 
 
 def test_print_lr_answers_what_rate_at_an_epoch(capsys):

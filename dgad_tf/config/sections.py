@@ -28,7 +28,7 @@ MODEL_INITS = ("torch", "keras")
 SCHEDULES = ("piecewise", "cosine", "constant")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
 # Which checkpoint the final report (and export) uses: see TrainConfig.select.
-SELECTION_RULES = ("last", "best_val", "best_test")
+SELECTION_RULES = ("last", "best_val", "best_test", "rslad_pgd20")
 # The search (TuneConfig); a weighted objective is scored as the metric SCORE_METRIC.
 TUNERS = ("random", "bayesian", "hyperband")
 TUNE_OBJECTIVES = ("val_robust_accuracy", "val_clean_accuracy")
@@ -256,10 +256,13 @@ class TrainConfig:
             (`student_last.keras`), "best_val" (`student_best_robust.keras`, best
             `val_robust_accuracy` on the validation split; needs `data.val_fraction > 0`) or
             "best_test" (`student_best_test_robust.keras`, best PGD accuracy on the TEST split
-            as the reference selects; leaky, a reproduction mode only). Defaults to "best_val".
-        select_n: first n test images evaluated after every epoch (clean and
-            PGD-`val_robust_steps`) for `select="best_test"`. Defaults to None (the whole test
-            split, as the reference).
+            as the DGAD reference selects; leaky, a reproduction mode only) or "rslad_pgd20"
+            (`student_best_test_pgd20.keras`, RSLAD's rule: best `test_pgd20_accuracy`, PGD-20
+            with step 0.003 from a uniform start, after every 20th epoch before epoch 215 and
+            every epoch from 215, counted from 1; also leaky). Defaults to "best_val".
+        select_n: first n test images evaluated for `select="best_test"` (clean and
+            PGD-`val_robust_steps` after every epoch) or `"rslad_pgd20"`. Defaults to None (the
+            whole test split, as the references).
         drop_remainder: drop the last partial training batch of each epoch (the reference keeps
             it). Defaults to True.
     """
