@@ -247,6 +247,44 @@ def test_iad_recipe_before_and_after_warmup(classes, after_warmup):
     introspection = np.mean((1.0 - weight) * per_sample)
     expected = distill + (introspection if after_warmup else 0.0)
     got = our_loss(
+        recipe("cifar10_resnet18_adaiad.yaml"), logits, y, introspection=float(after_warmup)
+    )
+    np.testing.assert_allclose(got, expected, **TOL)
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+@pytest.mark.parametrize("after_warmup", [False, True])
+def test_zhu_iad_recipe_is_iad_i_as_written(classes, after_warmup):
+    """ZFancy/IAD IAD-I.py:176-181 in NumPy: teacher on the CLEAN input in the distilled term
+    (teacher_outputs = teacher_net(inputs), :165), the reliability from the teacher on x'
+    (guide, :170), KLDivLoss(reduce=False) summed over classes and averaged over the batch,
+    T = 1 (:26), alpha = 1 (:29), beta = 0.1 (:34)."""
+    logits, y = fixed_logits(64, classes, scale=4.0)
+    temp, alpha, beta, batch = 1.0, 1.0, 0.1, len(y)
+    outputs, basic = logits["s_adv"], logits["s_clean"]
+    alpha_i = softmax(logits["t_adv"])[np.arange(batch), y] ** beta  # :176-178
+    distill = (
+        alpha
+        * temp
+        * temp
+        * (1 / batch)
+        * kl_div(log_softmax(outputs / temp), softmax(logits["t_clean"] / temp), "none")
+        .sum(axis=1)
+        .sum()
+    )
+    xent = (1.0 - alpha) * cross_entropy(basic, y)
+    if after_warmup:  # :179
+        introspect = (
+            alpha
+            * (1 / batch)
+            * (
+                kl_div(log_softmax(outputs), softmax(basic), "none").sum(axis=1) * (1 - alpha_i)
+            ).sum()
+        )
+        expected = distill + introspect + xent
+    else:  # :181
+        expected = distill + xent
+    got = our_loss(
         recipe("cifar10_resnet18_iad.yaml"), logits, y, introspection=float(after_warmup)
     )
     np.testing.assert_allclose(got, expected, **TOL)
@@ -301,7 +339,8 @@ def test_dgad_mobilenetv2_weighting_is_finite_when_one_partition_is_empty(wrong)
     pcr = np.mean((softmax(logits["s_adv"]) - softmax(logits["s_clean"])) ** 2)
     assert np.isfinite(got)
     if wrong == "all":
-        # The reference divides 0 by B - |M| = 0 (NaN); the adversarial mean of nothing is 0.
+        # The reference's 1 / (B - |M|) with a Python float raises ZeroDivisionError
+        # (kunsaram01/DGAD main.py:433); the adversarial mean of nothing is 0.
         np.testing.assert_allclose(got, pcr, **TOL)
     else:
         _, _, mean_adv, _ = dgad_reference_partitioned(logits, y)

@@ -9,6 +9,8 @@ epoch e of log.csv is index e - 1).
     zibojia/RSLAD                              c40e04f
     yaodongyu/TRADES                           6e8e11b
     goldblum/AdversariallyRobustDistillation   779ade3
+    ZFancy/IAD                                 a8091a8
+    kunsaram01/DGAD                            a0329c8
 """
 
 import pathlib
@@ -65,6 +67,34 @@ def ard_rates():
             lr *= 0.1
             group_lr = lr
         rates.append(group_lr)
+    return rates
+
+
+def zhu_iad_rates():
+    # IAD-I.py:218 lr = args.lr (0.1, :18); :229 `for epoch in range(args.epochs)` (200, :21);
+    # :230 adjust_learning_rate(optimizer, epoch, lr) with that initial lr; :49-53 as ARD's.
+    group_lr, initial, rates = 0.1, 0.1, []
+    for epoch in range(200):
+        lr = initial
+        if epoch in [100, 150]:  # :19
+            lr *= 0.1  # :20
+            group_lr = lr
+        rates.append(group_lr)
+    return rates
+
+
+def dgad_repo_rates():
+    # kunsaram01/DGAD main.py:666 `for epoch in range(start_epoch, args.epochs)` from 0 (:278);
+    # :300 lr_decay(epoch, 200); :120-135 piecewise, [100, 150] for 200 epochs.
+    rates = []
+    for epoch in range(200):
+        epoch_point = [100, 150]
+        if epoch < epoch_point[0]:
+            rates.append(0.1)
+        elif epoch < epoch_point[1]:
+            rates.append(0.1 / 10)
+        else:
+            rates.append(0.1 / 100)
     return rates
 
 
@@ -146,6 +176,44 @@ REFERENCE = {
         val_fraction=0,  # :48
         select="last",  # :25 save_period 1, :132-139 a checkpoint every epoch, none chosen
     ),
+    "cifar10_resnet18_iad.yaml": dict(
+        source="ZFancy/IAD IAD-I.py",
+        epochs=200,  # IAD-I.py:21
+        rates=zhu_iad_rates(),
+        momentum=0.9,  # :224
+        weight_decay=2e-4,  # :224
+        batch_size=128,  # :76
+        eps=8 / 255,  # :136
+        step_size=2 / 255,  # :138
+        steps=10,  # :137
+        start=("uniform", None),  # :97
+        iad=(1.0, 0.1, 1.0, 60),  # :29 alpha, :34 beta, :26 temp, :35 begin
+        forwards=("adv", "+adv", "clean"),  # :106, :169, :181
+        after_warmup=("adv", "+adv", "clean", "+clean"),  # :179 basic_net(inputs) twice
+        train_mode_attack=True,  # :159 net.train()
+        keep_partial_batch=True,  # :76
+        val_fraction=0,  # :75
+        select="best_test",  # :236-259 PGD-10 on the test split every epoch, best kept
+    ),
+    "cifar10_resnet18_adaiad.yaml": dict(
+        source="kunsaram01/DGAD main.py --method AdaAD_with_IAD1, AT_helper.py",
+        epochs=200,  # main.py:64
+        rates=dgad_repo_rates(),
+        momentum=0.9,  # :69
+        weight_decay=5e-4,  # :70
+        batch_size=128,  # :65
+        eps=8 / 255,  # :55
+        step_size=2 / 255,  # :57
+        steps=10,  # :56
+        start=("gaussian", 0.001),  # AT_helper.py:27
+        iad=(1.0, 0.1, 30.0, 60),  # :51 IAD_alpha, :52 IAD_beta, :38 temp, :50 IAD_begin
+        forwards=("clean", "adv", "+clean"),  # :367, :368, :388
+        after_warmup=("clean", "adv", "+clean", "+clean"),  # :385 net(inputs) twice
+        train_mode_attack=False,  # AT_helper.py:20-21 model.eval()
+        keep_partial_batch=True,  # :166-171
+        val_fraction=0,  # config/dataset_config.py:22-23
+        select="best_test",  # :588-590, :628-640 best PGD-10 on the test split
+    ),
 }
 
 
@@ -180,6 +248,7 @@ def test_attack_data_and_forwards_are_the_references(name):
     assert me.reference_forwards
     assert spec.reference_forwards == ref["forwards"]
     assert spec.reference_train_mode_attack is ref["train_mode_attack"]
+    assert spec.reference_forwards_after_warmup == ref.get("after_warmup")
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
@@ -193,6 +262,8 @@ def test_loss_options_are_the_references(name):
         assert me.trades_beta == ref["trades_beta"]
     if "ard" in ref:
         assert (me.ard_alpha, me.ard_temperature) == ref["ard"]
+    if "iad" in ref:
+        assert (me.iad_alpha, me.iad_beta, me.iad_temperature, me.iad_warmup_epochs) == ref["iad"]
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))

@@ -13,8 +13,8 @@ from typing import Optional
 
 import yaml
 
-METHODS = ("clean", "pgd_at", "trades", "ard", "rslad", "adaad", "iad", "dgad")
-TEACHER_METHODS = ("ard", "rslad", "adaad", "iad", "dgad")
+METHODS = ("clean", "pgd_at", "trades", "ard", "rslad", "adaad", "iad", "adaiad", "dgad")
+TEACHER_METHODS = ("ard", "rslad", "adaad", "iad", "adaiad", "dgad")
 EXPORT_FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8")
 # Attacks of an evaluation by name; "pgd<K>" (K >= 1 steps) is a family (see dgad_tf.evaluate).
 EVAL_ATTACKS = ("clean", "fgsm", "cw_inf", "cw_l2", "autoattack", "autoattack_custom")
@@ -177,13 +177,16 @@ class MethodConfig:
         reference_forwards: run the baselines' forward passes in the order and batch-norm modes of
             their reference code (PGD-AT: Gaussian 0.001 start and an extra training-mode clean
             forward after the adversarial one; TRADES: clean, adversarial, clean; RSLAD and ARD:
-            adversarial then clean; ARD: attack with the student in training mode). They change
-            only batch-norm statistics and the start, not the loss formula. Defaults to False.
-        iad_alpha: IAD's weight on its distillation terms. Defaults to 1.0.
+            adversarial then clean; ARD and IAD: attack with the student in training mode; IAD:
+            adversarial twice, then clean, and once more clean after its warm-up; AdaIAD: clean,
+            adversarial, clean, and once more clean after its warm-up). They change only
+            batch-norm statistics and the start, not the loss formula. Defaults to False.
+        iad_alpha: IAD's and AdaIAD's weight on their distillation terms. Defaults to 1.0.
         iad_beta: exponent of the teacher's true-class confidence in IAD's introspection weight.
             Defaults to 0.1.
-        iad_temperature: IAD's distillation temperature. Defaults to 30.0.
-        iad_warmup_epochs: epochs before IAD's introspection term starts. Defaults to 60.
+        iad_temperature: IAD's and AdaIAD's distillation temperature (Zhu et al.'s code: 1, the
+            DGAD repository's AdaIAD: 30). Defaults to 30.0.
+        iad_warmup_epochs: epochs before the introspection term starts. Defaults to 60.
     """
 
     name: str = "dgad"
