@@ -83,12 +83,13 @@ def zhu_iad_rates():
     return rates
 
 
-def dgad_repo_rates():
+def dgad_repo_rates(total_epoch=200):
     # kunsaram01/DGAD main.py:666 `for epoch in range(start_epoch, args.epochs)` from 0 (:278);
-    # :300 lr_decay(epoch, 200); :120-135 piecewise, [100, 150] for 200 epochs.
+    # :300 lr_decay(epoch, args.epochs); :120-135 piecewise: [100, 150] for 200 epochs, [100, 105]
+    # for 110.
     rates = []
-    for epoch in range(200):
-        epoch_point = [100, 150]
+    for epoch in range(total_epoch):
+        epoch_point = [100, 150] if total_epoch == 200 else [100, 105]
         if epoch < epoch_point[0]:
             rates.append(0.1)
         elif epoch < epoch_point[1]:
@@ -214,6 +215,61 @@ REFERENCE = {
         val_fraction=0,  # config/dataset_config.py:22-23
         select="best_test",  # :588-590, :628-640 best PGD-10 on the test split
     ),
+    "cifar10_resnet18_pgdat.yaml": dict(
+        source="kunsaram01/DGAD main.py --method Plain_Madry --epochs 110, AT_helper.py",
+        epochs=110,  # --epochs 110, main.py:124-125
+        rates=dgad_repo_rates(110),
+        momentum=0.9,  # main.py:69
+        weight_decay=5e-4,  # :70
+        batch_size=128,  # :65
+        eps=8 / 255,  # :55
+        step_size=2 / 255,  # :57
+        steps=10,  # :56
+        start=("gaussian", 0.001),  # AT_helper.py:113
+        forwards=("adv", "+clean"),  # :321 net(adv_inputs), :324 net(inputs), its loss unused
+        train_mode_attack=False,  # AT_helper.py:110-111 model.eval()
+        keep_partial_batch=True,  # :166-171
+        val_fraction=0,  # config/dataset_config.py:22-23
+        select="best_test",  # :588-590, :628-640
+    ),
+    "cifar10_resnet18_adaad.yaml": dict(
+        source="kunsaram01/DGAD main.py --method AdaAD, AT_helper.py",
+        epochs=200,  # main.py:64
+        rates=dgad_repo_rates(),
+        momentum=0.9,  # :69
+        weight_decay=5e-4,  # :70
+        batch_size=128,  # :65
+        eps=8 / 255,  # :55
+        step_size=2 / 255,  # :57
+        steps=10,  # :56
+        start=("gaussian", 0.001),  # AT_helper.py:27
+        kl=("class_mean", 1.0),  # :348-352 nn.KLDivLoss()
+        adaad_alpha=1.0,  # :41
+        forwards=("clean", "adv"),  # :340-341
+        train_mode_attack=False,  # AT_helper.py:20-21
+        keep_partial_batch=True,  # :166-171
+        val_fraction=0,  # config/dataset_config.py:22-23
+        select="best_test",  # :588-590, :628-640
+    ),
+    "cifar100_resnet18_adaad.yaml": dict(
+        source="kunsaram01/DGAD main.py --method AdaAD --dataset CIFAR100, AT_helper.py",
+        epochs=200,  # main.py:64
+        rates=dgad_repo_rates(),
+        momentum=0.9,  # :69
+        weight_decay=5e-4,  # :70
+        batch_size=128,  # :65
+        eps=8 / 255,  # :55
+        step_size=2 / 255,  # :57
+        steps=10,  # :56
+        start=("gaussian", 0.001),  # AT_helper.py:27
+        kl=("batchmean", 1.0),  # :354-358 (1/len) * torch.sum(KLDivLoss(reduce=False))
+        adaad_alpha=1.0,  # :41
+        forwards=("clean", "adv"),  # :340-341
+        train_mode_attack=False,  # AT_helper.py:20-21
+        keep_partial_batch=True,  # :166-171
+        val_fraction=0,  # config/dataset_config.py:42-43 the CIFAR100 train split
+        select="best_test",  # :588-590, :628-640
+    ),
 }
 
 
@@ -262,6 +318,8 @@ def test_loss_options_are_the_references(name):
         assert me.trades_beta == ref["trades_beta"]
     if "ard" in ref:
         assert (me.ard_alpha, me.ard_temperature) == ref["ard"]
+    if "adaad_alpha" in ref:
+        assert me.adaad_alpha == ref["adaad_alpha"]
     if "iad" in ref:
         assert (me.iad_alpha, me.iad_beta, me.iad_temperature, me.iad_warmup_epochs) == ref["iad"]
 
