@@ -236,7 +236,7 @@ def make_datasets(cfg: Config, splits: data_lib.DatasetSplits, *, first_epoch: i
 
 
 def selection_test_arrays(cfg: Config, splits: data_lib.DatasetSplits) -> data_lib.Arrays:
-    """The test images evaluated every epoch for `train.select=best_test`."""
+    """The test images `train.select=best_test` (or `rslad_pgd20`) selects the checkpoint on."""
     n = cfg.train.select_n
     return data_lib.Arrays(splits.test.x[:n], splits.test.y[:n])
 
@@ -266,8 +266,8 @@ def preflight(cfg: Config, run_dir: Optional[pathlib.Path] = None):
             f"of {len(splits.train.y)}; train.select=best_val needs some (or set "
             "train.select=last)"
         )
-    if cfg.train.select == "best_test" and len(splits.test.y) == 0:
-        raise RunError("train.select=best_test needs a test split; this data has none")
+    if cfg.train.select in ("best_test", "rslad_pgd20") and len(splits.test.y) == 0:
+        raise RunError(f"train.select={cfg.train.select} needs a test split; this data has none")
     if METHOD_SPECS[cfg.method.name].needs_teacher:
         check_teacher(cfg, splits, run_dir)
     build_network(cfg, cfg.model.student, splits)

@@ -122,6 +122,105 @@ class TestSetEvaluation(keras.callbacks.Callback):
         )
 
 
+class PeriodicTestPGD(keras.callbacks.Callback):
+    """A PGD accuracy on TEST images at chosen epochs, for a reference's own selection rule.
+
+    At the end of every epoch in `evaluated_epochs` (counted from 1) the student, in inference
+    mode, is attacked with `steps` steps of PGD on the cross-entropy (step `step_size`, uniform
+    start in the eps-ball, clipped to [0, 1]) and the share of adversarial images it classifies
+    right is logged as `metric`; on the other epochs `metric` is logged as NaN (log.csv keeps
+    one set of columns), which never beats a best value. `RunCheckpoints` keeps the best.
+
+    `rslad()` is RSLAD's rule (zibojia/RSLAD resnet18_rslad_cifar10.py:68-80, cifar100.py:71-83):
+    PGD-20, step 0.003, eps 8/255, after epoch e when e % 20 == 0 and e < 215 or e >= 215; a
+    point counts when its adversarial image is classified right (its clean prediction is not
+    asked, :73-78). Test-set selection is leaky: the chosen checkpoint's test figures are
+    optimistic.
+
+    Args:
+        dataset: batched `(x, y)` test dataset, x in [0, 1].
+        eps: the attack's L-inf radius.
+        step_size: its step.
+        steps: its iterations.
+        evaluated_epochs: callable `epoch (from 1) -> bool`.
+        metric: the log key. Defaults to "test_pgd20_accuracy".
+        seed: seed of the (stateless) uniform start, the same every epoch. Defaults to 0.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        *,
+        eps,
+        step_size,
+        steps,
+        evaluated_epochs,
+        metric="test_pgd20_accuracy",
+        seed=0,
+    ):
+        super().__init__()
+        self.dataset = dataset
+        self.eps, self.step_size, self.steps = float(eps), float(step_size), int(steps)
+        self.evaluated_epochs = evaluated_epochs
+        self.metric, self.seed = metric, int(seed)
+        self._attack = None
+
+    @classmethod
+    def rslad(cls, dataset, *, eps, seed=0):
+        """RSLAD's rule (see the class docstring): PGD-20, step 0.003, every 20th epoch to 215."""
+
+        def evaluated(epoch):
+            return (epoch % 20 == 0 and epoch < 215) or epoch >= 215
+
+        return cls(
+            dataset, eps=eps, step_size=0.003, steps=20, evaluated_epochs=evaluated, seed=seed
+        )
+
+    def accuracy(self, student) -> float:
+        """The share of test images whose PGD image `student` classifies right."""
+        import tensorflow as tf
+
+        from dgad_tf import attacks
+
+        if self._attack is None:
+
+            def attack(xb, yb):
+                model_fn = lambda images: student(images, training=False)  # noqa: E731
+                x_adv = attacks.pgd(
+                    xb,
+                    attacks.ce_objective(model_fn, yb),
+                    eps=self.eps,
+                    step_size=self.step_size,
+                    steps=self.steps,
+                    init="uniform",
+                    seed=self.seed,
+                )
+                predicted = tf.argmax(model_fn(x_adv), -1, output_type=tf.int32)
+                return tf.reduce_sum(tf.cast(tf.equal(predicted, yb), tf.int32))
+
+            self._attack = tf.function(attack, reduce_retracing=True)
+        correct = total = 0
+        for xb, yb in self.dataset:
+            yb = tf.cast(tf.reshape(yb, [-1]), tf.int32)
+            correct += int(self._attack(tf.cast(xb, tf.float32), yb))
+            total += int(yb.shape[0])
+        return correct / max(total, 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        if not self.evaluated_epochs(epoch + 1):
+            logs[self.metric] = float("nan")
+            return
+        logs[self.metric] = self.accuracy(getattr(self.model, "student", self.model))
+        log.info(
+            "epoch %d on the TEST split (for test-set selection; leaky): PGD-%d %.4f",
+            epoch + 1,
+            self.steps,
+            logs[self.metric],
+        )
+
+
 class RunCheckpoints(keras.callbacks.Callback):
     """Keeps the student's last and best-so-far checkpoints, and resumable state.
 
@@ -129,7 +228,8 @@ class RunCheckpoints(keras.callbacks.Callback):
     `BEST_CHECKPOINTS` in the epoch logs beats its best so far, also under that metric's name:
     `student_best_robust.keras` (`val_robust_accuracy`), `student_best_clean.keras`
     (`val_clean_accuracy`), `student_best_test_robust.keras` (`test_robust_accuracy`, logged by
-    `TestSetEvaluation`). The training state (student weights, optimiser variables, the finished
+    `TestSetEvaluation`), `student_best_test_pgd20.keras` (`test_pgd20_accuracy`, logged by
+    `PeriodicTestPGD`). The training state (student weights, optimiser variables, the finished
     epoch, the best values and the epochs that reached them) goes to one file,
     `train_state.npz`, replaced atomically, so that `restore()` lets a re-run continue after the
     last completed epoch with the same bests.

@@ -259,8 +259,24 @@ class AdversarialDistiller(keras.Model):
                 output = self.student(inputs[name.lstrip("+")], training=True)
                 # An unused reference forward only moves batch-norm statistics; its output
                 # serves the accuracy metric when the loss has no clean forward of its own.
-                if not unused or "s_clean" not in forwards:
+                if not unused or "s_" + name.lstrip("+") not in forwards:
                     forwards["s_" + name.lstrip("+")] = output
+            # IAD's and AdaIAD's reference code calls the student once more after the warm-up
+            # (its introspection term); in training mode on this batch the output equals the
+            # first, so only the batch-norm statistics it moves count.
+            later = self._forwards_after_warmup()
+            if later:
+
+                def later_forwards():
+                    for name in later:
+                        self.student(inputs[name.lstrip("+")], training=True)
+                    return tf.constant(0.0)
+
+                tf.cond(
+                    self._step_context().introspection > 0,
+                    later_forwards,
+                    lambda: tf.constant(0.0),
+                )
             # 4. method loss over the global batch
             terms = self.spec.loss(forwards, self.options, global_batch, self._step_context())
             # Scaled for mixed_float16 (the LossScaleOptimizer unscales in `apply`); else as is.
@@ -276,6 +292,22 @@ class AdversarialDistiller(keras.Model):
 
         self._update_train_metrics(terms, forwards, x, y, local_batch, replicas)
         return _replica_results(self._train_trackers)
+
+    def _forwards_after_warmup(self) -> tuple:
+        """The unused forwards the reference adds once the introspection term is on."""
+        after = self.spec.reference_forwards_after_warmup
+        if not self.reference_forwards or after is None:
+            return ()
+        before = self.spec.reference_forwards
+        later = tuple(after[len(before) :])
+        if tuple(after[: len(before)]) != tuple(before) or not all(
+            name.startswith("+") for name in later
+        ):
+            raise ValueError(
+                f"reference_forwards_after_warmup must extend reference_forwards with unused "
+                f"forwards; received {after!r} after {before!r}"
+            )
+        return later
 
     def _forward_order(self) -> tuple:
         if self.reference_forwards:

@@ -5,6 +5,7 @@ Usage:
     python -m dgad_tf.fit --config configs/quickstart.yaml --set method.name=adaad \\
         --set output.dir=runs/quickstart_adaad
     python -m dgad_tf.fit --config configs/cifar10_resnet18_dgad.yaml --print-config
+    python -m dgad_tf.fit --config configs/cifar10_resnet18_ard.yaml --print-lr
 
 A bad config, data path or teacher exits with code 2 and a message naming the problem, before
 anything is written. Re-running the same command after an interruption resumes after the last
@@ -25,6 +26,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
     )
+    parser.add_argument(
+        "--print-lr",
+        action="store_true",
+        help="print the learning rate of every student epoch (counted from 1) and exit",
+    )
     args = parser.parse_args(argv)
 
     from dgad_tf.config import ConfigError, load_config
@@ -34,6 +40,12 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, overrides)
     except ConfigError as err:
         return cli.error(str(err))
+    if args.print_lr or args.print_config:
+        cli.start(args.verbose)  # the schedule is computed by TensorFlow; quiet its start-up
+    if args.print_lr:
+        for epoch, rate in enumerate(student_learning_rates(cfg), start=1):
+            print(f"{epoch} {rate:.6g}")
+        return 0
     if args.print_config:
         print("".join(f"# {line}\n" for line in run_summary(cfg)) + cfg.to_yaml(), end="")
         return 0
@@ -77,7 +89,7 @@ def main(argv=None) -> int:
             if name != "clean"
         ]
     print(" ".join(summary))
-    if selection["rule"] == "best_test":
+    if selection["rule"] in ("best_test", "rslad_pgd20"):
         print(f"note: the student checkpoint was {selection['note']}")
     print(f"run directory: {cfg.output.dir}")
     return 0
@@ -90,7 +102,36 @@ _SELECTION = {
     "best_val": "best val_robust_accuracy on the validation split",
     "best_test": "best test_robust_accuracy on the TEST split (the reference's rule; "
     "leaky, a reproduction mode)",
+    "rslad_pgd20": "best test_pgd20_accuracy (PGD-20, step 0.003) on the TEST split after every "
+    "20th epoch before 215 and every epoch from 215 (RSLAD's rule; leaky, a reproduction mode)",
 }
+
+
+def student_learning_rates(cfg) -> list[float]:
+    """The learning rate of each student epoch (index 0 is epoch 1 of `log.csv`)."""
+    from dgad_tf.optim import epoch_learning_rates
+
+    o = cfg.optimizer
+    return epoch_learning_rates(
+        o.lr, epochs=cfg.train.epochs, schedule=o.schedule, milestones=o.milestones, gamma=o.gamma
+    )
+
+
+def describe_learning_rates(rates) -> str:
+    """Runs of equal rates as "0.1 in epochs 1-100, 0.01 in epochs 101-200" (epochs from 1)."""
+    runs = []
+    for epoch, rate in enumerate(rates, start=1):
+        if runs and f"{rate:.6g}" == runs[-1][0]:
+            runs[-1][2] = epoch
+        else:
+            runs.append([f"{rate:.6g}", epoch, epoch])
+    if len(runs) > 6:  # a cosine schedule: every epoch differs
+        return f"{runs[0][0]} in epoch 1 ... {runs[-1][0]} in epoch {runs[-1][2]} (--print-lr)"
+    return ", ".join(
+        f"{rate} in epoch{'s' if first != last else ''} "
+        + (f"{first}-{last}" if first != last else f"{first}")
+        for rate, first, last in runs
+    )
 
 
 def run_summary(cfg) -> list[str]:
@@ -111,10 +152,14 @@ def run_summary(cfg) -> list[str]:
     batches = "dropped" if t.drop_remainder else "kept"
     columns = {"pgd10": "pgd10 (the reference's PGD)", "cw_l2": "cw_l2 (the reference's CW)"}
     attacks = ", ".join(columns.get(a, a) for a in cfg.eval.attacks)
+    o = cfg.optimizer
+    warmup = f", warmed up over {o.warmup_epochs} epochs" if o.warmup_epochs else ""
     return [
         f"training images: {images} of {where}; last partial batch {batches}",
         f"checkpoint reported: train.select={t.select}: {_SELECTION[t.select]}",
         f"final report: {attacks} on the first {cfg.eval.n:,} test images",
+        f"learning rate (epochs counted from 1, as log.csv): "
+        f"{describe_learning_rates(student_learning_rates(cfg))}{warmup}",
     ]
 
 

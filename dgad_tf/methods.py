@@ -49,6 +49,9 @@ class MethodSpec:
             use: it only moves batch-norm statistics). Defaults to ("clean", "adv").
         reference_train_mode_attack: the reference attacks with the student in training mode.
             Defaults to False.
+        reference_forwards_after_warmup: the reference's forwards once the introspection term
+            is on (IAD, AdaIAD): `reference_forwards` followed by further unused ("+") ones.
+            Defaults to None (the same forwards in every epoch).
     """
 
     attack: str
@@ -60,6 +63,7 @@ class MethodSpec:
     context: tuple = ()
     reference_forwards: tuple = ("clean", "adv")
     reference_train_mode_attack: bool = False
+    reference_forwards_after_warmup: Optional[tuple] = None
 
     def loss(self, forwards: dict, options, global_batch, step: StepContext) -> dict:
         """The loss dict of `loss_fn` on `forwards`, with the method's options bound."""
@@ -71,6 +75,7 @@ class MethodSpec:
 
 
 _KL_SCALE = (("kl_reduction", "kl_reduction"), ("kl_scale", "kl_scale"))
+_IAD_OPTIONS = (("alpha", "iad_alpha"), ("beta", "iad_beta"), ("temperature", "iad_temperature"))
 
 METHOD_SPECS = {
     "clean": MethodSpec(
@@ -118,14 +123,33 @@ METHOD_SPECS = {
         ("s_clean", "s_adv", "t_clean", "t_adv"),
         options=(("alpha", "adaad_alpha"),) + _KL_SCALE,
     ),
+    # Zhu et al.'s IAD-I.py: the attack's last forward (adversarial, used), basic_net(x_adv)
+    # again (unused), then basic_net(x) once in the cross-entropy and, after the warm-up, once
+    # more in the introspection term; in training mode on one batch those equal the first.
     "iad": MethodSpec(
-        "kl_teacher",
+        "ce",
         True,
         True,
         losses.iad_loss,
-        ("s_clean", "s_adv", "t_adv", "y"),
-        options=(("alpha", "iad_alpha"), ("beta", "iad_beta"), ("temperature", "iad_temperature")),
+        ("s_clean", "s_adv", "t_clean", "t_adv", "y"),
+        options=_IAD_OPTIONS,
         context=(("introspection", "introspection"),),
+        reference_forwards=("adv", "+adv", "clean"),
+        reference_train_mode_attack=True,
+        reference_forwards_after_warmup=("adv", "+adv", "clean", "+clean"),
+    ),
+    # The DGAD repository's AdaAD_with_IAD1: net(inputs) (unused), net(x_adv), then net(inputs)
+    # again in the cross-entropy and, after the warm-up, in the introspection term.
+    "adaiad": MethodSpec(
+        "kl_teacher",
+        True,
+        True,
+        losses.adaiad_loss,
+        ("s_clean", "s_adv", "t_adv", "y"),
+        options=_IAD_OPTIONS,
+        context=(("introspection", "introspection"),),
+        reference_forwards=("clean", "adv", "+clean"),
+        reference_forwards_after_warmup=("clean", "adv", "+clean", "+clean"),
     ),
     "dgad": MethodSpec(
         "kl_teacher",

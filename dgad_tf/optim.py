@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -163,6 +164,29 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
             gamma=self.gamma,
             warmup_epochs=self.warmup_epochs,
         )
+
+
+def epoch_learning_rates(
+    lr, *, epochs, schedule="piecewise", milestones=(), gamma=0.1
+) -> list[float]:
+    """The rate each epoch trains with, as the `EpochSchedule` of `make_optimizer` computes it.
+
+    Entry `e` is the rate of epoch `e` counted from 0 (epoch e + 1 of `log.csv`); a milestone m
+    makes epoch m the first at the lower rate. A linear warm-up, applied per step on top of these
+    rates, is left out.
+
+    Args:
+        lr: rate of epoch 0.
+        epochs: number of epochs.
+        schedule: "piecewise", "cosine" or "constant". Defaults to "piecewise".
+        milestones: piecewise milestones. Defaults to ().
+        gamma: piecewise factor. Defaults to 0.1.
+
+    Example:
+        >>> epoch_learning_rates(0.1, epochs=4, milestones=(2,))  # 0.1, 0.1, 0.01, 0.01 (float32)
+    """
+    rate = EpochSchedule(lr, epochs=epochs, kind=schedule, milestones=milestones, gamma=gamma)
+    return [float(r) for r in np.asarray(rate.epoch_rate(np.arange(epochs)))]
 
 
 def make_optimizer(

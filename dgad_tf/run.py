@@ -13,6 +13,7 @@ directory holds:
     student_best_robust.keras      best val_robust_accuracy so far
     student_best_clean.keras       best val_clean_accuracy so far
     student_best_test_robust.keras best test_robust_accuracy so far (train.select=best_test only)
+    student_best_test_pgd20.keras  best test_pgd20_accuracy so far (train.select=rslad_pgd20 only)
     train_state.npz                weights + optimiser state + epoch, for resuming
     log.csv, tensorboard/          per-epoch metrics
     teacher.keras, teacher_run/    when the teacher was trained here
@@ -47,7 +48,13 @@ from dgad_tf.build import (  # noqa: F401
     selection_test_arrays,
     steps_per_epoch_for,
 )
-from dgad_tf.callbacks import EpochCSVLogger, EpochTensorBoard, RunCheckpoints, TestSetEvaluation
+from dgad_tf.callbacks import (
+    EpochCSVLogger,
+    EpochTensorBoard,
+    PeriodicTestPGD,
+    RunCheckpoints,
+    TestSetEvaluation,
+)
 from dgad_tf.config import Config
 from dgad_tf.distiller import AdversarialDistiller
 from dgad_tf.evaluate import evaluate_model, format_report
@@ -138,6 +145,23 @@ def train_network(
         )
         # First, so that the checkpoints, log.csv and TensorBoard see test_* in the logs.
         callbacks.insert(0, TestSetEvaluation(test_ds))
+    if cfg.train.select == "rslad_pgd20":
+        selection_arrays = selection_test_arrays(cfg, splits)
+        log.warning(
+            "train.select=rslad_pgd20: the checkpoint is chosen on the TEST split (PGD-20 on %d "
+            "images after every 20th epoch before 215 and every epoch from 215), as RSLAD's "
+            "script does; this is leaky, a reproduction mode, and its test figures are "
+            "optimistic",
+            len(selection_arrays.y),
+        )
+        callbacks.insert(
+            0,
+            PeriodicTestPGD.rslad(
+                data_lib.make_eval_dataset(selection_arrays, cfg.train.batch_size),
+                eps=cfg.attack.eps,
+                seed=cfg.train.seed,
+            ),
+        )
     if cfg.output.tensorboard:
         callbacks.append(EpochTensorBoard(run_dir / "tensorboard"))
     distiller.fit(

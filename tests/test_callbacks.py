@@ -5,6 +5,7 @@ import json
 
 import keras
 import numpy as np
+import pytest
 
 from dgad_tf.callbacks import EpochCSVLogger, RunCheckpoints
 from dgad_tf.distiller import AdversarialDistiller
@@ -154,3 +155,43 @@ def test_csv_log_of_a_run_without_validation_has_no_val_columns(tmp_path):
     assert (tmp_path / "a.csv").read_text().splitlines()[0] == "epoch,loss,test_robust_accuracy"
     # With validation expected later (every N epochs), Keras's own columns are kept.
     assert "val_loss" in (tmp_path / "b.csv").read_text().splitlines()[0]
+
+
+def test_periodic_test_pgd_logs_nan_off_its_epochs_and_counts_adversarial_hits(tmp_path):
+    import tensorflow as tf
+
+    from dgad_tf.callbacks import PeriodicTestPGD
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (20, 4, 4, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 20)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 1))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    # eps 0: the adversarial image is the clean one, so the count is the clean accuracy.
+    callback = PeriodicTestPGD(
+        dataset, eps=0.0, step_size=0.0, steps=2, evaluated_epochs=lambda e: e % 2 == 0
+    )
+    callback.set_model(model)
+    logs = {}
+    callback.on_epoch_end(0, logs)  # epoch 1: not evaluated
+    assert np.isnan(logs["test_pgd20_accuracy"])
+    callback.on_epoch_end(1, logs)
+    clean = np.mean(np.argmax(model.predict(x, verbose=0), -1) == y)
+    assert logs["test_pgd20_accuracy"] == pytest.approx(clean)
+    # A real attack can only lower it.
+    attacked = PeriodicTestPGD(
+        dataset, eps=0.5, step_size=0.1, steps=10, evaluated_epochs=lambda e: True
+    )
+    assert attacked.accuracy(model) <= clean
+    # NaN never beats a best value: the epoch without evaluation keeps no checkpoint.
+    model.compile(optimizer=TorchSGD(0.1))
+    model.optimizer.build(model.trainable_variables)
+    checkpoints = RunCheckpoints(tmp_path)
+    checkpoints.set_model(model)
+    checkpoints.on_epoch_end(0, {"test_pgd20_accuracy": float("nan")})
+    assert not (tmp_path / "student_best_test_pgd20.keras").exists()
+    checkpoints.on_epoch_end(1, {"test_pgd20_accuracy": 0.3})
+    assert (tmp_path / "student_best_test_pgd20.keras").exists()
+    assert checkpoints.best_epoch["test_pgd20_accuracy"] == 2

@@ -165,13 +165,13 @@ def _expected_objective(method, student, teacher, x, y):
     """The training attack's objective of each method as the method's paper states it."""
     s = lambda z: student(z, training=False)  # noqa: E731
     t = lambda z: teacher(z, training=False)  # noqa: E731
-    if method in ("pgd_at", "ard"):  # CE(s(x'), y)
+    if method in ("pgd_at", "ard", "iad"):  # CE(s(x'), y)
         return lambda z: tf.nn.sparse_softmax_cross_entropy_with_logits(y, s(z))
     if method == "trades":  # KL(s(x) || s(x'))
         return lambda z: _kl(s(x), s(z))
     if method == "rslad":  # KL(t(x) || s(x'))
         return lambda z: _kl(t(x), s(z))
-    return lambda z: _kl(t(z), s(z))  # adaad, iad, dgad: KL(t(x') || s(x')), both moving
+    return lambda z: _kl(t(z), s(z))  # adaad, adaiad, dgad: KL(t(x') || s(x')), both moving
 
 
 def _sharpen(teacher):
@@ -250,10 +250,22 @@ def _expected_loss(method, s_clean, s_adv, t_clean, t_adv, y):
         return losses.adaad_loss(s_clean, s_adv, t_clean, t_adv, alpha=0.7, global_batch_size=gbs)[
             "total"
         ]
-    if method == "iad":  # warm-up 0: the introspection term counts from the first epoch
+    if method == "adaiad":  # warm-up 0: the introspection term counts from the first epoch
+        return losses.adaiad_loss(
+            s_clean,
+            s_adv,
+            t_adv,
+            y,
+            introspection=1.0,
+            alpha=0.6,
+            temperature=4.0,
+            global_batch_size=gbs,
+        )["total"]
+    if method == "iad":
         return losses.iad_loss(
             s_clean,
             s_adv,
+            t_clean,
             t_adv,
             y,
             introspection=1.0,

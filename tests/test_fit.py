@@ -361,3 +361,18 @@ def test_validation_selection_without_validation_images_is_refused(tmp_path, cap
     err = capsys.readouterr().err
     assert "data.val_fraction" in err and "train.select=best_val" in err
     assert not run_dir.exists()
+
+
+def test_rslad_selection_before_its_first_evaluated_epoch_reports_the_last(tmp_path):
+    # RSLAD's rule first evaluates after epoch 20: a 2-epoch run measures nothing and says so.
+    run_dir = tmp_path / "run"
+    extra = ["method.name=pgd_at", "train.epochs=2", "data.train_limit=100"]
+    extra += ["output.tensorboard=false", "train.select=rslad_pgd20", "data.val_fraction=0"]
+    assert main(args(run_dir, *extra)) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    selection = report["student"]["selection"]
+    assert selection["rule"] == "rslad_pgd20" and selection["path"] == "student_last.keras"
+    assert "RSLAD" in selection["note"] and "no test_pgd20_accuracy was ever" in selection["note"]
+    # log.csv's "nan" (not measured that epoch) is null in report.json.
+    assert [row["test_pgd20_accuracy"] for row in report["history"]] == [None, None]
+    assert not (run_dir / "student_best_test_pgd20.keras").exists()

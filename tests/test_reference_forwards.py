@@ -67,7 +67,8 @@ ORDERS = {
     "trades": (["clean", "adv"], ["clean", "adv", "clean"]),
     "rslad": (["clean", "adv"], ["adv", "clean"]),
     "adaad": (["clean", "adv"], ["clean", "adv"]),
-    "iad": (["clean", "adv"], ["clean", "adv"]),
+    # AdaIAD during its warm-up (epoch 0 < 60): net(x), net(x'), net(x) in the cross-entropy.
+    "adaiad": (["clean", "adv"], ["clean", "adv", "clean"]),
     "dgad": (["clean", "adv"], ["clean", "adv"]),
     "clean": (["clean"], ["clean"]),
 }
@@ -149,3 +150,38 @@ def test_iad_introspection_enters_the_loss_only_after_warmup():
     distiller.reset_metrics()
     logs = distiller.train_on_batch(x, y, return_dict=True)
     assert logs["loss"] == pytest.approx(4.0 * logs["kl_adv"] + logs["introspection"], rel=1e-5)
+
+
+def test_adaiad_reference_adds_a_clean_forward_after_its_warmup():
+    # kunsaram01/DGAD main.py:367-368 net(inputs), net(adv_inputs); :385 net(inputs) twice (the
+    # introspection term and the cross-entropy) after IAD_begin, :388 once before it.
+    for epoch, clean_after in ((1, 1), (2, 2)):
+        distiller = make("adaiad", reference_forwards=True, iad_warmup_epochs=2)
+        distiller.epoch.assign(epoch)
+        x, y = batch()
+        x_adv = np.asarray(distiller.adversarial_examples(x, y))
+        bn = distiller.student.get_layer("input_bn")
+        start = moving_mean(distiller.student)
+        distiller.train_on_batch(x, y)
+        expected = after_forwards(start, bn.momentum, [x, x_adv] + [x] * clean_after)
+        assert moving_mean(distiller.student) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+@pytest.mark.parametrize("after_warmup", [False, True])
+def test_iad_attacks_in_training_mode_and_adds_forwards_as_its_code(reference, after_warmup):
+    # ZFancy/IAD IAD-I.py:159 net.train(); :101 the attack's forwards and :106 its last one on
+    # x'; :169 basic_net(x') again; :181 basic_net(x) in the cross-entropy before `begin`,
+    # :179 basic_net(x) twice after it. eps = 0 keeps x' = x, so the count is what differs.
+    steps = 3
+    distiller = make("iad", eps=0.0, steps=steps, reference_forwards=reference, iad_warmup_epochs=1)
+    distiller.epoch.assign(int(after_warmup))
+    x, y = batch()
+    bn = distiller.student.get_layer("input_bn")
+    start = moving_mean(distiller.student)
+    teacher_start = moving_mean(distiller.teacher)
+    distiller.train_on_batch(x, y)
+    updates = steps + 3 + int(after_warmup) if reference else 2
+    expected = after_forwards(start, bn.momentum, [x] * updates)
+    assert moving_mean(distiller.student) == pytest.approx(expected, abs=1e-6)
+    assert moving_mean(distiller.teacher) == teacher_start

@@ -3,8 +3,10 @@
 The reference formulas are transcribed below in NumPy, the way the PyTorch reference code
 computes them (`nn.KLDivLoss()`'s default reduction is a mean over batch *and* classes,
 `F.cross_entropy` a mean over the batch), one transcription per recipe, written from
-DGAD_METHOD.md section 11. Each test loads the shipped recipe file, so a recipe that selects the
-wrong scale fails here, not after 200 epochs.
+DGAD_METHOD.md section 11; RSLAD's is transcribed from zibojia/RSLAD's code as written and
+compared in value and in gradient (values alone cannot tell where an epsilon sits). Each test
+loads the shipped recipe file, so a recipe that selects the wrong scale fails here, not after
+200 epochs.
 """
 
 import pathlib
@@ -123,33 +125,93 @@ def test_ard_recipe_is_t_squared_kl_with_default_reduction(classes):
     )
 
 
-def rslad_reference(logits, scale):
-    # KLDivLoss(reduction="none") on log(softmax + 1e-5), then scale * torch.mean.
-    def term(student):
-        return (
-            scale
-            * kl_div(np.log(softmax(student) + 1e-5), softmax(logits["t_clean"]), "none").mean()
-        )
+def rslad_reference(logits, cifar100):
+    """zibojia/RSLAD's loss as written, in NumPy (resnet18_rslad_cifar10.py / _cifar100.py).
 
-    return 5.0 / 6.0 * term(logits["s_adv"]) + 1.0 / 6.0 * term(logits["s_clean"])
+    cifar10.py:38-40 `kl_loss(a, b) = -a*b + torch.log(b + 1e-5)*b` (cifar100.py:39-40 the same);
+    a is the student's log-probabilities: `F.log_softmax(logits)` on CIFAR-10 (cifar10.py:59-60),
+    `torch.log(F.softmax(logits))` on CIFAR-100 (cifar100.py:61-62); b is the TEACHER's softmax.
+    Each term is `torch.mean` over batch and classes (cifar10.py:61-62), times 10 on CIFAR-100
+    (cifar100.py:64-65); loss = 5/6 * adversarial + 1/6 * clean (cifar10.py:63, cifar100.py:66).
+    """
+
+    def kl_loss(a, b):
+        return -a * b + np.log(b + 1e-5) * b
+
+    def student_log(z):
+        return np.log(softmax(z)) if cifar100 else log_softmax(z)
+
+    def total(s_adv, s_clean):
+        b = softmax(logits["t_clean"])
+        scale = 10.0 if cifar100 else 1.0
+        adv = scale * kl_loss(student_log(s_adv), b).mean()
+        clean = scale * kl_loss(student_log(s_clean), b).mean()
+        return 5.0 / 6.0 * adv + 1.0 / 6.0 * clean
+
+    return total
 
 
-def test_rslad_cifar10_recipe_is_mean_over_batch_and_classes():
-    logits, y = fixed_logits(64, 10)
-    np.testing.assert_allclose(
-        our_loss(recipe("cifar10_resnet18_rslad.yaml"), logits, y),
-        rslad_reference(logits, 1.0),
-        **TOL,
-    )
+def rslad_misread(logits, cifar100):
+    """The misreading this project once shipped: log(q + 1e-5) on the STUDENT's softmax q."""
+
+    def total(s_adv, s_clean):
+        b = softmax(logits["t_clean"])
+        scale = 10.0 if cifar100 else 1.0
+
+        def term(z):
+            return scale * (b * (np.log(b) - np.log(softmax(z) + 1e-5))).mean()
+
+        return 5.0 / 6.0 * term(s_adv) + 1.0 / 6.0 * term(s_clean)
+
+    return total
 
 
-def test_rslad_cifar100_recipe_is_ten_times_the_mean():
-    logits, y = fixed_logits(64, 100)
-    np.testing.assert_allclose(
-        our_loss(recipe("cifar100_resnet18_rslad.yaml"), logits, y),
-        rslad_reference(logits, 10.0),
-        **TOL,
-    )
+def numeric_gradients(fn, s_adv, s_clean, h=1e-6):
+    """Central differences of fn(s_adv, s_clean) w.r.t. both student logits, in float64."""
+    grads = []
+    for which in (0, 1):
+        args = [np.array(s_adv, np.float64), np.array(s_clean, np.float64)]
+        grad = np.zeros_like(args[which])
+        for index in np.ndindex(grad.shape):
+            up, down = [a.copy() for a in args], [a.copy() for a in args]
+            up[which][index] += h
+            down[which][index] -= h
+            grad[index] = (fn(*up) - fn(*down)) / (2 * h)
+        grads.append(grad)
+    return grads
+
+
+def our_loss_and_gradients(cfg, logits, y):
+    forwards = {k: tf.constant(v) for k, v in logits.items()}
+    forwards["y"] = tf.constant(y, tf.int32)
+    context = StepContext(introspection=tf.constant(0.0), batch_size=None)
+    with tf.GradientTape() as tape:
+        tape.watch([forwards["s_adv"], forwards["s_clean"]])
+        terms = METHOD_SPECS[cfg.method.name].loss(forwards, cfg.method, None, context)
+    grads = tape.gradient(terms["total"], [forwards["s_adv"], forwards["s_clean"]])
+    return float(terms["total"].numpy()), [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize(
+    "name,classes,scale",
+    [
+        ("cifar10_resnet18_rslad.yaml", 10, 2.5),
+        ("cifar10_resnet18_rslad.yaml", 10, 8.0),  # a confident student and teacher
+        ("cifar100_resnet18_rslad.yaml", 100, 2.5),
+    ],
+)
+def test_rslad_recipe_value_and_gradient_are_the_reference_expression(name, classes, scale):
+    logits, y = fixed_logits(16, classes, scale=scale)
+    cifar100 = classes == 100
+    reference = rslad_reference(logits, cifar100)
+    value, grads = our_loss_and_gradients(recipe(name), logits, y)
+    np.testing.assert_allclose(value, reference(logits["s_adv"], logits["s_clean"]), **TOL)
+    expected = numeric_gradients(reference, logits["s_adv"], logits["s_clean"])
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-8)
+    # The fixture tells the two readings apart: epsilon on the student moves the gradient.
+    misread = numeric_gradients(rslad_misread(logits, cifar100), logits["s_adv"], logits["s_clean"])
+    assert max(np.abs(m - w).max() / np.abs(w).max() for m, w in zip(misread, expected)) > 1e-3
 
 
 def test_adaad_cifar10_recipe_divides_the_kl_by_the_classes():
@@ -184,6 +246,44 @@ def test_iad_recipe_before_and_after_warmup(classes, after_warmup):
     per_sample = kl_div(log_softmax(logits["s_adv"]), softmax(logits["s_clean"]), "none").sum(1)
     introspection = np.mean((1.0 - weight) * per_sample)
     expected = distill + (introspection if after_warmup else 0.0)
+    got = our_loss(
+        recipe("cifar10_resnet18_adaiad.yaml"), logits, y, introspection=float(after_warmup)
+    )
+    np.testing.assert_allclose(got, expected, **TOL)
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+@pytest.mark.parametrize("after_warmup", [False, True])
+def test_zhu_iad_recipe_is_iad_i_as_written(classes, after_warmup):
+    """ZFancy/IAD IAD-I.py:176-181 in NumPy: teacher on the CLEAN input in the distilled term
+    (teacher_outputs = teacher_net(inputs), :165), the reliability from the teacher on x'
+    (guide, :170), KLDivLoss(reduce=False) summed over classes and averaged over the batch,
+    T = 1 (:26), alpha = 1 (:29), beta = 0.1 (:34)."""
+    logits, y = fixed_logits(64, classes, scale=4.0)
+    temp, alpha, beta, batch = 1.0, 1.0, 0.1, len(y)
+    outputs, basic = logits["s_adv"], logits["s_clean"]
+    alpha_i = softmax(logits["t_adv"])[np.arange(batch), y] ** beta  # :176-178
+    distill = (
+        alpha
+        * temp
+        * temp
+        * (1 / batch)
+        * kl_div(log_softmax(outputs / temp), softmax(logits["t_clean"] / temp), "none")
+        .sum(axis=1)
+        .sum()
+    )
+    xent = (1.0 - alpha) * cross_entropy(basic, y)
+    if after_warmup:  # :179
+        introspect = (
+            alpha
+            * (1 / batch)
+            * (
+                kl_div(log_softmax(outputs), softmax(basic), "none").sum(axis=1) * (1 - alpha_i)
+            ).sum()
+        )
+        expected = distill + introspect + xent
+    else:  # :181
+        expected = distill + xent
     got = our_loss(
         recipe("cifar10_resnet18_iad.yaml"), logits, y, introspection=float(after_warmup)
     )
@@ -239,7 +339,8 @@ def test_dgad_mobilenetv2_weighting_is_finite_when_one_partition_is_empty(wrong)
     pcr = np.mean((softmax(logits["s_adv"]) - softmax(logits["s_clean"])) ** 2)
     assert np.isfinite(got)
     if wrong == "all":
-        # The reference divides 0 by B - |M| = 0 (NaN); the adversarial mean of nothing is 0.
+        # The reference's 1 / (B - |M|) with a Python float raises ZeroDivisionError
+        # (kunsaram01/DGAD main.py:433); the adversarial mean of nothing is 0.
         np.testing.assert_allclose(got, pcr, **TOL)
     else:
         _, _, mean_adv, _ = dgad_reference_partitioned(logits, y)

@@ -13,8 +13,8 @@ from typing import Optional
 
 import yaml
 
-METHODS = ("clean", "pgd_at", "trades", "ard", "rslad", "adaad", "iad", "dgad")
-TEACHER_METHODS = ("ard", "rslad", "adaad", "iad", "dgad")
+METHODS = ("clean", "pgd_at", "trades", "ard", "rslad", "adaad", "iad", "adaiad", "dgad")
+TEACHER_METHODS = ("ard", "rslad", "adaad", "iad", "adaiad", "dgad")
 EXPORT_FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8")
 # Attacks of an evaluation by name; "pgd<K>" (K >= 1 steps) is a family (see dgad_tf.evaluate).
 EVAL_ATTACKS = ("clean", "fgsm", "cw_inf", "cw_l2", "autoattack", "autoattack_custom")
@@ -28,7 +28,7 @@ MODEL_INITS = ("torch", "keras")
 SCHEDULES = ("piecewise", "cosine", "constant")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
 # Which checkpoint the final report (and export) uses: see TrainConfig.select.
-SELECTION_RULES = ("last", "best_val", "best_test")
+SELECTION_RULES = ("last", "best_val", "best_test", "rslad_pgd20")
 # The search (TuneConfig); a weighted objective is scored as the metric SCORE_METRIC.
 TUNERS = ("random", "bayesian", "hyperband")
 TUNE_OBJECTIVES = ("val_robust_accuracy", "val_clean_accuracy")
@@ -170,18 +170,23 @@ class MethodConfig:
             Defaults to "batchmean".
         kl_scale: constant factor on those KL terms (the reference RSLAD's CIFAR-100 `10 * mean`
             is class_mean with kl_scale 10). Defaults to 1.0.
-        rslad_log_epsilon: RSLAD's student log-probabilities as log(p + epsilon), as its code;
-            0 is the exact log-softmax. Defaults to 0.0.
+        rslad_log_epsilon: epsilon of RSLAD's KL as its code writes it, -a*b + log(b + epsilon)*b
+            with a the student's log-softmax and b the TEACHER's softmax: the value moves by a
+            constant of the teacher, the gradient is the exact KL gradient; 0 is the exact KL.
+            Defaults to 0.0.
         reference_forwards: run the baselines' forward passes in the order and batch-norm modes of
             their reference code (PGD-AT: Gaussian 0.001 start and an extra training-mode clean
             forward after the adversarial one; TRADES: clean, adversarial, clean; RSLAD and ARD:
-            adversarial then clean; ARD: attack with the student in training mode). They change
-            only batch-norm statistics and the start, not the loss formula. Defaults to False.
-        iad_alpha: IAD's weight on its distillation terms. Defaults to 1.0.
+            adversarial then clean; ARD and IAD: attack with the student in training mode; IAD:
+            adversarial twice, then clean, and once more clean after its warm-up; AdaIAD: clean,
+            adversarial, clean, and once more clean after its warm-up). They change only
+            batch-norm statistics and the start, not the loss formula. Defaults to False.
+        iad_alpha: IAD's and AdaIAD's weight on their distillation terms. Defaults to 1.0.
         iad_beta: exponent of the teacher's true-class confidence in IAD's introspection weight.
             Defaults to 0.1.
-        iad_temperature: IAD's distillation temperature. Defaults to 30.0.
-        iad_warmup_epochs: epochs before IAD's introspection term starts. Defaults to 60.
+        iad_temperature: IAD's and AdaIAD's distillation temperature (Zhu et al.'s code: 1, the
+            DGAD repository's AdaIAD: 30). Defaults to 30.0.
+        iad_warmup_epochs: epochs before the introspection term starts. Defaults to 60.
     """
 
     name: str = "dgad"
@@ -254,10 +259,13 @@ class TrainConfig:
             (`student_last.keras`), "best_val" (`student_best_robust.keras`, best
             `val_robust_accuracy` on the validation split; needs `data.val_fraction > 0`) or
             "best_test" (`student_best_test_robust.keras`, best PGD accuracy on the TEST split
-            as the reference selects; leaky, a reproduction mode only). Defaults to "best_val".
-        select_n: first n test images evaluated after every epoch (clean and
-            PGD-`val_robust_steps`) for `select="best_test"`. Defaults to None (the whole test
-            split, as the reference).
+            as the DGAD reference selects; leaky, a reproduction mode only) or "rslad_pgd20"
+            (`student_best_test_pgd20.keras`, RSLAD's rule: best `test_pgd20_accuracy`, PGD-20
+            with step 0.003 from a uniform start, after every 20th epoch before epoch 215 and
+            every epoch from 215, counted from 1; also leaky). Defaults to "best_val".
+        select_n: first n test images evaluated for `select="best_test"` (clean and
+            PGD-`val_robust_steps` after every epoch) or `"rslad_pgd20"`. Defaults to None (the
+            whole test split, as the references).
         drop_remainder: drop the last partial training batch of each epoch (the reference keeps
             it). Defaults to True.
     """

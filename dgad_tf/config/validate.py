@@ -247,12 +247,12 @@ def resolved_attack_init(method: str, init: str, reference_forwards: bool = Fals
     """The random start a method uses when `attack.init` is "auto".
 
     The distillation methods and TRADES start from x + 0.001·N(0, I) as their reference code;
-    ARD and the clean baseline start uniformly in the ball as Madry et al., and so does PGD-AT
+    ARD, IAD and the clean baseline start uniformly in the ball as Madry et al., and so does PGD-AT
     unless `reference_forwards` asks for the Gaussian start of the AdaAD code's SAT baseline.
     """
     if init != "auto":
         return init
-    gaussian = ("trades", "rslad", "adaad", "iad", "dgad")
+    gaussian = ("trades", "rslad", "adaad", "adaiad", "dgad")
     if method in gaussian or (method == "pgd_at" and reference_forwards):
         return "gaussian"
     return "uniform"

@@ -16,6 +16,7 @@ number of classes C; `kl_reduction="class_mean"` on those losses reproduces that
 from dgad_tf.losses._common import kl_divergence, largest_other_logit, swap_true_with_max
 from dgad_tf.losses.baselines import (
     adaad_loss,
+    adaiad_loss,
     ard_loss,
     clean_loss,
     iad_loss,
@@ -36,5 +37,6 @@ __all__ = [
     "rslad_loss",
     "adaad_loss",
     "iad_loss",
+    "adaiad_loss",
     "clean_loss",
 ]

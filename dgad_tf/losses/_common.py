@@ -57,7 +57,7 @@ def _cross_entropy(logits, labels):
     )
 
 
-def kl_divergence(p_logits, q_logits, temperature=1.0, q_log_epsilon=0.0):
+def kl_divergence(p_logits, q_logits, temperature=1.0, p_log_epsilon=0.0):
     """Per-sample KL(softmax(p/T) || softmax(q/T)), computed stably from logits.
 
     Gradients flow to both arguments; callers `stop_gradient` whichever side is a fixed target.
@@ -66,20 +66,22 @@ def kl_divergence(p_logits, q_logits, temperature=1.0, q_log_epsilon=0.0):
         p_logits: `[B, C]` logits of the target distribution p.
         q_logits: `[B, C]` logits of the approximating distribution q.
         temperature: softmax temperature T > 0, applied to both sides. Defaults to `1.0`.
-        q_log_epsilon: when > 0, log q is taken as log(q + q_log_epsilon), as RSLAD's code does
-            (`torch.log(softmax + 1e-5)`); 0 uses the exact `log_softmax`. Defaults to `0.0`.
+        p_log_epsilon: when > 0, the target's own term is sum p·log(p + p_log_epsilon), as RSLAD's
+            code writes its KL (`-a*b + torch.log(b + 1e-5)*b`, b the teacher's softmax): the
+            value moves by a constant of p, the gradient with respect to q stays the exact KL
+            gradient. 0 uses the exact log p. Defaults to `0.0`.
 
     Returns:
         A `[B]` float32 tensor of KL divergences (natural log).
     """
     _check_positive("temperature", temperature)
-    _check_non_negative("q_log_epsilon", q_log_epsilon)
+    _check_non_negative("p_log_epsilon", p_log_epsilon)
     log_p = tf.nn.log_softmax(_logits(p_logits) / temperature, axis=-1)
-    if q_log_epsilon:
-        log_q = tf.math.log(tf.nn.softmax(_logits(q_logits) / temperature, axis=-1) + q_log_epsilon)
-    else:
-        log_q = tf.nn.log_softmax(_logits(q_logits) / temperature, axis=-1)
-    return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
+    log_q = tf.nn.log_softmax(_logits(q_logits) / temperature, axis=-1)
+    p = tf.exp(log_p)
+    if p_log_epsilon:
+        return tf.reduce_sum(p * (tf.math.log(p + p_log_epsilon) - log_q), axis=-1)
+    return tf.reduce_sum(p * (log_p - log_q), axis=-1)
 
 
 def largest_other_logit(logits, labels):

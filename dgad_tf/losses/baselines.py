@@ -1,5 +1,5 @@
-"""The baselines' losses the paper compares with: PGD-AT, TRADES, ARD, RSLAD, AdaAD, IAD, and
-clean training."""
+"""The baselines' losses the paper compares with: PGD-AT, TRADES, ARD, RSLAD, AdaAD, IAD,
+AdaIAD, and clean training."""
 
 import tensorflow as tf
 
@@ -32,10 +32,10 @@ def _kl_term(
     temperature=1.0,
     kl_reduction="batchmean",
     kl_scale=1.0,
-    q_log_epsilon=0.0,
+    p_log_epsilon=0.0,
 ):
     """kl_scale * sum_i KL_i / B, further divided by C for `kl_reduction="class_mean"`."""
-    per_sample = kl_divergence(p_logits, q_logits, temperature, q_log_epsilon)
+    per_sample = kl_divergence(p_logits, q_logits, temperature, p_log_epsilon)
     term = kl_scale * tf.reduce_sum(per_sample) / batch_divisor
     if kl_reduction == "class_mean":
         term = term / tf.cast(tf.shape(p_logits)[-1], tf.float32)
@@ -142,8 +142,10 @@ def rslad_loss(
 
     The KL is summed over classes and averaged over the batch. The released RSLAD code instead
     takes `torch.mean` over batch *and* classes (`kl_reduction="class_mean"`, KL / C) on CIFAR-10,
-    `10 * torch.mean` on CIFAR-100 (add `kl_scale=10`), and the student's log-probabilities as
-    `log(softmax + 1e-5)` (`log_epsilon=1e-5`).
+    `10 * torch.mean` on CIFAR-100 (add `kl_scale=10`), and writes each KL as
+    `-a*b + log(b + 1e-5)*b` with a the student's log-softmax and b the teacher's softmax
+    (`log_epsilon=1e-5`): the epsilon sits on the teacher's side, so it shifts the value by a
+    constant and leaves the gradient the exact KL gradient.
 
     Args:
         student_logits_clean: `[B, C]` student logits on clean inputs.
@@ -151,8 +153,8 @@ def rslad_loss(
         teacher_logits_clean: `[B, C]` teacher logits on clean inputs (no gradient).
         kl_reduction: `"batchmean"` or `"class_mean"` (KL / C). Defaults to `"batchmean"`.
         kl_scale: constant factor on both KL terms. Defaults to `1.0`.
-        log_epsilon: the student's log-probabilities are log(q + log_epsilon); 0 is exact.
-            Defaults to `0.0`.
+        log_epsilon: the teacher's term is sum b·log(b + log_epsilon) (b the teacher's softmax),
+            as the reference writes it; 0 is the exact KL. Defaults to `0.0`.
         global_batch_size: batch size across replicas, or None. Defaults to `None`.
 
     Returns:
@@ -161,7 +163,7 @@ def rslad_loss(
     _check_kl_reduction(kl_reduction, kl_scale)
     divisor = _batch_denominator(teacher_logits_clean, global_batch_size)
     teacher = tf.stop_gradient(_logits(teacher_logits_clean))
-    scale = dict(kl_reduction=kl_reduction, kl_scale=kl_scale, q_log_epsilon=log_epsilon)
+    scale = dict(kl_reduction=kl_reduction, kl_scale=kl_scale, p_log_epsilon=log_epsilon)
     kl_adv = _kl_term(teacher, student_logits_adv, divisor, **scale)
     kl_clean = _kl_term(teacher, student_logits_clean, divisor, **scale)
     total = 5.0 / 6.0 * kl_adv + 1.0 / 6.0 * kl_clean
@@ -212,7 +214,45 @@ def adaad_loss(
     return {"total": total, "kl_adv": kl_adv, "kl_clean": kl_clean}
 
 
-def iad_loss(
+def _introspective_distillation(
+    student_logits_clean,
+    student_logits_adv,
+    teacher_logits_distill,
+    teacher_logits_adv,
+    labels,
+    introspection,
+    alpha,
+    beta,
+    temperature,
+    global_batch_size,
+):
+    """The loss IAD and AdaIAD share; they differ in the teacher input of the distilled term."""
+    _check_unit_interval("alpha", alpha)
+    _check_non_negative("beta", beta)
+    _check_positive("temperature", temperature)
+    divisor = _batch_denominator(labels, global_batch_size)
+    teacher_distill = tf.stop_gradient(_logits(teacher_logits_distill))
+    kl_adv = _kl_term(teacher_distill, student_logits_adv, divisor, temperature)
+    true_confidence = tf.gather(
+        tf.nn.softmax(tf.stop_gradient(_logits(teacher_logits_adv)), axis=-1),
+        _as_labels(labels),
+        axis=-1,
+        batch_dims=1,
+    )
+    reliability = tf.stop_gradient(tf.pow(true_confidence, beta))
+    introspective = (
+        tf.reduce_sum((1.0 - reliability) * kl_divergence(student_logits_clean, student_logits_adv))
+        / divisor
+    )
+    ce_clean = tf.reduce_sum(_cross_entropy(student_logits_clean, labels)) / divisor
+    switch = tf.cast(introspection, tf.float32)
+    total = (
+        alpha * temperature**2 * kl_adv + switch * alpha * introspective + (1.0 - alpha) * ce_clean
+    )
+    return {"total": total, "kl_adv": kl_adv, "introspection": introspective, "ce_clean": ce_clean}
+
+
+def adaiad_loss(
     student_logits_clean,
     student_logits_adv,
     teacher_logits_adv,
@@ -224,7 +264,10 @@ def iad_loss(
     temperature=30.0,
     global_batch_size=None,
 ):
-    """IAD (Zhu et al. 2022) as the DGAD reference repository runs it.
+    """AdaIAD: AdaAD's attack with IAD's loss on the teacher's ADVERSARIAL outputs.
+
+    What the DGAD reference repository runs as its IAD baseline (`AdaAD_with_IAD1`), and what
+    AdaAD's README calls AdaIAD:
 
         total = alpha * T^2 / B * sum_i KL(softmax(t(x'_i)/T) || softmax(s(x'_i)/T))
               + introspection * alpha / B
@@ -250,26 +293,73 @@ def iad_loss(
         Dict of float32 scalars `total`, `kl_adv` (at temperature T, without T^2),
         `introspection` (the weighted mean, whether or not it counts yet) and `ce_clean`.
     """
-    _check_unit_interval("alpha", alpha)
-    _check_non_negative("beta", beta)
-    _check_positive("temperature", temperature)
-    divisor = _batch_denominator(labels, global_batch_size)
-    teacher_adv = tf.stop_gradient(_logits(teacher_logits_adv))
-    kl_adv = _kl_term(teacher_adv, student_logits_adv, divisor, temperature)
-    true_confidence = tf.gather(
-        tf.nn.softmax(teacher_adv, axis=-1), _as_labels(labels), axis=-1, batch_dims=1
+    return _introspective_distillation(
+        student_logits_clean,
+        student_logits_adv,
+        teacher_logits_adv,
+        teacher_logits_adv,
+        labels,
+        introspection,
+        alpha,
+        beta,
+        temperature,
+        global_batch_size,
     )
-    reliability = tf.stop_gradient(tf.pow(true_confidence, beta))
-    introspective = (
-        tf.reduce_sum((1.0 - reliability) * kl_divergence(student_logits_clean, student_logits_adv))
-        / divisor
+
+
+def iad_loss(
+    student_logits_clean,
+    student_logits_adv,
+    teacher_logits_clean,
+    teacher_logits_adv,
+    labels,
+    *,
+    introspection,
+    alpha=1.0,
+    beta=0.1,
+    temperature=1.0,
+    global_batch_size=None,
+):
+    """IAD (Zhu et al. 2022, ZFancy/IAD `IAD-I.py`): ARD's loss with introspection.
+
+        total = alpha * T^2 / B * sum_i KL(softmax(t(x_i)/T) || softmax(s(x'_i)/T))
+              + introspection * alpha / B
+                * sum_i (1 - w_i) * KL(softmax(s(x_i)) || softmax(s(x'_i)))
+              + (1 - alpha) * CE(s(x), y),
+        w_i   = softmax(t(x'_i))[y_i] ** beta      (a constant: no gradient)
+
+    Unlike AdaIAD (`adaiad_loss`), the distilled teacher output is the one on the CLEAN input;
+    the reliability w_i still comes from the teacher on the adversarial input. Its code's
+    default temperature is 1.
+
+    Args:
+        student_logits_clean: `[B, C]` student logits on clean inputs (training mode).
+        student_logits_adv: `[B, C]` student logits on adversarial inputs.
+        teacher_logits_clean: `[B, C]` teacher logits on the clean inputs (no gradient).
+        teacher_logits_adv: `[B, C]` teacher logits on the adversarial inputs (no gradient).
+        labels: `[B]` integer labels.
+        introspection: 0 or 1: whether the introspection term counts.
+        alpha: weight of the distillation terms, in [0, 1]. Defaults to `1.0`.
+        beta: exponent of the teacher's true-class confidence, >= 0. Defaults to `0.1`.
+        temperature: distillation temperature T > 0. Defaults to `1.0`.
+        global_batch_size: batch size across replicas, or None. Defaults to `None`.
+
+    Returns:
+        Dict of float32 scalars `total`, `kl_adv` (at temperature T, without T^2),
+        `introspection` and `ce_clean`.
+    """
+    return _introspective_distillation(
+        student_logits_clean,
+        student_logits_adv,
+        teacher_logits_clean,
+        teacher_logits_adv,
+        labels,
+        introspection,
+        alpha,
+        beta,
+        temperature,
+        global_batch_size,
     )
-    ce_clean = tf.reduce_sum(_cross_entropy(student_logits_clean, labels)) / divisor
-    switch = tf.cast(introspection, tf.float32)
-    total = (
-        alpha * temperature**2 * kl_adv + switch * alpha * introspective + (1.0 - alpha) * ce_clean
-    )
-    return {"total": total, "kl_adv": kl_adv, "introspection": introspective, "ce_clean": ce_clean}
 
 
 def clean_loss(student_logits_clean, labels, *, global_batch_size=None):

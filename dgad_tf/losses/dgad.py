@@ -65,10 +65,11 @@ def dgad_loss(
             `0.5 * ((|M|/bs) * Lc + (bs - |M|)/bs) * La` in place of the bracket, with
             `Lc = sum_{i in M} KL_clean_i / (|M| + 1e-10)`,
             `La = sum_{i not in M} KL_adv_i / (B - |M|)`
-            (0 when every sample is in M, where the reference gives NaN) and bs the configured batch
-            size. Its parenthesis multiplies the two KL means, so it needs the whole batch's sums:
-            under a distribution strategy they are all-reduced and the per-replica totals still
-            add up to the loss (and gradient) of the whole batch. Defaults to `"standard"`.
+            (0 when every sample is in M, where the reference raises ZeroDivisionError) and bs the
+            configured batch size. Its parenthesis multiplies the two KL means, so it needs the
+            whole batch's sums: under a distribution strategy they are all-reduced and the
+            per-replica totals still add up to the loss (and gradient) of the whole batch.
+            Defaults to `"standard"`.
         reference_batch_size: bs of the reference weighting, the configured batch size. Defaults
             to `None` (the global batch size).
         global_batch_size: batch size across all replicas, or None for this batch's size.
