@@ -232,6 +232,82 @@ REFERENCE = {
         val_fraction=0,  # config/dataset_config.py:22-23
         select="best_test",  # :588-590, :628-640
     ),
+    "cifar10_resnet18_dgad.yaml": dict(
+        source="kunsaram01/DGAD main.py --method DGAD, AT_helper.py",
+        epochs=200,  # main.py:64
+        rates=dgad_repo_rates(),  # main.py:120-135
+        momentum=0.9,  # main.py:69
+        weight_decay=5e-4,  # main.py:70
+        batch_size=128,  # main.py:65
+        eps=8 / 255,  # main.py:55
+        step_size=2 / 255,  # main.py:57
+        steps=10,  # main.py:56
+        start=("gaussian", 0.001),  # AT_helper.py:27
+        # beta (ALP_beta), MAP, ELS, weighting, distill weight
+        dgad=(1.0, True, True, "standard", 1.0),  # main.py:42, main.py:409-445
+        forwards=("clean", "adv"),  # main.py:397-398
+        train_mode_attack=False,  # AT_helper.py:20-21
+        keep_partial_batch=True,  # main.py:166-171
+        val_fraction=0,  # config/dataset_config.py:22-23
+        select="best_test",  # main.py:588-590, :628-640
+    ),
+    "cifar10_mobilenetv2_dgad.yaml": dict(
+        source="kunsaram01/DGAD main.py --method DGAD --model mobilenetV2",
+        epochs=200,  # main.py:64
+        rates=dgad_repo_rates(),  # main.py:120-135
+        momentum=0.9,  # main.py:69
+        weight_decay=5e-4,  # main.py:70
+        batch_size=128,  # main.py:65
+        eps=8 / 255,  # main.py:55
+        step_size=2 / 255,  # main.py:57
+        steps=10,  # main.py:56
+        start=("gaussian", 0.001),  # AT_helper.py:27
+        # beta (ALP_beta), MAP, ELS, weighting, distill weight
+        dgad=(1.0, True, True, "reference_mobilenetv2", 1.0),  # main.py:42, main.py:439-441
+        forwards=("clean", "adv"),  # main.py:397-398
+        train_mode_attack=False,  # AT_helper.py:20-21
+        keep_partial_batch=True,  # main.py:166-171
+        val_fraction=0,  # config/dataset_config.py:22-23
+        select="best_test",  # main.py:588-590, :628-640
+    ),
+    "cifar100_resnet18_dgad.yaml": dict(
+        source="kunsaram01/DGAD main.py --method DGAD --dataset CIFAR100",
+        epochs=200,  # main.py:64
+        rates=dgad_repo_rates(),  # main.py:120-135
+        momentum=0.9,  # main.py:69
+        weight_decay=5e-4,  # main.py:70
+        batch_size=128,  # main.py:65
+        eps=8 / 255,  # main.py:55
+        step_size=2 / 255,  # main.py:57
+        steps=10,  # main.py:56
+        start=("gaussian", 0.001),  # AT_helper.py:27
+        # beta (ALP_beta), MAP, ELS, weighting, distill weight
+        dgad=(1.0, True, True, "standard", 1.0),  # main.py:42, main.py:409-445
+        forwards=("clean", "adv"),  # main.py:397-398
+        train_mode_attack=False,  # AT_helper.py:20-21
+        keep_partial_batch=True,  # main.py:166-171
+        val_fraction=0,  # config/dataset_config.py:42-43
+        select="best_test",  # main.py:588-590, :628-640
+    ),
+    "tinyimagenet_preactresnet18_dgad.yaml": dict(
+        source="kunsaram01/DGAD main_tiny.py --method DGAD --model presnet18",
+        epochs=200,  # main_tiny.py:71
+        rates=dgad_repo_rates(),  # main_tiny.py:135-150
+        momentum=0.9,  # main_tiny.py:77
+        weight_decay=5e-4,  # main_tiny.py:78
+        batch_size=128,  # main_tiny.py:72
+        eps=8 / 255,  # main_tiny.py:61
+        step_size=2 / 255,  # main_tiny.py:63
+        steps=10,  # main_tiny.py:62
+        start=("gaussian", 0.001),  # AT_helper.py:27
+        # beta (ALP_beta), MAP, ELS, weighting, distill weight
+        dgad=(1.0, True, True, "standard", 1.0),  # main_tiny.py:48, main_tiny.py:372-421
+        forwards=("clean", "adv"),  # main_tiny.py:379-380
+        train_mode_attack=False,  # AT_helper.py:20-21
+        keep_partial_batch=True,  # main_tiny.py:183-188
+        val_fraction=0,  # config/dataset_config.py:65-69
+        select="best_test",  # main_tiny.py:463, :520-532
+    ),
     "cifar10_resnet18_adaad.yaml": dict(
         source="kunsaram01/DGAD main.py --method AdaAD, AT_helper.py",
         epochs=200,  # main.py:64
@@ -320,6 +396,10 @@ def test_loss_options_are_the_references(name):
         assert (me.ard_alpha, me.ard_temperature) == ref["ard"]
     if "adaad_alpha" in ref:
         assert me.adaad_alpha == ref["adaad_alpha"]
+    if "dgad" in ref:
+        assert (me.beta, me.use_map, me.use_els, me.dgad_weighting, me.distill_weight) == ref[
+            "dgad"
+        ]
     if "iad" in ref:
         assert (me.iad_alpha, me.iad_beta, me.iad_temperature, me.iad_warmup_epochs) == ref["iad"]
 
