@@ -77,6 +77,13 @@ from dgad_tf.rundir import (
 log = logging.getLogger(__name__)
 
 
+# The selection rules that score checkpoints on the test split, and what each one runs.
+_TEST_SELECTION = {
+    "best_test": "test_robust_accuracy after every epoch",
+    "rslad_pgd20": "PGD-20 after every 20th epoch before 215 and every epoch from 215",
+}
+
+
 def train_network(
     cfg: Config,
     splits: data_lib.DatasetSplits,
@@ -131,37 +138,29 @@ def train_network(
     )
     csv_logger = EpochCSVLogger(str(run_dir / LOG_FILE), validates=val_ds is not None, append=True)
     callbacks = [checkpoints, csv_logger]
-    if cfg.train.select == "best_test":
+    if cfg.train.select in _TEST_SELECTION:
         selection_arrays = selection_test_arrays(cfg, splits)
         log.warning(
-            "train.select=best_test: the checkpoint is chosen on the TEST split "
-            "(test_robust_accuracy on %d images after every epoch), as the reference "
-            "does; this is leaky, a reproduction mode, and its test figures are "
-            "optimistic",
+            "train.select=%s: the checkpoint is chosen on the TEST split (%s on %d images), "
+            "as the reference does; this is leaky, a reproduction mode, and its test figures "
+            "are optimistic",
+            cfg.train.select,
+            _TEST_SELECTION[cfg.train.select],
             len(selection_arrays.y),
         )
-        test_ds = distribute.distribute_options(
-            data_lib.make_eval_dataset(selection_arrays, cfg.train.batch_size)
-        )
-        # First, so that the checkpoints, log.csv and TensorBoard see test_* in the logs.
-        callbacks.insert(0, TestSetEvaluation(test_ds))
-    if cfg.train.select == "rslad_pgd20":
-        selection_arrays = selection_test_arrays(cfg, splits)
-        log.warning(
-            "train.select=rslad_pgd20: the checkpoint is chosen on the TEST split (PGD-20 on %d "
-            "images after every 20th epoch before 215 and every epoch from 215), as RSLAD's "
-            "script does; this is leaky, a reproduction mode, and its test figures are "
-            "optimistic",
-            len(selection_arrays.y),
-        )
-        callbacks.insert(
-            0,
-            PeriodicTestPGD.rslad(
+        if cfg.train.select == "best_test":
+            test_ds = distribute.distribute_options(
+                data_lib.make_eval_dataset(selection_arrays, cfg.train.batch_size)
+            )
+            selection = TestSetEvaluation(test_ds)
+        else:
+            selection = PeriodicTestPGD.rslad(
                 data_lib.make_eval_dataset(selection_arrays, cfg.train.batch_size),
                 eps=cfg.attack.eps,
                 seed=cfg.train.seed,
-            ),
-        )
+            )
+        # First, so that the checkpoints, log.csv and TensorBoard see test_* in the logs.
+        callbacks.insert(0, selection)
     if cfg.output.tensorboard:
         callbacks.append(EpochTensorBoard(run_dir / "tensorboard"))
     distiller.fit(

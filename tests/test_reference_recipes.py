@@ -100,6 +100,26 @@ def dgad_repo_rates(total_epoch=200):
 
 
 # --------------------------------------------------------------------------- the tables
+# kunsaram01/DGAD main.py's defaults, which its three CIFAR DGAD runs share.
+_DGAD_MAIN = dict(
+    epochs=200,  # main.py:64
+    rates=dgad_repo_rates(),  # main.py:120-135
+    momentum=0.9,  # :69
+    weight_decay=5e-4,  # :70
+    batch_size=128,  # :65
+    eps=8 / 255,  # :55
+    step_size=2 / 255,  # :57
+    steps=10,  # :56
+    start=("gaussian", 0.001),  # AT_helper.py:27
+    # beta (ALP_beta), MAP, ELS, weighting, distill weight
+    dgad=(1.0, True, True, "standard", 1.0),  # :42, :409-445
+    forwards=("clean", "adv"),  # :397-398
+    train_mode_attack=False,  # AT_helper.py:20-21
+    keep_partial_batch=True,  # :166-171
+    val_fraction=0,  # config/dataset_config.py:22-23
+    select="best_test",  # :588-590, :628-640
+)
+
 REFERENCE = {
     "cifar10_resnet18_rslad.yaml": dict(
         source="zibojia/RSLAD resnet18_rslad_cifar10.py, rslad_loss.py",
@@ -233,61 +253,17 @@ REFERENCE = {
         select="best_test",  # :588-590, :628-640
     ),
     "cifar10_resnet18_dgad.yaml": dict(
-        source="kunsaram01/DGAD main.py --method DGAD, AT_helper.py",
-        epochs=200,  # main.py:64
-        rates=dgad_repo_rates(),  # main.py:120-135
-        momentum=0.9,  # main.py:69
-        weight_decay=5e-4,  # main.py:70
-        batch_size=128,  # main.py:65
-        eps=8 / 255,  # main.py:55
-        step_size=2 / 255,  # main.py:57
-        steps=10,  # main.py:56
-        start=("gaussian", 0.001),  # AT_helper.py:27
-        # beta (ALP_beta), MAP, ELS, weighting, distill weight
-        dgad=(1.0, True, True, "standard", 1.0),  # main.py:42, main.py:409-445
-        forwards=("clean", "adv"),  # main.py:397-398
-        train_mode_attack=False,  # AT_helper.py:20-21
-        keep_partial_batch=True,  # main.py:166-171
-        val_fraction=0,  # config/dataset_config.py:22-23
-        select="best_test",  # main.py:588-590, :628-640
+        _DGAD_MAIN, source="kunsaram01/DGAD main.py --method DGAD, AT_helper.py"
     ),
     "cifar10_mobilenetv2_dgad.yaml": dict(
+        _DGAD_MAIN,
         source="kunsaram01/DGAD main.py --method DGAD --model mobilenetV2",
-        epochs=200,  # main.py:64
-        rates=dgad_repo_rates(),  # main.py:120-135
-        momentum=0.9,  # main.py:69
-        weight_decay=5e-4,  # main.py:70
-        batch_size=128,  # main.py:65
-        eps=8 / 255,  # main.py:55
-        step_size=2 / 255,  # main.py:57
-        steps=10,  # main.py:56
-        start=("gaussian", 0.001),  # AT_helper.py:27
-        # beta (ALP_beta), MAP, ELS, weighting, distill weight
-        dgad=(1.0, True, True, "reference_mobilenetv2", 1.0),  # main.py:42, main.py:439-441
-        forwards=("clean", "adv"),  # main.py:397-398
-        train_mode_attack=False,  # AT_helper.py:20-21
-        keep_partial_batch=True,  # main.py:166-171
-        val_fraction=0,  # config/dataset_config.py:22-23
-        select="best_test",  # main.py:588-590, :628-640
+        dgad=(1.0, True, True, "reference_mobilenetv2", 1.0),  # main.py:439-441
     ),
     "cifar100_resnet18_dgad.yaml": dict(
+        _DGAD_MAIN,
         source="kunsaram01/DGAD main.py --method DGAD --dataset CIFAR100",
-        epochs=200,  # main.py:64
-        rates=dgad_repo_rates(),  # main.py:120-135
-        momentum=0.9,  # main.py:69
-        weight_decay=5e-4,  # main.py:70
-        batch_size=128,  # main.py:65
-        eps=8 / 255,  # main.py:55
-        step_size=2 / 255,  # main.py:57
-        steps=10,  # main.py:56
-        start=("gaussian", 0.001),  # AT_helper.py:27
-        # beta (ALP_beta), MAP, ELS, weighting, distill weight
-        dgad=(1.0, True, True, "standard", 1.0),  # main.py:42, main.py:409-445
-        forwards=("clean", "adv"),  # main.py:397-398
-        train_mode_attack=False,  # AT_helper.py:20-21
-        keep_partial_batch=True,  # main.py:166-171
-        val_fraction=0,  # config/dataset_config.py:42-43
-        select="best_test",  # main.py:588-590, :628-640
+        val_fraction=0,  # config/dataset_config.py:42-43 the CIFAR100 train split
     ),
     "tinyimagenet_preactresnet18_dgad.yaml": dict(
         source="kunsaram01/DGAD main_tiny.py --method DGAD --model presnet18",
