@@ -264,7 +264,7 @@ class AdversarialDistiller(keras.Model):
             # IAD's and AdaIAD's reference code calls the student once more after the warm-up
             # (its introspection term); in training mode on this batch the output equals the
             # first, so only the batch-norm statistics it moves count.
-            later = self._forwards_after_warmup()
+            later = self.spec.forwards_added_after_warmup if self.reference_forwards else ()
             if later:
 
                 def later_forwards():
@@ -292,22 +292,6 @@ class AdversarialDistiller(keras.Model):
 
         self._update_train_metrics(terms, forwards, x, y, local_batch, replicas)
         return _replica_results(self._train_trackers)
-
-    def _forwards_after_warmup(self) -> tuple:
-        """The unused forwards the reference adds once the introspection term is on."""
-        after = self.spec.reference_forwards_after_warmup
-        if not self.reference_forwards or after is None:
-            return ()
-        before = self.spec.reference_forwards
-        later = tuple(after[len(before) :])
-        if tuple(after[: len(before)]) != tuple(before) or not all(
-            name.startswith("+") for name in later
-        ):
-            raise ValueError(
-                f"reference_forwards_after_warmup must extend reference_forwards with unused "
-                f"forwards; received {after!r} after {before!r}"
-            )
-        return later
 
     def _forward_order(self) -> tuple:
         if self.reference_forwards:

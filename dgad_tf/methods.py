@@ -65,6 +65,23 @@ class MethodSpec:
     reference_train_mode_attack: bool = False
     reference_forwards_after_warmup: Optional[tuple] = None
 
+    def __post_init__(self):
+        after, before = self.reference_forwards_after_warmup, self.reference_forwards
+        if after is not None and (
+            tuple(after[: len(before)]) != tuple(before)
+            or not all(name.startswith("+") for name in after[len(before) :])
+        ):
+            raise ValueError(
+                "reference_forwards_after_warmup must extend reference_forwards with unused "
+                f"forwards; received {after!r} after {before!r}"
+            )
+
+    @property
+    def forwards_added_after_warmup(self) -> tuple:
+        """The unused forwards the reference adds once the introspection term is on."""
+        after = self.reference_forwards_after_warmup
+        return () if after is None else tuple(after[len(self.reference_forwards) :])
+
     def loss(self, forwards: dict, options, global_batch, step: StepContext) -> dict:
         """The loss dict of `loss_fn` on `forwards`, with the method's options bound."""
         kwargs = {arg: getattr(options, field) for arg, field in self.options}

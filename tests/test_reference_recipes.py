@@ -55,29 +55,18 @@ def trades_rates():
     return rates
 
 
-def ard_rates():
-    # main.py:167 lr = args.lr (0.1, :15); :169 `for epoch in range(args.epochs)` (200, :18);
+def initial_lr_each_epoch_rates():
+    # ARD main.py:167 lr = args.lr (0.1, :15); :169 `for epoch in range(args.epochs)` (200, :18);
     # :170 adjust_learning_rate(optimizer, epoch, lr) with that same initial lr every epoch;
     # :32-36 if epoch in lr_schedule ([100, 150], :16): lr *= lr_factor (0.1, :17) and set it.
     # The caller's lr never changes, so epoch 150 sets 0.1 * 0.1 again, not 0.001.
+    # IAD-I.py is the same code: :218 lr = args.lr (0.1, :18), :229-230 the loop and the call
+    # (200 epochs, :21), :49-53 the function, :19-20 [100, 150] and 0.1.
     group_lr, initial, rates = 0.1, 0.1, []
     for epoch in range(200):
         lr = initial
         if epoch in [100, 150]:
             lr *= 0.1
-            group_lr = lr
-        rates.append(group_lr)
-    return rates
-
-
-def zhu_iad_rates():
-    # IAD-I.py:218 lr = args.lr (0.1, :18); :229 `for epoch in range(args.epochs)` (200, :21);
-    # :230 adjust_learning_rate(optimizer, epoch, lr) with that initial lr; :49-53 as ARD's.
-    group_lr, initial, rates = 0.1, 0.1, []
-    for epoch in range(200):
-        lr = initial
-        if epoch in [100, 150]:  # :19
-            lr *= 0.1  # :20
             group_lr = lr
         rates.append(group_lr)
     return rates
@@ -181,7 +170,7 @@ REFERENCE = {
     "cifar10_resnet18_ard.yaml": dict(
         source="goldblum/AdversariallyRobustDistillation main.py",
         epochs=200,  # main.py:18
-        rates=ard_rates(),
+        rates=initial_lr_each_epoch_rates(),
         momentum=0.9,  # :168
         weight_decay=2e-4,  # :168
         batch_size=128,  # :49
@@ -200,7 +189,7 @@ REFERENCE = {
     "cifar10_resnet18_iad.yaml": dict(
         source="ZFancy/IAD IAD-I.py",
         epochs=200,  # IAD-I.py:21
-        rates=zhu_iad_rates(),
+        rates=initial_lr_each_epoch_rates(),
         momentum=0.9,  # :224
         weight_decay=2e-4,  # :224
         batch_size=128,  # :76
@@ -418,7 +407,11 @@ def test_print_lr_answers_what_rate_at_an_epoch(capsys):
     assert main(["--config", str(CONFIGS / "cifar10_resnet18_ard.yaml"), "--print-lr"]) == 0
     printed = dict(line.split() for line in capsys.readouterr().out.splitlines())
     # log.csv's epoch 160 is the reference's epoch index 159: 0.01 (not 0.001 after 150).
-    assert float(printed["160"]) == pytest.approx(ard_rates()[159]) == pytest.approx(0.01)
+    assert (
+        float(printed["160"])
+        == pytest.approx(initial_lr_each_epoch_rates()[159])
+        == pytest.approx(0.01)
+    )
     assert len(printed) == 200
 
 
