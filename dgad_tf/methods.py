@@ -2,7 +2,8 @@
 
 `METHOD_SPECS` maps `method.name` to a `MethodSpec`, which binds the method's `MethodConfig`
 options to its loss function in `dgad_tf.losses`; the distiller's train step looks its method up
-here, so adding a method is one loss function and one spec.
+here, so adding a method is one loss function and one spec. The attacks are described in
+docs/method.md §3.2, the reference forwards in §9.10.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 The reference formulas are transcribed below in NumPy, the way the PyTorch reference code
 computes them (`nn.KLDivLoss()`'s default reduction is a mean over batch *and* classes,
-`F.cross_entropy` a mean over the batch), one transcription per recipe, written from
-DGAD_METHOD.md section 11; RSLAD's is transcribed from zibojia/RSLAD's code as written and
-compared in value and in gradient (values alone cannot tell where an epsilon sits). Each test
+`F.cross_entropy` a mean over the batch), one transcription per recipe, of the formulas
+docs/method.md §7.2, §7.5, §9 and §10.4 state with their reference file:line; RSLAD's is
+transcribed from zibojia/RSLAD's code as written and compared in value and in gradient (values
+alone cannot tell where an epsilon sits). Each test
 loads the shipped recipe file, so a recipe that selects the wrong scale fails here, not after
 200 epochs.
 """

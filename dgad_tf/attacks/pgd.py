@@ -100,8 +100,8 @@ def pgd(x, objective, *, eps, step_size, steps, init="uniform", init_std=0.001, 
     From a start chosen by `init`, takes `steps` steps `x' <- x' + step_size * sign(grad)`, where
     grad is the gradient of `sum(objective(x'))` with respect to `x'` only. After the start and
     after every step, `x'` is clipped into `[x - eps, x + eps]` and then into `[0, 1]` (the DGAD
-    reference forgets this clip after its Gaussian start). With `eps=0` the result is `x` exactly;
-    with `steps=0` it is the clipped start.
+    reference forgets this clip after its Gaussian start, docs/method.md §8.4). With `eps=0` the
+    result is `x` exactly; with `steps=0` it is the clipped start.
 
     Example:
 

@@ -1,5 +1,5 @@
 """The baselines' losses the paper compares with: PGD-AT, TRADES, ARD, RSLAD, AdaAD, IAD,
-AdaIAD, and clean training."""
+AdaIAD, and clean training (docs/method.md §9; their reference scales, §9.9)."""
 
 import tensorflow as tf
 

@@ -1,5 +1,5 @@
-"""The DGAD loss: MAP, ELS and PCR (DGAD_METHOD.md sections 3-6), and the reference's
-MobileNetV2 weighting for reproducing those rows."""
+"""The DGAD loss: MAP, ELS and PCR (docs/method.md §4-§7), and the reference's MobileNetV2
+weighting for reproducing those rows (docs/method.md §7.5)."""
 
 import tensorflow as tf
 

@@ -1,7 +1,7 @@
 """PreAct-ResNet-18 (He et al. 2016 identity mappings) in the reference layout, for 32 and 64 px.
 
 The layout is kuangliu/pytorch-cifar's `PreActResNet18`, the one the reference's Tiny ImageNet
-run uses (docs/DGAD_METHOD.md, section 11): no batch-norm/ReLU after the last block, then
+run uses (docs/method.md §10.6): no batch-norm/ReLU after the last block, then
 `F.avg_pool2d(out, 4)` and a linear layer on the flattened map. On 32x32 images the 4x4 map
 pools to 512 features; on 64x64 Tiny ImageNet images the 8x8 map pools to 2x2x512 = 2048
 features (Linear(2048, 200)). `final_bn=True` adds the final BN-ReLU (`bn`) of the robust-training
