@@ -1,5 +1,5 @@
 """Install dgad_tf: `pip install -e .` (`[test]` adds pytest, `[torch]` the PyTorch converter,
-`[bench]` the benchmarks against PyTorch)."""
+`[plot]` the figures of `python -m dgad_tf.compare`, `[bench]` the benchmarks against PyTorch)."""
 
 import pathlib
 import re
@@ -26,7 +26,10 @@ setup(
     python_requires=">=3.10",
     install_requires=REQUIREMENTS,
     extras_require={
-        "test": ["pytest>=7"],
+        # The tests draw the study figures too, so they need what `[plot]` adds.
+        "test": ["pytest>=7", "matplotlib>=3.5"],
+        # The PNG figures of `python -m dgad_tf.compare`; without it the tables are still written.
+        "plot": ["matplotlib>=3.5"],
         "torch": ["torch>=2.0", "safetensors>=0.4"],
         # benchmarks/vs_pytorch.py and benchmarks/autoattack_vs_torchattacks.py compare against
         # PyTorch and torchattacks' AutoAttack. Install torch first (the CPU or CUDA build you

@@ -292,6 +292,17 @@ def holds_previous(folder: pathlib.Path, identity_file: str) -> bool:
     return False
 
 
+def first_difference(old, new, prefix=""):
+    """The dotted key of the first value that differs between two nested dicts, or None."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            found = first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return prefix.rstrip(".") if old != new else None
+
+
 def check_run_dir(cfg: Config, run_dir: pathlib.Path):
     """A run directory is new, or holds this same config (then the run resumes)."""
     existing = run_dir / CONFIG_FILE

@@ -98,16 +98,6 @@ def search_identity(cfg: Config) -> dict:
     return values
 
 
-def _first_difference(old, new, prefix=""):
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(old) + [k for k in new if k not in old]:
-            found = _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
-            if found:
-                return found
-        return None
-    return prefix.rstrip(".") if old != new else None
-
-
 def check_search_dir(cfg: Config, out_dir: pathlib.Path):
     """A search directory is new, or holds this same search (which then resumes).
 
@@ -117,7 +107,7 @@ def check_search_dir(cfg: Config, out_dir: pathlib.Path):
     if rundir.holds_previous(out_dir, SPEC_FILE):
         previous = yaml.safe_load((out_dir / SPEC_FILE).read_text())
         current = yaml.safe_load(yaml.safe_dump(search_identity(cfg), sort_keys=False))
-        differs = _first_difference(previous, current)
+        differs = rundir.first_difference(previous, current)
         if differs:
             raise RunError(
                 f"output.dir {out_dir} holds a different search (`{differs}` "

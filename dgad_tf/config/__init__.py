@@ -17,9 +17,11 @@ Importing it never imports TensorFlow.
 
 from dgad_tf.config.loading import (
     config_from_dict,
+    config_with_overrides,
     load_config,
     parse_fraction,
     parse_override,
+    read_sections,
     with_values,
 )
 from dgad_tf.config.sections import (
@@ -103,9 +105,11 @@ __all__ = [
     "check_attack_names",
     "check_export_formats",
     "config_from_dict",
+    "config_with_overrides",
     "load_config",
     "parse_fraction",
     "parse_override",
+    "read_sections",
     "parse_space",
     "resolved_attack_init",
     "validate",

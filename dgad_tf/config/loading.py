@@ -200,17 +200,30 @@ def load_config(path: str | pathlib.Path | None = None, overrides: list[str] = (
     Raises:
         ConfigError: the file is missing or malformed, or a key or value is wrong.
     """
-    values: dict = {}
-    if path is not None:
-        path = pathlib.Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections; received {values!r}")
+    values = read_sections(path) if path is not None else {}
+    return config_with_overrides(values, overrides)
+
+
+def read_sections(path: str | pathlib.Path) -> dict:
+    """The mapping of sections a YAML config file holds (not yet checked against the fields).
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML or does not hold a mapping.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections; received {values!r}")
+    return values
+
+
+def config_with_overrides(values: dict, overrides: list[str] = ()) -> Config:
+    """`values` (a mapping of sections) with `section.key=value` overrides applied, validated."""
     for text in overrides:
         values = _deep_merge(values, parse_override(text))
     return config_from_dict(values)

@@ -1,0 +1,297 @@
+"""`python -m dgad_tf.compare`: a study of methods x seeds under one teacher and one protocol.
+
+One tiny study on the embedded digits (pgd_at and adaad, 2 seeds, 1 epoch, a teacher trained
+once in the study folder) is killed after its second cell, resumed, and re-run; the tests read
+what it wrote. The refusals and the arithmetic need no training.
+"""
+
+import csv
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from dgad_tf import study as study_lib
+from dgad_tf import study_report
+from dgad_tf.config import ConfigError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+BASE = {
+    "data": {"source": "digits", "flip": False, "train_limit": 800},
+    "model": {"student": "small-cnn", "teacher": "small-cnn"},
+    "teacher_train": {"method": "pgd_at", "epochs": 4, "lr": 0.05},
+    "attack": {"eps": 0.1, "step_size": 0.05, "steps": 2},
+    "optimizer": {"lr": 0.05, "milestones": []},
+    "train": {"epochs": 1, "batch_size": 64, "val_robust_n": 40, "val_robust_steps": 2},
+    "output": {"quiet": True, "tensorboard": False},
+}
+STUDY = {
+    "methods": ["pgd_at", {"name": "adaad"}],
+    "seeds": [0, 1],
+    "reference": "adaad",
+    "attacks": ["clean", "fgsm", "pgd3"],
+    "n": 48,
+}
+
+
+def write_study(path: pathlib.Path, out_dir, **study) -> pathlib.Path:
+    values = {**BASE, "output": {**BASE["output"], "dir": str(out_dir)}}
+    values["study"] = {**STUDY, **study}
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return path
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    """The study killed after cell 2 of 4, resumed to the end, then run a third time."""
+    from dgad_tf import run as run_lib
+
+    root = tmp_path_factory.mktemp("study")
+    out = root / "out"
+    path = write_study(root / "study.yaml", out)
+    trained = {"first": [], "resumed": [], "again": []}
+    real_run = run_lib.run
+
+    def counting(phase):
+        def run(cfg, **kwargs):
+            trained[phase].append(pathlib.Path(cfg.output.dir).name)
+            return real_run(cfg, **kwargs)
+
+        return run
+
+    def kill_after_two(cell):
+        if len(trained["first"]) == 2:
+            raise Killed(cell.label)
+
+    run_lib.run = counting("first")
+    try:
+        with pytest.raises(Killed):
+            study_lib.run_study(study_lib.load_study(path), on_cell_done=kill_after_two)
+        teacher_mtime = (out / "teacher.keras").stat().st_mtime_ns
+        partial = (out / study_report.RESULTS_FILE).read_text()
+        run_lib.run = counting("resumed")
+        resumed = study_lib.run_study(study_lib.load_study(path), command="resume")
+        run_lib.run = counting("again")
+        again = study_lib.run_study(study_lib.load_study(path), command="again")
+    finally:
+        run_lib.run = real_run
+    return {
+        "path": path,
+        "out": out,
+        "trained": trained,
+        "teacher_mtime": teacher_mtime,
+        "partial": partial,
+        "resumed": resumed,
+        "again": again,
+    }
+
+
+def test_a_killed_study_resumes_and_never_retrains_a_finished_cell(finished_study):
+    trained = finished_study["trained"]
+    assert trained["first"] == ["pgd_at_seed0", "adaad_seed0"]
+    assert trained["resumed"] == ["pgd_at_seed1", "adaad_seed1"]
+    assert trained["again"] == []
+    assert finished_study["resumed"].cells_run == 2 and finished_study["again"].cells_run == 0
+    # The results written before the kill held the two finished cells.
+    assert len(list(csv.DictReader(finished_study["partial"].splitlines()))) == 2
+
+
+def test_one_teacher_trained_once_serves_every_cell(finished_study):
+    out = finished_study["out"]
+    assert (out / "teacher_run" / "log.csv").exists()
+    assert (out / "teacher.keras").stat().st_mtime_ns == finished_study["teacher_mtime"]
+    for cell in (out / "cells").iterdir():
+        cfg = yaml.safe_load((cell / "config.yaml").read_text())
+        assert cfg["model"]["teacher_path"] == str(out / "teacher.keras")
+
+
+def test_every_cell_is_a_fit_run_evaluated_on_the_same_images(finished_study):
+    out = finished_study["out"]
+    evaluations = {
+        cell.name: json.loads((cell / study_lib.CELL_EVAL_FILE).read_text())
+        for cell in (out / "cells").iterdir()
+    }
+    assert sorted(evaluations) == ["adaad_seed0", "adaad_seed1", "pgd_at_seed0", "pgd_at_seed1"]
+    digests = {e["images_sha256"] for e in evaluations.values()}
+    teacher = json.loads((out / study_lib.TEACHER_EVAL_FILE).read_text())
+    assert digests == {teacher["images_sha256"]}
+    assert {e["n"] for e in evaluations.values()} == {48}
+    for name, evaluation in evaluations.items():
+        assert set(evaluation["attacks"]) == {"clean", "fgsm", "pgd3"}
+        cfg = yaml.safe_load((out / "cells" / name / "config.yaml").read_text())
+        assert cfg["train"]["seed"] == int(name[-1])
+        assert cfg["method"]["name"] == name.rsplit("_seed", 1)[0]
+        assert (out / "cells" / name / "report.json").exists()
+
+
+def test_results_csv_has_one_row_per_cell_with_the_promised_columns(finished_study):
+    out = finished_study["out"]
+    rows = list(csv.DictReader((out / study_report.RESULTS_FILE).open()))
+    assert list(rows[0]) == [
+        "method",
+        "seed",
+        "clean_accuracy",
+        "fgsm_accuracy",
+        "pgd3_accuracy",
+        "epochs",
+        "seconds",
+        "run_dir",
+    ]
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("pgd_at", "0"),
+        ("adaad", "0"),
+        ("pgd_at", "1"),
+        ("adaad", "1"),
+    ]
+    for row in rows:
+        evaluation = json.loads(
+            (pathlib.Path(row["run_dir"]) / study_lib.CELL_EVAL_FILE).read_text()
+        )
+        assert float(row["pgd3_accuracy"]) == pytest.approx(
+            evaluation["attacks"]["pgd3"]["robust_accuracy"], abs=5e-5
+        )
+
+
+def test_summary_numbers_are_the_mean_std_and_paired_interval_of_the_rows(finished_study):
+    out = finished_study["out"]
+    rows = list(csv.DictReader((out / study_report.RESULTS_FILE).open()))
+    summary = json.loads((out / study_report.SUMMARY_JSON).read_text())
+    value = {(r["method"], int(r["seed"])): float(r["pgd3_accuracy"]) for r in rows}
+    pgd = [value["pgd_at", 0], value["pgd_at", 1]]
+    entry = summary["methods"]["pgd_at"]["metrics"]["pgd3_accuracy"]
+    assert entry["mean"] == pytest.approx(sum(pgd) / 2, abs=1e-4)
+    assert entry["std"] == pytest.approx(abs(pgd[0] - pgd[1]) / math.sqrt(2), abs=1e-4)
+    d = [value["pgd_at", s] - value["adaad", s] for s in (0, 1)]
+    paired = summary["methods"]["pgd_at"]["vs_reference"]["pgd3_accuracy"]
+    half = 12.7062 * (abs(d[0] - d[1]) / math.sqrt(2)) / math.sqrt(2)
+    assert paired["mean"] == pytest.approx(sum(d) / 2, abs=1e-4)
+    assert paired["low"] == pytest.approx(sum(d) / 2 - half, abs=1e-3)
+    assert "vs_reference" not in summary["methods"]["adaad"]
+    assert summary["cells_done"] == summary["cells_total"] == 4
+    text = (out / study_report.SUMMARY_MD).read_text()
+    assert "| pgd_at | 2 |" in text and "pgd_at − adaad, pgd3_accuracy" in text
+
+
+def test_figures_are_drawn_when_matplotlib_is_there(finished_study):
+    pytest.importorskip("matplotlib")
+    for name in (study_report.SCATTER_FIGURE, study_report.CURVE_FIGURE):
+        data = (finished_study["out"] / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_without_matplotlib_the_tables_are_written_and_the_log_says_why(
+    finished_study, tmp_path, monkeypatch, caplog
+):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("no matplotlib")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    summary = json.loads((finished_study["out"] / study_report.SUMMARY_JSON).read_text())
+    with caplog.at_level("WARNING"):
+        assert study_report.write_figures(tmp_path, summary, [], "pgd3_accuracy") == []
+    assert "matplotlib is not installed" in caplog.text and "dgad_tf[plot]" in caplog.text
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_changed_study_in_the_same_folder_is_refused(finished_study, tmp_path):
+    from dgad_tf.rundir import RunError
+
+    changed = write_study(tmp_path / "changed.yaml", finished_study["out"], seeds=[0, 1, 2])
+    before = sorted(p.name for p in (finished_study["out"] / "cells").iterdir())
+    with pytest.raises(RunError, match="different study.*seeds"):
+        study_lib.run_study(study_lib.load_study(changed))
+    with pytest.raises(RunError, match="different study.*base.attack.steps"):
+        study_lib.run_study(study_lib.load_study(finished_study["path"], ["attack.steps=3"]))
+    assert sorted(p.name for p in (finished_study["out"] / "cells").iterdir()) == before
+
+
+def test_a_second_writer_is_refused(finished_study):
+    from dgad_tf.rundir import FolderBusy, FolderLock
+
+    with FolderLock(finished_study["out"], "test"):
+        with pytest.raises(FolderBusy, match="being written"):
+            study_lib.run_study(study_lib.load_study(finished_study["path"]))
+
+
+@pytest.mark.parametrize(
+    "study, message",
+    [
+        ({"methods": []}, "study.methods` must be a non-empty list"),
+        ({"methods": ["pgd_at", "nope"]}, "unknown method 'nope'"),
+        ({"methods": ["pgd_at", "pgd_at"]}, "used twice"),
+        ({"seeds": [0, 0]}, "lists a seed twice"),
+        ({"seeds": "0"}, "study.seeds` must be a non-empty list"),
+        ({"reference": "dgad"}, "study.reference` must be one of"),
+        ({"attacks": ["pgd"]}, "study.attacks"),
+        ({"n": 0}, "study.n` must be an integer >= 1"),
+        ({"eps": "big"}, "study.eps"),
+        ({"colour": "red"}, "unknown key `study.colour`"),
+        ({"methods": [{"name": "x", "method": "dgad", "set": ["data.train_limit=5"]}]}, "share"),
+        ({"methods": [{"name": "x", "method": "dgad", "set": ["train.seed=5"]}]}, "share"),
+        ({"methods": [{"name": "x", "method": "dgad", "set": ["method.name=clean"]}]}, "share"),
+        (
+            {
+                "methods": [{"name": "x", "method": "dgad", "set": ["method.bta=1"]}],
+                "reference": "x",
+            },
+            "study.methods: x: unknown key `method.bta`",
+        ),
+        ({"methods": [{"name": "a/b"}]}, "`name` must be"),
+    ],
+)
+def test_a_malformed_study_is_refused_naming_the_key(tmp_path, study, message):
+    path = write_study(tmp_path / "bad.yaml", tmp_path / "out", **study)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        study_lib.load_study(path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_variant_gets_its_own_overrides_and_folder(tmp_path):
+    path = write_study(
+        tmp_path / "v.yaml",
+        tmp_path / "out",
+        methods=["dgad", {"name": "dgad_no_pcr", "method": "dgad", "set": ["method.beta=0"]}],
+        reference="dgad",
+    )
+    cells = study_lib.load_study(path, ["study.seeds=[3]"]).cells()
+    assert [(c.folder.name, c.cfg.method.name, c.cfg.method.beta, c.seed) for c in cells] == [
+        ("dgad_seed3", "dgad", 1.0, 3),
+        ("dgad_no_pcr_seed3", "dgad", 0.0, 3),
+    ]
+
+
+def test_a_study_file_without_a_study_section_is_refused_by_the_command(tmp_path):
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump({"output": {"dir": str(tmp_path / "out")}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "dgad_tf.compare", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "needs a `study:` mapping" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["compare_quickstart.yaml", "compare_cifar10_cpu.yaml"])
+def test_shipped_study_configs_parse(name):
+    study = study_lib.load_study(REPO / "configs" / name)
+    assert len(study.cells()) == len(study.methods) * len(study.seeds)
+    assert "autoattack" in study.protocol.attacks

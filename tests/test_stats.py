@@ -1,0 +1,67 @@
+"""dgad_tf.stats against hand-computed values and published t-table quantiles."""
+
+import math
+
+import pytest
+
+from dgad_tf import stats
+
+
+@pytest.mark.parametrize(
+    "dof, expected",
+    # Two-sided 95% critical values of Student's t, as printed in every t table.
+    [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (5, 2.5706), (9, 2.2622), (30, 2.0423)],
+)
+def test_t_quantile_matches_the_t_table(dof, expected):
+    assert stats.t_quantile(0.975, dof) == pytest.approx(expected, abs=5e-5)
+
+
+def test_t_quantile_other_levels():
+    assert stats.t_quantile(0.995, 3) == pytest.approx(5.8409, abs=5e-5)  # 99% two-sided
+    assert stats.t_quantile(0.95, 10) == pytest.approx(1.8125, abs=5e-5)  # 90% two-sided
+
+
+@pytest.mark.parametrize("p, dof", [(0.5, 3), (1.0, 3), (0.975, 0), (0.975, 2.5)])
+def test_t_quantile_refuses_what_it_cannot_compute(p, dof):
+    with pytest.raises(ValueError):
+        stats.t_quantile(p, dof)
+
+
+def test_spread_is_the_sample_standard_deviation():
+    # mean 0.5; squared deviations 0.0004, 0, 0.0004 -> 0.0008 / (3 - 1) -> sd 0.02
+    result = stats.spread([0.52, 0.50, 0.48])
+    assert result.mean == pytest.approx(0.5)
+    assert result.n == 3
+    assert result.std == pytest.approx(0.02)
+    # the population sd (divide by 3) would be 0.01633
+    assert stats.spread([0.6, 0.7]).std == pytest.approx(math.sqrt(0.005))
+    assert stats.spread([0.7]).std is None
+
+
+def test_paired_difference_by_hand():
+    # differences 0.02, 0.01, 0.03: mean 0.02, sd 0.01, se 0.01/sqrt(3); t(0.975, 2) = 4.302653
+    result = stats.paired_difference([0.52, 0.50, 0.55], [0.50, 0.49, 0.52])
+    half = 4.302653 * 0.01 / math.sqrt(3)
+    assert result.mean == pytest.approx(0.02)
+    assert result.std == pytest.approx(0.01)
+    assert result.low == pytest.approx(0.02 - half, abs=1e-6)
+    assert result.high == pytest.approx(0.02 + half, abs=1e-6)
+    assert result.includes_zero  # 0.02 - 0.0248 < 0
+
+
+def test_paired_difference_pairs_by_position_not_by_sorting():
+    # a is higher on every pair, by 0.1; unpaired spreads would overlap heavily
+    result = stats.paired_difference([0.3, 0.6, 0.9], [0.2, 0.5, 0.8])
+    assert result.std == pytest.approx(0.0, abs=1e-12)
+    assert result.low == pytest.approx(0.1) and not result.includes_zero
+
+
+def test_one_pair_gives_no_interval():
+    result = stats.paired_difference([0.6], [0.5])
+    assert result.mean == pytest.approx(0.1)
+    assert result.low is None and result.includes_zero is None
+
+
+def test_unequal_lengths_are_refused():
+    with pytest.raises(ValueError, match="equal length"):
+        stats.paired_difference([0.1, 0.2], [0.1])
