@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 
 import keras
 import numpy as np
@@ -286,14 +287,20 @@ class RunCheckpoints(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         self.completed_epochs = epoch + 1
-        student = self._saveable_student()
+        names = []
         for key, name in BEST_CHECKPOINTS.items():
             value = logs.get(key)
             if value is not None and float(value) > self.best[key]:
                 self.best[key] = float(value)
                 self.best_epoch[key] = self.completed_epochs
-                save_model_atomic(student, self.run_dir / name)
-        save_model_atomic(student, self.run_dir / LAST_CHECKPOINT)
+                names.append(name)
+        names.append(LAST_CHECKPOINT)
+        # One save per epoch (it rebuilds the network with Keras's batch norm, see
+        # `dgad_tf.models.saving`); the other names of this epoch are copies of that file.
+        first = self.run_dir / names[0]
+        save_model_atomic(self._saveable_student(), first)
+        for name in names[1:]:
+            atomic_write(self.run_dir / name, lambda tmp: shutil.copyfile(first, tmp))
         self._save_state()
 
     def _save_state(self):

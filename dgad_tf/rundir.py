@@ -258,8 +258,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def save_model_atomic(model: keras.Model, path: str | os.PathLike) -> None:
-    """`model.save(path)` without ever leaving a partial `.keras` file under `path`."""
-    atomic_write(path, lambda tmp: model.save(tmp))
+    """`dgad_tf.models.save_model(model, path)` without ever leaving a partial file under `path`.
+
+    Every `.keras` file dgad_tf writes (run checkpoints, `teacher.keras`, converted teachers) is
+    written here, so every one loads in plain Keras (see `dgad_tf.models.saving`).
+    """
+    from dgad_tf.models import save_model
+
+    atomic_write(path, lambda tmp: save_model(model, tmp))
 
 
 def read_state_meta(run_dir: str | os.PathLike) -> dict | None:

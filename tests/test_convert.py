@@ -317,6 +317,18 @@ def test_full_size_wrn_34_10_converts(tmp_path):
     np.testing.assert_allclose(loaded(x, training=False), expected, atol=1e-4)
 
 
+def test_converted_teacher_loads_in_plain_keras_in_a_process_without_dgad_tf(tmp_path):
+    # Users hand converted teachers to code that never imports dgad_tf.
+    from plain_keras import assert_plain_keras_gives_dgad_tf_logits
+
+    net = _make_net(NETWORKS["wrn-10-2"])
+    out = tmp_path / "teacher.keras"
+    convert.convert_checkpoint(
+        _save(net, tmp_path / "net.pt"), "wrn-10-2", 10, out, normalize=(CIFAR_MEAN, CIFAR_STD)
+    )
+    assert_plain_keras_gives_dgad_tf_logits([out], tmp_path)
+
+
 # ---------------------------------------------------------------- use in fit
 
 

@@ -43,11 +43,18 @@ def args(run_dir, *extra):
     return out + ["--quiet"]
 
 
-def test_dgad_run_writes_a_complete_run_directory(tmp_path):
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def dgad_run(tmp_path_factory):
+    """A DGAD run folder whose teacher was trained in it (so it holds `teacher.keras` too)."""
+    run_dir = tmp_path_factory.mktemp("dgad") / "run"
     # Four teacher epochs: a teacher must beat chance on the data before it is distilled from.
     code = main(args(run_dir, "method.name=dgad", "train.epochs=2", "teacher_train.epochs=4"))
     assert code == 0
+    return run_dir
+
+
+def test_dgad_run_writes_a_complete_run_directory(dgad_run):
+    run_dir = dgad_run
     for name in (
         "config.yaml",
         "student_last.keras",
@@ -70,6 +77,20 @@ def test_dgad_run_writes_a_complete_run_directory(tmp_path):
     # The teacher on disk is the one distilled from: loading it gives the file's weights.
     teacher = keras.models.load_model(run_dir / "teacher.keras", safe_mode=True)
     assert teacher.output_shape[-1] == 10
+
+
+def test_every_keras_file_of_a_run_loads_in_plain_keras_in_a_process_without_dgad_tf(
+    dgad_run, tmp_path
+):
+    # Students and teachers are handed to code that never imports dgad_tf; dgad_tf itself
+    # still loads them with the fused batch norm they were trained with.
+    from plain_keras import assert_plain_keras_gives_dgad_tf_logits
+
+    files = sorted(dgad_run.rglob("*.keras"))
+    names = {path.name for path in files}
+    assert {"teacher.keras", "student_last.keras", "student_best_robust.keras"} <= names
+    assert any(path.parent.name == "teacher_run" for path in files)
+    assert_plain_keras_gives_dgad_tf_logits(files, tmp_path)
 
 
 def _kill_after_first_epoch(fit_args, run_dir, extra_seconds=0.0):

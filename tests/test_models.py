@@ -1,10 +1,22 @@
 """Tests for dgad_tf.models: parameter counts, shapes, names, normalisation, save/load."""
 
+import json
+import random
+import zipfile
+
 import keras
 import numpy as np
 import pytest
 
-from dgad_tf.models import MODEL_NAMES, _common, build_model, canonical_model_name
+from dgad_tf.models import (
+    MODEL_NAMES,
+    _common,
+    build_model,
+    canonical_model_name,
+    load_model,
+    save_model,
+    saving,
+)
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)
@@ -203,6 +215,111 @@ def test_keras_file_round_trip_in_safe_mode(tmp_path, name, input_shape, normali
     x = np.random.default_rng(2).uniform(size=(2,) + input_shape).astype("float32")
     assert loaded.name == model.name
     np.testing.assert_array_equal(loaded(x, training=False), model(x, training=False))
+
+
+def _norm_kinds(model):
+    """The classes of `model`'s batch-norm layers, nested models included."""
+    kinds = set()
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            kinds |= _norm_kinds(layer)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            kinds.add(type(layer))
+    return kinds
+
+
+def _archive_json(path, member):
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read(member))
+
+
+@pytest.mark.parametrize("name, input_shape", [("small-cnn", (8, 8, 1)), ("wrn-10-2", (16, 16, 3))])
+def test_saved_file_names_keras_batch_norm_and_load_model_restores_the_fused_layer(
+    tmp_path, name, input_shape
+):
+    model = build_model(name, 10, input_shape)
+    _randomize(model)
+    path = tmp_path / "net.keras"
+    save_model(model, path)
+    assert "FusedBatchNormalization" not in json.dumps(_archive_json(path, "config.json"))
+    norms = [
+        layer.name for layer in model.layers if isinstance(layer, _common.FusedBatchNormalization)
+    ]
+    assert _archive_json(path, saving.RECORD)["fused_batch_norm"] == norms
+    # Keras alone builds its own layer (here dgad_tf is imported; a test in test_fit.py and one in
+    # test_convert.py load in a process that cannot import it) ...
+    plain = keras.saving.load_model(path, safe_mode=True)
+    assert _norm_kinds(plain) == {keras.layers.BatchNormalization}
+    # ... and dgad_tf's loader gives back the layer the network trains with.
+    loaded = load_model(path)
+    assert _norm_kinds(loaded) == {_common.FusedBatchNormalization}
+    assert loaded.name == model.name
+    for saved, original in zip(loaded.weights, model.weights):
+        assert saved.path == original.path
+        np.testing.assert_array_equal(saved.numpy(), original.numpy(), err_msg=saved.path)
+    x = np.random.default_rng(2).uniform(size=(2,) + input_shape).astype("float32")
+    np.testing.assert_array_equal(loaded(x, training=False), model(x, training=False))
+    np.testing.assert_allclose(plain(x, training=False), model(x, training=False), atol=1e-5)
+    assert _norm_kinds(model) == {_common.FusedBatchNormalization}  # the saved model is unchanged
+
+
+def test_nested_zoo_network_round_trips_with_its_fused_layers(tmp_path):
+    inner = build_model("small-cnn", 10, (8, 8, 1))
+    outer = keras.Sequential([keras.Input((8, 8, 1)), inner, keras.layers.Softmax()], name="outer")
+    path = tmp_path / "outer.keras"
+    save_model(outer, path)
+    norms = [f"small-cnn/{layer.name}" for layer in inner.layers if "bn" in layer.name]
+    assert len(norms) == 4
+    assert _archive_json(path, saving.RECORD)["fused_batch_norm"] == norms
+    assert _norm_kinds(keras.saving.load_model(path)) == {keras.layers.BatchNormalization}
+    assert _norm_kinds(load_model(path)) == {_common.FusedBatchNormalization}
+
+
+def test_keras_own_batch_norm_stays_keras_own(tmp_path):
+    # Only the layers that were fused come back fused: a synchronized zoo network (Keras's layer)
+    # is written as it is, without a record.
+    model = build_model("small-cnn", 10, (8, 8, 1), sync_batchnorm=True)
+    path = tmp_path / "synced.keras"
+    save_model(model, path)
+    with zipfile.ZipFile(path) as archive:
+        assert saving.RECORD not in archive.namelist()
+    assert _norm_kinds(load_model(path)) == {keras.layers.BatchNormalization}
+
+
+def test_a_file_naming_fused_batch_norm_itself_still_loads(tmp_path):
+    # Files written by plain `model.save` (and by dgad_tf before save_model) name the custom class.
+    model = build_model("small-cnn", 10, (8, 8, 1))
+    model.save(tmp_path / "old.keras")
+    assert _norm_kinds(load_model(tmp_path / "old.keras")) == {_common.FusedBatchNormalization}
+
+
+def test_saving_and_loading_draw_from_pythons_random_only_as_keras_own_load_does(tmp_path):
+    # Keras seeds the initialisers it constructs from Python's `random`; the rebuilds must add
+    # no draws, or a checkpoint written after an epoch would change what the next one draws.
+    model = build_model("small-cnn", 10, (8, 8, 1))
+    path = tmp_path / "net.keras"
+    before = random.getstate()
+    save_model(model, path)
+    assert random.getstate() == before
+    load_model(path)
+    after_dgad_tf = random.getstate()
+    random.setstate(before)
+    keras.saving.load_model(path)
+    assert random.getstate() == after_dgad_tf
+
+
+def test_a_record_naming_layers_the_model_lacks_is_refused(tmp_path):
+    path = tmp_path / "net.keras"
+    save_model(build_model("small-cnn", 10, (8, 8, 1), sync_batchnorm=True), path)  # no record
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(saving.RECORD, json.dumps({"fused_batch_norm": ["bn1", "bn9"]}))
+    with pytest.raises(ValueError, match="not a Keras BatchNormalization.*: bn9$"):
+        load_model(path)
+
+
+def test_save_model_wants_a_keras_suffix(tmp_path):
+    with pytest.raises(ValueError, match="'.keras'"):
+        save_model(build_model("small-cnn", 10, (8, 8, 1)), tmp_path / "net.h5")
 
 
 def test_stride_two_conv_pads_symmetrically_like_pytorch():

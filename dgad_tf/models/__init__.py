@@ -1,8 +1,11 @@
 """CIFAR model zoo: a name -> builder registry of Keras functional models returning logits.
 
 All models take float32 images in [0, 1] (NHWC) and return logits; an optional mean/std
-normalisation is a `keras.layers.Normalization` layer inside the model. Only standard Keras
-layers are used, so saved `.keras` files load with `safe_mode=True` and no custom objects.
+normalisation is a `keras.layers.Normalization` layer inside the model. Batch norm is
+`FusedBatchNormalization` (PyTorch's moving-variance update) unless synchronized; every other
+layer is a standard Keras layer. `save_model` writes `.keras` files that plain
+`keras.saving.load_model` loads (safe mode, no custom objects, no dgad_tf import), and
+`load_model` reads them back with `FusedBatchNormalization` restored (see `saving.py`).
 Weight-carrying layers are named after the PyTorch reference module paths, so PyTorch
 checkpoints convert by name (`dgad_tf.teachers.convert`).
 
@@ -15,11 +18,10 @@ Example:
 
 import re
 
-import keras
-
 from dgad_tf.models.mobilenet_v2 import build_mobilenet_v2
 from dgad_tf.models.preact_resnet import build_preact_resnet
 from dgad_tf.models.resnet import build_resnet
+from dgad_tf.models.saving import load_model, save_model
 from dgad_tf.models.small import build_small_cnn
 from dgad_tf.models.wide_resnet import build_wide_resnet
 
@@ -32,6 +34,8 @@ __all__ = [
     "build_resnet",
     "build_small_cnn",
     "build_wide_resnet",
+    "load_model",
+    "save_model",
 ]
 
 _FIXED_BUILDERS = {
@@ -133,12 +137,3 @@ def build_model(
         _, depth, width = canonical.split("-")
         return build_wide_resnet(int(depth), int(width), num_classes, input_shape, **kwargs)
     return _FIXED_BUILDERS[canonical](num_classes, input_shape, **kwargs)
-
-
-def load_model(path):
-    """Load a `.keras` network in safe mode, uncompiled, with the zoo's custom layers known.
-
-    Every command loads through here: a network of the zoo holds `FusedBatchNormalization`,
-    which Keras can only deserialize once this package has registered it.
-    """
-    return keras.saving.load_model(path, safe_mode=True, compile=False)

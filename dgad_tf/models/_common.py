@@ -180,8 +180,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     Keras averages the biased one. Same weights, same config, same moving-average momentum.
 
     Where the fused kernel does not apply (another backend, synchronized statistics, renorm, a
-    mask, inputs that are not 4-D with channels last) it is Keras's layer unchanged. Models saved
-    with it need `dgad_tf.models` imported to load (`import dgad_tf.models`).
+    mask, inputs that are not 4-D with channels last) it is Keras's layer unchanged. Inference is
+    Keras's computation, so `dgad_tf.models.save_model` writes it as Keras's `BatchNormalization`
+    (the file then loads in plain Keras) and `dgad_tf.models.load_model` restores it; a file
+    naming this class (plain `model.save`) loads only where `dgad_tf.models` is imported.
     """
 
     def call(self, inputs, training=None, mask=None):

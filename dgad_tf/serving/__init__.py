@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 import dgad_tf
-import dgad_tf.models  # noqa: F401  (registers the custom layers that students deserialize)
+import dgad_tf.models
 from dgad_tf.config import EXPORT_FORMATS
 from dgad_tf.data import to_float, to_float_images, to_uint8_images
 from dgad_tf.rundir import FolderLock, ensure_writable_folder, resolve_model_path, sha256_file
@@ -107,10 +107,7 @@ def weights_sha256(model):
 
 
 def load_student(path):
-    """Load a `.keras` student without its optimizer state.
-
-    The project's model families are imported first so that their registered custom layers
-    deserialize.
+    """Load a `.keras` student without its optimizer state, as it trained (`models.load_model`).
 
     Args:
         path: the `.keras` file.
