@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from dgad_tf.evaluate import check_attack_names, evaluate_model, main
+from dgad_tf.evaluate import check_attack_names, main
+from dgad_tf.robustness import evaluate_model
 
 EPS = 8 / 255
 
