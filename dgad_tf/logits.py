@@ -375,8 +375,8 @@ def require_gradients(model_fn, attacks):
         raise ValueError(
             f"`model` ({model_fn.description}) takes integer pixels, through which no gradient "
             f"flows, so {', '.join(attacks)} cannot run; choose a float signature (dgad_tf "
-            "exports: signature='logits', --signature logits) or gradient-free attacks "
-            "(clean; AutoAttack's square)"
+            "exports: signature='logits', --signature logits) or only gradient-free attacks "
+            "(clean; in Python also AutoAttack's square)"
         )
 
 
