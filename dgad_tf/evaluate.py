@@ -1,56 +1,51 @@
-"""Robustness evaluation: `python -m dgad_tf.evaluate` and the library call `fit` uses.
+"""`python -m dgad_tf.evaluate`: clean and robust accuracy of a model, as a table and a JSON report.
 
-Attacks by name (L-inf, inputs in [0,1], the model in inference mode):
+`--model` is a run folder, a `.keras` file or a SavedModel directory, whose `serving_default`
+signature is called (another with `--signature NAME`); `--input-scale 255` tells that the model
+or signature takes 0-255 pixels, as the uint8 `serving_default` of dgad_tf's exports does (their
+`logits` signature takes [0, 1]). A signature that takes uint8 pixels passes no gradient, so only
+`clean` runs on it.
 
-* `clean` — no attack.
-* `fgsm` — one signed-gradient step of size eps, no random start (as the reference).
-* `pgd<K>` (e.g. `pgd20`) — K steps of PGD on cross-entropy, uniform start, step eps/4.
-* `cw_inf` — 30 PGD steps on the Carlini–Wagner margin (what most distillation papers call "CW").
-* `cw_l2` — Carlini–Wagner L2 as the DGAD reference evaluates it (c=0.1, confidence 0.01,
-  1000 iterations, lr 0.01, one binary-search step). Not an L-inf attack: its ε is unbounded.
-* `autoattack` — AutoAttack "standard" (APGD-CE, APGD-T, FAB-T, Square); `autoattack_custom` —
-  APGD-CE + APGD-T, for development.
+Attacks (L-inf, the model in inference mode, only clean-correct points attacked; each is
+described in the report and in `dgad_tf.robustness`): `clean`, `fgsm`, `pgd<K>` (e.g. `pgd20`),
+`cw_inf`, `cw_l2`, `autoattack` (standard: APGD-CE, APGD-T, FAB-T, Square), `autoattack_custom`
+(APGD-CE, APGD-T). AutoAttack's sanity checks run first and warn about probability outputs and a
+non-deterministic model. `--n` takes the first n images of the split in file order, so other
+tools can attack exactly the same points.
 
-Before attacking, AutoAttack's sanity checks warn about outputs that look like probabilities
-rather than logits, and about a model whose output changes between identical calls (randomness,
-training-mode batch-norm). Only points the model classifies correctly are attacked (a wrong
-point is already non-robust).
-`--n` takes the first n images of the split in file order, so other tools can attack exactly the
-same points.
+The command loads TensorFlow only once its arguments are checked; the evaluation itself is
+`dgad_tf.robustness.evaluate_robustness` (`dgad_tf.evaluate_robustness`).
 
-Example:
+Examples:
     python -m dgad_tf.evaluate --model runs/quickstart --attacks clean,fgsm,pgd20,cw_inf
+    python -m dgad_tf.evaluate --model export/q/1 --data digits --signature logits
+    python -m dgad_tf.evaluate --model export/q/1 --data digits --input-scale 255 --attacks clean
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import pathlib
 import sys
-import time
 import zipfile
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from dgad_tf import cli, rundir
+from dgad_tf import config as config_lib
+from dgad_tf.config import ConfigError, parse_fraction
 
-ATTACK_DESCRIPTIONS = {
-    "clean": "no attack",
-    "fgsm": "FGSM, L-inf, no random start",
-    "pgd": "PGD-{k}, L-inf, cross-entropy, uniform start, step eps/4, {r} restart(s)",
-    "cw_inf": "CW-inf: 30-step L-inf PGD on the Carlini-Wagner margin loss, step eps/4",
-    "cw_l2": "CW-L2 (c=0.1, confidence 0.01, 1000 iterations, lr 0.01; L2, eps not applied)",
-    "autoattack": "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (worst case per point)",
-    "autoattack_custom": "AutoAttack custom: APGD-CE, APGD-T (worst case per point)",
-}
+# TensorFlow loads only inside `main`, after `cli.start` has silenced its start-up (and after the
+# arguments are checked): dgad_tf.data, .logits, .models, .precision and .robustness import it.
+
+log = logging.getLogger(__name__)
 
 
 def check_attack_names(names) -> list[str]:
     """Validate attack names; raises ValueError (a `ConfigError`) naming an unknown one."""
-    from dgad_tf.config import check_attack_names as check
-
-    return check(names, key="attacks")
+    return config_lib.check_attack_names(names, key="attacks")
 
 
 def at_chance_level(accuracy: float, num_classes: int, n: int) -> bool:
@@ -71,188 +66,6 @@ def chance_threshold(num_classes: int, n: int) -> float:
     """1/C plus three binomial standard deviations of an accuracy on `n` images."""
     chance = 1.0 / num_classes
     return chance + 3.0 * (chance * (1.0 - chance) / max(n, 1)) ** 0.5
-
-
-def _batched_attack(attack, x, y, batch_size):
-    import tensorflow as tf
-
-    compiled = tf.function(attack, reduce_retracing=True)
-    out = []
-    for start in range(0, len(x), batch_size):
-        out.append(
-            compiled(
-                tf.constant(x[start : start + batch_size]),
-                tf.constant(y[start : start + batch_size]),
-            ).numpy()
-        )
-    return np.concatenate(out) if out else x.copy()
-
-
-class Predictor:
-    """Batched argmax of a model function, traced for a full and then any batch size."""
-
-    def __init__(self, model_fn, batch_size):
-        import tensorflow as tf
-
-        # reduce_retracing: one trace with an unknown batch size serves every last, short batch.
-        self._fn = tf.function(lambda xb: tf.argmax(model_fn(xb), -1), reduce_retracing=True)
-        self.batch_size = batch_size
-
-    def __call__(self, x) -> np.ndarray:
-        preds = [
-            self._fn(x[s : s + self.batch_size]).numpy() for s in range(0, len(x), self.batch_size)
-        ]
-        return np.concatenate(preds).astype(np.int64) if preds else np.zeros([0], np.int64)
-
-
-def attack_description(name: str, pgd_restarts: int = 1) -> str:
-    """The one-line description of a batched attack (`fgsm`, `pgd<K>`, `cw_inf`, `cw_l2`)."""
-    if name.startswith("pgd"):
-        return ATTACK_DESCRIPTIONS["pgd"].format(k=int(name[3:]), r=pgd_restarts)
-    return ATTACK_DESCRIPTIONS[name]
-
-
-def _attack_fn(name, model_fn, eps, seed, pgd_restarts):
-    """`fn(xb, yb) -> adversarial xb` for the attack `name`."""
-    import importlib
-
-    # import_module, not `from dgad_tf import attacks`: it returns what sys.modules holds.
-    attack_lib = importlib.import_module("dgad_tf.attacks")
-    if name == "fgsm":
-        return lambda xb, yb: attack_lib.fgsm(model_fn, xb, yb, eps=eps)
-    if name == "cw_inf":
-        return lambda xb, yb: attack_lib.cw_inf(model_fn, xb, yb, eps=eps, seed=seed)
-    if name == "cw_l2":
-        return lambda xb, yb: attack_lib.cw_l2(model_fn, xb, yb)
-    if name.startswith("pgd") and name[3:].isdigit():
-        k = int(name[3:])
-        return lambda xb, yb: attack_lib.pgd_ce(
-            model_fn, xb, yb, eps=eps, steps=k, restarts=pgd_restarts, seed=seed
-        )
-    raise ValueError(f"`attack` must be fgsm, pgd<K>, cw_inf or cw_l2; received {name!r}")
-
-
-def adversarial_images(
-    model_fn, x, y, attack="pgd20", *, eps=8 / 255, batch_size=256, seed=0, pgd_restarts=1
-) -> np.ndarray:
-    """Adversarial versions of every image in `x`, attacked batch by batch.
-
-    This is the attack path `evaluate_model` scores; `dgad_tf.serving` uses it to attack the
-    float Keras model once and score every exported artifact on the same images.
-
-    Args:
-        model_fn: callable mapping float [0,1] images to logits (in inference mode).
-        x: float32 images in [0,1], [N,H,W,C].
-        y: integer labels [N].
-        attack: "fgsm", "pgd<K>", "cw_inf" or "cw_l2". Defaults to "pgd20".
-        eps: L-inf radius. Defaults to 8/255.
-        batch_size: attack batch size. Defaults to 256.
-        seed: seed of the random starts. Defaults to 0.
-        pgd_restarts: restarts of the PGD attacks. Defaults to 1.
-
-    Returns:
-        float32 array shaped like `x`.
-    """
-    fn = _attack_fn(attack, model_fn, eps, seed, pgd_restarts)
-    return _batched_attack(fn, x, np.asarray(y), batch_size).astype(np.float32, copy=False)
-
-
-def evaluate_model(
-    model, x, y, *, attacks=("clean", "pgd20"), eps=8 / 255, batch_size=256, seed=0, pgd_restarts=1
-) -> dict:
-    """Clean and robust accuracy of `model` on (x, y) under each named attack.
-
-    Args:
-        model: Keras model or callable mapping float [0,1] images to logits.
-        x: images, uint8 0..255 or float in [0,1], [N,H,W,C].
-        y: integer labels [N].
-        attacks: attack names (see the module docstring). Defaults to ("clean", "pgd20").
-        eps: L-inf radius. Defaults to 8/255.
-        batch_size: attack batch size. Defaults to 256.
-        seed: seed of the random starts. Defaults to 0.
-        pgd_restarts: restarts of the PGD attacks. Defaults to 1.
-
-    Returns:
-        dict with n, eps, clean_accuracy and, per attack, robust_accuracy, seconds and a
-        description; AutoAttack entries add their per-component figures.
-    """
-    from dgad_tf.data import to_float
-
-    names = check_attack_names(attacks)
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"`eps` must be in [0, 1]; received eps={eps}")
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be >= 1; received batch_size={batch_size}")
-    x = to_float(x) if x.dtype == np.uint8 else np.asarray(x, np.float32)
-    y = np.asarray(y).astype(np.int64).reshape(-1)
-    if len(x) != len(y):
-        raise ValueError(f"{len(x)} images but {len(y)} labels")
-    model_fn = (
-        (lambda xb: model(xb, training=False)) if hasattr(model, "trainable_variables") else model
-    )
-
-    if len(x) and not any(name.startswith("autoattack") for name in names):
-        # AutoAttack runs these checks itself; every other evaluation gets them here.
-        from dgad_tf.autoattack import check_model_outputs
-
-        check_model_outputs(model_fn, x[:batch_size], y[:batch_size])
-    predict = Predictor(model_fn, batch_size)
-    start = time.perf_counter()
-    clean_correct = predict(x) == y
-    report = {
-        "n": int(len(x)),
-        "eps": float(eps),
-        "seed": int(seed),
-        "clean_accuracy": float(clean_correct.mean()) if len(x) else 0.0,
-        "attacks": {},
-    }
-    clean_seconds = time.perf_counter() - start
-    idx = np.flatnonzero(clean_correct)
-    xc, yc = x[idx], y[idx]
-
-    for name in names:
-        start = time.perf_counter()
-        if name == "clean":
-            report["attacks"]["clean"] = {
-                "robust_accuracy": report["clean_accuracy"],
-                "seconds": clean_seconds,
-                "description": ATTACK_DESCRIPTIONS["clean"],
-            }
-            continue
-        if name.startswith("autoattack"):
-            from dgad_tf.autoattack import run_autoattack
-
-            version = "custom" if name.endswith("custom") else "standard"
-            result = run_autoattack(
-                model_fn, x, y, eps=eps, version=version, batch_size=batch_size, seed=seed
-            )
-            report["attacks"][name] = {
-                "robust_accuracy": float(result["robust_accuracy"]),
-                "seconds": time.perf_counter() - start,
-                "description": ATTACK_DESCRIPTIONS[name],
-                "per_attack": result.get("per_attack", {}),
-            }
-            continue
-        description = attack_description(name, pgd_restarts)
-        robust = np.zeros(len(x), bool)
-        if len(xc):
-            x_adv = adversarial_images(
-                model_fn,
-                xc,
-                yc,
-                name,
-                eps=eps,
-                batch_size=batch_size,
-                seed=seed,
-                pgd_restarts=pgd_restarts,
-            )
-            robust[idx] = predict(x_adv) == yc
-        report["attacks"][name] = {
-            "robust_accuracy": float(robust.mean()) if len(x) else 0.0,
-            "seconds": time.perf_counter() - start,
-            "description": description,
-        }
-    return report
 
 
 def format_report(report: dict) -> str:
@@ -276,7 +89,6 @@ def load_eval_arrays(data: str | None, model_path: pathlib.Path, split: str, n: 
     `x_train`, `y_train`, `x_test`, `y_test`, or a folder of `train*.npz` + `test.npz`, is a
     dataset whose `split` is taken.
     """
-    from dgad_tf.config import load_config
     from dgad_tf.data import load_npz_arrays, load_splits, splits_from_config
 
     if split not in ("train", "val", "test"):
@@ -287,7 +99,7 @@ def load_eval_arrays(data: str | None, model_path: pathlib.Path, split: str, n: 
             raise ValueError("--data is required when the model is not inside a run directory")
         data = str(run_config)
     if data.endswith((".yaml", ".yml")):
-        splits = splits_from_config(load_config(data).data)
+        splits = splits_from_config(config_lib.load_config(data).data)
     elif data == "digits":
         splits = load_splits("digits")
     elif data.endswith(".npz") and pathlib.Path(data).is_file() and _has_keys(data, ("x", "y")):
@@ -310,11 +122,34 @@ def _has_keys(path, keys) -> bool:
         return False  # the loader names the problem
 
 
-def main(argv=None) -> int:
-    from dgad_tf import cli
+def model_sha256(path) -> str:
+    """Hex SHA-256 of a `.keras` file, or of a SavedModel directory's files (names and bytes)."""
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        return rundir.sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(rundir.sha256_file(file).encode())
+    return digest.hexdigest()
 
+
+def main(argv=None) -> int:
     parser = cli.parser("python -m dgad_tf.evaluate", __doc__)
-    parser.add_argument("--model", required=True, help="run directory or .keras file")
+    parser.add_argument(
+        "--model", required=True, help="run directory, .keras file or SavedModel directory"
+    )
+    parser.add_argument(
+        "--signature",
+        default=None,
+        help="the SavedModel signature to evaluate (default: serving_default)",
+    )
+    parser.add_argument(
+        "--input-scale",
+        type=float,
+        default=1.0,
+        help="the pixel scale the model takes: 1 for [0, 1], 255 for 0-255 (uint8 signatures)",
+    )
     parser.add_argument(
         "--data",
         help="config YAML; npz file (keys x, y; or x_train, y_train, "
@@ -342,24 +177,31 @@ def main(argv=None) -> int:
         "--precision",
         default="float32",
         choices=("float32", "mixed_bfloat16", "mixed_float16"),
-        help="run the model under this dtype policy (attacks stay float32)",
+        help="run a Keras model under this dtype policy (attacks stay float32)",
     )
     parser.add_argument("--out", help="write the JSON report here (checked before the attacks)")
     args = parser.parse_args(argv)
 
-    from dgad_tf.config import ConfigError, parse_fraction
-
     try:
         names = check_attack_names(args.attacks.split(","))
-    except ConfigError as err:
+        if not args.input_scale > 0:
+            raise ValueError(f"`--input-scale` must be > 0; received {args.input_scale:g}")
+    except (ConfigError, ValueError) as err:
         return cli.error(str(err))
     cli.start(args.verbose, fmt="%(levelname)s %(name)s: %(message)s")
-    from dgad_tf import rundir
-    from dgad_tf.rundir import resolve_model_path, sha256_file
+    from dgad_tf import logits, robustness
 
     try:
-        model_path = resolve_model_path(args.model)
-        run_cfg = rundir.run_config(model_path)
+        saved_model = logits.is_saved_model_dir(args.model)
+        model_path = (
+            pathlib.Path(args.model) if saved_model else logits.keras_model_path(args.model)
+        )
+        if saved_model and args.precision != "float32":
+            raise ValueError(
+                "--precision applies to Keras models; a SavedModel runs in the dtypes it was "
+                "saved with"
+            )
+        run_cfg = None if saved_model else rundir.run_config(model_path)
         if args.eps is not None:
             eps = parse_fraction(args.eps)
         else:
@@ -371,20 +213,18 @@ def main(argv=None) -> int:
                 raise ValueError(f"--out {args.out} is a folder; give a file name")
             rundir.ensure_writable_folder(pathlib.Path(args.out).resolve().parent, "--out's folder")
         x, y = load_eval_arrays(args.data, model_path, args.split, args.n)
-        from dgad_tf.models import load_model
-        from dgad_tf.precision import with_policy
+        if saved_model:
+            model = model_path
+        else:
+            from dgad_tf.models import load_model
+            from dgad_tf.precision import with_policy
 
-        model = with_policy(load_model(model_path), args.precision)
-        if tuple(model.input_shape[1:]) != tuple(x.shape[1:]):
-            raise ValueError(
-                f"the model takes images of shape {tuple(model.input_shape[1:])} "
-                f"but the data has {tuple(x.shape[1:])}"
-            )
-        if y.max(initial=0) >= model.output_shape[-1]:
-            raise ValueError(
-                f"the data has label {int(y.max())} but the model has only "
-                f"{model.output_shape[-1]} classes"
-            )
+            model = with_policy(load_model(model_path), args.precision)
+        model_fn = logits.logits_function(
+            model, input_scale=args.input_scale, signature=args.signature
+        )
+        logits.require_gradients(model_fn, [name for name in names if name != "clean"])
+        x, y, _ = logits.check_inputs(model_fn, x, y)
     except (ValueError, FileNotFoundError, ConfigError) as err:
         return cli.error(str(err))
 
@@ -393,9 +233,11 @@ def main(argv=None) -> int:
         if args.eps is not None
         else ("the run's attack.eps" if run_cfg is not None else "the default")
     )
-    log.info("attacking %d images of %s at eps=%.6f (%s)", len(x), model_path, eps, source)
-    report = evaluate_model(
-        model,
+    log.info(
+        "attacking %d images of %s at eps=%.6f (%s)", len(x), model_fn.description, eps, source
+    )
+    report = robustness.evaluate_robustness(
+        model_fn,
         x,
         y,
         attacks=names,
@@ -405,7 +247,9 @@ def main(argv=None) -> int:
         pgd_restarts=args.restarts,
     )
     report["model"] = str(model_path)
-    report["model_sha256"] = sha256_file(model_path)
+    report["model_description"] = model_fn.description
+    report["model_sha256"] = model_sha256(model_path)
+    report["input_scale"] = args.input_scale
     report["split"] = args.split
     report["precision"] = args.precision
     report["command"] = " ".join(["python -m dgad_tf.evaluate"] + list(argv or sys.argv[1:]))

@@ -57,8 +57,9 @@ from dgad_tf.callbacks import (
 )
 from dgad_tf.config import Config
 from dgad_tf.distiller import AdversarialDistiller
-from dgad_tf.evaluate import evaluate_model, format_report
+from dgad_tf.evaluate import format_report
 from dgad_tf.methods import METHOD_SPECS
+from dgad_tf.robustness import evaluate_robustness
 from dgad_tf.rundir import (
     CONFIG_FILE,
     LAST_CHECKPOINT,
@@ -274,7 +275,7 @@ def _run_locked(cfg: Config, splits, run_dir: pathlib.Path, strategy, command: s
         batch_size=cfg.eval.batch_size,
         seed=cfg.train.seed,
     )
-    student_report = evaluate_model(final, x_test, y_test, **eval_kwargs)
+    student_report = evaluate_robustness(final, x_test, y_test, **eval_kwargs)
     log.info(
         "student %s (train.select=%s: %s) on the test split:\n%s",
         final_path.name,
@@ -298,7 +299,7 @@ def _run_locked(cfg: Config, splits, run_dir: pathlib.Path, strategy, command: s
         last_report = student_report
     else:
         last = models.load_model(run_dir / LAST_CHECKPOINT)
-        last_report = evaluate_model(last, x_test, y_test, **eval_kwargs)
+        last_report = evaluate_robustness(last, x_test, y_test, **eval_kwargs)
         log.info(
             "student %s (last epoch) on the test split:\n%s",
             LAST_CHECKPOINT,
@@ -312,7 +313,7 @@ def _run_locked(cfg: Config, splits, run_dir: pathlib.Path, strategy, command: s
         **last_report,
     }
     if teacher is not None:
-        teacher_report = evaluate_model(teacher, x_test, y_test, **eval_kwargs)
+        teacher_report = evaluate_robustness(teacher, x_test, y_test, **eval_kwargs)
         log.info("teacher on the test split:\n%s", format_report(teacher_report))
         report["teacher"] = {"path": str(teacher_path_for(cfg, run_dir)), **teacher_report}
     report["history"] = read_log(run_dir / LOG_FILE)

@@ -4,13 +4,14 @@ The attack is a stand-in PGD defined here, so those tests do not depend on dgad_
 """
 
 import contextlib
-import sys
 import types
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from dgad_tf import robustness
 
 N_EVAL = 200
 
@@ -33,11 +34,11 @@ def _stand_in_pgd_ce(model_fn, x, labels, *, eps, step_size=None, steps=20, rest
 
 @contextlib.contextmanager
 def stand_in_attacks():
-    """`dgad_tf.attacks` is the stand-in PGD above while the context is open."""
-    module = types.ModuleType("dgad_tf.attacks")
+    """The evaluations' attack module is the stand-in PGD above while the context is open."""
+    module = types.ModuleType("stand_in_attacks")
     module.pgd_ce = _stand_in_pgd_ce
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(sys.modules, "dgad_tf.attacks", module)
+        patch.setattr(robustness, "attacks", module)
         yield
 
 

@@ -16,6 +16,7 @@ import tensorflow as tf
 from scipy.optimize import linprog
 
 from dgad_tf.autoattack import (
+    AutoAttack,
     apgd,
     apgd_checkpoints,
     apgd_targeted,
@@ -556,6 +557,27 @@ def test_runner_reports_consistent_results(model_fn, batch):
     # Misclassified clean points are never attacked.
     np.testing.assert_array_equal(result["x_adv"][-4:], x[-4:])
     _assert_in_ball(result["x_adv"], x, 0.035)
+
+
+def test_the_autoattack_class_gives_run_autoattacks_result(model_fn, batch):
+    x, labels = batch
+    x = np.concatenate([x[:20], x[:4]])
+    labels = np.concatenate([labels[:20], (labels[:4] + 1) % NUM_CLASSES])  # 4 wrong labels
+    settings = dict(
+        eps=0.035, version="custom", attacks=["apgd-ce", "square"], attack_options=QUICK, seed=3
+    )
+    result = run_autoattack(model_fn, x, labels, batch_size=16, **settings)
+    adversary = AutoAttack(model_fn, norm="Linf", **settings)
+    x_adv, report = adversary.run_standard_evaluation(x, labels, batch_size=16)
+    np.testing.assert_array_equal(x_adv, result["x_adv"])
+    for key in ("clean_accuracy", "robust_accuracy", "attacks", "eps", "n", "version"):
+        assert report[key] == result[key], key
+    np.testing.assert_array_equal(report["robust_mask"], result["robust_mask"])
+    np.testing.assert_array_equal(report["y_adv"], np.argmax(model_fn(x_adv).numpy(), 1))
+    assert adversary.clean_accuracy(x, labels, batch_size=16) == report["clean_accuracy"]
+    assert 0.0 < report["robust_accuracy"] < report["clean_accuracy"] == 20 / 24, "uninformative"
+    with pytest.raises(ValueError, match="'L2'"):
+        AutoAttack(model_fn, norm="L2")
 
 
 def test_same_seed_gives_same_result(model_fn, batch):

@@ -184,7 +184,9 @@ def test_evaluate_refuses_bad_numbers_with_exit_2(run_folder, capsys, flags, mes
 
 def test_evaluate_checks_out_before_attacking(run_folder, tmp_path, capsys, monkeypatch):
     attacked = []
-    monkeypatch.setattr(evaluate_cli, "evaluate_model", lambda *a, **k: attacked.append(1))
+    from dgad_tf import robustness
+
+    monkeypatch.setattr(robustness, "evaluate_robustness", lambda *a, **k: attacked.append(1))
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
     code = evaluate_cli.main(["--model", str(run_folder), "--out", str(blocker / "report.json")])

@@ -1,12 +1,14 @@
 """evaluate: the attack suite on an undefended model, the CLI, its report, its refusals."""
 
 import json
+import pathlib
 
 import keras
 import numpy as np
 import pytest
 
-from dgad_tf.evaluate import check_attack_names, evaluate_model, main
+from dgad_tf.evaluate import check_attack_names, main
+from dgad_tf.robustness import evaluate_model
 
 EPS = 8 / 255
 
@@ -38,8 +40,6 @@ def undefended():
 @pytest.fixture(scope="module")
 def undefended_cifar():
     """A small CNN trained for a moment on real CIFAR-10: well above chance, not robust."""
-    import pathlib
-
     root = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
     if not (root / "train_20k.npz").exists():
         pytest.skip("../shared/data/cifar10 not present")
@@ -216,3 +216,184 @@ def test_cw_l2_accuracy_counts_every_point_and_a_clean_error_is_an_adversarial_e
     assert report["n"] == n and report["clean_accuracy"] == pytest.approx(len(correct) / n)
     assert 0 < still_right.sum() < len(correct)  # the attack breaks some points, not all
     assert report["attacks"]["cw_l2"]["robust_accuracy"] == pytest.approx(still_right.sum() / n)
+
+
+# --- any model: Keras, SavedModel directory, loaded SavedModel, callable --------------------
+
+ANY_ATTACKS = ["clean", "fgsm", "pgd3"]
+
+
+@pytest.fixture(scope="module")
+def digits_models(digits, tmp_path_factory):
+    """A dense net trained for a moment on the 8x8 digits, and two SavedModels of it.
+
+    `dgad_tf_export`: dgad_tf's own signatures (`serving_default` uint8 0..255 -> probabilities
+    and classes; `logits` float [0, 1] -> logits). `float_255`: one float32 signature taking
+    0-255 pixels, returning its logits as its single output (as other exporters do).
+    """
+    import tensorflow as tf
+
+    from dgad_tf.serving.savedmodel import save_serving_model
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    model.compile(
+        keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(digits["train_x"] / 255.0, digits["train_y"], epochs=3, batch_size=64, verbose=0)
+    root = tmp_path_factory.mktemp("savedmodels")
+    save_serving_model(model, root / "dgad_tf_export", (8, 8, 1))
+
+    class Float255(tf.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32)])
+        def serve(self, pixels):
+            return {"scores": self.net(pixels / 255.0, training=False)}
+
+    module = Float255(model)
+    tf.saved_model.save(
+        module, str(root / "float_255"), signatures={"serving_default": module.serve}
+    )
+    return model, root / "dgad_tf_export", root / "float_255"
+
+
+def _accuracies(report):
+    return {name: entry["robust_accuracy"] for name, entry in report["attacks"].items()}
+
+
+def test_any_model_scores_as_evaluate_model_scores_the_keras_model(digits_models, digits):
+    import tensorflow as tf
+
+    from dgad_tf import evaluate_robustness
+
+    model, export_dir, float_255 = digits_models
+    x, y = digits["test_x"][:64], digits["test_y"][:64]
+    kwargs = dict(eps=EPS, attacks=ANY_ATTACKS, batch_size=32)
+    expected = _accuracies(evaluate_model(model, x, y, **kwargs))
+    assert 0.0 < expected["pgd3"] < expected["clean"], "uninformative eps"
+    same = {
+        "Keras model": dict(model=model),
+        "export dir, logits signature": dict(model=str(export_dir), signature="logits"),
+        "loaded SavedModel": dict(model=tf.saved_model.load(str(export_dir)), signature="logits"),
+        "float 0-255 signature": dict(model=float_255, input_scale=255),
+        "callable": dict(model=lambda images: model(images, training=False)),
+        "callable of 0-255": dict(model=lambda p: model(p / 255.0), input_scale=255),
+    }
+    for what, given in same.items():
+        report = evaluate_robustness(given.pop("model"), x, y, **given, **kwargs)
+        assert _accuracies(report) == expected, what
+    # Float images in [0, 1] are the same images as their uint8 originals.
+    assert _accuracies(evaluate_robustness(model, x / 255.0, y, **kwargs)) == expected
+
+
+def test_a_uint8_signature_at_input_scale_255_scores_as_the_float_one(digits_models, digits):
+    from dgad_tf import evaluate_robustness
+    from dgad_tf.autoattack import AutoAttack
+
+    export_dir = str(digits_models[1])
+    x, y = digits["test_x"][:64], digits["test_y"][:64]
+    uint8 = evaluate_robustness(export_dir, x, y, attacks=["clean"], input_scale=255)
+    floats = evaluate_robustness(export_dir, x, y, attacks=["clean"], signature="logits")
+    assert uint8["clean_accuracy"] == floats["clean_accuracy"] > 0.5
+    # Square only queries the model, and at eps 8/255 its candidates lie on the uint8 grid.
+    options = {"square": {"n_queries": 30}}
+    runs = [
+        AutoAttack(
+            export_dir, eps=EPS, version="custom", attacks=["square"], attack_options=options, **how
+        ).run_standard_evaluation(x, y, batch_size=32)
+        for how in (dict(input_scale=255), dict(signature="logits"))
+    ]
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert runs[0][1]["robust_accuracy"] == runs[1][1]["robust_accuracy"]
+    assert runs[0][1]["robust_accuracy"] < uint8["clean_accuracy"], "uninformative"
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (
+            dict(x=np.zeros((4, 8, 8), np.uint8)),
+            "takes images of shape (8, 8, 1) but `x` has (8, 8)",
+        ),
+        (dict(x=np.full((4, 8, 8, 1), 255.0)), "received float64 values in [255.0, 255.0]"),
+        (dict(x=np.zeros((4, 8, 8, 1), np.int32)), "received dtype int32"),
+        (dict(y=[0, 1, 2, 10]), "label 10 but the model has 10 classes"),
+        (dict(y=[0, 1, 2]), "4 images but 3 labels"),
+        (dict(y=np.eye(10)[:4]), "one-hot"),
+        (dict(model="nowhere/model"), "no model at nowhere/model"),
+        (dict(model="EMPTY_DIR"), "is neither a SavedModel directory"),
+        (dict(model=lambda images: images[:, 0, 0]), "returned shape (2, 1) for 2 image(s)"),
+        (dict(model=3), "received int"),
+        (dict(signature="logits"), "`signature` chooses a SavedModel's signature"),
+        (dict(model="EXPORT"), "takes uint8 pixels (0..255); pass input_scale=255"),
+        (dict(model="EXPORT", signature="nope"), "has no signature 'nope'"),
+        (dict(model="EXPORT", input_scale=255, attacks=["fgsm"]), "no gradient flows, so fgsm"),
+    ],
+)
+def test_what_does_not_fit_is_refused_naming_it(digits_models, tmp_path, given, message):
+    from dgad_tf import evaluate_robustness
+
+    kwargs = dict(
+        model=digits_models[0],
+        x=np.zeros((4, 8, 8, 1), np.uint8),
+        y=[0, 1, 2, 3],
+        attacks=["clean"],
+    )
+    kwargs.update(given)
+    if kwargs["model"] == "EMPTY_DIR":
+        kwargs["model"] = str(tmp_path)
+    elif kwargs["model"] == "EXPORT":
+        kwargs["model"] = str(digits_models[1])
+    with pytest.raises((ValueError, FileNotFoundError, TypeError)) as error:
+        evaluate_robustness(kwargs.pop("model"), kwargs.pop("x"), kwargs.pop("y"), **kwargs)
+    assert message in str(error.value)
+
+
+def test_cli_evaluates_a_savedmodel_and_refuses_a_path_that_is_none(
+    digits_models, digits, tmp_path, capsys
+):
+    import subprocess
+    import sys
+
+    from dgad_tf import evaluate_robustness
+
+    model, export_dir, _ = digits_models
+    x, y = digits["test_x"][:40], digits["test_y"][:40]
+    np.savez(tmp_path / "test.npz", x=x, y=y)
+    expected = evaluate_robustness(model, x, y, attacks=["clean"])["clean_accuracy"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dgad_tf.evaluate",
+            "--model",
+            str(export_dir),
+            "--input-scale",
+            "255",
+            "--data",
+            str(tmp_path / "test.npz"),
+            "--attacks",
+            "clean",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"clean={expected:.4f}" in proc.stdout
+    assert "signature 'serving_default', uint8 images" in proc.stderr
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for path in (empty, tmp_path / "test.npz"):
+        assert main(["--model", str(path), "--data", str(tmp_path / "test.npz")]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and "SavedModel" in err
+    code = main(["--model", str(export_dir), "--data", str(tmp_path / "test.npz")])
+    assert code == 2 and "--input-scale 255" in capsys.readouterr().err

@@ -299,7 +299,7 @@ def test_export_section_exports_the_finished_student(tmp_path):
 
 def _clean_accuracy(path, n=48):
     from dgad_tf.data import load_splits
-    from dgad_tf.evaluate import evaluate_model
+    from dgad_tf.robustness import evaluate_model
 
     splits = load_splits("digits")
     model = keras.models.load_model(path, safe_mode=True, compile=False)

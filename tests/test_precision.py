@@ -7,10 +7,10 @@ import tensorflow as tf
 
 from dgad_tf.callbacks import RunCheckpoints
 from dgad_tf.distiller import AdversarialDistiller
-from dgad_tf.evaluate import evaluate_model
 from dgad_tf.models import build_model
 from dgad_tf.optim import TorchSGD
 from dgad_tf.precision import loss_scaled, policy_name, resolve_jit_compile, with_policy
+from dgad_tf.robustness import evaluate_model
 
 
 def nets():

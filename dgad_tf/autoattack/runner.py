@@ -5,6 +5,10 @@ The standard L-inf version runs APGD-CE, APGD-T (9 targets), FAB-T (9 targets) a
 if it is classified correctly and no attack found an adversarial example for it, so the final
 robust accuracy is the per-point worst case over the attacks.
 
+`AutoAttack(model, eps=..., version=...)` follows the reference's user-facing conventions
+(`run_standard_evaluation(x, y)`, `clean_accuracy(x, y)`) and takes any model in the argument
+convention of `dgad_tf.logits`; `run_autoattack` is the same evaluation as one call and one dict.
+
 Before attacking, the reference's sanity checks run on the first batch and warn (through
 ``warnings`` and ``logging``) when the outputs look like probabilities rather than logits,
 when the model is not deterministic, or when there are too few classes for the targeted
@@ -14,7 +18,6 @@ gradient masking.
 
 import logging
 import time
-import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -23,6 +26,13 @@ from dgad_tf.autoattack._common import check_eps, check_positive_int
 from dgad_tf.autoattack.apgd import apgd, apgd_targeted
 from dgad_tf.autoattack.fab import fab_targeted
 from dgad_tf.autoattack.square import square
+from dgad_tf.logits import (
+    check_inputs,
+    check_model_outputs,
+    logits_function,
+    require_gradients,
+    warn,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,125 +60,213 @@ _ATTACKS = {
 }
 # Square beating the gradient attacks by more than this (absolute accuracy) is suspicious.
 _SQUARE_MARGIN = 0.002
-_PROBABILITY_TOLERANCE = 1e-5
-_RANDOMNESS_TOLERANCE = 1e-4
 _BALL_TOLERANCE = 1e-6
 
 
-def run_autoattack(
-    model_fn,
-    x,
-    labels,
-    *,
-    eps,
-    version="standard",
-    batch_size=500,
-    seed=0,
-    attacks=None,
-    attack_options=None,
-):
-    """Evaluates L-inf robustness with AutoAttack.
+class AutoAttack:
+    """AutoAttack on any model: the reference's evaluation, in its user-facing conventions.
+
+    As in the reference (`fra31/auto-attack`), the attack is built for a model, a norm, an eps
+    and a version, and `run_standard_evaluation(x, y)` returns the adversarial images; here it
+    also returns the report, and the model may be a Keras model, a SavedModel directory or a
+    callable (the argument convention of `dgad_tf.logits`). Only L-inf is implemented.
 
     Args:
-        model_fn: callable ``x -> logits`` (model in inference mode).
-        x: float array/tensor ``[N, H, W, C]`` in ``[0, 1]``.
-        labels: int array/tensor ``[N]``.
-        eps: L-inf radius in pixel units, in ``[0, 1]``.
+        model: a Keras model, a path (SavedModel directory, `.keras` file or run folder), a
+            loaded SavedModel or a callable returning logits (see `dgad_tf.logits`).
+        eps: L-inf radius in [0, 1] pixel units. Defaults to 8/255.
         version: ``"standard"`` (APGD-CE, APGD-T, FAB-T, Square) or ``"custom"`` (``attacks``,
             by default APGD-CE and APGD-T). Defaults to ``"standard"``.
-        batch_size: points per attack call. Defaults to 500.
-        seed: seed passed to every attack (each batch restarts from it, as the reference).
-            Defaults to 0.
         attacks: for ``"custom"``, names among ``apgd-ce``, ``apgd-dlr``, ``apgd-t``,
             ``fab-t``, ``square``, run in the given order. Defaults to None.
         attack_options: ``{name: {setting: value}}`` overriding the standard settings (e.g. a
             smaller Square budget for a quick check); the report then is not standard
             AutoAttack. Defaults to None.
-
-    Returns:
-        dict with ``clean_accuracy`` and ``robust_accuracy`` (floats), ``per_attack``
-        (``{name: {"robust_accuracy_after", "seconds"}}``, accuracies cumulative),
-        ``robust_mask`` (numpy bool ``[N]``), ``x_adv`` (numpy float32, adversarial where
-        found, else clean), ``attacks`` (names run) and ``eps``.
+        seed: seed passed to every attack (each batch restarts from it, as the reference).
+            Defaults to 0.
+        norm: ``"Linf"``, the only norm implemented (accepted for the reference's call).
+            Defaults to ``"Linf"``.
+        input_scale: the pixel scale the model takes: 1 for [0, 1], 255 for 0-255 (the images
+            given stay uint8 or [0, 1]). Defaults to 1.0.
+        signature: the SavedModel signature to attack. Defaults to None (``serving_default``).
 
     Example:
-        >>> result = run_autoattack(lambda x: model(x, training=False), x, y, eps=8 / 255)
+        >>> adversary = AutoAttack(model, eps=8 / 255, version="standard")
+        >>> x_adv, report = adversary.run_standard_evaluation(x_test, y_test, batch_size=256)
+        >>> report["robust_accuracy"]
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        eps=8 / 255,
+        version="standard",
+        attacks=None,
+        attack_options=None,
+        seed=0,
+        norm="Linf",
+        input_scale=1.0,
+        signature=None,
+    ):
+        if norm != "Linf":
+            raise ValueError(f"`norm` must be 'Linf' (the only one implemented); received {norm!r}")
+        check_eps(eps)
+        self.attacks = tuple(_resolve_attacks(version, attacks))
+        self.attack_options = _resolve_options(attack_options)
+        self.model_fn = logits_function(model, input_scale=input_scale, signature=signature)
+        require_gradients(self.model_fn, [name for name in self.attacks if name != "square"])
+        self.eps, self.version, self.seed, self.norm = float(eps), version, seed, norm
+
+    def run_standard_evaluation(self, x, y, *, batch_size=256):
+        """Runs the attacks in turn, each on the points all earlier ones failed on.
+
+        Args:
+            x: images, uint8 0..255 or float in [0, 1], ``[N, H, W, C]``.
+            y: class indices ``[N]``.
+            batch_size: points per attack call. Defaults to 256.
+
+        Returns:
+            ``(x_adv, report)``: ``x_adv`` float32 like ``x`` in [0, 1], adversarial where an
+            attack succeeded, else the clean image; ``report`` a dict with ``n``, ``eps``,
+            ``seed``, ``version``, ``attacks`` (names run), ``clean_accuracy`` and
+            ``robust_accuracy`` (floats), ``per_attack`` (``{name: {"robust_accuracy_after",
+            "seconds"}}``, accuracies cumulative), ``robust_mask`` (bool ``[N]``) and ``y_adv``
+            (the model's labels for ``x_adv``, int64 ``[N]``).
+        """
+        check_positive_int("batch_size", batch_size)
+        x, y, _ = check_inputs(self.model_fn, x, y)
+        if not len(x):
+            raise ValueError("`x` must contain at least one point; received an empty batch")
+        num_classes = check_model_outputs(self.model_fn, x[:batch_size], y[:batch_size])
+        return self.run_checked(x, y, batch_size, num_classes)
+
+    def clean_accuracy(self, x, y, *, batch_size=256):
+        """The share of ``x`` the model classifies as ``y`` (images and labels as above)."""
+        check_positive_int("batch_size", batch_size)
+        x, y, _ = check_inputs(self.model_fn, x, y)
+        return float(np.mean(self._predictions(x, batch_size) == y)) if len(x) else 0.0
+
+    def _predictions(self, x, batch_size):
+        return np.concatenate(
+            [
+                _predict(self.model_fn.fn, x[start : start + batch_size])
+                for start in range(0, len(x), batch_size)
+            ]
+        ).astype(np.int64)
+
+    def run_checked(self, x, y, batch_size, num_classes):
+        """`run_standard_evaluation` on inputs that have been checked already.
+
+        For callers that ran `dgad_tf.logits.check_inputs` (``x`` float32 in [0, 1], ``y``
+        int64) and `check_model_outputs` (which returned ``num_classes``) themselves, so the
+        sanity checks neither run nor warn twice.
+        """
+        check_positive_int("batch_size", batch_size)
+        _check_num_classes(num_classes, self.attacks, self.attack_options)
+        model_fn = self.model_fn.fn
+        eps, labels = self.eps, y.astype(np.int32)
+        y_adv = self._predictions(x, batch_size)
+        robust_mask = y_adv == y
+        clean_accuracy = float(robust_mask.mean())
+        logger.info(
+            "AutoAttack (%s: %s), eps=%.5f: clean accuracy %.2f%%",
+            self.version,
+            ", ".join(self.attacks),
+            eps,
+            100 * clean_accuracy,
+        )
+        x_adv = x.copy()
+        per_attack = {}
+        for name in self.attacks:
+            function, settings = _ATTACKS[name]
+            settings = {**settings, **self.attack_options.get(name, {})}
+            started = time.perf_counter()
+            still_robust = np.flatnonzero(robust_mask)
+            for start in range(0, still_robust.size, batch_size):
+                rows = still_robust[start : start + batch_size]
+                candidate = np.asarray(
+                    function(model_fn, x[rows], labels[rows], eps=eps, seed=self.seed, **settings),
+                    np.float32,
+                )
+                predicted = _predict(model_fn, candidate)
+                fooled = (predicted != labels[rows]) & _in_ball(candidate, x[rows], eps)
+                robust_mask[rows[fooled]] = False
+                x_adv[rows[fooled]] = candidate[fooled]
+                y_adv[rows[fooled]] = predicted[fooled]
+            seconds = time.perf_counter() - started
+            per_attack[name] = {
+                "robust_accuracy_after": float(robust_mask.mean()),
+                "seconds": seconds,
+            }
+            logger.info(
+                "robust accuracy after %s: %.2f%% (%.1f s)", name, 100 * robust_mask.mean(), seconds
+            )
+
+        _check_square(clean_accuracy, per_attack)
+        largest = float(np.abs(x_adv - x).reshape(len(x), -1).max())
+        logger.info("max L-inf perturbation %.5f (eps %.5f)", largest, eps)
+        if largest > eps + _BALL_TOLERANCE:
+            raise AssertionError(f"an adversarial example left the eps-ball: {largest} > {eps}")
+        return x_adv, {
+            "n": int(len(x)),
+            "eps": eps,
+            "seed": self.seed,
+            "version": self.version,
+            "attacks": list(self.attacks),
+            "clean_accuracy": clean_accuracy,
+            "robust_accuracy": float(robust_mask.mean()),
+            "per_attack": per_attack,
+            "robust_mask": robust_mask,
+            "y_adv": y_adv,
+        }
+
+
+def run_autoattack(
+    model,
+    x,
+    y,
+    *,
+    eps=8 / 255,
+    version="standard",
+    batch_size=256,
+    seed=0,
+    attacks=None,
+    attack_options=None,
+    input_scale=1.0,
+    signature=None,
+):
+    """Evaluates L-inf robustness with AutoAttack: `AutoAttack(...)` run once, as one dict.
+
+    Args:
+        model: a Keras model, a path (SavedModel directory, `.keras` file or run folder), a
+            loaded SavedModel or a callable returning logits (see `dgad_tf.logits`).
+        x: images, uint8 0..255 or float in [0, 1], ``[N, H, W, C]``.
+        y: class indices ``[N]``.
+        eps, version, attacks, attack_options, seed, input_scale, signature: as
+            `AutoAttack`'s (eps defaults to 8/255, version to "standard", seed to 0).
+        batch_size: points per attack call. Defaults to 256.
+
+    Returns:
+        `AutoAttack.run_standard_evaluation`'s report with ``x_adv`` added (numpy float32,
+        adversarial where found, else clean).
+
+    Example:
+        >>> result = run_autoattack(model, x, y, eps=8 / 255)
         >>> result["robust_accuracy"]
     """
-    check_eps(eps)
-    check_positive_int("batch_size", batch_size)
-    attack_names = _resolve_attacks(version, attacks)
-    options = _resolve_options(attack_options)
-    x = np.asarray(x, np.float32)
-    labels = np.asarray(labels).reshape(-1).astype(np.int32)
-    if labels.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"`labels` must have one entry per row of `x` ({x.shape[0]}); "
-            f"received {labels.shape[0]}"
-        )
-    n_points = x.shape[0]
-    if n_points == 0:
-        raise ValueError("`x` must contain at least one point; received an empty batch")
-    if x.min() < 0.0 or x.max() > 1.0:
-        raise ValueError(f"`x` must be in [0, 1]; received values in [{x.min()}, {x.max()}]")
-
-    num_classes = check_model_outputs(model_fn, x[:batch_size], labels[:batch_size])
-    _check_num_classes(num_classes, attack_names, options)
-
-    predictions = np.concatenate(
-        [
-            _predict(model_fn, x[start : start + batch_size])
-            for start in range(0, n_points, batch_size)
-        ]
+    adversary = AutoAttack(
+        model,
+        eps=eps,
+        version=version,
+        attacks=attacks,
+        attack_options=attack_options,
+        seed=seed,
+        input_scale=input_scale,
+        signature=signature,
     )
-    robust_mask = predictions == labels
-    clean_accuracy = float(robust_mask.mean())
-    logger.info(
-        "AutoAttack (%s: %s), eps=%.5f: clean accuracy %.2f%%",
-        version,
-        ", ".join(attack_names),
-        eps,
-        100 * clean_accuracy,
-    )
-
-    x_adv = x.copy()
-    per_attack = {}
-    for name in attack_names:
-        function, settings = _ATTACKS[name]
-        settings = {**settings, **options.get(name, {})}
-        started = time.perf_counter()
-        still_robust = np.flatnonzero(robust_mask)
-        for start in range(0, still_robust.size, batch_size):
-            rows = still_robust[start : start + batch_size]
-            candidate = np.asarray(
-                function(model_fn, x[rows], labels[rows], eps=eps, seed=seed, **settings),
-                np.float32,
-            )
-            fooled = (_predict(model_fn, candidate) != labels[rows]) & _in_ball(
-                candidate, x[rows], eps
-            )
-            robust_mask[rows[fooled]] = False
-            x_adv[rows[fooled]] = candidate[fooled]
-        seconds = time.perf_counter() - started
-        per_attack[name] = {"robust_accuracy_after": float(robust_mask.mean()), "seconds": seconds}
-        logger.info(
-            "robust accuracy after %s: %.2f%% (%.1f s)", name, 100 * robust_mask.mean(), seconds
-        )
-
-    _check_square(clean_accuracy, per_attack)
-    largest = float(np.abs(x_adv - x).reshape(n_points, -1).max())
-    logger.info("max L-inf perturbation %.5f (eps %.5f)", largest, eps)
-    if largest > eps + _BALL_TOLERANCE:
-        raise AssertionError(f"an adversarial example left the eps-ball: {largest} > {eps}")
-    return {
-        "clean_accuracy": clean_accuracy,
-        "robust_accuracy": float(robust_mask.mean()),
-        "per_attack": per_attack,
-        "robust_mask": robust_mask,
-        "x_adv": x_adv,
-        "attacks": list(attack_names),
-        "eps": float(eps),
-    }
+    x_adv, report = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    return {**report, "x_adv": x_adv}
 
 
 def _resolve_attacks(version, attacks):
@@ -218,43 +316,6 @@ def _in_ball(x_adv, x, eps):
     return (distance <= eps + _BALL_TOLERANCE) & (flat.min(1) >= 0.0) & (flat.max(1) <= 1.0)
 
 
-def _warn(message):
-    logger.warning(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-def check_model_outputs(model_fn, x, labels, n_calls=3):
-    """The reference's checks on one batch (logits, not probabilities; a deterministic model).
-
-    Warns through `warnings` and `logging`; returns the number of classes.
-    """
-    outputs = [
-        tf.cast(model_fn(tf.convert_to_tensor(x)), tf.float32).numpy() for _ in range(n_calls)
-    ]
-    first = outputs[0]
-    if (
-        first.max() < 1.0 + _PROBABILITY_TOLERANCE
-        and first.min() > -_PROBABILITY_TOLERANCE
-        and np.all(np.abs(first.sum(-1) - 1.0) < _PROBABILITY_TOLERANCE)
-    ):
-        _warn(
-            "the model's outputs look like a probability distribution; AutoAttack needs "
-            "logits (remove the final softmax)."
-        )
-    normalised = [out / (np.linalg.norm(out, axis=1, keepdims=True) + 1e-10) for out in outputs]
-    n_correct = [int((out.argmax(1) == labels).sum()) for out in outputs]
-    largest_change = max(
-        float(np.linalg.norm(a - b, axis=1).max()) for a in normalised for b in normalised
-    )
-    if len(set(n_correct)) > 1 or largest_change > _RANDOMNESS_TOLERANCE:
-        _warn(
-            "the model's output changes between identical calls (randomised defence or "
-            "training-mode layers?); the standard AutoAttack evaluation is not reliable "
-            "for it."
-        )
-    return first.shape[-1]
-
-
 def _check_num_classes(num_classes, attack_names, options):
     if "apgd-t" in attack_names and num_classes < 4:
         raise ValueError(
@@ -268,7 +329,7 @@ def _check_num_classes(num_classes, attack_names, options):
                 "n_target_classes", _ATTACKS[name][1]["n_target_classes"]
             )
             if n_targets > num_classes - 1:
-                _warn(
+                warn(
                     f"{name} asks for {n_targets} target classes but the model has only "
                     f"{num_classes - 1} other classes; using {num_classes - 1}."
                 )
@@ -282,7 +343,7 @@ def _check_square(clean_accuracy, per_attack):
     ]
     drop = min(others) - per_attack["square"]["robust_accuracy_after"]
     if drop > _SQUARE_MARGIN:
-        _warn(
+        warn(
             f"Square Attack lowered the robust accuracy by a further {drop:.2%} after the "
             "gradient-based attacks; the gradients may be masked and the evaluation "
             "unreliable (try more Square queries/restarts or an adaptive attack)."
