@@ -374,11 +374,11 @@ def images_digest(x: np.ndarray, y: np.ndarray) -> str:
 
 def evaluate_protocol(model, study: Study, splits) -> dict:
     """`model` under the study's protocol on the first `n` test images."""
-    from dgad_tf.evaluate import evaluate_model
+    from dgad_tf.robustness import evaluate_robustness
 
     p = study.protocol
     x, y = splits.test.x[: p.n], splits.test.y[: p.n]
-    report = evaluate_model(
+    report = evaluate_robustness(
         model, x, y, attacks=p.attacks, eps=p.eps, batch_size=p.batch_size, seed=p.seed
     )
     report["images_sha256"] = images_digest(x, y)
