@@ -164,3 +164,14 @@ def test_channels_last_torch_step_is_the_same_step_in_nhwc(vs_pytorch):
     assert abs(losses[0] - losses[1]) < 1e-6
     for a, b in zip(nchw.student.parameters(), nhwc.student.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_network_throughput_reports_each_network_relative_to_the_first(capsys):
+    bench = _load("network_throughput")
+    args = ["--networks", "small-cnn,wrn-10-1", "--batch-size", "4", "--image-size", "8"]
+    assert bench.main([*args, "--iters", "1", "--rounds", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert set(rows) == {"small-cnn", "wrn-10-1"}
+    assert float(rows["small-cnn"][3]) == 1.0  # the first network against itself
+    assert int(rows["wrn-10-1"][1]) > 0 and float(rows["wrn-10-1"][2]) > 0
