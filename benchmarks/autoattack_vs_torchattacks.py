@@ -1,6 +1,6 @@
 """Our AutoAttack against torchattacks' AutoAttack: time and per-image agreement, one model.
 
-The model is the benchmark's PyTorch small CNN (`vs_pytorch.SmallCNN`, 66k parameters),
+The model is the benchmark's PyTorch small CNN (`torch_compare.nets.SmallCNN`, 66k parameters),
 adversarially trained here for a short while so that it is not trivially broken (FGSM with a
 uniform random start and step 1.25 eps, "fast adversarial training" of Wong et al. 2020, on the
 first `--train-images` real CIFAR-10 training images), then converted to our Keras model with

@@ -19,7 +19,7 @@ Ours is `AdversarialDistiller.train_on_batch` (the compiled Keras train step, XL
 GPU). PyTorch's side is NCHW float32 by default; `--precision mixed_bfloat16` runs both sides in
 bfloat16 (Keras policy / `torch.autocast`), `--torch-channels-last` gives PyTorch the
 channels_last memory format (NHWC, as ours), the two settings a tuned PyTorch loop adds. Before
-timing, `check_one_step` compares the two sides from
+timing, `check_one_step` (torch_compare/parity.py) compares the two sides from
 identical weights with the attack's random start switched off (the only random op of the step):
 the first PGD step pixel by pixel, the objective the full attack reaches, and one training step
 (forwards, loss, gradient, update) from the same x' -- the loss to `LOSS_TOLERANCE`, every
@@ -31,6 +31,12 @@ side per round, so load swings on the shared machine hit both; the speed ratio o
 reported as the median of the per-round ratios and as the ratio of the median images/s.
 PyTorch's intra-op threads are set to TensorFlow's (`--threads`, default: the CPUs this
 process may use), and both inter-op pools to the same count.
+
+This file is the command line; the two sides live in benchmarks/torch_compare/, one concept a
+module: settings.py (the step's settings above), nets.py (the PyTorch networks), dgad.py (the
+PyTorch step, `TorchDGADStep`), bridge.py (our networks from PyTorch's weights, our compiled
+step), parity.py (the check), gradients.py (`--gradient-check`), timing.py (threads, the timed
+steps and batch, the alternating rounds).
 
 Example:
 
