@@ -1,6 +1,6 @@
 """Our AutoAttack against torchattacks' AutoAttack: time and per-image agreement, one model.
 
-The model is the benchmark's PyTorch small CNN (`vs_pytorch.SmallCNN`, 66k parameters),
+The model is the benchmark's PyTorch small CNN (`torch_compare.nets.SmallCNN`, 66k parameters),
 adversarially trained here for a short while so that it is not trivially broken (FGSM with a
 uniform random start and step 1.25 eps, "fast adversarial training" of Wong et al. 2020, on the
 first `--train-images` real CIFAR-10 training images), then converted to our Keras model with
@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(_HERE))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import vs_pytorch  # noqa: E402
+from torch_compare import bridge, nets, timing  # noqa: E402
 
 EPS = 8 / 255
 DATA = os.path.join(os.path.dirname(os.path.dirname(_HERE)), "shared", "data", "cifar10")
@@ -96,7 +96,7 @@ def fast_adversarial_training(net, x, y, epochs, seed, batch_size=128):
 
 def main(argv=None):
     args = parse_args(argv)
-    vs_pytorch.set_threads(args.threads)
+    timing.set_threads(args.threads)
     import tensorflow as tf
     import torchattacks
 
@@ -110,7 +110,7 @@ def main(argv=None):
 
     started = time.perf_counter()
     torch.manual_seed(args.seed)
-    net = vs_pytorch.SmallCNN()
+    net = nets.SmallCNN()
     fast_adversarial_training(net, x_train, y_train, args.epochs, args.seed)
     print(
         f"model: small-cnn, FGSM-RS adversarial training on {args.train_images} CIFAR-10 "
@@ -118,7 +118,7 @@ def main(argv=None):
         flush=True,
     )
 
-    keras_model = vs_pytorch.keras_from_torch(net, "small-cnn", "")
+    keras_model = bridge.keras_from_torch(net, "small-cnn", "")
     x_np = x_test_u8.astype(np.float32) / 255.0
     x_t = _nchw(x_test_u8)
     y_t = torch.from_numpy(y_test)

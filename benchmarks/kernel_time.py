@@ -4,7 +4,8 @@ On x86 CPUs both TensorFlow and PyTorch hand their convolutions to oneDNN (Tenso
 build, PyTorch's own). This script runs `vs_pytorch.py`'s two DGAD steps (same converted
 weights, same batch, same PGD settings, same thread counts) and reports, per step and per side:
 
-* the wall time, from paired rounds in this process (`vs_pytorch.time_config`, no logging);
+* the wall time, from paired rounds in this process (`torch_compare.timing.time_config`, no
+  logging);
 * the time inside oneDNN primitives, from a child process run with `ONEDNN_VERBOSE=profile_exec`
   (oneDNN then prints every primitive it executes with its own execution time in ms; the child
   prints a marker line before and after each timed step, and the lines in between are summed).
@@ -38,7 +39,15 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 sys.path.insert(0, os.path.dirname(_HERE))
 
-import vs_pytorch  # noqa: E402
+from torch_compare.timing import (  # noqa: E402
+    PRECISIONS,
+    build_steps,
+    finish_args,
+    random_batch,
+    set_threads,
+    time_config,
+    torch_batch,
+)
 
 MARK = "@@kernel_time"
 
@@ -108,15 +117,15 @@ def _union_length(spans):
 
 def child(args):
     """Run in the verbose child: one warm-up, then `--iters` marked steps per side."""
-    vs_pytorch.set_threads(args.threads)
+    set_threads(args.threads)
     import tensorflow as tf
 
-    distiller, step = vs_pytorch.build_steps(
+    distiller, step = build_steps(
         *args.configs[0], args.steps, args.seed, "cpu", args.precision, args.torch_channels_last
     )
-    x, y = vs_pytorch.random_batch(args.batch_size, args.seed)
+    x, y = random_batch(args.batch_size, args.seed)
     x_tf, y_tf = tf.constant(x), tf.constant(y)
-    x_t, y_t = vs_pytorch.torch_batch(x, y, "cpu")
+    x_t, y_t = torch_batch(x, y, "cpu")
     sides = {
         "ours": lambda: distiller.train_on_batch(x_tf, y_tf),
         "pytorch": lambda: step(x_t, y_t),
@@ -203,19 +212,19 @@ def parse_args(argv=None):
     parser.add_argument("--iters", type=int, default=2, help="steps per side per round / child")
     parser.add_argument("--threads", type=int, default=None, help="default: usable CPUs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=sorted(vs_pytorch.PRECISIONS), default="float32")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="float32")
     parser.add_argument(
         "--torch-channels-last", action="store_true", help="PyTorch in channels_last format"
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    return vs_pytorch.finish_args(parser, parser.parse_args(argv))
+    return finish_args(parser, parser.parse_args(argv))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
         return child(args)
-    vs_pytorch.set_threads(args.threads)
+    set_threads(args.threads)
     print(
         f"batch {args.batch_size}, {args.steps} PGD steps, {args.precision}"
         f"{', PyTorch channels_last' if args.torch_channels_last else ''}, {args.threads} "
@@ -226,7 +235,7 @@ def main(argv=None) -> int:
     for pair in args.configs:
         name = f"{pair[0]} <- {pair[1]}"
         print(f"\n{name}: paired wall-time rounds (no logging)", flush=True)
-        timing = vs_pytorch.time_config(*pair, args, "cpu")
+        timing = time_config(*pair, args, "cpu")
         wall = {
             "ours": statistics.median(r["ours_seconds"] for r in timing["rounds"]),
             "pytorch": statistics.median(r["torch_seconds"] for r in timing["rounds"]),

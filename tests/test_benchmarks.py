@@ -20,15 +20,23 @@ def _load(name):
 
 
 @pytest.fixture(scope="module")
-def vs_pytorch():
-    return _load("vs_pytorch")
+def torch_compare():
+    """benchmarks/torch_compare (the two sides of vs_pytorch.py), as the script imports it."""
+    _load("vs_pytorch")  # puts benchmarks/ and the repository root first on sys.path
+    import torch_compare.dgad
+    import torch_compare.parity
+    import torch_compare.timing
+
+    return torch_compare
 
 
-def test_one_dgad_step_agrees_with_pytorch(vs_pytorch):
+def test_one_dgad_step_agrees_with_pytorch(torch_compare):
     # Two PGD steps on a batch of 4: loss, updated weights and the attack itself must match.
-    check = vs_pytorch.check_one_step("small-cnn", "small-cnn", batch_size=4, steps=2, seed=3)
+    check = torch_compare.parity.check_one_step(
+        "small-cnn", "small-cnn", batch_size=4, steps=2, seed=3
+    )
     assert check["params_ours"] == check["params_torch"]
-    assert check["loss_abs_diff"] <= vs_pytorch.LOSS_TOLERANCE
+    assert check["loss_abs_diff"] <= torch_compare.parity.LOSS_TOLERANCE
     assert check["weights_ok"], check["weight_failures"]
     # Far inside the benchmark's tolerance on this small network, whose logits are well apart.
     assert check["update_max_rel_diff"] < 1e-4
@@ -42,17 +50,19 @@ def test_one_dgad_step_agrees_with_pytorch(vs_pytorch):
     assert check["passed"]
 
 
-def test_check_fails_when_the_steps_differ(vs_pytorch, monkeypatch):
+def test_check_fails_when_the_steps_differ(torch_compare, monkeypatch):
     # A different PCR weight on the PyTorch side must be caught, so the check can fail.
-    original = vs_pytorch.dgad_loss_torch
+    original = torch_compare.dgad.dgad_loss_torch
     monkeypatch.setattr(
-        vs_pytorch, "dgad_loss_torch", lambda *a, **k: original(*a, beta=2.0) + 1e-3
+        torch_compare.dgad, "dgad_loss_torch", lambda *a, **k: original(*a, beta=2.0) + 1e-3
     )
-    check = vs_pytorch.check_one_step("small-cnn", "small-cnn", batch_size=4, steps=1, seed=3)
+    check = torch_compare.parity.check_one_step(
+        "small-cnn", "small-cnn", batch_size=4, steps=1, seed=3
+    )
     assert not check["passed"]
 
 
-def test_torch_dgad_loss_matches_ours(vs_pytorch):
+def test_torch_dgad_loss_matches_ours(torch_compare):
     # The PyTorch loss of the benchmark against dgad_tf.losses.dgad_loss, with MAP and ELS hit.
     from dgad_tf.losses import dgad_loss
 
@@ -61,7 +71,9 @@ def test_torch_dgad_loss_matches_ours(vs_pytorch):
     labels = rng.integers(0, 10, size=16)
     ours = float(dgad_loss(*logits, labels)["total"])
     theirs = float(
-        vs_pytorch.dgad_loss_torch(*(torch.from_numpy(v) for v in logits), torch.from_numpy(labels))
+        torch_compare.dgad.dgad_loss_torch(
+            *(torch.from_numpy(v) for v in logits), torch.from_numpy(labels)
+        )
     )
     assert abs(ours - theirs) < 1e-6
 
@@ -124,19 +136,19 @@ def test_kernel_time_child_sees_onednn_in_both_steps(monkeypatch):
         assert step["busy"] <= step["wall"] + 1e-3
 
 
-def test_bfloat16_steps_run_both_sides_networks_in_bfloat16(vs_pytorch):
+def test_bfloat16_steps_run_both_sides_networks_in_bfloat16(torch_compare):
     # `--precision mixed_bfloat16` must change the arithmetic on both sides, not only a label.
     from dgad_tf.precision import policy_name
 
-    distiller, step = vs_pytorch.build_steps(
+    distiller, step = torch_compare.timing.build_steps(
         "small-cnn", "small-cnn", 1, 0, "cpu", "mixed_bfloat16"
     )
     assert policy_name(distiller.student) == policy_name(distiller.teacher) == "mixed_bfloat16"
     seen = []
     for net in (step.student, step.teacher):
         net.conv2.register_forward_hook(lambda module, inputs, out: seen.append(out.dtype))
-    x, y = vs_pytorch.random_batch(4, 0)
-    loss = step(*vs_pytorch.torch_batch(x, y, "cpu"))
+    x, y = torch_compare.timing.random_batch(4, 0)
+    loss = step(*torch_compare.timing.torch_batch(x, y, "cpu"))
     assert np.isfinite(loss)
     # Attack: 1 step x 2 networks; training: student x 2, teacher x 2.
     assert seen == [torch.bfloat16] * 6
@@ -144,20 +156,22 @@ def test_bfloat16_steps_run_both_sides_networks_in_bfloat16(vs_pytorch):
     assert np.isfinite(logs["loss"])
 
 
-def test_channels_last_torch_step_is_the_same_step_in_nhwc(vs_pytorch):
+def test_channels_last_torch_step_is_the_same_step_in_nhwc(torch_compare):
     # `--torch-channels-last` may only change PyTorch's memory layout: from the same weights and
     # the same x', one step gives the same loss and weights as the NCHW step, with the
     # convolutions really computed on channels_last tensors.
-    _, nchw = vs_pytorch.build_steps("small-cnn", "small-cnn", 1, 0, "cpu")
-    _, nhwc = vs_pytorch.build_steps("small-cnn", "small-cnn", 1, 0, "cpu", channels_last=True)
+    _, nchw = torch_compare.timing.build_steps("small-cnn", "small-cnn", 1, 0, "cpu")
+    _, nhwc = torch_compare.timing.build_steps(
+        "small-cnn", "small-cnn", 1, 0, "cpu", channels_last=True
+    )
     layouts = []
     nhwc.student.conv2.register_forward_hook(
         lambda module, inputs, out: layouts.append(
             out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
         )
     )
-    x, y = vs_pytorch.random_batch(4, 0)
-    x_t, y_t = vs_pytorch.torch_batch(x, y, "cpu")
+    x, y = torch_compare.timing.random_batch(4, 0)
+    x_t, y_t = torch_compare.timing.torch_batch(x, y, "cpu")
     x_adv = (x_t + 0.01).clamp(0.0, 1.0)
     losses = [step(x_t, y_t, x_adv=x_adv) for step in (nchw, nhwc)]
     assert layouts == [True, True]
