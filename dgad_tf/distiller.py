@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from dgad_tf import attacks, distribute
 from dgad_tf.config import METHODS, MethodConfig, resolved_attack_init, validate_method
-from dgad_tf.methods import METHOD_SPECS, StepContext
+from dgad_tf.methods import ADV, CLEAN, METHOD_SPECS, Forward, StepContext
 
 # Loss-dict entries that are counts over the local batch; logged as fractions of the batch.
 _COUNT_KEYS = {
@@ -254,13 +254,12 @@ class AdversarialDistiller(keras.Model):
             # 3. student forwards in training mode, clean and adversarial in separate calls, in
             # the reference code's order when asked (the order moves batch-norm statistics)
             inputs = {"clean": x, "adv": x_adv}
-            for name in self._forward_order():
-                unused = name.startswith("+")
-                output = self.student(inputs[name.lstrip("+")], training=True)
+            for forward in self._forward_order():
+                output = self.student(inputs[forward.kind], training=True)
                 # An unused reference forward only moves batch-norm statistics; its output
                 # serves the accuracy metric when the loss has no clean forward of its own.
-                if not unused or "s_" + name.lstrip("+") not in forwards:
-                    forwards["s_" + name.lstrip("+")] = output
+                if forward.used or "s_" + forward.kind not in forwards:
+                    forwards["s_" + forward.kind] = output
             # IAD's and AdaIAD's reference code calls the student once more after the warm-up
             # (its introspection term); in training mode on this batch the output equals the
             # first, so only the batch-norm statistics it moves count.
@@ -268,8 +267,8 @@ class AdversarialDistiller(keras.Model):
             if later:
 
                 def later_forwards():
-                    for name in later:
-                        self.student(inputs[name.lstrip("+")], training=True)
+                    for forward in later:
+                        self.student(inputs[forward.kind], training=True)
                     return tf.constant(0.0)
 
                 tf.cond(
@@ -293,13 +292,12 @@ class AdversarialDistiller(keras.Model):
         self._update_train_metrics(terms, forwards, x, y, local_batch, replicas)
         return _replica_results(self._train_trackers)
 
-    def _forward_order(self) -> tuple:
+    def _forward_order(self) -> tuple[Forward, ...]:
         if self.reference_forwards:
             return self.spec.reference_forwards
-        needed = (("clean",) if self.spec.student_clean else ()) + (
-            ("adv",) if self.spec.attack != "none" else ()
+        return ((CLEAN,) if self.spec.student_clean else ()) + (
+            (ADV,) if self.spec.attack != "none" else ()
         )
-        return needed
 
     def _average_replica_statistics(self):
         # Keras 3 lets every replica update its own copy of the batch-norm moving statistics

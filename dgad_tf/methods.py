@@ -32,6 +32,27 @@ class StepContext:
 
 
 @dataclasses.dataclass(frozen=True)
+class Forward:
+    """One training-mode forward of the student in a step.
+
+    Args:
+        kind: "clean" (the batch) or "adv" (its adversarial examples).
+        used: whether the loss reads its output. An unused forward only moves batch-norm
+            statistics (a reference code's repeated call). Defaults to True.
+    """
+
+    kind: str
+    used: bool = True
+
+    def __post_init__(self):
+        if self.kind not in ("clean", "adv"):
+            raise ValueError(f'`kind` must be "clean" or "adv"; received kind={self.kind!r}')
+
+
+CLEAN, ADV = Forward("clean"), Forward("adv")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class MethodSpec:
     """What a training method attacks and how it scores the student: its loss with options bound.
 
@@ -45,13 +66,12 @@ class MethodSpec:
             "s_clean", "s_adv", "t_clean", "t_adv", "y").
         options: (keyword of `loss_fn`, field of `MethodConfig`) pairs. Defaults to ().
         context: (keyword of `loss_fn`, field of `StepContext`) pairs. Defaults to ().
-        reference_forwards: the student's training-mode forwards in the order of the method's
-            reference code ("clean", "adv"; a "+" marks a forward whose output the loss does not
-            use: it only moves batch-norm statistics). Defaults to ("clean", "adv").
+        reference_forwards: the student's training-mode forwards (`Forward`s) in the order of
+            the method's reference code. Defaults to (CLEAN, ADV).
         reference_train_mode_attack: the reference attacks with the student in training mode.
             Defaults to False.
         reference_forwards_after_warmup: the reference's forwards once the introspection term
-            is on (IAD, AdaIAD): `reference_forwards` followed by further unused ("+") ones.
+            is on (IAD, AdaIAD): `reference_forwards` followed by further unused ones.
             Defaults to None (the same forwards in every epoch).
     """
 
@@ -62,15 +82,15 @@ class MethodSpec:
     inputs: tuple
     options: tuple = ()
     context: tuple = ()
-    reference_forwards: tuple = ("clean", "adv")
+    reference_forwards: tuple[Forward, ...] = (CLEAN, ADV)
     reference_train_mode_attack: bool = False
-    reference_forwards_after_warmup: Optional[tuple] = None
+    reference_forwards_after_warmup: Optional[tuple[Forward, ...]] = None
 
     def __post_init__(self):
         after, before = self.reference_forwards_after_warmup, self.reference_forwards
         if after is not None and (
             tuple(after[: len(before)]) != tuple(before)
-            or not all(name.startswith("+") for name in after[len(before) :])
+            or any(forward.used for forward in after[len(before) :])
         ):
             raise ValueError(
                 "reference_forwards_after_warmup must extend reference_forwards with unused "
@@ -78,7 +98,7 @@ class MethodSpec:
             )
 
     @property
-    def forwards_added_after_warmup(self) -> tuple:
+    def forwards_added_after_warmup(self) -> tuple[Forward, ...]:
         """The unused forwards the reference adds once the introspection term is on."""
         after = self.reference_forwards_after_warmup
         return () if after is None else tuple(after[len(self.reference_forwards) :])
@@ -97,84 +117,104 @@ _IAD_OPTIONS = (("alpha", "iad_alpha"), ("beta", "iad_beta"), ("temperature", "i
 
 METHOD_SPECS = {
     "clean": MethodSpec(
-        "none", False, True, losses.clean_loss, ("s_clean", "y"), reference_forwards=("clean",)
+        attack="none",
+        needs_teacher=False,
+        student_clean=True,
+        loss_fn=losses.clean_loss,
+        inputs=("s_clean", "y"),
+        reference_forwards=(CLEAN,),
     ),
     # AdaAD's SAT baseline: a training-mode clean forward after the adversarial one, unused.
     "pgd_at": MethodSpec(
-        "ce", False, False, losses.pgd_at_loss, ("s_adv", "y"), reference_forwards=("adv", "+clean")
+        attack="ce",
+        needs_teacher=False,
+        student_clean=False,
+        loss_fn=losses.pgd_at_loss,
+        inputs=("s_adv", "y"),
+        reference_forwards=(ADV, Forward("clean", used=False)),
     ),
     # TRADES evaluates model(x_adv) and then model(x_natural) again inside its KL; in training
     # mode on the same batch that third forward equals the first, so only its statistics count.
     "trades": MethodSpec(
-        "kl_student_clean",
-        False,
-        True,
-        losses.trades_loss,
-        ("s_clean", "s_adv", "y"),
+        attack="kl_student_clean",
+        needs_teacher=False,
+        student_clean=True,
+        loss_fn=losses.trades_loss,
+        inputs=("s_clean", "s_adv", "y"),
         options=(("beta", "trades_beta"),),
-        reference_forwards=("clean", "adv", "+clean"),
+        reference_forwards=(CLEAN, ADV, Forward("clean", used=False)),
     ),
     "ard": MethodSpec(
-        "ce",
-        True,
-        True,
-        losses.ard_loss,
-        ("s_clean", "s_adv", "t_clean", "y"),
+        attack="ce",
+        needs_teacher=True,
+        student_clean=True,
+        loss_fn=losses.ard_loss,
+        inputs=("s_clean", "s_adv", "t_clean", "y"),
         options=(("alpha", "ard_alpha"), ("temperature", "ard_temperature")) + _KL_SCALE,
-        reference_forwards=("adv", "clean"),
+        reference_forwards=(ADV, CLEAN),
         reference_train_mode_attack=True,
     ),
     "rslad": MethodSpec(
-        "kl_teacher_clean",
-        True,
-        True,
-        losses.rslad_loss,
-        ("s_clean", "s_adv", "t_clean"),
+        attack="kl_teacher_clean",
+        needs_teacher=True,
+        student_clean=True,
+        loss_fn=losses.rslad_loss,
+        inputs=("s_clean", "s_adv", "t_clean"),
         options=_KL_SCALE + (("log_epsilon", "rslad_log_epsilon"),),
-        reference_forwards=("adv", "clean"),
+        reference_forwards=(ADV, CLEAN),
     ),
     "adaad": MethodSpec(
-        "kl_teacher",
-        True,
-        True,
-        losses.adaad_loss,
-        ("s_clean", "s_adv", "t_clean", "t_adv"),
+        attack="kl_teacher",
+        needs_teacher=True,
+        student_clean=True,
+        loss_fn=losses.adaad_loss,
+        inputs=("s_clean", "s_adv", "t_clean", "t_adv"),
         options=(("alpha", "adaad_alpha"),) + _KL_SCALE,
     ),
     # Zhu et al.'s IAD-I.py: the attack's last forward (adversarial, used), basic_net(x_adv)
     # again (unused), then basic_net(x) once in the cross-entropy and, after the warm-up, once
     # more in the introspection term; in training mode on one batch those equal the first.
     "iad": MethodSpec(
-        "ce",
-        True,
-        True,
-        losses.iad_loss,
-        ("s_clean", "s_adv", "t_clean", "t_adv", "y"),
+        attack="ce",
+        needs_teacher=True,
+        student_clean=True,
+        loss_fn=losses.iad_loss,
+        inputs=("s_clean", "s_adv", "t_clean", "t_adv", "y"),
         options=_IAD_OPTIONS,
         context=(("introspection", "introspection"),),
-        reference_forwards=("adv", "+adv", "clean"),
+        reference_forwards=(ADV, Forward("adv", used=False), CLEAN),
         reference_train_mode_attack=True,
-        reference_forwards_after_warmup=("adv", "+adv", "clean", "+clean"),
+        reference_forwards_after_warmup=(
+            ADV,
+            Forward("adv", used=False),
+            CLEAN,
+            Forward("clean", used=False),
+        ),
     ),
     # The DGAD repository's AdaAD_with_IAD1: net(inputs) (unused), net(x_adv), then net(inputs)
     # again in the cross-entropy and, after the warm-up, in the introspection term.
     "adaiad": MethodSpec(
-        "kl_teacher",
-        True,
-        True,
-        losses.adaiad_loss,
-        ("s_clean", "s_adv", "t_adv", "y"),
+        attack="kl_teacher",
+        needs_teacher=True,
+        student_clean=True,
+        loss_fn=losses.adaiad_loss,
+        inputs=("s_clean", "s_adv", "t_adv", "y"),
         options=_IAD_OPTIONS,
         context=(("introspection", "introspection"),),
-        reference_forwards=("clean", "adv", "+clean"),
-        reference_forwards_after_warmup=("clean", "adv", "+clean", "+clean"),
+        reference_forwards=(CLEAN, ADV, Forward("clean", used=False)),
+        reference_forwards_after_warmup=(
+            CLEAN,
+            ADV,
+            Forward("clean", used=False),
+            Forward("clean", used=False),
+        ),
     ),
     "dgad": MethodSpec(
-        "kl_teacher",
-        True,
-        True,
-        losses.dgad_loss,
-        ("s_clean", "s_adv", "t_clean", "t_adv", "y"),
+        attack="kl_teacher",
+        needs_teacher=True,
+        student_clean=True,
+        loss_fn=losses.dgad_loss,
+        inputs=("s_clean", "s_adv", "t_clean", "t_adv", "y"),
         options=(
             ("beta", "beta"),
             ("use_map", "use_map"),

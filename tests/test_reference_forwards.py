@@ -185,3 +185,25 @@ def test_iad_attacks_in_training_mode_and_adds_forwards_as_its_code(reference, a
     expected = after_forwards(start, bn.momentum, [x] * updates)
     assert moving_mean(distiller.student) == pytest.approx(expected, abs=1e-6)
     assert moving_mean(distiller.teacher) == teacher_start
+
+
+# --------------------------------------------------------------------------- the spec's fields
+
+
+def test_a_method_spec_is_written_with_named_fields_and_checks_its_later_forwards():
+    from dgad_tf.methods import ADV, CLEAN, Forward, MethodSpec
+
+    spec = METHOD_SPECS["iad"]
+    with pytest.raises(TypeError):
+        MethodSpec(spec.attack, spec.needs_teacher, spec.student_clean)  # no positional fields
+    fields = {name: getattr(spec, name) for name in spec.__dataclass_fields__}
+    unused_clean = Forward("clean", used=False)
+    # After the warm-up the reference only adds calls whose output the loss does not read.
+    fields["reference_forwards"] = (ADV, CLEAN)
+    fields["reference_forwards_after_warmup"] = (ADV, CLEAN, unused_clean)
+    assert MethodSpec(**fields).forwards_added_after_warmup == (unused_clean,)
+    fields["reference_forwards_after_warmup"] = (ADV, CLEAN, CLEAN)
+    with pytest.raises(ValueError, match="unused"):
+        MethodSpec(**fields)
+    with pytest.raises(ValueError, match="kind"):
+        Forward("+clean")
