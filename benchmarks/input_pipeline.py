@@ -34,7 +34,9 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from dgad_tf import data  # noqa: E402
+from dgad_tf.attacks import PGD  # noqa: E402
 from dgad_tf.distiller import AdversarialDistiller  # noqa: E402
+from dgad_tf.losses import DGAD  # noqa: E402
 from dgad_tf.models import build_model  # noqa: E402
 from dgad_tf.optim import TorchSGD  # noqa: E402
 
@@ -67,7 +69,9 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     teacher = build_model(args.teacher, 10, (32, 32, 3), name_prefix="teacher_")
     student = build_model(args.student, 10, (32, 32, 3), name_prefix="student_")
-    distiller = AdversarialDistiller(student, teacher, method="dgad", steps=args.steps)
+    distiller = AdversarialDistiller(
+        teacher=teacher, student=student, loss=DGAD(), attack=PGD(steps=args.steps)
+    )
     distiller.compile(optimizer=TorchSGD(0.1), jit_compile=False)
 
     def run(dataset):

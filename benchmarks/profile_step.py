@@ -45,6 +45,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from dgad_tf import attacks, losses  # noqa: E402
+from dgad_tf.attacks import PGD  # noqa: E402
 from dgad_tf.distiller import AdversarialDistiller  # noqa: E402
 from dgad_tf.models import build_model  # noqa: E402
 from dgad_tf.optim import TorchSGD  # noqa: E402
@@ -87,7 +88,9 @@ def build_parts(args):
     keras.utils.set_random_seed(args.seed)
     teacher = build_model(args.teacher, NUM_CLASSES, INPUT_SHAPE, name_prefix="teacher_")
     student = build_model(args.student, NUM_CLASSES, INPUT_SHAPE, name_prefix="student_")
-    distiller = AdversarialDistiller(student, teacher, method="dgad", steps=args.steps)
+    distiller = AdversarialDistiller(
+        teacher=teacher, student=student, loss=losses.DGAD(), attack=PGD(steps=args.steps)
+    )
     distiller.compile(optimizer=TorchSGD(0.1), jit_compile=False)
     rng = np.random.default_rng(args.seed)
     x = tf.constant(rng.random((args.batch_size,) + INPUT_SHAPE, dtype=np.float32))

@@ -36,8 +36,10 @@ sys.path.insert(0, os.path.dirname(_HERE))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from dgad_tf.attacks import PGD  # noqa: E402
 from dgad_tf.config import METHODS  # noqa: E402
 from dgad_tf.distiller import AdversarialDistiller  # noqa: E402
+from dgad_tf.methods import METHOD_SPECS  # noqa: E402
 from dgad_tf.models import build_model  # noqa: E402
 from dgad_tf.optim import TorchSGD  # noqa: E402
 
@@ -103,15 +105,21 @@ def make_distiller(
     """A compiled distiller with a freshly initialised student (same seed for every method).
 
     Args:
-        method: training method.
-        teacher: the shared frozen teacher.
+        method: training method (its loss with default options).
+        teacher: the shared frozen teacher (used by the methods that distil).
         args: parsed options (student name, steps, seed).
         jit_compile: compile the train step with XLA.
         run_eagerly: run the train step eagerly. Default False.
     """
     keras.utils.set_random_seed(args.seed + 1)
     student = build_model(args.student, NUM_CLASSES, INPUT_SHAPE, name_prefix="student_")
-    distiller = AdversarialDistiller(student, teacher, method=method, steps=args.steps)
+    spec = METHOD_SPECS[method]
+    distiller = AdversarialDistiller(
+        teacher=teacher if spec.needs_teacher else None,
+        student=student,
+        loss=spec.loss(),
+        attack=PGD(steps=args.steps),
+    )
     distiller.compile(
         optimizer=TorchSGD(learning_rate=0.01), jit_compile=jit_compile, run_eagerly=run_eagerly
     )

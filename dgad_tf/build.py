@@ -6,7 +6,6 @@ so that a run, a search or a command refuses a bad config before anything is wri
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import pathlib
 from typing import Optional
@@ -14,8 +13,8 @@ from typing import Optional
 import keras
 import numpy as np
 
+from dgad_tf import attacks, distribute, losses, models, precision
 from dgad_tf import data as data_lib
-from dgad_tf import distribute, models, precision
 from dgad_tf.config import Config
 from dgad_tf.distiller import AdversarialDistiller
 from dgad_tf.evaluate import at_chance_level, chance_threshold
@@ -142,6 +141,33 @@ def check_teacher_beats_chance(
         )
 
 
+def method_loss(cfg: Config, method: Optional[str] = None) -> losses.MethodLoss:
+    """The loss object of `method` with its options from the config.
+
+    The one place where config values become loss options: each method's
+    `MethodSpec.config_options` names the config key of every option of its loss class.
+
+    Args:
+        cfg: the config.
+        method: the method. Defaults to None (`cfg.method.name`; a teacher trained here uses
+            `teacher_train.method` with the same `method:` options).
+    """
+    spec = METHOD_SPECS[cfg.method.name if method is None else method]
+    options = {}
+    for option, key in spec.config_options:
+        section, field = key.split(".")
+        options[option] = getattr(getattr(cfg, section), field)
+    return spec.loss(**options)
+
+
+def training_attack(cfg: Config) -> attacks.PGD:
+    """The training attack of the config's `attack:` section."""
+    a = cfg.attack
+    return attacks.PGD(
+        eps=a.eps, step_size=a.step_size, steps=a.steps, start=a.init, start_std=a.init_std
+    )
+
+
 def build_distiller(
     cfg: Config,
     *,
@@ -153,29 +179,22 @@ def build_distiller(
     lr: float,
     milestones,
 ) -> AdversarialDistiller:
-    """A compiled `AdversarialDistiller` with the config's attack, loss weights and optimiser.
+    """A compiled `AdversarialDistiller` with the config's attack, loss and optimiser.
 
     Call it inside `strategy.scope()` when training under a distribution strategy.
     """
-    t, o, a = cfg.train, cfg.optimizer, cfg.attack
-    # Every loss option of the method section; `method` may differ (a teacher trained here).
-    options = {k: v for k, v in dataclasses.asdict(cfg.method).items() if k != "name"}
+    t, o = cfg.train, cfg.optimizer
     student = precision.with_policy(student, t.precision)
     if teacher is not None:
         teacher = precision.with_policy(teacher, t.precision)
     distiller = AdversarialDistiller(
-        student,
-        teacher,
-        method=method,
-        eps=a.eps,
-        step_size=a.step_size,
-        steps=a.steps,
-        attack_init=a.init,
-        init_std=a.init_std,
+        teacher=teacher,
+        student=student,
+        loss=method_loss(cfg, method),
+        attack=training_attack(cfg),
+        reference_forwards=cfg.method.reference_forwards,
         val_robust_steps=t.val_robust_steps,
-        batch_size=t.batch_size,
         seed=t.seed,
-        **options,
     )
     optimizer = make_optimizer(
         lr,

@@ -1,8 +1,8 @@
 """`AdversarialDistiller`: one Keras model whose `train_step` is a whole adversarial-distillation
 step.
 
-The step, for every method (DGAD and the baselines differ only in the attack objective and the
-loss, both looked up in `METHOD_SPECS`):
+The step, for every method (DGAD and the baselines differ in their loss object, and in what the
+method's `METHOD_SPECS` entry says the attack ascends and which forwards run):
 
 1. attack: L-inf PGD on the training batch, both networks in inference mode (ARD's reference
    attack with the student in training mode when `reference_forwards` is on);
@@ -19,16 +19,19 @@ TensorBoard and KerasTuner all read.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import inspect
 from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from dgad_tf import attacks, distribute
-from dgad_tf.config import METHODS, MethodConfig, resolved_attack_init, validate_method
-from dgad_tf.methods import METHOD_SPECS, StepContext
+from dgad_tf import attacks, batch_checks, distribute
+from dgad_tf.config import MethodConfig, resolved_attack_init
+from dgad_tf.losses import MethodLoss
+from dgad_tf.methods import ADV, CLEAN, METHOD_SPECS, Forward, method_of
 
 # Loss-dict entries that are counts over the local batch; logged as fractions of the batch.
 _COUNT_KEYS = {
@@ -37,95 +40,94 @@ _COUNT_KEYS = {
     "num_swapped_adv": "swap_rate_adv",
 }
 
+# Keywords of the earlier `AdversarialDistiller(student, teacher, method=..., eps=..., **options)`.
+_OLD_KEYWORDS = {"method", "eps", "step_size", "steps", "attack_init", "init_std", "batch_size"} | {
+    f.name for f in dataclasses.fields(MethodConfig)
+}
 
+
+@keras.saving.register_keras_serializable(package="dgad_tf")
 class AdversarialDistiller(keras.Model):
-    """A trainable student, an optional frozen teacher, and the adversarial training step.
+    """A trainable student, an optional frozen teacher, a method's loss and the training attack.
 
     Calling the distiller calls the student. Only the student's variables receive gradients; the
-    teacher is frozen in `__init__` and always run in inference mode.
+    teacher is frozen in `__init__` and always run in inference mode. The networks are keyword
+    arguments only (`keras.distillation.Distiller` takes them positionally as (teacher, student),
+    so a positional call is refused rather than guessed).
+
+    `fit` and `train_on_batch` take batches of (images in [0, 1], integer labels); the range of
+    the first batch the distiller trains on is checked once, before training
+    (`dgad_tf.batch_checks`). `compile` takes the
+    optimiser and Keras's execution options only: the loss is `loss`, the metrics are its terms
+    and the accuracies. Sample weights and class weights are refused: every method's loss is its
+    published formula, a sum over the batch divided by the global batch size.
 
     Args:
-        student: Keras model mapping [0,1] images to logits.
-        teacher: frozen Keras model with the same input and number of classes, required by
-            "ard", "rslad", "adaad" and "dgad". Defaults to None.
-        method: one of `dgad_tf.config.METHODS`. Defaults to "dgad".
-        eps: L-inf radius of the training attack. Defaults to 8/255.
-        step_size: PGD step of the training attack. Defaults to 2/255.
-        steps: PGD iterations of the training attack. Defaults to 10.
-        attack_init: "auto", "uniform", "gaussian" or "none". Defaults to "auto".
-        init_std: std of the Gaussian start. Defaults to 0.001.
+        teacher: frozen Keras model with the student's input shape and number of classes, for
+            the losses that distil (DGAD, AdaAD, ARD, RSLAD, IAD, AdaIAD); None for Clean,
+            PGDAT and TRADES. Defaults to None.
+        student: the Keras model to train, mapping images in [0, 1] to logits.
+        loss: the method's loss object: `dgad_tf.losses.DGAD(...)`, `AdaAD`, `TRADES`, `ARD`,
+            `RSLAD`, `IAD`, `AdaIAD`, `PGDAT` or `Clean`.
+        attack: the training attack, a `dgad_tf.attacks.PGD`. Defaults to None (`PGD()`:
+            eps 8/255, step 2/255, 10 steps, the method's own random start).
+        reference_forwards: run the student's forwards in the order and batch-norm modes of
+            the method's reference code (docs/method.md §9.10). Defaults to False.
         val_robust_steps: PGD steps of the robust accuracy in `test_step` (0: clean only).
             Defaults to 10.
-        batch_size: the configured global batch size, which the reference MobileNetV2
-            weighting divides by. Defaults to None (each batch's own size).
         seed: seed of the attacks' random starts (stateless, keyed by the optimizer's step and
             the replica, so a resumed run repeats the uninterrupted run's draws). Defaults to 0.
-        **method_options: the loss options of `dgad_tf.config.MethodConfig` (beta, use_map,
-            use_els, distill_weight, dgad_weighting, trades_beta, ard_alpha, ard_temperature,
-            adaad_alpha, kl_reduction, kl_scale, rslad_log_epsilon, reference_forwards, iad_*),
-            with that dataclass's defaults.
+        name: the model's name. Defaults to None ("adversarial_distiller").
 
     Example:
-        >>> distiller = AdversarialDistiller(student, teacher, method="dgad", beta=1.0)
+        >>> from dgad_tf.attacks import PGD
+        >>> from dgad_tf.losses import DGAD
+        >>> distiller = AdversarialDistiller(
+        ...     teacher=teacher, student=student, loss=DGAD(beta=1.0), attack=PGD(eps=8 / 255))
         >>> distiller.compile(optimizer=TorchSGD(0.1))
         >>> distiller.fit(train_ds, validation_data=val_ds, epochs=200)
     """
 
     def __init__(
         self,
-        student: keras.Model,
+        *args,
         teacher: Optional[keras.Model] = None,
-        *,
-        method: str = "dgad",
-        eps: float = 8 / 255,
-        step_size: float = 2 / 255,
-        steps: int = 10,
-        attack_init: str = "auto",
-        init_std: float = 0.001,
+        student: Optional[keras.Model] = None,
+        loss: Optional[MethodLoss] = None,
+        attack: Optional[attacks.PGD] = None,
+        reference_forwards: bool = False,
         val_robust_steps: int = 10,
-        batch_size: Optional[int] = None,
         seed: int = 0,
-        name=None,
-        **method_options,
+        name: Optional[str] = None,
+        **kwargs,
     ):
-        super().__init__(name=name)
-        if method not in METHOD_SPECS:
-            raise ValueError(
-                f"`method` must be one of {', '.join(METHODS)}; received method={method!r}"
-            )
-        if not 0.0 <= eps <= 1.0:
-            raise ValueError(f"`eps` must be in [0, 1]; received eps={eps}")
-        if steps < 0:
-            raise ValueError(f"`steps` must be >= 0; received steps={steps}")
-        unknown = sorted(
-            set(method_options) - {f.name for f in dataclasses.fields(MethodConfig)} - {"name"}
-        )
-        if unknown or "name" in method_options:
+        _check_call(args, kwargs)
+        super().__init__(name=name, **kwargs)
+        _check_student(student)
+        if loss is None:
             raise TypeError(
-                f"unknown method option {(unknown or ['name'])[0]!r}; the options are "
-                "the fields of dgad_tf.config.MethodConfig other than name"
+                "AdversarialDistiller needs `loss=`, the method's loss object, e.g. "
+                "dgad_tf.losses.DGAD(beta=1.0)"
             )
-        self.options = validate_method(MethodConfig(name=method, **method_options))
-        self.spec = METHOD_SPECS[method]
-        if self.spec.needs_teacher and teacher is None:
-            raise ValueError(f"method {method!r} distils from a teacher; received teacher=None")
+        self.method = method_of(loss)
+        self.spec = METHOD_SPECS[self.method]
+        attack = attacks.PGD() if attack is None else attack
+        if not isinstance(attack, attacks.PGD):
+            raise TypeError(f"`attack` must be a dgad_tf.attacks.PGD; received attack={attack!r}")
+        _check_teacher(teacher, student, loss, self.spec.needs_teacher)
         if teacher is not None:
-            _check_compatible(student, teacher)
             teacher.trainable = False
         self.student = student
-        self.teacher = teacher if self.spec.needs_teacher else None
-        self.method = method
-        self.eps = float(eps)
-        self.step_size = float(step_size)
-        self.steps = int(steps)
-        self.reference_forwards = self.options.reference_forwards
-        self.attack_init = resolved_attack_init(method, attack_init, self.reference_forwards)
-        self.init_std = float(init_std)
+        self.teacher = teacher
+        self.method_loss = loss
+        self.attack = attack
+        self.reference_forwards = bool(reference_forwards)
+        self.attack_start = resolved_attack_init(self.method, attack.start, self.reference_forwards)
         self.val_robust_steps = int(val_robust_steps)
-        self.batch_size = batch_size
         self.seed = int(seed)
         # The epoch Keras is training (set by `fit`); IAD's introspection starts after warm-up.
         self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch")
+        self._input_range_checked = False
 
         self._loss_keys = self._discover_loss_keys(student.output_shape[-1])
         names = ["loss"] + [k for k in self._loss_keys if k != "total"]
@@ -138,23 +140,88 @@ class AdversarialDistiller(keras.Model):
             n: keras.metrics.Mean(name=n) for n in ("clean_accuracy", "robust_accuracy")
         }
 
-    def _step_context(self) -> StepContext:
-        introspection = tf.cast(self.epoch >= self.options.iad_warmup_epochs, tf.float32)
-        return StepContext(introspection=introspection, batch_size=self.batch_size)
-
     def _discover_loss_keys(self, num_classes: int) -> list[str]:
         # The loss dict's keys define which metrics exist; they must be known before tracing.
         logits = tf.zeros([2, num_classes])
         dummy = dict(
             s_clean=logits, s_adv=logits, t_clean=logits, t_adv=logits, y=tf.zeros([2], tf.int32)
         )
-        context = StepContext(introspection=tf.constant(0.0), batch_size=None)
-        return sorted(self.spec.loss(dummy, self.options, None, context).keys())
+        return sorted(self.method_loss(dummy, global_batch_size=None, epoch=0).keys())
 
-    def fit(self, *args, callbacks=None, **kwargs):
-        """`keras.Model.fit`, keeping `self.epoch` at the epoch being trained (also on resume)."""
-        callbacks = list(callbacks or []) + [_EpochVariable(self.epoch)]
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+    # ------------------------------------------------------------------ Keras API
+
+    def get_config(self):
+        config = super().get_config()
+        serialize = keras.saving.serialize_keras_object
+        config.update(
+            teacher=None if self.teacher is None else serialize(self.teacher),
+            student=serialize(self.student),
+            loss=serialize(self.method_loss),
+            attack=serialize(self.attack),
+            reference_forwards=self.reference_forwards,
+            val_robust_steps=self.val_robust_steps,
+            seed=self.seed,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = copy.deepcopy(config)  # Keras's deserialisation consumes nested dicts
+        for key in ("teacher", "student", "loss", "attack"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None, **kwargs):
+        """`keras.Model.compile` with the optimiser and execution options only.
+
+        Raises:
+            ValueError: for `loss`, `loss_weights`, `metrics` or `weighted_metrics`, which the
+                distiller does not use.
+        """
+        given = {"loss": loss, "loss_weights": loss_weights, "metrics": metrics}
+        given["weighted_metrics"] = kwargs.pop("weighted_metrics", None)
+        unused = [key for key, value in given.items() if value is not None]
+        if unused:
+            raise ValueError(
+                f"AdversarialDistiller.compile does not use {', '.join(unused)}: the training "
+                f"loss is the `loss=` object given to the constructor ({self.method_loss!r}), "
+                "and the logged metrics are its terms and the clean and adversarial accuracies; "
+                "call compile(optimizer=...) with Keras's execution options only"
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, keeping `self.epoch` at the epoch being trained (also on resume).
+
+        The first call that trains this distiller checks its first batch's images are in
+        [0, 1] before training starts (later calls, a resumed or hyperband fit, check nothing).
+
+        Raises:
+            ValueError: for `sample_weight` or `class_weight`, or images outside [0, 1].
+        """
+        bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
+        arguments = dict(bound.arguments)
+        del arguments["self"]
+        batch_checks.refuse_weights(arguments)
+        if not self._input_range_checked:
+            arguments["x"], images = batch_checks.first_batch(
+                arguments.get("x"), arguments.get("batch_size")
+            )
+            if images is not None:
+                batch_checks.check_unit_range(images)
+                self._input_range_checked = True
+        callbacks = list(arguments.get("callbacks") or []) + [_EpochVariable(self.epoch)]
+        arguments["callbacks"] = callbacks
+        return super().fit(**arguments)
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
+        """`keras.Model.train_on_batch`; the first call checks its images are in [0, 1]."""
+        batch_checks.refuse_weights({"sample_weight": sample_weight, "class_weight": class_weight})
+        if not self._input_range_checked:
+            batch_checks.check_unit_range(x)
+            self._input_range_checked = True
+        return super().train_on_batch(x, y, return_dict=return_dict)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Under a distribution strategy Keras 3 reduces one real batch across replicas only to
@@ -189,7 +256,7 @@ class AdversarialDistiller(keras.Model):
         `seed`: None (global generator) or a `[2]` tensor for a stateless random start.
         """
         kind = self.spec.attack
-        if kind == "none" or self.steps == 0 and self.attack_init == "none":
+        if kind == "none" or self.attack.steps == 0 and self.attack_start == "none":
             return x
         if kind == "ce":
             # ARD's code attacks with the student in training mode: batch statistics normalise
@@ -204,20 +271,12 @@ class AdversarialDistiller(keras.Model):
             objective = attacks.kl_to_fixed_objective(self._student_fn(x), self._student_fn)
         else:  # kl_teacher_clean
             objective = attacks.kl_to_fixed_objective(self._teacher_fn(x), self._student_fn)
-        return attacks.pgd(
-            x,
-            objective,
-            eps=self.eps,
-            step_size=self.step_size,
-            steps=self.steps,
-            init=self.attack_init,
-            init_std=self.init_std,
-            seed=seed,
-        )
+        return self.attack(x, objective, start=self.attack_start, seed=seed)
 
     # ------------------------------------------------------------------ steps
 
     def train_step(self, data):
+        batch_checks.check_structure(data, self.student)  # Python, at tracing: not per step
         x, y = data[0], data[1]
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
         replica_context = tf.distribute.get_replica_context()
@@ -254,13 +313,12 @@ class AdversarialDistiller(keras.Model):
             # 3. student forwards in training mode, clean and adversarial in separate calls, in
             # the reference code's order when asked (the order moves batch-norm statistics)
             inputs = {"clean": x, "adv": x_adv}
-            for name in self._forward_order():
-                unused = name.startswith("+")
-                output = self.student(inputs[name.lstrip("+")], training=True)
+            for forward in self._forward_order():
+                output = self.student(inputs[forward.kind], training=True)
                 # An unused reference forward only moves batch-norm statistics; its output
                 # serves the accuracy metric when the loss has no clean forward of its own.
-                if not unused or "s_" + name.lstrip("+") not in forwards:
-                    forwards["s_" + name.lstrip("+")] = output
+                if forward.used or "s_" + forward.kind not in forwards:
+                    forwards["s_" + forward.kind] = output
             # IAD's and AdaIAD's reference code calls the student once more after the warm-up
             # (its introspection term); in training mode on this batch the output equals the
             # first, so only the batch-norm statistics it moves count.
@@ -268,17 +326,17 @@ class AdversarialDistiller(keras.Model):
             if later:
 
                 def later_forwards():
-                    for name in later:
-                        self.student(inputs[name.lstrip("+")], training=True)
+                    for forward in later:
+                        self.student(inputs[forward.kind], training=True)
                     return tf.constant(0.0)
 
                 tf.cond(
-                    self._step_context().introspection > 0,
+                    self.method_loss.introspection(self.epoch) > 0,
                     later_forwards,
                     lambda: tf.constant(0.0),
                 )
             # 4. method loss over the global batch
-            terms = self.spec.loss(forwards, self.options, global_batch, self._step_context())
+            terms = self.method_loss(forwards, global_batch_size=global_batch, epoch=self.epoch)
             # Scaled for mixed_float16 (the LossScaleOptimizer unscales in `apply`); else as is.
             loss = self.optimizer.scale_loss(terms["total"])
 
@@ -293,13 +351,12 @@ class AdversarialDistiller(keras.Model):
         self._update_train_metrics(terms, forwards, x, y, local_batch, replicas)
         return _replica_results(self._train_trackers)
 
-    def _forward_order(self) -> tuple:
+    def _forward_order(self) -> tuple[Forward, ...]:
         if self.reference_forwards:
             return self.spec.reference_forwards
-        needed = (("clean",) if self.spec.student_clean else ()) + (
-            ("adv",) if self.spec.attack != "none" else ()
+        return ((CLEAN,) if self.spec.student_clean else ()) + (
+            (ADV,) if self.spec.attack != "none" else ()
         )
-        return needed
 
     def _average_replica_statistics(self):
         # Keras 3 lets every replica update its own copy of the batch-norm moving statistics
@@ -374,14 +431,15 @@ class AdversarialDistiller(keras.Model):
         logits = self.student(x, training=False)
         clean = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
         self._test_trackers["clean_accuracy"].update_state(clean)
-        if self.val_robust_steps > 0 and self.eps > 0:
+        eps = self.attack.eps
+        if self.val_robust_steps > 0 and eps > 0:
             # A fixed stateless start: the same model always scores the same, so the best
             # checkpoint a resumed run keeps is the one the uninterrupted run kept.
             x_adv = attacks.pgd(
                 x,
                 attacks.ce_objective(self._student_fn, y),
-                eps=self.eps,
-                step_size=self.eps / 4,
+                eps=eps,
+                step_size=eps / 4,
                 steps=self.val_robust_steps,
                 init="uniform",
                 seed=self.seed,
@@ -428,6 +486,60 @@ def _replica_results(trackers: dict) -> dict:
         # lacks; one-element vectors reduce to the same scalar.
         results = {name: tf.reshape(value, [1]) for name, value in results.items()}
     return results
+
+
+def _check_call(args, kwargs):
+    """Refuse positional networks and the keywords of the earlier signature, saying what to use."""
+    if args:
+        raise TypeError(
+            "AdversarialDistiller takes its networks by keyword: AdversarialDistiller("
+            "teacher=..., student=..., loss=...); received "
+            f"{len(args)} positional argument(s). keras.distillation.Distiller's order is "
+            "(teacher, student) and this package's earlier one was (student, teacher), so a "
+            "positional call is not guessed"
+        )
+    old = sorted(set(kwargs) & _OLD_KEYWORDS)
+    if old:
+        raise TypeError(
+            f"AdversarialDistiller does not take {', '.join(old)}: give the method and its "
+            "options as a loss object, loss=dgad_tf.losses.DGAD(beta=...) (or AdaAD, TRADES, "
+            "ARD, RSLAD, IAD, AdaIAD, PGDAT, Clean), and the training attack as "
+            "attack=dgad_tf.attacks.PGD(eps=..., step_size=..., steps=..., start=..., "
+            "start_std=...)"
+        )
+
+
+def _check_student(student):
+    if student is None:
+        raise TypeError("AdversarialDistiller needs `student=`, the keras.Model to train")
+    if not isinstance(student, keras.Model):
+        raise TypeError(f"`student` must be a keras.Model; received {type(student).__name__}")
+    if not student.trainable:
+        raise ValueError(
+            f"the student {student.name!r} has student.trainable=False, so nothing would be "
+            "trained; set student.trainable = True (the distiller freezes the teacher itself)"
+        )
+
+
+def _check_teacher(teacher, student, loss, needs_teacher: bool):
+    kind = type(loss).__name__
+    if needs_teacher and teacher is None:
+        raise ValueError(
+            f"{kind} distils from a teacher; pass teacher=<a trained keras.Model with the "
+            "student's input shape and classes>"
+        )
+    if teacher is None:
+        return
+    if not needs_teacher:
+        raise ValueError(
+            f"{kind} trains without a teacher; received teacher={teacher.name!r}. Pass "
+            "teacher=None, or a loss that distils (DGAD, AdaAD, ARD, RSLAD, IAD, AdaIAD)"
+        )
+    if not isinstance(teacher, keras.Model):
+        raise TypeError(f"`teacher` must be a keras.Model; received {type(teacher).__name__}")
+    if teacher is student:
+        raise ValueError("teacher and student are the same model; the teacher must be another")
+    _check_compatible(student, teacher)
 
 
 def _check_compatible(student: keras.Model, teacher: keras.Model):

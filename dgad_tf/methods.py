@@ -1,76 +1,76 @@
-"""The training methods: what each attacks, which forwards its loss takes, and its loss.
+"""The training methods: what each attacks, which student forwards it runs, and its loss class.
 
-`METHOD_SPECS` maps `method.name` to a `MethodSpec`, which binds the method's `MethodConfig`
-options to its loss function in `dgad_tf.losses`; the distiller's train step looks its method up
-here, so adding a method is one loss function and one spec. The attacks are described in
+`METHOD_SPECS` maps `method.name` to a `MethodSpec`: the method's loss class in `dgad_tf.losses`
+(`DGAD`, `TRADES`, ...), the config keys that fill that loss's options, its attack objective and
+its forwards. The distiller's train step looks the spec of its loss up here (`method_of`), so
+adding a method is one loss function, one loss class and one spec. The attacks are described in
 docs/method.md §3.2, the reference forwards in §9.10.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
-
-import tensorflow as tf
+from typing import Optional
 
 from dgad_tf import losses
 from dgad_tf.config import METHODS, TEACHER_METHODS
 
 
 @dataclasses.dataclass(frozen=True)
-class StepContext:
-    """What a method's loss may need besides the forward passes and its options.
+class Forward:
+    """One training-mode forward of the student in a step.
 
     Args:
-        introspection: IAD's switch (a float tensor, 0 during warm-up, 1 after it).
-        batch_size: the configured global batch size (the reference's MobileNetV2 weighting
-            divides by it), or None for each batch's own size.
+        kind: "clean" (the batch) or "adv" (its adversarial examples).
+        used: whether the loss reads its output. An unused forward only moves batch-norm
+            statistics (a reference code's repeated call). Defaults to True.
     """
 
-    introspection: tf.Tensor
-    batch_size: Optional[int]
+    kind: str
+    used: bool = True
+
+    def __post_init__(self):
+        if self.kind not in ("clean", "adv"):
+            raise ValueError(f'`kind` must be "clean" or "adv"; received kind={self.kind!r}')
 
 
-@dataclasses.dataclass(frozen=True)
+CLEAN, ADV = Forward("clean"), Forward("adv")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class MethodSpec:
-    """What a training method attacks and how it scores the student: its loss with options bound.
+    """What a training method attacks, which forwards it runs, and the class of its loss.
 
     Args:
+        loss: the method's loss class in `dgad_tf.losses` (a `MethodLoss`).
+        config_options: (option of `loss`, dotted config key) pairs: which config value fills
+            which option when a run builds the loss (`dgad_tf.build.method_loss`). Defaults
+            to ().
         attack: "none", "ce" (CE to labels), "kl_teacher" (KL(t(x')‖s(x')), both moving),
             "kl_student_clean" (KL(s(x)‖s(x'))) or "kl_teacher_clean" (KL(t(x)‖s(x'))).
         needs_teacher: whether the method distils from a teacher.
-        student_clean: whether the student's clean forward (training mode) enters the loss.
-        loss_fn: the method's loss in `dgad_tf.losses`.
-        inputs: the forwards `loss_fn` takes, in order (keys of the train step's forwards:
-            "s_clean", "s_adv", "t_clean", "t_adv", "y").
-        options: (keyword of `loss_fn`, field of `MethodConfig`) pairs. Defaults to ().
-        context: (keyword of `loss_fn`, field of `StepContext`) pairs. Defaults to ().
-        reference_forwards: the student's training-mode forwards in the order of the method's
-            reference code ("clean", "adv"; a "+" marks a forward whose output the loss does not
-            use: it only moves batch-norm statistics). Defaults to ("clean", "adv").
+        reference_forwards: the student's training-mode forwards (`Forward`s) in the order of
+            the method's reference code. Defaults to (CLEAN, ADV).
         reference_train_mode_attack: the reference attacks with the student in training mode.
             Defaults to False.
         reference_forwards_after_warmup: the reference's forwards once the introspection term
-            is on (IAD, AdaIAD): `reference_forwards` followed by further unused ("+") ones.
+            is on (IAD, AdaIAD): `reference_forwards` followed by further unused ones.
             Defaults to None (the same forwards in every epoch).
     """
 
+    loss: type
+    config_options: tuple[tuple[str, str], ...] = ()
     attack: str
     needs_teacher: bool
-    student_clean: bool
-    loss_fn: Callable[..., dict]
-    inputs: tuple
-    options: tuple = ()
-    context: tuple = ()
-    reference_forwards: tuple = ("clean", "adv")
+    reference_forwards: tuple[Forward, ...] = (CLEAN, ADV)
     reference_train_mode_attack: bool = False
-    reference_forwards_after_warmup: Optional[tuple] = None
+    reference_forwards_after_warmup: Optional[tuple[Forward, ...]] = None
 
     def __post_init__(self):
         after, before = self.reference_forwards_after_warmup, self.reference_forwards
         if after is not None and (
             tuple(after[: len(before)]) != tuple(before)
-            or not all(name.startswith("+") for name in after[len(before) :])
+            or any(forward.used for forward in after[len(before) :])
         ):
             raise ValueError(
                 "reference_forwards_after_warmup must extend reference_forwards with unused "
@@ -78,112 +78,132 @@ class MethodSpec:
             )
 
     @property
-    def forwards_added_after_warmup(self) -> tuple:
+    def student_clean(self) -> bool:
+        """Whether the loss reads the student's clean forward (training mode)."""
+        return "s_clean" in self.loss.inputs
+
+    @property
+    def forwards_added_after_warmup(self) -> tuple[Forward, ...]:
         """The unused forwards the reference adds once the introspection term is on."""
         after = self.reference_forwards_after_warmup
         return () if after is None else tuple(after[len(self.reference_forwards) :])
 
-    def loss(self, forwards: dict, options, global_batch, step: StepContext) -> dict:
-        """The loss dict of `loss_fn` on `forwards`, with the method's options bound."""
-        kwargs = {arg: getattr(options, field) for arg, field in self.options}
-        kwargs.update({arg: getattr(step, field) for arg, field in self.context})
-        return self.loss_fn(
-            *(forwards[key] for key in self.inputs), global_batch_size=global_batch, **kwargs
-        )
 
-
-_KL_SCALE = (("kl_reduction", "kl_reduction"), ("kl_scale", "kl_scale"))
-_IAD_OPTIONS = (("alpha", "iad_alpha"), ("beta", "iad_beta"), ("temperature", "iad_temperature"))
+_KL_SCALE = (("kl_reduction", "method.kl_reduction"), ("kl_scale", "method.kl_scale"))
+_IAD_OPTIONS = (
+    ("alpha", "method.iad_alpha"),
+    ("beta", "method.iad_beta"),
+    ("temperature", "method.iad_temperature"),
+    ("warmup_epochs", "method.iad_warmup_epochs"),
+)
 
 METHOD_SPECS = {
     "clean": MethodSpec(
-        "none", False, True, losses.clean_loss, ("s_clean", "y"), reference_forwards=("clean",)
+        loss=losses.Clean,
+        attack="none",
+        needs_teacher=False,
+        reference_forwards=(CLEAN,),
     ),
     # AdaAD's SAT baseline: a training-mode clean forward after the adversarial one, unused.
     "pgd_at": MethodSpec(
-        "ce", False, False, losses.pgd_at_loss, ("s_adv", "y"), reference_forwards=("adv", "+clean")
+        loss=losses.PGDAT,
+        attack="ce",
+        needs_teacher=False,
+        reference_forwards=(ADV, Forward("clean", used=False)),
     ),
     # TRADES evaluates model(x_adv) and then model(x_natural) again inside its KL; in training
     # mode on the same batch that third forward equals the first, so only its statistics count.
     "trades": MethodSpec(
-        "kl_student_clean",
-        False,
-        True,
-        losses.trades_loss,
-        ("s_clean", "s_adv", "y"),
-        options=(("beta", "trades_beta"),),
-        reference_forwards=("clean", "adv", "+clean"),
+        loss=losses.TRADES,
+        config_options=(("beta", "method.trades_beta"),),
+        attack="kl_student_clean",
+        needs_teacher=False,
+        reference_forwards=(CLEAN, ADV, Forward("clean", used=False)),
     ),
     "ard": MethodSpec(
-        "ce",
-        True,
-        True,
-        losses.ard_loss,
-        ("s_clean", "s_adv", "t_clean", "y"),
-        options=(("alpha", "ard_alpha"), ("temperature", "ard_temperature")) + _KL_SCALE,
-        reference_forwards=("adv", "clean"),
+        loss=losses.ARD,
+        config_options=(
+            ("alpha", "method.ard_alpha"),
+            ("temperature", "method.ard_temperature"),
+        )
+        + _KL_SCALE,
+        attack="ce",
+        needs_teacher=True,
+        reference_forwards=(ADV, CLEAN),
         reference_train_mode_attack=True,
     ),
     "rslad": MethodSpec(
-        "kl_teacher_clean",
-        True,
-        True,
-        losses.rslad_loss,
-        ("s_clean", "s_adv", "t_clean"),
-        options=_KL_SCALE + (("log_epsilon", "rslad_log_epsilon"),),
-        reference_forwards=("adv", "clean"),
+        loss=losses.RSLAD,
+        config_options=_KL_SCALE + (("log_epsilon", "method.rslad_log_epsilon"),),
+        attack="kl_teacher_clean",
+        needs_teacher=True,
+        reference_forwards=(ADV, CLEAN),
     ),
     "adaad": MethodSpec(
-        "kl_teacher",
-        True,
-        True,
-        losses.adaad_loss,
-        ("s_clean", "s_adv", "t_clean", "t_adv"),
-        options=(("alpha", "adaad_alpha"),) + _KL_SCALE,
+        loss=losses.AdaAD,
+        config_options=(("alpha", "method.adaad_alpha"),) + _KL_SCALE,
+        attack="kl_teacher",
+        needs_teacher=True,
     ),
     # Zhu et al.'s IAD-I.py: the attack's last forward (adversarial, used), basic_net(x_adv)
     # again (unused), then basic_net(x) once in the cross-entropy and, after the warm-up, once
     # more in the introspection term; in training mode on one batch those equal the first.
     "iad": MethodSpec(
-        "ce",
-        True,
-        True,
-        losses.iad_loss,
-        ("s_clean", "s_adv", "t_clean", "t_adv", "y"),
-        options=_IAD_OPTIONS,
-        context=(("introspection", "introspection"),),
-        reference_forwards=("adv", "+adv", "clean"),
+        loss=losses.IAD,
+        config_options=_IAD_OPTIONS,
+        attack="ce",
+        needs_teacher=True,
+        reference_forwards=(ADV, Forward("adv", used=False), CLEAN),
         reference_train_mode_attack=True,
-        reference_forwards_after_warmup=("adv", "+adv", "clean", "+clean"),
+        reference_forwards_after_warmup=(
+            ADV,
+            Forward("adv", used=False),
+            CLEAN,
+            Forward("clean", used=False),
+        ),
     ),
     # The DGAD repository's AdaAD_with_IAD1: net(inputs) (unused), net(x_adv), then net(inputs)
     # again in the cross-entropy and, after the warm-up, in the introspection term.
     "adaiad": MethodSpec(
-        "kl_teacher",
-        True,
-        True,
-        losses.adaiad_loss,
-        ("s_clean", "s_adv", "t_adv", "y"),
-        options=_IAD_OPTIONS,
-        context=(("introspection", "introspection"),),
-        reference_forwards=("clean", "adv", "+clean"),
-        reference_forwards_after_warmup=("clean", "adv", "+clean", "+clean"),
+        loss=losses.AdaIAD,
+        config_options=_IAD_OPTIONS,
+        attack="kl_teacher",
+        needs_teacher=True,
+        reference_forwards=(CLEAN, ADV, Forward("clean", used=False)),
+        reference_forwards_after_warmup=(
+            CLEAN,
+            ADV,
+            Forward("clean", used=False),
+            Forward("clean", used=False),
+        ),
     ),
     "dgad": MethodSpec(
-        "kl_teacher",
-        True,
-        True,
-        losses.dgad_loss,
-        ("s_clean", "s_adv", "t_clean", "t_adv", "y"),
-        options=(
-            ("beta", "beta"),
-            ("use_map", "use_map"),
-            ("use_els", "use_els"),
-            ("distill_weight", "distill_weight"),
-            ("weighting", "dgad_weighting"),
+        loss=losses.DGAD,
+        config_options=(
+            ("beta", "method.beta"),
+            ("use_map", "method.use_map"),
+            ("use_els", "method.use_els"),
+            ("distill_weight", "method.distill_weight"),
+            ("weighting", "method.dgad_weighting"),
+            # The reference's MobileNetV2 weighting divides by the configured batch size.
+            ("reference_batch_size", "train.batch_size"),
         ),
-        context=(("reference_batch_size", "batch_size"),),
+        attack="kl_teacher",
+        needs_teacher=True,
     ),
 }
 assert set(METHOD_SPECS) == set(METHODS)
 assert {m for m, s in METHOD_SPECS.items() if s.needs_teacher} == set(TEACHER_METHODS)
+
+
+def method_of(loss) -> str:
+    """The name in `METHOD_SPECS` of the method whose loss object `loss` is.
+
+    Raises:
+        TypeError: `loss` is not one of the method losses of `dgad_tf.losses`.
+    """
+    for name, spec in METHOD_SPECS.items():
+        if isinstance(loss, spec.loss):
+            return name
+    classes = ", ".join(f"dgad_tf.losses.{spec.loss.__name__}" for spec in METHOD_SPECS.values())
+    raise TypeError(f"`loss` must be one of {classes}; received loss={loss!r}")

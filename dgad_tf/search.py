@@ -40,7 +40,7 @@ from dgad_tf.config import (
     config_from_dict,
     with_values,
 )
-from dgad_tf.distiller import METHOD_SPECS
+from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.rundir import FolderLock, RunError, atomic_write_text
 from dgad_tf.tuning import DistillerHyperModel
 

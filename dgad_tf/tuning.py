@@ -20,7 +20,7 @@ import keras_tuner
 
 from dgad_tf import build
 from dgad_tf.config import SCORE_METRIC, Config, Dimension, with_values
-from dgad_tf.distiller import METHOD_SPECS
+from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.rundir import RunError
 
 

@@ -7,8 +7,10 @@ import keras
 import numpy as np
 import pytest
 
+from dgad_tf.attacks import PGD
 from dgad_tf.callbacks import EpochCSVLogger, RunCheckpoints
 from dgad_tf.distiller import AdversarialDistiller
+from dgad_tf.losses import PGDAT
 from dgad_tf.optim import EpochSchedule, TorchSGD
 from dgad_tf.rundir import STATE_FILE, read_state_meta
 
@@ -21,13 +23,9 @@ def _distiller(seed):
     h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn")(h))
     student = keras.Model(inputs, keras.layers.Dense(3, name="logits")(h), name="student")
     distiller = AdversarialDistiller(
-        student,
-        None,
-        method="pgd_at",
-        eps=0.05,
-        step_size=0.02,
-        steps=1,
-        attack_init="none",
+        student=student,
+        loss=PGDAT(),
+        attack=PGD(eps=0.05, step_size=0.02, steps=1, start="none"),
         val_robust_steps=0,
     )
     # Two steps per epoch, rate x0.1 from epoch 1: after two epochs the rate is 0.01.

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from dgad_tf import attacks, losses
+from dgad_tf.attacks import PGD
 from dgad_tf.config import METHODS
 from dgad_tf.distiller import AdversarialDistiller
 from dgad_tf.methods import METHOD_SPECS
@@ -28,12 +29,16 @@ def batch(n=16, num_classes=4, seed=0):
     return x, y
 
 
-def make(method, lr=0.05, **kwargs):
-    student = tiny_net(name="student")
-    teacher = tiny_net(width=16, name="teacher") if METHOD_SPECS[method].needs_teacher else None
-    kwargs.setdefault("steps", 2)
+def make(method, lr=0.05, loss=None, steps=2, start="auto", start_std=0.001, **kwargs):
+    """A compiled distiller of `method` (its loss's defaults unless `loss` is given)."""
+    spec = METHOD_SPECS[method]
     distiller = AdversarialDistiller(
-        student, teacher, method=method, eps=0.1, step_size=0.05, val_robust_steps=2, **kwargs
+        teacher=tiny_net(width=16, name="teacher") if spec.needs_teacher else None,
+        student=tiny_net(name="student"),
+        loss=spec.loss() if loss is None else loss,
+        attack=PGD(eps=0.1, step_size=0.05, steps=steps, start=start, start_std=start_std),
+        val_robust_steps=2,
+        **kwargs,
     )
     distiller.compile(optimizer=TorchSGD(lr, momentum=0.9, weight_decay=5e-4))
     return distiller
@@ -71,12 +76,12 @@ def test_fit_trains_the_student_and_never_the_teacher():
 
 def test_teacher_methods_need_a_teacher_and_matching_classes():
     with pytest.raises(ValueError, match="teacher"):
-        AdversarialDistiller(tiny_net(), None, method="dgad")
+        AdversarialDistiller(student=tiny_net(), loss=losses.DGAD())
     with pytest.raises(ValueError, match="classes"):
-        AdversarialDistiller(tiny_net(4), tiny_net(5), method="adaad")
-    AdversarialDistiller(tiny_net(), None, method="pgd_at")  # teacher-free: fine
-    with pytest.raises(ValueError, match="method"):
-        AdversarialDistiller(tiny_net(), None, method="kd")
+        AdversarialDistiller(teacher=tiny_net(5), student=tiny_net(4), loss=losses.AdaAD())
+    AdversarialDistiller(student=tiny_net(), loss=losses.PGDAT())  # teacher-free: fine
+    with pytest.raises(TypeError, match="loss"):
+        AdversarialDistiller(student=tiny_net(), loss="kd")
 
 
 def _dgad_loss_at(distiller, x, x_adv, y):
@@ -93,7 +98,7 @@ def _dgad_loss_at(distiller, x, x_adv, y):
 
 
 def test_one_dgad_step_lowers_the_dgad_loss_on_its_batch():
-    distiller = make("dgad", lr=0.05, attack_init="none")
+    distiller = make("dgad", lr=0.05, start="none")
     distiller.compile(optimizer=TorchSGD(0.05, momentum=0.0, weight_decay=0.0))
     x, y = batch(16)
     x = tf.constant(x)
@@ -124,7 +129,9 @@ def test_test_step_reports_clean_and_robust_accuracy():
     logs = distiller.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
     assert set(logs) >= {"clean_accuracy", "robust_accuracy"}
     assert logs["robust_accuracy"] <= logs["clean_accuracy"] + 1e-6
-    no_attack = AdversarialDistiller(distiller.student, None, method="pgd_at", eps=0.0)
+    no_attack = AdversarialDistiller(
+        student=distiller.student, loss=losses.PGDAT(), attack=PGD(eps=0.0)
+    )
     no_attack.compile(optimizer=TorchSGD(0.1))
     logs0 = no_attack.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
     assert logs0["robust_accuracy"] == pytest.approx(logs0["clean_accuracy"])
@@ -139,7 +146,10 @@ def test_compiled_step_does_not_retrace_per_batch():
             return super().train_step(data)
 
     distiller = Counting(
-        tiny_net(), tiny_net(width=16), method="dgad", eps=0.1, step_size=0.05, steps=2
+        teacher=tiny_net(width=16),
+        student=tiny_net(),
+        loss=losses.DGAD(),
+        attack=PGD(eps=0.1, step_size=0.05, steps=2),
     )
     distiller.compile(optimizer=TorchSGD(0.05))
     x, y = batch(64)
@@ -188,7 +198,7 @@ def test_training_attack_ascends_the_methods_objective(method):
     # TRADES' objective has a zero gradient at x' = x, so it needs its Gaussian start; both
     # attacks then draw the same start from the re-seeded global generator (eager mode).
     init = "gaussian" if method == "trades" else "none"
-    distiller = make(method, steps=3, attack_init=init, init_std=0.01)
+    distiller = make(method, steps=3, start=init, start_std=0.01)
     _sharpen(distiller.teacher)
     x, y = batch(8, seed=1)
     x, y = tf.constant(x), tf.constant(y, tf.int32)
@@ -221,16 +231,17 @@ def test_training_attack_leaves_batch_norm_statistics_alone(method):
         np.testing.assert_array_equal(b, a)
 
 
-HPARAMS = dict(
-    beta=0.7,
-    trades_beta=3.0,
-    ard_alpha=0.6,
-    ard_temperature=4.0,
-    adaad_alpha=0.7,
-    iad_alpha=0.6,
-    iad_temperature=4.0,
-    iad_warmup_epochs=0,
-)
+# Options away from the defaults, so that a step that ignored them would differ.
+HPARAMS = {
+    "pgd_at": losses.PGDAT(),
+    "trades": losses.TRADES(beta=3.0),
+    "ard": losses.ARD(alpha=0.6, temperature=4.0),
+    "rslad": losses.RSLAD(),
+    "adaad": losses.AdaAD(alpha=0.7),
+    "adaiad": losses.AdaIAD(alpha=0.6, temperature=4.0, warmup_epochs=0),
+    "iad": losses.IAD(alpha=0.6, temperature=4.0, warmup_epochs=0),
+    "dgad": losses.DGAD(beta=0.7),
+}
 
 
 def _expected_loss(method, s_clean, s_adv, t_clean, t_adv, y):
@@ -284,7 +295,7 @@ def test_one_step_equals_the_hand_wired_sgd_update(method):
     # TRADES without its random start would attack a zero gradient; with steps=0 its
     # adversarial batch is the clean one and the step still wires CE and KL.
     steps = 0 if method == "trades" else 2
-    distiller = make(method, steps=steps, attack_init="none", **HPARAMS)
+    distiller = make(method, steps=steps, start="none", loss=HPARAMS[method])
     _sharpen(distiller.teacher)
     distiller.compile(optimizer=TorchSGD(lr, momentum=0.0, weight_decay=0.0), run_eagerly=True)
     student, teacher = distiller.student, distiller.teacher
@@ -328,7 +339,9 @@ def test_a_partial_batch_loss_divides_by_its_own_size():
     # is the mean over those 5 (a divisor of 16, the configured size, would shrink it by 5/16).
     student = _plain_net(name="student")
     distiller = AdversarialDistiller(
-        student, None, method="pgd_at", eps=0.1, step_size=0.05, steps=0, attack_init="none"
+        student=student,
+        loss=losses.PGDAT(),
+        attack=PGD(eps=0.1, step_size=0.05, steps=0, start="none"),
     )
     distiller.compile(optimizer=TorchSGD(0.05, momentum=0.0, weight_decay=0.0))
     x, y = batch(5)
@@ -352,9 +365,12 @@ from dgad_tf import distribute
 from dgad_tf.config import DistributeConfig
 mirrored = distribute.make_strategy(DistributeConfig(strategy="mirrored", logical_cpus=2))
 import keras, numpy as np, tensorflow as tf
+from dgad_tf.attacks import PGD
 from dgad_tf.distiller import AdversarialDistiller
+from dgad_tf.losses import DGAD, PGDAT
 from dgad_tf.optim import TorchSGD
 
+LOSSES = {"pgd_at": PGDAT(), "dgad": DGAD()}
 rng = np.random.default_rng(0)
 x = rng.uniform(0, 1, size=(5, 6, 6, 1)).astype(np.float32)
 y = rng.integers(0, 4, size=5).astype(np.int64)
@@ -372,9 +388,9 @@ def step(strategy, method):
         student, teacher = net("student"), net("teacher")
         student.set_weights(INIT["student"])
         teacher.set_weights(INIT["teacher"])
-        distiller = AdversarialDistiller(student, teacher, method=method, eps=0.1,
-                                         step_size=0.05, steps=2, attack_init="none",
-                                         val_robust_steps=0)
+        distiller = AdversarialDistiller(
+            teacher=teacher if method == "dgad" else None, student=student, loss=LOSSES[method],
+            attack=PGD(eps=0.1, step_size=0.05, steps=2, start="none"), val_robust_steps=0)
         distiller.compile(optimizer=TorchSGD(0.5, momentum=0.0, weight_decay=0.0))
     sizes = []
     for batch_x, _ in strategy.experimental_distribute_dataset(
@@ -469,7 +485,10 @@ def test_the_teacher_is_never_run_in_training_mode(method):
     probe = _ModeProbe()
     teacher = _probed_net(probe, dropout=0.5, name="teacher")
     distiller = AdversarialDistiller(
-        tiny_net(name="student"), teacher, method=method, eps=0.1, step_size=0.05, steps=2
+        teacher=teacher,
+        student=tiny_net(name="student"),
+        loss=METHOD_SPECS[method].loss(),
+        attack=PGD(eps=0.1, step_size=0.05, steps=2),
     )
     distiller.compile(optimizer=TorchSGD(0.05))
     x, y = batch()
@@ -488,7 +507,10 @@ def _adversarial_inputs_of_two_steps(seed):
     probe = _ModeProbe()
     student = _probed_net(probe, name="student")  # no batch norm: the attack's target stays put
     distiller = AdversarialDistiller(
-        student, None, method="pgd_at", eps=0.1, step_size=0.01, steps=1, seed=seed
+        student=student,
+        loss=losses.PGDAT(),
+        attack=PGD(eps=0.1, step_size=0.01, steps=1),
+        seed=seed,
     )
     distiller.compile(optimizer=keras.optimizers.SGD(0.0), run_eagerly=True)
     x, y = batch()
@@ -522,7 +544,9 @@ class _RightOnlyWhenMoved(keras.layers.Layer):
 def test_validation_robust_accuracy_never_counts_a_point_wrong_when_clean():
     inputs = keras.Input((6, 6, 1))
     student = keras.Model(inputs, _RightOnlyWhenMoved()(inputs))
-    distiller = AdversarialDistiller(student, None, method="pgd_at", eps=0.1, val_robust_steps=2)
+    distiller = AdversarialDistiller(
+        student=student, loss=losses.PGDAT(), attack=PGD(eps=0.1), val_robust_steps=2
+    )
     distiller.compile(optimizer=TorchSGD(0.1))
     x = np.full((8, 6, 6, 1), 0.5, np.float32)
     y = np.ones(8, np.int64)

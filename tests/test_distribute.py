@@ -129,6 +129,8 @@ STEP_SCRIPT = textwrap.dedent('''
     from dgad_tf.config import DistributeConfig
     mirrored = distribute.make_strategy(DistributeConfig(strategy="mirrored", logical_cpus=2))
     import keras, numpy as np, tensorflow as tf
+    from dgad_tf import losses
+    from dgad_tf.attacks import PGD
     from dgad_tf.distiller import AdversarialDistiller
     from dgad_tf.optim import TorchSGD
 
@@ -166,7 +168,7 @@ STEP_SCRIPT = textwrap.dedent('''
             for key, (width, bn) in {"plain": (8, False), "bn": (8, True),
                                      "teacher": (16, True)}.items()}
 
-    def train(strategy, method, bn, sync=False, split=False, steps=2, **options):
+    def train(strategy, loss, bn, sync=False, split=False, steps=2):
         with strategy.scope():
             student = net(8, bn, sync, name="student")
             student.set_weights(INIT["bn" if bn else "plain"])
@@ -174,8 +176,8 @@ STEP_SCRIPT = textwrap.dedent('''
             teacher = net(16, True, name="teacher")
             teacher.set_weights(INIT["teacher"])
             distiller = AdversarialDistiller(
-                per_half(student) if split else student, teacher, method=method, eps=0.1,
-                step_size=0.05, steps=2, attack_init="none", val_robust_steps=0, **options)
+                teacher=teacher, student=per_half(student) if split else student, loss=loss,
+                attack=PGD(eps=0.1, step_size=0.05, steps=2, start="none"), val_robust_steps=0)
             distiller.compile(optimizer=TorchSGD(0.1, momentum=0.9, weight_decay=5e-4))
         data = tf.data.Dataset.from_tensor_slices(
             (x[:steps * BATCH], y[:steps * BATCH])).batch(BATCH)
@@ -196,19 +198,19 @@ STEP_SCRIPT = textwrap.dedent('''
     # case: (batch norm, synchronized, single device sees each half separately, train steps)
     cases = {"plain": (False, False, False, 2), "per_replica_bn": (True, False, True, 1),
              "sync_bn": (True, True, False, 2)}
-    for method in ("dgad", "adaad"):
+    for method, loss in (("dgad", losses.DGAD()), ("adaad", losses.AdaAD())):
         for case, (bn, sync, split, steps) in cases.items():
-            one = train(default, method, bn, split=split, steps=steps)
-            two = train(mirrored, method, bn, sync=sync, steps=steps)
+            one = train(default, loss, bn, split=split, steps=steps)
+            two = train(mirrored, loss, bn, sync=sync, steps=steps)
             out[f"{method}/{case}"] = dict(
                 weights=max_diff(one["trainable"], two["trainable"]),
                 moved=max_diff(one["trainable"], one["initial"]),
                 statistics=max_diff(one["statistics"], two["statistics"]),
                 copies_spread=two["copies_spread"], logs_one=one["logs"], logs_two=two["logs"])
     # The reference MobileNetV2 weighting multiplies two batch-wide sums: replicas all-reduce them.
-    mnv2 = dict(dgad_weighting="reference_mobilenetv2", batch_size=BATCH)
-    one = train(default, "dgad", False, **mnv2)
-    two = train(mirrored, "dgad", False, **mnv2)
+    mnv2 = losses.DGAD(weighting="reference_mobilenetv2", reference_batch_size=BATCH)
+    one = train(default, mnv2, False)
+    two = train(mirrored, mnv2, False)
     out["dgad_mnv2/plain"] = dict(
         weights=max_diff(one["trainable"], two["trainable"]),
         moved=max_diff(one["trainable"], one["initial"]), logs_one=one["logs"],

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dgad_tf.attacks import PGD
 from dgad_tf.callbacks import RunCheckpoints
 from dgad_tf.distiller import AdversarialDistiller
+from dgad_tf.losses import DGAD, PGDAT
 from dgad_tf.models import build_model
 from dgad_tf.optim import TorchSGD
 from dgad_tf.precision import loss_scaled, policy_name, resolve_jit_compile, with_policy
@@ -49,13 +51,10 @@ def train(policy, steps=6):
     student, teacher = nets()
     student, teacher = with_policy(student, policy), with_policy(teacher, policy)
     distiller = AdversarialDistiller(
-        student,
-        teacher,
-        method="dgad",
-        eps=0.1,
-        step_size=0.025,
-        steps=3,
-        attack_init="none",
+        teacher=teacher,
+        student=student,
+        loss=DGAD(),
+        attack=PGD(eps=0.1, step_size=0.025, steps=3, start="none"),
         val_robust_steps=0,
     )
     distiller.compile(optimizer=loss_scaled(TorchSGD(0.05, momentum=0.9), policy))
@@ -108,12 +107,9 @@ def test_a_mixed_pgd_evaluation_is_not_weaker():
 def test_checkpoints_of_a_mixed_run_are_float32(tmp_path):
     student, _ = nets()
     distiller = AdversarialDistiller(
-        with_policy(student, "mixed_bfloat16"),
-        None,
-        method="pgd_at",
-        eps=0.1,
-        step_size=0.05,
-        steps=1,
+        student=with_policy(student, "mixed_bfloat16"),
+        loss=PGDAT(),
+        attack=PGD(eps=0.1, step_size=0.05, steps=1),
     )
     distiller.compile(optimizer=TorchSGD(0.05))
     x, y = digits(32)

@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import pytest
 
+from dgad_tf import losses
+from dgad_tf.attacks import PGD
 from dgad_tf.distiller import AdversarialDistiller
 from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.optim import TorchSGD
@@ -24,18 +26,16 @@ def input_bn_net(name):
     return keras.Model(inputs, keras.layers.Dense(CLASSES)(x), name=name)
 
 
-def make(method, *, eps=0.1, steps=2, **options):
-    teacher = input_bn_net("teacher") if METHOD_SPECS[method].needs_teacher else None
+def make(method, *, eps=0.1, steps=2, reference_forwards=False, **options):
+    """A compiled distiller of `method`, its loss with `options` (e.g. warmup_epochs)."""
+    spec = METHOD_SPECS[method]
     distiller = AdversarialDistiller(
-        input_bn_net("student"),
-        teacher,
-        method=method,
-        eps=eps,
-        step_size=0.05,
-        steps=steps,
-        attack_init="none",
+        teacher=input_bn_net("teacher") if spec.needs_teacher else None,
+        student=input_bn_net("student"),
+        loss=spec.loss(**options),
+        attack=PGD(eps=eps, step_size=0.05, steps=steps, start="none"),
+        reference_forwards=reference_forwards,
         val_robust_steps=0,
-        **options,
     )
     distiller.compile(optimizer=TorchSGD(0.05, momentum=0.9))
     return distiller
@@ -109,19 +109,22 @@ def test_ard_attacks_with_the_student_in_training_mode_only_in_reference_mode(re
 
 
 def test_pgd_at_reference_start_is_gaussian_unless_the_config_names_one():
-    def start(**kwargs):
-        return AdversarialDistiller(input_bn_net("s"), None, method="pgd_at", **kwargs).attack_init
+    def start(attack=None, **kwargs):
+        distiller = AdversarialDistiller(
+            student=input_bn_net("s"), loss=losses.PGDAT(), attack=attack, **kwargs
+        )
+        return distiller.attack_start
 
     assert start() == "uniform"
     assert start(reference_forwards=True) == "gaussian"
-    assert start(reference_forwards=True, attack_init="uniform") == "uniform"
+    assert start(attack=PGD(start="uniform"), reference_forwards=True) == "uniform"
 
 
-def test_unknown_method_option_is_refused_by_name():
+def test_unknown_loss_option_is_refused_by_name():
     with pytest.raises(TypeError, match="kl_reductoin"):
-        AdversarialDistiller(input_bn_net("s"), None, method="pgd_at", kl_reductoin="class_mean")
+        losses.RSLAD(kl_reductoin="class_mean")
     with pytest.raises(ValueError, match="kl_reduction"):
-        AdversarialDistiller(input_bn_net("s"), None, method="pgd_at", kl_reduction="sum")
+        losses.RSLAD(kl_reduction="sum")
 
 
 # --------------------------------------------------------------------------- IAD's warm-up
@@ -140,7 +143,7 @@ def test_fit_keeps_the_epoch_variable_at_the_epoch_being_trained():
 
 
 def test_iad_introspection_enters_the_loss_only_after_warmup():
-    distiller = make("iad", iad_warmup_epochs=3, iad_temperature=2.0)
+    distiller = make("iad", warmup_epochs=3, temperature=2.0)
     x, y = batch()
     distiller.epoch.assign(2)  # last warm-up epoch
     logs = distiller.train_on_batch(x, y, return_dict=True)
@@ -156,7 +159,7 @@ def test_adaiad_reference_adds_a_clean_forward_after_its_warmup():
     # kunsaram01/DGAD main.py:367-368 net(inputs), net(adv_inputs); :385 net(inputs) twice (the
     # introspection term and the cross-entropy) after IAD_begin, :388 once before it.
     for epoch, clean_after in ((1, 1), (2, 2)):
-        distiller = make("adaiad", reference_forwards=True, iad_warmup_epochs=2)
+        distiller = make("adaiad", reference_forwards=True, warmup_epochs=2)
         distiller.epoch.assign(epoch)
         x, y = batch()
         x_adv = np.asarray(distiller.adversarial_examples(x, y))
@@ -174,7 +177,7 @@ def test_iad_attacks_in_training_mode_and_adds_forwards_as_its_code(reference, a
     # x'; :169 basic_net(x') again; :181 basic_net(x) in the cross-entropy before `begin`,
     # :179 basic_net(x) twice after it. eps = 0 keeps x' = x, so the count is what differs.
     steps = 3
-    distiller = make("iad", eps=0.0, steps=steps, reference_forwards=reference, iad_warmup_epochs=1)
+    distiller = make("iad", eps=0.0, steps=steps, reference_forwards=reference, warmup_epochs=1)
     distiller.epoch.assign(int(after_warmup))
     x, y = batch()
     bn = distiller.student.get_layer("input_bn")
@@ -185,3 +188,25 @@ def test_iad_attacks_in_training_mode_and_adds_forwards_as_its_code(reference, a
     expected = after_forwards(start, bn.momentum, [x] * updates)
     assert moving_mean(distiller.student) == pytest.approx(expected, abs=1e-6)
     assert moving_mean(distiller.teacher) == teacher_start
+
+
+# --------------------------------------------------------------------------- the spec's fields
+
+
+def test_a_method_spec_is_written_with_named_fields_and_checks_its_later_forwards():
+    from dgad_tf.methods import ADV, CLEAN, Forward, MethodSpec
+
+    spec = METHOD_SPECS["iad"]
+    with pytest.raises(TypeError):
+        MethodSpec(spec.loss, spec.config_options, spec.attack, spec.needs_teacher)  # positional
+    fields = {name: getattr(spec, name) for name in spec.__dataclass_fields__}
+    unused_clean = Forward("clean", used=False)
+    # After the warm-up the reference only adds calls whose output the loss does not read.
+    fields["reference_forwards"] = (ADV, CLEAN)
+    fields["reference_forwards_after_warmup"] = (ADV, CLEAN, unused_clean)
+    assert MethodSpec(**fields).forwards_added_after_warmup == (unused_clean,)
+    fields["reference_forwards_after_warmup"] = (ADV, CLEAN, CLEAN)
+    with pytest.raises(ValueError, match="unused"):
+        MethodSpec(**fields)
+    with pytest.raises(ValueError, match="kind"):
+        Forward("+clean")

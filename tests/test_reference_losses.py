@@ -10,14 +10,15 @@ loads the shipped recipe file, so a recipe that selects the wrong scale fails he
 200 epochs.
 """
 
+import dataclasses
 import pathlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from dgad_tf.build import method_loss
 from dgad_tf.config import load_config
-from dgad_tf.methods import METHOD_SPECS, StepContext
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 TOL = dict(rtol=1e-6, atol=1e-6)
@@ -84,10 +85,15 @@ def fixed_logits(batch, classes, seed=0, teacher_wrong=None, scale=2.5):
 
 
 def our_loss(cfg, logits, y, *, introspection=0.0, batch_size=None):
+    """The recipe's loss object (as a run builds it) on `logits`; `introspection` 1 is an epoch
+    after IAD's warm-up, `batch_size` the configured batch size the MobileNetV2 weighting uses."""
     forwards = {k: tf.constant(v) for k, v in logits.items()}
     forwards["y"] = tf.constant(y, tf.int32)
-    context = StepContext(introspection=tf.constant(introspection), batch_size=batch_size)
-    terms = METHOD_SPECS[cfg.method.name].loss(forwards, cfg.method, None, context)
+    loss = method_loss(cfg)
+    if batch_size is not None:
+        loss = dataclasses.replace(loss, reference_batch_size=batch_size)
+    epoch = getattr(loss, "warmup_epochs", 0) if introspection else 0
+    terms = loss(forwards, global_batch_size=None, epoch=epoch)
     return float(terms["total"].numpy())
 
 
@@ -185,10 +191,9 @@ def numeric_gradients(fn, s_adv, s_clean, h=1e-6):
 def our_loss_and_gradients(cfg, logits, y):
     forwards = {k: tf.constant(v) for k, v in logits.items()}
     forwards["y"] = tf.constant(y, tf.int32)
-    context = StepContext(introspection=tf.constant(0.0), batch_size=None)
     with tf.GradientTape() as tape:
         tape.watch([forwards["s_adv"], forwards["s_clean"]])
-        terms = METHOD_SPECS[cfg.method.name].loss(forwards, cfg.method, None, context)
+        terms = method_loss(cfg)(forwards, global_batch_size=None, epoch=0)
     grads = tape.gradient(terms["total"], [forwards["s_adv"], forwards["s_clean"]])
     return float(terms["total"].numpy()), [g.numpy() for g in grads]
 

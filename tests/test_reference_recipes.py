@@ -21,7 +21,11 @@ import pytest
 from dgad_tf.config import load_config
 from dgad_tf.config.validate import resolved_attack_init
 from dgad_tf.fit import student_learning_rates
-from dgad_tf.methods import METHOD_SPECS
+from dgad_tf.methods import ADV, CLEAN, METHOD_SPECS, Forward
+
+# The student's training-mode calls of a reference step, in order; an unused one only moves
+# batch-norm statistics.
+UNUSED_CLEAN, UNUSED_ADV = Forward("clean", used=False), Forward("adv", used=False)
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -102,7 +106,7 @@ _DGAD_MAIN = dict(
     start=("gaussian", 0.001),  # AT_helper.py:27
     # beta (ALP_beta), MAP, ELS, weighting, distill weight
     dgad=(1.0, True, True, "standard", 1.0),  # :42, :409-445
-    forwards=("clean", "adv"),  # :397-398
+    forwards=(CLEAN, ADV),  # :397-398
     train_mode_attack=False,  # AT_helper.py:20-21
     keep_partial_batch=True,  # :166-171
     val_fraction=0,  # config/dataset_config.py:22-23
@@ -123,7 +127,7 @@ REFERENCE = {
         start=("gaussian", 0.001),  # rslad_loss.py:40
         kl=("class_mean", 1.0),  # :61-62 torch.mean
         log_epsilon=1e-5,  # :39
-        forwards=("adv", "clean"),  # rslad_loss.py:58 then :58 of the script
+        forwards=(ADV, CLEAN),  # rslad_loss.py:58 then :58 of the script
         train_mode_attack=False,  # rslad_loss.py:37 model.eval()
         keep_partial_batch=True,  # :28 DataLoader without drop_last
         val_fraction=0,  # :27 the whole training set
@@ -142,7 +146,7 @@ REFERENCE = {
         start=("gaussian", 0.001),  # rslad_loss.py:40
         kl=("class_mean", 10.0),  # :64-65 10*torch.mean
         log_epsilon=1e-5,  # :40
-        forwards=("adv", "clean"),  # rslad_loss.py:58, then :60
+        forwards=(ADV, CLEAN),  # rslad_loss.py:58, then :60
         train_mode_attack=False,  # rslad_loss.py:37
         keep_partial_batch=True,  # :29
         val_fraction=0,  # :28
@@ -161,7 +165,7 @@ REFERENCE = {
         start=("gaussian", 0.001),  # trades.py:31
         trades_beta=6.0,  # :36
         # trades.py:79 model(x_natural), :81-82 model(x_adv) and model(x_natural) again
-        forwards=("clean", "adv", "+clean"),
+        forwards=(CLEAN, ADV, UNUSED_CLEAN),
         train_mode_attack=False,  # trades.py:28 model.eval()
         keep_partial_batch=True,  # :68
         val_fraction=0,  # :67
@@ -180,7 +184,7 @@ REFERENCE = {
         start=("uniform", None),  # :70
         kl=("class_mean", 1.0),  # :113 nn.KLDivLoss() default reduction
         ard=(1.0, 30.0),  # :26 alpha, :23 temp
-        forwards=("adv", "clean"),  # :124 net(inputs, targets), :126 basic_net(inputs)
+        forwards=(ADV, CLEAN),  # :124 net(inputs, targets), :126 basic_net(inputs)
         train_mode_attack=True,  # :118 net.train() before the attack
         keep_partial_batch=True,  # :49
         val_fraction=0,  # :48
@@ -198,8 +202,8 @@ REFERENCE = {
         steps=10,  # :137
         start=("uniform", None),  # :97
         iad=(1.0, 0.1, 1.0, 60),  # :29 alpha, :34 beta, :26 temp, :35 begin
-        forwards=("adv", "+adv", "clean"),  # :106, :169, :181
-        after_warmup=("adv", "+adv", "clean", "+clean"),  # :179 basic_net(inputs) twice
+        forwards=(ADV, UNUSED_ADV, CLEAN),  # :106, :169, :181
+        after_warmup=(ADV, UNUSED_ADV, CLEAN, UNUSED_CLEAN),  # :179 basic_net(inputs) twice
         train_mode_attack=True,  # :159 net.train()
         keep_partial_batch=True,  # :76
         val_fraction=0,  # :75
@@ -217,8 +221,8 @@ REFERENCE = {
         steps=10,  # :56
         start=("gaussian", 0.001),  # AT_helper.py:27
         iad=(1.0, 0.1, 30.0, 60),  # :51 IAD_alpha, :52 IAD_beta, :38 temp, :50 IAD_begin
-        forwards=("clean", "adv", "+clean"),  # :367, :368, :388
-        after_warmup=("clean", "adv", "+clean", "+clean"),  # :385 net(inputs) twice
+        forwards=(CLEAN, ADV, UNUSED_CLEAN),  # :367, :368, :388
+        after_warmup=(CLEAN, ADV, UNUSED_CLEAN, UNUSED_CLEAN),  # :385 net(inputs) twice
         train_mode_attack=False,  # AT_helper.py:20-21 model.eval()
         keep_partial_batch=True,  # :166-171
         val_fraction=0,  # config/dataset_config.py:22-23
@@ -235,7 +239,7 @@ REFERENCE = {
         step_size=2 / 255,  # :57
         steps=10,  # :56
         start=("gaussian", 0.001),  # AT_helper.py:113
-        forwards=("adv", "+clean"),  # :321 net(adv_inputs), :324 net(inputs), its loss unused
+        forwards=(ADV, UNUSED_CLEAN),  # :321 net(adv_inputs), :324 net(inputs), its loss unused
         train_mode_attack=False,  # AT_helper.py:110-111 model.eval()
         keep_partial_batch=True,  # :166-171
         val_fraction=0,  # config/dataset_config.py:22-23
@@ -267,7 +271,7 @@ REFERENCE = {
         start=("gaussian", 0.001),  # AT_helper.py:27
         # beta (ALP_beta), MAP, ELS, weighting, distill weight
         dgad=(1.0, True, True, "standard", 1.0),  # main_tiny.py:48, main_tiny.py:372-421
-        forwards=("clean", "adv"),  # main_tiny.py:379-380
+        forwards=(CLEAN, ADV),  # main_tiny.py:379-380
         train_mode_attack=False,  # AT_helper.py:20-21
         keep_partial_batch=True,  # main_tiny.py:183-188
         val_fraction=0,  # config/dataset_config.py:65-69
@@ -286,7 +290,7 @@ REFERENCE = {
         start=("gaussian", 0.001),  # AT_helper.py:27
         kl=("class_mean", 1.0),  # :348-352 nn.KLDivLoss()
         adaad_alpha=1.0,  # :41
-        forwards=("clean", "adv"),  # :340-341
+        forwards=(CLEAN, ADV),  # :340-341
         train_mode_attack=False,  # AT_helper.py:20-21
         keep_partial_batch=True,  # :166-171
         val_fraction=0,  # config/dataset_config.py:22-23
@@ -305,7 +309,7 @@ REFERENCE = {
         start=("gaussian", 0.001),  # AT_helper.py:27
         kl=("batchmean", 1.0),  # :354-358 (1/len) * torch.sum(KLDivLoss(reduce=False))
         adaad_alpha=1.0,  # :41
-        forwards=("clean", "adv"),  # :340-341
+        forwards=(CLEAN, ADV),  # :340-341
         train_mode_attack=False,  # AT_helper.py:20-21
         keep_partial_batch=True,  # :166-171
         val_fraction=0,  # config/dataset_config.py:42-43 the CIFAR100 train split

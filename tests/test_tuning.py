@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from dgad_tf import data as data_lib
-from dgad_tf import search, tuning
+from dgad_tf import losses, search, tuning
 from dgad_tf.config import ConfigError, config_from_dict, load_config
 from dgad_tf.rundir import RunError
 from dgad_tf.tune import main as tune_main
@@ -240,7 +240,7 @@ def test_build_puts_the_sampled_values_into_the_distiller(tmp_path, tiny_splits)
     hp = keras_tuner.HyperParameters()
     hp.values.update({"optimizer.lr": 0.1, "attack.steps": 2})
     distiller = hypermodel.build(hp)
-    assert distiller.steps == 2 and distiller.method == "pgd_at"
+    assert distiller.attack.steps == 2 and distiller.method_loss == losses.PGDAT()
     assert float(distiller.optimizer.learning_rate) == pytest.approx(0.1)
 
 

@@ -30,20 +30,19 @@ def keras_from_torch(net: nn.Module, arch: str, prefix: str):
 
 def make_distiller(student, teacher, steps, attack_init):
     """Our compiled DGAD step with the benchmark's settings, XLA as `train.jit_compile: auto`."""
+    from dgad_tf.attacks import PGD
     from dgad_tf.distiller import AdversarialDistiller
+    from dgad_tf.losses import DGAD
     from dgad_tf.optim import TorchSGD
     from dgad_tf.precision import resolve_jit_compile
 
     distiller = AdversarialDistiller(
-        student,
-        teacher,
-        method="dgad",
-        eps=EPS,
-        step_size=STEP_SIZE,
-        steps=steps,
-        attack_init=attack_init,
-        init_std=INIT_STD,
-        beta=BETA,
+        teacher=teacher,
+        student=student,
+        loss=DGAD(beta=BETA),
+        attack=PGD(
+            eps=EPS, step_size=STEP_SIZE, steps=steps, start=attack_init, start_std=INIT_STD
+        ),
     )
     distiller.compile(
         optimizer=TorchSGD(LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY),

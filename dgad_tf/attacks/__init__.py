@@ -7,6 +7,8 @@ inner maximisation) and evaluation (FGSM, PGD, CW-inf, CW-L2). Nothing here hold
 Loops are `tf.while_loop`s, so a 20-step attack traced inside `tf.function` (also with
 `jit_compile=True`) is one loop, not 20 copies of the network.
 
+`PGD` is the training attack's settings as an object, the `attack=` of `AdversarialDistiller`.
+
 Pixels are in [0, 1] and `eps` is in pixel units. Every iterate is clipped first into the eps-ball
 around `x` and then into [0, 1], so an attack never leaves either set.
 """
@@ -23,8 +25,10 @@ from dgad_tf.attacks.pgd import (
     pgd,
     pgd_ce,
 )
+from dgad_tf.attacks.training import PGD
 
 __all__ = [
+    "PGD",
     "pgd",
     "ce_objective",
     "kl_objective",

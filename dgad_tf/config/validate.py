@@ -223,7 +223,7 @@ def check_export_formats(formats, key: str = "export.formats") -> list[str]:
 
 
 def validate_method(me: MethodConfig, prefix: str = "method") -> MethodConfig:
-    """Check the method section alone (the distiller checks its options with it too)."""
+    """Check the method section alone (the loss objects check their own options again)."""
     _check_choice(f"{prefix}.name", me.name, METHODS)
     for key in (
         "beta",

@@ -1,4 +1,6 @@
-"""Training losses of DGAD and the baselines it is compared with, as pure functions on logits.
+"""Training losses of DGAD and the baselines it is compared with: pure functions on logits, and
+one loss object per method (`DGAD`, `AdaAD`, `TRADES`, `ARD`, `RSLAD`, `IAD`, `AdaIAD`, `PGDAT`,
+`Clean`: the `loss=` of `AdversarialDistiller`, holding that method's options).
 
 Every method loss returns a dict of scalar tensors that always has a `'total'` entry (the value to
 differentiate) plus its separate terms for logging. Per-sample terms are summed and divided by
@@ -25,6 +27,18 @@ from dgad_tf.losses.baselines import (
     trades_loss,
 )
 from dgad_tf.losses.dgad import dgad_loss
+from dgad_tf.losses.method_losses import (
+    ARD,
+    DGAD,
+    IAD,
+    PGDAT,
+    RSLAD,
+    TRADES,
+    AdaAD,
+    AdaIAD,
+    Clean,
+    MethodLoss,
+)
 
 __all__ = [
     "kl_divergence",
@@ -39,4 +53,14 @@ __all__ = [
     "iad_loss",
     "adaiad_loss",
     "clean_loss",
+    "MethodLoss",
+    "DGAD",
+    "AdaAD",
+    "TRADES",
+    "ARD",
+    "RSLAD",
+    "IAD",
+    "AdaIAD",
+    "PGDAT",
+    "Clean",
 ]

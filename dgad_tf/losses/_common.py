@@ -21,6 +21,11 @@ def _check_positive(name, value):
         raise ValueError(f"`{name}` must be > 0; received {name}={value}")
 
 
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(choices)}; received {name}={value!r}")
+
+
 def _check_global_batch_size(global_batch_size):
     if global_batch_size is None:
         return

@@ -7,6 +7,7 @@ from dgad_tf.config import KL_REDUCTIONS
 from dgad_tf.losses._common import (
     _as_labels,
     _batch_denominator,
+    _check_choice,
     _check_non_negative,
     _check_positive,
     _check_unit_interval,
@@ -17,11 +18,7 @@ from dgad_tf.losses._common import (
 
 
 def _check_kl_reduction(kl_reduction, kl_scale):
-    if kl_reduction not in KL_REDUCTIONS:
-        raise ValueError(
-            f"`kl_reduction` must be one of {', '.join(KL_REDUCTIONS)}; "
-            f"received kl_reduction={kl_reduction!r}"
-        )
+    _check_choice("kl_reduction", kl_reduction, KL_REDUCTIONS)
     _check_positive("kl_scale", kl_scale)
 
 

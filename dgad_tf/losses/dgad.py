@@ -7,6 +7,7 @@ from dgad_tf.config import DGAD_WEIGHTINGS
 from dgad_tf.losses._common import (
     _as_labels,
     _batch_denominator,
+    _check_choice,
     _check_non_negative,
     _count,
     _logits,
@@ -84,11 +85,7 @@ def dgad_loss(
     """
     _check_non_negative("beta", beta)
     _check_non_negative("distill_weight", distill_weight)
-    if weighting not in DGAD_WEIGHTINGS:
-        raise ValueError(
-            f"`weighting` must be one of {', '.join(DGAD_WEIGHTINGS)}; "
-            f"received weighting={weighting!r}"
-        )
+    _check_choice("weighting", weighting, DGAD_WEIGHTINGS)
     labels = _as_labels(labels)
     student_clean = _logits(student_logits_clean)
     student_adv = _logits(student_logits_adv)

@@ -1,0 +1,380 @@
+"""The Python API of `AdversarialDistiller`: keyword networks, one loss object per method, the
+training-attack object, each mistake refused by name, and the config round trip."""
+
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dgad_tf import build, losses
+from dgad_tf.attacks import PGD
+from dgad_tf.config import Config, MethodConfig, TrainConfig
+from dgad_tf.distiller import AdversarialDistiller
+from dgad_tf.methods import METHOD_SPECS
+from dgad_tf.optim import TorchSGD
+
+TEACHER_FREE = [losses.Clean(), losses.PGDAT(), losses.TRADES()]
+DISTILLING = [
+    losses.DGAD(),
+    losses.AdaAD(),
+    losses.ARD(),
+    losses.RSLAD(),
+    losses.IAD(),
+    losses.AdaIAD(),
+]
+
+
+def net(name, width=8):
+    inputs = keras.Input((6, 6, 1))
+    x = keras.layers.Conv2D(width, 3, padding="same")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(4)(x), name=name)
+
+
+def batch(n=16, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    x = (rng.uniform(0, 1, (n, 6, 6, 1)) * scale).astype(np.float32)
+    return x, rng.integers(0, 4, n).astype(np.int64)
+
+
+def pgd_at(**kwargs):
+    distiller = AdversarialDistiller(
+        student=net("student"), loss=losses.PGDAT(), attack=PGD(eps=0.1, steps=1), **kwargs
+    )
+    distiller.compile(optimizer=TorchSGD(0.05))
+    return distiller
+
+
+def weights(model):
+    return [np.array(w) for w in model.weights]
+
+
+# --------------------------------------------------------------------------- the networks
+
+
+def test_positional_networks_are_refused_in_either_order():
+    teacher, student = net("teacher", 16), net("student")
+    # keras.distillation.Distiller's order, and this package's earlier one.
+    for args in ((teacher, student), (student, teacher), (student,)):
+        with pytest.raises(TypeError, match=r"by keyword.*teacher=.*student="):
+            AdversarialDistiller(*args, loss=losses.DGAD())
+
+
+def test_the_earlier_method_keywords_are_refused_with_the_objects_to_use():
+    # The issue's case: method="trades", beta=1.0 used to set DGAD's PCR weight, not TRADES's.
+    with pytest.raises(
+        TypeError, match=r"beta, method.*loss=dgad_tf\.losses.*dgad_tf\.attacks\.PGD"
+    ):
+        AdversarialDistiller(student=net("student"), method="trades", beta=1.0)
+    with pytest.raises(TypeError, match="eps"):
+        AdversarialDistiller(student=net("student"), loss=losses.PGDAT(), eps=0.1)
+
+
+def test_a_loss_and_an_attack_of_the_right_kind_are_required():
+    with pytest.raises(TypeError, match="loss="):
+        AdversarialDistiller(student=net("student"))
+    with pytest.raises(TypeError, match="dgad_tf.losses.DGAD"):
+        AdversarialDistiller(student=net("student"), loss=keras.losses.MeanSquaredError())
+    with pytest.raises(TypeError, match="dgad_tf.attacks.PGD"):
+        AdversarialDistiller(student=net("student"), loss=losses.PGDAT(), attack={"eps": 0.1})
+    with pytest.raises(TypeError, match="student="):
+        AdversarialDistiller(teacher=net("teacher"), loss=losses.DGAD())
+
+
+def test_a_frozen_student_is_refused_when_built_and_when_frozen_later():
+    student = net("student")
+    student.trainable = False
+    with pytest.raises(ValueError, match=r"student\.trainable = True"):
+        AdversarialDistiller(student=student, loss=losses.PGDAT())
+    distiller = pgd_at()
+    distiller.student.trainable = False
+    before = weights(distiller.student)
+    x, y = batch()
+    with pytest.raises(ValueError, match="no trainable variables"):
+        distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for b, a in zip(before, weights(distiller.student)):
+        np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.parametrize("loss", TEACHER_FREE, ids=lambda loss: type(loss).__name__)
+def test_a_teacher_is_refused_where_the_loss_needs_none(loss):
+    with pytest.raises(ValueError, match=f"{type(loss).__name__} trains without a teacher"):
+        AdversarialDistiller(teacher=net("teacher", 16), student=net("student"), loss=loss)
+
+
+@pytest.mark.parametrize("loss", DISTILLING, ids=lambda loss: type(loss).__name__)
+def test_a_missing_teacher_is_refused_where_the_loss_distils(loss):
+    with pytest.raises(ValueError, match=f"{type(loss).__name__} distils from a teacher"):
+        AdversarialDistiller(student=net("student"), loss=loss)
+
+
+def test_the_teacher_is_frozen_and_may_not_be_the_student():
+    teacher = net("teacher", 16)
+    distiller = AdversarialDistiller(teacher=teacher, student=net("student"), loss=losses.DGAD())
+    assert distiller.teacher is teacher and not teacher.trainable
+    student = net("student")
+    with pytest.raises(ValueError, match="same model"):
+        AdversarialDistiller(teacher=student, student=student, loss=losses.DGAD())
+
+
+# --------------------------------------------------------------------------- the loss objects
+
+
+def test_each_loss_takes_only_its_own_options_by_keyword_and_checks_them():
+    assert losses.TRADES(beta=1.0).beta == 1.0
+    with pytest.raises(TypeError, match="use_map"):
+        losses.TRADES(use_map=False)  # DGAD's option
+    with pytest.raises(TypeError):
+        losses.TRADES(6.0)
+    with pytest.raises(ValueError, match="beta"):
+        losses.DGAD(beta=-1.0)
+    with pytest.raises(ValueError, match="weighting"):
+        losses.DGAD(weighting="mobilenet")
+    with pytest.raises(TypeError, match="use_els"):
+        losses.DGAD(use_els="yes")
+    with pytest.raises(ValueError, match="alpha"):
+        losses.AdaAD(alpha=1.5)
+    with pytest.raises(ValueError, match="temperature"):
+        losses.IAD(temperature=0.0)
+    with pytest.raises(ValueError, match="eps"):
+        PGD(eps=2.0)
+    with pytest.raises(ValueError, match="start"):
+        PGD(start="gauss")
+    with pytest.raises(ValueError, match="steps"):
+        PGD(steps=2.5)
+    with pytest.raises(TypeError, match="warmup_epochs"):
+        losses.AdaIAD(warmup_epochs=1.5)
+
+
+def test_the_loss_object_computes_its_methods_loss_with_its_options():
+    rng = np.random.default_rng(0)
+    logits = {k: tf.constant(rng.normal(0, 2, (8, 4)), tf.float32) for k in ("s_clean", "s_adv")}
+    forwards = dict(logits, y=tf.constant(rng.integers(0, 4, 8), tf.int32))
+    got = losses.TRADES(beta=1.0)(forwards)["total"]
+    expected = losses.trades_loss(logits["s_clean"], logits["s_adv"], forwards["y"], beta=1.0)
+    assert float(got) == pytest.approx(float(expected["total"]), rel=1e-6)
+    assert float(got) != pytest.approx(float(losses.TRADES()(forwards)["total"]), rel=1e-3)
+
+
+def test_iad_counts_its_introspection_from_the_epoch_its_warmup_ends():
+    loss = losses.IAD(warmup_epochs=3)
+    assert [float(loss.introspection(e)) for e in (0, 2, 3, 7)] == [0.0, 0.0, 1.0, 1.0]
+    assert float(loss.introspection(tf.Variable(3, dtype=tf.int64))) == 1.0
+
+
+# --------------------------------------------------------------------------- the config
+
+
+CHANGED = MethodConfig(
+    beta=0.3,
+    use_map=False,
+    use_els=False,
+    distill_weight=0.5,
+    trades_beta=2.0,
+    ard_alpha=0.4,
+    ard_temperature=5.0,
+    adaad_alpha=0.6,
+    dgad_weighting="reference_mobilenetv2",
+    kl_reduction="class_mean",
+    kl_scale=2.0,
+    rslad_log_epsilon=1e-5,
+    iad_alpha=0.7,
+    iad_beta=0.2,
+    iad_temperature=3.0,
+    iad_warmup_epochs=4,
+)
+# Every method's loss from CHANGED (and train.batch_size 50), written out from MethodConfig's docs.
+FROM_CHANGED = {
+    "clean": losses.Clean(),
+    "pgd_at": losses.PGDAT(),
+    "trades": losses.TRADES(beta=2.0),
+    "ard": losses.ARD(alpha=0.4, temperature=5.0, kl_reduction="class_mean", kl_scale=2.0),
+    "rslad": losses.RSLAD(kl_reduction="class_mean", kl_scale=2.0, log_epsilon=1e-5),
+    "adaad": losses.AdaAD(alpha=0.6, kl_reduction="class_mean", kl_scale=2.0),
+    "iad": losses.IAD(alpha=0.7, beta=0.2, temperature=3.0, warmup_epochs=4),
+    "adaiad": losses.AdaIAD(alpha=0.7, beta=0.2, temperature=3.0, warmup_epochs=4),
+    "dgad": losses.DGAD(
+        beta=0.3,
+        use_map=False,
+        use_els=False,
+        distill_weight=0.5,
+        weighting="reference_mobilenetv2",
+        reference_batch_size=50,
+    ),
+}
+
+
+@pytest.mark.parametrize("method", sorted(FROM_CHANGED))
+def test_the_config_fills_each_methods_loss_with_that_methods_options(method):
+    cfg = Config(method=dataclasses.replace(CHANGED, name=method), train=TrainConfig(batch_size=50))
+    assert build.method_loss(cfg) == FROM_CHANGED[method]
+
+
+def test_every_method_option_of_the_config_reaches_a_loss_and_every_loss_option_is_mapped():
+    used = {key for spec in METHOD_SPECS.values() for _, key in spec.config_options}
+    fields = {f"method.{f.name}" for f in dataclasses.fields(MethodConfig)}
+    # name picks the loss class; reference_forwards is the distiller's own argument.
+    assert fields - used == {"method.name", "method.reference_forwards"}
+    for name, spec in METHOD_SPECS.items():
+        options = {f.name for f in dataclasses.fields(spec.loss)}
+        assert {option for option, _ in spec.config_options} == options, name
+
+
+def test_the_attack_section_becomes_the_pgd_object():
+    cfg = Config()
+    cfg = dataclasses.replace(
+        cfg,
+        attack=dataclasses.replace(
+            cfg.attack, eps=0.1, step_size=0.02, steps=3, init="gaussian", init_std=0.01
+        ),
+    )
+    assert build.training_attack(cfg) == PGD(
+        eps=0.1, step_size=0.02, steps=3, start="gaussian", start_std=0.01
+    )
+
+
+# --------------------------------------------------------------------------- serialisation
+
+
+@pytest.mark.parametrize("obj", FROM_CHANGED.values(), ids=lambda o: type(o).__name__)
+def test_loss_objects_serialise_as_registered_keras_objects(obj):
+    serialized = json.loads(json.dumps(keras.saving.serialize_keras_object(obj)))
+    assert serialized["registered_name"] == f"dgad_tf>{type(obj).__name__}"
+    assert keras.saving.deserialize_keras_object(serialized) == obj
+
+
+def test_get_config_and_from_config_rebuild_the_same_distiller():
+    original = AdversarialDistiller(
+        teacher=net("teacher", 16),
+        student=net("student"),
+        loss=losses.DGAD(beta=0.5, use_els=False),
+        attack=PGD(eps=0.1, step_size=0.02, steps=3, start="none"),
+        reference_forwards=True,
+        val_robust_steps=4,
+        seed=7,
+        name="mine",
+    )
+    config = json.loads(json.dumps(original.get_config()))  # as a .keras file stores it
+    rebuilt = AdversarialDistiller.from_config(config)
+    assert json.loads(json.dumps(rebuilt.get_config())) == config
+    assert rebuilt.method_loss == losses.DGAD(beta=0.5, use_els=False)
+    assert rebuilt.attack == PGD(eps=0.1, step_size=0.02, steps=3, start="none")
+    assert (rebuilt.reference_forwards, rebuilt.val_robust_steps, rebuilt.seed) == (True, 4, 7)
+    assert rebuilt.name == "mine" and not rebuilt.teacher.trainable
+    assert [layer.name for layer in rebuilt.student.layers] == [
+        layer.name for layer in original.student.layers
+    ]
+    # Registered with Keras: a distiller in a Keras config deserialises by its name alone.
+    serialized = keras.saving.serialize_keras_object(
+        AdversarialDistiller(student=net("student"), loss=losses.PGDAT())
+    )
+    assert serialized["registered_name"] == "dgad_tf>AdversarialDistiller"
+    assert keras.saving.deserialize_keras_object(serialized).method_loss == losses.PGDAT()
+
+
+# --------------------------------------------------------------------------- compile and fit
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(loss="sparse_categorical_crossentropy"),
+        dict(metrics=["accuracy"]),
+        dict(loss_weights=[1.0]),
+        dict(weighted_metrics=["accuracy"]),
+    ],
+    ids=lambda kwargs: next(iter(kwargs)),
+)
+def test_compile_refuses_what_it_would_ignore(kwargs):
+    distiller = AdversarialDistiller(student=net("student"), loss=losses.PGDAT())
+    with pytest.raises(ValueError, match=rf"does not use {next(iter(kwargs))}.*`loss=` object"):
+        distiller.compile(optimizer=TorchSGD(0.05), **kwargs)
+    with pytest.raises(ValueError, match="does not use loss"):
+        distiller.compile(TorchSGD(0.05), "mse")  # Keras's positional order
+
+
+def test_sample_and_class_weights_are_refused():
+    distiller = pgd_at()
+    x, y = batch()
+    with pytest.raises(ValueError, match="sample_weight"):
+        distiller.fit(x, y, sample_weight=np.ones(len(y)), verbose=0)
+    with pytest.raises(ValueError, match="class_weight"):
+        distiller.fit(x, y, class_weight={0: 2.0}, verbose=0)
+    with pytest.raises(ValueError, match="sample_weight"):
+        distiller.train_on_batch(x, y, sample_weight=np.ones(len(y)))
+    weighted = tf.data.Dataset.from_tensor_slices((x, y, np.ones(len(y)))).batch(8)
+    with pytest.raises(ValueError, match="sample_weight"):
+        distiller.fit(weighted, verbose=0)
+
+
+def test_batches_without_labels_are_refused():
+    x, _ = batch()
+    with pytest.raises(ValueError, match="labels"):
+        pgd_at().fit(tf.data.Dataset.from_tensor_slices(x).batch(8), verbose=0)
+
+
+def _as_generator(x, y, size=8):
+    for i in range(0, len(y), size):
+        yield x[i : i + size], y[i : i + size]
+
+
+@pytest.mark.parametrize("form", ["arrays", "dataset", "generator", "train_on_batch"])
+def test_images_in_0_255_are_refused_before_any_training(form):
+    distiller = pgd_at()
+    before = weights(distiller.student)
+    x, y = batch(scale=255.0)
+    with pytest.raises(ValueError, match=r"values in \[\d+(\.\d+)?, 2\d\d(\.\d+)?\].*x / 255"):
+        if form == "arrays":
+            distiller.fit(x, y, batch_size=8, verbose=0)
+        elif form == "dataset":
+            distiller.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), verbose=0)
+        elif form == "generator":
+            distiller.fit(_as_generator(x, y), steps_per_epoch=2, verbose=0)
+        else:
+            distiller.train_on_batch(x, y)
+    assert int(distiller.optimizer.iterations) == 0
+    for b, a in zip(before, weights(distiller.student)):
+        np.testing.assert_array_equal(b, a)
+
+
+def test_standardised_images_are_refused_with_the_advice_to_normalise_in_the_model():
+    x, y = batch()
+    with pytest.raises(ValueError, match=r"values in \[-.*Normalization"):
+        pgd_at().fit((x - 0.5) / 0.25, y, batch_size=8, verbose=0)
+
+
+def test_the_range_is_checked_on_the_first_batch_only_and_loses_no_batch():
+    # A later batch out of range trains: the compiled step holds no check (nothing per step).
+    x, y = batch(24)
+    x[16:] *= 255.0
+    distiller = pgd_at()
+    distiller.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), verbose=0)
+    assert int(distiller.optimizer.iterations) == 3
+    # The batch a generator gave up for the check is still trained on: 3 batches, 3 steps.
+    x, y = batch(24)
+    distiller = pgd_at()
+    distiller.fit(_as_generator(x, y), steps_per_epoch=3, epochs=1, verbose=0)
+    assert int(distiller.optimizer.iterations) == 3
+
+
+def test_only_the_first_training_call_reads_a_batch_more():
+    x, y = batch(16)
+    passes = []
+
+    def source():
+        passes.append(1)  # tf.data calls this once per pass over the dataset
+        yield from _as_generator(x, y)
+
+    spec = (tf.TensorSpec((None, 6, 6, 1), tf.float32), tf.TensorSpec((None,), tf.int64))
+    dataset = tf.data.Dataset.from_generator(source, output_signature=spec)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(2))
+    distiller = pgd_at()
+    distiller.fit(dataset, epochs=1, verbose=0)
+    assert len(passes) == 2  # the check's one batch, then training
+    distiller.fit(dataset, epochs=1, verbose=0)
+    assert len(passes) == 3  # training only
+    assert int(distiller.optimizer.iterations) == 4
