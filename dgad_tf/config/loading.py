@@ -201,6 +201,11 @@ def load_config(path: str | pathlib.Path | None = None, overrides: list[str] = (
         ConfigError: the file is missing or malformed, or a key or value is wrong.
     """
     values = read_sections(path) if path is not None else {}
+    if "study" in values:
+        raise ConfigError(
+            f"{path} holds a `study:` section: it is a study of several runs, for "
+            f"`python -m dgad_tf.compare --config {path}`"
+        )
     return config_with_overrides(values, overrides)
 
 
