@@ -1,4 +1,4 @@
-"""Every shipped paper recipe runs end to end on a CIFAR-10 subset (1 epoch, tiny networks).
+"""Every shipped recipe and CIFAR-10 study runs end to end on a CIFAR-10 subset (tiny networks).
 
 The recipe's method, loss scales, forward order, selection rule, partial batches and evaluation
 columns are kept; only the sizes shrink: a small CNN student, a few hundred real CIFAR-10 images,
@@ -6,12 +6,14 @@ columns are kept; only the sizes shrink: a small CNN student, a few hundred real
 CIFAR-10 so that it clears the chance-level check. Needs ../shared/data/cifar10 (skips without).
 """
 
+import csv
 import json
 import pathlib
 
 import keras
 import numpy as np
 import pytest
+import yaml
 
 from dgad_tf.config import load_config
 from dgad_tf.fit import main
@@ -20,10 +22,22 @@ from dgad_tf.methods import METHOD_SPECS
 pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def is_study(path: pathlib.Path) -> bool:
+    """A study file (a `study:` section) is run by `compare`, not `fit`."""
+    return "study" in (yaml.safe_load(path.read_text()) or {})
+
+
 RECIPES = sorted(
     p.name
     for p in (REPO / "configs").glob("*.yaml")
-    if not p.name.startswith(("quickstart", "tune_"))
+    if not p.name.startswith(("quickstart", "tune_")) and not is_study(p)
+)
+CIFAR_STUDIES = sorted(
+    p.name
+    for p in (REPO / "configs").glob("*.yaml")
+    if is_study(p) and yaml.safe_load(p.read_text())["data"].get("source") == "npz"
 )
 
 
@@ -95,6 +109,74 @@ def test_recipe_runs_on_a_cifar10_subset(recipe, cifar_subset, tmp_path):
     assert meta["epoch"] == 1
     optimizer_iterations = [v for k, v in state_arrays(out).items() if k.startswith("optimizer_")]
     assert steps in {int(v) for v in optimizer_iterations if np.ndim(v) == 0}
+
+
+def test_recipes_and_studies_are_told_apart():
+    assert "compare_cifar10_cpu.yaml" in CIFAR_STUDIES
+    assert not set(RECIPES) & set(CIFAR_STUDIES)
+    assert "cifar10_cpu_teacher.yaml" in RECIPES
+
+
+@pytest.mark.parametrize("name", CIFAR_STUDIES)
+def test_cifar10_study_runs_on_a_cifar10_subset(name, cifar_subset, tmp_path):
+    """Every method with its own `set:`, one seed, the study's protocol without AutoAttack."""
+    from dgad_tf.compare import main as compare_main
+    from dgad_tf.study import load_study
+
+    path = REPO / "configs" / name
+    shipped = load_study(path)
+    out = tmp_path / "study"
+    overrides = [
+        f"data.path={cifar_subset}",
+        "data.train_limit=null",
+        "data.val_fraction=0.25",  # 62 of the 250 images, enough for the teacher check
+        "model.student=small-cnn",
+        f"model.teacher_path={cifar_subset / 'teacher.keras'}",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "attack.steps=2",
+        "train.val_robust_n=32",
+        "train.val_robust_steps=2",
+        "optimizer.milestones=[]",
+        f"output.dir={out}",
+        "study.seeds=[0]",
+        "study.n=32",
+        "study.attacks=["
+        + ",".join(a for a in shipped.protocol.attacks if a != "autoattack")
+        + "]",
+    ]
+    args = ["--config", str(path), "--quiet"]
+    for item in overrides:
+        args += ["--set", item]
+    assert compare_main(args) == 0
+    methods = [m.name for m in shipped.methods]
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [row["method"] for row in rows] == methods
+    assert {row["seed"] for row in rows} == {"0"}
+    digests = set()
+    for entry, row in zip(shipped.methods, rows):
+        cell = pathlib.Path(row["run_dir"])
+        evaluation = json.loads((cell / "study_eval.json").read_text())
+        digests.add(evaluation["images_sha256"])
+        assert float(row["clean_accuracy"]) == pytest.approx(evaluation["clean_accuracy"], abs=1e-4)
+        # The cell trained its method with the study's own `set:` for it on top of the base.
+        cfg = yaml.safe_load((cell / "config.yaml").read_text())
+        assert cfg["method"]["name"] == entry.method
+        for item in entry.overrides:
+            key, value = item.split("=", 1)
+            section, name = key.split(".")
+            assert same_value(cfg[section][name], value), item
+    assert len(digests) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == set(methods)
+
+
+def same_value(written, text: str) -> bool:
+    """A config value as config.yaml wrote it equals the `--set` text (1e-5 is a float there)."""
+    if isinstance(written, bool) or not isinstance(written, int | float):
+        return str(written).lower() == text.lower()
+    return written == pytest.approx(float(text))
 
 
 def state_arrays(run_dir):
