@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 
 EXIT_USAGE = 2
@@ -41,6 +42,32 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_help: str) -> N
         help="override one value; repeatable",
     )
     parser.add_argument("--quiet", action="store_true", help="log lines only, no progress bars")
+
+
+def config_overrides(args: argparse.Namespace, *extra: str) -> list[str]:
+    """The `--set` overrides, then `extra`, then `--quiet` as `output.quiet=true`."""
+    return [*args.set, *extra, *(["output.quiet=true"] if args.quiet else [])]
+
+
+def command_line(module: str, argv=None) -> str:
+    """The command as the user typed it (`argv` or the process's), for a run's records."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_work(work, *args, **kwargs):
+    """`work(*args, **kwargs)`, or the usage exit code if it refuses its input.
+
+    A config problem found late, a run folder that is not this run's, or a folder another
+    process holds (ConfigError, RunError, FolderBusy) prints one `error:` line and returns
+    EXIT_USAGE, as a bad argument would. Returns (exit code or None, the work's result).
+    """
+    from dgad_tf.config import ConfigError
+    from dgad_tf.rundir import FolderBusy, RunError
+
+    try:
+        return None, work(*args, **kwargs)
+    except (RunError, ConfigError, FolderBusy) as err:
+        return error(str(err)), None
 
 
 def int_at_least(minimum: int):

@@ -20,7 +20,6 @@ key, before anything is written.
 
 from __future__ import annotations
 
-import shlex
 import sys
 
 from dgad_tf import cli
@@ -36,24 +35,20 @@ def main(argv=None) -> int:
     from dgad_tf.config import ConfigError
     from dgad_tf.study import load_study
 
-    overrides = list(args.set) + (["output.quiet=true"] if args.quiet else [])
     try:
-        study = load_study(args.config, overrides)
+        study = load_study(args.config, cli.config_overrides(args))
     except ConfigError as err:
         return cli.error(str(err))
 
     cli.start(args.verbose)
-    from dgad_tf.rundir import FolderBusy, RunError
     from dgad_tf.study import run_study
     from dgad_tf.study_report import SUMMARY_MD
 
-    command = shlex.join(
-        ["python", "-m", "dgad_tf.compare"] + list(sys.argv[1:] if argv is None else argv)
+    refused, result = cli.run_work(
+        run_study, study, command=cli.command_line("dgad_tf.compare", argv)
     )
-    try:
-        result = run_study(study, command=command)
-    except (RunError, ConfigError, FolderBusy) as err:
-        return cli.error(str(err))
+    if refused is not None:
+        return refused
     print(
         f"\n{len(result.rows)} cells in {result.folder} ({result.cells_run} trained now, "
         f"{result.seconds:.0f} s)\n"

@@ -14,7 +14,6 @@ completed epoch.
 
 from __future__ import annotations
 
-import shlex
 import sys
 
 from dgad_tf import cli
@@ -35,9 +34,8 @@ def main(argv=None) -> int:
 
     from dgad_tf.config import ConfigError, load_config
 
-    overrides = list(args.set) + (["output.quiet=true"] if args.quiet else [])
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, cli.config_overrides(args))
     except ConfigError as err:
         return cli.error(str(err))
     if args.print_lr or args.print_config:
@@ -51,16 +49,11 @@ def main(argv=None) -> int:
         return 0
 
     cli.start(args.verbose)
-    from dgad_tf.run import RunError, run
-    from dgad_tf.rundir import FolderBusy
+    from dgad_tf.run import run
 
-    command = shlex.join(
-        ["python", "-m", "dgad_tf.fit"] + list(sys.argv[1:] if argv is None else argv)
-    )
-    try:
-        report = run(cfg, command=command)
-    except (RunError, ConfigError, FolderBusy) as err:
-        return cli.error(str(err))
+    refused, report = cli.run_work(run, cfg, command=cli.command_line("dgad_tf.fit", argv))
+    if refused is not None:
+        return refused
     student = report["student"]
     selection = student["selection"]
     summary = [

@@ -35,17 +35,15 @@ def main(argv=None) -> int:
 
     from dgad_tf.config import ConfigError, load_config
 
-    overrides = list(args.set)
-    for flag, key in (
+    flags = (
         (args.tuner, "tune.tuner"),
         (args.max_trials, "tune.max_trials"),
         (args.epochs, "tune.epochs"),
         (args.out, "output.dir"),
-    ):
-        if flag is not None:
-            overrides.append(f"{key}={flag}")
-    if args.quiet:
-        overrides.append("output.quiet=true")
+    )
+    overrides = cli.config_overrides(
+        args, *(f"{key}={flag}" for flag, key in flags if flag is not None)
+    )
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as err:
@@ -53,15 +51,14 @@ def main(argv=None) -> int:
 
     cli.start(args.verbose)
     from dgad_tf import search
-    from dgad_tf.rundir import FolderBusy, RunError
 
     try:
-        result = search.run_search(cfg)
-    except (RunError, ConfigError, FolderBusy) as err:
-        return cli.error(str(err))
+        refused, result = cli.run_work(search.run_search, cfg)
     except RuntimeError as err:  # KerasTuner gives up after consecutive failed trials
         print(f"error: the search stopped: {err}", file=sys.stderr)
         return 1
+    if refused is not None:
+        return refused
     print(
         f"\n{len(result.rows)} trials in {result.out_dir} ({result.trials_run} trained now, "
         f"{result.seconds:.0f} s); objective {result.tune.metric}, * = best:"
