@@ -19,6 +19,9 @@ import dataclasses
 import math
 from typing import Optional, Sequence
 
+# Accuracies are counts over n images, so equal differences agree to float rounding (~1e-16).
+SPREAD_TOLERANCE = 1e-9
+
 
 @dataclasses.dataclass(frozen=True)
 class Spread:
@@ -39,7 +42,9 @@ class Spread:
 class PairedDifference:
     """The mean of per-seed differences a_s - b_s and its two-sided t interval.
 
-    `low`/`high` are None with fewer than 2 pairs (no interval can be given).
+    `low`/`high` are None with fewer than 2 pairs (no interval can be given). When every pair
+    differs by the same amount (`no_spread`) the interval has width 0: that is no seed-to-seed
+    variation on these seeds, not a certain difference.
     """
 
     mean: float
@@ -55,8 +60,17 @@ class PairedDifference:
             return None
         return self.low <= 0.0 <= self.high
 
+    @property
+    def no_spread(self) -> bool:
+        """Two or more pairs, all with the same difference (up to float rounding)."""
+        return self.std is not None and self.std <= SPREAD_TOLERANCE
+
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "includes_zero": self.includes_zero}
+        return {
+            **dataclasses.asdict(self),
+            "includes_zero": self.includes_zero,
+            "no_spread": self.no_spread,
+        }
 
 
 def spread(values: Sequence[float]) -> Spread:

@@ -162,6 +162,13 @@ def comparison_sentence(name: str, reference: str, metric: str, paired: dict) ->
             "difference."
         )
     interval = f"[{_signed_points(paired['low'])}, {_signed_points(paired['high'])}]"
+    if paired["no_spread"]:
+        return (
+            f"{name} − {reference}, {metric}: {_signed_points(paired['mean'])} points on each "
+            f"of the {seeds} seeds; with no spread between them the 95% interval {interval} "
+            "has width 0, which shows no seed-to-seed variation, not a certain difference: "
+            "more seeds are needed to say more."
+        )
     if paired["includes_zero"]:
         return (
             f"{name} − {reference}, {metric}: {_signed_points(paired['mean'])} points, 95% "

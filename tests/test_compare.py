@@ -15,6 +15,7 @@ import sys
 import pytest
 import yaml
 
+from dgad_tf import stats
 from dgad_tf import study as study_lib
 from dgad_tf import study_report
 from dgad_tf.config import ConfigError
@@ -179,6 +180,24 @@ def test_summary_numbers_are_the_mean_std_and_paired_interval_of_the_rows(finish
     assert summary["cells_done"] == summary["cells_total"] == 4
     text = (out / study_report.SUMMARY_MD).read_text()
     assert "| pgd_at | 2 |" in text and "pgd_at − adaad, pgd3_accuracy" in text
+
+
+@pytest.mark.parametrize(
+    "a, b, words",
+    [
+        ([0.52, 0.50, 0.55], [0.50, 0.49, 0.52], "includes 0: these 3 seeds do not show"),
+        ([0.60, 0.70, 0.65], [0.50, 0.52, 0.49], "excludes 0: over these 3 seeds dgad is higher"),
+        ([0.40, 0.42, 0.41], [0.50, 0.51, 0.52], "excludes 0: over these 3 seeds dgad is lower"),
+        # RSLAD's clean accuracy in the CIFAR-10 study: -2 points on both seeds.
+        ([0.18, 0.19], [0.20, 0.21], "-2.00 points on each of the 2 seeds; with no spread"),
+        ([0.60], [0.50], "one pair gives no interval"),
+    ],
+)
+def test_the_comparison_sentence_says_what_the_interval_says(a, b, words):
+    paired = stats.paired_difference(a, b).to_dict()
+    sentence = study_report.comparison_sentence("dgad", "adaad", "autoattack_accuracy", paired)
+    assert words in sentence
+    assert sentence.startswith("dgad − adaad, autoattack_accuracy: ")
 
 
 def test_figures_are_drawn_when_matplotlib_is_there(finished_study):

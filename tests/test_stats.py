@@ -54,6 +54,14 @@ def test_paired_difference_pairs_by_position_not_by_sorting():
     result = stats.paired_difference([0.3, 0.6, 0.9], [0.2, 0.5, 0.8])
     assert result.std == pytest.approx(0.0, abs=1e-12)
     assert result.low == pytest.approx(0.1) and not result.includes_zero
+    # 0.6 - 0.5 and 0.9 - 0.8 differ from 0.1 by float rounding only: still no spread.
+    assert result.no_spread and result.to_dict()["no_spread"]
+
+
+def test_differences_that_vary_have_spread():
+    result = stats.paired_difference([0.52, 0.50], [0.50, 0.49])
+    assert not result.no_spread and result.to_dict()["no_spread"] is False
+    assert not stats.paired_difference([0.6], [0.5]).no_spread
 
 
 def test_one_pair_gives_no_interval():
