@@ -15,9 +15,8 @@ import sys
 import pytest
 import yaml
 
-from dgad_tf import stats
+from dgad_tf import stats, study_report
 from dgad_tf import study as study_lib
-from dgad_tf import study_report
 from dgad_tf.config import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
