@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from dgad_tf.config import load_config
+from dgad_tf.config import load_config, read_sections
 from dgad_tf.fit import main
 from dgad_tf.methods import METHOD_SPECS
 
@@ -24,21 +24,18 @@ pytestmark = pytest.mark.slow
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def is_study(path: pathlib.Path) -> bool:
-    """A study file (a `study:` section) is run by `compare`, not `fit`."""
-    return "study" in (yaml.safe_load(path.read_text()) or {})
-
-
-RECIPES = sorted(
-    p.name
-    for p in (REPO / "configs").glob("*.yaml")
-    if not p.name.startswith(("quickstart", "tune_")) and not is_study(p)
-)
-CIFAR_STUDIES = sorted(
-    p.name
-    for p in (REPO / "configs").glob("*.yaml")
-    if is_study(p) and yaml.safe_load(p.read_text())["data"].get("source") == "npz"
-)
+# Each shipped config as the loader reads it; a `study:` section makes it a study for `compare`.
+SHIPPED = {p.name: read_sections(p) for p in sorted((REPO / "configs").glob("*.yaml"))}
+RECIPES = [
+    name
+    for name, values in SHIPPED.items()
+    if not name.startswith(("quickstart", "tune_")) and "study" not in values
+]
+CIFAR_STUDIES = [
+    name
+    for name, values in SHIPPED.items()
+    if "study" in values and values.get("data", {}).get("source") == "npz"
+]
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +162,8 @@ def test_cifar10_study_runs_on_a_cifar10_subset(name, cifar_subset, tmp_path):
         assert cfg["method"]["name"] == entry.method
         for item in entry.overrides:
             key, value = item.split("=", 1)
-            section, name = key.split(".")
-            assert same_value(cfg[section][name], value), item
+            section, field = key.split(".")
+            assert same_value(cfg[section][field], value), item
     assert len(digests) == 1
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == set(methods)
