@@ -38,8 +38,16 @@ _ASCENDS = {
 }
 
 
-def golden_path(config_path) -> pathlib.Path:
-    """The golden file of a config: `tests/golden/<config stem>.json`."""
+# The methods whose built-in defaults (no config file, `--set method.name=<method>`) are pinned
+# too: `fit --set method.name=trades` trains with them, whichever object comes to hold them.
+DEFAULT_METHODS = ("clean", "pgd_at", "trades", "ard", "rslad", "adaad", "iad", "adaiad", "dgad")
+
+
+def golden_path(config_path, method=None) -> pathlib.Path:
+    """The golden file of a config (`tests/golden/<config stem>.json`), or of the built-in
+    defaults of `method` when `config_path` is None (`tests/golden/defaults/<method>.json`)."""
+    if config_path is None:
+        return GOLDEN / "defaults" / f"{method}.json"
     return GOLDEN / f"{pathlib.Path(config_path).stem}.json"
 
 
@@ -98,7 +106,7 @@ def differences(golden, current) -> list[str]:
 # --------------------------------------------------------------------------- the fingerprint
 
 
-def fingerprint(config_path) -> dict:
+def fingerprint(config_path, method=None) -> dict:
     """Everything a shipped config makes a run (a study, a search) do, as JSON values.
 
     A fit recipe gives {"kind": "fit", "run": ...}; a file with a `tune:` space adds the search
@@ -106,10 +114,14 @@ def fingerprint(config_path) -> dict:
     in training order and the study's protocol ({"kind": "study", ...}).
 
     Args:
-        config_path: a YAML file of `configs/`.
+        config_path: a YAML file of `configs/`, or None for the built-in defaults.
+        method: with `config_path` None, the method trained (`fit --set method.name=<method>`
+            without a config file). Defaults to None.
     """
     from dgad_tf.config import load_config, read_sections
 
+    if config_path is None:
+        return {"kind": "fit", "run": _run(load_config(None, [f"method.name={method}"]))}
     if "study" in read_sections(config_path):
         return _study(config_path)
     cfg = load_config(config_path)

@@ -2,7 +2,9 @@
 
 The fingerprint (`tests/golden_fingerprints.py`) is recomputed from the current code and compared
 with the committed file byte for byte; a difference fails naming the config and every key that
-moved. A config without a golden file, or a golden file without its config, fails too. No
+moved. A config without a golden file, or a golden file without its config, fails too. The built-in
+defaults of each method (`fit --set method.name=<method>` without a config file) are pinned the
+same way, in tests/golden/defaults/. No
 training and no data beyond the embedded digits: nothing here is skipped.
 """
 
@@ -11,6 +13,7 @@ import pathlib
 import pytest
 from golden_fingerprints import (
     CONFIGS,
+    DEFAULT_METHODS,
     GOLDEN,
     canonical_json,
     differences,
@@ -24,45 +27,58 @@ HOW_TO_REGENERATE = (
     "PYTHONPATH=$PWD python tests/golden/make_fingerprints.py configs/{name} (a changed "
     "fingerprint is a behaviour change: justify it in the commit message)"
 )
+HOW_TO_DEFAULTS = HOW_TO_REGENERATE.replace("configs/{name}", "--defaults {}")
 
 
 def _shown(path: pathlib.Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
-def check_config_against_golden(path: pathlib.Path) -> None:
-    """Fail with a readable diff unless `path`'s fingerprint equals its golden file exactly."""
+def check_against_golden(path, method=None) -> None:
+    """Fail with a readable diff unless the fingerprint of the config `path` (or of `method`'s
+    built-in defaults when `path` is None) equals its golden file exactly."""
     import json
 
-    golden = golden_path(path)
+    if path is None:
+        what, regenerate = f"the built-in defaults of {method}", HOW_TO_DEFAULTS.format(method)
+    else:
+        what, regenerate = f"configs/{path.name}", HOW_TO_REGENERATE.format(name=path.name)
+    golden = golden_path(path, method)
     if not golden.exists():
         pytest.fail(
-            f"configs/{path.name} has no golden fingerprint {_shown(golden)};"
-            f" generate it with {HOW_TO_REGENERATE.format(name=path.name)}"
+            f"{what} has no golden fingerprint {_shown(golden)}; generate it with {regenerate}"
         )
-    current = canonical_json(fingerprint(path))
+    current = canonical_json(fingerprint(path, method))
     stored = golden.read_text()
     if current != stored:
         lines = differences(json.loads(stored), json.loads(current)) or [
             "(same values, other text: the file was not written by make_fingerprints.py)"
         ]
         pytest.fail(
-            f"configs/{path.name} no longer matches {_shown(golden)}:\n  "
+            f"{what} no longer match(es) {_shown(golden)}:\n  "
             + "\n  ".join(lines)
-            + f"\nIf the change is meant, regenerate with "
-            f"{HOW_TO_REGENERATE.format(name=path.name)}",
+            + f"\nIf the change is meant, regenerate with {regenerate}",
             pytrace=False,
         )
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_config_matches_its_golden_fingerprint(path):
-    check_config_against_golden(path)
+    check_against_golden(path)
+
+
+@pytest.mark.parametrize("method", DEFAULT_METHODS)
+def test_built_in_defaults_of_each_method_match_their_golden_fingerprint(method):
+    check_against_golden(None, method)
 
 
 def test_every_golden_file_has_its_config():
     orphans = sorted(
         p.name for p in GOLDEN.glob("*.json") if not (CONFIGS / f"{p.stem}.yaml").exists()
+    ) + sorted(
+        f"defaults/{p.name}"
+        for p in (GOLDEN / "defaults").glob("*.json")
+        if p.stem not in DEFAULT_METHODS
     )
     assert not orphans, (
         f"tests/golden holds fingerprints of configs that are gone: {orphans}; delete them "
@@ -78,7 +94,7 @@ def test_a_new_config_without_a_golden_file_fails_saying_how_to_make_one(tmp_pat
     new.write_text((CONFIGS / "quickstart.yaml").read_text())
     monkeypatch.setattr(golden_fingerprints, "GOLDEN", tmp_path / "golden")
     with pytest.raises(pytest.fail.Exception) as failure:
-        check_config_against_golden(new)
+        check_against_golden(new)
     message = str(failure.value)
     assert "configs/new_recipe.yaml has no golden fingerprint" in message
     assert "tests/golden/make_fingerprints.py configs/new_recipe.yaml" in message

@@ -11,9 +11,12 @@ Refactors must leave every file byte-identical.
 Usage (from the repository root):
 
     PYTHONPATH=$PWD python tests/golden/make_fingerprints.py configs/new_recipe.yaml
+    PYTHONPATH=$PWD python tests/golden/make_fingerprints.py --defaults trades
     PYTHONPATH=$PWD python tests/golden/make_fingerprints.py --all
 
-Each file named is written; `--all` rewrites every config's file. Nothing else is touched.
+Each file named is written: a config's tests/golden/<stem>.json, or with `--defaults` the
+built-in defaults of a method (`fit --set method.name=<method>` without a config file) in
+tests/golden/defaults/<method>.json; `--all` rewrites them all. Nothing else is touched.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/, 
 
 from golden_fingerprints import (  # noqa: E402
     CONFIGS,
+    DEFAULT_METHODS,
     canonical_json,
     fingerprint,
     golden_path,
@@ -41,17 +45,29 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("configs", nargs="*", help="config files of configs/ to fingerprint")
-    parser.add_argument("--all", action="store_true", help="every config in configs/")
+    parser.add_argument(
+        "--defaults",
+        nargs="+",
+        default=[],
+        choices=DEFAULT_METHODS,
+        metavar="METHOD",
+        help=f"the built-in defaults of these methods ({', '.join(DEFAULT_METHODS)})",
+    )
+    parser.add_argument("--all", action="store_true", help="every config and every method")
     args = parser.parse_args(argv)
-    if args.all == bool(args.configs):
-        parser.error("name the config files to fingerprint, or pass --all (not both)")
+    if args.all == bool(args.configs or args.defaults):
+        parser.error("name the configs (or --defaults methods) to fingerprint, or pass --all")
     paths = sorted(CONFIGS.glob("*.yaml")) if args.all else [pathlib.Path(p) for p in args.configs]
     for path in paths:
         if path.resolve().parent != CONFIGS:
             parser.error(f"{path} is not a file of {CONFIGS}: only shipped configs have goldens")
-        text = canonical_json(fingerprint(path))
-        out = golden_path(path)
+    jobs = [(path, None) for path in paths]
+    jobs += [(None, method) for method in (DEFAULT_METHODS if args.all else args.defaults)]
+    for path, method in jobs:
+        text = canonical_json(fingerprint(path, method))
+        out = golden_path(path, method)
         changed = not out.exists() or out.read_text() != text
+        out.parent.mkdir(exist_ok=True)
         out.write_text(text)
         print(f"{out.relative_to(CONFIGS.parent)}: {'written' if changed else 'unchanged'}")
     return 0
