@@ -41,13 +41,16 @@ _ASCENDS = {
 # The methods whose built-in defaults (no config file, `--set method.name=<method>`) are pinned
 # too: `fit --set method.name=trades` trains with them, whichever object comes to hold them.
 DEFAULT_METHODS = ("clean", "pgd_at", "trades", "ard", "rslad", "adaad", "iad", "adaiad", "dgad")
+# The name of the Python API's defaults (`fingerprint(None)`) among them.
+PYTHON_API = "python_api"
 
 
 def golden_path(config_path, method=None) -> pathlib.Path:
     """The golden file of a config (`tests/golden/<config stem>.json`), or of the built-in
-    defaults of `method` when `config_path` is None (`tests/golden/defaults/<method>.json`)."""
+    defaults of `method` when `config_path` is None (`tests/golden/defaults/<method>.json`;
+    `defaults/python_api.json` with neither)."""
     if config_path is None:
-        return GOLDEN / "defaults" / f"{method}.json"
+        return GOLDEN / "defaults" / f"{method or PYTHON_API}.json"
     return GOLDEN / f"{pathlib.Path(config_path).stem}.json"
 
 
@@ -113,13 +116,20 @@ def fingerprint(config_path, method=None) -> dict:
     ({"kind": "tune", "search": ...}); a study file (a `study:` section) gives every cell's run
     in training order and the study's protocol ({"kind": "study", ...}).
 
+    `fingerprint(None, method)` is the run of the config's built-in defaults with that method
+    (`fit --set method.name=<method>` without a file), and `fingerprint(None)` what the Python API
+    does by default: every loss class of `dgad_tf.losses` made with no argument, in an
+    `AdversarialDistiller` given nothing else ({"kind": "python_defaults", ...}).
+
     Args:
         config_path: a YAML file of `configs/`, or None for the built-in defaults.
-        method: with `config_path` None, the method trained (`fit --set method.name=<method>`
-            without a config file). Defaults to None.
+        method: with `config_path` None, the method of the config's defaults to run. Defaults
+            to None (the Python API's defaults).
     """
     from dgad_tf.config import load_config, read_sections
 
+    if config_path is None and method is None:
+        return _python_defaults()
     if config_path is None:
         return {"kind": "fit", "run": _run(load_config(None, [f"method.name={method}"]))}
     if "study" in read_sections(config_path):
@@ -198,29 +208,12 @@ def _training(cfg, *, method, epochs, lr, milestones, rates) -> dict:
         lr=lr,
         milestones=milestones,
     )
-    loss, attack, spec = distiller.method_loss, distiller.attack, distiller.spec
-    reference = distiller.reference_forwards
     optimizer = distiller.optimizer.get_config()
     schedule = optimizer["learning_rate"]
-    later = spec.forwards_added_after_warmup if reference else ()
     return {
         "method": method,
         "epochs": epochs,
-        "loss": {"class": _registered_name(loss), "options": loss.get_config()},
-        "attack": {
-            "class": _registered_name(attack),
-            "options": attack.get_config(),
-            "start": distiller.attack_start,
-            "ascends": _ASCENDS[spec.attack],
-            "student_mode": "training"
-            if reference and spec.reference_train_mode_attack
-            else "inference",
-        },
-        "reference_forwards": reference,
-        # Private today: the order the train step runs (the redesign puts it on the loss).
-        "student_forwards": [_forward(f) for f in distiller._forward_order()],
-        "student_forwards_added_after_warmup": [_forward(f) for f in later],
-        "logged_metrics": [metric.name for metric in distiller.metrics],
+        **_step(distiller),
         "optimizer": {
             "class": _registered_name(distiller.optimizer),
             "momentum": optimizer["momentum"],
@@ -237,6 +230,60 @@ def _training(cfg, *, method, epochs, lr, milestones, rates) -> dict:
         },
         "learning_rate_per_epoch": rates,
     }
+
+
+def _step(distiller) -> dict:
+    """What a distiller's train step does: its loss, its attack and start, its forwards, its
+    logged metrics."""
+    loss, attack, spec = distiller.method_loss, distiller.attack, distiller.spec
+    reference = distiller.reference_forwards
+    later = spec.forwards_added_after_warmup if reference else ()
+    return {
+        "loss": {"class": _registered_name(loss), "options": loss.get_config()},
+        "attack": {
+            "class": _registered_name(attack),
+            "options": attack.get_config(),
+            "start": distiller.attack_start,
+            "ascends": _ASCENDS[spec.attack],
+            "student_mode": "training"
+            if reference and spec.reference_train_mode_attack
+            else "inference",
+        },
+        "reference_forwards": reference,
+        # Private today: the order the train step runs (the redesign puts it on the loss).
+        "student_forwards": [_forward(f) for f in distiller._forward_order()],
+        "student_forwards_added_after_warmup": [_forward(f) for f in later],
+        "logged_metrics": [metric.name for metric in distiller.metrics],
+    }
+
+
+def _python_defaults() -> dict:
+    """What the Python API does with every default: each loss class of `dgad_tf.losses` made
+    with no argument, in an `AdversarialDistiller` with no other argument than the networks."""
+    from dgad_tf import losses
+    from dgad_tf.distiller import AdversarialDistiller
+
+    classes = [
+        getattr(losses, name)
+        for name in losses.__all__
+        if isinstance(getattr(losses, name), type)
+        and issubclass(getattr(losses, name), losses.MethodLoss)
+        and getattr(losses, name) is not losses.MethodLoss
+    ]
+    steps = {}
+    for cls in classes:
+        loss = cls()
+        try:  # the distiller refuses a teacher the loss does not use, and the reverse
+            distiller = AdversarialDistiller(student=_stand_in(), loss=loss)
+        except ValueError:
+            distiller = AdversarialDistiller(teacher=_stand_in(), student=_stand_in(), loss=loss)
+        steps[_registered_name(loss)] = {
+            "needs_teacher": distiller.teacher is not None,
+            "val_robust_steps": distiller.val_robust_steps,
+            "seed": distiller.seed,
+            **_step(distiller),
+        }
+    return {"kind": "python_defaults", "distillers": steps}
 
 
 def _stand_in_teacher_needed(method) -> bool:

@@ -15,6 +15,7 @@ from golden_fingerprints import (
     CONFIGS,
     DEFAULT_METHODS,
     GOLDEN,
+    PYTHON_API,
     canonical_json,
     differences,
     fingerprint,
@@ -35,18 +36,22 @@ def _shown(path: pathlib.Path) -> str:
 
 
 def check_against_golden(path, method=None) -> None:
-    """Fail with a readable diff unless the fingerprint of the config `path` (or of `method`'s
-    built-in defaults when `path` is None) equals its golden file exactly."""
+    """Fail with a readable diff unless the fingerprint of the config `path` (of `method`'s
+    built-in defaults when `path` is None, of the Python API's defaults when both are None)
+    equals its golden file exactly."""
     import json
 
-    if path is None:
+    if path is None and method is None:
+        what, regenerate = "the Python API's defaults", HOW_TO_DEFAULTS.format(PYTHON_API)
+    elif path is None:
         what, regenerate = f"the built-in defaults of {method}", HOW_TO_DEFAULTS.format(method)
     else:
         what, regenerate = f"configs/{path.name}", HOW_TO_REGENERATE.format(name=path.name)
     golden = golden_path(path, method)
     if not golden.exists():
         pytest.fail(
-            f"{what} has no golden fingerprint {_shown(golden)}; generate it with {regenerate}"
+            f"{what}: no golden fingerprint {_shown(golden)}; generate it with {regenerate}",
+            pytrace=False,
         )
     current = canonical_json(fingerprint(path, method))
     stored = golden.read_text()
@@ -55,7 +60,7 @@ def check_against_golden(path, method=None) -> None:
             "(same values, other text: the file was not written by make_fingerprints.py)"
         ]
         pytest.fail(
-            f"{what} no longer match(es) {_shown(golden)}:\n  "
+            f"{what}: the fingerprint differs from {_shown(golden)}:\n  "
             + "\n  ".join(lines)
             + f"\nIf the change is meant, regenerate with {regenerate}",
             pytrace=False,
@@ -72,13 +77,17 @@ def test_built_in_defaults_of_each_method_match_their_golden_fingerprint(method)
     check_against_golden(None, method)
 
 
+def test_python_api_defaults_match_their_golden_fingerprint():
+    check_against_golden(None, None)
+
+
 def test_every_golden_file_has_its_config():
     orphans = sorted(
         p.name for p in GOLDEN.glob("*.json") if not (CONFIGS / f"{p.stem}.yaml").exists()
     ) + sorted(
         f"defaults/{p.name}"
         for p in (GOLDEN / "defaults").glob("*.json")
-        if p.stem not in DEFAULT_METHODS
+        if p.stem not in DEFAULT_METHODS + (PYTHON_API,)
     )
     assert not orphans, (
         f"tests/golden holds fingerprints of configs that are gone: {orphans}; delete them "
@@ -96,7 +105,7 @@ def test_a_new_config_without_a_golden_file_fails_saying_how_to_make_one(tmp_pat
     with pytest.raises(pytest.fail.Exception) as failure:
         check_against_golden(new)
     message = str(failure.value)
-    assert "configs/new_recipe.yaml has no golden fingerprint" in message
+    assert "configs/new_recipe.yaml: no golden fingerprint" in message
     assert "tests/golden/make_fingerprints.py configs/new_recipe.yaml" in message
 
 

@@ -16,7 +16,9 @@ Usage (from the repository root):
 
 Each file named is written: a config's tests/golden/<stem>.json, or with `--defaults` the
 built-in defaults of a method (`fit --set method.name=<method>` without a config file) in
-tests/golden/defaults/<method>.json; `--all` rewrites them all. Nothing else is touched.
+tests/golden/defaults/<method>.json, and with `--defaults python_api` the Python API's defaults
+(every loss class made with no argument, in an `AdversarialDistiller`) in
+tests/golden/defaults/python_api.json; `--all` rewrites them all. Nothing else is touched.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/, 
 from golden_fingerprints import (  # noqa: E402
     CONFIGS,
     DEFAULT_METHODS,
+    PYTHON_API,
     canonical_json,
     fingerprint,
     golden_path,
@@ -49,9 +52,10 @@ def main(argv=None) -> int:
         "--defaults",
         nargs="+",
         default=[],
-        choices=DEFAULT_METHODS,
+        choices=DEFAULT_METHODS + (PYTHON_API,),
         metavar="METHOD",
-        help=f"the built-in defaults of these methods ({', '.join(DEFAULT_METHODS)})",
+        help=f"the built-in defaults of these methods ({', '.join(DEFAULT_METHODS)}), or "
+        f"{PYTHON_API}: the Python API's (each loss class with no argument in a distiller)",
     )
     parser.add_argument("--all", action="store_true", help="every config and every method")
     args = parser.parse_args(argv)
@@ -62,7 +66,8 @@ def main(argv=None) -> int:
         if path.resolve().parent != CONFIGS:
             parser.error(f"{path} is not a file of {CONFIGS}: only shipped configs have goldens")
     jobs = [(path, None) for path in paths]
-    jobs += [(None, method) for method in (DEFAULT_METHODS if args.all else args.defaults)]
+    methods = DEFAULT_METHODS + (PYTHON_API,) if args.all else args.defaults
+    jobs += [(None, None if method == PYTHON_API else method) for method in methods]
     for path, method in jobs:
         text = canonical_json(fingerprint(path, method))
         out = golden_path(path, method)
