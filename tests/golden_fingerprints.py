@@ -13,6 +13,12 @@ the forwards in order), never how a config file spells them, so that a redesign 
 and of the objects changes this function only, and `tests/golden/*.json` stay byte-identical.
 `tests/test_golden_fingerprints.py` recomputes every one and compares; regenerating a golden file
 (`tests/golden/make_fingerprints.py`) is a behaviour change to justify in the commit message.
+
+Where today's code gives no object to read, this function mirrors its caller, and a change
+there goes unseen: the arguments `run.py` passes to `train_network` (the student's lr and
+milestones, the teacher's method, epochs, lr and milestones), the distiller's private
+`_forward_order`, and the settings of the evaluation and validation attacks beyond their
+report descriptions (their arithmetic is checked by the attack and reference tests).
 """
 
 from __future__ import annotations
@@ -196,12 +202,12 @@ def _training(cfg, *, method, epochs, lr, milestones, rates) -> dict:
     and the optimiser do not depend on them.
     """
     from dgad_tf import build
+    from dgad_tf.methods import METHOD_SPECS
 
-    needs_teacher = _stand_in_teacher_needed(method)
     distiller = build.build_distiller(
         cfg,
         student=_stand_in(),
-        teacher=_stand_in() if needs_teacher else None,
+        teacher=_stand_in() if METHOD_SPECS[method].needs_teacher else None,
         method=method,
         steps_per_epoch=1,
         epochs=epochs,
@@ -284,12 +290,6 @@ def _python_defaults() -> dict:
             **_step(distiller),
         }
     return {"kind": "python_defaults", "distillers": steps}
-
-
-def _stand_in_teacher_needed(method) -> bool:
-    from dgad_tf.methods import METHOD_SPECS
-
-    return METHOD_SPECS[method].needs_teacher
 
 
 def _forward(forward) -> dict:
