@@ -62,6 +62,12 @@ class AdversarialDistiller(keras.Model):
     and the accuracies. Sample weights and class weights are refused: every method's loss is its
     published formula, a sum over the batch divided by the global batch size.
 
+    `save` writes a `.keras` file that `keras.saving.load_model` reads back compiled, with the
+    optimiser's state (step count, momentum): `fit` on the loaded distiller continues as the
+    saved one would have. `save_weights` / `load_weights` work before and after `fit`. To keep
+    only the trained network, save the student (`dgad_tf.models.save_model(distiller.student,
+    path)`).
+
     Args:
         teacher: frozen Keras model with the student's input shape and number of classes, for
             the losses that distil (DGAD, AdaAD, ARD, RSLAD, IAD, AdaIAD); None for Clean,
@@ -139,6 +145,10 @@ class AdversarialDistiller(keras.Model):
         self._test_trackers = {
             n: keras.metrics.Mean(name=n) for n in ("clean_accuracy", "robust_accuracy")
         }
+        # The networks arrive built (their shapes are read above) and the distiller has no
+        # weights of its own: built now, so that `save_weights` and `save` work before and after
+        # `fit` as for any Keras model.
+        self.built = True
 
     def _discover_loss_keys(self, num_classes: int) -> list[str]:
         # The loss dict's keys define which metrics exist; they must be known before tracing.
@@ -190,6 +200,17 @@ class AdversarialDistiller(keras.Model):
                 "call compile(optimizer=...) with Keras's execution options only"
             )
         super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config):
+        """Compile from `get_compile_config()`, as `keras.saving.load_model` does on loading.
+
+        Keras skips this for a model whose `compile` is overridden (the loaded model would be
+        `compiled` without an optimizer); the optimiser's variables are created here so that
+        the saved ones (its step count, momentum) load into them and a loaded distiller's
+        `fit` continues where the saved one stopped.
+        """
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.student.trainable_variables)
 
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, keeping `self.epoch` at the epoch being trained (also on resume).

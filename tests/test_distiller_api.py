@@ -276,6 +276,47 @@ def test_get_config_and_from_config_rebuild_the_same_distiller():
     assert keras.saving.deserialize_keras_object(serialized).method_loss == losses.PGDAT()
 
 
+def _dgad_distiller():
+    keras.utils.set_random_seed(0)  # the same initial weights every time
+    distiller = AdversarialDistiller(
+        teacher=net("teacher", 16), student=net("student"), loss=losses.DGAD(), attack=PGD(eps=0.1)
+    )
+    distiller.compile(optimizer=TorchSGD(0.05, momentum=0.9))
+    return distiller
+
+
+def test_a_saved_and_loaded_distiller_continues_as_if_never_saved(tmp_path):
+    x, y = batch(32)
+    straight = _dgad_distiller()
+    straight.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    first = _dgad_distiller()
+    first.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    first.save(tmp_path / "distiller.keras")
+    loaded = keras.saving.load_model(tmp_path / "distiller.keras")
+    assert isinstance(loaded.optimizer, TorchSGD) and int(loaded.optimizer.iterations) == 4
+    loaded.fit(x, y, batch_size=8, epochs=2, initial_epoch=1, shuffle=False, verbose=0)
+    # The optimiser's momentum and step count (which keys the attack's random start) were
+    # saved: the second epoch after loading is the uninterrupted run's second epoch.
+    for expected, got in zip(weights(straight.student), weights(loaded.student)):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    assert int(loaded.optimizer.iterations) == 8
+
+
+def test_save_weights_and_load_weights_round_trip_before_and_after_fit(tmp_path):
+    x, y = batch(16)
+    distiller = _dgad_distiller()
+    distiller.save_weights(tmp_path / "before.weights.h5")
+    distiller.fit(x, y, batch_size=8, verbose=0)
+    distiller.save_weights(tmp_path / "after.weights.h5")
+    other = _dgad_distiller()
+    other.load_weights(tmp_path / "after.weights.h5")
+    for expected, got in zip(weights(distiller.student), weights(other.student)):
+        np.testing.assert_array_equal(got, expected)
+    other.load_weights(tmp_path / "before.weights.h5")
+    for expected, got in zip(weights(_dgad_distiller().student), weights(other.student)):
+        np.testing.assert_array_equal(got, expected)
+
+
 # --------------------------------------------------------------------------- compile and fit
 
 
