@@ -210,7 +210,10 @@ def _refuse_probabilities(role: str, network: keras.Model, outputs) -> None:
 def _warn_if_at_chance(teacher: keras.Model, outputs, y: np.ndarray, num_classes: int) -> None:
     predicted = np.argmax(np.asarray(tf.cast(outputs, tf.float32)), axis=-1)
     accuracy = float(np.mean(predicted == y))
-    if not at_chance_level(accuracy, num_classes, len(y)):
+    # On a batch so small that even a perfect teacher would not clear the threshold, say nothing.
+    if chance_threshold(num_classes, len(y)) >= 1 or not at_chance_level(
+        accuracy, num_classes, len(y)
+    ):
         return
     logits.warn(
         f"the teacher {teacher.name!r} is at chance level on the first training batch: clean "
