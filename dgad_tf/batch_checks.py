@@ -221,7 +221,10 @@ def _warn_if_at_chance(teacher: keras.Model, outputs, y: np.ndarray, num_classes
         f"exceed {chance_threshold(num_classes, len(y)):.1%}, the threshold of dgad_tf.fit). "
         "Distilling from it trains the student on noise: check that its class order is the "
         "data's, that it takes images in [0, 1] (normalisation inside the model), and that it "
-        "is the trained network"
+        "is the trained network",
+        # shown at the user's fit / train_on_batch call: warn < here < check_first_batch <
+        # the distiller's _check_first_batch < fit
+        stacklevel=6,
     )
 
 

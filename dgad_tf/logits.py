@@ -385,10 +385,13 @@ def require_gradients(model_fn, attacks):
         )
 
 
-def warn(message):
-    """Log `message` as a warning and raise it as a `RuntimeWarning` (the sanity checks' way)."""
+def warn(message, stacklevel: int = 3):
+    """Log `message` as a warning and raise it as a `RuntimeWarning` (the sanity checks' way).
+
+    `stacklevel` counts from this function (3: the caller's caller), as `warnings.warn`'s does.
+    """
     logger.warning(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
 
 
 def looks_like_probabilities(outputs, tolerance: float = _PROBABILITY_TOLERANCE) -> bool:

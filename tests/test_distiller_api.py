@@ -505,7 +505,9 @@ def test_a_teacher_at_chance_on_the_first_batch_is_warned_about_loudly(caplog):
     with pytest.warns(RuntimeWarning) as record:
         distiller.fit(x, y, batch_size=16, verbose=0)
     # dgad_tf.fit's threshold, by hand: 1/4 + 3 sqrt(1/4 * 3/4 / 16) = 0.5748
-    (message,) = [str(w.message) for w in record if "at chance level" in str(w.message)]
+    (warning,) = [w for w in record if "at chance level" in str(w.message)]
+    assert warning.filename == __file__  # shown at the user's `fit` call
+    message = str(warning.message)
     assert "the teacher 'constant_teacher' is at chance level" in message
     assert "accuracy 0.0% on 16 images, chance 25.0% (it must exceed 57.5%" in message
     assert any("at chance level" in r.getMessage() for r in caplog.records)
