@@ -55,12 +55,20 @@ class AdversarialDistiller(keras.Model):
     arguments only (`keras.distillation.Distiller` takes them positionally as (teacher, student),
     so a positional call is refused rather than guessed).
 
-    `fit` and `train_on_batch` take batches of (images in [0, 1], integer labels); the range of
-    the first batch the distiller trains on is checked once, before training
-    (`dgad_tf.batch_checks`). `compile` takes the
-    optimiser and Keras's execution options only: the loss is `loss`, the metrics are its terms
-    and the accuracies. Sample weights and class weights are refused: every method's loss is its
-    published formula, a sum over the batch divided by the global batch size.
+    `fit` and `train_on_batch` take batches of (images in [0, 1], integer class labels); the
+    images may be a one-entry dict keyed by the student's input name, `({"image": x}, y)`. The
+    first batch the distiller trains on is checked once, before training
+    (`dgad_tf.batch_checks`): the images' range, the labels, that both networks return logits
+    rather than probabilities, and (a warning) that the teacher beats chance on it. `compile`
+    takes the optimiser and Keras's execution options only: the loss is `loss`, the metrics are
+    its terms and the accuracies. Sample weights and class weights are refused: every method's
+    loss is its published formula, a sum over the batch divided by the global batch size.
+
+    `save` writes a `.keras` file that `keras.saving.load_model` reads back compiled, with the
+    optimiser's state (step count, momentum): `fit` on the loaded distiller continues as the
+    saved one would have. `save_weights` / `load_weights` work before and after `fit`. To keep
+    only the trained network, save the student (`dgad_tf.models.save_model(distiller.student,
+    path)`).
 
     Args:
         teacher: frozen Keras model with the student's input shape and number of classes, for
@@ -127,7 +135,7 @@ class AdversarialDistiller(keras.Model):
         self.seed = int(seed)
         # The epoch Keras is training (set by `fit`); IAD's introspection starts after warm-up.
         self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch")
-        self._input_range_checked = False
+        self._first_batch_checked = False
 
         self._loss_keys = self._discover_loss_keys(student.output_shape[-1])
         names = ["loss"] + [k for k in self._loss_keys if k != "total"]
@@ -139,6 +147,10 @@ class AdversarialDistiller(keras.Model):
         self._test_trackers = {
             n: keras.metrics.Mean(name=n) for n in ("clean_accuracy", "robust_accuracy")
         }
+        # The networks arrive built (their shapes are read above) and the distiller has no
+        # weights of its own: built now, so that `save_weights` and `save` work before and after
+        # `fit` as for any Keras model.
+        self.built = True
 
     def _discover_loss_keys(self, num_classes: int) -> list[str]:
         # The loss dict's keys define which metrics exist; they must be known before tracing.
@@ -191,37 +203,56 @@ class AdversarialDistiller(keras.Model):
             )
         super().compile(optimizer=optimizer, **kwargs)
 
+    def compile_from_config(self, config):
+        """Compile from `get_compile_config()`, as `keras.saving.load_model` does on loading.
+
+        Keras skips this for a model whose `compile` is overridden (the loaded model would be
+        `compiled` without an optimizer); the optimiser's variables are created here so that
+        the saved ones (its step count, momentum) load into them and a loaded distiller's
+        `fit` continues where the saved one stopped.
+        """
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.student.trainable_variables)
+
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, keeping `self.epoch` at the epoch being trained (also on resume).
 
-        The first call that trains this distiller checks its first batch's images are in
-        [0, 1] before training starts (later calls, a resumed or hyperband fit, check nothing).
+        The first call that trains this distiller checks its first batch before training
+        starts (`dgad_tf.batch_checks.check_first_batch`; later calls, a resumed or hyperband
+        fit, check nothing).
 
         Raises:
-            ValueError: for `sample_weight` or `class_weight`, or images outside [0, 1].
+            ValueError: for `sample_weight` or `class_weight`; on the first batch, images outside
+                [0, 1], labels that are not class indices of the student's classes, or a teacher
+                or student returning probabilities instead of logits.
+
+        Warns:
+            RuntimeWarning (also logged): the teacher is at chance level on the first batch.
         """
         bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
         arguments = dict(bound.arguments)
         del arguments["self"]
         batch_checks.refuse_weights(arguments)
-        if not self._input_range_checked:
-            arguments["x"], images = batch_checks.first_batch(
-                arguments.get("x"), arguments.get("batch_size")
+        if not self._first_batch_checked:
+            arguments["x"], batch = batch_checks.first_batch(
+                arguments.get("x"), arguments.get("y"), arguments.get("batch_size")
             )
-            if images is not None:
-                batch_checks.check_unit_range(images)
-                self._input_range_checked = True
+            if batch is not None:
+                self._check_first_batch(*batch)
         callbacks = list(arguments.get("callbacks") or []) + [_EpochVariable(self.epoch)]
         arguments["callbacks"] = callbacks
         return super().fit(**arguments)
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
-        """`keras.Model.train_on_batch`; the first call checks its images are in [0, 1]."""
+        """`keras.Model.train_on_batch`; the first training call checks its batch as `fit` does."""
         batch_checks.refuse_weights({"sample_weight": sample_weight, "class_weight": class_weight})
-        if not self._input_range_checked:
-            batch_checks.check_unit_range(x)
-            self._input_range_checked = True
+        if not self._first_batch_checked:
+            self._check_first_batch(x, y)
         return super().train_on_batch(x, y, return_dict=return_dict)
+
+    def _check_first_batch(self, inputs, labels):
+        batch_checks.check_first_batch(inputs, labels, student=self.student, teacher=self.teacher)
+        self._first_batch_checked = True
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Under a distribution strategy Keras 3 reduces one real batch across replicas only to
@@ -277,7 +308,7 @@ class AdversarialDistiller(keras.Model):
 
     def train_step(self, data):
         batch_checks.check_structure(data, self.student)  # Python, at tracing: not per step
-        x, y = data[0], data[1]
+        x, y = batch_checks.batch_images(data[0], self.student), data[1]
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
         replica_context = tf.distribute.get_replica_context()
         replicas = replica_context.num_replicas_in_sync
@@ -426,7 +457,7 @@ class AdversarialDistiller(keras.Model):
             self._train_trackers["teacher_adv_accuracy"].update_state(correct(forwards["t_adv"]))
 
     def test_step(self, data):
-        x, y = data[0], data[1]
+        x, y = batch_checks.batch_images(data[0], self.student), data[1]
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
         logits = self.student(x, training=False)
         clean = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)

@@ -114,7 +114,7 @@ def main(argv=None):
     except serving.ExportVerificationError as error:
         print(f"export failed verification, nothing written: {error}", file=sys.stderr)
         return 1
-    except (ValueError, rundir.FolderBusy) as error:
+    except (ValueError, rundir.FolderBusy, serving.ExportDiskFull) as error:
         return cli.error(str(error))
     print_summary(card, pathlib.Path(args.out) / str(card["version"]))
     return 0

@@ -349,12 +349,17 @@ def check_inputs(model_fn, x, y):
     if not len(x):
         return x, y, None
     num_classes = output_classes(model_fn(tf.constant(x[:2])), 2 if len(x) > 1 else 1, model_fn)
-    if y.max() >= num_classes:
+    check_label_range(y, num_classes)
+    return x, y, num_classes
+
+
+def check_label_range(y, num_classes: int) -> None:
+    """Raise ValueError if class indices `y` (from `class_labels`) reach `num_classes`."""
+    if len(y) and y.max() >= num_classes:
         raise ValueError(
             f"`y` holds label {int(y.max())} but the model has {num_classes} classes "
             f"(labels 0..{num_classes - 1})"
         )
-    return x, y, num_classes
 
 
 def output_classes(outputs, n, model_fn=None) -> int:
@@ -380,10 +385,35 @@ def require_gradients(model_fn, attacks):
         )
 
 
-def warn(message):
-    """Log `message` as a warning and raise it as a `RuntimeWarning` (the sanity checks' way)."""
+def warn(message, stacklevel: int = 3):
+    """Log `message` as a warning and raise it as a `RuntimeWarning` (the sanity checks' way).
+
+    `stacklevel` counts from this function (3: the caller's caller), as `warnings.warn`'s does.
+    """
     logger.warning(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+
+
+def looks_like_probabilities(outputs, tolerance: float = _PROBABILITY_TOLERANCE) -> bool:
+    """Whether model outputs `[N, classes]` are probabilities: rows non-negative summing to 1.
+
+    Logits of a trained or freshly initialised network are not: some are negative, or the rows
+    sum to something else. Reference AutoAttack warns on the same test; `AdversarialDistiller`
+    refuses such a teacher or student on its first training batch.
+
+    Args:
+        outputs: a model's outputs on a batch (array or tensor).
+        tolerance: how far from [0, 1] and from a sum of 1 a value may be (a float16 softmax
+            sums to 1 only within its precision). Defaults to 1e-5.
+    """
+    values = np.asarray(outputs, dtype=np.float64)
+    if values.ndim != 2 or not values.size:
+        return False
+    return bool(
+        values.max() < 1.0 + tolerance
+        and values.min() > -tolerance
+        and np.all(np.abs(values.sum(-1) - 1.0) < tolerance)
+    )
 
 
 def check_model_outputs(model_fn, x, labels, n_calls=3):
@@ -397,11 +427,7 @@ def check_model_outputs(model_fn, x, labels, n_calls=3):
     ]
     first = outputs[0]
     num_classes = output_classes(first, len(x), model_fn)
-    if (
-        first.max() < 1.0 + _PROBABILITY_TOLERANCE
-        and first.min() > -_PROBABILITY_TOLERANCE
-        and np.all(np.abs(first.sum(-1) - 1.0) < _PROBABILITY_TOLERANCE)
-    ):
+    if looks_like_probabilities(first):
         warn(
             "the model's outputs look like a probability distribution; AutoAttack needs "
             "logits (remove the final softmax)."

@@ -268,13 +268,49 @@ def save_model_atomic(model: keras.Model, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: save_model(model, tmp))
 
 
-def read_state_meta(run_dir: str | os.PathLike) -> dict | None:
-    """The metadata of a run directory's `train_state.npz` (epoch, bests), or None if absent."""
-    state_path = pathlib.Path(run_dir) / STATE_FILE
+def read_state_meta(run_dir: str | os.PathLike, *, verify: bool = False) -> dict | None:
+    """The metadata of a run directory's `train_state.npz` (epoch, bests), or None if absent.
+
+    Args:
+        run_dir: the run folder.
+        verify: also read every array the metadata lists, so that a damaged file is found
+            before a resume writes anything (`check_run_dir` does). Defaults to False.
+
+    Raises:
+        RunError: the file is damaged (truncated, not an archive, a member corrupt or missing),
+            naming it and how to go on.
+    """
+    run_dir = pathlib.Path(run_dir)
+    state_path = run_dir / STATE_FILE
     if not state_path.exists():
         return None
-    with np.load(state_path) as state:
-        return json.loads(str(state["meta"]))
+    try:
+        with np.load(state_path, allow_pickle=False) as state:
+            meta = json.loads(str(state["meta"]))
+            if verify:
+                names = [f"student_{i}" for i in range(int(meta["num_student"]))]
+                names += [f"optimizer_{i}" for i in range(int(meta["num_optimizer"]))]
+                for name in names:
+                    state[name]  # reading checks the member's CRC
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+        raise _damaged_state(run_dir, f"{type(err).__name__}: {err}") from err
+    return meta
+
+
+def _damaged_state(run_dir: pathlib.Path, reason: str) -> RunError:
+    teacher = run_dir / TEACHER_FILE
+    reuse = (
+        f", and model.teacher_path={teacher} reuses the teacher trained there"
+        if teacher.is_file()
+        else ""
+    )
+    return RunError(
+        f"{run_dir / STATE_FILE} is damaged ({reason}), so the run in {run_dir} cannot resume "
+        "from it (the file holds the optimiser state and the epoch to continue after); nothing "
+        f"was changed there. To go on, re-run with another output.dir to train from the start"
+        f"{reuse}; the student checkpoints in {run_dir} stay usable as they are (python -m "
+        f"dgad_tf.evaluate --model {run_dir})"
+    )
 
 
 def holds_previous(folder: pathlib.Path, identity_file: str) -> bool:
@@ -322,6 +358,7 @@ def check_run_dir(cfg: Config, run_dir: pathlib.Path):
                 f"output.dir {run_dir} holds a run with a different config; choose "
                 "another output.dir (nothing was changed there)"
             )
+        read_state_meta(run_dir, verify=True)  # the run resumes from it: it must be intact
 
 
 def teacher_path_for(cfg: Config, run_dir: pathlib.Path) -> pathlib.Path:

@@ -276,6 +276,47 @@ def test_get_config_and_from_config_rebuild_the_same_distiller():
     assert keras.saving.deserialize_keras_object(serialized).method_loss == losses.PGDAT()
 
 
+def _dgad_distiller():
+    keras.utils.set_random_seed(0)  # the same initial weights every time
+    distiller = AdversarialDistiller(
+        teacher=net("teacher", 16), student=net("student"), loss=losses.DGAD(), attack=PGD(eps=0.1)
+    )
+    distiller.compile(optimizer=TorchSGD(0.05, momentum=0.9))
+    return distiller
+
+
+def test_a_saved_and_loaded_distiller_continues_as_if_never_saved(tmp_path):
+    x, y = batch(32)
+    straight = _dgad_distiller()
+    straight.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    first = _dgad_distiller()
+    first.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    first.save(tmp_path / "distiller.keras")
+    loaded = keras.saving.load_model(tmp_path / "distiller.keras")
+    assert isinstance(loaded.optimizer, TorchSGD) and int(loaded.optimizer.iterations) == 4
+    loaded.fit(x, y, batch_size=8, epochs=2, initial_epoch=1, shuffle=False, verbose=0)
+    # The optimiser's momentum and step count (which keys the attack's random start) were
+    # saved: the second epoch after loading is the uninterrupted run's second epoch.
+    for expected, got in zip(weights(straight.student), weights(loaded.student)):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    assert int(loaded.optimizer.iterations) == 8
+
+
+def test_save_weights_and_load_weights_round_trip_before_and_after_fit(tmp_path):
+    x, y = batch(16)
+    distiller = _dgad_distiller()
+    distiller.save_weights(tmp_path / "before.weights.h5")
+    distiller.fit(x, y, batch_size=8, verbose=0)
+    distiller.save_weights(tmp_path / "after.weights.h5")
+    other = _dgad_distiller()
+    other.load_weights(tmp_path / "after.weights.h5")
+    for expected, got in zip(weights(distiller.student), weights(other.student)):
+        np.testing.assert_array_equal(got, expected)
+    other.load_weights(tmp_path / "before.weights.h5")
+    for expected, got in zip(weights(_dgad_distiller().student), weights(other.student)):
+        np.testing.assert_array_equal(got, expected)
+
+
 # --------------------------------------------------------------------------- compile and fit
 
 
@@ -378,3 +419,180 @@ def test_only_the_first_training_call_reads_a_batch_more():
     distiller.fit(dataset, epochs=1, verbose=0)
     assert len(passes) == 3  # training only
     assert int(distiller.optimizer.iterations) == 4
+
+
+# --------------------------------------------------------------------------- the first batch
+
+
+def softmax_net(name, separate_layer):
+    inputs = keras.Input((6, 6, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, padding="same")(inputs))
+    if separate_layer:
+        outputs = keras.layers.Softmax()(keras.layers.Dense(4)(x))
+    else:
+        outputs = keras.layers.Dense(4, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def dgad(teacher=None, student=None):
+    distiller = AdversarialDistiller(
+        teacher=teacher or net("teacher", 16),
+        student=student or net("student"),
+        loss=losses.DGAD(),
+        attack=PGD(eps=0.1, steps=1),
+    )
+    distiller.compile(optimizer=TorchSGD(0.05))
+    return distiller
+
+
+def fit_once(distiller, x, y, form):
+    if form == "arrays":
+        distiller.fit(x, y, batch_size=8, verbose=0)
+    elif form == "dataset":
+        distiller.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), verbose=0)
+    else:
+        distiller.train_on_batch(x, y)
+
+
+def assert_untrained(distiller, before):
+    assert int(distiller.optimizer.iterations) == 0
+    for b, a in zip(before, weights(distiller.student)):
+        np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.parametrize("form", ["arrays", "dataset", "train_on_batch"])
+@pytest.mark.parametrize("role", ["teacher", "student"])
+@pytest.mark.parametrize("separate_layer", [False, True], ids=["activation", "layer"])
+def test_a_network_returning_probabilities_is_refused_before_the_first_step(
+    role, form, separate_layer
+):
+    distiller = dgad(**{role: softmax_net(f"softmax_{role}", separate_layer)})
+    before = weights(distiller.student)
+    x, y = batch()
+    with pytest.raises(
+        ValueError, match=rf"the {role} 'softmax_{role}' returns probabilities.*final softmax"
+    ):
+        fit_once(distiller, x, y, form)
+    assert_untrained(distiller, before)
+
+
+def test_a_softmax_student_is_refused_without_a_teacher_too():
+    distiller = AdversarialDistiller(
+        student=softmax_net("s", False), loss=losses.PGDAT(), attack=PGD(eps=0.1, steps=1)
+    )
+    distiller.compile(optimizer=TorchSGD(0.05))
+    x, y = batch()
+    with pytest.raises(ValueError, match="student 's' returns probabilities"):
+        distiller.fit(x, y, batch_size=8, verbose=0)
+    assert int(distiller.optimizer.iterations) == 0
+
+
+def constant_teacher(predicted_class):
+    """A teacher that predicts `predicted_class` for every image (logits, not probabilities)."""
+    inputs = keras.Input((6, 6, 1))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    bias = np.where(np.arange(4) == predicted_class, 3.0, -1.0)
+    dense = keras.layers.Dense(4, kernel_initializer="zeros", bias_initializer="zeros")
+    outputs = dense(pooled)
+    dense.bias.assign(bias)
+    return keras.Model(inputs, outputs, name="constant_teacher")
+
+
+def test_a_teacher_at_chance_on_the_first_batch_is_warned_about_loudly(caplog):
+    x, _ = batch(16)
+    y = np.array([1, 2, 3, 1] * 4)  # the teacher always says 0: accuracy 0 on 16 images
+    distiller = dgad(teacher=constant_teacher(0))
+    with pytest.warns(RuntimeWarning) as record:
+        distiller.fit(x, y, batch_size=16, verbose=0)
+    # dgad_tf.fit's threshold, by hand: 1/4 + 3 sqrt(1/4 * 3/4 / 16) = 0.5748
+    (warning,) = [w for w in record if "at chance level" in str(w.message)]
+    assert warning.filename == __file__  # shown at the user's `fit` call
+    message = str(warning.message)
+    assert "the teacher 'constant_teacher' is at chance level" in message
+    assert "accuracy 0.0% on 16 images, chance 25.0% (it must exceed 57.5%" in message
+    assert any("at chance level" in r.getMessage() for r in caplog.records)
+    assert int(distiller.optimizer.iterations) == 1  # a warning: the batch still trains
+
+
+def test_a_teacher_above_chance_on_the_first_batch_gives_no_warning(recwarn):
+    x, _ = batch(16)
+    y = np.array([0] * 10 + [1] * 6)  # the teacher's 0 is right on 10 of 16 = 62.5% > 57.5%
+    dgad(teacher=constant_teacher(0)).fit(x, y, batch_size=16, verbose=0)
+    # One image cannot tell: 1/4 + 3 sqrt(3/16) = 1.55, more than a perfect teacher scores.
+    dgad(teacher=constant_teacher(0)).fit(x[:1], y[:1], batch_size=1, verbose=0)
+    assert not [w for w in recwarn if "chance" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    "labels, problem",
+    [
+        (lambda y: np.eye(4, dtype=np.float32)[y], r"shape \(8, 4\) \(one-hot\? pass y.argmax"),
+        (lambda y: np.where(y == 0, 4, y), r"label 4 but the model has 4 classes"),
+        (lambda y: np.where(y == 0, -1, y), r"label -1; class indices start at 0"),
+        (lambda y: y + 0.5, r"integer class indices; received dtype float64"),
+    ],
+    ids=["one_hot", "too_large", "negative", "fractional"],
+)
+@pytest.mark.parametrize("form", ["arrays", "dataset", "train_on_batch"])
+def test_labels_that_are_not_class_indices_are_refused_before_the_first_step(labels, problem, form):
+    distiller = dgad()
+    before = weights(distiller.student)
+    x, y = batch(8)
+    y[0] = 0  # every case changes something
+    with pytest.raises(ValueError, match=rf"labels 0..3, one per image.*{problem}.*argmax"):
+        fit_once(distiller, x, labels(y), form)
+    assert_untrained(distiller, before)
+
+
+def test_labels_as_a_column_or_whole_floats_train_like_integer_labels():
+    x, y = batch(16)
+    trained = []
+    for labels in (y, y[:, None], y.astype(np.float32)):
+        keras.utils.set_random_seed(0)
+        distiller = dgad()
+        distiller.fit(x, labels, batch_size=8, shuffle=False, verbose=0)
+        trained.append(weights(distiller.student))
+    for other in trained[1:]:
+        for a, b in zip(trained[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def named_net(name, input_name="image"):
+    inputs = keras.Input((6, 6, 1), name=input_name)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, padding="same")(inputs))
+    return keras.Model(inputs, keras.layers.Dense(4)(x), name=name)
+
+
+def test_images_keyed_by_the_students_input_name_train_as_a_tensor_would():
+    x, y = batch(16)
+    results = []
+    for keyed in (False, True):
+        keras.utils.set_random_seed(0)
+        distiller = dgad(teacher=net("teacher", 16), student=named_net("student"))
+        data = ({"image": x}, y) if keyed else (x, y)
+        train = tf.data.Dataset.from_tensor_slices(data).batch(8)
+        history = distiller.fit(train, validation_data=train, verbose=0)
+        results.append((weights(distiller.student), history.history))
+    (tensor_weights, tensor_logs), (dict_weights, dict_logs) = results
+    for a, b in zip(tensor_weights, dict_weights):
+        np.testing.assert_array_equal(a, b)
+    assert dict_logs == tensor_logs and "val_robust_accuracy" in dict_logs
+
+
+@pytest.mark.parametrize(
+    "inputs, problem",
+    [
+        (lambda x: {"img": x}, r"keys \['img'\] and the student takes one input, named 'image'"),
+        (lambda x: {"image": x, "extra": x}, r"keys \['extra', 'image'\]"),
+    ],
+    ids=["other_key", "two_entries"],
+)
+def test_a_dict_of_images_the_student_does_not_name_is_refused_before_the_first_step(
+    inputs, problem
+):
+    distiller = dgad(teacher=net("teacher", 16), student=named_net("student"))
+    before = weights(distiller.student)
+    x, y = batch(8)
+    with pytest.raises(ValueError, match=rf"one image tensor per batch.*{problem}.*dataset.map"):
+        distiller.fit(tf.data.Dataset.from_tensor_slices((inputs(x), y)).batch(8), verbose=0)
+    assert_untrained(distiller, before)

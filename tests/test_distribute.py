@@ -451,3 +451,76 @@ def test_restarted_workers_resume_from_their_own_state(tmp_path):
     outputs, _ = _two_workers(tmp_path, out)
     for output in outputs:
         assert "already finished 1 epochs" in output, output[-2000:]
+
+
+# ------------------------------------------------------------------ first batch, 2 replicas
+
+# The first-batch checks run in Python on the undistributed batch before Keras distributes it:
+# under MirroredStrategy they refuse and warn as on one device, and a dict batch trains.
+FIRST_BATCH_SCRIPT = textwrap.dedent("""
+    import json, warnings
+    from dgad_tf import distribute
+    from dgad_tf.config import DistributeConfig
+    mirrored = distribute.make_strategy(DistributeConfig(strategy="mirrored", logical_cpus=2))
+    import keras, numpy as np, tensorflow as tf
+    from dgad_tf import losses
+    from dgad_tf.attacks import PGD
+    from dgad_tf.distiller import AdversarialDistiller
+    from dgad_tf.optim import TorchSGD
+
+    def net(name, activation=None):
+        inputs = keras.Input((6, 6, 1), name="image")
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+        return keras.Model(inputs, keras.layers.Dense(4, activation=activation)(x), name=name)
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (16, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 4, 16)
+
+    def fit(data, teacher_activation=None):
+        with mirrored.scope():
+            distiller = AdversarialDistiller(
+                teacher=net("teacher", teacher_activation), student=net("student"),
+                loss=losses.DGAD(), attack=PGD(eps=0.1, steps=1))
+            distiller.compile(optimizer=TorchSGD(0.05))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                distiller.fit(tf.data.Dataset.from_tensor_slices(data).batch(8), verbose=0)
+                error = None
+            except ValueError as err:
+                error = str(err)
+        return dict(replicas=mirrored.num_replicas_in_sync, error=error,
+                    steps=int(keras.ops.convert_to_numpy(distiller.optimizer.iterations)),
+                    chance_warned=any("chance level" in str(w.message) for w in caught))
+
+    out = {"softmax_teacher": fit((x, y), "softmax"),
+           "one_hot": fit((x, np.eye(4, dtype=np.float32)[y])),
+           "dict": fit(({"image": x}, y))}
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_first_batch_checks_refuse_and_a_dict_batch_trains_under_two_replicas(tmp_path):
+    script = tmp_path / "first_batch.py"
+    script.write_text(FIRST_BATCH_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT ") :])
+    assert {entry["replicas"] for entry in out.values()} == {2}
+    assert "teacher 'teacher' returns probabilities" in out["softmax_teacher"]["error"]
+    assert "one-hot" in out["one_hot"]["error"]
+    for case in ("softmax_teacher", "one_hot"):
+        assert out[case]["steps"] == 0
+    # An untrained teacher is at chance on random labels: warned, and the batches train.
+    assert out["dict"]["error"] is None and out["dict"]["steps"] == 2
+    assert out["dict"]["chance_warned"]

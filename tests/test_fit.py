@@ -397,3 +397,35 @@ def test_rslad_selection_before_its_first_evaluated_epoch_reports_the_last(tmp_p
     # log.csv's "nan" (not measured that epoch) is null in report.json.
     assert [row["test_pgd20_accuracy"] for row in report["history"]] == [None, None]
     assert not (run_dir / "student_best_test_pgd20.keras").exists()
+
+
+def _damaged_state_file(path, damage):
+    arrays = {f"student_{i}": np.full((64, 64), i, np.float32) for i in range(2)}
+    arrays["meta"] = np.array(json.dumps({"epoch": 1, "num_student": 2, "num_optimizer": 0}))
+    np.savez(path, **arrays)
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:  # one flipped byte in the middle of the first array: its CRC no longer matches
+        data[len(data) // 4] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped_byte"])
+def test_a_damaged_training_state_is_named_and_nothing_is_touched(tmp_path, capsys, damage):
+    from dgad_tf.config import load_config
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    overrides = TINY + [f"output.dir={run_dir}", "method.name=pgd_at", "output.quiet=true"]
+    (run_dir / "config.yaml").write_text(load_config(None, overrides).to_yaml())
+    (run_dir / "student_last.keras").write_bytes(b"earlier epochs")
+    (run_dir / "log.csv").write_text("epoch,loss\n1,2.0\n")
+    _damaged_state_file(run_dir / "train_state.npz", damage)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()}
+
+    assert main(args(run_dir, "method.name=pgd_at")) == 2
+    err = capsys.readouterr().err
+    assert f"{run_dir / 'train_state.npz'} is damaged" in err
+    assert "another output.dir" in err and "Traceback" not in err
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()} == before

@@ -6,14 +6,17 @@ extra export against the Keras model, NumPy and hashlib. The attack is the stand
 serving_helpers, so these tests do not depend on dgad_tf.attacks.
 """
 
+import errno
 import hashlib
 import json
+import os
 import pathlib
 
 import keras
 import numpy as np
 import pytest
 import serving_helpers
+import tensorflow as tf
 from serving_helpers import N_EVAL, keras_probabilities
 
 from dgad_tf import export as export_cli
@@ -125,6 +128,56 @@ def test_corrupted_tflite_artifact_fails_verification(student, tmp_path, monkeyp
     with pytest.raises(serving.ExportVerificationError, match="tflite_float"):
         serving.export_student(student, tmp_path / "m", formats="tflite_float")
     assert list((tmp_path / "m").iterdir()) == []
+
+
+def _mount_point(path):
+    path = pathlib.Path(path).absolute()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+@pytest.mark.parametrize(
+    "disk_full",
+    [
+        lambda path: OSError(errno.ENOSPC, "No space left on device", str(path)),
+        # what TensorFlow's SaveV2 raised on a full 400 kB tmpfs
+        lambda path: tf.errors.ResourceExhaustedError(
+            None, None, f"{{{{function_node SaveV2}}}} {path}; No space left on device [Op:SaveV2]"
+        ),
+    ],
+    ids=["OSError", "tf_ResourceExhaustedError"],
+)
+def test_a_full_disk_is_one_line_naming_the_disk_and_the_space_and_changes_nothing(
+    run_dir, student, tmp_path, monkeypatch, capsys, disk_full
+):
+    base = tmp_path / "m"
+    serving.export_student(student, base, formats="tflite_float")
+    before = _tree_hashes(base)
+
+    def half_written_then_full(model, folder, image_shape):
+        (pathlib.Path(folder) / "variables").mkdir()
+        partial = pathlib.Path(folder) / "variables" / "variables.data-00000-of-00001"
+        partial.write_bytes(b"half")
+        raise disk_full(partial)
+
+    monkeypatch.setattr(serving.verify, "save_serving_model", half_written_then_full)
+    model = str(run_dir / "student_last.keras")
+    command = ["--model", model, "--out", str(base), "--formats", "saved_model", "--eval-n", "0"]
+    assert export_cli.main(command) == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr
+    # Two float32 copies of the weights for a SavedModel, plus 1 MiB for graphs and the card.
+    needed = (sum(int(np.prod(w.shape)) for w in student.weights) * 4 * 2 + 2**20) / 2**20
+    assert f"no space left on the disk mounted at {_mount_point(tmp_path)} " in errors[0]
+    assert f"needs about {needed:.3g} MB there and " in errors[0]
+    assert "MB are free" in errors[0] and "another --out" in errors[0]
+    assert [p.name for p in base.iterdir()] == ["1"] and _tree_hashes(base) == before
+    with pytest.raises(serving.ExportDiskFull) as raised:
+        serving.export_student(student, base, formats="saved_model")
+    assert raised.value.errno == errno.ENOSPC
+    assert [p.name for p in base.iterdir()] == ["1"] and _tree_hashes(base) == before
 
 
 # --- model card ------------------------------------------------------------------------------
