@@ -6,13 +6,13 @@ Each test drives a command's real `main` (the code `python -m dgad_tf.<command>`
 
 import json
 import pathlib
-import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
 from serving_helpers import write_broken_model
+from subprocesses import run_command
 
 from dgad_tf import evaluate as evaluate_cli
 from dgad_tf import export as export_cli
@@ -300,11 +300,8 @@ def test_fit_refuses_an_output_dir_it_cannot_create(tmp_path, capsys, where):
 
 def evaluate_in_a_new_process(*args):
     """`python -m dgad_tf.evaluate ARGS` in a fresh interpreter; returns the CompletedProcess."""
-    return subprocess.run(
+    return run_command(
         [sys.executable, "-m", "dgad_tf.evaluate", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
         cwd=REPO,
     )
 
@@ -420,7 +417,7 @@ def test_fit_prints_one_plain_line_per_epoch_when_stdout_is_not_a_terminal(tmp_p
         f"output.dir={tmp_path / 'run'}",
     ):
         command += ["--set", item]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = run_command(command, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\r" not in proc.stdout and "\x08" not in proc.stdout
     assert [line for line in proc.stdout.splitlines() if line.startswith("Epoch ")] == [

@@ -11,6 +11,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from subprocesses import run_command
 
 from dgad_tf.fit import main
 
@@ -214,7 +215,7 @@ def test_teacher_with_permuted_classes_is_refused_before_writing(tmp_path, digit
     command = [sys.executable, "-m", "dgad_tf.fit"] + args(
         run_dir, "method.name=dgad", f"model.teacher_path={permuted_path}"
     )
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_command(command, cwd=REPO, env=env)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "model.teacher_path" in proc.stderr and "chance" in proc.stderr
     assert str(permuted_path) in proc.stderr
