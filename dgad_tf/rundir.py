@@ -31,6 +31,7 @@ import zipfile
 from typing import TYPE_CHECKING
 
 import numpy as np
+import yaml
 
 from dgad_tf.config import Config, ConfigError, load_config
 
@@ -310,8 +311,18 @@ def first_difference(old, new, prefix=""):
 
 
 def check_run_dir(cfg: Config, run_dir: pathlib.Path):
-    """A run directory is new, or holds this same config (then the run resumes)."""
+    """A run directory is new, or holds this same config (then the run resumes).
+
+    A run folder that has lost its `config.yaml` but holds a training state or a report
+    resumes when either records this same config; the run then writes `config.yaml` back.
+
+    Raises:
+        RunError: the folder holds another run, or a run whose config is unknown.
+    """
     existing = run_dir / CONFIG_FILE
+    if run_dir.is_dir() and not existing.exists() and _holds_training(run_dir):
+        _check_lost_config(cfg, run_dir)
+        return
     if holds_previous(run_dir, CONFIG_FILE):
         try:
             previous = load_config(existing)
@@ -322,6 +333,67 @@ def check_run_dir(cfg: Config, run_dir: pathlib.Path):
                 f"output.dir {run_dir} holds a run with a different config; choose "
                 "another output.dir (nothing was changed there)"
             )
+
+
+def _holds_training(run_dir: pathlib.Path) -> bool:
+    return (run_dir / STATE_FILE).is_file() or (run_dir / REPORT_FILE).is_file()
+
+
+def _check_lost_config(cfg: Config, run_dir: pathlib.Path) -> None:
+    """`run_dir` holds a run but no config.yaml: go on only if its records name `cfg`.
+
+    Writing config.yaml back from the record alone would resume a run under settings the user
+    did not ask for; resuming under the user's config without a record could mix two
+    configs in one run. So the run resumes (and `run` writes config.yaml back) only when the
+    training state's recorded config, or the report's config hash, is this config's.
+    """
+    lost = f"output.dir {run_dir} holds a run but its config.yaml is missing"
+    try:
+        recorded = (read_state_meta(run_dir) or {}).get("config")
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise RunError(f"{lost}, and its {STATE_FILE} cannot be read ({err})") from err
+    if recorded is not None:
+        if hashlib.sha256(recorded.encode()).hexdigest() == cfg.hash():
+            log.warning(
+                "%s; its %s records this same config: config.yaml is written back and the "
+                "run resumes",
+                lost,
+                STATE_FILE,
+            )
+            return
+        previous, current = yaml.safe_load(recorded), yaml.safe_load(cfg.to_yaml())
+        key = first_difference(previous, current)
+        raise RunError(
+            f"{lost}, and the config its {STATE_FILE} records differs from this one at `{key}` "
+            f"({_value_at(previous, key)!r} there, {_value_at(current, key)!r} here); re-run "
+            "with the run's own config to resume it (config.yaml is then written back), or "
+            "choose another output.dir (nothing was changed there)"
+        )
+    report = run_dir / REPORT_FILE
+    if report.is_file():
+        try:
+            digest = json.loads(report.read_text()).get("config_sha256")
+        except (OSError, ValueError):
+            digest = None
+        if digest == cfg.hash():
+            log.warning(
+                "%s; its %s names this same config (sha256): config.yaml is written back",
+                lost,
+                REPORT_FILE,
+            )
+            return
+    raise RunError(
+        f"{lost}, and nothing there records this config (its {STATE_FILE} predates recording "
+        f"it, or was written for another config). If it is this command's run, write the "
+        f"config back with the same command plus `--print-config > {run_dir / CONFIG_FILE}` "
+        "and re-run; otherwise choose another output.dir (nothing was changed there)"
+    )
+
+
+def _value_at(values, dotted: str):
+    for key in dotted.split("."):
+        values = values.get(key) if isinstance(values, dict) else None
+    return values
 
 
 def teacher_path_for(cfg: Config, run_dir: pathlib.Path) -> pathlib.Path:
