@@ -396,6 +396,47 @@ def _value_at(values, dotted: str):
     return values
 
 
+def check_data_path(cfg: Config) -> None:
+    """`data.path` exists when `data.source` reads files (npz, folder, tinyimagenet).
+
+    The commands call this before they load TensorFlow, so a mistyped path is refused at once;
+    the loaders in `dgad_tf.data` check it again for Python callers.
+
+    Raises:
+        RunError: naming `data.path`.
+    """
+    d = cfg.data
+    if d.source in ("npz", "folder", "tinyimagenet") and d.path and not os.path.exists(d.path):
+        raise RunError(
+            f"data.path {d.path} does not exist (data.source={d.source}); give the path of "
+            "the dataset, or another data.source"
+        )
+
+
+def check_teacher_file(cfg: Config, run_dir: pathlib.Path) -> bool:
+    """The teacher file is a whole `.keras` archive, or one can be trained (no TensorFlow).
+
+    Returns:
+        Whether the teacher file exists (`build.check_teacher` then loads it).
+
+    Raises:
+        RunError: naming `model.teacher_path`.
+    """
+    path = teacher_path_for(cfg, run_dir)
+    if path.exists():
+        try:
+            check_keras_file(path, "model.teacher_path")
+        except ValueError as err:
+            raise RunError(str(err)) from err
+        return True
+    if cfg.teacher_train.epochs == 0:
+        raise RunError(
+            f"model.teacher_path: no teacher at {path} and teacher_train.epochs=0;"
+            " give a trained .keras teacher or set teacher_train.epochs"
+        )
+    return False
+
+
 def teacher_path_for(cfg: Config, run_dir: pathlib.Path) -> pathlib.Path:
     return (
         pathlib.Path(cfg.model.teacher_path) if cfg.model.teacher_path else run_dir / TEACHER_FILE
@@ -500,3 +541,30 @@ def resolve_model_path(model_or_run: str | os.PathLike) -> pathlib.Path:
             f"`model` run directory {str(path)!r} holds none of {list(RUN_DIR_CHECKPOINTS)}"
         )
     return check_keras_file(path, "`model`")
+
+
+def is_saved_model_dir(path) -> bool:
+    """Whether `path` is a SavedModel directory (holds `saved_model.pb`)."""
+    path = pathlib.Path(path)
+    return path.is_dir() and (path / "saved_model.pb").is_file()
+
+
+def keras_model_path(path) -> pathlib.Path:
+    """The `.keras` file of `path` (a `.keras` file or a run folder), or an error naming `path`.
+
+    Raises:
+        FileNotFoundError: nothing at `path`.
+        ValueError: `path` is neither a SavedModel directory, a run folder nor a `.keras` file.
+    """
+    path = pathlib.Path(path)
+    try:
+        return resolve_model_path(path)
+    except (FileNotFoundError, ValueError) as err:
+        if not path.exists():
+            raise
+        if path.is_dir():
+            raise ValueError(
+                f"`model`: {path} is neither a SavedModel directory (no saved_model.pb) nor a "
+                f"run folder with a checkpoint ({err})"
+            ) from None
+        raise ValueError(f"{err}, nor a SavedModel directory") from None
