@@ -59,7 +59,7 @@ class EpochTensorBoard(keras.callbacks.Callback):
     Keras's own `TensorBoard` callback renames metrics (`val_robust_accuracy` becomes
     `validation/epoch_robust_accuracy`) and counts epochs from 0; this one writes each key of the
     epoch logs as is (`loss`, `val_robust_accuracy`, `test_robust_accuracy`, ...) at step
-    epoch + 1, so TensorBoard, `log.csv` and the README use one name per number.
+    epoch + 1, so TensorBoard, `log.csv` and docs/cli.md use one name per number.
 
     Args:
         log_dir: the folder of the event files (`<run>/tensorboard`).
