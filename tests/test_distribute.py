@@ -15,7 +15,7 @@ import types
 
 import numpy as np
 import pytest
-from subprocesses import run_command
+from subprocesses import run_command, watch
 
 from dgad_tf import distribute
 from dgad_tf.config import DistributeConfig
@@ -383,9 +383,11 @@ def _two_workers(tmp_path, out, extra=()):
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     text=True,
+                    start_new_session=True,  # for the watchdog
                 )
             )
-        outputs = [proc.communicate(timeout=240)[0] for proc in procs]
+        # The workers wait for each other: either one working is progress, both waiting a hang.
+        outputs = [stdout for stdout, _ in watch(*procs)]
     finally:
         for proc in procs:
             if proc.poll() is None:

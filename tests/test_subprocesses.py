@@ -1,10 +1,11 @@
 """The tests' subprocess watchdog (`tests/subprocesses.py`): a hang fails, slowness does not."""
 
+import subprocess
 import sys
 import time
 
 import pytest
-from subprocesses import group_cpu_seconds, run_command
+from subprocesses import group_cpu_seconds, run_command, watch
 
 if group_cpu_seconds(1) is None:
     pytest.skip("the watchdog reads CPU time from /proc (Linux)", allow_module_level=True)
@@ -40,3 +41,25 @@ def test_the_output_and_exit_code_come_back_as_subprocess_run_gives_them():
     code = "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"
     result = run_command([sys.executable, "-c", code])
     assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
+
+
+def test_one_process_waiting_while_another_works_is_not_a_hang():
+    # The first sleeps 4.5 s (longer than the idle limit) while the second works five CPU seconds
+    # (at least five wall-clock seconds), as a worker waits at a collective: summed CPU is progress.
+    busy = "import time\nwhile time.process_time() < 5: pass\nprint('worked')"
+    waiting = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(4.5); print('waited')"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    working = subprocess.Popen(
+        [sys.executable, "-c", busy],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    outputs = watch(waiting, working, idle_limit=3.0, check_every=0.2)
+    assert [stdout.strip() for stdout, _ in outputs] == ["waited", "worked"]
