@@ -15,7 +15,7 @@ Both sides do the same work from the same weights:
   `dgad_tf.optim.TorchSGD` on our side).
 
 Ours is `AdversarialDistiller.train_on_batch` (the compiled Keras train step, XLA as
-`train.jit_compile: auto` sets it: off on CPU, where XLA is slower, see README.md; on with a
+`train.jit_compile: auto` sets it: off on CPU, where XLA is slower, see docs/training.md; on with a
 GPU). PyTorch's side is NCHW float32 by default; `--precision mixed_bfloat16` runs both sides in
 bfloat16 (Keras policy / `torch.autocast`), `--torch-channels-last` gives PyTorch the
 channels_last memory format (NHWC, as ours), the two settings a tuned PyTorch loop adds. Before

@@ -20,7 +20,13 @@ from dgad_tf.distiller import AdversarialDistiller
 from dgad_tf.evaluate import at_chance_level, chance_threshold
 from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.optim import make_optimizer
-from dgad_tf.rundir import RunError, check_keras_file, check_run_dir, teacher_path_for
+from dgad_tf.rundir import (
+    RunError,
+    check_keras_file,
+    check_run_dir,
+    check_teacher_file,
+    teacher_path_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -299,14 +305,8 @@ def check_teacher(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.
     Raises:
         RunError: naming `model.teacher_path` and what is wrong.
     """
-    path = teacher_path_for(cfg, run_dir)
-    if path.exists():
-        load_teacher(path, splits)
-    elif cfg.teacher_train.epochs == 0:
-        raise RunError(
-            f"model.teacher_path: no teacher at {path} and teacher_train.epochs=0;"
-            " give a trained .keras teacher or set teacher_train.epochs"
-        )
+    if check_teacher_file(cfg, run_dir):
+        load_teacher(teacher_path_for(cfg, run_dir), splits)
     else:
         build_network(cfg, cfg.model.teacher, splits)
 

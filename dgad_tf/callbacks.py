@@ -59,7 +59,7 @@ class EpochTensorBoard(keras.callbacks.Callback):
     Keras's own `TensorBoard` callback renames metrics (`val_robust_accuracy` becomes
     `validation/epoch_robust_accuracy`) and counts epochs from 0; this one writes each key of the
     epoch logs as is (`loss`, `val_robust_accuracy`, `test_robust_accuracy`, ...) at step
-    epoch + 1, so TensorBoard, `log.csv` and the README use one name per number.
+    epoch + 1, so TensorBoard, `log.csv` and docs/cli.md use one name per number.
 
     Args:
         log_dir: the folder of the event files (`<run>/tensorboard`).
@@ -233,15 +233,19 @@ class RunCheckpoints(keras.callbacks.Callback):
     `PeriodicTestPGD`). The training state (student weights, optimiser variables, the finished
     epoch, the best values and the epochs that reached them) goes to one file,
     `train_state.npz`, replaced atomically, so that `restore()` lets a re-run continue after the
-    last completed epoch with the same bests.
+    last completed epoch with the same bests. The state also records the run's config, so a
+    run folder that has lost its `config.yaml` can still be resumed (`rundir.check_run_dir`).
 
     Args:
         run_dir: folder of the run (a non-chief worker's is its own scratch folder).
+        config_yaml: the run's resolved config (`Config.to_yaml()`), recorded in the state.
+            Defaults to None (nothing recorded).
     """
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, config_yaml: str | None = None):
         super().__init__()
         self.run_dir = pathlib.Path(run_dir)
+        self.config_yaml = config_yaml
         self.best = {key: -np.inf for key in BEST_CHECKPOINTS}
         # 1-based epoch at which each best was reached (0: not yet).
         self.best_epoch = {key: 0 for key in BEST_CHECKPOINTS}
@@ -315,6 +319,8 @@ class RunCheckpoints(keras.callbacks.Callback):
             "best": self.best,
             "best_epoch": self.best_epoch,
         }
+        if self.config_yaml is not None:
+            meta["config"] = self.config_yaml
         # One file for weights and epoch counter, so they can never disagree after a kill.
         arrays["meta"] = np.array(json.dumps(meta))
         atomic_write(self.run_dir / STATE_FILE, lambda tmp: np.savez(tmp, **arrays))

@@ -32,12 +32,17 @@ def main(argv=None) -> int:
     if not args.config:
         return cli.error("--config is required: a study file with a `study:` section")
 
+    from dgad_tf import rundir
     from dgad_tf.config import ConfigError
     from dgad_tf.study import load_study
 
     try:
         study = load_study(args.config, cli.config_overrides(args))
-    except ConfigError as err:
+        # The input files, before TensorFlow loads (a mistyped path is refused at once).
+        rundir.check_data_path(study.base)
+        if study.needs_teacher:
+            rundir.check_teacher_file(study.base, study.folder)
+    except (ConfigError, rundir.RunError) as err:
         return cli.error(str(err))
 
     cli.start(args.verbose)

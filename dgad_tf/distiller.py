@@ -4,8 +4,9 @@ step.
 The step, for every method (DGAD and the baselines differ in their loss object, and in what the
 method's `METHOD_SPECS` entry says the attack ascends and which forwards run):
 
-1. attack: L-inf PGD on the training batch, both networks in inference mode (ARD's reference
-   attack with the student in training mode when `reference_forwards` is on);
+1. attack: L-inf PGD on the training batch, both networks in inference mode (with
+   `reference_forwards`, ARD and IAD attack with the student in training mode, as their
+   reference code does);
 2. teacher forward in inference mode, no gradient;
 3. student forward in training mode, clean and adversarial batches in separate calls (in the
    method's reference order when `reference_forwards` is on; see `MethodSpec`);
@@ -80,7 +81,9 @@ class AdversarialDistiller(keras.Model):
         attack: the training attack, a `dgad_tf.attacks.PGD`. Defaults to None (`PGD()`:
             eps 8/255, step 2/255, 10 steps, the method's own random start).
         reference_forwards: run the student's forwards in the order and batch-norm modes of
-            the method's reference code (docs/method.md §9.10). Defaults to False.
+            the method's reference code (docs/method.md §9.10): also ARD's and IAD's attack
+            with the student in training mode, and PGD-AT's Gaussian start when `attack`'s
+            start is "auto". Defaults to False.
         val_robust_steps: PGD steps of the robust accuracy in `test_step` (0: clean only).
             Defaults to 10.
         seed: seed of the attacks' random starts (stateless, keyed by the optimizer's step and
@@ -282,7 +285,10 @@ class AdversarialDistiller(keras.Model):
         return self.teacher(x, training=False)
 
     def adversarial_examples(self, x, y, seed=None):
-        """The method's training attack on (x, y); both networks in inference mode.
+        """The method's training attack on (x, y), the networks in inference mode.
+
+        With `reference_forwards`, ARD and IAD attack with the student in training mode, as their
+        reference code does (`MethodSpec.reference_train_mode_attack`).
 
         `seed`: None (global generator) or a `[2]` tensor for a stateless random start.
         """
@@ -290,8 +296,8 @@ class AdversarialDistiller(keras.Model):
         if kind == "none" or self.attack.steps == 0 and self.attack_start == "none":
             return x
         if kind == "ce":
-            # ARD's code attacks with the student in training mode: batch statistics normalise
-            # and every attack step moves the moving averages.
+            # ARD's and IAD's code attack with the student in training mode: batch statistics
+            # normalise and every attack step moves the moving averages.
             train_mode = self.reference_forwards and self.spec.reference_train_mode_attack
             objective = attacks.ce_objective(
                 self._student_train_mode_fn if train_mode else self._student_fn, y
@@ -323,8 +329,9 @@ class AdversarialDistiller(keras.Model):
                 tf.distribute.ReduceOp.SUM, tf.cast(local_batch, tf.float32)
             )
 
-        # 1. attack (inference mode; gradients flow to the input only). Its random start is keyed
-        # by (train seed, step, replica), so a resumed run draws what the uninterrupted one did.
+        # 1. attack (inference mode but for ARD's and IAD's reference forwards; gradients flow to
+        # the input only). Its random start is keyed by (train seed, step, replica), so a resumed
+        # run draws what the uninterrupted one did.
         step_seed = tf.stack(
             [
                 tf.constant(self.seed, tf.int64),

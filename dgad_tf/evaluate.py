@@ -114,6 +114,26 @@ def load_eval_arrays(data: str | None, model_path: pathlib.Path, split: str, n: 
     return x, y
 
 
+def check_data_argument(data: str | None, model_path: pathlib.Path) -> None:
+    """`--data` (or the run's own config) names data that is there; needs no TensorFlow.
+
+    Raises:
+        ValueError: naming `--data` or the config's `data.path`.
+    """
+    if data is None:
+        data = str(model_path.parent / "config.yaml")
+        if not pathlib.Path(data).is_file():
+            raise ValueError("--data is required when the model is not inside a run directory")
+    if data == "digits":
+        return
+    if not pathlib.Path(data).exists():
+        raise ValueError(
+            f"--data {data} does not exist; give a config YAML, an npz file or folder, or 'digits'"
+        )
+    if data.endswith((".yaml", ".yml")):
+        rundir.check_data_path(config_lib.load_config(data))
+
+
 def _has_keys(path, keys) -> bool:
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -182,19 +202,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="write the JSON report here (checked before the attacks)")
     args = parser.parse_args(argv)
 
+    # Every check that needs no TensorFlow comes before it loads: a typo is refused at once.
     try:
         names = check_attack_names(args.attacks.split(","))
         if not args.input_scale > 0:
             raise ValueError(f"`--input-scale` must be > 0; received {args.input_scale:g}")
-    except (ConfigError, ValueError) as err:
-        return cli.error(str(err))
-    cli.start(args.verbose, fmt="%(levelname)s %(name)s: %(message)s")
-    from dgad_tf import logits, robustness
-
-    try:
-        saved_model = logits.is_saved_model_dir(args.model)
+        eps = parse_fraction(args.eps) if args.eps is not None else None
+        if eps is not None and not 0.0 <= eps <= 1.0:
+            raise ValueError(f"`--eps` must be in [0, 1]; received --eps={args.eps}")
+        saved_model = rundir.is_saved_model_dir(args.model)
         model_path = (
-            pathlib.Path(args.model) if saved_model else logits.keras_model_path(args.model)
+            pathlib.Path(args.model) if saved_model else rundir.keras_model_path(args.model)
         )
         if saved_model and args.precision != "float32":
             raise ValueError(
@@ -202,16 +220,19 @@ def main(argv=None) -> int:
                 "saved with"
             )
         run_cfg = None if saved_model else rundir.run_config(model_path)
-        if args.eps is not None:
-            eps = parse_fraction(args.eps)
-        else:
+        if eps is None:
             eps = run_cfg.attack.eps if run_cfg is not None else 8 / 255
-        if not 0.0 <= eps <= 1.0:
-            raise ValueError(f"`--eps` must be in [0, 1]; received --eps={args.eps}")
         if args.out:
             if pathlib.Path(args.out).is_dir():
                 raise ValueError(f"--out {args.out} is a folder; give a file name")
             rundir.ensure_writable_folder(pathlib.Path(args.out).resolve().parent, "--out's folder")
+        check_data_argument(args.data, model_path)
+    except (ValueError, FileNotFoundError, ConfigError) as err:
+        return cli.error(str(err))
+    cli.start(args.verbose, fmt="%(levelname)s %(name)s: %(message)s")
+    from dgad_tf import logits, robustness
+
+    try:
         x, y = load_eval_arrays(args.data, model_path, args.split, args.n)
         if saved_model:
             model = model_path

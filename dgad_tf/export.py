@@ -80,19 +80,33 @@ def _load_npz(path, keys):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    cli.start(args.verbose, fmt="%(levelname)s %(name)s: %(message)s")
-    from dgad_tf import rundir, serving
+    from dgad_tf import rundir
 
+    # Every check that needs no TensorFlow comes before it loads: a typo is refused at once.
     try:
         model_path = rundir.resolve_model_path(args.model)
+        run_cfg = rundir.run_config(args.model)
+        eps = args.eps if args.eps is not None else (run_cfg.attack.eps if run_cfg else 8 / 255)
+        for flag, path in (
+            ("--representative-data", args.representative_data),
+            ("--eval-data", args.eval_data),
+        ):
+            if path is not None and not pathlib.Path(path).is_file():
+                raise ValueError(f"{flag} {path}: no such .npz file")
+        if run_cfg is not None:
+            rundir.check_data_path(run_cfg)
         out = rundir.ensure_writable_folder(args.out, "--out")
         if args.version is not None and (out / str(args.version)).exists():
             raise ValueError(
                 f"--version {args.version} already exists in {out}; choose another "
                 "or leave --version out for the next free one"
             )
-        run_cfg = rundir.run_config(args.model)
-        eps = args.eps if args.eps is not None else (run_cfg.attack.eps if run_cfg else 8 / 255)
+    except (ValueError, FileNotFoundError, ConfigError) as error:
+        return cli.error(str(error))
+    cli.start(args.verbose, fmt="%(levelname)s %(name)s: %(message)s")
+    from dgad_tf import serving
+
+    try:
         inputs = _inputs(args, run_cfg)
     except (ValueError, FileNotFoundError, ConfigError) as error:
         return cli.error(str(error))

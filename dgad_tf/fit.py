@@ -14,6 +14,7 @@ completed epoch.
 
 from __future__ import annotations
 
+import pathlib
 import sys
 
 from dgad_tf import cli
@@ -48,6 +49,15 @@ def main(argv=None) -> int:
         print("".join(f"# {line}\n" for line in run_summary(cfg)) + cfg.to_yaml(), end="")
         return 0
 
+    from dgad_tf import rundir
+    from dgad_tf.config import TEACHER_METHODS
+
+    try:  # the input files, before TensorFlow loads (a mistyped path is refused at once)
+        rundir.check_data_path(cfg)
+        if cfg.method.name in TEACHER_METHODS:
+            rundir.check_teacher_file(cfg, pathlib.Path(cfg.output.dir))
+    except rundir.RunError as err:
+        return cli.error(str(err))
     cli.start(args.verbose)
     from dgad_tf.run import run
 

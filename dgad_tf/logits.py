@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from dgad_tf.models import load_model
-from dgad_tf.rundir import resolve_model_path
+from dgad_tf.rundir import is_saved_model_dir, keras_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -138,33 +138,6 @@ def _rescaled(fn, scale):
         return fn(x * scale)
 
     return call
-
-
-def is_saved_model_dir(path) -> bool:
-    """Whether `path` is a SavedModel directory (holds `saved_model.pb`)."""
-    path = pathlib.Path(path)
-    return path.is_dir() and (path / "saved_model.pb").is_file()
-
-
-def keras_model_path(path) -> pathlib.Path:
-    """The `.keras` file of `path` (a `.keras` file or a run folder), or an error naming `path`.
-
-    Raises:
-        FileNotFoundError: nothing at `path`.
-        ValueError: `path` is neither a SavedModel directory, a run folder nor a `.keras` file.
-    """
-    path = pathlib.Path(path)
-    try:
-        return resolve_model_path(path)
-    except (FileNotFoundError, ValueError) as err:
-        if not path.exists():
-            raise
-        if path.is_dir():
-            raise ValueError(
-                f"`model`: {path} is neither a SavedModel directory (no saved_model.pb) nor a "
-                f"run folder with a checkpoint ({err})"
-            ) from None
-        raise ValueError(f"{err}, nor a SavedModel directory") from None
 
 
 def _no_signature_for(signature, kind):

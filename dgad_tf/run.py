@@ -118,7 +118,7 @@ def train_network(
             lr=lr,
             milestones=milestones,
         )
-        checkpoints = RunCheckpoints(run_dir)
+        checkpoints = RunCheckpoints(run_dir, config_yaml=cfg.to_yaml())
         initial_epoch = checkpoints.restore(distiller)
     distribute.check_workers_agree(strategy, initial_epoch, "the completed epochs to resume after")
     train_ds, val_ds, steps_per_epoch = make_datasets(

@@ -31,6 +31,7 @@ import zipfile
 from typing import TYPE_CHECKING
 
 import numpy as np
+import yaml
 
 from dgad_tf.config import Config, ConfigError, load_config
 
@@ -346,8 +347,18 @@ def first_difference(old, new, prefix=""):
 
 
 def check_run_dir(cfg: Config, run_dir: pathlib.Path):
-    """A run directory is new, or holds this same config (then the run resumes)."""
+    """A run directory is new, or holds this same config (then the run resumes).
+
+    A run folder that has lost its `config.yaml` but holds a training state or a report
+    resumes when either records this same config; the run then writes `config.yaml` back.
+
+    Raises:
+        RunError: the folder holds another run, or a run whose config is unknown.
+    """
     existing = run_dir / CONFIG_FILE
+    if run_dir.is_dir() and not existing.exists() and _holds_training(run_dir):
+        _check_lost_config(cfg, run_dir)
+        return
     if holds_previous(run_dir, CONFIG_FILE):
         try:
             previous = load_config(existing)
@@ -359,6 +370,108 @@ def check_run_dir(cfg: Config, run_dir: pathlib.Path):
                 "another output.dir (nothing was changed there)"
             )
         read_state_meta(run_dir, verify=True)  # the run resumes from it: it must be intact
+
+
+def _holds_training(run_dir: pathlib.Path) -> bool:
+    return (run_dir / STATE_FILE).is_file() or (run_dir / REPORT_FILE).is_file()
+
+
+def _check_lost_config(cfg: Config, run_dir: pathlib.Path) -> None:
+    """`run_dir` holds a run but no config.yaml: go on only if its records name `cfg`.
+
+    Writing config.yaml back from the record alone would resume a run under settings the user
+    did not ask for; resuming under the user's config without a record could mix two
+    configs in one run. So the run resumes (and `run` writes config.yaml back) only when the
+    training state's recorded config, or the report's config hash, is this config's.
+    """
+    lost = f"output.dir {run_dir} holds a run but its config.yaml is missing"
+    try:
+        recorded = (read_state_meta(run_dir) or {}).get("config")
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise RunError(f"{lost}, and its {STATE_FILE} cannot be read ({err})") from err
+    if recorded is not None:
+        if hashlib.sha256(recorded.encode()).hexdigest() == cfg.hash():
+            log.warning(
+                "%s; its %s records this same config: config.yaml is written back and the "
+                "run resumes",
+                lost,
+                STATE_FILE,
+            )
+            return
+        previous, current = yaml.safe_load(recorded), yaml.safe_load(cfg.to_yaml())
+        key = first_difference(previous, current)
+        raise RunError(
+            f"{lost}, and the config its {STATE_FILE} records differs from this one at `{key}` "
+            f"({_value_at(previous, key)!r} there, {_value_at(current, key)!r} here); re-run "
+            "with the run's own config to resume it (config.yaml is then written back), or "
+            "choose another output.dir (nothing was changed there)"
+        )
+    report = run_dir / REPORT_FILE
+    if report.is_file():
+        try:
+            digest = json.loads(report.read_text()).get("config_sha256")
+        except (OSError, ValueError):
+            digest = None
+        if digest == cfg.hash():
+            log.warning(
+                "%s; its %s names this same config (sha256): config.yaml is written back",
+                lost,
+                REPORT_FILE,
+            )
+            return
+    raise RunError(
+        f"{lost}, and nothing there records this config (its {STATE_FILE} predates recording "
+        f"it, or was written for another config). If it is this command's run, write the "
+        f"config back with the same command plus `--print-config > {run_dir / CONFIG_FILE}` "
+        "and re-run; otherwise choose another output.dir (nothing was changed there)"
+    )
+
+
+def _value_at(values, dotted: str):
+    for key in dotted.split("."):
+        values = values.get(key) if isinstance(values, dict) else None
+    return values
+
+
+def check_data_path(cfg: Config) -> None:
+    """`data.path` exists when `data.source` reads files (npz, folder, tinyimagenet).
+
+    The commands call this before they load TensorFlow, so a mistyped path is refused at once;
+    the loaders in `dgad_tf.data` check it again for Python callers.
+
+    Raises:
+        RunError: naming `data.path`.
+    """
+    d = cfg.data
+    if d.source in ("npz", "folder", "tinyimagenet") and d.path and not os.path.exists(d.path):
+        raise RunError(
+            f"data.path {d.path} does not exist (data.source={d.source}); give the path of "
+            "the dataset, or another data.source"
+        )
+
+
+def check_teacher_file(cfg: Config, run_dir: pathlib.Path) -> bool:
+    """The teacher file is a whole `.keras` archive, or one can be trained (no TensorFlow).
+
+    Returns:
+        Whether the teacher file exists (`build.check_teacher` then loads it).
+
+    Raises:
+        RunError: naming `model.teacher_path`.
+    """
+    path = teacher_path_for(cfg, run_dir)
+    if path.exists():
+        try:
+            check_keras_file(path, "model.teacher_path")
+        except ValueError as err:
+            raise RunError(str(err)) from err
+        return True
+    if cfg.teacher_train.epochs == 0:
+        raise RunError(
+            f"model.teacher_path: no teacher at {path} and teacher_train.epochs=0;"
+            " give a trained .keras teacher or set teacher_train.epochs"
+        )
+    return False
 
 
 def teacher_path_for(cfg: Config, run_dir: pathlib.Path) -> pathlib.Path:
@@ -465,3 +578,30 @@ def resolve_model_path(model_or_run: str | os.PathLike) -> pathlib.Path:
             f"`model` run directory {str(path)!r} holds none of {list(RUN_DIR_CHECKPOINTS)}"
         )
     return check_keras_file(path, "`model`")
+
+
+def is_saved_model_dir(path) -> bool:
+    """Whether `path` is a SavedModel directory (holds `saved_model.pb`)."""
+    path = pathlib.Path(path)
+    return path.is_dir() and (path / "saved_model.pb").is_file()
+
+
+def keras_model_path(path) -> pathlib.Path:
+    """The `.keras` file of `path` (a `.keras` file or a run folder), or an error naming `path`.
+
+    Raises:
+        FileNotFoundError: nothing at `path`.
+        ValueError: `path` is neither a SavedModel directory, a run folder nor a `.keras` file.
+    """
+    path = pathlib.Path(path)
+    try:
+        return resolve_model_path(path)
+    except (FileNotFoundError, ValueError) as err:
+        if not path.exists():
+            raise
+        if path.is_dir():
+            raise ValueError(
+                f"`model`: {path} is neither a SavedModel directory (no saved_model.pb) nor a "
+                f"run folder with a checkpoint ({err})"
+            ) from None
+        raise ValueError(f"{err}, nor a SavedModel directory") from None

@@ -47,6 +47,7 @@ import yaml
 from dgad_tf import rundir
 from dgad_tf.config import (
     METHODS,
+    TEACHER_METHODS,
     Config,
     ConfigError,
     config_with_overrides,
@@ -126,9 +127,9 @@ class Study:
 
     @property
     def needs_teacher(self) -> bool:
-        from dgad_tf.methods import METHOD_SPECS  # TensorFlow: not loaded to read a study file
-
-        return any(METHOD_SPECS[e.method].needs_teacher for e in self.methods)
+        # config's list, not METHOD_SPECS: reading a study file must not load TensorFlow
+        # (dgad_tf.methods asserts the two agree).
+        return any(e.method in TEACHER_METHODS for e in self.methods)
 
     @property
     def teacher_path(self) -> pathlib.Path:
@@ -407,6 +408,37 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def _time_left(cell_seconds, left: int) -> str:
+    """ "k cell(s) left, about T more at t per cell": t is the mean over every finished cell.
+
+    `cell_seconds` holds one duration per finished cell, those of earlier invocations (as
+    recorded) as well as this one's, so a resumed study estimates from all it knows.
+    """
+    if not left:
+        return "0 cell(s) left"
+    mean = sum(cell_seconds) / len(cell_seconds)
+    return (
+        f"{left} cell(s) left, about {_duration(mean * left)} more at {_duration(mean)} per "
+        f"cell (the mean of {len(cell_seconds)} finished)"
+    )
+
+
+def _recorded_seconds(evaluation: dict, report: dict) -> float:
+    """A cell finished earlier: its training time (report.json) plus its protocol's attacks."""
+    return float(report.get("seconds", 0.0)) + sum(
+        float(entry.get("seconds", 0.0)) for entry in evaluation.get("attacks", {}).values()
+    )
+
+
+def _log_skipped(labels, total: int) -> None:
+    log.info(
+        "%d of %d cell(s) finished earlier, skipped (not retrained): %s",
+        len(labels),
+        total,
+        ", ".join(labels),
+    )
+
+
 def _cell_row(cell: Cell, evaluation: dict, report: dict) -> dict:
     return {
         "method": cell.entry.name,
@@ -448,14 +480,19 @@ def run_study(study: Study, *, command: str = "", on_cell_done=None) -> StudyRes
         if study.needs_teacher:
             teacher_report = _teacher(study, splits, folder, strategy)
         cells = study.cells()
-        rows, trained_seconds, cells_run = [], [], 0
+        rows, cell_seconds, cells_run, skipped = [], [], 0, []
         for index, cell in enumerate(cells, start=1):
             eval_file = cell.folder / CELL_EVAL_FILE
             if eval_file.exists():
                 evaluation = json.loads(eval_file.read_text())
                 report = json.loads((cell.folder / rundir.REPORT_FILE).read_text())
                 rows.append(_cell_row(cell, evaluation, report))
+                cell_seconds.append(_recorded_seconds(evaluation, report))
+                skipped.append(cell.label)
                 continue
+            if skipped:
+                _log_skipped(skipped, len(cells))
+                skipped = []
             cell_started = time.time()
             log.info("cell %d/%d (%s): %s", index, len(cells), cell.label, cell.folder)
             report_file = cell.folder / rundir.REPORT_FILE
@@ -473,27 +510,24 @@ def run_study(study: Study, *, command: str = "", on_cell_done=None) -> StudyRes
             rundir.atomic_write_text(eval_file, json.dumps(evaluation, indent=2, default=float))
             rows.append(_cell_row(cell, evaluation, report))
             cells_run += 1
-            trained_seconds.append(time.time() - cell_started)
-            left = len(cells) - index
-            mean = sum(trained_seconds) / len(trained_seconds)
+            cell_seconds.append(time.time() - cell_started)
             log.info(
-                "cell %d/%d (%s) done in %s: %s; %d cell(s) left%s",
+                "cell %d/%d (%s) done in %s: %s; %s",
                 index,
                 len(cells),
                 cell.label,
-                _duration(trained_seconds[-1]),
+                _duration(cell_seconds[-1]),
                 ", ".join(
                     f"{a} {evaluation['attacks'][a]['robust_accuracy']:.4f}"
                     for a in study.protocol.attacks
                 ),
-                left,
-                f", about {_duration(mean * left)} more at {_duration(mean)} per cell"
-                if left
-                else "",
+                _time_left(cell_seconds, len(cells) - index),
             )
             study_report.write_outputs(study, rows, teacher_report, command=command)
             if on_cell_done is not None:
                 on_cell_done(cell)
+        if skipped:
+            _log_skipped(skipped, len(cells))
         study_report.write_outputs(study, rows, teacher_report, command=command)
     return StudyResult(folder, rows, teacher_report, cells_run, time.time() - started)
 

@@ -44,9 +44,12 @@ def main(argv=None) -> int:
     overrides = cli.config_overrides(
         args, *(f"{key}={flag}" for flag, key in flags if flag is not None)
     )
+    from dgad_tf import rundir
+
     try:
         cfg = load_config(args.config, overrides)
-    except ConfigError as err:
+        rundir.check_data_path(cfg)  # before TensorFlow loads: a mistyped path is refused at once
+    except (ConfigError, rundir.RunError) as err:
         return cli.error(str(err))
 
     cli.start(args.verbose)

@@ -8,11 +8,11 @@ module, checks that `import dgad_tf` now fails, loads each file with
 
 import json
 import os
-import subprocess
 import sys
 
 import keras
 import numpy as np
+from subprocesses import run_command
 
 from dgad_tf.models import _common, load_model
 
@@ -65,14 +65,11 @@ def plain_keras_logits(paths, x, workdir):
     out = os.path.join(workdir, "logits.npz")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    proc = subprocess.run(
+    proc = run_command(
         [sys.executable, "-I", "-c", CHILD, os.path.join(workdir, "x.npy"), out]
         + [str(p) for p in paths],
         cwd=workdir,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -6,13 +6,13 @@ Each test drives a command's real `main` (the code `python -m dgad_tf.<command>`
 
 import json
 import pathlib
-import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
 from serving_helpers import write_broken_model
+from subprocesses import run_command
 
 from dgad_tf import evaluate as evaluate_cli
 from dgad_tf import export as export_cli
@@ -300,11 +300,8 @@ def test_fit_refuses_an_output_dir_it_cannot_create(tmp_path, capsys, where):
 
 def evaluate_in_a_new_process(*args):
     """`python -m dgad_tf.evaluate ARGS` in a fresh interpreter; returns the CompletedProcess."""
-    return subprocess.run(
+    return run_command(
         [sys.executable, "-m", "dgad_tf.evaluate", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
         cwd=REPO,
     )
 
@@ -420,10 +417,79 @@ def test_fit_prints_one_plain_line_per_epoch_when_stdout_is_not_a_terminal(tmp_p
         f"output.dir={tmp_path / 'run'}",
     ):
         command += ["--set", item]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = run_command(command, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\r" not in proc.stdout and "\x08" not in proc.stdout
     assert [line for line in proc.stdout.splitlines() if line.startswith("Epoch ")] == [
         "Epoch 1/2",
         "Epoch 2/2",
     ]
+
+
+# --------------------------------------------------------------------------- before TensorFlow
+
+# Runs a command's `main` in a fresh interpreter, then says whether TensorFlow had been imported
+# by the time it returned: a refusal that needs no TensorFlow must come before it loads.
+REFUSAL_PROBE = """
+import importlib, sys
+module = importlib.import_module(sys.argv[1])
+try:
+    code = module.main(sys.argv[2:])
+except SystemExit as exit:
+    code = exit.code
+print("tensorflow imported:", "tensorflow" in sys.modules)
+sys.exit(code)
+"""
+
+
+def _study_file(folder, **data):
+    path = folder / "study.yaml"
+    values = {
+        "data": data,
+        "output": {"dir": str(folder / "study")},
+        "study": {"methods": ["pgd_at"], "seeds": [0]},
+    }
+    path.write_text(json.dumps(values))  # JSON is YAML
+    return path
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        ("evaluate --model {run} --eps 2", "`--eps` must be in [0, 1]"),
+        ("evaluate --model {run} --n 0", "--n: must be >= 1"),
+        ("evaluate --model {run} --data {tmp}/missing.npz", "--data {tmp}/missing.npz does not"),
+        ("evaluate --model {tmp}/missing.keras", "no model at {tmp}/missing.keras"),
+        ("evaluate --model {tmp}/bad_run/student_last.keras", "data.path {tmp}/gone.npz does"),
+        ("fit --set data.source=npz --set data.path={tmp}/gone.npz", "data.path {tmp}/gone.npz"),
+        (
+            "fit --set method.name=adaad --set teacher_train.epochs=0 --set output.dir={tmp}/r",
+            "no teacher at {tmp}/r/teacher.keras",
+        ),
+        ("compare --config {tmp}/study.yaml", "data.path {tmp}/gone.npz does not exist"),
+        (
+            "tune --config configs/tune_quickstart.yaml --set data.source=npz "
+            "--set data.path={tmp}/gone.npz --out {tmp}/search",
+            "data.path {tmp}/gone.npz does not exist",
+        ),
+        ("export --model {tmp}/missing.keras --out {tmp}/e", "no model at {tmp}/missing.keras"),
+        ("export --model {run} --out {tmp}/e --eval-data {tmp}/gone.npz", "--eval-data {tmp}/gone"),
+        ("export --model {tmp}/bad_run --out {tmp}/e", "data.path {tmp}/gone.npz does not exist"),
+    ],
+)
+def test_refusals_that_need_no_tensorflow_come_before_it_loads(
+    run_folder, tmp_path, command, message
+):
+    # A run folder whose config names a data file that is gone.
+    bad_run = tmp_path / "bad_run"
+    bad_run.mkdir()
+    tiny_model().save(bad_run / "student_last.keras")
+    (bad_run / "config.yaml").write_text(f"data:\n  source: npz\n  path: {tmp_path}/gone.npz\n")
+    _study_file(tmp_path, source="npz", path=str(tmp_path / "gone.npz"))
+    name, *args = command.format(run=run_folder, tmp=tmp_path).split()
+    before = listing(tmp_path)
+    result = run_command([sys.executable, "-c", REFUSAL_PROBE, f"dgad_tf.{name}", *args], cwd=REPO)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message.format(tmp=tmp_path) in result.stderr
+    assert "tensorflow imported: False" in result.stdout
+    assert listing(tmp_path) == before

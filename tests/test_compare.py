@@ -7,13 +7,15 @@ what it wrote. The refusals and the arithmetic need no training.
 
 import csv
 import json
+import logging
 import math
 import pathlib
-import subprocess
+import re
 import sys
 
 import pytest
 import yaml
+from subprocesses import run_command
 
 from dgad_tf import stats, study_report
 from dgad_tf import study as study_lib
@@ -72,18 +74,31 @@ def finished_study(tmp_path_factory):
         if len(trained["first"]) == 2:
             raise Killed(cell.label)
 
-    run_lib.run = counting("first")
+    logs = {"first": [], "resumed": [], "again": []}
+    handler = logging.Handler(logging.INFO)
+    study_logger = logging.getLogger(study_lib.__name__)
+    study_logger.addHandler(handler)
+    old_level = study_logger.level
+    study_logger.setLevel(logging.INFO)
+
+    def phase(name):
+        run_lib.run = counting(name)
+        handler.emit = lambda record: logs[name].append(record.getMessage())
+
+    phase("first")
     try:
         with pytest.raises(Killed):
             study_lib.run_study(study_lib.load_study(path), on_cell_done=kill_after_two)
         teacher_mtime = (out / "teacher.keras").stat().st_mtime_ns
         partial = (out / study_report.RESULTS_FILE).read_text()
-        run_lib.run = counting("resumed")
+        phase("resumed")
         resumed = study_lib.run_study(study_lib.load_study(path), command="resume")
-        run_lib.run = counting("again")
+        phase("again")
         again = study_lib.run_study(study_lib.load_study(path), command="again")
     finally:
         run_lib.run = real_run
+        study_logger.removeHandler(handler)
+        study_logger.setLevel(old_level)
     return {
         "path": path,
         "out": out,
@@ -92,6 +107,7 @@ def finished_study(tmp_path_factory):
         "partial": partial,
         "resumed": resumed,
         "again": again,
+        "logs": logs,
     }
 
 
@@ -103,6 +119,45 @@ def test_a_killed_study_resumes_and_never_retrains_a_finished_cell(finished_stud
     assert finished_study["resumed"].cells_run == 2 and finished_study["again"].cells_run == 0
     # The results written before the kill held the two finished cells.
     assert len(list(csv.DictReader(finished_study["partial"].splitlines()))) == 2
+
+
+def test_a_rerun_logs_which_finished_cells_it_skipped(finished_study):
+    logs = finished_study["logs"]
+    assert not any("skipped" in line for line in logs["first"])
+    skipped = "finished earlier, skipped (not retrained)"
+    assert f"2 of 4 cell(s) {skipped}: pgd_at seed 0, adaad seed 0" in logs["resumed"]
+    assert (
+        f"4 of 4 cell(s) {skipped}: pgd_at seed 0, adaad seed 0, pgd_at seed 1, adaad seed 1"
+        in logs["again"]
+    )
+
+
+def _seconds(text: str) -> int:
+    """A duration as the study log writes it ("42 s", "3 min 05 s") in seconds."""
+    minutes = re.search(r"(\d+) min", text)
+    seconds = re.search(r"(\d+) s", text)
+    return (int(minutes.group(1)) * 60 if minutes else 0) + (
+        int(seconds.group(1)) if seconds else 0
+    )
+
+
+def test_the_time_estimate_of_a_resumed_study_counts_the_cells_finished_before(finished_study):
+    out = finished_study["out"]
+    # What the two cells finished before the kill recorded: training plus protocol attacks.
+    recorded = []
+    for name in ("pgd_at_seed0", "adaad_seed0"):
+        report = json.loads((out / "cells" / name / "report.json").read_text())
+        evaluation = json.loads((out / "cells" / name / study_lib.CELL_EVAL_FILE).read_text())
+        recorded.append(
+            report["seconds"] + sum(a["seconds"] for a in evaluation["attacks"].values())
+        )
+    (line,) = [
+        x for x in finished_study["logs"]["resumed"] if x.startswith("cell 3/4 (") and "done" in x
+    ]
+    assert "1 cell(s) left" in line and "(the mean of 3 finished)" in line
+    this_cell = _seconds(line.split(" done in ")[1].split(":")[0])
+    per_cell = _seconds(line.split(" more at ")[1].split(" per cell")[0])
+    assert abs(per_cell - (sum(recorded) + this_cell) / 3) <= 1.5  # each logged to the second
 
 
 def test_one_teacher_trained_once_serves_every_cell(finished_study):
@@ -296,16 +351,37 @@ def test_a_variant_gets_its_own_overrides_and_folder(tmp_path):
 def test_a_study_file_without_a_study_section_is_refused_by_the_command(tmp_path):
     path = tmp_path / "plain.yaml"
     path.write_text(yaml.safe_dump({"output": {"dir": str(tmp_path / "out")}}))
-    result = subprocess.run(
+    result = run_command(
         [sys.executable, "-m", "dgad_tf.compare", "--config", str(path)],
-        capture_output=True,
-        text=True,
         cwd=REPO,
-        timeout=300,
     )
     assert result.returncode == 2
     assert "needs a `study:` mapping" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_command_hides_tensorflows_start_up_and_a_rerun_names_the_skipped_cell(tmp_path):
+    # One cell without a teacher, so the command's own output is all there is to read.
+    values = {
+        **BASE,
+        "data": {**BASE["data"], "train_limit": 128},
+        "output": {**BASE["output"], "dir": str(tmp_path / "out")},
+        "study": {"methods": ["clean"], "seeds": [0], "attacks": ["clean"], "n": 16},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    command = [sys.executable, "-m", "dgad_tf.compare", "--config", str(path)]
+    first = run_command(command, cwd=REPO)
+    assert first.returncode == 0, first.stderr
+    noise = [
+        line
+        for line in first.stderr.splitlines()
+        if "absl::InitializeLog" in line or "cuda" in line.lower() or "oneDNN" in line
+    ]
+    assert noise == []
+    again = run_command(command, cwd=REPO)
+    assert again.returncode == 0, again.stderr
+    assert "1 of 1 cell(s) finished earlier, skipped (not retrained): clean seed 0" in again.stderr
 
 
 @pytest.mark.parametrize("name", ["compare_quickstart.yaml", "compare_cifar10_cpu.yaml"])

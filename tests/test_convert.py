@@ -7,11 +7,11 @@ Keras model must reproduce their logits and input gradients.
 """
 
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+from subprocesses import run_command
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -272,7 +272,7 @@ def test_cli_module_writes_a_loadable_file_with_given_normalisation(tmp_path):
     net = _make_net(NETWORKS["wrn-10-2"])
     _save(net, tmp_path / "in.pt")
     out = tmp_path / "sub" / "teacher.keras"
-    result = subprocess.run(
+    result = run_command(
         [
             sys.executable,
             "-m",
@@ -289,9 +289,6 @@ def test_cli_module_writes_a_loadable_file_with_given_normalisation(tmp_path):
             str(out),
         ],
         cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert os.listdir(out.parent) == ["teacher.keras"]  # no temporary file left behind

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from subprocesses import run_command
 
 from dgad_tf import attacks, losses
 from dgad_tf.attacks import PGD
@@ -417,7 +418,6 @@ def uneven_step_results(tmp_path_factory):
     import json
     import os
     import pathlib
-    import subprocess
     import sys
 
     repo = pathlib.Path(__file__).resolve().parents[1]
@@ -425,13 +425,10 @@ def uneven_step_results(tmp_path_factory):
     script.write_text(_UNEVEN_SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TF_CONFIG", None)
-    proc = subprocess.run(
+    proc = run_command(
         [sys.executable, str(script)],
         cwd=repo,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]

@@ -15,6 +15,7 @@ import types
 
 import numpy as np
 import pytest
+from subprocesses import run_command, watch
 
 from dgad_tf import distribute
 from dgad_tf.config import DistributeConfig
@@ -223,13 +224,10 @@ STEP_SCRIPT = textwrap.dedent('''
 def step_results(tmp_path_factory):
     script = tmp_path_factory.mktemp("step") / "step.py"
     script.write_text(STEP_SCRIPT)
-    proc = subprocess.run(
+    proc = run_command(
         [sys.executable, str(script)],
         cwd=REPO,
         env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
@@ -277,14 +275,11 @@ def test_replicas_keep_identical_batch_norm_statistics(step_results, case):
 # --------------------------------------------------------------------------- command line
 
 
-def _fit(args, env=None, timeout=240):
-    return subprocess.run(
+def _fit(args, env=None):
+    return run_command(
         [sys.executable, "-m", "dgad_tf.fit", "--quiet", *args],
         cwd=REPO,
         env=env or _env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
     )
 
 
@@ -388,9 +383,11 @@ def _two_workers(tmp_path, out, extra=()):
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     text=True,
+                    start_new_session=True,  # for the watchdog
                 )
             )
-        outputs = [proc.communicate(timeout=240)[0] for proc in procs]
+        # The workers wait for each other: either one working is progress, both waiting a hang.
+        outputs = [stdout for stdout, _ in watch(*procs)]
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -153,3 +153,12 @@ def test_nothing_cites_the_private_brief():
         f"{', '.join(offenders)} cite {BRIEF}, which is not in this repository: "
         "cite the section of docs/method.md instead"
     )
+
+
+def test_the_page_and_the_recipe_tables_name_the_same_reference_commits():
+    # docs/method.md cites reference code at the commits tests/test_reference_recipes.py read it
+    # from; a repository cited on one side only (or at another commit) is a citation of unread code.
+    tables = (ROOT / "tests" / "test_reference_recipes.py").read_text()
+    read = dict(re.findall(r"^    ([\w-]+/[\w-]+)\s+([0-9a-f]{7})$", tables, re.M))
+    named = dict(re.findall(r"([\w-]+/[\w-]+) `([0-9a-f]{7})`", DOC.read_text().split("\n\n")[1]))
+    assert read and named == read

@@ -6,6 +6,7 @@ import pathlib
 import keras
 import numpy as np
 import pytest
+from subprocesses import run_command
 
 from dgad_tf.evaluate import check_attack_names, main
 from dgad_tf.robustness import evaluate_model
@@ -357,7 +358,6 @@ def test_what_does_not_fit_is_refused_naming_it(digits_models, tmp_path, given, 
 def test_cli_evaluates_a_savedmodel_and_refuses_a_path_that_is_none(
     digits_models, digits, tmp_path, capsys
 ):
-    import subprocess
     import sys
 
     from dgad_tf import evaluate_robustness
@@ -366,7 +366,7 @@ def test_cli_evaluates_a_savedmodel_and_refuses_a_path_that_is_none(
     x, y = digits["test_x"][:40], digits["test_y"][:40]
     np.savez(tmp_path / "test.npz", x=x, y=y)
     expected = evaluate_robustness(model, x, y, attacks=["clean"])["clean_accuracy"]
-    proc = subprocess.run(
+    proc = run_command(
         [
             sys.executable,
             "-m",
@@ -380,9 +380,6 @@ def test_cli_evaluates_a_savedmodel_and_refuses_a_path_that_is_none(
             "--attacks",
             "clean",
         ],
-        capture_output=True,
-        text=True,
-        timeout=300,
         cwd=pathlib.Path(__file__).resolve().parents[1],
     )
     assert proc.returncode == 0, proc.stderr

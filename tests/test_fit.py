@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from subprocesses import run_command
 
 from dgad_tf.fit import main
 
@@ -214,7 +216,7 @@ def test_teacher_with_permuted_classes_is_refused_before_writing(tmp_path, digit
     command = [sys.executable, "-m", "dgad_tf.fit"] + args(
         run_dir, "method.name=dgad", f"model.teacher_path={permuted_path}"
     )
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_command(command, cwd=REPO, env=env)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "model.teacher_path" in proc.stderr and "chance" in proc.stderr
     assert str(permuted_path) in proc.stderr
@@ -273,6 +275,75 @@ def test_a_run_directory_of_another_config_is_left_alone(tmp_path, capsys):
     assert main(args(run_dir, "method.name=pgd_at")) == 2
     assert "different config" in capsys.readouterr().err
     assert (run_dir / "student_last.keras").read_bytes() == b"precious"
+
+
+PGD_AT_ONE_EPOCH = ("method.name=pgd_at", "train.epochs=1", "output.tensorboard=false")
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """A one-epoch run folder as a kill before its report leaves it (no report.json), and a copy.
+
+    `output.dir` is part of the config, so each test restores the folder in place from the copy.
+    """
+    root = tmp_path_factory.mktemp("interrupted")
+    run_dir = root / "run"
+    assert main(args(run_dir, *PGD_AT_ONE_EPOCH)) == 0
+    (run_dir / "report.json").unlink()
+    shutil.copytree(run_dir, root / "copy")
+    return run_dir
+
+
+def _without_config(interrupted_run, tmp_path):
+    run_dir = interrupted_run
+    shutil.rmtree(run_dir)
+    shutil.copytree(run_dir.parent / "copy", run_dir)
+    config = (run_dir / "config.yaml").read_bytes()
+    (run_dir / "config.yaml").unlink()
+    return run_dir, config
+
+
+def test_a_run_that_lost_its_config_resumes_and_gets_it_back(interrupted_run, tmp_path, caplog):
+    run_dir, config = _without_config(interrupted_run, tmp_path)
+    with caplog.at_level("WARNING"):
+        assert main(args(run_dir, *PGD_AT_ONE_EPOCH)) == 0
+    assert "config.yaml is missing" in caplog.text and "written back" in caplog.text
+    assert (run_dir / "config.yaml").read_bytes() == config
+    epochs = [row.split(",")[0] for row in (run_dir / "log.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1"]  # resumed after the recorded epoch, not trained again
+    assert (run_dir / "report.json").exists()
+
+
+def test_a_run_that_lost_its_config_is_not_resumed_under_another(interrupted_run, tmp_path, capsys):
+    run_dir, _ = _without_config(interrupted_run, tmp_path)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    assert main(args(run_dir, *PGD_AT_ONE_EPOCH, "optimizer.lr=0.01")) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml is missing" in err and "`optimizer.lr` (0.05 there, 0.01 here)" in err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_a_run_without_a_recorded_config_names_the_command_that_restores_it(
+    interrupted_run, tmp_path, capsys
+):
+    run_dir, config = _without_config(interrupted_run, tmp_path)
+    # A training state written before the config was recorded in it.
+    with np.load(run_dir / "train_state.npz") as state:
+        arrays = {key: state[key] for key in state.files}
+    meta = json.loads(str(arrays["meta"]))
+    del meta["config"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(run_dir / "train_state.npz", **arrays)
+    assert main(args(run_dir, *PGD_AT_ONE_EPOCH)) == 2
+    err = capsys.readouterr().err
+    assert f"--print-config > {run_dir / 'config.yaml'}" in err
+    assert not (run_dir / "config.yaml").exists()
+    # The advice works: the printed config is the run's config, and the run then resumes.
+    assert main(args(run_dir, *PGD_AT_ONE_EPOCH) + ["--print-config"]) == 0
+    (run_dir / "config.yaml").write_text(capsys.readouterr().out)
+    assert main(args(run_dir, *PGD_AT_ONE_EPOCH)) == 0
+    epochs = [row.split(",")[0] for row in (run_dir / "log.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1"]
 
 
 def test_export_section_exports_the_finished_student(tmp_path):

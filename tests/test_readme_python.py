@@ -6,8 +6,9 @@ there; a renamed function, a changed argument or an example that no longer train
 
 import pathlib
 import re
-import subprocess
 import sys
+
+from subprocesses import run_command
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "## Use from Python"
@@ -39,11 +40,8 @@ def test_readme_python_examples_run(tmp_path):
     code = "\n".join(python_blocks(README.read_text()))
     script = tmp_path / "readme_examples.py"
     script.write_text(code)
-    result = subprocess.run(
+    result = run_command(
         [sys.executable, str(script)],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]

@@ -11,6 +11,7 @@ epoch e of log.csv is index e - 1).
     goldblum/AdversariallyRobustDistillation   779ade3
     ZFancy/IAD                                 a8091a8
     kunsaram01/DGAD                            a0329c8
+    boyellow/AdaAD                             9e5c6e5
 """
 
 import pathlib
@@ -228,22 +229,24 @@ REFERENCE = {
         val_fraction=0,  # config/dataset_config.py:22-23
         select="best_test",  # :588-590, :628-640 best PGD-10 on the test split
     ),
+    # boyellow/AdaAD: kunsaram01/DGAD's Plain_Madry raises TypeError (its AT_helper.py:121).
     "cifar10_resnet18_pgdat.yaml": dict(
-        source="kunsaram01/DGAD main.py --method Plain_Madry --epochs 110, AT_helper.py",
-        epochs=110,  # --epochs 110, main.py:124-125
-        rates=dgad_repo_rates(110),
-        momentum=0.9,  # main.py:69
-        weight_decay=5e-4,  # :70
-        batch_size=128,  # :65
-        eps=8 / 255,  # :55
-        step_size=2 / 255,  # :57
-        steps=10,  # :56
-        start=("gaussian", 0.001),  # AT_helper.py:113
-        forwards=(ADV, UNUSED_CLEAN),  # :321 net(adv_inputs), :324 net(inputs), its loss unused
-        train_mode_attack=False,  # AT_helper.py:110-111 model.eval()
-        keep_partial_batch=True,  # :166-171
+        source="boyellow/AdaAD main.py --method Plain_Madry --epochs 110 --epsilon 8 "
+        "--step_size 2, AT_helper.py",
+        epochs=110,  # --epochs 110, main.py:117-118
+        rates=dgad_repo_rates(110),  # boyellow/AdaAD main.py:113-128, :293, :517: the same
+        momentum=0.9,  # main.py:63
+        weight_decay=5e-4,  # :64
+        batch_size=128,  # :59
+        eps=8 / 255,  # --epsilon 8, :308-309
+        step_size=2 / 255,  # --step_size 2, :308
+        steps=10,  # :50
+        start=("gaussian", 0.001),  # AT_helper.py:66
+        forwards=(ADV, UNUSED_CLEAN),  # :314 net(adv_inputs), :317 net(inputs), its loss unused
+        train_mode_attack=False,  # AT_helper.py:63-64 model.eval()
+        keep_partial_batch=True,  # :159-164
         val_fraction=0,  # config/dataset_config.py:22-23
-        select="best_test",  # :588-590, :628-640
+        select="best_test",  # :423-424, :479-493
     ),
     "cifar10_resnet18_dgad.yaml": dict(
         _DGAD_MAIN, source="kunsaram01/DGAD main.py --method DGAD, AT_helper.py"

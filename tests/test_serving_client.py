@@ -5,7 +5,6 @@ The fake server answers with the session's exported SavedModel (conftest's `load
 
 import http.server
 import json
-import subprocess
 import sys
 import threading
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from serving_helpers import keras_probabilities
+from subprocesses import run_command
 
 from dgad_tf import serving_client
 
@@ -203,7 +203,7 @@ def test_client_decodes_without_importing_tensorflow(digit_png):
         "assert image.shape == (8, 8, 1), image.shape; "
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = run_command([sys.executable, "-c", code])
     assert proc.returncode == 0, proc.stderr
 
 

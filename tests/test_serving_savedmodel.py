@@ -4,12 +4,11 @@ Each test checks the session's one export (conftest's `exported`) against the Ke
 TensorFlow's own loader and `saved_model_cli`.
 """
 
-import subprocess
-
 import numpy as np
 import pytest
 import tensorflow as tf
 from serving_helpers import keras_probabilities
+from subprocesses import run_command
 
 
 def test_serving_default_returns_keras_probabilities_and_classes(loaded, student, digits):
@@ -73,6 +72,7 @@ def test_saved_model_cli_runs_the_export(exported, student, digits, tmp_path):
         "--signature_def", "serving_default", "--inputs", f"images={tmp_path / 'x.npy'}",
         "--outdir", str(tmp_path / "out"),
     ]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    result = run_command(command)
+    assert result.returncode == 0, result.stderr[-2000:]
     probabilities = np.load(tmp_path / "out" / "probabilities.npy")
     np.testing.assert_allclose(probabilities, keras_probabilities(student, x), atol=1e-5)

@@ -25,7 +25,8 @@ class PGD:
         step_size: step per iteration, >= 0. Defaults to 2/255.
         steps: iterations, an int >= 0. Defaults to 10.
         start: random start: "auto" (the method's own, docs/method.md §3.3: Gaussian for the
-            distillation methods and TRADES, uniform for PGD-AT, ARD, IAD and clean training),
+            distillation methods and TRADES, uniform for ARD, IAD and clean training, and for
+            PGD-AT uniform, or Gaussian with `reference_forwards` as the AdaAD code's SAT),
             "uniform" (x + U(-eps, eps)), "gaussian" (x + start_std·N(0, 1)) or "none".
             Defaults to "auto".
         start_std: standard deviation of the Gaussian start, >= 0. Defaults to 0.001.
