@@ -57,9 +57,11 @@ def command_line(module: str, argv=None) -> str:
 def run_work(work, *args, **kwargs):
     """`work(*args, **kwargs)`, or the usage exit code if it refuses its input.
 
-    A config problem found late, a run folder that is not this run's, or a folder another
-    process holds (ConfigError, RunError, FolderBusy) prints one `error:` line and returns
-    EXIT_USAGE, as a bad argument would. Returns (exit code or None, the work's result).
+    A config problem found late, a run folder that is not this run's, a folder another
+    process holds, or an export that ran out of disk (ConfigError, RunError, FolderBusy,
+    `serving.ExportDiskFull`, whose message names the disk and the space needed) prints one
+    `error:` line and returns EXIT_USAGE, as a bad argument would. Returns (exit code or None,
+    the work's result).
     """
     from dgad_tf.config import ConfigError
     from dgad_tf.rundir import FolderBusy, RunError
@@ -68,6 +70,12 @@ def run_work(work, *args, **kwargs):
         return None, work(*args, **kwargs)
     except (RunError, ConfigError, FolderBusy) as err:
         return error(str(err)), None
+    except OSError as err:
+        from dgad_tf.serving import ExportDiskFull  # loaded already: only an export raises it
+
+        if isinstance(err, ExportDiskFull):
+            return error(str(err)), None
+        raise
 
 
 def int_at_least(minimum: int):

@@ -278,6 +278,27 @@ def test_a_second_fit_on_the_same_folder_is_refused(tmp_path, capsys):
     assert listing(run) == []
 
 
+def test_a_fit_whose_export_fills_the_disk_ends_in_one_line_and_exit_2(
+    tmp_path, capsys, monkeypatch
+):
+    # `export.formats` exports at the end of a run (run._export, serving.export_student); a full
+    # disk there is named as `python -m dgad_tf.export` names it, not as a traceback.
+    import errno
+
+    from dgad_tf import run as run_module
+
+    message = "no space left on the disk mounted at /x while writing /x/m: needs about 2 MB"
+
+    def run_that_fills_the_disk(cfg, **kwargs):
+        raise serving.ExportDiskFull(errno.ENOSPC, message)
+
+    monkeypatch.setattr(run_module, "run", run_that_fills_the_disk)
+    config = str(REPO / "configs" / "quickstart.yaml")
+    assert fit_cli.main(["--config", config, "--set", f"output.dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {message}" and "Traceback" not in err
+
+
 @pytest.mark.parametrize("where", ["under_a_file", "read_only_file_system"])
 def test_fit_refuses_an_output_dir_it_cannot_create(tmp_path, capsys, where):
     if where == "under_a_file":
