@@ -77,6 +77,14 @@ def test_tensorflow_imported_first_with_onednn_off_warns_once():
     assert "TF_ENABLE_ONEDNN_OPTS=1" in warnings[0]
 
 
+def test_tensorflow_imported_first_warns_only_if_onednn_is_off():
+    # Unset variable: TensorFlow's own default decides (on with AVX-512 VNNI/BF16 or AMX).
+    lines, stderr = _python("import tensorflow\nimport dgad_tf\n" + REPORT)
+    warnings = [line for line in stderr.splitlines() if WARNING in line]
+    expected = 0 if lines["onednn"] == "True" or not cpu.is_x86() else 1
+    assert len(warnings) == expected, stderr[-3000:]
+
+
 def test_tensorflow_imported_first_with_users_zero_does_not_warn():
     lines, stderr = _python("import tensorflow\nimport dgad_tf\n" + REPORT, variable="0")
     assert lines == {"variable": "0", "onednn": "False"}
@@ -94,16 +102,20 @@ def test_non_x86_cpus_are_left_to_tensorflow(monkeypatch):
 def test_describe_reads_the_model_and_vector_extensions(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(
-        "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx fma avx2 bmi2\n\n"
-        "processor\t: 1\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx fma avx2 bmi2\n"
+        "processor\t: 0\nmodel name\t: AMD EPYC 9B14\n"
+        "flags\t\t: fpu avx2 avx512f avx avx512vl avx512_vnni fma bmi2 avx512_bf16\n\n"
+        "processor\t: 1\nmodel name\t: AMD EPYC 9B14\n"
+        "flags\t\t: fpu avx2 avx512f avx avx512vl avx512_vnni fma bmi2 avx512_bf16\n"
     )
     description = cpu.describe(str(cpuinfo))
-    assert description["cpu_model"] == "AMD EPYC 7B13"
-    assert description["vector_extensions"] == ["avx", "avx2", "fma"]
+    assert description["cpu_model"] == "AMD EPYC 9B14"
+    # Only the oneDNN-relevant extensions, in VECTOR_EXTENSIONS' order (widest last).
+    expected = ["avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]
+    assert description["vector_extensions"] == expected
     assert description["onednn"] in (True, False)
     assert description[cpu.VARIABLE] == os.environ.get(cpu.VARIABLE)
     line = cpu.summary(description)
-    assert "AMD EPYC 7B13" in line and "avx avx2 fma" in line
+    assert "AMD EPYC 9B14" in line and " ".join(expected) in line
     assert f"oneDNN {'on' if description['onednn'] else 'off'}" in line
 
 
