@@ -30,6 +30,9 @@ import numpy as np
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))
 
+import dgad_tf  # noqa: E402, F401  (first: TensorFlow loads with oneDNN as dgad_tf.cpu sets it)
+
+# isort: split
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
