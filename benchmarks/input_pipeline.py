@@ -30,7 +30,8 @@ import numpy as np
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))
 
-import dgad_tf  # noqa: E402, F401  (first: TensorFlow loads with oneDNN as dgad_tf.cpu sets it)
+# Before TensorFlow, so that it loads with oneDNN as dgad_tf sets it (dgad_tf.cpu).
+import dgad_tf  # noqa: E402, F401
 
 # isort: split
 import keras  # noqa: E402
