@@ -31,6 +31,7 @@ def torch_compare():
     return torch_compare
 
 
+@pytest.mark.parity
 def test_one_dgad_step_agrees_with_pytorch(torch_compare):
     # Two PGD steps on a batch of 4: loss, updated weights and the attack itself must match.
     check = torch_compare.parity.check_one_step(
@@ -51,6 +52,7 @@ def test_one_dgad_step_agrees_with_pytorch(torch_compare):
     assert check["passed"]
 
 
+@pytest.mark.parity
 def test_check_fails_when_the_steps_differ(torch_compare, monkeypatch):
     # A different PCR weight on the PyTorch side must be caught, so the check can fail.
     original = torch_compare.dgad.dgad_loss_torch
@@ -63,6 +65,7 @@ def test_check_fails_when_the_steps_differ(torch_compare, monkeypatch):
     assert not check["passed"]
 
 
+@pytest.mark.parity
 def test_torch_dgad_loss_matches_ours(torch_compare):
     # The PyTorch loss of the benchmark against dgad_tf.losses.dgad_loss, with MAP and ELS hit.
     from dgad_tf.losses import dgad_loss
