@@ -10,7 +10,7 @@ oneDNN. A value the user set, `TF_ENABLE_ONEDNN_OPTS=0` included, is left alone;
 are left to TensorFlow's own default. When TensorFlow was imported before `dgad_tf` with oneDNN
 off and the user had not asked for that, one warning says so and how to turn it on.
 
-This module imports neither TensorFlow nor Keras.
+Importing this module imports neither TensorFlow nor Keras (`onednn_enabled()` does).
 
 Example:
     >>> from dgad_tf import cpu
@@ -27,7 +27,7 @@ import sys
 
 VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
-# The /proc/cpuinfo flags that decide which oneDNN kernels a CPU can run, widest last.
+# The /proc/cpuinfo flags that decide which oneDNN kernels a CPU can run, oldest first.
 VECTOR_EXTENSIONS = (
     "avx",
     "avx2",

@@ -109,7 +109,7 @@ def test_describe_reads_the_model_and_vector_extensions(tmp_path):
     )
     description = cpu.describe(str(cpuinfo))
     assert description["cpu_model"] == "AMD EPYC 9B14"
-    # Only the oneDNN-relevant extensions, in VECTOR_EXTENSIONS' order (widest last).
+    # Only the oneDNN-relevant extensions, in VECTOR_EXTENSIONS' order.
     expected = ["avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]
     assert description["vector_extensions"] == expected
     assert description["onednn"] in (True, False)
