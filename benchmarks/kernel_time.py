@@ -39,6 +39,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 sys.path.insert(0, os.path.dirname(_HERE))
 
+# Before TensorFlow, so that it loads with oneDNN as dgad_tf sets it (dgad_tf.cpu).
+from dgad_tf import cpu  # noqa: E402
+
+# isort: split
 from torch_compare.timing import (  # noqa: E402
     PRECISIONS,
     build_steps,
@@ -175,9 +179,9 @@ def kernel_times(args, pair):
         if not convolutions:
             # A matmul alone (TensorFlow's `gemm_api`) is no bound on a convolutional step.
             hint = (
-                " TensorFlow turns its oneDNN kernels on by default only on CPUs with "
-                "AVX-512 VNNI/BF16 or AMX-class features; set TF_ENABLE_ONEDNN_OPTS=1 to "
-                "measure them (the timed steps of vs_pytorch.py then run with it too)."
+                f" TF_ENABLE_ONEDNN_OPTS={os.environ.get(cpu.VARIABLE, '(unset)')} in the child;"
+                " dgad_tf switches TensorFlow's oneDNN kernels on by default on x86 CPUs, so "
+                "unset the variable or set TF_ENABLE_ONEDNN_OPTS=1 to measure them."
                 if side == "ours"
                 else ""
             )
@@ -231,6 +235,7 @@ def main(argv=None) -> int:
         f"intra-op and inter-op threads each; load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
+    print(cpu.summary(cpu.describe()), flush=True)
     results = {}
     for pair in args.configs:
         name = f"{pair[0]} <- {pair[1]}"

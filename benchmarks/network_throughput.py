@@ -8,7 +8,7 @@ cost relative to the first one's measured in the same rounds.
 
 Example:
 
-    TF_ENABLE_ONEDNN_OPTS=1 python benchmarks/network_throughput.py \\
+    python benchmarks/network_throughput.py \\
         --networks wrn-10-1,wrn-10-2,small-cnn,wrn-16-2 --rounds 5
 """
 
@@ -23,6 +23,10 @@ import time
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))
 
+# Before TensorFlow, so that it loads with oneDNN as dgad_tf sets it (dgad_tf.cpu).
+from dgad_tf import cpu  # noqa: E402
+
+# isort: split
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -78,7 +82,7 @@ def main(argv=None) -> int:
     print(
         f"input-gradient step (forward + backward), batch {args.batch_size}, {shape}, "
         f"{args.iters} steps x {args.rounds} rounds (median), TF {tf.__version__}, "
-        f"oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default')}, {os.cpu_count()} CPUs"
+        f"{os.cpu_count()} CPUs; {cpu.summary(cpu.describe())}"
     )
     print(f"{'network':12s} {'params':>9s} {'images/s':>9s} {'cost vs ' + first:>14s}")
     for name in names:

@@ -41,6 +41,10 @@ import numpy as np
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))
 
+# Before TensorFlow, so that it loads with oneDNN as dgad_tf sets it (dgad_tf.cpu).
+import dgad_tf  # noqa: E402, F401
+
+# isort: split
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

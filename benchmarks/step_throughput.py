@@ -33,6 +33,10 @@ import numpy as np
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))
 
+# Before TensorFlow, so that it loads with oneDNN as dgad_tf sets it (dgad_tf.cpu).
+from dgad_tf import cpu  # noqa: E402
+
+# isort: split
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -256,6 +260,7 @@ def run(args) -> dict:
             cpu_count=os.cpu_count(),
             gpus=len(tf.config.list_physical_devices("GPU")),
             platform=platform.platform(),
+            **cpu.describe(),
         ),
         results=results,
         ratios=ratios,
@@ -290,6 +295,7 @@ def print_report(report: dict) -> None:
         f"(median), TF {report['machine']['tensorflow']}, "
         f"{report['machine']['cpu_count']} CPUs, {report['machine']['gpus']} GPUs"
     )
+    print(cpu.summary(report["machine"]))
     print(
         f"{'method':<10}{'xla':<5}{'images/s':>10}{'s/step':>9}{'min':>9}{'max':>9}"
         f"{'1st call s':>12}"

@@ -61,6 +61,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 sys.path.insert(0, os.path.dirname(_HERE))
 
+# Before TensorFlow, so that it loads with oneDNN as dgad_tf sets it (dgad_tf.cpu).
+from dgad_tf import cpu  # noqa: E402
+
+# isort: split
 import torch  # noqa: E402
 from torch_compare.gradients import gradient_agreement  # noqa: E402
 from torch_compare.parity import (  # noqa: E402
@@ -180,6 +184,8 @@ def main(argv=None) -> int:
         f"{args.iters} steps per side",
         flush=True,
     )
+    machine = cpu.describe()
+    print(cpu.summary(machine), flush=True)
     report = dict(
         command=" ".join(["python", "benchmarks/vs_pytorch.py"] + sys.argv[1:]),
         machine=dict(
@@ -191,6 +197,7 @@ def main(argv=None) -> int:
             cpu_count=os.cpu_count(),
             device=device,
             platform=platform.platform(),
+            **machine,
         ),
         configs={},
     )

@@ -7,6 +7,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
+# Before any test module imports TensorFlow, so the suite runs with oneDNN as users get it.
+import dgad_tf  # noqa: E402, F401
+
 SHARED_CIFAR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 
 

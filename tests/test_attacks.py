@@ -9,6 +9,9 @@ import tensorflow as tf
 
 from dgad_tf import attacks
 
+# Compared with an independent reference: CI also runs these with TF_ENABLE_ONEDNN_OPTS=0.
+pytestmark = pytest.mark.parity
+
 EPS_TOL = 1e-6
 
 

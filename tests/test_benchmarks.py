@@ -1,6 +1,7 @@
 """The benchmarks compare equal work: their PyTorch steps must agree with ours."""
 
 import importlib.util
+import json
 import os
 import pathlib
 
@@ -30,6 +31,7 @@ def torch_compare():
     return torch_compare
 
 
+@pytest.mark.parity
 def test_one_dgad_step_agrees_with_pytorch(torch_compare):
     # Two PGD steps on a batch of 4: loss, updated weights and the attack itself must match.
     check = torch_compare.parity.check_one_step(
@@ -50,6 +52,7 @@ def test_one_dgad_step_agrees_with_pytorch(torch_compare):
     assert check["passed"]
 
 
+@pytest.mark.parity
 def test_check_fails_when_the_steps_differ(torch_compare, monkeypatch):
     # A different PCR weight on the PyTorch side must be caught, so the check can fail.
     original = torch_compare.dgad.dgad_loss_torch
@@ -62,6 +65,7 @@ def test_check_fails_when_the_steps_differ(torch_compare, monkeypatch):
     assert not check["passed"]
 
 
+@pytest.mark.parity
 def test_torch_dgad_loss_matches_ours(torch_compare):
     # The PyTorch loss of the benchmark against dgad_tf.losses.dgad_loss, with MAP and ELS hit.
     from dgad_tf.losses import dgad_loss
@@ -119,15 +123,12 @@ def test_kernel_time_child_sees_onednn_in_both_steps(monkeypatch):
     args = kernel_time.parse_args(
         ["--configs", "small-cnn:small-cnn", "--batch-size", "4", "--steps", "1", "--iters", "1"]
     )
-    try:
-        steps = kernel_time.kernel_times(args, args.configs[0])
-    except RuntimeError as err:
-        # On a CPU where TensorFlow's oneDNN kernels are off by default (AVX2-only, e.g.) the
-        # benchmark must say so; with them switched on, the child must then see them.
-        if os.environ.get("TF_ENABLE_ONEDNN_OPTS") or "TF_ENABLE_ONEDNN_OPTS=1" not in str(err):
-            raise
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":
+        # With oneDNN switched off by hand the benchmark must say so and how to turn it on.
+        with pytest.raises(RuntimeError, match="TF_ENABLE_ONEDNN_OPTS=1"):
+            kernel_time.kernel_times(args, args.configs[0])
         monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
-        steps = kernel_time.kernel_times(args, args.configs[0])
+    steps = kernel_time.kernel_times(args, args.configs[0])
     for side in ("ours", "pytorch"):
         (step,) = steps[side]
         assert any(kind.startswith("convolution") for kind in step["kinds"]), step["kinds"]
@@ -189,3 +190,68 @@ def test_network_throughput_reports_each_network_relative_to_the_first(capsys):
     assert set(rows) == {"small-cnn", "wrn-10-1"}
     assert float(rows["small-cnn"][3]) == 1.0  # the first network against itself
     assert int(rows["wrn-10-1"][1]) > 0 and float(rows["wrn-10-1"][2]) > 0
+
+
+def _where_it_ran_ok(machine):
+    """Check a result's CPU fields against /proc/cpuinfo and TensorFlow; return its line."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    from dgad_tf import cpu
+
+    assert machine["onednn"] is bool(_pywrap_util_port.IsMklEnabled())
+    assert machine["TF_ENABLE_ONEDNN_OPTS"] == os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    if pathlib.Path("/proc/cpuinfo").exists():
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+        assert machine["cpu_model"] and machine["cpu_model"] in text
+        flags = next(line for line in text.splitlines() if line.startswith("flags")).split()
+        assert set(machine["vector_extensions"]) == set(cpu.VECTOR_EXTENSIONS) & set(flags)
+    return cpu.summary(machine)
+
+
+TINY_PAIR = ["--configs", "small-cnn:small-cnn", "--batch-size", "2", "--steps", "1"]
+
+
+def test_step_throughput_results_say_where_they_ran(tmp_path, capsys):
+    bench = _load("step_throughput")
+    out = tmp_path / "steps.json"
+    args = ["--student", "small-cnn", "--teacher", "small-cnn", "--methods", "dgad"]
+    args += ["--batch-size", "2", "--steps", "1", "--warmup", "1", "--iters", "1"]
+    args += ["--repeats", "1", "--xla", "off", "--eager-iters", "0", "--out", str(out)]
+    assert bench.main(args) == 0
+    summary = _where_it_ran_ok(json.loads(out.read_text())["machine"])
+    assert summary in capsys.readouterr().out
+
+
+def test_vs_pytorch_results_say_where_they_ran(tmp_path, capsys, monkeypatch):
+    bench = _load("vs_pytorch")
+    # Thread counts are fixed once per process: this test's TensorFlow is already running.
+    monkeypatch.setattr(bench, "set_threads", lambda threads: None)
+    # The equality check runs; the timed rounds are canned: only the result is under test.
+    timing = dict(
+        rounds=[],
+        first_call_seconds=1.0,
+        ours_images_per_second=3.0,
+        torch_images_per_second=2.0,
+        ratio_of_medians=1.5,
+        median_of_paired_ratios=1.5,
+    )
+    monkeypatch.setattr(bench, "time_config", lambda *a: timing)
+    out = tmp_path / "vs.json"
+    assert bench.main([*TINY_PAIR, "--rounds", "1", "--iters", "1", "--out", str(out)]) == 0
+    summary = _where_it_ran_ok(json.loads(out.read_text())["machine"])
+    assert summary in capsys.readouterr().out
+
+
+def test_kernel_time_output_says_where_it_ran(capsys, monkeypatch):
+    # Only the printing is under test: the timed rounds and the logging child are canned.
+    bench = _load("kernel_time")
+    monkeypatch.setattr(bench, "set_threads", lambda threads: None)
+    rounds = [dict(ours_seconds=1.0, torch_seconds=1.5)]
+    monkeypatch.setattr(
+        bench, "time_config", lambda *a: dict(rounds=rounds, median_of_paired_ratios=1.5)
+    )
+    step = dict(wall=1.0, onednn=0.9, busy=0.8, kinds={"convolution brg forward": 0.9})
+    monkeypatch.setattr(bench, "kernel_times", lambda *a: dict(ours=[step], pytorch=[step]))
+    assert bench.main(TINY_PAIR) == 0
+    # The line after the settings: this CPU and this process's oneDNN state.
+    assert capsys.readouterr().out.splitlines()[1] == bench.cpu.summary(bench.cpu.describe())

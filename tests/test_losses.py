@@ -6,6 +6,9 @@ import tensorflow as tf
 
 from dgad_tf import losses
 
+# Compared with an independent reference: CI also runs these with TF_ENABLE_ONEDNN_OPTS=0.
+pytestmark = pytest.mark.parity
+
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 

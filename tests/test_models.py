@@ -18,6 +18,9 @@ from dgad_tf.models import (
     saving,
 )
 
+# Compared with an independent reference: CI also runs these with TF_ENABLE_ONEDNN_OPTS=0.
+pytestmark = pytest.mark.parity
+
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)
 

@@ -8,6 +8,9 @@ from dgad_tf.optim import EpochSchedule, TorchSGD
 
 torch = pytest.importorskip("torch")
 
+# Compared with an independent reference: CI also runs these with TF_ENABLE_ONEDNN_OPTS=0.
+pytestmark = pytest.mark.parity
+
 
 def _torch_sgd(w0, grads, lrs, momentum, weight_decay, nesterov=False):
     """`torch.optim.SGD` run on `w0` with the given gradients and per-step rates."""

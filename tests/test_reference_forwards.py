@@ -15,6 +15,9 @@ from dgad_tf.distiller import AdversarialDistiller
 from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.optim import TorchSGD
 
+# Compared with an independent reference: CI also runs these with TF_ENABLE_ONEDNN_OPTS=0.
+pytestmark = pytest.mark.parity
+
 SHAPE, CLASSES = (6, 6, 1), 4
 
 

@@ -20,6 +20,9 @@ import tensorflow as tf
 from dgad_tf.build import method_loss
 from dgad_tf.config import load_config
 
+# Compared with an independent reference: CI also runs these with TF_ENABLE_ONEDNN_OPTS=0.
+pytestmark = pytest.mark.parity
+
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 TOL = dict(rtol=1e-6, atol=1e-6)
 

@@ -24,6 +24,9 @@ from dgad_tf.config.validate import resolved_attack_init
 from dgad_tf.fit import student_learning_rates
 from dgad_tf.methods import ADV, CLEAN, METHOD_SPECS, Forward
 
+# Compared with an independent reference: CI also runs these with TF_ENABLE_ONEDNN_OPTS=0.
+pytestmark = pytest.mark.parity
+
 # The student's training-mode calls of a reference step, in order; an unused one only moves
 # batch-norm statistics.
 UNUSED_CLEAN, UNUSED_ADV = Forward("clean", used=False), Forward("adv", used=False)
