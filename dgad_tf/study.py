@@ -22,9 +22,17 @@ A study folder holds:
     study.yaml               what was studied (a re-run must match it, then it resumes)
     teacher.keras, teacher_run/   the one teacher, when it was trained here
     teacher_eval.json        the teacher under the protocol
+    teacher_correct.npz      the teacher's per-image correctness (see below)
     cells/<name>_seed<k>/    one ordinary `python -m dgad_tf.fit` run folder per cell, plus
-                             study_eval.json (its selected student under the protocol)
+                             study_eval.json (its selected student under the protocol) and
+                             study_correct.npz (that student's per-image correctness)
     results.csv, summary.md, summary.json, *.png   see `dgad_tf.study_report`
+
+Every evaluation file names the sha256 of the images it scored (`images_sha256`) and of the
+model file (`model_sha256`). A correctness file holds, per protocol attack ("clean" included),
+`np.packbits` of a bool [n] array: whether test image i (the first n test images, in the data's
+order, which `images_sha256` pins) is still classified correctly; `dgad_tf.stats.unpack_correct`
+reads it back.
 
 A killed study resumes: finished cells (their study_eval.json) are never retrained, an
 interrupted one resumes after its last completed epoch as `fit` does.
@@ -44,7 +52,7 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from dgad_tf import rundir
+from dgad_tf import rundir, stats
 from dgad_tf.config import (
     METHODS,
     Config,
@@ -62,6 +70,8 @@ STUDY_FILE = "study.yaml"
 CELLS_DIR = "cells"
 CELL_EVAL_FILE = "study_eval.json"
 TEACHER_EVAL_FILE = "teacher_eval.json"
+CELL_CORRECT_FILE = "study_correct.npz"
+TEACHER_CORRECT_FILE = "teacher_correct.npz"
 
 # A method's own `set:` may change how it trains, never what every cell must share.
 _SHARED_SECTIONS = ("data", "teacher_train", "output", "eval", "export", "distribute", "tune")
@@ -372,17 +382,74 @@ def images_digest(x: np.ndarray, y: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def file_digest(path) -> str:
+    """sha256 of a file's bytes: ties an evaluation to the exact model file it scored."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def evaluate_protocol(model, study: Study, splits) -> dict:
-    """`model` under the study's protocol on the first `n` test images."""
+    """`model` under the study's protocol on the first `n` test images.
+
+    The report holds, under "per_image", a bool [n] array per attack (see `write_evaluation`).
+    """
     from dgad_tf.robustness import evaluate_robustness
 
     p = study.protocol
     x, y = splits.test.x[: p.n], splits.test.y[: p.n]
     report = evaluate_robustness(
-        model, x, y, attacks=p.attacks, eps=p.eps, batch_size=p.batch_size, seed=p.seed
+        model,
+        x,
+        y,
+        attacks=p.attacks,
+        eps=p.eps,
+        batch_size=p.batch_size,
+        seed=p.seed,
+        per_image=True,
     )
     report["images_sha256"] = images_digest(x, y)
     return report
+
+
+def write_evaluation(
+    eval_file: pathlib.Path, correct_file: pathlib.Path, evaluation: dict, model_file
+) -> dict:
+    """Write the per-image correctness, then the evaluation (the file that marks it done).
+
+    Returns:
+        The evaluation as written: "per_image" replaced by the correctness file's name, and
+        the model file's sha256 added.
+    """
+    per_image = evaluation.pop("per_image")
+    arrays = {name: stats.pack_correct(mask) for name, mask in per_image.items()}
+    arrays["n"] = np.array(evaluation["n"])
+    arrays["images_sha256"] = np.array(evaluation["images_sha256"])
+
+    def save(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    rundir.atomic_write(correct_file, save)
+    evaluation["per_image_file"] = correct_file.name
+    evaluation["model_sha256"] = file_digest(model_file)
+    rundir.atomic_write_text(eval_file, json.dumps(evaluation, indent=2, default=float))
+    return evaluation
+
+
+def read_correct(correct_file: pathlib.Path):
+    """{attack: bool [n]} from a correctness file, or None when there is none (older studies)."""
+    if not correct_file.exists():
+        return None
+    with np.load(correct_file) as data:
+        n = int(data["n"])
+        return {
+            name: stats.unpack_correct(data[name], n)
+            for name in data.files
+            if name not in ("n", "images_sha256")
+        }
 
 
 @dataclasses.dataclass
@@ -408,6 +475,7 @@ def _duration(seconds: float) -> str:
 
 
 def _cell_row(cell: Cell, evaluation: dict, report: dict) -> dict:
+    selection = report["student"].get("selection", {})
     return {
         "method": cell.entry.name,
         "seed": cell.seed,
@@ -416,7 +484,10 @@ def _cell_row(cell: Cell, evaluation: dict, report: dict) -> dict:
         "seconds": float(report.get("seconds", 0.0)),
         "run_dir": str(cell.folder),
         "checkpoint": report["student"]["path"],
+        "select": selection.get("rule", cell.cfg.train.select),
+        "selected_epoch": selection.get("epoch"),
         "history": report.get("history", []),
+        "correct": read_correct(cell.folder / CELL_CORRECT_FILE),
     }
 
 
@@ -467,10 +538,10 @@ def run_study(study: Study, *, command: str = "", on_cell_done=None) -> StudyRes
                     ["python", "-m", "dgad_tf.fit", "--config", str(cell.folder / "config.yaml")]
                 )
                 report = run_lib.run(cell.cfg, command=cell_command)
-            student = models.load_model(cell.folder / report["student"]["path"])
-            evaluation = evaluate_protocol(student, study, splits)
+            student_file = cell.folder / report["student"]["path"]
+            evaluation = evaluate_protocol(models.load_model(student_file), study, splits)
             evaluation["checkpoint"] = report["student"]["path"]
-            rundir.atomic_write_text(eval_file, json.dumps(evaluation, indent=2, default=float))
+            write_evaluation(eval_file, cell.folder / CELL_CORRECT_FILE, evaluation, student_file)
             rows.append(_cell_row(cell, evaluation, report))
             cells_run += 1
             trained_seconds.append(time.time() - cell_started)
@@ -512,8 +583,9 @@ def _teacher(study: Study, splits, folder: pathlib.Path, strategy) -> dict:
     log.info("teacher %s under the study's protocol", study.teacher_path)
     evaluation = evaluate_protocol(teacher, study, splits)
     evaluation["path"] = str(study.teacher_path)
-    rundir.atomic_write_text(eval_file, json.dumps(evaluation, indent=2, default=float))
-    return evaluation
+    return write_evaluation(
+        eval_file, folder / TEACHER_CORRECT_FILE, evaluation, study.teacher_path
+    )
 
 
 __all__ = [
@@ -524,9 +596,12 @@ __all__ = [
     "StudyResult",
     "check_study_dir",
     "evaluate_protocol",
+    "file_digest",
     "images_digest",
     "load_study",
     "parse_study",
     "preflight_study",
+    "read_correct",
     "run_study",
+    "write_evaluation",
 ]

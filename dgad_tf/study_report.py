@@ -1,7 +1,9 @@
 """What a study writes from its cells: results.csv, summary.md, summary.json and the figures.
 
     results.csv      one row per method x seed: method, seed, clean_accuracy, one
-                     <attack>_accuracy per attack of the protocol, epochs, seconds, run_dir
+                     <attack>_accuracy per attack of the protocol, epochs, the selection rule
+                     (`train.select`) and the epoch of the checkpoint it selected, seconds,
+                     run_dir
     summary.json     per method: mean and std over seeds of every accuracy; the paired
                      difference to the reference method over the same seeds, with its 95% t
                      interval; the teacher under the same protocol
@@ -57,7 +59,16 @@ def row_metrics(evaluation: dict, protocol) -> dict:
 
 
 def results_csv(rows: list, protocol) -> str:
-    columns = ["method", "seed", *metric_names(protocol), "epochs", "seconds", "run_dir"]
+    columns = [
+        "method",
+        "seed",
+        *metric_names(protocol),
+        "epochs",
+        "select",
+        "selected_epoch",
+        "seconds",
+        "run_dir",
+    ]
     out = io.StringIO()
     writer = csv.DictWriter(out, columns, lineterminator="\n")
     writer.writeheader()
@@ -69,6 +80,8 @@ def results_csv(rows: list, protocol) -> str:
                 "seed": row["seed"],
                 **{k: f"{v:.4f}" for k, v in metrics.items()},
                 "epochs": row["epochs"],
+                "select": row.get("select", ""),
+                "selected_epoch": row.get("selected_epoch", ""),
                 "seconds": f"{row['seconds']:.0f}",
                 "run_dir": row["run_dir"],
             }

@@ -143,6 +143,8 @@ def test_results_csv_has_one_row_per_cell_with_the_promised_columns(finished_stu
         "fgsm_accuracy",
         "pgd3_accuracy",
         "epochs",
+        "select",
+        "selected_epoch",
         "seconds",
         "run_dir",
     ]
