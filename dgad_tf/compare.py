@@ -13,9 +13,10 @@ study folder. Every cell is an ordinary `fit` run folder under `<output.dir>/cel
 with the protocol on the same first n test images. The study folder then holds results.csv,
 summary.md, summary.json and two PNG figures (with matplotlib: pip install "dgad_tf[plot]").
 
-Re-running the same command resumes: finished cells are never retrained. A different study in
-the same folder, or a second writer, is refused. A bad study file exits with code 2 naming the
-key, before anything is written.
+Re-running the same command resumes: finished cells are never retrained. Adding seeds or
+methods to the study file grows the study: only the new cells train. A different study in the
+same folder (other data, teacher, training or protocol), or a second writer, is refused. A bad
+study file exits with code 2 naming the key, before anything is written.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ optimiser, epochs, `output.dir` = the study folder) with one more section, `stud
 
 A study folder holds:
 
-    study.yaml               what was studied (a re-run must match it, then it resumes)
+    study.yaml               what was studied (a re-run must match it or grow it, see
+                             `check_study_dir`)
     teacher.keras, teacher_run/   the one teacher, when it was trained here
     teacher_eval.json        the teacher under the protocol
     teacher_correct.npz      the teacher's per-image correctness (see below)
@@ -333,22 +334,58 @@ def load_study(path, overrides=()) -> Study:
     return parse_study(section, base)
 
 
-def check_study_dir(study: Study) -> None:
-    """The study folder is new, or holds this same study (which then resumes).
+def check_study_dir(study: Study) -> bool:
+    """The study folder is new, holds this same study (which resumes) or a study it grows.
+
+    A study grows by more seeds or more methods: every stored seed and method (with the same
+    definition) is still there, so only the new cells train. Anything else that differs (the
+    base config: data, teacher, training; the protocol; the reference) is refused.
+
+    Returns:
+        Whether the stored study.yaml must be rewritten (the study grew).
 
     Raises:
         RunError: naming the first setting that differs from the stored study.
     """
     folder = study.folder
-    if rundir.holds_previous(folder, STUDY_FILE):
-        previous = yaml.safe_load((folder / STUDY_FILE).read_text())
-        current = yaml.safe_load(yaml.safe_dump(study.identity(), sort_keys=False))
-        differs = rundir.first_difference(previous, current)
-        if differs:
+    if not rundir.holds_previous(folder, STUDY_FILE):
+        return False
+    previous = yaml.safe_load((folder / STUDY_FILE).read_text())
+    current = yaml.safe_load(yaml.safe_dump(study.identity(), sort_keys=False))
+    grows = {"methods", "seeds"}
+    differs = rundir.first_difference(
+        {k: v for k, v in previous.items() if k not in grows},
+        {k: v for k, v in current.items() if k not in grows},
+    )
+    if differs:
+        raise rundir.RunError(
+            f"output.dir {folder} holds a different study (`{differs}` differs); choose "
+            "another output.dir or restore the setting (a study may only grow by seeds and "
+            "methods)"
+        )
+    methods = {m["name"]: m for m in current["methods"]}
+    for method in previous["methods"]:
+        if method["name"] not in methods:
             raise rundir.RunError(
-                f"output.dir {folder} holds a different study (`{differs}` differs); choose "
-                "another output.dir or restore the setting"
+                f"output.dir {folder} holds a study with method {method['name']!r}, which "
+                "`study.methods` no longer lists; a study may grow but not lose cells: list it "
+                "again or choose another output.dir"
             )
+        if methods[method["name"]] != method:
+            key = rundir.first_difference(method, methods[method["name"]])
+            raise rundir.RunError(
+                f"output.dir {folder} holds a different study (`methods.{method['name']}."
+                f"{key}` differs): its finished cells were trained otherwise; give the changed "
+                "variant a new `name` or choose another output.dir"
+            )
+    dropped = sorted(set(previous["seeds"]) - set(current["seeds"]))
+    if dropped:
+        raise rundir.RunError(
+            f"output.dir {folder} holds a study with seed {dropped[0]}, which `study.seeds` no "
+            "longer lists; a study may grow but not lose cells: list it again or choose another "
+            "output.dir"
+        )
+    return previous != current
 
 
 def preflight_study(study: Study):
@@ -509,8 +546,9 @@ def run_study(study: Study, *, command: str = "", on_cell_done=None) -> StudyRes
     splits = preflight_study(study)
     folder = study.folder
     with rundir.FolderLock(folder, "output.dir (the study folder)"):
-        check_study_dir(study)  # another writer may have come and gone between check and lock
-        if not (folder / STUDY_FILE).exists():
+        # another writer may have come and gone between check and lock
+        grown = check_study_dir(study)
+        if grown or not (folder / STUDY_FILE).exists():
             rundir.atomic_write_text(
                 folder / STUDY_FILE,
                 f"# {command}\n" + yaml.safe_dump(study.identity(), sort_keys=False),
