@@ -305,18 +305,22 @@ def hierarchical_bootstrap_replicates(a_correct, b_correct, *, resamples=10000, 
             "hierarchical_bootstrap needs two non-empty bool arrays shaped [seeds, images]; "
             f"received shapes {a.shape} and {b.shape}"
         )
-    differences = a.astype(np.float64) - b.astype(np.float64)
+    differences = a.astype(np.int8) - b.astype(np.int8)
     seeds, n = differences.shape
+    # An image enters only through its column of per-seed differences (each -1, 0 or +1), so
+    # drawing n images is drawing n columns from the distinct columns at their frequencies: the
+    # same distribution, with at most 3**seeds categories instead of n.
+    patterns, frequency = np.unique(differences.T, axis=0, return_counts=True)
     rng = np.random.default_rng(seed)
     replicates = np.empty(resamples)
-    chunk = max(1, min(resamples, 4_000_000 // (n + seeds)))
+    chunk = max(1, min(resamples, 4_000_000 // (len(patterns) + seeds)))
     for start in range(0, resamples, chunk):
         size = min(chunk, resamples - start)
         # How often each seed and each image is drawn. One image resample serves every drawn
         # seed: the seeds are scored on the same images, so an image's difficulty is shared.
         seed_counts = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=size)
-        image_counts = rng.multinomial(n, np.full(n, 1 / n), size=size)
-        per_seed = image_counts @ differences.T / n  # [size, seeds]
+        image_counts = rng.multinomial(n, frequency / n, size=size)
+        per_seed = image_counts @ patterns / n  # [size, seeds]
         replicates[start : start + size] = np.sum(per_seed * seed_counts, axis=1) / seeds
     return replicates
 
