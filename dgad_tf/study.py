@@ -16,6 +16,9 @@ optimiser, epochs, `output.dir` = the study folder) with one more section, `stud
       eps: 8/255               # default attack.eps
       batch_size: 256          # default eval.batch_size
       seed: 0                  # seed of the attacks' random starts, the same for every cell
+      primary: {method: dgad, versus: adaad, attack: autoattack}
+                               # the one comparison declared before the results (versus
+                               # defaults to the reference); every other p is Holm-adjusted
 
 A study folder holds:
 
@@ -77,7 +80,17 @@ TEACHER_CORRECT_FILE = "teacher_correct.npz"
 # A method's own `set:` may change how it trains, never what every cell must share.
 _SHARED_SECTIONS = ("data", "teacher_train", "output", "eval", "export", "distribute", "tune")
 _SHARED_KEYS = ("model.teacher", "model.teacher_path", "train.seed")
-_STUDY_KEYS = ("methods", "seeds", "reference", "attacks", "n", "eps", "batch_size", "seed")
+_STUDY_KEYS = (
+    "methods",
+    "seeds",
+    "reference",
+    "attacks",
+    "n",
+    "eps",
+    "batch_size",
+    "seed",
+    "primary",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +143,7 @@ class Study:
     seeds: tuple[int, ...]
     reference: str
     protocol: Protocol
+    primary: Optional[dict] = None  # {method, versus, attack}
 
     @property
     def folder(self) -> pathlib.Path:
@@ -150,10 +164,14 @@ class Study:
         return [_cell(self, entry, seed) for seed in self.seeds for entry in self.methods]
 
     def identity(self) -> dict:
-        """Everything that makes two studies the same study (output.* aside)."""
+        """Everything that makes two studies the same study (output.* aside).
+
+        The primary comparison is part of it when declared: it is chosen before the results.
+        """
         base = self.base.to_dict()
         base.pop("output")
-        return {
+        primary = {"primary": dict(self.primary)} if self.primary else {}
+        return primary | {
             "base": base,
             "methods": [
                 dataclasses.asdict(e) | {"overrides": list(e.overrides)} for e in self.methods
@@ -240,6 +258,37 @@ def _parse_entry(raw) -> MethodEntry:
     return MethodEntry(name, method, tuple(_check_override(name, s) for s in sets))
 
 
+def _parse_primary(raw, names, attacks, reference) -> Optional[dict]:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or sorted(set(raw) - {"method", "versus", "attack"}):
+        raise ConfigError(
+            "`study.primary` must be a mapping {method, versus, attack} (versus defaults to "
+            f"study.reference); received primary={raw!r}"
+        )
+    primary = {
+        "method": raw.get("method"),
+        "versus": raw.get("versus", reference),
+        "attack": raw.get("attack"),
+    }
+    for key in ("method", "versus"):
+        if primary[key] not in names:
+            raise ConfigError(
+                f"`study.primary.{key}` must be one of the study's methods ({', '.join(names)}); "
+                f"received {key}={primary[key]!r}"
+            )
+    if primary["method"] == primary["versus"]:
+        raise ConfigError(
+            f"`study.primary` compares {primary['method']!r} with itself; name two methods"
+        )
+    if primary["attack"] not in attacks:
+        raise ConfigError(
+            f"`study.primary.attack` must be one of the protocol's attacks "
+            f"({', '.join(attacks)}); received attack={primary['attack']!r}"
+        )
+    return primary
+
+
 def _integer(key: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"`study.{key}` must be an integer >= {minimum}; received {value!r}")
@@ -308,7 +357,8 @@ def parse_study(section, base: Config) -> Study:
         batch_size=_integer("batch_size", section.get("batch_size", base.eval.batch_size), 1),
         seed=_integer("seed", section.get("seed", 0), 0),
     )
-    study = Study(base, methods, seeds, reference, protocol)
+    primary = _parse_primary(section.get("primary"), names, protocol.attacks, reference)
+    study = Study(base, methods, seeds, reference, protocol, primary)
     study.cells()  # every cell's config must be valid before anything runs
     return study
 
