@@ -14,10 +14,7 @@
                      comparison, not Holm-adjusted); the teacher under the same protocol; the
                      cells whose checkpoint was selected on the test images (leaky)
     summary.md       the same numbers as tables, and one plain sentence per comparison
-    clean_vs_robust.png        clean vs the strongest attack's accuracy per method: every seed
-                               a point, the mean with +-1 std error bars
-    val_robust_accuracy.png    validation robust accuracy per epoch, per method (mean over seeds,
-                               every seed a thin line)
+    *.png, *.pdf     the figures, each as PNG and as vector PDF: see `dgad_tf.study_figures`
 
 The figures need matplotlib (`pip install "dgad_tf[plot]"`); without it the tables are written
 and the log says why the figures are missing. Every file is rewritten atomically after each
@@ -32,15 +29,15 @@ import json
 import logging
 import pathlib
 
-from dgad_tf import rundir, stats
+from dgad_tf import rundir, stats, study_figures
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.csv"
 SUMMARY_MD = "summary.md"
 SUMMARY_JSON = "summary.json"
-SCATTER_FIGURE = "clean_vs_robust.png"
-CURVE_FIGURE = "val_robust_accuracy.png"
+SCATTER_FIGURE = study_figures.SCATTER_FIGURE
+CURVE_FIGURE = study_figures.CURVE_FIGURE
 PLOT_EXTRA_HINT = 'pip install "dgad_tf[plot]"'
 # Selection rules that choose the checkpoint on the very test images it is scored on.
 LEAKY_SELECTION = ("best_test", "rslad_pgd20")
@@ -217,9 +214,17 @@ def summarize(study, rows: list, teacher: dict | None, *, command: str = "") -> 
         for row in rows
         if row.get("select") in LEAKY_SELECTION
     ]
+    train = study.base.train
     return {
         "command": command,
         "folder": str(study.folder),
+        "data": study.base.data.source,
+        # The validation metric of the curves, as the distiller's test_step computes it.
+        "validation": {
+            "steps": train.val_robust_steps,
+            "n": train.val_robust_n,
+            "eps": study.base.attack.eps,
+        },
         "reference": study.reference,
         "seeds": list(study.seeds),
         "protocol": {
@@ -449,13 +454,9 @@ def write_outputs(study, rows: list, teacher: dict | None, *, command: str = "")
 
 
 def write_figures(folder: pathlib.Path, summary: dict, rows: list, headline: str) -> list:
-    """Draw the two figures; returns the files written ([] without matplotlib)."""
+    """Draw the figures (PNG and PDF); returns the files written ([] without matplotlib)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
+        import matplotlib  # noqa: F401
     except ImportError:
         log.warning(
             "matplotlib is not installed, so the study's figures are not drawn (the tables "
@@ -463,98 +464,4 @@ def write_figures(folder: pathlib.Path, summary: dict, rows: list, headline: str
             PLOT_EXTRA_HINT,
         )
         return []
-    written = []
-    figure, axes = plt.subplots(figsize=(6, 4.5))
-    for index, (name, entry) in enumerate(summary["methods"].items()):
-        metrics = entry["metrics"]
-        if "clean_accuracy" not in metrics or headline not in metrics:
-            continue
-        color = f"C{index % 10}"
-        clean, robust = metrics["clean_accuracy"], metrics[headline]
-        axes.scatter(
-            [100 * v for v in clean["values"]],
-            [100 * v for v in robust["values"]],
-            color=color,
-            alpha=0.5,
-            s=18,
-        )
-        axes.errorbar(
-            100 * clean["mean"],
-            100 * robust["mean"],
-            xerr=None if clean["std"] is None else 100 * clean["std"],
-            yerr=None if robust["std"] is None else 100 * robust["std"],
-            color=color,
-            marker="o",
-            capsize=3,
-            label=name,
-        )
-    teacher = summary.get("teacher")
-    if teacher is not None and headline in teacher:
-        axes.scatter(
-            [100 * teacher["clean_accuracy"]],
-            [100 * teacher[headline]],
-            marker="*",
-            s=120,
-            color="black",
-            label="teacher",
-        )
-    axes.set_xlabel("clean accuracy (%)")
-    axes.set_ylabel(f"{headline.removesuffix('_accuracy')} accuracy (%)")
-    axes.set_title(
-        f"per seed (points) and mean ± std; first {summary['protocol']['n']} test images"
-    )
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    written.append(_save(figure, folder / SCATTER_FIGURE))
-    plt.close(figure)
-
-    figure, axes = plt.subplots(figsize=(6, 4.5))
-    names = list(summary["methods"])
-    for row in rows:
-        color = f"C{names.index(row['method']) % 10}"
-        points = [
-            (h["epoch"], h["val_robust_accuracy"])
-            for h in row.get("history", [])
-            if h.get("val_robust_accuracy") is not None
-        ]
-        if points:
-            axes.plot(
-                [e for e, _ in points], [100 * v for _, v in points], color=color, alpha=0.3, lw=1
-            )
-    for index, name in enumerate(names):
-        curves = [
-            {
-                h["epoch"]: h["val_robust_accuracy"]
-                for h in row.get("history", [])
-                if h.get("val_robust_accuracy") is not None
-            }
-            for row in rows
-            if row["method"] == name
-        ]
-        epochs = sorted(set().union(*curves)) if curves else []
-        means = [sum(c[e] for c in curves if e in c) / sum(e in c for c in curves) for e in epochs]
-        if epochs:
-            axes.plot(
-                epochs,
-                [100 * m for m in means],
-                color=f"C{index % 10}",
-                lw=2,
-                marker="o",
-                label=name,
-            )
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("validation robust accuracy (%)")
-    axes.set_title("mean over seeds (thick), each seed (thin)")
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    written.append(_save(figure, folder / CURVE_FIGURE))
-    plt.close(figure)
-    return written
-
-
-def _save(figure, path: pathlib.Path) -> pathlib.Path:
-    rundir.atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110))
-    return path
+    return study_figures.draw(pathlib.Path(folder), summary, rows, headline)
