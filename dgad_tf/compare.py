@@ -2,6 +2,7 @@
 
 Usage:
     python -m dgad_tf.compare --config configs/compare_quickstart.yaml
+    python -m dgad_tf.compare --plan --config configs/compare_cifar10_resnet18_paper.yaml
     python -m dgad_tf.compare --config configs/compare_quickstart.yaml \\
         --set study.seeds=[0,1] --set output.dir=runs/compare_two_seeds
 
@@ -29,6 +30,12 @@ from dgad_tf import cli
 def main(argv=None) -> int:
     parser = cli.parser("python -m dgad_tf.compare", __doc__)
     cli.add_config_arguments(parser, "study file: a config with a `study:` section")
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the cells, what they share and an estimated cost from a short timed probe "
+        "on this machine; train nothing, write nothing",
+    )
     args = parser.parse_args(argv)
     if not args.config:
         return cli.error("--config is required: a study file with a `study:` section")
@@ -42,6 +49,15 @@ def main(argv=None) -> int:
         return cli.error(str(err))
 
     cli.start(args.verbose)
+    if args.plan:
+        from dgad_tf.rundir import RunError
+        from dgad_tf.study_plan import plan_text
+
+        try:
+            print(plan_text(study), end="")
+        except RunError as err:
+            return cli.error(str(err))
+        return 0
     from dgad_tf.study import run_study
     from dgad_tf.study_report import SUMMARY_MD
 
