@@ -11,6 +11,7 @@ import hashlib
 import json
 import pathlib
 
+import keras
 import numpy as np
 import pytest
 import yaml
@@ -132,9 +133,14 @@ def test_every_evaluation_names_its_images_and_model_and_keeps_per_image_correct
                 assert data[attack].dtype == np.uint8 and data[attack].size == 5
                 correct = stats.unpack_correct(data[attack], 40)
                 assert correct.mean() == evaluation["attacks"][attack]["robust_accuracy"]
-        robust = study_lib.read_correct(cell / study_lib.CELL_CORRECT_FILE)
+        correct = study_lib.read_correct(cell / study_lib.CELL_CORRECT_FILE)
+        # image i of the file is test image i: the model's own predictions, recomputed here
+        x = test.x[:40].astype(np.float32) / (255.0 if test.x.dtype == np.uint8 else 1.0)
+        model = keras.saving.load_model(cell / evaluation["checkpoint"])
+        predicted = np.argmax(model.predict(x, verbose=0), axis=-1)
+        np.testing.assert_array_equal(correct["clean"], predicted == test.y[:40])
         # a robust image is a clean-correct one
-        assert not np.any(robust["pgd3"] & ~robust["clean"])
+        assert not np.any(correct["pgd3"] & ~correct["clean"])
 
 
 def test_results_csv_names_the_selection_rule_and_the_selected_epoch(grown):
