@@ -1,6 +1,6 @@
 """A study that grows, and what every evaluation records (`dgad_tf.study` through `compare`).
 
-A teacher-free study (clean and pgd_at, 1 epoch on 800 digits) runs once with seed 0, then grows
+A teacher-free study (clean and pgd_at, 1 epoch on 400 digits) runs once with seed 0, then grows
 through `python -m dgad_tf.compare`'s `main` by a seed and by a method; a spy on the one function
 that trains a cell counts what trained. The same folder then serves the checks of what each
 evaluation file records.
@@ -20,7 +20,7 @@ from dgad_tf import compare, stats, study_report
 from dgad_tf import study as study_lib
 
 BASE = {
-    "data": {"source": "digits", "flip": False, "train_limit": 800},
+    "data": {"source": "digits", "flip": False, "train_limit": 400},
     "model": {"student": "small-cnn"},
     "attack": {"eps": 0.1, "step_size": 0.05, "steps": 2},
     "optimizer": {"lr": 0.05, "milestones": []},
