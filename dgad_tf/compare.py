@@ -2,6 +2,7 @@
 
 Usage:
     python -m dgad_tf.compare --config configs/compare_quickstart.yaml
+    python -m dgad_tf.compare --plan --config configs/compare_cifar10_resnet18_paper.yaml
     python -m dgad_tf.compare --config configs/compare_quickstart.yaml \\
         --set study.seeds=[0,1] --set output.dir=runs/compare_two_seeds
 
@@ -13,9 +14,10 @@ study folder. Every cell is an ordinary `fit` run folder under `<output.dir>/cel
 with the protocol on the same first n test images. The study folder then holds results.csv,
 summary.md, summary.json and two PNG figures (with matplotlib: pip install "dgad_tf[plot]").
 
-Re-running the same command resumes: finished cells are never retrained. A different study in
-the same folder, or a second writer, is refused. A bad study file exits with code 2 naming the
-key, before anything is written.
+Re-running the same command resumes: finished cells are never retrained. Adding seeds or
+methods to the study file grows the study: only the new cells train. A different study in the
+same folder (other data, teacher, training or protocol), or a second writer, is refused. A bad
+study file exits with code 2 naming the key, before anything is written.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ from dgad_tf import cli
 def main(argv=None) -> int:
     parser = cli.parser("python -m dgad_tf.compare", __doc__)
     cli.add_config_arguments(parser, "study file: a config with a `study:` section")
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the cells, what they share and an estimated cost from a short timed probe "
+        "on this machine; train nothing, write nothing",
+    )
     args = parser.parse_args(argv)
     if not args.config:
         return cli.error("--config is required: a study file with a `study:` section")
@@ -46,6 +54,15 @@ def main(argv=None) -> int:
         return cli.error(str(err))
 
     cli.start(args.verbose)
+    if args.plan:
+        from dgad_tf.rundir import RunError
+        from dgad_tf.study_plan import plan_text
+
+        try:
+            print(plan_text(study), end="")
+        except RunError as err:
+            return cli.error(str(err))
+        return 0
     from dgad_tf.study import run_study
     from dgad_tf.study_report import SUMMARY_MD
 

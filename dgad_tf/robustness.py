@@ -160,6 +160,7 @@ def evaluate_robustness(
     pgd_restarts=1,
     input_scale=1.0,
     signature=None,
+    per_image=False,
 ) -> dict:
     """Clean and robust accuracy of `model` on (x, y) under each named attack.
 
@@ -176,6 +177,9 @@ def evaluate_robustness(
         input_scale: the pixel scale the model takes (1 for [0, 1], 255 for 0-255); the images
             stay uint8 or [0, 1]. Defaults to 1.0.
         signature: the SavedModel signature to evaluate. Defaults to None (`serving_default`).
+        per_image: also return, under "per_image", a bool [N] array per attack (and "clean"):
+            whether each image, in the order given, is still classified correctly. Defaults to
+            False (the report stays JSON-serialisable).
 
     Returns:
         dict with n, eps, seed, clean_accuracy and, under "attacks", per attack (in the given
@@ -205,6 +209,7 @@ def evaluate_robustness(
         "clean_accuracy": float(clean_correct.mean()) if len(x) else 0.0,
         "attacks": {},
     }
+    correct = {"clean": clean_correct}
     clean_seconds = time.perf_counter() - start
     idx = np.flatnonzero(clean_correct)
     xc, yc = x[idx], y[idx]
@@ -224,8 +229,9 @@ def evaluate_robustness(
             result = (
                 adversary.run_checked(x, y, batch_size, num_classes)[1]
                 if len(x)
-                else {"robust_accuracy": 0.0, "per_attack": {}}
+                else {"robust_accuracy": 0.0, "per_attack": {}, "robust_mask": np.zeros(0, bool)}
             )
+            correct[name] = np.asarray(result["robust_mask"], bool)
             report["attacks"][name] = {
                 "robust_accuracy": float(result["robust_accuracy"]),
                 "seconds": time.perf_counter() - start,
@@ -238,11 +244,14 @@ def evaluate_robustness(
             fn = _attack_fn(name, model_fn.fn, eps, seed, pgd_restarts)
             x_adv = _batched_attack(fn, xc, yc, batch_size).astype(np.float32, copy=False)
             robust[idx] = predict(x_adv) == yc
+        correct[name] = robust
         report["attacks"][name] = {
             "robust_accuracy": float(robust.mean()) if len(x) else 0.0,
             "seconds": time.perf_counter() - start,
             "description": attack_description(name, pgd_restarts),
         }
+    if per_image:
+        report["per_image"] = {name: correct[name] for name in names}
     return report
 
 

@@ -16,15 +16,27 @@ optimiser, epochs, `output.dir` = the study folder) with one more section, `stud
       eps: 8/255               # default attack.eps
       batch_size: 256          # default eval.batch_size
       seed: 0                  # seed of the attacks' random starts, the same for every cell
+      primary: {method: dgad, versus: adaad, attack: autoattack}
+                               # the one comparison declared before the results (versus
+                               # defaults to the reference); every other p is Holm-adjusted
 
 A study folder holds:
 
-    study.yaml               what was studied (a re-run must match it, then it resumes)
+    study.yaml               what was studied (a re-run must match it or grow it, see
+                             `check_study_dir`)
     teacher.keras, teacher_run/   the one teacher, when it was trained here
     teacher_eval.json        the teacher under the protocol
+    teacher_correct.npz      the teacher's per-image correctness (see below)
     cells/<name>_seed<k>/    one ordinary `python -m dgad_tf.fit` run folder per cell, plus
-                             study_eval.json (its selected student under the protocol)
+                             study_eval.json (its selected student under the protocol) and
+                             study_correct.npz (that student's per-image correctness)
     results.csv, summary.md, summary.json, *.png   see `dgad_tf.study_report`
+
+Every evaluation file names the sha256 of the images it scored (`images_sha256`) and of the
+model file (`model_sha256`). A correctness file holds, per protocol attack ("clean" included),
+`np.packbits` of a bool [n] array: whether test image i (the first n test images, in the data's
+order, which `images_sha256` pins) is still classified correctly; `dgad_tf.stats.unpack_correct`
+reads it back.
 
 A killed study resumes: finished cells (their study_eval.json) are never retrained, an
 interrupted one resumes after its last completed epoch as `fit` does.
@@ -44,7 +56,7 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from dgad_tf import rundir
+from dgad_tf import rundir, stats
 from dgad_tf.config import (
     METHODS,
     TEACHER_METHODS,
@@ -63,11 +75,23 @@ STUDY_FILE = "study.yaml"
 CELLS_DIR = "cells"
 CELL_EVAL_FILE = "study_eval.json"
 TEACHER_EVAL_FILE = "teacher_eval.json"
+CELL_CORRECT_FILE = "study_correct.npz"
+TEACHER_CORRECT_FILE = "teacher_correct.npz"
 
 # A method's own `set:` may change how it trains, never what every cell must share.
 _SHARED_SECTIONS = ("data", "teacher_train", "output", "eval", "export", "distribute", "tune")
 _SHARED_KEYS = ("model.teacher", "model.teacher_path", "train.seed")
-_STUDY_KEYS = ("methods", "seeds", "reference", "attacks", "n", "eps", "batch_size", "seed")
+_STUDY_KEYS = (
+    "methods",
+    "seeds",
+    "reference",
+    "attacks",
+    "n",
+    "eps",
+    "batch_size",
+    "seed",
+    "primary",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +144,7 @@ class Study:
     seeds: tuple[int, ...]
     reference: str
     protocol: Protocol
+    primary: Optional[dict] = None  # {method, versus, attack}
 
     @property
     def folder(self) -> pathlib.Path:
@@ -140,10 +165,14 @@ class Study:
         return [_cell(self, entry, seed) for seed in self.seeds for entry in self.methods]
 
     def identity(self) -> dict:
-        """Everything that makes two studies the same study (output.* aside)."""
+        """Everything that makes two studies the same study (output.* aside).
+
+        The primary comparison is part of it when declared: it is chosen before the results.
+        """
         base = self.base.to_dict()
         base.pop("output")
-        return {
+        primary = {"primary": dict(self.primary)} if self.primary else {}
+        return primary | {
             "base": base,
             "methods": [
                 dataclasses.asdict(e) | {"overrides": list(e.overrides)} for e in self.methods
@@ -230,6 +259,37 @@ def _parse_entry(raw) -> MethodEntry:
     return MethodEntry(name, method, tuple(_check_override(name, s) for s in sets))
 
 
+def _parse_primary(raw, names, attacks, reference) -> Optional[dict]:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or sorted(set(raw) - {"method", "versus", "attack"}):
+        raise ConfigError(
+            "`study.primary` must be a mapping {method, versus, attack} (versus defaults to "
+            f"study.reference); received primary={raw!r}"
+        )
+    primary = {
+        "method": raw.get("method"),
+        "versus": raw.get("versus", reference),
+        "attack": raw.get("attack"),
+    }
+    for key in ("method", "versus"):
+        if primary[key] not in names:
+            raise ConfigError(
+                f"`study.primary.{key}` must be one of the study's methods ({', '.join(names)}); "
+                f"received {key}={primary[key]!r}"
+            )
+    if primary["method"] == primary["versus"]:
+        raise ConfigError(
+            f"`study.primary` compares {primary['method']!r} with itself; name two methods"
+        )
+    if primary["attack"] not in attacks:
+        raise ConfigError(
+            f"`study.primary.attack` must be one of the protocol's attacks "
+            f"({', '.join(attacks)}); received attack={primary['attack']!r}"
+        )
+    return primary
+
+
 def _integer(key: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"`study.{key}` must be an integer >= {minimum}; received {value!r}")
@@ -298,7 +358,8 @@ def parse_study(section, base: Config) -> Study:
         batch_size=_integer("batch_size", section.get("batch_size", base.eval.batch_size), 1),
         seed=_integer("seed", section.get("seed", 0), 0),
     )
-    study = Study(base, methods, seeds, reference, protocol)
+    primary = _parse_primary(section.get("primary"), names, protocol.attacks, reference)
+    study = Study(base, methods, seeds, reference, protocol, primary)
     study.cells()  # every cell's config must be valid before anything runs
     return study
 
@@ -324,22 +385,58 @@ def load_study(path, overrides=()) -> Study:
     return parse_study(section, base)
 
 
-def check_study_dir(study: Study) -> None:
-    """The study folder is new, or holds this same study (which then resumes).
+def check_study_dir(study: Study) -> bool:
+    """The study folder is new, holds this same study (which resumes) or a study it grows.
+
+    A study grows by more seeds or more methods: every stored seed and method (with the same
+    definition) is still there, so only the new cells train. Anything else that differs (the
+    base config: data, teacher, training; the protocol; the reference) is refused.
+
+    Returns:
+        Whether the stored study.yaml must be rewritten (the study grew).
 
     Raises:
         RunError: naming the first setting that differs from the stored study.
     """
     folder = study.folder
-    if rundir.holds_previous(folder, STUDY_FILE):
-        previous = yaml.safe_load((folder / STUDY_FILE).read_text())
-        current = yaml.safe_load(yaml.safe_dump(study.identity(), sort_keys=False))
-        differs = rundir.first_difference(previous, current)
-        if differs:
+    if not rundir.holds_previous(folder, STUDY_FILE):
+        return False
+    previous = yaml.safe_load((folder / STUDY_FILE).read_text())
+    current = yaml.safe_load(yaml.safe_dump(study.identity(), sort_keys=False))
+    grows = {"methods", "seeds"}
+    differs = rundir.first_difference(
+        {k: v for k, v in previous.items() if k not in grows},
+        {k: v for k, v in current.items() if k not in grows},
+    )
+    if differs:
+        raise rundir.RunError(
+            f"output.dir {folder} holds a different study (`{differs}` differs); choose "
+            "another output.dir or restore the setting (a study may only grow by seeds and "
+            "methods)"
+        )
+    methods = {m["name"]: m for m in current["methods"]}
+    for method in previous["methods"]:
+        if method["name"] not in methods:
             raise rundir.RunError(
-                f"output.dir {folder} holds a different study (`{differs}` differs); choose "
-                "another output.dir or restore the setting"
+                f"output.dir {folder} holds a study with method {method['name']!r}, which "
+                "`study.methods` no longer lists; a study may grow but not lose cells: list it "
+                "again or choose another output.dir"
             )
+        if methods[method["name"]] != method:
+            key = rundir.first_difference(method, methods[method["name"]])
+            raise rundir.RunError(
+                f"output.dir {folder} holds a different study (`methods.{method['name']}."
+                f"{key}` differs): its finished cells were trained otherwise; give the changed "
+                "variant a new `name` or choose another output.dir"
+            )
+    dropped = sorted(set(previous["seeds"]) - set(current["seeds"]))
+    if dropped:
+        raise rundir.RunError(
+            f"output.dir {folder} holds a study with seed {dropped[0]}, which `study.seeds` no "
+            "longer lists; a study may grow but not lose cells: list it again or choose another "
+            "output.dir"
+        )
+    return previous != current
 
 
 def preflight_study(study: Study):
@@ -373,17 +470,74 @@ def images_digest(x: np.ndarray, y: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def file_digest(path) -> str:
+    """sha256 of a file's bytes: ties an evaluation to the exact model file it scored."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def evaluate_protocol(model, study: Study, splits) -> dict:
-    """`model` under the study's protocol on the first `n` test images."""
+    """`model` under the study's protocol on the first `n` test images.
+
+    The report holds, under "per_image", a bool [n] array per attack (see `write_evaluation`).
+    """
     from dgad_tf.robustness import evaluate_robustness
 
     p = study.protocol
     x, y = splits.test.x[: p.n], splits.test.y[: p.n]
     report = evaluate_robustness(
-        model, x, y, attacks=p.attacks, eps=p.eps, batch_size=p.batch_size, seed=p.seed
+        model,
+        x,
+        y,
+        attacks=p.attacks,
+        eps=p.eps,
+        batch_size=p.batch_size,
+        seed=p.seed,
+        per_image=True,
     )
     report["images_sha256"] = images_digest(x, y)
     return report
+
+
+def write_evaluation(
+    eval_file: pathlib.Path, correct_file: pathlib.Path, evaluation: dict, model_file
+) -> dict:
+    """Write the per-image correctness, then the evaluation (the file that marks it done).
+
+    Returns:
+        The evaluation as written: "per_image" replaced by the correctness file's name, and
+        the model file's sha256 added.
+    """
+    per_image = evaluation.pop("per_image")
+    arrays = {name: stats.pack_correct(mask) for name, mask in per_image.items()}
+    arrays["n"] = np.array(evaluation["n"])
+    arrays["images_sha256"] = np.array(evaluation["images_sha256"])
+
+    def save(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    rundir.atomic_write(correct_file, save)
+    evaluation["per_image_file"] = correct_file.name
+    evaluation["model_sha256"] = file_digest(model_file)
+    rundir.atomic_write_text(eval_file, json.dumps(evaluation, indent=2, default=float))
+    return evaluation
+
+
+def read_correct(correct_file: pathlib.Path):
+    """{attack: bool [n]} from a correctness file, or None when there is none (older studies)."""
+    if not correct_file.exists():
+        return None
+    with np.load(correct_file) as data:
+        n = int(data["n"])
+        return {
+            name: stats.unpack_correct(data[name], n)
+            for name in data.files
+            if name not in ("n", "images_sha256")
+        }
 
 
 @dataclasses.dataclass
@@ -440,6 +594,7 @@ def _log_skipped(labels, total: int) -> None:
 
 
 def _cell_row(cell: Cell, evaluation: dict, report: dict) -> dict:
+    selection = report["student"].get("selection", {})
     return {
         "method": cell.entry.name,
         "seed": cell.seed,
@@ -448,7 +603,10 @@ def _cell_row(cell: Cell, evaluation: dict, report: dict) -> dict:
         "seconds": float(report.get("seconds", 0.0)),
         "run_dir": str(cell.folder),
         "checkpoint": report["student"]["path"],
+        "select": selection.get("rule", cell.cfg.train.select),
+        "selected_epoch": selection.get("epoch"),
         "history": report.get("history", []),
+        "correct": read_correct(cell.folder / CELL_CORRECT_FILE),
     }
 
 
@@ -470,8 +628,9 @@ def run_study(study: Study, *, command: str = "", on_cell_done=None) -> StudyRes
     splits = preflight_study(study)
     folder = study.folder
     with rundir.FolderLock(folder, "output.dir (the study folder)"):
-        check_study_dir(study)  # another writer may have come and gone between check and lock
-        if not (folder / STUDY_FILE).exists():
+        # another writer may have come and gone between check and lock
+        grown = check_study_dir(study)
+        if grown or not (folder / STUDY_FILE).exists():
             rundir.atomic_write_text(
                 folder / STUDY_FILE,
                 f"# {command}\n" + yaml.safe_dump(study.identity(), sort_keys=False),
@@ -504,10 +663,10 @@ def run_study(study: Study, *, command: str = "", on_cell_done=None) -> StudyRes
                     ["python", "-m", "dgad_tf.fit", "--config", str(cell.folder / "config.yaml")]
                 )
                 report = run_lib.run(cell.cfg, command=cell_command)
-            student = models.load_model(cell.folder / report["student"]["path"])
-            evaluation = evaluate_protocol(student, study, splits)
+            student_file = cell.folder / report["student"]["path"]
+            evaluation = evaluate_protocol(models.load_model(student_file), study, splits)
             evaluation["checkpoint"] = report["student"]["path"]
-            rundir.atomic_write_text(eval_file, json.dumps(evaluation, indent=2, default=float))
+            write_evaluation(eval_file, cell.folder / CELL_CORRECT_FILE, evaluation, student_file)
             rows.append(_cell_row(cell, evaluation, report))
             cells_run += 1
             cell_seconds.append(time.time() - cell_started)
@@ -546,8 +705,9 @@ def _teacher(study: Study, splits, folder: pathlib.Path, strategy) -> dict:
     log.info("teacher %s under the study's protocol", study.teacher_path)
     evaluation = evaluate_protocol(teacher, study, splits)
     evaluation["path"] = str(study.teacher_path)
-    rundir.atomic_write_text(eval_file, json.dumps(evaluation, indent=2, default=float))
-    return evaluation
+    return write_evaluation(
+        eval_file, folder / TEACHER_CORRECT_FILE, evaluation, study.teacher_path
+    )
 
 
 __all__ = [
@@ -558,9 +718,12 @@ __all__ = [
     "StudyResult",
     "check_study_dir",
     "evaluate_protocol",
+    "file_digest",
     "images_digest",
     "load_study",
     "parse_study",
     "preflight_study",
+    "read_correct",
     "run_study",
+    "write_evaluation",
 ]

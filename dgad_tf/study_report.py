@@ -1,15 +1,20 @@
 """What a study writes from its cells: results.csv, summary.md, summary.json and the figures.
 
     results.csv      one row per method x seed: method, seed, clean_accuracy, one
-                     <attack>_accuracy per attack of the protocol, epochs, seconds, run_dir
+                     <attack>_accuracy per attack of the protocol, epochs, the selection rule
+                     (`train.select`) and the epoch of the checkpoint it selected, seconds,
+                     run_dir
     summary.json     per method: mean and std over seeds of every accuracy; the paired
                      difference to the reference method over the same seeds, with its 95% t
-                     interval; the teacher under the same protocol
+                     interval, `no_spread`, the exact sign-flip p over seeds (and the smallest
+                     p the seed count allows), its Holm-adjusted p, and, from the per-image
+                     correctness, McNemar's exact test and an image bootstrap per seed pair and
+                     the seeds x images bootstrap interval; the seeds needed for a +-1 and +-2
+                     point interval at the observed spread; `study.primary` (the one declared
+                     comparison, not Holm-adjusted); the teacher under the same protocol; the
+                     cells whose checkpoint was selected on the test images (leaky)
     summary.md       the same numbers as tables, and one plain sentence per comparison
-    clean_vs_robust.png        clean vs the strongest attack's accuracy per method: every seed
-                               a point, the mean with +-1 std error bars
-    val_robust_accuracy.png    validation robust accuracy per epoch, per method (mean over seeds,
-                               every seed a thin line)
+    *.png, *.pdf     the figures, each as PNG and as vector PDF: see `dgad_tf.study_figures`
 
 The figures need matplotlib (`pip install "dgad_tf[plot]"`); without it the tables are written
 and the log says why the figures are missing. Every file is rewritten atomically after each
@@ -24,16 +29,20 @@ import json
 import logging
 import pathlib
 
-from dgad_tf import rundir, stats
+from dgad_tf import rundir, stats, study_figures
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.csv"
 SUMMARY_MD = "summary.md"
 SUMMARY_JSON = "summary.json"
-SCATTER_FIGURE = "clean_vs_robust.png"
-CURVE_FIGURE = "val_robust_accuracy.png"
+SCATTER_FIGURE = study_figures.SCATTER_FIGURE
+CURVE_FIGURE = study_figures.CURVE_FIGURE
 PLOT_EXTRA_HINT = 'pip install "dgad_tf[plot]"'
+# Selection rules that choose the checkpoint on the very test images it is scored on.
+LEAKY_SELECTION = ("best_test", "rslad_pgd20")
+# The "seeds needed for +-X points" line: X in accuracy units.
+HALF_WIDTHS = (0.01, 0.02)
 
 
 def metric_names(protocol) -> list[str]:
@@ -57,7 +66,16 @@ def row_metrics(evaluation: dict, protocol) -> dict:
 
 
 def results_csv(rows: list, protocol) -> str:
-    columns = ["method", "seed", *metric_names(protocol), "epochs", "seconds", "run_dir"]
+    columns = [
+        "method",
+        "seed",
+        *metric_names(protocol),
+        "epochs",
+        "select",
+        "selected_epoch",
+        "seconds",
+        "run_dir",
+    ]
     out = io.StringIO()
     writer = csv.DictWriter(out, columns, lineterminator="\n")
     writer.writeheader()
@@ -69,6 +87,8 @@ def results_csv(rows: list, protocol) -> str:
                 "seed": row["seed"],
                 **{k: f"{v:.4f}" for k, v in metrics.items()},
                 "epochs": row["epochs"],
+                "select": row.get("select", ""),
+                "selected_epoch": row.get("selected_epoch", ""),
                 "seconds": f"{row['seconds']:.0f}",
                 "run_dir": row["run_dir"],
             }
@@ -76,13 +96,70 @@ def results_csv(rows: list, protocol) -> str:
     return out.getvalue()
 
 
+def _checked_metrics(row: dict, protocol) -> dict:
+    values = row_metrics(row["evaluation"], protocol)
+    for metric, value in values.items():
+        stats.check_finite(
+            [value], f"cell {row['method']} seed {row['seed']} ({row['run_dir']}): {metric}"
+        )
+    return values
+
+
+def compare_pair(a_rows: dict, b_rows: dict, metric: str) -> dict:
+    """Every statistic of method a - method b on `metric` over the seeds both have.
+
+    Args:
+        a_rows: {seed: row} of method a (rows as `run_study` makes them).
+        b_rows: {seed: row} of method b.
+        metric: an accuracy column, such as "autoattack_accuracy".
+    """
+    seeds = sorted(set(a_rows) & set(b_rows))
+    a = [a_rows[s]["metrics"][metric] for s in seeds]
+    b = [b_rows[s]["metrics"][metric] for s in seeds]
+    result = {**stats.paired_difference(a, b).to_dict(), "seeds": seeds}
+    result["sign_flip"] = stats.sign_flip_test([x - y for x, y in zip(a, b)]).to_dict()
+    result["seeds_needed"] = {
+        f"{100 * w:g}": (
+            stats.seeds_needed(result["std"], w)
+            if result["std"] is not None and not result["no_spread"]
+            else None
+        )
+        for w in HALF_WIDTHS
+    }
+    attack = metric.removesuffix("_accuracy")
+    if all((a_rows[s].get("correct") or {}).get(attack) is not None for s in seeds) and all(
+        (b_rows[s].get("correct") or {}).get(attack) is not None for s in seeds
+    ):
+        a_correct = [a_rows[s]["correct"][attack] for s in seeds]
+        b_correct = [b_rows[s]["correct"][attack] for s in seeds]
+        result["per_seed"] = [
+            {
+                "seed": s,
+                "mcnemar": stats.mcnemar_exact(x, y).to_dict(),
+                "image_bootstrap": stats.bootstrap_images(x, y).to_dict(),
+            }
+            for s, x, y in zip(seeds, a_correct, b_correct)
+        ]
+        result["seeds_x_images"] = stats.hierarchical_bootstrap(a_correct, b_correct).to_dict()
+    return result
+
+
 def summarize(study, rows: list, teacher: dict | None, *, command: str = "") -> dict:
-    """The numbers of summary.json: per method spreads, paired differences to the reference."""
+    """The numbers of summary.json: per method spreads, paired differences to the reference.
+
+    Raises:
+        ValueError: a cell's accuracy is not finite (the error names the cell).
+    """
     protocol = study.protocol
     metrics = metric_names(protocol)
     by_method = {e.name: {} for e in study.methods}
+    cells = {e.name: {} for e in study.methods}
     for row in rows:
-        by_method[row["method"]][row["seed"]] = row_metrics(row["evaluation"], protocol)
+        by_method[row["method"]][row["seed"]] = _checked_metrics(row, protocol)
+        cells[row["method"]][row["seed"]] = {
+            "metrics": by_method[row["method"]][row["seed"]],
+            "correct": row.get("correct"),
+        }
     reference = by_method[study.reference]
     methods = {}
     for entry in study.methods:
@@ -100,24 +177,54 @@ def summarize(study, rows: list, teacher: dict | None, *, command: str = "") -> 
                     **stats.spread([values[s][metric] for s in seeds]).to_dict(),
                     "values": [values[s][metric] for s in seeds],
                 }
-        if entry.name != study.reference:
-            paired = [s for s in seeds if s in reference]
+        if entry.name != study.reference and any(s in reference for s in seeds):
             summary["vs_reference"] = {
-                metric: {
-                    **stats.paired_difference(
-                        [values[s][metric] for s in paired],
-                        [reference[s][metric] for s in paired],
-                    ).to_dict(),
-                    "seeds": paired,
-                }
+                metric: compare_pair(cells[entry.name], cells[study.reference], metric)
                 for metric in metrics
-                if paired
             }
         methods[entry.name] = summary
+    declared = getattr(study, "primary", None)
+    primary = None
+    if declared:
+        metric = f"{declared['attack']}_accuracy"
+        primary = {**declared, "metric": metric}
+        if set(cells[declared["method"]]) & set(cells[declared["versus"]]):
+            primary.update(
+                compare_pair(cells[declared["method"]], cells[declared["versus"]], metric)
+            )
+    # Holm over every shown comparison but the declared one.
+    family = [
+        (name, metric)
+        for name, entry in methods.items()
+        for metric in entry.get("vs_reference", {})
+        if not (
+            declared
+            and declared["versus"] == study.reference
+            and (name, metric) == (declared["method"], f"{declared['attack']}_accuracy")
+        )
+    ]
+    adjusted = stats.holm(
+        [methods[name]["vs_reference"][metric]["sign_flip"]["p_value"] for name, metric in family]
+    )
+    for (name, metric), p_holm in zip(family, adjusted):
+        methods[name]["vs_reference"][metric]["p_holm"] = p_holm
     images = sorted({row["evaluation"].get("images_sha256") for row in rows} - {None})
+    leaky = [
+        f"{row['method']} seed {row['seed']} (train.select={row['select']})"
+        for row in rows
+        if row.get("select") in LEAKY_SELECTION
+    ]
+    train = study.base.train
     return {
         "command": command,
         "folder": str(study.folder),
+        "data": study.base.data.source,
+        # The validation metric of the curves, as the distiller's test_step computes it.
+        "validation": {
+            "steps": train.val_robust_steps,
+            "n": train.val_robust_n,
+            "eps": study.base.attack.eps,
+        },
         "reference": study.reference,
         "seeds": list(study.seeds),
         "protocol": {
@@ -133,6 +240,9 @@ def summarize(study, rows: list, teacher: dict | None, *, command: str = "") -> 
         if teacher is None
         else {"path": teacher.get("path"), **row_metrics(teacher, protocol)},
         "methods": methods,
+        "primary": primary,
+        "holm_family": len(family),
+        "leaky_selection": leaky,
     }
 
 
@@ -182,11 +292,76 @@ def comparison_sentence(name: str, reference: str, metric: str, paired: dict) ->
     )
 
 
+def _interval(entry) -> str:
+    if entry is None or entry.get("low") is None:
+        return "–"
+    return f"[{_signed_points(entry['low'])}, {_signed_points(entry['high'])}]"
+
+
+def _p(value) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def _seeds_needed_line(paired: dict) -> str:
+    if paired["std"] is None:
+        return "One seed pair: no spread to size a study from."
+    if paired["no_spread"]:
+        return (
+            "Seeds needed: these seeds show no spread, so it cannot be estimated from them "
+            "(add seeds first)."
+        )
+    needed = ", ".join(
+        f"±{width} points: {'more than 1000' if k is None else k}"
+        for width, k in paired["seeds_needed"].items()
+    )
+    return (
+        f"Seeds needed for a 95% t interval of half-width ±X points at this spread (sd of the "
+        f"per-seed differences {100 * paired['std']:.2f} points): {needed}."
+    )
+
+
+def primary_markdown(primary: dict) -> list[str]:
+    """The section of the one declared comparison: every statistic, unadjusted."""
+    name = f"{primary['method']} − {primary['versus']}, {primary['metric']}"
+    lines = ["## Primary comparison (declared in `study.primary`)", ""]
+    if "mean" not in primary:
+        return lines + [f"{name}: no seed has both cells yet.", ""]
+    flip = primary["sign_flip"]
+    lines += [
+        f"{name}: {_signed_points(primary['mean'])} points over seeds {primary['seeds']}"
+        + (
+            " (no spread: every seed pair differs by the same amount)"
+            if primary["no_spread"]
+            else ""
+        ),
+        "",
+        f"- 95% t interval over seeds: {_interval(primary)}",
+        f"- 95% seeds × images bootstrap interval: {_interval(primary.get('seeds_x_images'))}",
+        f"- exact sign-flip test over seeds: p = {_p(flip['p_value'])} (with {flip['n']} seeds "
+        f"no p below {_p(flip['smallest_p'])} is possible)",
+    ]
+    for seed in primary.get("per_seed", []):
+        m = seed["mcnemar"]
+        lines.append(
+            f"- seed {seed['seed']}: McNemar exact p = {_p(m['p_value'])} ({m['a_only']} images "
+            f"only {primary['method']} gets right, {m['b_only']} only {primary['versus']}); "
+            f"95% image bootstrap {_interval(seed['image_bootstrap'])}"
+        )
+    return lines + ["", _seeds_needed_line(primary), ""]
+
+
 def summary_markdown(summary: dict, metrics: list[str], headline: str) -> str:
     protocol = summary["protocol"]
-    lines = [
-        f"# Study {summary['folder']}",
-        "",
+    lines = [f"# Study {summary['folder']}", ""]
+    if summary.get("leaky_selection"):
+        lines += [
+            "**Leaky selection: these cells chose their checkpoint on the same test images they "
+            "are scored on, so their accuracies are optimistic and not a held-out result: "
+            + "; ".join(summary["leaky_selection"])
+            + ".**",
+            "",
+        ]
+    lines += [
         f"Command: `{summary['command']}`" if summary["command"] else "",
         "",
         f"Protocol: {', '.join(protocol['attacks'])} at eps {protocol['eps']:.6g} on the first "
@@ -219,31 +394,50 @@ def summary_markdown(summary: dict, metrics: list[str], headline: str) -> str:
         "",
         f"## Paired differences to {summary['reference']} (same seeds)",
         "",
-        "| method − " + summary["reference"] + " | metric | mean | 95% interval | seeds |",
-        "|---|---|---|---|---|",
+        "| method − " + summary["reference"] + " | metric | mean | 95% t interval | "
+        "95% seeds × images | sign-flip p | Holm p | McNemar p per seed | seeds | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     sentences = []
     for name, entry in summary["methods"].items():
         for metric, paired in entry.get("vs_reference", {}).items():
-            interval = (
-                "–"
-                if paired["low"] is None
-                else f"[{_signed_points(paired['low'])}, {_signed_points(paired['high'])}]"
-            )
+            notes = ["no spread"] if paired["no_spread"] else []
+            if "p_holm" not in paired:
+                notes.append("primary")
+            mcnemar = ", ".join(_p(s["mcnemar"]["p_value"]) for s in paired.get("per_seed", []))
             lines.append(
-                f"| {name} | {metric} | {_signed_points(paired['mean'])} | {interval} | "
-                f"{paired['n']} |"
+                f"| {name} | {metric} | {_signed_points(paired['mean'])} | {_interval(paired)} | "
+                f"{_interval(paired.get('seeds_x_images'))} | "
+                f"{_p(paired['sign_flip']['p_value'])} | {_p(paired.get('p_holm'))} | "
+                f"{mcnemar or '–'} | {paired['n']} | {', '.join(notes)} |"
             )
             if metric in (headline, "clean_accuracy"):
                 sentences.append(comparison_sentence(name, summary["reference"], metric, paired))
+    seeds = len(summary["seeds"])
     lines += [
         "",
-        "Differences in percentage points; the interval is mean ± t(0.975, n−1) · sd / √n "
-        "over the per-seed differences.",
-        "",
-        *[f"- {s}" for s in sentences],
+        "Differences in percentage points. t interval: mean ± t(0.975, n−1) · sd / √n over the "
+        "per-seed differences. Seeds × images: percentile bootstrap drawing seeds and test "
+        "images independently (10,000 resamples); with few seeds its seed part is too narrow "
+        "(a bootstrap of S values keeps (S−1)/S of their variance, with no t correction), so "
+        "read it beside the t interval. Sign-flip: exact randomization test over "
+        f"seeds; with {seeds} seeds no p below {_p(2.0 / 2**seeds)} is possible, so fewer than "
+        "6 seeds cannot reach p < 0.05. Holm p: adjusted over the "
+        f"{summary.get('holm_family', 0)} comparisons other than the primary one. McNemar: "
+        'exact, per seed pair, on the same test images. "no spread": every seed pair differs '
+        "by the same amount, so the t interval has width 0 — no seed-to-seed variation on "
+        "these seeds, not a certain difference.",
         "",
     ]
+    if summary.get("primary"):
+        lines += primary_markdown(summary["primary"])
+    else:
+        lines += [
+            "No primary comparison was declared (`study.primary`): every p above is one of a "
+            "family and only its Holm p should be read as a test.",
+            "",
+        ]
+    lines += [*[f"- {s}" for s in sentences], ""]
     return "\n".join(lines)
 
 
@@ -260,13 +454,9 @@ def write_outputs(study, rows: list, teacher: dict | None, *, command: str = "")
 
 
 def write_figures(folder: pathlib.Path, summary: dict, rows: list, headline: str) -> list:
-    """Draw the two figures; returns the files written ([] without matplotlib)."""
+    """Draw the figures (PNG and PDF); returns the files written ([] without matplotlib)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
+        import matplotlib  # noqa: F401
     except ImportError:
         log.warning(
             "matplotlib is not installed, so the study's figures are not drawn (the tables "
@@ -274,98 +464,4 @@ def write_figures(folder: pathlib.Path, summary: dict, rows: list, headline: str
             PLOT_EXTRA_HINT,
         )
         return []
-    written = []
-    figure, axes = plt.subplots(figsize=(6, 4.5))
-    for index, (name, entry) in enumerate(summary["methods"].items()):
-        metrics = entry["metrics"]
-        if "clean_accuracy" not in metrics or headline not in metrics:
-            continue
-        color = f"C{index % 10}"
-        clean, robust = metrics["clean_accuracy"], metrics[headline]
-        axes.scatter(
-            [100 * v for v in clean["values"]],
-            [100 * v for v in robust["values"]],
-            color=color,
-            alpha=0.5,
-            s=18,
-        )
-        axes.errorbar(
-            100 * clean["mean"],
-            100 * robust["mean"],
-            xerr=None if clean["std"] is None else 100 * clean["std"],
-            yerr=None if robust["std"] is None else 100 * robust["std"],
-            color=color,
-            marker="o",
-            capsize=3,
-            label=name,
-        )
-    teacher = summary.get("teacher")
-    if teacher is not None and headline in teacher:
-        axes.scatter(
-            [100 * teacher["clean_accuracy"]],
-            [100 * teacher[headline]],
-            marker="*",
-            s=120,
-            color="black",
-            label="teacher",
-        )
-    axes.set_xlabel("clean accuracy (%)")
-    axes.set_ylabel(f"{headline.removesuffix('_accuracy')} accuracy (%)")
-    axes.set_title(
-        f"per seed (points) and mean ± std; first {summary['protocol']['n']} test images"
-    )
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    written.append(_save(figure, folder / SCATTER_FIGURE))
-    plt.close(figure)
-
-    figure, axes = plt.subplots(figsize=(6, 4.5))
-    names = list(summary["methods"])
-    for row in rows:
-        color = f"C{names.index(row['method']) % 10}"
-        points = [
-            (h["epoch"], h["val_robust_accuracy"])
-            for h in row.get("history", [])
-            if h.get("val_robust_accuracy") is not None
-        ]
-        if points:
-            axes.plot(
-                [e for e, _ in points], [100 * v for _, v in points], color=color, alpha=0.3, lw=1
-            )
-    for index, name in enumerate(names):
-        curves = [
-            {
-                h["epoch"]: h["val_robust_accuracy"]
-                for h in row.get("history", [])
-                if h.get("val_robust_accuracy") is not None
-            }
-            for row in rows
-            if row["method"] == name
-        ]
-        epochs = sorted(set().union(*curves)) if curves else []
-        means = [sum(c[e] for c in curves if e in c) / sum(e in c for c in curves) for e in epochs]
-        if epochs:
-            axes.plot(
-                epochs,
-                [100 * m for m in means],
-                color=f"C{index % 10}",
-                lw=2,
-                marker="o",
-                label=name,
-            )
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("validation robust accuracy (%)")
-    axes.set_title("mean over seeds (thick), each seed (thin)")
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    written.append(_save(figure, folder / CURVE_FIGURE))
-    plt.close(figure)
-    return written
-
-
-def _save(figure, path: pathlib.Path) -> pathlib.Path:
-    rundir.atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110))
-    return path
+    return study_figures.draw(pathlib.Path(folder), summary, rows, headline)

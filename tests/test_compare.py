@@ -198,6 +198,8 @@ def test_results_csv_has_one_row_per_cell_with_the_promised_columns(finished_stu
         "fgsm_accuracy",
         "pgd3_accuracy",
         "epochs",
+        "select",
+        "selected_epoch",
         "seconds",
         "run_dir",
     ]
@@ -284,9 +286,9 @@ def test_without_matplotlib_the_tables_are_written_and_the_log_says_why(
 def test_a_changed_study_in_the_same_folder_is_refused(finished_study, tmp_path):
     from dgad_tf.rundir import RunError
 
-    changed = write_study(tmp_path / "changed.yaml", finished_study["out"], seeds=[0, 1, 2])
+    changed = write_study(tmp_path / "changed.yaml", finished_study["out"], n=40)
     before = sorted(p.name for p in (finished_study["out"] / "cells").iterdir())
-    with pytest.raises(RunError, match="different study.*seeds"):
+    with pytest.raises(RunError, match="different study.*protocol.n"):
         study_lib.run_study(study_lib.load_study(changed))
     with pytest.raises(RunError, match="different study.*base.attack.steps"):
         study_lib.run_study(study_lib.load_study(finished_study["path"], ["attack.steps=3"]))

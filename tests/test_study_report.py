@@ -1,0 +1,299 @@
+"""dgad_tf.study_report from a synthetic study: no training, per-image correctness made up.
+
+Three methods x 3 seeds on 600 images; every number summary.json shows is recomputed here from
+the per-image arrays with SciPy or an enumeration, and the markdown is read for what it must say.
+"""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from dgad_tf import stats, study_report
+from dgad_tf import study as study_lib
+
+scipy_stats = pytest.importorskip("scipy.stats")
+
+N = 600
+SEEDS = [0, 1, 2]
+# (clean rate, pgd20 rate, autoattack rate) and a per-seed shift of each method
+RATES = {"adaad": (0.80, 0.50, 0.45), "dgad": (0.82, 0.53, 0.47), "dgad_nomap": (0.81, 0.50, 0.44)}
+
+
+def load(tmp_path, **study):
+    values = {
+        "data": {"source": "digits"},
+        "model": {"student": "small-cnn"},
+        "output": {"dir": str(tmp_path / "out")},
+        "study": {
+            "methods": [
+                "adaad",
+                "dgad",
+                {"name": "dgad_nomap", "method": "dgad", "set": ["method.beta=0"]},
+            ],
+            "seeds": SEEDS,
+            "reference": "adaad",
+            "attacks": ["clean", "pgd20", "autoattack"],
+            "n": N,
+            **study,
+        },
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return study_lib.load_study(path)
+
+
+def synthetic_rows(select="best_val", nan_cell=None):
+    """Rows as run_study makes them; images share a difficulty, so the methods mostly agree."""
+    difficulty = np.random.default_rng(0).random(N)
+    rows = []
+    for seed in SEEDS:
+        noise = np.random.default_rng(100 + seed).random((len(RATES), N))
+        for k, (method, rates) in enumerate(RATES.items()):
+            shift = 0.01 * ((seed * 7 + k * 3) % 5 - 2)
+            correct = {}
+            for attack, rate in zip(("clean", "pgd20", "autoattack"), rates):
+                correct[attack] = (difficulty + 0.15 * noise[k]) < rate + shift + 0.07
+            # robust images are clean-correct ones
+            correct["pgd20"] &= correct["clean"]
+            correct["autoattack"] &= correct["pgd20"]
+            evaluation = {
+                "clean_accuracy": float(correct["clean"].mean()),
+                "attacks": {a: {"robust_accuracy": float(c.mean())} for a, c in correct.items()},
+                "images_sha256": "ab" * 32,
+            }
+            if (method, seed) == nan_cell:
+                evaluation["attacks"]["pgd20"]["robust_accuracy"] = float("nan")
+            rows.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "evaluation": evaluation,
+                    "epochs": 2,
+                    "seconds": 10.0,
+                    "run_dir": f"cells/{method}_seed{seed}",
+                    "checkpoint": "student_last.keras",
+                    "select": select,
+                    "selected_epoch": 2,
+                    "history": [
+                        {"epoch": e, "val_robust_accuracy": rates[1] - 0.1 / e} for e in (1, 2)
+                    ],
+                    "correct": correct,
+                }
+            )
+    return rows
+
+
+def correct_of(rows, method, attack):
+    return np.stack([r["correct"][attack] for r in rows if r["method"] == method])
+
+
+@pytest.fixture
+def summary(tmp_path):
+    study = load(tmp_path, primary={"method": "dgad", "attack": "autoattack"})
+    rows = synthetic_rows()
+    return study, rows, study_report.summarize(study, rows, None)
+
+
+def test_each_seed_pair_gets_mcnemar_and_an_image_bootstrap_from_its_per_image_correctness(
+    summary,
+):
+    _, rows, result = summary
+    paired = result["methods"]["dgad_nomap"]["vs_reference"]["pgd20_accuracy"]
+    a, b = correct_of(rows, "dgad_nomap", "pgd20"), correct_of(rows, "adaad", "pgd20")
+    for k, seed in enumerate(paired["per_seed"]):
+        a_only, b_only = int(np.sum(a[k] & ~b[k])), int(np.sum(~a[k] & b[k]))
+        assert (seed["mcnemar"]["a_only"], seed["mcnemar"]["b_only"]) == (a_only, b_only)
+        expected = scipy_stats.binomtest(a_only, a_only + b_only, 0.5).pvalue
+        assert seed["mcnemar"]["p_value"] == pytest.approx(expected, rel=1e-9)
+        assert seed["image_bootstrap"]["mean"] == pytest.approx(a[k].mean() - b[k].mean())
+    assert paired["seeds_x_images"]["mean"] == pytest.approx(a.mean() - b.mean())
+    assert paired["seeds_x_images"]["low"] < paired["mean"] < paired["seeds_x_images"]["high"]
+
+
+def test_sign_flip_p_enumerates_the_seed_differences(summary):
+    _, rows, result = summary
+    paired = result["methods"]["dgad_nomap"]["vs_reference"]["clean_accuracy"]
+    d = correct_of(rows, "dgad_nomap", "clean").mean(1) - correct_of(rows, "adaad", "clean").mean(1)
+    flips = [
+        abs(np.dot(s, d)) >= abs(d.sum()) - 1e-12 for s in itertools.product((1, -1), repeat=3)
+    ]
+    assert paired["sign_flip"]["p_value"] == pytest.approx(np.mean(flips))
+    assert paired["sign_flip"]["smallest_p"] == 0.25
+
+
+def test_the_primary_comparison_is_left_out_of_the_holm_family(summary):
+    _, _, result = summary
+    primary = result["primary"]
+    assert (primary["method"], primary["versus"], primary["metric"]) == (
+        "dgad",
+        "adaad",
+        "autoattack_accuracy",
+    )
+    assert "p_holm" not in result["methods"]["dgad"]["vs_reference"]["autoattack_accuracy"]
+    family = [
+        (name, metric, entry["sign_flip"]["p_value"], entry["p_holm"])
+        for name in ("dgad", "dgad_nomap")
+        for metric, entry in result["methods"][name]["vs_reference"].items()
+        if "p_holm" in entry
+    ]
+    assert len(family) == result["holm_family"] == 5  # 2 methods x 3 metrics, less the primary
+    raw = [p for *_, p, _ in family]
+    m = len(raw)
+    for i, (*_, p_holm) in enumerate(family):
+        closed = max(
+            min(1.0, len(subset) * min(raw[j] for j in subset))
+            for size in range(1, m + 1)
+            for subset in itertools.combinations(range(m), size)
+            if i in subset
+        )
+        assert p_holm == pytest.approx(closed)
+
+
+def test_a_primary_against_another_method_is_computed_on_that_pair(tmp_path):
+    study = load(
+        tmp_path, primary={"method": "dgad", "versus": "dgad_nomap", "attack": "autoattack"}
+    )
+    rows = synthetic_rows()
+    result = study_report.summarize(study, rows, None)
+    d = correct_of(rows, "dgad", "autoattack").mean(1) - correct_of(
+        rows, "dgad_nomap", "autoattack"
+    ).mean(1)
+    assert result["primary"]["mean"] == pytest.approx(d.mean())
+    assert result["holm_family"] == 6  # the primary is not among the shown comparisons
+    text = study_report.summary_markdown(
+        result, study_report.metric_names(study.protocol), "autoattack_accuracy"
+    )
+    assert "dgad − dgad_nomap, autoattack_accuracy" in text
+    assert "with 3 seeds no p below 0.25 is possible" in text
+
+
+@pytest.mark.parametrize(
+    "primary, message",
+    [
+        ({"method": "nope", "attack": "autoattack"}, "study.primary.method"),
+        ({"method": "dgad", "attack": "pgd7"}, "study.primary.attack"),
+        ({"method": "adaad", "attack": "clean"}, "with itself"),
+        ("dgad", "must be a mapping"),
+    ],
+)
+def test_a_bad_primary_is_refused_naming_the_key(tmp_path, primary, message):
+    from dgad_tf.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load(tmp_path, primary=primary)
+
+
+def test_no_spread_is_marked_in_the_table(tmp_path):
+    study = load(tmp_path)
+    rows = synthetic_rows()
+    # dgad is exactly 2 points above adaad on clean at every seed
+    for row in rows:
+        if row["method"] == "dgad":
+            ref = next(r for r in rows if r["method"] == "adaad" and r["seed"] == row["seed"])
+            row["evaluation"]["clean_accuracy"] = ref["evaluation"]["clean_accuracy"] + 0.02
+    result = study_report.summarize(study, rows, None)
+    assert result["methods"]["dgad"]["vs_reference"]["clean_accuracy"]["no_spread"]
+    text = study_report.summary_markdown(
+        result, study_report.metric_names(study.protocol), "autoattack_accuracy"
+    )
+    line = next(t for t in text.splitlines() if t.startswith("| dgad | clean_accuracy"))
+    assert line.rstrip(" |").endswith("no spread")
+    other = next(t for t in text.splitlines() if t.startswith("| dgad | pgd20_accuracy"))
+    assert "no spread" not in other
+    assert "No primary comparison was declared" in text
+
+
+def test_a_non_finite_accuracy_is_refused_naming_the_cell(tmp_path):
+    study = load(tmp_path)
+    with pytest.raises(ValueError, match=r"cell dgad seed 1 .*pgd20_accuracy.*non-finite"):
+        study_report.summarize(study, synthetic_rows(nan_cell=("dgad", 1)), None)
+
+
+def test_a_leaky_selection_rule_is_said_at_the_top(tmp_path):
+    study = load(tmp_path)
+    result = study_report.summarize(study, synthetic_rows(select="best_test"), None)
+    text = study_report.summary_markdown(result, ["clean_accuracy"], "clean_accuracy")
+    assert text.splitlines()[2].startswith("**Leaky selection")
+    assert "adaad seed 0 (train.select=best_test)" in text
+    clean = study_report.summary_markdown(
+        study_report.summarize(study, synthetic_rows(), None), ["clean_accuracy"], "x"
+    )
+    assert "Leaky" not in clean
+
+
+def test_the_seeds_needed_line_solves_the_t_interval(summary):
+    study, _, result = summary
+    primary = result["primary"]
+    for width, needed in primary["seeds_needed"].items():
+        half = float(width) / 100
+
+        def t_half(s):
+            return scipy_stats.t.ppf(0.975, s - 1) * primary["std"] / math.sqrt(s)
+
+        assert t_half(needed) <= half < t_half(needed - 1) or needed == 2
+    text = study_report.summary_markdown(
+        result, study_report.metric_names(study.protocol), "autoattack_accuracy"
+    )
+    assert f"±1 points: {primary['seeds_needed']['1']}" in text
+
+
+def test_summary_json_is_json(summary):
+    json.dumps(summary[2])
+    assert stats.SPREAD_TOLERANCE > 0
+
+
+def test_figures_are_vector_and_png_and_name_attack_eps_n_seeds_and_the_validation_metric(
+    tmp_path, monkeypatch
+):
+    pytest.importorskip("matplotlib")
+    from dgad_tf import study_figures
+
+    study = load(tmp_path)
+    rows = synthetic_rows()
+    result = study_report.summarize(study, rows, None)
+    texts, real_save = {}, study_figures._save
+
+    def save(figure, path):
+        texts[path.name] = " | ".join(
+            [t.get_text() for t in figure.texts]
+            + [
+                t
+                for axes in figure.axes
+                for t in (axes.get_title(), axes.get_xlabel(), axes.get_ylabel())
+            ]
+        )
+        return real_save(figure, path)
+
+    monkeypatch.setattr(study_figures, "_save", save)
+    written = study_report.write_figures(tmp_path, result, rows, "autoattack_accuracy")
+    pngs = sorted(p.name for p in written if p.suffix == ".png")
+    assert (
+        pngs
+        == sorted(texts)
+        == sorted(
+            [
+                study_figures.PER_SEED_FIGURE,
+                study_figures.SCATTER_FIGURE,
+                study_figures.ATTACKS_FIGURE,
+                study_figures.CURVE_FIGURE,
+            ]
+        )
+    )
+    for name in pngs:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / name).with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+    for name in (study_figures.PER_SEED_FIGURE, study_figures.SCATTER_FIGURE):
+        assert "ε = 8/255" in texts[name] and "n = 600 test images" in texts[name]
+        assert "3 seeds" in texts[name] and "(%)" in texts[name]
+    assert "AutoAttack" in texts[study_figures.SCATTER_FIGURE]
+    assert "PGD-20 accuracy (%)" in texts[study_figures.ATTACKS_FIGURE]
+    assert "AutoAttack accuracy (%)" in texts[study_figures.ATTACKS_FIGURE]
+    curve = texts[study_figures.CURVE_FIGURE]
+    # the distiller's test_step: train.val_robust_steps PGD steps on val_robust_n images
+    assert "PGD-10 on 1,000 validation images" in curve and "step ε/4" in curve
+    # a whole number of grey levels is written over 255, any other eps as a decimal
+    assert study_figures.eps_text(0.1) == "0.1" and study_figures.eps_text(2 / 255) == "2/255"
