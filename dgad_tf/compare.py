@@ -48,7 +48,8 @@ def main(argv=None) -> int:
         study = load_study(args.config, cli.config_overrides(args))
         # The input files, before TensorFlow loads (a mistyped path is refused at once).
         rundir.check_data_path(study.base)
-        if study.needs_teacher:
+        # A plan times a freshly built teacher when the file is not there yet (and says so).
+        if study.needs_teacher and not (args.plan and not study.teacher_path.exists()):
             rundir.check_teacher_file(study.base, study.folder)
     except (ConfigError, rundir.RunError) as err:
         return cli.error(str(err))
