@@ -12,6 +12,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -313,3 +314,136 @@ def test_shipped_study_configs_parse(name):
     study = study_lib.load_study(REPO / "configs" / name)
     assert len(study.cells()) == len(study.methods) * len(study.seeds)
     assert "autoattack" in study.protocol.attacks
+
+
+# --------------------------------------------------------------------------- pairing by seed
+
+# pgd3 accuracy of each (method, seed): the differences to adaad are +0.10 (seed 2), -0.02
+# (seed 0) and +0.06 (seed 1), so pairing by position in any other order gives other numbers.
+PGD3 = {
+    ("pgd_at", 2): 0.30,
+    ("pgd_at", 0): 0.10,
+    ("pgd_at", 1): 0.25,
+    ("adaad", 2): 0.20,
+    ("adaad", 0): 0.12,
+    ("adaad", 1): 0.19,
+}
+
+
+def _row(cell) -> dict:
+    """The row `run_study` keeps for a cell, with the accuracies of `PGD3`."""
+    accuracy = PGD3[cell.entry.name, cell.seed]
+    evaluation = {
+        "clean_accuracy": accuracy + 0.5,
+        "attacks": {name: {"robust_accuracy": accuracy} for name in ("fgsm", "pgd3")},
+        "images_sha256": "same",
+    }
+    return {
+        "method": cell.entry.name,
+        "seed": cell.seed,
+        "evaluation": evaluation,
+        "epochs": 1,
+        "seconds": 1.0,
+        "run_dir": str(cell.folder),
+        "history": [],
+    }
+
+
+@pytest.mark.parametrize("methods", [["pgd_at", "adaad"], ["adaad", "pgd_at"]])
+def test_paired_differences_pair_each_seed_with_the_references_same_seed(tmp_path, methods):
+    """Seeds listed out of order ([2, 0, 1]), the reference last or first in `study.methods`.
+
+    The summary is written after every cell, as `run_study` does: with the reference first,
+    after its seed-0 cell it has one seed more than pgd_at, which must pair only seed 2. The
+    interval is re-derived with NumPy and SciPy's t quantile.
+    """
+    from scipy import stats as scipy_stats
+
+    path = write_study(
+        tmp_path / "s.yaml", tmp_path / "out", methods=methods, seeds=[2, 0, 1], reference="adaad"
+    )
+    study = study_lib.load_study(path)
+    rows = []
+    for cell in study.cells():
+        rows.append(_row(cell))
+        study_report.write_outputs(study, rows, None)
+        summary = json.loads((tmp_path / "out" / study_report.SUMMARY_JSON).read_text())
+        paired = summary["methods"]["pgd_at"].get("vs_reference", {}).get("pgd3_accuracy")
+        done = {(r["method"], r["seed"]) for r in rows}
+        seeds = sorted(s for s in (0, 1, 2) if ("pgd_at", s) in done and ("adaad", s) in done)
+        if not seeds:
+            assert paired is None
+            continue
+        differences = np.array([PGD3["pgd_at", s] - PGD3["adaad", s] for s in seeds])
+        assert paired["seeds"] == seeds and paired["n"] == len(seeds)
+        assert paired["mean"] == pytest.approx(differences.mean(), abs=1e-12)
+        if len(seeds) > 1:
+            half = (
+                scipy_stats.t.ppf(0.975, len(seeds) - 1)
+                * differences.std(ddof=1)
+                / np.sqrt(len(seeds))
+            )
+            assert paired["low"] == pytest.approx(differences.mean() - half, abs=1e-9)
+            assert paired["high"] == pytest.approx(differences.mean() + half, abs=1e-9)
+    assert paired["mean"] == pytest.approx((0.10 - 0.02 + 0.06) / 3, abs=1e-12)
+    assert summary["methods"]["pgd_at"]["metrics"]["pgd3_accuracy"]["values"] == [0.10, 0.25, 0.30]
+
+
+# --------------------------------------------------------------------------- what cells share
+
+
+@pytest.mark.parametrize(
+    "changed, key",
+    [
+        ("study.n=40", "protocol.n"),
+        ("study.attacks=[clean, fgsm]", "protocol.attacks"),
+        ("study.eps=0.2", "protocol.eps"),
+        ("study.seed=1", "protocol.seed"),
+        ("study.batch_size=32", "protocol.batch_size"),
+    ],
+)
+def test_a_study_rerun_under_another_protocol_is_refused_naming_the_key(
+    finished_study, changed, key
+):
+    """Cells scored under two protocols would be compared as one study: the re-run is refused."""
+    from dgad_tf.rundir import RunError
+
+    out = finished_study["out"]
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(RunError, match=rf"different study \(`{key}` differs\)"):
+        study_lib.run_study(study_lib.load_study(finished_study["path"], [changed]))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.teacher_path=/elsewhere/teacher.keras",
+        "model.teacher=resnet18",
+        # A whole-section override hides the teacher behind another key of the same section.
+        "model={student: small-cnn, teacher_path: /elsewhere/teacher.keras}",
+        "model={student: small-cnn, teacher: resnet18}",
+    ],
+)
+def test_a_methods_set_cannot_change_the_study_teacher(tmp_path, override):
+    """Every cell distils from the one study teacher: a variant may not bring its own."""
+    path = write_study(
+        tmp_path / "s.yaml",
+        tmp_path / "out",
+        methods=["adaad", {"name": "own_teacher", "method": "dgad", "set": [override]}],
+    )
+    with pytest.raises(ConfigError, match="own_teacher: `set: .*` changes what every cell"):
+        study_lib.load_study(path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_cell_distils_from_the_study_teacher(tmp_path):
+    path = write_study(
+        tmp_path / "s.yaml",
+        tmp_path / "out",
+        methods=["adaad", {"name": "v", "method": "dgad", "set": ["model={student: small-cnn}"]}],
+    )
+    study = study_lib.load_study(path)
+    assert {(c.cfg.model.teacher, c.cfg.model.teacher_path) for c in study.cells()} == {
+        ("small-cnn", str(tmp_path / "out" / "teacher.keras"))
+    }
