@@ -1,10 +1,12 @@
 """TorchSGD against torch.optim.SGD itself; epoch schedules."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
 
-from dgad_tf.optim import EpochSchedule, TorchSGD
+from dgad_tf.optim import EpochSchedule, TorchSGD, epoch_learning_rates
 
 torch = pytest.importorskip("torch")
 
@@ -87,3 +89,43 @@ def test_bad_arguments_are_named():
         TorchSGD(0.1, momentum=1.5)
     with pytest.raises(ValueError, match="kind"):
         EpochSchedule(0.1, kind="step")
+
+
+def test_epoch_learning_rates_are_the_rates_each_epoch_trains_with():
+    # The docstring's example: milestone 2 makes epoch 2 the first at lr * gamma (gamma 0.1).
+    np.testing.assert_allclose(
+        epoch_learning_rates(0.1, epochs=4, milestones=(2,)), [0.1, 0.1, 0.01, 0.01], rtol=1e-6
+    )
+    np.testing.assert_allclose(epoch_learning_rates(0.2, epochs=3), [0.2] * 3, rtol=1e-6)
+    np.testing.assert_allclose(
+        epoch_learning_rates(0.2, epochs=4, milestones=(1, 3), gamma=0.5),
+        [0.2, 0.1, 0.1, 0.05],
+        rtol=1e-6,
+    )
+    # Cosine over 4 epochs: 0.2 * (1 + cos(pi e / 4)) / 2.
+    expected = [0.2 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    np.testing.assert_allclose(
+        epoch_learning_rates(0.2, epochs=4, schedule="cosine"), expected, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        epoch_learning_rates(0.2, epochs=2, schedule="constant", milestones=(1,)),
+        [0.2, 0.2],
+        rtol=1e-6,
+    )
+
+
+def test_schedule_defaults_and_config_are_as_documented():
+    assert EpochSchedule().get_config() == {
+        "initial_lr": 0.1,
+        "steps_per_epoch": 1,
+        "epochs": 1,
+        "kind": "piecewise",
+        "milestones": [],
+        "gamma": 0.1,
+        "warmup_epochs": 0,
+    }
+    # A schedule of no epochs has a cosine period of one epoch, not a division by zero.
+    assert EpochSchedule(0.1, epochs=0, kind="cosine").get_config()["epochs"] == 1
+    with pytest.raises(ValueError) as caught:
+        EpochSchedule(0.1, steps_per_epoch=0)
+    assert str(caught.value) == "`steps_per_epoch` must be >= 1; received 0"
