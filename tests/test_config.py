@@ -5,7 +5,14 @@ import pathlib
 import pytest
 import yaml
 
-from dgad_tf.config import Config, ConfigError, load_config, parse_override
+from dgad_tf.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    parse_override,
+    with_values,
+)
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -57,6 +64,34 @@ def test_parse_override_nests_keys():
     assert parse_override("a.b=3") == {"a": {"b": 3}}
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_override("novalue")
+
+
+def test_an_override_value_is_everything_after_the_first_equals_sign():
+    assert parse_override("data.path=a=b.npz") == {"data": {"path": "a=b.npz"}}
+    assert parse_override("a.b.c= [1, 2]") == {"a": {"b": {"c": [1, 2]}}}
+    assert parse_override("a.b=") == {"a": {"b": None}}
+    for text in ("novalue", "a..b=1"):
+        with pytest.raises(ConfigError) as caught:
+            parse_override(text)
+        assert str(caught.value) == (
+            f"an override must look like section.key=value; received {text!r}"
+        )
+    with pytest.raises(ConfigError, match=r"^cannot read the value of `a.b`: "):
+        parse_override("a.b=[1, 2")
+
+
+def test_with_values_puts_dotted_values_in_and_empties_the_search():
+    base = config_from_dict(
+        {
+            "train": {"epochs": 7},
+            "tune": {"space": {"method.beta": {"type": "float", "min": 0, "max": 4}}},
+        }
+    )
+    trial = with_values(base, {"method.beta": 2.0, "optimizer.lr": 0.5})
+    assert (trial.method.beta, trial.optimizer.lr, trial.train.epochs) == (2.0, 0.5, 7)
+    assert not trial.tune.space and trial.method.name == base.method.name
+    with pytest.raises(ConfigError, match="method.beta"):
+        with_values(base, {"method.beta": -1.0})
 
 
 @pytest.mark.parametrize(

@@ -129,3 +129,18 @@ def test_schedule_defaults_and_config_are_as_documented():
     with pytest.raises(ValueError) as caught:
         EpochSchedule(0.1, steps_per_epoch=0)
     assert str(caught.value) == "`steps_per_epoch` must be >= 1; received 0"
+
+
+def test_torch_sgd_defaults_config_and_refusals_are_as_documented():
+    config = TorchSGD().get_config()
+    assert config["name"] == "torch_sgd"
+    assert float(config["learning_rate"]) == pytest.approx(0.1)
+    assert (config["momentum"], config["weight_decay"], config["nesterov"]) == (0.9, 5e-4, False)
+    rebuilt = TorchSGD.from_config(TorchSGD(0.2, momentum=0.5, weight_decay=0.1).get_config())
+    assert (rebuilt.momentum, rebuilt.coupled_weight_decay) == (0.5, 0.1)
+    with pytest.raises(ValueError) as caught:
+        TorchSGD(0.1, momentum=1.0)
+    assert str(caught.value) == "`momentum` must be in [0, 1); received momentum=1.0"
+    with pytest.raises(ValueError) as caught:
+        TorchSGD(0.1, weight_decay=-1.0)
+    assert str(caught.value) == "`weight_decay` must be >= 0; received weight_decay=-1.0"
