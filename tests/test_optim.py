@@ -138,6 +138,11 @@ def test_torch_sgd_defaults_config_and_refusals_are_as_documented():
     assert (config["momentum"], config["weight_decay"], config["nesterov"]) == (0.9, 5e-4, False)
     rebuilt = TorchSGD.from_config(TorchSGD(0.2, momentum=0.5, weight_decay=0.1).get_config())
     assert (rebuilt.momentum, rebuilt.coupled_weight_decay) == (0.5, 0.1)
+    # Keras's own options reach the base class; the buffers are named as PyTorch names them.
+    assert TorchSGD(0.1, clipnorm=1.0).get_config()["clipnorm"] == 1.0
+    optimizer = TorchSGD(0.1)
+    optimizer.build([keras.Variable(np.zeros(2, np.float32), name="w")])
+    assert [v.name for v in optimizer.variables[-1:]] == ["w_momentum_buffer"]
     with pytest.raises(ValueError) as caught:
         TorchSGD(0.1, momentum=1.0)
     assert str(caught.value) == "`momentum` must be in [0, 1); received momentum=1.0"
