@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from dgad_tf.optim import EpochSchedule, TorchSGD, epoch_learning_rates
+from dgad_tf.optim import EpochSchedule, TorchSGD, epoch_learning_rates, make_optimizer
 
 torch = pytest.importorskip("torch")
 
@@ -149,3 +149,40 @@ def test_torch_sgd_defaults_config_and_refusals_are_as_documented():
     with pytest.raises(ValueError) as caught:
         TorchSGD(0.1, weight_decay=-1.0)
     assert str(caught.value) == "`weight_decay` must be >= 0; received weight_decay=-1.0"
+
+
+def test_make_optimizer_is_torch_sgd_on_the_epoch_schedule_of_its_settings():
+    optimizer = make_optimizer(
+        0.2,
+        momentum=0.5,
+        weight_decay=0.01,
+        nesterov=True,
+        steps_per_epoch=3,
+        epochs=4,
+        schedule="piecewise",
+        milestones=(1, 3),
+        gamma=0.5,
+        warmup_epochs=1,
+    )
+    config = optimizer.get_config()
+    assert (config["momentum"], config["weight_decay"], config["nesterov"]) == (0.5, 0.01, True)
+    assert config["learning_rate"]["config"] == {
+        "initial_lr": 0.2,
+        "steps_per_epoch": 3,
+        "epochs": 4,
+        "kind": "piecewise",
+        "milestones": [1, 3],
+        "gamma": 0.5,
+        "warmup_epochs": 1,
+    }
+    cosine = make_optimizer(
+        0.2,
+        momentum=0.9,
+        weight_decay=0.0,
+        nesterov=False,
+        steps_per_epoch=1,
+        epochs=4,
+        schedule="cosine",
+    )
+    assert cosine.get_config()["learning_rate"]["config"]["kind"] == "cosine"
+    assert cosine.get_config()["learning_rate"]["config"]["gamma"] == 0.1  # the default
