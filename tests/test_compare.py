@@ -476,6 +476,13 @@ def test_results_csv_rows_are_the_cells_in_plain_newline_csv(tmp_path):
     )
     summary = study_report.summarize(study, rows, None)
     assert summary["command"] == "" and summary["cells_done"] == 2 and summary["cells_total"] == 2
+    # No command: no Command line. Cells on other images: no one digest to show.
+    rows[1]["evaluation"]["images_sha256"] = "other"
+    summary = study_report.summarize(study, rows, None)
+    assert summary["protocol"]["images_sha256"] == ["other", "same"]
+    text = study_report.summary_markdown(summary, ["clean_accuracy"], "clean_accuracy")
+    assert text.splitlines()[:4] == [f"# Study {tmp_path / 'out'}", "", "", ""]
+    assert "(the same images for every cell: sha256 ?)" in text
 
 
 def _rounded(value):

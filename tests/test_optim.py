@@ -186,3 +186,11 @@ def test_make_optimizer_is_torch_sgd_on_the_epoch_schedule_of_its_settings():
     )
     assert cosine.get_config()["learning_rate"]["config"]["kind"] == "cosine"
     assert cosine.get_config()["learning_rate"]["config"]["gamma"] == 0.1  # the default
+    defaults = make_optimizer(
+        0.2, momentum=0.9, weight_decay=0.0, nesterov=False, steps_per_epoch=1, epochs=4
+    ).get_config()["learning_rate"]["config"]
+    assert (defaults["kind"], defaults["milestones"], defaults["warmup_epochs"]) == (
+        "piecewise",
+        [],
+        0,
+    )
