@@ -657,3 +657,12 @@ def test_summary_and_its_markdown_hold_every_number_of_the_rows(tmp_path):
         "",
     ]
     assert text.splitlines() == "\n".join(lines).splitlines()
+
+
+def test_the_no_spread_sentence_says_why_more_seeds_are_needed():
+    paired = stats.paired_difference([0.18, 0.19], [0.20, 0.21]).to_dict()
+    assert study_report.comparison_sentence("rslad", "adaad", "clean_accuracy", paired) == (
+        "rslad − adaad, clean_accuracy: -2.00 points on each of the 2 seeds; with no spread "
+        "between them the 95% interval [-2.00, -2.00] has width 0, which shows no seed-to-seed "
+        "variation, not a certain difference: more seeds are needed to say more."
+    )
