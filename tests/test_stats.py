@@ -19,6 +19,7 @@ def test_t_quantile_matches_the_t_table(dof, expected):
 def test_t_quantile_other_levels():
     assert stats.t_quantile(0.995, 3) == pytest.approx(5.8409, abs=5e-5)  # 99% two-sided
     assert stats.t_quantile(0.95, 10) == pytest.approx(1.8125, abs=5e-5)  # 90% two-sided
+    assert stats.t_quantile(0.75, 30) == pytest.approx(0.6828, abs=5e-5)  # below 1
 
 
 @pytest.mark.parametrize("p, dof", [(0.5, 3), (1.0, 3), (0.975, 0), (0.975, 2.5)])
