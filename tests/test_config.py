@@ -10,6 +10,7 @@ from dgad_tf.config import (
     ConfigError,
     config_from_dict,
     load_config,
+    parse_fraction,
     parse_override,
     with_values,
 )
@@ -247,3 +248,56 @@ def test_package_exposes_its_public_names():
     )
     with pytest.raises(AttributeError):
         dgad_tf.no_such_name
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"data": 3}, "`data` must be a mapping; received data=3"),
+        ({"data": {"source": 3}}, "`data.source` must be a string; received data.source=3"),
+        ({"eval": {"attacks": 3}}, "`eval.attacks` must be a list; received eval.attacks=3"),
+        (
+            {"eval": {"attacks": ["clean", 3]}},
+            "`eval.attacks[1]` must be a string; received eval.attacks[1]=3",
+        ),
+        ({"train": {"epochs": "x"}}, "`train.epochs` must be a int; received train.epochs='x'"),
+        ({"train": {"epochs": True}}, "`train.epochs` must be a int; received train.epochs=True"),
+        ({"train": {"epochs": 2.5}}, "`train.epochs` must be a int; received train.epochs=2.5"),
+        (
+            {"data": {"train_limit": "x"}},
+            "`data.train_limit` must be a int; received data.train_limit='x'",
+        ),
+        ({"attack": {"eps": "1/0"}}, "`attack.eps` must be a float; received attack.eps='1/0'"),
+        ({"attack": {"eps": True}}, "`attack.eps` must be a float; received attack.eps=True"),
+        (
+            {"train": {"jit_compile": 3}},
+            "`train.jit_compile` must be true or false; received train.jit_compile=3",
+        ),
+        ({"nosuch": 1}, "unknown key `nosuch` in the top level; known keys: "),
+        ({"data": {"nosuch": 1}}, "unknown key `data.nosuch` in section `data`; known keys: "),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_naming_key_and_value(values, message):
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(values)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_values_are_read_into_their_field_types():
+    cfg = config_from_dict(
+        {
+            "train": {"epochs": 3.0, "jit_compile": True},
+            "attack": {"eps": "8/255", "steps": 2},
+            "data": {"train_limit": None},
+            "model": {"normalize_mean": "0.5, 0.25, 1", "normalize_std": [1, 1, 1]},
+            "tune": {"objective": {"clean_weight": 1, "robust_weight": 1}},
+        }
+    )
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.jit_compile is True and cfg.attack.eps == 8 / 255
+    assert cfg.data.train_limit is None and cfg.model.normalize_mean == (0.5, 0.25, 1.0)
+    assert cfg.tune.objective == {"clean_weight": 1, "robust_weight": 1}
+    assert config_from_dict({"train": {"jit_compile": "auto"}}).train.jit_compile == "auto"
+    with pytest.raises(ValueError) as caught:
+        parse_fraction("8//255")
+    assert str(caught.value) == "not a number or a fraction a/b: '8//255'"
