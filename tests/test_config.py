@@ -273,8 +273,20 @@ def test_package_exposes_its_public_names():
             {"train": {"jit_compile": 3}},
             "`train.jit_compile` must be true or false; received train.jit_compile=3",
         ),
-        ({"nosuch": 1}, "unknown key `nosuch` in the top level; known keys: "),
-        ({"data": {"nosuch": 1}}, "unknown key `data.nosuch` in section `data`; known keys: "),
+        ({"nosuch": 1}, "unknown key `nosuch` in the top level; known keys: attack, data, "),
+        (
+            {"data": {"nosuch": 1}},
+            "unknown key `data.nosuch` in section `data`; known keys: augment, crop_padding, ",
+        ),
+        ([1], "a config must be a mapping of sections; received [1]"),
+        # Optional fields take their own type or null, nothing else.
+        ({"data": {"train_limit": {"a": 1}}}, "`data.train_limit` must be a int; received "),
+        ({"data": {"name": 3}}, "`data.name` must be a string; received data.name=3"),
+        ({"data": {"name": True}}, "`data.name` must be a string; received data.name=True"),
+        (
+            {"tune": {"space": {"method.beta": {"type": "float", "min": -1, "max": 1}}}},
+            "tune.space.method.beta: ",
+        ),
     ],
 )
 def test_a_value_of_the_wrong_type_is_refused_naming_key_and_value(values, message):
@@ -298,6 +310,16 @@ def test_values_are_read_into_their_field_types():
     assert cfg.data.train_limit is None and cfg.model.normalize_mean == (0.5, 0.25, 1.0)
     assert cfg.tune.objective == {"clean_weight": 1, "robust_weight": 1}
     assert config_from_dict({"train": {"jit_compile": "auto"}}).train.jit_compile == "auto"
+    # An empty section (`data:` with nothing under it) and no values at all are the defaults.
+    assert config_from_dict({"data": None}) == config_from_dict(None) == Config()
     with pytest.raises(ValueError) as caught:
         parse_fraction("8//255")
     assert str(caught.value) == "not a number or a fraction a/b: '8//255'"
+
+
+def test_a_config_file_must_hold_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path} must hold a mapping of sections; received [1, 2]"
