@@ -1,5 +1,6 @@
-"""Install dgad_tf: `pip install -e .` (`[test]` adds pytest, `[torch]` the PyTorch converter,
-`[plot]` the figures of `python -m dgad_tf.compare`, `[bench]` the benchmarks against PyTorch)."""
+"""Install dgad_tf: `pip install -e .` (`[test]` adds pytest, `[mutation]` pytest and mutmut,
+`[torch]` the PyTorch converter, `[plot]` the figures of `python -m dgad_tf.compare`, `[bench]`
+the benchmarks against PyTorch)."""
 
 import pathlib
 import re
@@ -28,6 +29,8 @@ setup(
     extras_require={
         # The tests draw the study figures too, so they need what `[plot]` adds.
         "test": ["pytest>=7", "matplotlib>=3.5"],
+        # Mutation testing of the pure-Python modules (docs/contributing.md; setup.cfg [mutmut]).
+        "mutation": ["pytest>=7", "matplotlib>=3.5", "mutmut>=3.8,<4"],
         # The PNG figures of `python -m dgad_tf.compare`; without it the tables are still written.
         "plot": ["matplotlib>=3.5"],
         "torch": ["torch>=2.0", "safetensors>=0.4"],

@@ -14,8 +14,9 @@ and pass the first three through here:
   evaluation stay uint8 0..255 or float [0, 1] whatever the model's scale: they are multiplied by
   `input_scale` on the way in, and rounded when the signature takes integer pixels.
 * `signature` picks a SavedModel's signature. Defaults to `serving_default` (or the only one).
-  Its output is the one named `logits`, else its only output, else `probabilities` taken as
-  log-probabilities (logits up to a per-image constant, which no attack loss here sees).
+  Its output is the one named `logits`, else the one named `probabilities` taken as
+  log-probabilities (logits up to a per-image constant, which no attack loss here sees), else
+  its only output.
 * `x` is uint8 0..255 or float in [0, 1], `[N, H, W, C]` (`float_images`); `y` holds class
   indices `[N]` (`class_labels`). `check_inputs` checks both against the model's input shape and
   the number of classes it returns, with errors naming the problem.
@@ -228,10 +229,11 @@ def _output_key(outputs, signature):
         raise ValueError(f"`model`: signature {signature!r} must return a dict of tensors")
     if "logits" in outputs:
         return "logits", False
-    if len(outputs) == 1:
-        return next(iter(outputs)), False
+    # Before the single-output rule: a signature returning only `probabilities` is no logits.
     if "probabilities" in outputs:
         return "probabilities", True
+    if len(outputs) == 1:
+        return next(iter(outputs)), False
     raise ValueError(
         f"`model`: signature {signature!r} returns {sorted(outputs)}; it needs an output named "
         "'logits' (or 'probabilities'), or a single output"

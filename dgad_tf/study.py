@@ -211,10 +211,11 @@ def _check_override(name: str, text: str) -> str:
             f"study.methods: {name}: `set` must be a list of section.key=value strings; "
             f"received {text!r}"
         )
-    nested = parse_override(text)
-    section = next(iter(nested))
-    key = f"{section}.{next(iter(nested[section]))}" if isinstance(nested[section], dict) else ""
-    if section in _SHARED_SECTIONS or key in _SHARED_KEYS or key in ("method.name", ""):
+    ((section, value),) = parse_override(text).items()
+    # Every key a section-wide override (`model={student: ..., teacher_path: ...}`) sets.
+    keys = [f"{section}.{field}" for field in value] if isinstance(value, dict) else []
+    shared = [k for k in keys if k in _SHARED_KEYS or k == "method.name"]
+    if section in _SHARED_SECTIONS or shared or not keys:
         raise ConfigError(
             f"study.methods: {name}: `set: {text}` changes what every cell must share (the data, "
             "the teacher, the seed, the evaluation, the folders); put it in the base config, "

@@ -246,8 +246,8 @@ def summarize(study, rows: list, teacher: dict | None, *, command: str = "") -> 
     }
 
 
-def _pct(value) -> str:
-    return "–" if value is None else f"{100 * value:.2f}"
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
 
 
 def _mean_std(entry) -> str:

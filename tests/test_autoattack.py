@@ -719,3 +719,78 @@ def test_each_point_keeps_the_example_of_the_first_attack_that_broke_it(model_fn
     )
     hit = broken_first & ~alone["robust_mask"]
     assert hit.any() and not np.allclose(alone["x_adv"][hit], first["x_adv"][hit])
+
+
+# ------------------------------------------------------------------ the standard version's settings
+# fra31/auto-attack autoattack/autoattack.py:33-47 (APGD n_iter=100, rho=.75; Square
+# n_queries=5000) and :306-320 (set_version("standard"): APGD-T and FAB-T on 9 target classes,
+# one restart each, Square 5000 queries); the step schedule autopgd_base.py:134, :153-155.
+
+
+def _linear_model(num_classes, seed=0):
+    kernel = tf.constant(np.random.default_rng(seed).normal(0, 1, (64, num_classes)), tf.float32)
+    return lambda images: tf.reshape(tf.cast(images, tf.float32), [-1, 64]) @ kernel
+
+
+@pytest.mark.parametrize("num_classes, warned", [(9, True), (10, False)])
+def test_standard_apgd_t_and_fab_t_target_nine_classes(num_classes, warned):
+    """With 9 classes only 8 targets exist, and the runner says so for each targeted attack;
+    with 10 it does not: so each asks for exactly 9. The one point is wrong when clean, so no
+    attack runs."""
+    model_fn = _linear_model(num_classes)
+    x = np.full((1, 8, 8, 1), 0.5, np.float32)
+    y = (np.argmax(model_fn(x).numpy(), 1) + 1) % num_classes
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, report = AutoAttack(model_fn, eps=EPS).run_standard_evaluation(x, y)
+    assert report["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    messages = " ".join(str(w.message) for w in caught)
+    for name in ("apgd-t", "fab-t"):
+        expected = f"{name} asks for 9 target classes but the model has only 8 other classes"
+        assert (expected in messages) == warned, messages
+    assert ("target classes" in messages) == warned
+
+
+def test_standard_square_spends_5000_queries():
+    """A model Square never fools: it queries it for its whole budget, which is 5000 queries
+    more than a budget of 1 apart from the one query of each (whatever the runner's own)."""
+    calls = tf.Variable(0, dtype=tf.int64)
+    linear = _linear_model(10)
+
+    def counted(images):
+        calls.assign_add(tf.cast(tf.shape(images)[0], tf.int64))
+        return linear(images) * 0.0 + tf.one_hot([0], 10) * 100.0  # always class 0
+
+    x, y = np.full((1, 8, 8, 1), 0.5, np.float32), np.zeros(1, np.int64)
+    queries = []
+    for options in (None, {"square": {"n_queries": 1}}):
+        calls.assign(0)
+        adversary = AutoAttack(
+            counted, eps=EPS, version="custom", attacks=["square"], attack_options=options
+        )
+        _, report = adversary.run_standard_evaluation(x, y)
+        assert report["robust_accuracy"] == 1.0
+        queries.append(int(calls.numpy()))
+    assert queries[0] - queries[1] == 5000 - 1
+
+
+def test_standard_apgd_runs_100_iterations_on_the_reference_schedule(model_fn, batch):
+    """The runner's APGD-CE and APGD-T give what `apgd` and `apgd_targeted` give with the
+    reference's settings (100 iterations, rho 0.75, one restart, 9 targets): a point's
+    adversarial image is its last misclassified iterate, so another budget or another halving
+    rule moves it."""
+    x, labels = batch[0][:8], batch[1][:8]
+    expected = {
+        "apgd-ce": apgd(model_fn, x, labels, eps=EPS, n_iter=100, loss="ce", rho=0.75),
+        "apgd-t": apgd_targeted(
+            model_fn, x, labels, eps=EPS, n_iter=100, n_target_classes=9, rho=0.75
+        ),
+    }
+    for name, x_expected in expected.items():
+        x_expected = np.asarray(x_expected)
+        fooled = np.argmax(model_fn(x_expected).numpy(), 1) != labels
+        assert fooled.sum() >= 4, f"{name} fools too few points to tell settings apart"
+        adversary = AutoAttack(model_fn, eps=EPS, version="custom", attacks=[name])
+        x_adv, report = adversary.run_standard_evaluation(x, labels)
+        np.testing.assert_array_equal(report["robust_mask"], ~fooled, err_msg=name)
+        np.testing.assert_allclose(x_adv[fooled], x_expected[fooled], atol=1e-6, err_msg=name)

@@ -193,3 +193,34 @@ def test_periodic_test_pgd_logs_nan_off_its_epochs_and_counts_adversarial_hits(t
     checkpoints.on_epoch_end(1, {"test_pgd20_accuracy": 0.3})
     assert (tmp_path / "student_best_test_pgd20.keras").exists()
     assert checkpoints.best_epoch["test_pgd20_accuracy"] == 2
+
+
+def test_rslad_selection_counts_a_pgd_hit_even_when_the_clean_image_is_wrong():
+    """RSLAD counts a test point when its PGD-20 image is classified right, its clean
+    prediction unasked (zibojia/RSLAD resnet18_rslad_cifar10.py:72-78). The model's gradient is
+    reversed here, so PGD moves clean errors near the boundary over to the right class."""
+    import tensorflow as tf
+
+    from dgad_tf.callbacks import PeriodicTestPGD
+
+    class ReversedGradient(keras.layers.Layer):
+        def call(self, inputs):
+            @tf.custom_gradient
+            def identity(z):
+                return tf.identity(z), lambda upstream: -upstream
+
+            return identity(inputs)
+
+    rng = np.random.default_rng(10)
+    inputs = keras.Input((2, 2, 1))
+    centred = keras.layers.Rescaling(1.0, offset=-0.5)(ReversedGradient()(inputs))
+    dense = keras.layers.Dense(2, use_bias=False)
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(centred)))
+    dense.set_weights([rng.normal(0, 1, (4, 2)).astype(np.float32)])
+    x = rng.uniform(0.45, 0.55, (200, 2, 2, 1)).astype(np.float32)  # near the boundary
+    predicted = np.argmax(model.predict(x, verbose=0), -1)
+    y = np.where(np.arange(200) % 2 == 0, predicted, 1 - predicted)  # half wrong when clean
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+
+    accuracy = PeriodicTestPGD.rslad(dataset, eps=8 / 255).accuracy(model)
+    assert accuracy > 0.5 + 0.05  # 0.5: the clean accuracy; the hits on clean errors count

@@ -13,6 +13,7 @@ import pathlib
 import re
 import sys
 
+import numpy as np
 import pytest
 import yaml
 from subprocesses import run_command
@@ -391,3 +392,355 @@ def test_shipped_study_configs_parse(name):
     study = study_lib.load_study(REPO / "configs" / name)
     assert len(study.cells()) == len(study.methods) * len(study.seeds)
     assert "autoattack" in study.protocol.attacks
+
+
+# --------------------------------------------------------------------------- pairing by seed
+
+# pgd3 accuracy of each (method, seed): the differences to adaad are +0.10 (seed 2), -0.02
+# (seed 0) and +0.06 (seed 1), so pairing by position in any other order gives other numbers.
+PGD3 = {
+    ("pgd_at", 2): 0.30,
+    ("pgd_at", 0): 0.10,
+    ("pgd_at", 1): 0.25,
+    ("adaad", 2): 0.20,
+    ("adaad", 0): 0.12,
+    ("adaad", 1): 0.19,
+}
+
+
+def _row(cell, table=PGD3) -> dict:
+    """The row `run_study` keeps for a cell: clean accuracy 0.5 above its `table` entry."""
+    accuracy = table[cell.entry.name, cell.seed]
+    evaluation = {
+        "clean_accuracy": accuracy + 0.5,
+        "attacks": {name: {"robust_accuracy": accuracy} for name in ("fgsm", "pgd3")},
+        "images_sha256": "same",
+    }
+    return {
+        "method": cell.entry.name,
+        "seed": cell.seed,
+        "evaluation": evaluation,
+        "epochs": 1,
+        "seconds": 1.0,
+        "run_dir": str(cell.folder),
+        "history": [],
+    }
+
+
+@pytest.mark.parametrize("methods", [["pgd_at", "adaad"], ["adaad", "pgd_at"]])
+def test_paired_differences_pair_each_seed_with_the_references_same_seed(tmp_path, methods):
+    """Seeds listed out of order ([2, 0, 1]), the reference last or first in `study.methods`.
+
+    The summary is written after every cell, as `run_study` does: with the reference first,
+    after its seed-0 cell it has one seed more than pgd_at, which must pair only seed 2. The
+    interval is re-derived with NumPy and SciPy's t quantile.
+    """
+    from scipy import stats as scipy_stats
+
+    path = write_study(
+        tmp_path / "s.yaml", tmp_path / "out", methods=methods, seeds=[2, 0, 1], reference="adaad"
+    )
+    study = study_lib.load_study(path)
+    rows = []
+    for cell in study.cells():
+        rows.append(_row(cell))
+        study_report.write_outputs(study, rows, None)
+        summary = json.loads((tmp_path / "out" / study_report.SUMMARY_JSON).read_text())
+        paired = summary["methods"]["pgd_at"].get("vs_reference", {}).get("pgd3_accuracy")
+        done = {(r["method"], r["seed"]) for r in rows}
+        seeds = sorted(s for s in (0, 1, 2) if ("pgd_at", s) in done and ("adaad", s) in done)
+        if not seeds:
+            assert paired is None
+            continue
+        differences = np.array([PGD3["pgd_at", s] - PGD3["adaad", s] for s in seeds])
+        assert paired["seeds"] == seeds and paired["n"] == len(seeds)
+        assert paired["mean"] == pytest.approx(differences.mean(), abs=1e-12)
+        if len(seeds) > 1:
+            half = (
+                scipy_stats.t.ppf(0.975, len(seeds) - 1)
+                * differences.std(ddof=1)
+                / np.sqrt(len(seeds))
+            )
+            assert paired["low"] == pytest.approx(differences.mean() - half, abs=1e-9)
+            assert paired["high"] == pytest.approx(differences.mean() + half, abs=1e-9)
+    assert paired["mean"] == pytest.approx((0.10 - 0.02 + 0.06) / 3, abs=1e-12)
+    assert summary["methods"]["pgd_at"]["metrics"]["pgd3_accuracy"]["values"] == [0.10, 0.25, 0.30]
+
+
+# --------------------------------------------------------------------------- what cells share
+
+
+@pytest.mark.parametrize(
+    "changed, key",
+    [
+        ("study.n=40", "protocol.n"),
+        ("study.attacks=[clean, fgsm]", "protocol.attacks"),
+        ("study.eps=0.2", "protocol.eps"),
+        ("study.seed=1", "protocol.seed"),
+        ("study.batch_size=32", "protocol.batch_size"),
+    ],
+)
+def test_a_study_rerun_under_another_protocol_is_refused_naming_the_key(
+    finished_study, changed, key
+):
+    """Cells scored under two protocols would be compared as one study: the re-run is refused."""
+    from dgad_tf.rundir import RunError
+
+    out = finished_study["out"]
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(RunError, match=rf"different study \(`{key}` differs\)"):
+        study_lib.run_study(study_lib.load_study(finished_study["path"], [changed]))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.teacher_path=/elsewhere/teacher.keras",
+        "model.teacher=resnet18",
+        # A whole-section override hides the teacher behind another key of the same section.
+        "model={student: small-cnn, teacher_path: /elsewhere/teacher.keras}",
+        "model={student: small-cnn, teacher: resnet18}",
+    ],
+)
+def test_a_methods_set_cannot_change_the_study_teacher(tmp_path, override):
+    """Every cell distils from the one study teacher: a variant may not bring its own."""
+    path = write_study(
+        tmp_path / "s.yaml",
+        tmp_path / "out",
+        methods=["adaad", {"name": "own_teacher", "method": "dgad", "set": [override]}],
+    )
+    with pytest.raises(ConfigError, match="own_teacher: `set: .*` changes what every cell"):
+        study_lib.load_study(path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_cell_distils_from_the_study_teacher(tmp_path):
+    path = write_study(
+        tmp_path / "s.yaml",
+        tmp_path / "out",
+        methods=["adaad", {"name": "v", "method": "dgad", "set": ["model={student: small-cnn}"]}],
+    )
+    study = study_lib.load_study(path)
+    assert {(c.cfg.model.teacher, c.cfg.model.teacher_path) for c in study.cells()} == {
+        ("small-cnn", str(tmp_path / "out" / "teacher.keras"))
+    }
+
+
+@pytest.mark.parametrize(
+    "attacks, headline",
+    [
+        (("clean", "fgsm", "pgd3"), "pgd3_accuracy"),  # the last attack of the protocol
+        (("clean", "autoattack", "pgd20"), "autoattack_accuracy"),
+        (("clean", "autoattack_custom", "pgd20"), "autoattack_custom_accuracy"),
+        (("clean", "autoattack_custom", "autoattack"), "autoattack_accuracy"),
+    ],
+)
+def test_the_headline_metric_is_autoattack_when_measured(attacks, headline):
+    protocol = study_lib.Protocol(attacks=attacks, n=10, eps=0.03, batch_size=8, seed=0)
+    assert study_report.strongest_metric(protocol) == headline
+
+
+def test_results_csv_rows_are_the_cells_in_plain_newline_csv(tmp_path):
+    path = write_study(tmp_path / "s.yaml", tmp_path / "out", seeds=[2])
+    study = study_lib.load_study(path)
+    rows = [_row(cell) for cell in study.cells()]
+    text = study_report.results_csv(rows, study.protocol)
+    out = tmp_path / "out" / "cells"
+    assert text == (
+        "method,seed,clean_accuracy,fgsm_accuracy,pgd3_accuracy,epochs,seconds,run_dir\n"
+        f"pgd_at,2,0.8000,0.3000,0.3000,1,1,{out / 'pgd_at_seed2'}\n"
+        f"adaad,2,0.7000,0.2000,0.2000,1,1,{out / 'adaad_seed2'}\n"
+    )
+    summary = study_report.summarize(study, rows, None)
+    assert summary["command"] == "" and summary["cells_done"] == 2 and summary["cells_total"] == 2
+    # No command: no Command line. Cells on other images: no one digest to show.
+    rows[1]["evaluation"]["images_sha256"] = "other"
+    summary = study_report.summarize(study, rows, None)
+    assert summary["protocol"]["images_sha256"] == ["other", "same"]
+    text = study_report.summary_markdown(summary, ["clean_accuracy"], "clean_accuracy")
+    assert text.splitlines()[:4] == [f"# Study {tmp_path / 'out'}", "", "", ""]
+    assert "(the same images for every cell: sha256 ?)" in text
+
+
+def _rounded(value):
+    """`value` with every float rounded to 9 digits, to compare nested summaries."""
+    if isinstance(value, float):
+        return round(value, 9)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def test_summary_and_its_markdown_hold_every_number_of_the_rows(tmp_path):
+    """A study in progress: pgd_at and adaad on both seeds, a variant on one, trades on none."""
+    from scipy import stats as scipy_stats
+
+    variant = {"name": "dgad_b0", "method": "dgad", "set": ["method.beta=0"]}
+    path = write_study(
+        tmp_path / "s.yaml",
+        tmp_path / "out",
+        methods=["pgd_at", "adaad", variant, "trades"],
+        seeds=[2, 0],
+        reference="adaad",
+    )
+    study = study_lib.load_study(path)
+    pgd3 = {("pgd_at", 2): 0.30, ("adaad", 2): 0.20, ("dgad_b0", 2): 0.35}
+    pgd3.update({("pgd_at", 0): 0.10, ("adaad", 0): 0.12})
+    rows = []
+    for cell in study.cells():
+        if (cell.entry.name, cell.seed) in pgd3:
+            rows.append(_row(cell, pgd3))
+    teacher = {
+        "clean_accuracy": 0.9,
+        "attacks": {"fgsm": {"robust_accuracy": 0.5}, "pgd3": {"robust_accuracy": 0.4}},
+        "path": "/t/teacher.keras",
+    }
+    summary = study_report.summarize(study, rows, teacher, command="compare s.yaml")
+
+    def spread(values):
+        return {
+            "mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+            "n": len(values),
+            "values": values,
+        }
+
+    def paired(differences, seeds):
+        n, mean = len(differences), float(np.mean(differences))
+        std = float(np.std(differences, ddof=1)) if n > 1 else None
+        half = scipy_stats.t.ppf(0.975, n - 1) * std / np.sqrt(n) if n > 1 else None
+        low, high = (mean - half, mean + half) if n > 1 else (None, None)
+        return {
+            "mean": mean,
+            "std": std,
+            "n": n,
+            "level": 0.95,
+            "low": low,
+            "high": high,
+            "includes_zero": None if n < 2 else bool(low <= 0 <= high),
+            "no_spread": False,
+            "seeds": seeds,
+        }
+
+    def metrics(values):
+        return {
+            "clean_accuracy": spread([v + 0.5 for v in values]),
+            "fgsm_accuracy": spread(values),
+            "pgd3_accuracy": spread(values),
+        }
+
+    pgd_at_vs = paired([0.10 - 0.12, 0.30 - 0.20], [0, 2])
+    variant_vs = paired([0.35 - 0.20], [2])
+    expected = {
+        "command": "compare s.yaml",
+        "folder": str(tmp_path / "out"),
+        "reference": "adaad",
+        "seeds": [2, 0],
+        "protocol": {
+            "attacks": ["clean", "fgsm", "pgd3"],
+            "n": 48,
+            "eps": 0.1,
+            "seed": 0,
+            "images_sha256": "same",
+        },
+        "cells_done": 5,
+        "cells_total": 8,
+        "teacher": {
+            "path": "/t/teacher.keras",
+            "clean_accuracy": 0.9,
+            "fgsm_accuracy": 0.5,
+            "pgd3_accuracy": 0.4,
+        },
+        "methods": {
+            "pgd_at": {
+                "method": "pgd_at",
+                "overrides": [],
+                "seeds": [0, 2],
+                "metrics": metrics([0.10, 0.30]),
+                "vs_reference": {m: pgd_at_vs for m in ("clean_accuracy", "fgsm_accuracy")}
+                | {"pgd3_accuracy": pgd_at_vs},
+            },
+            "adaad": {
+                "method": "adaad",
+                "overrides": [],
+                "seeds": [0, 2],
+                "metrics": metrics([0.12, 0.20]),
+            },
+            "dgad_b0": {
+                "method": "dgad",
+                "overrides": ["method.beta=0"],
+                "seeds": [2],
+                "metrics": metrics([0.35]),
+                "vs_reference": {
+                    m: variant_vs for m in ("clean_accuracy", "fgsm_accuracy", "pgd3_accuracy")
+                },
+            },
+            "trades": {"method": "trades", "overrides": [], "seeds": [], "metrics": {}},
+        },
+    }
+    expected["methods"]["trades"]["vs_reference"] = {}
+    assert _rounded(summary) == _rounded(expected)
+
+    # The markdown: the same numbers in % (2 decimals), "–" where there is none.
+    metric_names = ["clean_accuracy", "fgsm_accuracy", "pgd3_accuracy"]
+    headline = "pgd3_accuracy"
+    text = study_report.summary_markdown(summary, metric_names, headline)
+    sd_pgd_at, sd_adaad = 100 * np.std([0.1, 0.3], ddof=1), 100 * np.std([0.12, 0.2], ddof=1)
+    low, high = 100 * pgd_at_vs["low"], 100 * pgd_at_vs["high"]
+    no_interval = (
+        "points on 1 seed; one pair gives no interval, so nothing can be said about a difference."
+    )
+    includes_zero = "95% interval [{:+.2f}, {:+.2f}] includes 0: these 2 seeds do not show a "
+    lines = [
+        f"# Study {tmp_path / 'out'}",
+        "",
+        "Command: `compare s.yaml`",
+        "",
+        "Protocol: clean, fgsm, pgd3 at eps 0.1 on the first 48 test images (the same images "
+        "for every cell: sha256 same), attack seed 0. Cells done: 5 of 8. Accuracies in %.",
+        "",
+        "Teacher (/t/teacher.keras): clean_accuracy 90.00, fgsm_accuracy 50.00, "
+        "pgd3_accuracy 40.00",
+        "",
+        "| method | seeds | clean_accuracy | fgsm_accuracy | pgd3_accuracy |",
+        "|---|---|---|---|---|",
+        f"| pgd_at | 2 | 70.00 ± {sd_pgd_at:.2f} | 20.00 ± {sd_pgd_at:.2f} | "
+        f"20.00 ± {sd_pgd_at:.2f} |",
+        f"| adaad | 2 | 66.00 ± {sd_adaad:.2f} | 16.00 ± {sd_adaad:.2f} | 16.00 ± {sd_adaad:.2f} |",
+        "| dgad_b0 | 1 | 85.00 | 35.00 | 35.00 |",
+        "| trades | 0 | – | – | – |",
+        "",
+        "mean ± sample standard deviation over seeds.",
+        "",
+        "## Paired differences to adaad (same seeds)",
+        "",
+        "| method − adaad | metric | mean | 95% interval | seeds |",
+        "|---|---|---|---|---|",
+        *[f"| pgd_at | {m} | +4.00 | [{low:+.2f}, {high:+.2f}] | 2 |" for m in metric_names],
+        *[f"| dgad_b0 | {m} | +15.00 | – | 1 |" for m in metric_names],
+        "",
+        "Differences in percentage points; the interval is mean ± t(0.975, n−1) · sd / √n over "
+        "the per-seed differences.",
+        "",
+        *[
+            f"- pgd_at − adaad, {m}: +4.00 points, "
+            + includes_zero.format(low, high)
+            + "difference."
+            for m in ("clean_accuracy", "pgd3_accuracy")
+        ],
+        *[f"- dgad_b0 − adaad, {m}: +15.00 {no_interval}" for m in ("clean_accuracy", headline)],
+        "",
+    ]
+    assert text.splitlines() == "\n".join(lines).splitlines()
+
+
+def test_the_no_spread_sentence_says_why_more_seeds_are_needed():
+    paired = stats.paired_difference([0.18, 0.19], [0.20, 0.21]).to_dict()
+    assert study_report.comparison_sentence("rslad", "adaad", "clean_accuracy", paired) == (
+        "rslad − adaad, clean_accuracy: -2.00 points on each of the 2 seeds; with no spread "
+        "between them the 95% interval [-2.00, -2.00] has width 0, which shows no seed-to-seed "
+        "variation, not a certain difference: more seeds are needed to say more."
+    )

@@ -5,7 +5,15 @@ import pathlib
 import pytest
 import yaml
 
-from dgad_tf.config import Config, ConfigError, load_config, parse_override
+from dgad_tf.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    parse_fraction,
+    parse_override,
+    with_values,
+)
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -57,6 +65,34 @@ def test_parse_override_nests_keys():
     assert parse_override("a.b=3") == {"a": {"b": 3}}
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_override("novalue")
+
+
+def test_an_override_value_is_everything_after_the_first_equals_sign():
+    assert parse_override("data.path=a=b.npz") == {"data": {"path": "a=b.npz"}}
+    assert parse_override("a.b.c= [1, 2]") == {"a": {"b": {"c": [1, 2]}}}
+    assert parse_override("a.b=") == {"a": {"b": None}}
+    for text in ("novalue", "a..b=1"):
+        with pytest.raises(ConfigError) as caught:
+            parse_override(text)
+        assert str(caught.value) == (
+            f"an override must look like section.key=value; received {text!r}"
+        )
+    with pytest.raises(ConfigError, match=r"^cannot read the value of `a.b`: "):
+        parse_override("a.b=[1, 2")
+
+
+def test_with_values_puts_dotted_values_in_and_empties_the_search():
+    base = config_from_dict(
+        {
+            "train": {"epochs": 7},
+            "tune": {"space": {"method.beta": {"type": "float", "min": 0, "max": 4}}},
+        }
+    )
+    trial = with_values(base, {"method.beta": 2.0, "optimizer.lr": 0.5})
+    assert (trial.method.beta, trial.optimizer.lr, trial.train.epochs) == (2.0, 0.5, 7)
+    assert not trial.tune.space and trial.method.name == base.method.name
+    with pytest.raises(ConfigError, match="method.beta"):
+        with_values(base, {"method.beta": -1.0})
 
 
 @pytest.mark.parametrize(
@@ -212,3 +248,78 @@ def test_package_exposes_its_public_names():
     )
     with pytest.raises(AttributeError):
         dgad_tf.no_such_name
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"data": 3}, "`data` must be a mapping; received data=3"),
+        ({"data": {"source": 3}}, "`data.source` must be a string; received data.source=3"),
+        ({"eval": {"attacks": 3}}, "`eval.attacks` must be a list; received eval.attacks=3"),
+        (
+            {"eval": {"attacks": ["clean", 3]}},
+            "`eval.attacks[1]` must be a string; received eval.attacks[1]=3",
+        ),
+        ({"train": {"epochs": "x"}}, "`train.epochs` must be a int; received train.epochs='x'"),
+        ({"train": {"epochs": True}}, "`train.epochs` must be a int; received train.epochs=True"),
+        ({"train": {"epochs": 2.5}}, "`train.epochs` must be a int; received train.epochs=2.5"),
+        (
+            {"data": {"train_limit": "x"}},
+            "`data.train_limit` must be a int; received data.train_limit='x'",
+        ),
+        ({"attack": {"eps": "1/0"}}, "`attack.eps` must be a float; received attack.eps='1/0'"),
+        ({"attack": {"eps": True}}, "`attack.eps` must be a float; received attack.eps=True"),
+        (
+            {"train": {"jit_compile": 3}},
+            "`train.jit_compile` must be true or false; received train.jit_compile=3",
+        ),
+        ({"nosuch": 1}, "unknown key `nosuch` in the top level; known keys: attack, data, "),
+        (
+            {"data": {"nosuch": 1}},
+            "unknown key `data.nosuch` in section `data`; known keys: augment, crop_padding, ",
+        ),
+        ([1], "a config must be a mapping of sections; received [1]"),
+        # Optional fields take their own type or null, nothing else.
+        ({"data": {"train_limit": {"a": 1}}}, "`data.train_limit` must be a int; received "),
+        ({"data": {"name": 3}}, "`data.name` must be a string; received data.name=3"),
+        ({"data": {"name": True}}, "`data.name` must be a string; received data.name=True"),
+        (
+            {"tune": {"space": {"method.beta": {"type": "float", "min": -1, "max": 1}}}},
+            "tune.space.method.beta: ",
+        ),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_naming_key_and_value(values, message):
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(values)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_values_are_read_into_their_field_types():
+    cfg = config_from_dict(
+        {
+            "train": {"epochs": 3.0, "jit_compile": True},
+            "attack": {"eps": "8/255", "steps": 2},
+            "data": {"train_limit": None},
+            "model": {"normalize_mean": "0.5, 0.25, 1", "normalize_std": [1, 1, 1]},
+            "tune": {"objective": {"clean_weight": 1, "robust_weight": 1}},
+        }
+    )
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.jit_compile is True and cfg.attack.eps == 8 / 255
+    assert cfg.data.train_limit is None and cfg.model.normalize_mean == (0.5, 0.25, 1.0)
+    assert cfg.tune.objective == {"clean_weight": 1, "robust_weight": 1}
+    assert config_from_dict({"train": {"jit_compile": "auto"}}).train.jit_compile == "auto"
+    # An empty section (`data:` with nothing under it) and no values at all are the defaults.
+    assert config_from_dict({"data": None}) == config_from_dict(None) == Config()
+    with pytest.raises(ValueError) as caught:
+        parse_fraction("8//255")
+    assert str(caught.value) == "not a number or a fraction a/b: '8//255'"
+
+
+def test_a_config_file_must_hold_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path} must hold a mapping of sections; received [1, 2]"

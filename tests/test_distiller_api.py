@@ -388,6 +388,20 @@ def test_standardised_images_are_refused_with_the_advice_to_normalise_in_the_mod
         pgd_at().fit((x - 0.5) / 0.25, y, batch_size=8, verbose=0)
 
 
+@pytest.mark.parametrize("form", ["arrays", "train_on_batch"])
+def test_images_in_minus_one_to_one_are_refused_though_none_exceeds_one(form):
+    x, y = batch()
+    x = 2.0 * x - 1.0  # [-1, 1]: the maximum alone says nothing wrong
+    assert x.min() < 0.0 and x.max() <= 1.0
+    distiller = pgd_at()
+    with pytest.raises(ValueError, match=r"values in \[-.*Normalization"):
+        if form == "arrays":
+            distiller.fit(x, y, batch_size=8, verbose=0)
+        else:
+            distiller.train_on_batch(x, y)
+    assert int(distiller.optimizer.iterations) == 0
+
+
 def test_the_range_is_checked_on_the_first_batch_only_and_loses_no_batch():
     # A later batch out of range trains: the compiled step holds no check (nothing per step).
     x, y = batch(24)

@@ -394,3 +394,138 @@ def test_cli_evaluates_a_savedmodel_and_refuses_a_path_that_is_none(
         assert str(path) in err and "SavedModel" in err
     code = main(["--model", str(export_dir), "--data", str(tmp_path / "test.npz")])
     assert code == 2 and "--input-scale 255" in capsys.readouterr().err
+
+
+# --- pixel scales and probability outputs -------------------------------------------------------
+
+
+def test_input_scale_255_applies_to_a_keras_model_too(digits_models, digits):
+    from dgad_tf import evaluate_robustness
+
+    model = digits_models[0]
+    inputs = keras.Input((8, 8, 1))
+    of_pixels = keras.Model(inputs, model(keras.ops.divide(inputs, 255.0)))  # takes 0-255
+    x, y = digits["test_x"][:64], digits["test_y"][:64]
+    kwargs = dict(eps=EPS, attacks=ANY_ATTACKS, batch_size=32)
+    expected = _accuracies(evaluate_model(model, x, y, **kwargs))
+    assert 0.0 < expected["pgd3"] < expected["clean"], "uninformative eps"
+    assert _accuracies(evaluate_robustness(of_pixels, x, y, input_scale=255, **kwargs)) == expected
+
+
+@pytest.fixture(scope="module")
+def probabilities_only(digits_models, tmp_path_factory):
+    """A SavedModel whose one float [0, 1] signature returns only `probabilities`."""
+    import tensorflow as tf
+
+    model = digits_models[0]
+
+    class ProbabilitiesOnly(tf.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32)])
+        def serve(self, images):
+            return {"probabilities": tf.nn.softmax(self.net(images, training=False), -1)}
+
+    module = ProbabilitiesOnly(model)
+    path = tmp_path_factory.mktemp("probabilities") / "model"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def test_a_probabilities_signature_is_attacked_through_its_log_probabilities(
+    digits_models, probabilities_only, digits
+):
+    """log(softmax) is the Keras logits' log_softmax, so no attack loss tells them apart."""
+    import warnings
+
+    import tensorflow as tf
+
+    from dgad_tf import evaluate_robustness
+    from dgad_tf.logits import logits_function
+
+    model, export_dir, _ = digits_models
+    x, y = digits["test_x"][:64], digits["test_y"][:64]
+    images = x.astype(np.float32) / 255.0
+    expected = tf.nn.log_softmax(model(images, training=False), -1).numpy()
+    given = {
+        # dgad_tf's serving_default: uint8 in, probabilities and classes out.
+        "serving_default": (str(export_dir), dict(input_scale=255), ["clean"]),
+        "probabilities only": (str(probabilities_only), {}, ANY_ATTACKS),
+    }
+    for what, (path, how, attacks) in given.items():
+        log_probabilities = np.asarray(logits_function(path, **how)(images))
+        np.testing.assert_allclose(log_probabilities, expected, atol=2e-5, err_msg=what)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # no "looks like probabilities"
+            report = evaluate_robustness(path, x, y, attacks=attacks, eps=EPS, **how)
+        assert report["clean_accuracy"] == np.mean(np.argmax(expected, 1) == y), what
+
+
+def test_a_uint8_signature_is_fed_rounded_pixels_not_truncated(tmp_path):
+    """A float image one float32 step below a grey level, or 0.6/255 above one, is that level
+    (resp. the next) on the uint8 grid: `x * 255` is rounded, as `uint8(round(...))` would be."""
+    import tensorflow as tf
+
+    from dgad_tf import evaluate_robustness
+    from dgad_tf.logits import logits_function
+
+    class Parity(tf.Module):
+        """Logits of class `pixel % 2` of the first pixel it is fed."""
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2, 2, 1], tf.uint8)])
+        def serve(self, pixels):
+            value = tf.cast(pixels[:, 0, 0, 0], tf.int32)
+            return {"logits": 10.0 * tf.one_hot(value % 2, 2)}
+
+    module = Parity()
+    tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": module.serve})
+    levels = np.arange(1, 255, dtype=np.float32)
+    below = np.nextafter(levels / np.float32(255), np.float32(0))  # one float32 step below
+    above = ((levels + 0.6) / 255).astype(np.float32)  # eps = 0.6/255 added to a grey level
+    first_pixel = np.concatenate([below, above])
+    x = np.repeat(first_pixel[:, None, None, None], 4, axis=1).reshape(-1, 2, 2, 1)
+    rounded = np.concatenate([levels, levels + 1])
+    scaled = x[:, 0, 0, 0] * np.float32(255)
+    assert np.sum(np.floor(scaled) != rounded) > 100, "the images no longer tell round from floor"
+
+    fed = logits_function(str(tmp_path), input_scale=255)
+    np.testing.assert_array_equal(np.argmax(fed(x), 1), rounded % 2)
+    report = evaluate_robustness(str(tmp_path), x, rounded % 2, attacks=["clean"], input_scale=255)
+    assert report["clean_accuracy"] == 1.0
+
+
+def test_a_point_wrong_when_clean_is_never_counted_robust():
+    """Even when the attack's image of it is classified right: here the model's gradient is
+    reversed, so the attacks descend the loss and move clean errors over to the right class."""
+    import tensorflow as tf
+
+    from dgad_tf import evaluate_robustness
+    from dgad_tf.robustness import adversarial_images
+
+    rng = np.random.default_rng(8)
+    kernel = tf.constant(rng.normal(0, 1, (4, 2)).astype(np.float32))
+
+    @tf.custom_gradient
+    def reversed_gradient(z):
+        return tf.identity(z), lambda upstream: -upstream
+
+    def model_fn(images):
+        flat = reversed_gradient(tf.reshape(tf.cast(images, tf.float32), [-1, 4]))
+        return (flat - 0.5) @ kernel  # the class boundary runs through the images
+
+    x = rng.uniform(0.3, 0.7, (64, 2, 2, 1)).astype(np.float32)
+    predicted = np.argmax(model_fn(x).numpy(), 1)
+    y = np.where(np.arange(64) % 2 == 0, predicted, 1 - predicted)  # half wrong when clean
+    report = evaluate_robustness(model_fn, x, y, attacks=["clean", "fgsm", "pgd5"], eps=0.3)
+    assert report["clean_accuracy"] == 0.5
+    for name in ("fgsm", "pgd5"):
+        x_adv = adversarial_images(model_fn, x, y, name, eps=0.3)
+        right_after = np.argmax(model_fn(x_adv).numpy(), 1) == y
+        assert right_after[y != predicted].sum() > 10, f"{name} leaves clean errors wrong"
+        robust = report["attacks"][name]["robust_accuracy"]
+        assert robust <= report["clean_accuracy"], name
+        # FGSM has no random start, so each point's image is the same attacked alone or not.
+        if name == "fgsm":
+            assert robust == np.mean(right_after & (y == predicted))

@@ -1,10 +1,12 @@
 """TorchSGD against torch.optim.SGD itself; epoch schedules."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
 
-from dgad_tf.optim import EpochSchedule, TorchSGD
+from dgad_tf.optim import EpochSchedule, TorchSGD, epoch_learning_rates, make_optimizer
 
 torch = pytest.importorskip("torch")
 
@@ -90,3 +92,108 @@ def test_bad_arguments_are_named():
         TorchSGD(0.1, momentum=1.5)
     with pytest.raises(ValueError, match="kind"):
         EpochSchedule(0.1, kind="step")
+
+
+def test_epoch_learning_rates_are_the_rates_each_epoch_trains_with():
+    # The docstring's example: milestone 2 makes epoch 2 the first at lr * gamma (gamma 0.1).
+    np.testing.assert_allclose(
+        epoch_learning_rates(0.1, epochs=4, milestones=(2,)), [0.1, 0.1, 0.01, 0.01], rtol=1e-6
+    )
+    np.testing.assert_allclose(epoch_learning_rates(0.2, epochs=3), [0.2] * 3, rtol=1e-6)
+    np.testing.assert_allclose(
+        epoch_learning_rates(0.2, epochs=4, milestones=(1, 3), gamma=0.5),
+        [0.2, 0.1, 0.1, 0.05],
+        rtol=1e-6,
+    )
+    # Cosine over 4 epochs: 0.2 * (1 + cos(pi e / 4)) / 2.
+    expected = [0.2 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    np.testing.assert_allclose(
+        epoch_learning_rates(0.2, epochs=4, schedule="cosine"), expected, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        epoch_learning_rates(0.2, epochs=2, schedule="constant", milestones=(1,)),
+        [0.2, 0.2],
+        rtol=1e-6,
+    )
+
+
+def test_schedule_defaults_and_config_are_as_documented():
+    assert EpochSchedule().get_config() == {
+        "initial_lr": 0.1,
+        "steps_per_epoch": 1,
+        "epochs": 1,
+        "kind": "piecewise",
+        "milestones": [],
+        "gamma": 0.1,
+        "warmup_epochs": 0,
+    }
+    # A schedule of no epochs has a cosine period of one epoch, not a division by zero.
+    assert EpochSchedule(0.1, epochs=0, kind="cosine").get_config()["epochs"] == 1
+    with pytest.raises(ValueError) as caught:
+        EpochSchedule(0.1, steps_per_epoch=0)
+    assert str(caught.value) == "`steps_per_epoch` must be >= 1; received 0"
+
+
+def test_torch_sgd_defaults_config_and_refusals_are_as_documented():
+    config = TorchSGD().get_config()
+    assert config["name"] == "torch_sgd"
+    assert float(config["learning_rate"]) == pytest.approx(0.1)
+    assert (config["momentum"], config["weight_decay"], config["nesterov"]) == (0.9, 5e-4, False)
+    rebuilt = TorchSGD.from_config(TorchSGD(0.2, momentum=0.5, weight_decay=0.1).get_config())
+    assert (rebuilt.momentum, rebuilt.coupled_weight_decay) == (0.5, 0.1)
+    # Keras's own options reach the base class; the buffers are named as PyTorch names them.
+    assert TorchSGD(0.1, clipnorm=1.0).get_config()["clipnorm"] == 1.0
+    optimizer = TorchSGD(0.1)
+    optimizer.build([keras.Variable(np.zeros(2, np.float32), name="w")])
+    assert [v.name for v in optimizer.variables[-1:]] == ["w_momentum_buffer"]
+    with pytest.raises(ValueError) as caught:
+        TorchSGD(0.1, momentum=1.0)
+    assert str(caught.value) == "`momentum` must be in [0, 1); received momentum=1.0"
+    with pytest.raises(ValueError) as caught:
+        TorchSGD(0.1, weight_decay=-1.0)
+    assert str(caught.value) == "`weight_decay` must be >= 0; received weight_decay=-1.0"
+
+
+def test_make_optimizer_is_torch_sgd_on_the_epoch_schedule_of_its_settings():
+    optimizer = make_optimizer(
+        0.2,
+        momentum=0.5,
+        weight_decay=0.01,
+        nesterov=True,
+        steps_per_epoch=3,
+        epochs=4,
+        schedule="piecewise",
+        milestones=(1, 3),
+        gamma=0.5,
+        warmup_epochs=1,
+    )
+    config = optimizer.get_config()
+    assert (config["momentum"], config["weight_decay"], config["nesterov"]) == (0.5, 0.01, True)
+    assert config["learning_rate"]["config"] == {
+        "initial_lr": 0.2,
+        "steps_per_epoch": 3,
+        "epochs": 4,
+        "kind": "piecewise",
+        "milestones": [1, 3],
+        "gamma": 0.5,
+        "warmup_epochs": 1,
+    }
+    cosine = make_optimizer(
+        0.2,
+        momentum=0.9,
+        weight_decay=0.0,
+        nesterov=False,
+        steps_per_epoch=1,
+        epochs=4,
+        schedule="cosine",
+    )
+    assert cosine.get_config()["learning_rate"]["config"]["kind"] == "cosine"
+    assert cosine.get_config()["learning_rate"]["config"]["gamma"] == 0.1  # the default
+    defaults = make_optimizer(
+        0.2, momentum=0.9, weight_decay=0.0, nesterov=False, steps_per_epoch=1, epochs=4
+    ).get_config()["learning_rate"]["config"]
+    assert (defaults["kind"], defaults["milestones"], defaults["warmup_epochs"]) == (
+        "piecewise",
+        [],
+        0,
+    )

@@ -19,6 +19,7 @@ def test_t_quantile_matches_the_t_table(dof, expected):
 def test_t_quantile_other_levels():
     assert stats.t_quantile(0.995, 3) == pytest.approx(5.8409, abs=5e-5)  # 99% two-sided
     assert stats.t_quantile(0.95, 10) == pytest.approx(1.8125, abs=5e-5)  # 90% two-sided
+    assert stats.t_quantile(0.75, 30) == pytest.approx(0.6828, abs=5e-5)  # below 1
 
 
 @pytest.mark.parametrize("p, dof", [(0.5, 3), (1.0, 3), (0.975, 0), (0.975, 2.5)])
@@ -73,3 +74,52 @@ def test_one_pair_gives_no_interval():
 def test_unequal_lengths_are_refused():
     with pytest.raises(ValueError, match="equal length"):
         stats.paired_difference([0.1, 0.2], [0.1])
+
+
+def test_spread_of_nothing_is_refused_naming_the_problem():
+    with pytest.raises(ValueError, match=r"^spread\(\) needs at least one value$"):
+        stats.spread([])
+
+
+def test_to_dict_holds_every_number_of_the_summary():
+    assert stats.spread([0.6, 0.7]).to_dict() == {
+        "mean": pytest.approx(0.65),
+        "std": pytest.approx(math.sqrt(0.005)),
+        "n": 2,
+    }
+    assert stats.paired_difference([0.6], [0.5], level=0.9).to_dict() == {
+        "mean": pytest.approx(0.1),
+        "std": None,
+        "n": 1,
+        "level": 0.9,
+        "low": None,
+        "high": None,
+        "includes_zero": None,
+        "no_spread": False,
+    }
+    result = stats.paired_difference([0.52, 0.50, 0.55], [0.50, 0.49, 0.52], level=0.9)
+    half = 2.919986 * 0.01 / math.sqrt(3)  # t(0.95, 2), the 90% two-sided table value
+    assert result.to_dict() == {
+        "mean": pytest.approx(0.02),
+        "std": pytest.approx(0.01),
+        "n": 3,
+        "level": 0.9,
+        "low": pytest.approx(0.02 - half, abs=1e-6),
+        "high": pytest.approx(0.02 + half, abs=1e-6),
+        "includes_zero": False,
+        "no_spread": False,
+    }
+
+
+def test_refusals_name_the_argument_and_the_value_received():
+    with pytest.raises(ValueError) as caught:
+        stats.paired_difference([0.1, 0.2], [0.1])
+    assert str(caught.value) == (
+        "paired_difference needs two non-empty lists of equal length; received 2 and 1 values"
+    )
+    with pytest.raises(ValueError) as caught:
+        stats.t_quantile(0.5, 3)
+    assert str(caught.value) == "t_quantile needs 0.5 < p < 1; received p=0.5"
+    with pytest.raises(ValueError) as caught:
+        stats.t_quantile(0.975, 2.5)
+    assert str(caught.value) == "t_quantile needs an integer dof >= 1; received dof=2.5"

@@ -425,3 +425,63 @@ def test_trials_are_ranked_by_robust_accuracy_not_clean(tmp_path):
     assert rows[0.0]["val_robust_accuracy"] > rows[1.0]["val_robust_accuracy"] + 0.1
     assert result.best_trial == rows[0.0]["trial"]
     assert result.best_config.attack.eps == 0.0
+
+
+class _ConstantStudentInEpoch2Validation(keras.callbacks.Callback):
+    """While epoch 2 is validated, the student's last layer answers `label` for every image.
+
+    That validation then scores the share of `label` both clean and attacked (an answer that
+    ignores the image cannot be attacked), while the epochs around it score the trained
+    student: high clean accuracy, next to no robust accuracy at eps 1. Records each epoch's logs
+    as the callbacks after the score see them.
+    """
+
+    def __init__(self, student, label):
+        super().__init__()
+        self.dense, self.label, self.epoch, self.seen = student.layers[-1], label, 0, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_test_begin(self, logs=None):
+        if self.epoch == 1:
+            kernel, bias = self.dense.get_weights()
+            self.trained = [kernel, bias]
+            self.dense.set_weights([np.zeros_like(kernel), 10.0 * np.eye(len(bias))[self.label]])
+
+    def on_test_end(self, logs=None):
+        if self.epoch == 1:
+            self.dense.set_weights(self.trained)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen.append(dict(logs))
+
+
+def test_a_trials_score_is_its_best_robust_epoch_not_its_best_clean_or_last(tmp_path, tiny_splits):
+    values = {
+        **TINY,
+        "method": {"name": "clean"},  # trains on clean images: `attack` only validates
+        "attack": {"eps": 1.0, "step_size": 0.25, "steps": 1},
+        "train": {**TINY["train"], "epochs": 3, "batch_size": 16, "val_robust_steps": 5},
+        "optimizer": {"lr": 0.1, "milestones": []},
+        "output": {**TINY["output"], "dir": str(tmp_path)},
+        "tune": {"space": {"optimizer.lr": {"type": "choice", "values": [0.1]}}},
+    }
+    cfg = config_from_dict(values)
+    hypermodel = tuning.DistillerHyperModel(cfg, tiny_splits, None)
+    hp = keras_tuner.HyperParameters()
+    distiller = hypermodel.build(hp)
+    labels = tiny_splits.val.y[: cfg.train.val_robust_n]
+    label = int(np.bincount(labels).argmax())
+    recorder = _ConstantStudentInEpoch2Validation(distiller.student, label)
+    metrics = hypermodel.fit(hp, distiller, callbacks=[recorder], verbose=0)
+
+    clean = [logs["val_clean_accuracy"] for logs in recorder.seen]
+    robust = [logs["val_robust_accuracy"] for logs in recorder.seen]
+    share = np.mean(labels == label)
+    assert clean[1] == pytest.approx(share) and robust[1] == pytest.approx(share)
+    # Epoch 2 is the most robust, neither the cleanest nor the last.
+    assert robust[1] > max(robust[0], robust[2]) and clean[1] < max(clean[0], clean[2])
+    assert metrics["epoch"] == 2
+    assert metrics["val_robust_accuracy"] == metrics["val_score"] == pytest.approx(share)
+    assert metrics["val_clean_accuracy"] == pytest.approx(share)

@@ -94,6 +94,8 @@ def _coerce(key: str, value: Any, annotation: Any):
 
 def _build(cls, values: dict, prefix: str):
     if not isinstance(values, dict):
+        if not prefix:
+            raise ConfigError(f"a config must be a mapping of sections; received {values!r}")
         raise ConfigError(f"`{prefix}` must be a mapping; received {prefix}={values!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
