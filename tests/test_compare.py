@@ -548,10 +548,16 @@ def test_results_csv_rows_are_the_cells_in_plain_newline_csv(tmp_path):
     text = study_report.results_csv(rows, study.protocol)
     out = tmp_path / "out" / "cells"
     assert text == (
-        "method,seed,clean_accuracy,fgsm_accuracy,pgd3_accuracy,epochs,seconds,run_dir\n"
-        f"pgd_at,2,0.8000,0.3000,0.3000,1,1,{out / 'pgd_at_seed2'}\n"
-        f"adaad,2,0.7000,0.2000,0.2000,1,1,{out / 'adaad_seed2'}\n"
+        "method,seed,clean_accuracy,fgsm_accuracy,pgd3_accuracy,epochs,select,selected_epoch,"
+        "seconds,run_dir\n"
+        f"pgd_at,2,0.8000,0.3000,0.3000,1,,,1,{out / 'pgd_at_seed2'}\n"
+        f"adaad,2,0.7000,0.2000,0.2000,1,,,1,{out / 'adaad_seed2'}\n"
     )
+    rows[0] |= {"select": "best_val", "selected_epoch": 3}
+    assert study_report.results_csv(rows, study.protocol).splitlines()[1] == (
+        f"pgd_at,2,0.8000,0.3000,0.3000,1,best_val,3,1,{out / 'pgd_at_seed2'}"
+    )
+    del rows[0]["select"], rows[0]["selected_epoch"]
     summary = study_report.summarize(study, rows, None)
     assert summary["command"] == "" and summary["cells_done"] == 2 and summary["cells_total"] == 2
     # No command: no Command line. Cells on other images: no one digest to show.
@@ -572,6 +578,16 @@ def _rounded(value):
     if isinstance(value, list):
         return [_rounded(v) for v in value]
     return value
+
+
+def _contains(value, expected) -> bool:
+    """Whether `value` holds `expected`: equal leaves, and every key of a dict of `expected`
+    in `value` (which may hold more), recursively."""
+    if isinstance(expected, dict):
+        return isinstance(value, dict) and all(
+            key in value and _contains(value[key], item) for key, item in expected.items()
+        )
+    return value == expected
 
 
 def test_summary_and_its_markdown_hold_every_number_of_the_rows(tmp_path):
@@ -681,8 +697,17 @@ def test_summary_and_its_markdown_hold_every_number_of_the_rows(tmp_path):
             "trades": {"method": "trades", "overrides": [], "seeds": [], "metrics": {}},
         },
     }
-    expected["methods"]["trades"]["vs_reference"] = {}
-    assert _rounded(summary) == _rounded(expected)
+    expected |= {
+        "data": "digits",
+        # the validation curve's metric, as write_study's training section sets it
+        "validation": {"steps": 2, "n": 40, "eps": 0.1},
+        "primary": None,
+        "holm_family": 6,  # pgd_at and dgad_b0, three metrics each
+        "leaky_selection": [],
+    }
+    assert _contains(_rounded(summary), _rounded(expected))
+    assert set(summary) == set(expected)
+    assert "vs_reference" not in summary["methods"]["trades"]  # no seed to pair
 
     # The markdown: the same numbers in % (2 decimals), "–" where there is none.
     metric_names = ["clean_accuracy", "fgsm_accuracy", "pgd3_accuracy"]
@@ -717,13 +742,16 @@ def test_summary_and_its_markdown_hold_every_number_of_the_rows(tmp_path):
         "",
         "## Paired differences to adaad (same seeds)",
         "",
-        "| method − adaad | metric | mean | 95% interval | seeds |",
-        "|---|---|---|---|---|",
-        *[f"| pgd_at | {m} | +4.00 | [{low:+.2f}, {high:+.2f}] | 2 |" for m in metric_names],
-        *[f"| dgad_b0 | {m} | +15.00 | – | 1 |" for m in metric_names],
-        "",
-        "Differences in percentage points; the interval is mean ± t(0.975, n−1) · sd / √n over "
-        "the per-seed differences.",
+        "| method − adaad | metric | mean | 95% t interval | 95% seeds × images | sign-flip p "
+        "| Holm p | McNemar p per seed | seeds | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        # No per-image results in these rows: no bootstrap, no McNemar. Sign-flip p is 1: pgd_at's
+        # differences (-2, +10) give |mean| >= 4 under all four sign patterns; one seed, both.
+        *[
+            f"| pgd_at | {m} | +4.00 | [{low:+.2f}, {high:+.2f}] | – | 1 | 1 | – | 2 |  |"
+            for m in metric_names
+        ],
+        *[f"| dgad_b0 | {m} | +15.00 | – | – | 1 | 1 | – | 1 |  |" for m in metric_names],
         "",
         *[
             f"- pgd_at − adaad, {m}: +4.00 points, "
@@ -734,7 +762,14 @@ def test_summary_and_its_markdown_hold_every_number_of_the_rows(tmp_path):
         *[f"- dgad_b0 − adaad, {m}: +15.00 {no_interval}" for m in ("clean_accuracy", headline)],
         "",
     ]
-    assert text.splitlines() == "\n".join(lines).splitlines()
+    expected_lines = "\n".join(lines).splitlines()
+    table_end = len(expected_lines) - 4  # the table and its blank line; then the 4 sentences
+    shown = text.splitlines()
+    assert shown[:table_end] == expected_lines[:table_end]
+    assert shown[-4:] == expected_lines[-4:]
+    # Between them: the columns explained and "no primary comparison", which
+    # tests/test_study_report.py checks.
+    assert shown[table_end].startswith("Differences in percentage points. t interval: mean ± ")
 
 
 def test_the_no_spread_sentence_says_why_more_seeds_are_needed():
