@@ -13,7 +13,7 @@ from typing import Optional
 import keras
 import numpy as np
 
-from dgad_tf import attacks, distribute, losses, models, precision
+from dgad_tf import attacks, distribute, logits, losses, models, precision
 from dgad_tf import data as data_lib
 from dgad_tf.config import Config
 from dgad_tf.distiller import AdversarialDistiller
@@ -120,13 +120,20 @@ def check_teacher_beats_chance(
     count = min(n, len(arrays.y))
     index = np.unique(np.linspace(0, len(arrays.y) - 1, count).round().astype(int))
     x, y = data_lib.to_float(arrays.x[index]), arrays.y[index]
-    predictions = np.concatenate(
-        [
-            np.argmax(np.asarray(teacher(x[i : i + 100], training=False)), axis=-1)
-            for i in range(0, len(y), 100)
-        ]
+    outputs = np.concatenate(
+        [np.asarray(teacher(x[i : i + 100], training=False)) for i in range(0, len(y), 100)]
     )
-    accuracy = float(np.mean(predictions == y))
+    if logits.looks_like_probabilities(outputs):
+        # The distiller refuses it on its first batch too; here it is refused before the run
+        # folder is touched, as every other teacher problem is.
+        raise RunError(
+            f"model.teacher_path: the teacher {path} returns probabilities (its outputs on "
+            f"{len(y)} {source} images are non-negative and every row sums to 1), but every "
+            "method takes logits: save it without its final softmax (a last Dense layer with "
+            "activation=None, or `keras.Model(model.inputs, model.layers[-2].output)` when the "
+            "softmax is a layer of its own)"
+        )
+    accuracy = float(np.mean(np.argmax(outputs, axis=-1) == y))
     chance = 1.0 / splits.num_classes
     log.info(
         "teacher %s: clean accuracy %.1f%% on %d %s images (chance %.1f%%)",

@@ -278,6 +278,30 @@ def test_a_second_fit_on_the_same_folder_is_refused(tmp_path, capsys):
     assert listing(run) == []
 
 
+def test_fit_refuses_a_softmax_teacher_before_writing_anything(tmp_path, capsys):
+    # A teacher saved with its final softmax: its "logits" are probabilities. The distiller
+    # would refuse it on its first batch; the command refuses it before the run folder exists.
+    teacher = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    path = tmp_path / "softmax_teacher.keras"
+    teacher.save(path)
+    run = tmp_path / "run"
+    config = str(REPO / "configs" / "quickstart.yaml")
+    code = fit_cli.main(
+        ["--config", config, "--set", f"model.teacher_path={path}", "--set", f"output.dir={run}"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"model.teacher_path: the teacher {path} returns probabilities" in err
+    assert "without its final softmax" in err
+    assert listing(run) is None  # the run folder was never made
+
+
 def test_a_fit_whose_export_fills_the_disk_ends_in_one_line_and_exit_2(
     tmp_path, capsys, monkeypatch
 ):
