@@ -727,7 +727,8 @@ def test_each_point_keeps_the_example_of_the_first_attack_that_broke_it(model_fn
 # one restart each, Square 5000 queries); the step schedule autopgd_base.py:134, :153-155.
 
 
-def _linear_model(num_classes, seed=0):
+def _linear_logits(num_classes, seed=0):
+    """A fixed linear model of 8x8 one-channel images: logits only, `num_classes` of them."""
     kernel = tf.constant(np.random.default_rng(seed).normal(0, 1, (64, num_classes)), tf.float32)
     return lambda images: tf.reshape(tf.cast(images, tf.float32), [-1, 64]) @ kernel
 
@@ -737,7 +738,7 @@ def test_standard_apgd_t_and_fab_t_target_nine_classes(num_classes, warned):
     """With 9 classes only 8 targets exist, and the runner says so for each targeted attack;
     with 10 it does not: so each asks for exactly 9. The one point is wrong when clean, so no
     attack runs."""
-    model_fn = _linear_model(num_classes)
+    model_fn = _linear_logits(num_classes)
     x = np.full((1, 8, 8, 1), 0.5, np.float32)
     y = (np.argmax(model_fn(x).numpy(), 1) + 1) % num_classes
     with warnings.catch_warnings(record=True) as caught:
@@ -755,7 +756,7 @@ def test_standard_square_spends_5000_queries():
     """A model Square never fools: it queries it for its whole budget, which is 5000 queries
     more than a budget of 1 apart from the one query of each (whatever the runner's own)."""
     calls = tf.Variable(0, dtype=tf.int64)
-    linear = _linear_model(10)
+    linear = _linear_logits(10)
 
     def counted(images):
         calls.assign_add(tf.cast(tf.shape(images)[0], tf.int64))
