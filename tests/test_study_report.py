@@ -297,3 +297,32 @@ def test_figures_are_vector_and_png_and_name_attack_eps_n_seeds_and_the_validati
     assert "PGD-10 on 1,000 validation images" in curve and "step ε/4" in curve
     # a whole number of grey levels is written over 255, any other eps as a decimal
     assert study_figures.eps_text(0.1) == "0.1" and study_figures.eps_text(2 / 255) == "2/255"
+
+
+def test_results_csv_holds_every_cell_with_its_selection_rule_and_epoch(tmp_path):
+    study = load(tmp_path)
+    rows = synthetic_rows()
+    rows[0]["select"], rows[0]["selected_epoch"] = "best_val", 7
+    del rows[1]["select"], rows[1]["selected_epoch"]  # a row from before the columns existed
+    text = study_report.results_csv(rows, study.protocol)
+    assert "\r" not in text and text.endswith("\n")
+    header, *lines = text.splitlines()
+    assert header == (
+        "method,seed,clean_accuracy,pgd20_accuracy,autoattack_accuracy,"
+        "epochs,select,selected_epoch,seconds,run_dir"
+    )
+    assert len(lines) == len(rows)
+    for line, row in zip(lines, rows):
+        attacks = row["evaluation"]["attacks"]
+        assert line.split(",") == [
+            row["method"],
+            str(row["seed"]),
+            "%.4f" % row["evaluation"]["clean_accuracy"],
+            "%.4f" % attacks["pgd20"]["robust_accuracy"],
+            "%.4f" % attacks["autoattack"]["robust_accuracy"],
+            "2",
+            str(row.get("select", "")),
+            str(row.get("selected_epoch", "")),
+            "10",
+            row["run_dir"],
+        ]
