@@ -326,3 +326,132 @@ def test_results_csv_holds_every_cell_with_its_selection_rule_and_epoch(tmp_path
             "10",
             row["run_dir"],
         ]
+
+
+def points(value):
+    return f"{100 * value:+.2f}"
+
+
+def bracket(entry):
+    return f"[{points(entry['low'])}, {points(entry['high'])}]"
+
+
+def primary_section(study, result):
+    text = study_report.summary_markdown(
+        result, study_report.metric_names(study.protocol), "autoattack_accuracy"
+    )
+    lines = text.splitlines()
+    return lines[lines.index("## Primary comparison (declared in `study.primary`)") :]
+
+
+def test_the_primary_section_states_every_statistic_of_the_declared_pair(summary):
+    study, rows, result = summary
+    a, b = correct_of(rows, "dgad", "autoattack"), correct_of(rows, "adaad", "autoattack")
+    d = a.mean(1) - b.mean(1)
+    std = float(np.std(d, ddof=1))
+    half = scipy_stats.t.ppf(0.975, 2) * std / math.sqrt(3)
+    flips = [
+        abs(np.dot(s, d)) >= abs(d.sum()) - 1e-12 for s in itertools.product((1, -1), repeat=3)
+    ]
+
+    def needed(width):
+        return next(
+            s
+            for s in range(2, 1001)
+            if scipy_stats.t.ppf(0.975, s - 1) * std / math.sqrt(s) <= width
+        )
+
+    primary = result["primary"]
+    expected = [
+        "## Primary comparison (declared in `study.primary`)",
+        "",
+        f"dgad − adaad, autoattack_accuracy: {points(d.mean())} points over seeds [0, 1, 2]",
+        "",
+        f"- 95% t interval over seeds: [{points(d.mean() - half)}, {points(d.mean() + half)}]",
+        f"- 95% seeds × images bootstrap interval: {bracket(primary['seeds_x_images'])}",
+        f"- exact sign-flip test over seeds: p = {np.mean(flips):.3g} (with 3 seeds no p below "
+        "0.25 is possible)",
+    ]
+    for k, seed in enumerate(SEEDS):
+        a_only, b_only = int(np.sum(a[k] & ~b[k])), int(np.sum(~a[k] & b[k]))
+        p = scipy_stats.binomtest(a_only, a_only + b_only, 0.5).pvalue
+        expected.append(
+            f"- seed {seed}: McNemar exact p = {p:.3g} ({a_only} images only dgad gets right, "
+            f"{b_only} only adaad); 95% image bootstrap "
+            f"{bracket(primary['per_seed'][k]['image_bootstrap'])}"
+        )
+    expected += [
+        "",
+        "Seeds needed for a 95% t interval of half-width ±X points at this spread (sd of the "
+        f"per-seed differences {100 * std:.2f} points): ±1 points: {needed(0.01)}, "
+        f"±2 points: {needed(0.02)}.",
+        "",
+    ]
+    assert primary_section(study, result)[: len(expected)] == expected
+
+
+def set_autoattack(rows, method, values):
+    for row in rows:
+        if row["method"] == method:
+            row["evaluation"]["attacks"]["autoattack"]["robust_accuracy"] = values[row["seed"]]
+
+
+@pytest.mark.parametrize(
+    "dgad, first_line_ends, seeds_line",
+    [
+        # dgad 2 points above adaad at every seed
+        (
+            None,
+            "points over seeds [0, 1, 2] (no spread: every seed pair differs by the same amount)",
+            "Seeds needed: these seeds show no spread, so it cannot be estimated from them "
+            "(add seeds first).",
+        ),
+        # a spread so wide that no study up to 1000 seeds reaches +-2 points
+        (
+            [0.9, 0.1, 0.8],
+            "points over seeds [0, 1, 2]",
+            "±1 points: more than 1000, ±2 points: more than 1000.",
+        ),
+    ],
+)
+def test_the_primary_section_says_when_the_spread_cannot_size_a_study(
+    tmp_path, dgad, first_line_ends, seeds_line
+):
+    study = load(tmp_path, primary={"method": "dgad", "attack": "autoattack"})
+    rows = synthetic_rows()
+    adaad = {r["seed"]: r for r in rows if r["method"] == "adaad"}
+    reference = {
+        s: r["evaluation"]["attacks"]["autoattack"]["robust_accuracy"] for s, r in adaad.items()
+    }
+    set_autoattack(
+        rows, "dgad", {s: v + 0.02 for s, v in reference.items()} if dgad is None else dgad
+    )
+    lines = primary_section(study, study_report.summarize(study, rows, None))
+    assert lines[2].startswith("dgad − adaad, autoattack_accuracy: ")
+    assert lines[2].endswith(first_line_ends)
+    seeds = next(line for line in lines if line.startswith("Seeds needed"))
+    assert seeds.endswith(seeds_line)
+
+
+def test_the_primary_section_with_one_seed_pair_or_none(tmp_path):
+    study = load(tmp_path, primary={"method": "dgad", "attack": "autoattack"})
+    rows = synthetic_rows()
+    one = [r for r in rows if r["seed"] == 1]
+    lines = primary_section(study, study_report.summarize(study, one, None))
+    assert lines[4] == "- 95% t interval over seeds: –"
+    assert lines[5] == "- 95% seeds × images bootstrap interval: " + bracket(
+        stats.hierarchical_bootstrap(
+            correct_of(one, "dgad", "autoattack"), correct_of(one, "adaad", "autoattack")
+        ).to_dict()
+    )
+    assert lines[6].endswith("(with 1 seeds no p below 1 is possible)")
+    assert lines[7].startswith("- seed 1: McNemar exact p = ")
+    assert lines[8:11] == ["", "One seed pair: no spread to size a study from.", ""]
+    only_reference = [r for r in rows if r["method"] == "adaad"]
+    lines = primary_section(study, study_report.summarize(study, only_reference, None))
+    assert lines[:4] == [
+        "## Primary comparison (declared in `study.primary`)",
+        "",
+        "dgad − adaad, autoattack_accuracy: no seed has both cells yet.",
+        "",
+    ]
