@@ -296,3 +296,39 @@ def test_hierarchical_bootstrap_variance_in_chunks_is_the_exact_variance():
     assert np.mean(replicates) == pytest.approx(d.mean(), abs=4 * math.sqrt(exact / 20000))
     # the sample variance of 20,000 draws has a relative standard error of about 1%
     assert np.var(replicates) == pytest.approx(exact, rel=0.05)
+
+
+@pytest.mark.parametrize("level", [0.5, 0.8])
+def test_image_bootstrap_honours_the_level(level):
+    a, b = correct_pair(400, 0.55, 0.48, seed=1)
+    ours = stats.bootstrap_images(a, b, level=level, resamples=40000, seed=3)
+    theirs = scipy_stats.bootstrap(
+        (a.astype(float), b.astype(float)),
+        lambda x, y, axis: np.mean(x - y, axis=axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=40000,
+        confidence_level=level,
+        method="percentile",
+        random_state=np.random.default_rng(4),
+    ).confidence_interval
+    assert ours.level == level
+    assert ours.low == pytest.approx(theirs.low, abs=0.003)
+    assert ours.high == pytest.approx(theirs.high, abs=0.003)
+
+
+@pytest.mark.parametrize("level", [0.0, 1.0, 1.5, -0.2])
+def test_a_level_outside_0_1_is_refused(level):
+    a, b = correct_pair(50, 0.5, 0.5, seed=0)
+    for interval in (stats.bootstrap_images, stats.hierarchical_bootstrap):
+        args = (a, b) if interval is stats.bootstrap_images else (a[None], b[None])
+        with pytest.raises(ValueError) as error:
+            interval(*args, level=level, resamples=10)
+        assert str(error.value) == f"`level` must be in (0, 1); received level={level!r}"
+
+
+def test_image_bootstrap_defaults_are_10000_resamples_from_seed_0():
+    a, b = correct_pair(300, 0.55, 0.5, seed=5)
+    default = stats.bootstrap_images(a, b)
+    assert default.resamples == 10000
+    assert default == stats.bootstrap_images(a, b, resamples=10000, seed=0)
