@@ -332,3 +332,23 @@ def test_image_bootstrap_defaults_are_10000_resamples_from_seed_0():
     default = stats.bootstrap_images(a, b)
     assert default.resamples == 10000
     assert default == stats.bootstrap_images(a, b, resamples=10000, seed=0)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.float32])
+def test_correctness_given_as_0_1_numbers_is_read_as_a_mask(dtype):
+    a, b = correct_pair(200, 0.6, 0.5, seed=6)
+    assert stats.mcnemar_exact(a.astype(dtype), b.astype(dtype)) == stats.mcnemar_exact(a, b)
+    assert stats.bootstrap_images(a.astype(dtype), b.astype(dtype)) == stats.bootstrap_images(a, b)
+    np.testing.assert_array_equal(stats.pack_correct(a.astype(dtype)), stats.pack_correct(a))
+
+
+def test_one_image_is_a_paired_comparison_and_none_is_refused():
+    assert stats.mcnemar_exact([True], [False]) == stats.McNemar(1, 0, 1.0)
+    one = stats.bootstrap_images([True], [False], resamples=20)
+    assert (one.mean, one.low, one.high) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError) as error:
+        stats.mcnemar_exact([], [])
+    assert str(error.value) == (
+        "a paired comparison needs two non-empty correctness arrays over the same images; "
+        "received shapes (0,) and (0,)"
+    )
