@@ -455,3 +455,47 @@ def test_the_primary_section_with_one_seed_pair_or_none(tmp_path):
         "dgad − adaad, autoattack_accuracy: no seed has both cells yet.",
         "",
     ]
+
+
+def test_the_method_table_and_teacher_line_hold_each_mean_and_sample_std(tmp_path):
+    study = load(tmp_path)
+    rows = synthetic_rows()
+    teacher = {
+        "path": "teacher.keras",
+        "clean_accuracy": 0.8512,
+        "attacks": {"pgd20": {"robust_accuracy": 0.5}, "autoattack": {"robust_accuracy": 0.4}},
+    }
+    result = study_report.summarize(study, rows, teacher)
+    metrics = study_report.metric_names(study.protocol)
+    lines = study_report.summary_markdown(result, metrics, "autoattack_accuracy").splitlines()
+    assert (
+        "Teacher (teacher.keras): clean_accuracy 85.12, pgd20_accuracy 50.00, "
+        "autoattack_accuracy 40.00"
+    ) in lines
+    header = lines.index(
+        "| method | seeds | clean_accuracy | pgd20_accuracy | autoattack_accuracy |"
+    )
+    for k, method in enumerate(RATES):
+        cells = []
+        for attack in ("clean", "pgd20", "autoattack"):
+            accuracy = correct_of(rows, method, attack).mean(axis=1)
+            cells.append(f"{100 * accuracy.mean():.2f} ± {100 * np.std(accuracy, ddof=1):.2f}")
+        assert lines[header + 2 + k] == f"| {method} | 3 | " + " | ".join(cells) + " |"
+    # one seed: a mean and no spread
+    one = study_report.summarize(study, [r for r in rows if r["seed"] == 2], None)
+    lines = study_report.summary_markdown(one, metrics, "autoattack_accuracy").splitlines()
+    clean = correct_of([r for r in rows if r["seed"] == 2], "dgad", "clean").mean()
+    assert any(line.startswith(f"| dgad | 1 | {100 * clean:.2f} | ") for line in lines)
+
+
+def test_a_primary_without_per_image_correctness_shows_the_t_interval_only(tmp_path):
+    study = load(tmp_path, primary={"method": "dgad", "attack": "autoattack"})
+    rows = synthetic_rows()
+    for row in rows:
+        del row["correct"]  # a study from before per-image correctness was kept
+    result = study_report.summarize(study, rows, None)
+    lines = primary_section(study, result)
+    assert lines[5] == "- 95% seeds × images bootstrap interval: –"
+    assert lines[6].startswith("- exact sign-flip test over seeds: p = ")
+    assert lines[7] == ""  # no per-seed McNemar lines
+    assert lines[8].startswith("Seeds needed for a 95% t interval")
