@@ -499,3 +499,64 @@ def test_a_primary_without_per_image_correctness_shows_the_t_interval_only(tmp_p
     assert lines[6].startswith("- exact sign-flip test over seeds: p = ")
     assert lines[7] == ""  # no per-seed McNemar lines
     assert lines[8].startswith("Seeds needed for a 95% t interval")
+
+
+def test_the_paired_table_holds_every_statistic_of_every_comparison(summary):
+    study, rows, result = summary
+    metrics = study_report.metric_names(study.protocol)
+    lines = study_report.summary_markdown(result, metrics, "autoattack_accuracy").splitlines()
+    assert lines[:2] == [f"# Study {study.folder}", ""]
+    start = lines.index("## Paired differences to adaad (same seeds)")
+    assert lines[start + 2 : start + 4] == [
+        "| method − adaad | metric | mean | 95% t interval | 95% seeds × images | sign-flip p | "
+        "Holm p | McNemar p per seed | seeds | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    table = lines[start + 4 : start + 10]
+    k = 0
+    for name in ("dgad", "dgad_nomap"):
+        for attack in ("clean", "pgd20", "autoattack"):
+            metric = f"{attack}_accuracy"
+            a, b = correct_of(rows, name, attack), correct_of(rows, "adaad", attack)
+            d = a.mean(1) - b.mean(1)
+            half = scipy_stats.t.ppf(0.975, 2) * np.std(d, ddof=1) / math.sqrt(3)
+            signs = itertools.product((1, -1), repeat=3)
+            flip = np.mean([abs(np.dot(s, d)) >= abs(d.sum()) - 1e-12 for s in signs])
+            mcnemar = ", ".join(
+                format(
+                    scipy_stats.binomtest(int(np.sum(x & ~y)), int(np.sum(x != y)), 0.5).pvalue,
+                    ".3g",
+                )
+                for x, y in zip(a, b)
+            )
+            paired = result["methods"][name]["vs_reference"][metric]
+            primary = (name, metric) == ("dgad", "autoattack_accuracy")
+            holm = "–" if primary else format(paired["p_holm"], ".3g")
+            assert table[k] == (
+                f"| {name} | {metric} | {points(d.mean())} | "
+                f"[{points(d.mean() - half)}, {points(d.mean() + half)}] | "
+                f"{bracket(paired['seeds_x_images'])} | {flip:.3g} | {holm} | {mcnemar} | 3 | "
+                f"{'primary' if primary else ''} |"
+            )
+            k += 1
+
+
+def test_a_method_without_cells_and_a_leaky_cell_are_shown_as_such(tmp_path):
+    study = load(tmp_path)
+    rows = [r for r in synthetic_rows() if r["method"] != "dgad_nomap"]
+    rows[0]["select"] = "best_test"
+    rows[4]["select"] = "rslad_pgd20"
+    result = study_report.summarize(study, rows, None)
+    lines = study_report.summary_markdown(
+        result, study_report.metric_names(study.protocol), "autoattack_accuracy"
+    ).splitlines()
+    assert lines[:4] == [
+        f"# Study {study.folder}",
+        "",
+        "**Leaky selection: these cells chose their checkpoint on the same test images they "
+        "are scored on, so their accuracies are optimistic and not a held-out result: "
+        f"{rows[0]['method']} seed {rows[0]['seed']} (train.select=best_test); "
+        f"{rows[4]['method']} seed {rows[4]['seed']} (train.select=rslad_pgd20).**",
+        "",
+    ]
+    assert "| dgad_nomap | 0 | – | – | – |" in lines
