@@ -352,3 +352,13 @@ def test_one_image_is_a_paired_comparison_and_none_is_refused():
         "a paired comparison needs two non-empty correctness arrays over the same images; "
         "received shapes (0,) and (0,)"
     )
+
+
+def test_hierarchical_interval_is_the_percentiles_of_its_replicates():
+    a, b = correct_pair(200, 0.6, 0.5, seed=8)
+    a, b = np.stack([a, b, a]), np.stack([b, b, a])
+    interval = stats.hierarchical_bootstrap(a, b, level=0.9, resamples=500, seed=7)
+    replicates = stats.hierarchical_bootstrap_replicates(a, b, resamples=500, seed=7)
+    assert interval.resamples == 500 and interval.level == 0.9
+    assert (interval.low, interval.high) == tuple(np.quantile(replicates, [0.05, 0.95]))
+    assert interval.mean == pytest.approx(np.mean(a.astype(float) - b), abs=1e-12)
