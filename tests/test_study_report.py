@@ -560,3 +560,22 @@ def test_a_method_without_cells_and_a_leaky_cell_are_shown_as_such(tmp_path):
         "",
     ]
     assert "| dgad_nomap | 0 | – | – | – |" in lines
+
+
+def test_the_command_and_protocol_lines_say_how_the_numbers_were_made(tmp_path):
+    study = load(tmp_path)
+    rows = synthetic_rows()
+    command = "python -m dgad_tf.compare study.yaml"
+    metrics = study_report.metric_names(study.protocol)
+    for given, first in ((command, f"Command: `{command}`"), ("", "")):
+        result = study_report.summarize(study, rows[:7], None, command=given)
+        lines = study_report.summary_markdown(result, metrics, "autoattack_accuracy").splitlines()
+        assert lines[1:6] == [
+            "",
+            first,
+            "",
+            f"Protocol: clean, pgd20, autoattack at eps {8 / 255:.6g} on the first 600 test "
+            f"images (the same images for every cell: sha256 {'ab' * 32}), attack seed 0. "
+            "Cells done: 7 of 9. Accuracies in %.",
+            "",
+        ]
