@@ -35,6 +35,7 @@ def test_verify_reads_every_array_the_metadata_lists(tmp_path, missing):
     assert message.startswith(f"{tmp_path / rundir.STATE_FILE} is damaged (KeyError: ")
     assert missing in message.split("), so the run in")[0]
     assert "model.teacher_path" not in message
+    assert "to train from the start; the student checkpoints in" in message
 
 
 def test_a_pickled_member_is_refused_and_a_teacher_there_is_offered(tmp_path):
@@ -52,3 +53,19 @@ def test_a_pickled_member_is_refused_and_a_teacher_there_is_offered(tmp_path):
         f"output.dir to train from the start, and model.teacher_path={teacher} reuses the "
         f"teacher trained there; the student checkpoints in {tmp_path} stay usable"
     ) in message
+
+
+@pytest.mark.parametrize("source", ["npz", "folder", "tinyimagenet"])
+def test_a_missing_data_path_is_refused_naming_it_for_sources_that_read_files(tmp_path, source):
+    from dgad_tf.config import load_config
+
+    missing = tmp_path / "nothing"
+    cfg = load_config(None, [f"data.source={source}", f"data.path={missing}"])
+    with pytest.raises(rundir.RunError) as error:
+        rundir.check_data_path(cfg)
+    assert str(error.value) == (
+        f"data.path {missing} does not exist (data.source={source}); give the path of the "
+        "dataset, or another data.source"
+    )
+    # a source that reads no files ignores data.path
+    rundir.check_data_path(load_config(None, ["data.source=digits", f"data.path={missing}"]))
