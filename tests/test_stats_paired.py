@@ -207,3 +207,158 @@ def test_seeds_needed_is_the_first_seed_count_whose_t_interval_fits(std, half_wi
 
 def test_seeds_needed_says_none_past_its_limit():
     assert stats.seeds_needed(1.0, 0.001, limit=50) is None
+
+
+def test_unpacked_correctness_is_a_bool_mask():
+    correct = np.array([True, False, True, True, False, False, True, False, True])
+    unpacked = stats.unpack_correct(stats.pack_correct(correct), correct.size)
+    # a mask, not 0/1 numbers: ~ and & must act as logical not and and
+    assert unpacked.dtype == bool
+    np.testing.assert_array_equal(~unpacked & correct, np.zeros(correct.size, bool))
+
+
+def test_bootstrap_intervals_say_whether_they_include_zero():
+    a, b = correct_pair(300, 0.6, 0.5, seed=3)
+    for interval in (
+        stats.bootstrap_images(a, b),
+        stats.bootstrap_images(b, a),
+        stats.bootstrap_images(a, a),
+        stats.hierarchical_bootstrap(np.stack([a, b]), np.stack([b, b])),
+    ):
+        values = interval.to_dict()
+        assert values == {
+            "mean": interval.mean,
+            "low": interval.low,
+            "high": interval.high,
+            "level": 0.95,
+            "resamples": 10000,
+            "includes_zero": interval.low <= 0 <= interval.high,
+        }
+
+
+def test_hierarchical_bootstrap_defaults_are_10000_resamples_from_seed_0():
+    a, b = correct_pair(200, 0.6, 0.5, seed=4)
+    a, b = np.stack([a, b]), np.stack([b, b])
+    replicates = stats.hierarchical_bootstrap_replicates(a, b)
+    assert replicates.shape == (10000,)
+    np.testing.assert_array_equal(
+        replicates, stats.hierarchical_bootstrap_replicates(a, b, resamples=10000, seed=0)
+    )
+    assert stats.hierarchical_bootstrap(a, b) == stats.hierarchical_bootstrap(
+        a, b, resamples=10000, seed=0
+    )
+    # a given seed gives the same replicates every time
+    np.testing.assert_array_equal(
+        stats.hierarchical_bootstrap_replicates(a, b, resamples=500, seed=7),
+        stats.hierarchical_bootstrap_replicates(a, b, resamples=500, seed=7),
+    )
+
+
+def test_hierarchical_bootstrap_of_one_seed_and_one_image_is_that_difference():
+    replicates = stats.hierarchical_bootstrap_replicates([[True]], [[False]], resamples=50)
+    np.testing.assert_array_equal(replicates, np.ones(50))
+
+
+@pytest.mark.parametrize("shape", [(2, 0), (0, 5)])
+def test_hierarchical_bootstrap_refuses_empty_arrays_naming_the_shapes(shape):
+    empty = np.zeros(shape, bool)
+    with pytest.raises(ValueError) as error:
+        stats.hierarchical_bootstrap(empty, empty)
+    assert str(error.value) == (
+        "hierarchical_bootstrap needs two non-empty bool arrays shaped [seeds, images]; "
+        f"received shapes {shape} and {shape}"
+    )
+
+
+def test_hierarchical_bootstrap_variance_in_chunks_is_the_exact_variance():
+    """6 seeds x 3000 images: ~700 distinct columns, so 20,000 resamples are drawn in chunks.
+
+    Exact variance of R = mean over S drawn seeds of X_s, X = the image-resampled row means
+    (the same image draw for every seed): Var(R) = (1/S) E[popvar_s X] + Var(mean_s X), with
+    Cov(X) = Sigma / n (Sigma: the population covariance of the columns) and mu the row means,
+    E[popvar_s X] = popvar(mu) + tr(C Sigma) / (S n), C the centring matrix, and
+    Var(mean_s X) = 1' Sigma 1 / (S^2 n).
+    """
+    rng = np.random.default_rng(11)
+    seeds, n = 6, 3000
+    a, b = rng.random((seeds, n)) < 0.6, rng.random((seeds, n)) < 0.5
+    d = a.astype(float) - b
+    patterns = np.unique(d.T, axis=0)
+    assert 4_000_000 // (len(patterns) + seeds) < 20000  # more than one chunk
+    sigma = np.cov(d, bias=True)
+    centre = np.eye(seeds) - 1.0 / seeds
+    mu = d.mean(axis=1)
+    exact = (np.var(mu) + np.trace(centre @ sigma) / (seeds * n)) / seeds + sigma.sum() / (
+        seeds**2 * n
+    )
+    replicates = stats.hierarchical_bootstrap_replicates(a, b, resamples=20000, seed=2)
+    assert replicates.shape == (20000,)
+    assert np.mean(replicates) == pytest.approx(d.mean(), abs=4 * math.sqrt(exact / 20000))
+    # the sample variance of 20,000 draws has a relative standard error of about 1%
+    assert np.var(replicates) == pytest.approx(exact, rel=0.05)
+
+
+@pytest.mark.parametrize("level", [0.5, 0.8])
+def test_image_bootstrap_honours_the_level(level):
+    a, b = correct_pair(400, 0.55, 0.48, seed=1)
+    ours = stats.bootstrap_images(a, b, level=level, resamples=40000, seed=3)
+    theirs = scipy_stats.bootstrap(
+        (a.astype(float), b.astype(float)),
+        lambda x, y, axis: np.mean(x - y, axis=axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=40000,
+        confidence_level=level,
+        method="percentile",
+        random_state=np.random.default_rng(4),
+    ).confidence_interval
+    assert ours.level == level
+    assert ours.low == pytest.approx(theirs.low, abs=0.003)
+    assert ours.high == pytest.approx(theirs.high, abs=0.003)
+
+
+@pytest.mark.parametrize("level", [0.0, 1.0, 1.5, -0.2])
+def test_a_level_outside_0_1_is_refused(level):
+    a, b = correct_pair(50, 0.5, 0.5, seed=0)
+    for interval in (stats.bootstrap_images, stats.hierarchical_bootstrap):
+        args = (a, b) if interval is stats.bootstrap_images else (a[None], b[None])
+        with pytest.raises(ValueError) as error:
+            interval(*args, level=level, resamples=10)
+        assert str(error.value) == f"`level` must be in (0, 1); received level={level!r}"
+
+
+def test_image_bootstrap_defaults_are_10000_resamples_from_seed_0():
+    a, b = correct_pair(300, 0.55, 0.5, seed=5)
+    default = stats.bootstrap_images(a, b)
+    assert default.resamples == 10000
+    assert default == stats.bootstrap_images(a, b, resamples=10000, seed=0)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.float32])
+def test_correctness_given_as_0_1_numbers_is_read_as_a_mask(dtype):
+    a, b = correct_pair(200, 0.6, 0.5, seed=6)
+    assert stats.mcnemar_exact(a.astype(dtype), b.astype(dtype)) == stats.mcnemar_exact(a, b)
+    assert stats.bootstrap_images(a.astype(dtype), b.astype(dtype)) == stats.bootstrap_images(a, b)
+    np.testing.assert_array_equal(stats.pack_correct(a.astype(dtype)), stats.pack_correct(a))
+
+
+def test_one_image_is_a_paired_comparison_and_none_is_refused():
+    assert stats.mcnemar_exact([True], [False]) == stats.McNemar(1, 0, 1.0)
+    one = stats.bootstrap_images([True], [False], resamples=20)
+    assert (one.mean, one.low, one.high) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError) as error:
+        stats.mcnemar_exact([], [])
+    assert str(error.value) == (
+        "a paired comparison needs two non-empty correctness arrays over the same images; "
+        "received shapes (0,) and (0,)"
+    )
+
+
+def test_hierarchical_interval_is_the_percentiles_of_its_replicates():
+    a, b = correct_pair(200, 0.6, 0.5, seed=8)
+    a, b = np.stack([a, b, a]), np.stack([b, b, a])
+    interval = stats.hierarchical_bootstrap(a, b, level=0.9, resamples=500, seed=7)
+    replicates = stats.hierarchical_bootstrap_replicates(a, b, resamples=500, seed=7)
+    assert interval.resamples == 500 and interval.level == 0.9
+    assert (interval.low, interval.high) == tuple(np.quantile(replicates, [0.05, 0.95]))
+    assert interval.mean == pytest.approx(np.mean(a.astype(float) - b), abs=1e-12)

@@ -297,3 +297,285 @@ def test_figures_are_vector_and_png_and_name_attack_eps_n_seeds_and_the_validati
     assert "PGD-10 on 1,000 validation images" in curve and "step ε/4" in curve
     # a whole number of grey levels is written over 255, any other eps as a decimal
     assert study_figures.eps_text(0.1) == "0.1" and study_figures.eps_text(2 / 255) == "2/255"
+
+
+def test_results_csv_holds_every_cell_with_its_selection_rule_and_epoch(tmp_path):
+    study = load(tmp_path)
+    rows = synthetic_rows()
+    rows[0]["select"], rows[0]["selected_epoch"] = "best_val", 7
+    del rows[1]["select"], rows[1]["selected_epoch"]  # a row from before the columns existed
+    text = study_report.results_csv(rows, study.protocol)
+    assert "\r" not in text and text.endswith("\n")
+    header, *lines = text.splitlines()
+    assert header == (
+        "method,seed,clean_accuracy,pgd20_accuracy,autoattack_accuracy,"
+        "epochs,select,selected_epoch,seconds,run_dir"
+    )
+    assert len(lines) == len(rows)
+    for line, row in zip(lines, rows):
+        attacks = row["evaluation"]["attacks"]
+        assert line.split(",") == [
+            row["method"],
+            str(row["seed"]),
+            "%.4f" % row["evaluation"]["clean_accuracy"],
+            "%.4f" % attacks["pgd20"]["robust_accuracy"],
+            "%.4f" % attacks["autoattack"]["robust_accuracy"],
+            "2",
+            str(row.get("select", "")),
+            str(row.get("selected_epoch", "")),
+            "10",
+            row["run_dir"],
+        ]
+
+
+def points(value):
+    return f"{100 * value:+.2f}"
+
+
+def bracket(entry):
+    return f"[{points(entry['low'])}, {points(entry['high'])}]"
+
+
+def primary_section(study, result):
+    text = study_report.summary_markdown(
+        result, study_report.metric_names(study.protocol), "autoattack_accuracy"
+    )
+    lines = text.splitlines()
+    return lines[lines.index("## Primary comparison (declared in `study.primary`)") :]
+
+
+def test_the_primary_section_states_every_statistic_of_the_declared_pair(summary):
+    study, rows, result = summary
+    a, b = correct_of(rows, "dgad", "autoattack"), correct_of(rows, "adaad", "autoattack")
+    d = a.mean(1) - b.mean(1)
+    std = float(np.std(d, ddof=1))
+    half = scipy_stats.t.ppf(0.975, 2) * std / math.sqrt(3)
+    flips = [
+        abs(np.dot(s, d)) >= abs(d.sum()) - 1e-12 for s in itertools.product((1, -1), repeat=3)
+    ]
+
+    def needed(width):
+        return next(
+            s
+            for s in range(2, 1001)
+            if scipy_stats.t.ppf(0.975, s - 1) * std / math.sqrt(s) <= width
+        )
+
+    primary = result["primary"]
+    expected = [
+        "## Primary comparison (declared in `study.primary`)",
+        "",
+        f"dgad − adaad, autoattack_accuracy: {points(d.mean())} points over seeds [0, 1, 2]",
+        "",
+        f"- 95% t interval over seeds: [{points(d.mean() - half)}, {points(d.mean() + half)}]",
+        f"- 95% seeds × images bootstrap interval: {bracket(primary['seeds_x_images'])}",
+        f"- exact sign-flip test over seeds: p = {np.mean(flips):.3g} (with 3 seeds no p below "
+        "0.25 is possible)",
+    ]
+    for k, seed in enumerate(SEEDS):
+        a_only, b_only = int(np.sum(a[k] & ~b[k])), int(np.sum(~a[k] & b[k]))
+        p = scipy_stats.binomtest(a_only, a_only + b_only, 0.5).pvalue
+        expected.append(
+            f"- seed {seed}: McNemar exact p = {p:.3g} ({a_only} images only dgad gets right, "
+            f"{b_only} only adaad); 95% image bootstrap "
+            f"{bracket(primary['per_seed'][k]['image_bootstrap'])}"
+        )
+    expected += [
+        "",
+        "Seeds needed for a 95% t interval of half-width ±X points at this spread (sd of the "
+        f"per-seed differences {100 * std:.2f} points): ±1 points: {needed(0.01)}, "
+        f"±2 points: {needed(0.02)}.",
+        "",
+    ]
+    assert primary_section(study, result)[: len(expected)] == expected
+
+
+def set_autoattack(rows, method, values):
+    for row in rows:
+        if row["method"] == method:
+            row["evaluation"]["attacks"]["autoattack"]["robust_accuracy"] = values[row["seed"]]
+
+
+@pytest.mark.parametrize(
+    "dgad, first_line_ends, seeds_line",
+    [
+        # dgad 2 points above adaad at every seed
+        (
+            None,
+            "points over seeds [0, 1, 2] (no spread: every seed pair differs by the same amount)",
+            "Seeds needed: these seeds show no spread, so it cannot be estimated from them "
+            "(add seeds first).",
+        ),
+        # a spread so wide that no study up to 1000 seeds reaches +-2 points
+        (
+            [0.9, 0.1, 0.8],
+            "points over seeds [0, 1, 2]",
+            "±1 points: more than 1000, ±2 points: more than 1000.",
+        ),
+    ],
+)
+def test_the_primary_section_says_when_the_spread_cannot_size_a_study(
+    tmp_path, dgad, first_line_ends, seeds_line
+):
+    study = load(tmp_path, primary={"method": "dgad", "attack": "autoattack"})
+    rows = synthetic_rows()
+    adaad = {r["seed"]: r for r in rows if r["method"] == "adaad"}
+    reference = {
+        s: r["evaluation"]["attacks"]["autoattack"]["robust_accuracy"] for s, r in adaad.items()
+    }
+    set_autoattack(
+        rows, "dgad", {s: v + 0.02 for s, v in reference.items()} if dgad is None else dgad
+    )
+    lines = primary_section(study, study_report.summarize(study, rows, None))
+    assert lines[2].startswith("dgad − adaad, autoattack_accuracy: ")
+    assert lines[2].endswith(first_line_ends)
+    seeds = next(line for line in lines if line.startswith("Seeds needed"))
+    assert seeds.endswith(seeds_line)
+
+
+def test_the_primary_section_with_one_seed_pair_or_none(tmp_path):
+    study = load(tmp_path, primary={"method": "dgad", "attack": "autoattack"})
+    rows = synthetic_rows()
+    one = [r for r in rows if r["seed"] == 1]
+    lines = primary_section(study, study_report.summarize(study, one, None))
+    assert lines[4] == "- 95% t interval over seeds: –"
+    assert lines[5] == "- 95% seeds × images bootstrap interval: " + bracket(
+        stats.hierarchical_bootstrap(
+            correct_of(one, "dgad", "autoattack"), correct_of(one, "adaad", "autoattack")
+        ).to_dict()
+    )
+    assert lines[6].endswith("(with 1 seeds no p below 1 is possible)")
+    assert lines[7].startswith("- seed 1: McNemar exact p = ")
+    assert lines[8:11] == ["", "One seed pair: no spread to size a study from.", ""]
+    only_reference = [r for r in rows if r["method"] == "adaad"]
+    lines = primary_section(study, study_report.summarize(study, only_reference, None))
+    assert lines[:4] == [
+        "## Primary comparison (declared in `study.primary`)",
+        "",
+        "dgad − adaad, autoattack_accuracy: no seed has both cells yet.",
+        "",
+    ]
+
+
+def test_the_method_table_and_teacher_line_hold_each_mean_and_sample_std(tmp_path):
+    study = load(tmp_path)
+    rows = synthetic_rows()
+    teacher = {
+        "path": "teacher.keras",
+        "clean_accuracy": 0.8512,
+        "attacks": {"pgd20": {"robust_accuracy": 0.5}, "autoattack": {"robust_accuracy": 0.4}},
+    }
+    result = study_report.summarize(study, rows, teacher)
+    metrics = study_report.metric_names(study.protocol)
+    lines = study_report.summary_markdown(result, metrics, "autoattack_accuracy").splitlines()
+    assert (
+        "Teacher (teacher.keras): clean_accuracy 85.12, pgd20_accuracy 50.00, "
+        "autoattack_accuracy 40.00"
+    ) in lines
+    header = lines.index(
+        "| method | seeds | clean_accuracy | pgd20_accuracy | autoattack_accuracy |"
+    )
+    for k, method in enumerate(RATES):
+        cells = []
+        for attack in ("clean", "pgd20", "autoattack"):
+            accuracy = correct_of(rows, method, attack).mean(axis=1)
+            cells.append(f"{100 * accuracy.mean():.2f} ± {100 * np.std(accuracy, ddof=1):.2f}")
+        assert lines[header + 2 + k] == f"| {method} | 3 | " + " | ".join(cells) + " |"
+    # one seed: a mean and no spread
+    one = study_report.summarize(study, [r for r in rows if r["seed"] == 2], None)
+    lines = study_report.summary_markdown(one, metrics, "autoattack_accuracy").splitlines()
+    clean = correct_of([r for r in rows if r["seed"] == 2], "dgad", "clean").mean()
+    assert any(line.startswith(f"| dgad | 1 | {100 * clean:.2f} | ") for line in lines)
+
+
+def test_a_primary_without_per_image_correctness_shows_the_t_interval_only(tmp_path):
+    study = load(tmp_path, primary={"method": "dgad", "attack": "autoattack"})
+    rows = synthetic_rows()
+    for row in rows:
+        del row["correct"]  # a study from before per-image correctness was kept
+    result = study_report.summarize(study, rows, None)
+    lines = primary_section(study, result)
+    assert lines[5] == "- 95% seeds × images bootstrap interval: –"
+    assert lines[6].startswith("- exact sign-flip test over seeds: p = ")
+    assert lines[7] == ""  # no per-seed McNemar lines
+    assert lines[8].startswith("Seeds needed for a 95% t interval")
+
+
+def test_the_paired_table_holds_every_statistic_of_every_comparison(summary):
+    study, rows, result = summary
+    metrics = study_report.metric_names(study.protocol)
+    lines = study_report.summary_markdown(result, metrics, "autoattack_accuracy").splitlines()
+    assert lines[:2] == [f"# Study {study.folder}", ""]
+    start = lines.index("## Paired differences to adaad (same seeds)")
+    assert lines[start + 2 : start + 4] == [
+        "| method − adaad | metric | mean | 95% t interval | 95% seeds × images | sign-flip p | "
+        "Holm p | McNemar p per seed | seeds | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    table = lines[start + 4 : start + 10]
+    k = 0
+    for name in ("dgad", "dgad_nomap"):
+        for attack in ("clean", "pgd20", "autoattack"):
+            metric = f"{attack}_accuracy"
+            a, b = correct_of(rows, name, attack), correct_of(rows, "adaad", attack)
+            d = a.mean(1) - b.mean(1)
+            half = scipy_stats.t.ppf(0.975, 2) * np.std(d, ddof=1) / math.sqrt(3)
+            signs = itertools.product((1, -1), repeat=3)
+            flip = np.mean([abs(np.dot(s, d)) >= abs(d.sum()) - 1e-12 for s in signs])
+            mcnemar = ", ".join(
+                format(
+                    scipy_stats.binomtest(int(np.sum(x & ~y)), int(np.sum(x != y)), 0.5).pvalue,
+                    ".3g",
+                )
+                for x, y in zip(a, b)
+            )
+            paired = result["methods"][name]["vs_reference"][metric]
+            primary = (name, metric) == ("dgad", "autoattack_accuracy")
+            holm = "–" if primary else format(paired["p_holm"], ".3g")
+            assert table[k] == (
+                f"| {name} | {metric} | {points(d.mean())} | "
+                f"[{points(d.mean() - half)}, {points(d.mean() + half)}] | "
+                f"{bracket(paired['seeds_x_images'])} | {flip:.3g} | {holm} | {mcnemar} | 3 | "
+                f"{'primary' if primary else ''} |"
+            )
+            k += 1
+
+
+def test_a_method_without_cells_and_a_leaky_cell_are_shown_as_such(tmp_path):
+    study = load(tmp_path)
+    rows = [r for r in synthetic_rows() if r["method"] != "dgad_nomap"]
+    rows[0]["select"] = "best_test"
+    rows[4]["select"] = "rslad_pgd20"
+    result = study_report.summarize(study, rows, None)
+    lines = study_report.summary_markdown(
+        result, study_report.metric_names(study.protocol), "autoattack_accuracy"
+    ).splitlines()
+    assert lines[:4] == [
+        f"# Study {study.folder}",
+        "",
+        "**Leaky selection: these cells chose their checkpoint on the same test images they "
+        "are scored on, so their accuracies are optimistic and not a held-out result: "
+        f"{rows[0]['method']} seed {rows[0]['seed']} (train.select=best_test); "
+        f"{rows[4]['method']} seed {rows[4]['seed']} (train.select=rslad_pgd20).**",
+        "",
+    ]
+    assert "| dgad_nomap | 0 | – | – | – |" in lines
+
+
+def test_the_command_and_protocol_lines_say_how_the_numbers_were_made(tmp_path):
+    study = load(tmp_path)
+    rows = synthetic_rows()
+    command = "python -m dgad_tf.compare study.yaml"
+    metrics = study_report.metric_names(study.protocol)
+    for given, first in ((command, f"Command: `{command}`"), ("", "")):
+        result = study_report.summarize(study, rows[:7], None, command=given)
+        lines = study_report.summary_markdown(result, metrics, "autoattack_accuracy").splitlines()
+        assert lines[1:6] == [
+            "",
+            first,
+            "",
+            f"Protocol: clean, pgd20, autoattack at eps {8 / 255:.6g} on the first 600 test "
+            f"images (the same images for every cell: sha256 {'ab' * 32}), attack seed 0. "
+            "Cells done: 7 of 9. Accuracies in %.",
+            "",
+        ]

@@ -1,0 +1,71 @@
+"""dgad_tf.rundir's reading of a run folder's train_state.npz: no training, files made by hand."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dgad_tf import rundir
+
+
+def write_state(run_dir, meta, **arrays):
+    run_dir.mkdir(exist_ok=True)
+    np.savez(run_dir / rundir.STATE_FILE, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def test_a_whole_state_file_gives_its_metadata_verified_or_not(tmp_path):
+    meta = {"epoch": 3, "num_student": 2, "num_optimizer": 1, "best": 0.5}
+    arrays = {"student_0": np.ones(3), "student_1": np.zeros(2), "optimizer_0": np.ones(1)}
+    write_state(tmp_path, meta, **arrays)
+    assert rundir.read_state_meta(tmp_path) == meta
+    assert rundir.read_state_meta(str(tmp_path), verify=True) == meta
+    assert rundir.read_state_meta(tmp_path / "elsewhere") is None
+
+
+@pytest.mark.parametrize("missing", ["student_1", "optimizer_0"])
+def test_verify_reads_every_array_the_metadata_lists(tmp_path, missing):
+    arrays = {"student_0": np.ones(3), "student_1": np.zeros(2), "optimizer_0": np.ones(1)}
+    del arrays[missing]
+    meta = {"epoch": 3, "num_student": 2, "num_optimizer": 1}
+    write_state(tmp_path, meta, **arrays)
+    assert rundir.read_state_meta(tmp_path) == meta  # the metadata alone reads
+    with pytest.raises(rundir.RunError) as error:
+        rundir.read_state_meta(tmp_path, verify=True)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / rundir.STATE_FILE} is damaged (KeyError: ")
+    assert missing in message.split("), so the run in")[0]
+    assert "model.teacher_path" not in message
+    assert "to train from the start; the student checkpoints in" in message
+
+
+def test_a_pickled_member_is_refused_and_a_teacher_there_is_offered(tmp_path):
+    meta = {"epoch": 1, "num_student": 1, "num_optimizer": 0}
+    write_state(tmp_path, meta, student_0=np.array([{"a": 1}], dtype=object))
+    (tmp_path / rundir.TEACHER_FILE).write_bytes(b"a teacher")
+    with pytest.raises(rundir.RunError) as error:
+        rundir.read_state_meta(tmp_path, verify=True)
+    message = str(error.value)
+    assert "is damaged (ValueError: " in message
+    teacher = tmp_path / rundir.TEACHER_FILE
+    assert (
+        f"the run in {tmp_path} cannot resume from it (the file holds the optimiser state and "
+        "the epoch to continue after); nothing was changed there. To go on, re-run with another "
+        f"output.dir to train from the start, and model.teacher_path={teacher} reuses the "
+        f"teacher trained there; the student checkpoints in {tmp_path} stay usable"
+    ) in message
+
+
+@pytest.mark.parametrize("source", ["npz", "folder", "tinyimagenet"])
+def test_a_missing_data_path_is_refused_naming_it_for_sources_that_read_files(tmp_path, source):
+    from dgad_tf.config import load_config
+
+    missing = tmp_path / "nothing"
+    cfg = load_config(None, [f"data.source={source}", f"data.path={missing}"])
+    with pytest.raises(rundir.RunError) as error:
+        rundir.check_data_path(cfg)
+    assert str(error.value) == (
+        f"data.path {missing} does not exist (data.source={source}); give the path of the "
+        "dataset, or another data.source"
+    )
+    # a source that reads no files ignores data.path
+    rundir.check_data_path(load_config(None, ["data.source=digits", f"data.path={missing}"]))
