@@ -69,3 +69,37 @@ def test_a_missing_data_path_is_refused_naming_it_for_sources_that_read_files(tm
     )
     # a source that reads no files ignores data.path
     rundir.check_data_path(load_config(None, ["data.source=digits", f"data.path={missing}"]))
+
+
+def test_the_teacher_file_is_checked_or_a_teacher_can_be_trained(tmp_path):
+    import keras
+
+    from dgad_tf.config import load_config
+
+    def config(*overrides):
+        return load_config(None, ["method.name=dgad", *overrides])
+
+    path = tmp_path / "teacher.keras"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]).save(path)
+    # A whole file, named or found in the run folder: it exists, build.check_teacher loads it.
+    assert rundir.check_teacher_file(config(f"model.teacher_path={path}"), tmp_path / "x") is True
+    assert rundir.check_teacher_file(config("model.teacher_path="), tmp_path) is True
+    missing = tmp_path / "none.keras"
+    # None there, but one will be trained: no file yet, nothing to refuse.
+    trained = config(f"model.teacher_path={missing}", "teacher_train.epochs=3")
+    assert rundir.check_teacher_file(trained, tmp_path) is False
+    with pytest.raises(rundir.RunError) as error:
+        rundir.check_teacher_file(
+            config(f"model.teacher_path={missing}", "teacher_train.epochs=0"), tmp_path
+        )
+    assert str(error.value) == (
+        f"model.teacher_path: no teacher at {missing} and teacher_train.epochs=0; give a "
+        "trained .keras teacher or set teacher_train.epochs"
+    )
+    text = tmp_path / "text.keras"
+    text.write_text("not an archive")
+    with pytest.raises(rundir.RunError) as error:
+        rundir.check_teacher_file(config(f"model.teacher_path={text}"), tmp_path)
+    assert str(error.value) == (
+        f"model.teacher_path: {text} is not a .keras archive (truncated, or another kind of file)"
+    )
