@@ -209,6 +209,30 @@ def test_seeds_needed_says_none_past_its_limit():
     assert stats.seeds_needed(1.0, 0.001, limit=50) is None
 
 
+@pytest.mark.parametrize(
+    "std, half_width, level",
+    [
+        (0.0, 0.01, 0.95),
+        (0.01, 0.01, 0.95),
+        (0.03, 0.005, 0.95),
+        (0.02, 0.01, 0.8),
+        (0.004, 0.001, 0.95),
+        (0.05, 0.003, 0.95),
+    ],
+)
+def test_seeds_needed_is_a_scan_of_every_seed_count_up_to_the_limit(std, half_width, level):
+    """The first S = 2, 3, ... whose SciPy t interval fits, found one by one; limit inclusive."""
+
+    def fits(s):
+        return scipy_stats.t.ppf(0.5 + level / 2, s - 1) * std / math.sqrt(s) <= half_width
+
+    first = next(s for s in itertools.count(2) if fits(s))
+    assert stats.seeds_needed(std, half_width, level) == (first if first <= 1000 else None)
+    for limit in sorted({1, 2, 3, first - 1, first, first + 1, 2 * first + 5}):
+        expected = first if limit >= first else None
+        assert stats.seeds_needed(std, half_width, level, limit=limit) == expected, limit
+
+
 def test_unpacked_correctness_is_a_bool_mask():
     correct = np.array([True, False, True, True, False, False, True, False, True])
     unpacked = stats.unpack_correct(stats.pack_correct(correct), correct.size)
