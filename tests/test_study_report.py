@@ -526,3 +526,45 @@ def test_the_command_and_protocol_lines_say_how_the_numbers_were_made(tmp_path):
             "Cells done: 7 of 9. Accuracies in %.",
             "",
         ]
+
+
+def test_write_outputs_writes_the_tables_of_the_command_teacher_and_headline(tmp_path):
+    """results.csv, summary.json (indented) and summary.md of the rows given; no figures asked."""
+    study = load(tmp_path)
+    rows = synthetic_rows()
+    teacher = {
+        "path": "teacher.keras",
+        "clean_accuracy": 0.8512,
+        "attacks": {"pgd20": {"robust_accuracy": 0.5}, "autoattack": {"robust_accuracy": 0.4}},
+    }
+    out = tmp_path / "out"
+    study_report.write_outputs(study, rows, teacher, command="compare s.yaml", figures=False)
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "summary.json", "summary.md"]
+    lines = (out / study_report.RESULTS_FILE).read_text().splitlines()
+    assert len(lines) == 1 + len(rows) and lines[0].startswith("method,seed,clean_accuracy,")
+    text = (out / study_report.SUMMARY_JSON).read_text()
+    assert text.startswith('{\n  "command": "compare s.yaml",\n  "folder": ')
+    summary = json.loads(text)
+    assert summary["teacher"] == {
+        "path": "teacher.keras",
+        "clean_accuracy": 0.8512,
+        "pgd20_accuracy": 0.5,
+        "autoattack_accuracy": 0.4,
+    }
+    md = (out / study_report.SUMMARY_MD).read_text().splitlines()
+    assert "Command: `compare s.yaml`" in md
+    assert (
+        "Teacher (teacher.keras): clean_accuracy 85.12, pgd20_accuracy 50.00, "
+        "autoattack_accuracy 40.00"
+    ) in md
+    # one sentence per comparison on the headline (AutoAttack, the strongest attack) and clean
+    sentences = [line for line in md if line.startswith("- dgad")]
+    assert [s.split(":")[0] for s in sentences] == [
+        f"- {name} − adaad, {metric}"
+        for name in ("dgad", "dgad_nomap")
+        for metric in ("clean_accuracy", "autoattack_accuracy")
+    ]
+    # without a command there is no command line
+    study_report.write_outputs(study, rows, None, figures=False)
+    md = (out / study_report.SUMMARY_MD).read_text()
+    assert "Command:" not in md and "Teacher (" not in md
