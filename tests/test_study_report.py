@@ -207,6 +207,21 @@ def test_no_spread_is_marked_in_the_table(tmp_path):
     assert "No primary comparison was declared" in text
 
 
+def test_a_primary_comparison_with_no_spread_carries_both_notes(tmp_path):
+    study = load(tmp_path, primary={"method": "dgad", "attack": "clean"})
+    rows = synthetic_rows()
+    for row in rows:
+        if row["method"] == "dgad":
+            ref = next(r for r in rows if r["method"] == "adaad" and r["seed"] == row["seed"])
+            row["evaluation"]["clean_accuracy"] = ref["evaluation"]["clean_accuracy"] + 0.02
+    result = study_report.summarize(study, rows, None)
+    text = study_report.summary_markdown(
+        result, study_report.metric_names(study.protocol), "autoattack_accuracy"
+    )
+    line = next(t for t in text.splitlines() if t.startswith("| dgad | clean_accuracy"))
+    assert line.endswith("| 3 | no spread, primary |")
+
+
 def test_a_non_finite_accuracy_is_refused_naming_the_cell(tmp_path):
     study = load(tmp_path)
     with pytest.raises(ValueError, match=r"cell dgad seed 1 .*pgd20_accuracy.*non-finite"):
