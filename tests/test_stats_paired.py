@@ -233,6 +233,28 @@ def test_seeds_needed_is_a_scan_of_every_seed_count_up_to_the_limit(std, half_wi
         assert stats.seeds_needed(std, half_width, level, limit=limit) == expected, limit
 
 
+def test_seeds_needed_counts_a_half_width_reached_exactly():
+    """An interval exactly `half_width` wide fits ("at most"): 5 seeds, not 6."""
+    half_width = stats.t_quantile(0.975, 4) * 0.01 / math.sqrt(5)
+    assert stats.seeds_needed(0.01, half_width) == 5
+    assert stats.seeds_needed(0.01, half_width * (1 - 1e-9)) == 6
+
+
+@pytest.mark.parametrize("std, half_width", [(0.01, 0.0), (0.01, -0.01), (-0.01, 0.01)])
+def test_seeds_needed_refuses_a_width_or_spread_with_no_answer(std, half_width):
+    with pytest.raises(
+        ValueError,
+        match=rf"seeds_needed needs half_width > 0 and std >= 0; received "
+        rf"half_width={half_width!r}, std={std!r}",
+    ):
+        stats.seeds_needed(std, half_width)
+
+
+def test_seeds_needed_refuses_a_non_finite_spread_naming_itself():
+    with pytest.raises(ValueError, match=r"^seeds_needed\(\) holds a non-finite value \(nan\)"):
+        stats.seeds_needed(float("nan"), 0.01)
+
+
 def test_unpacked_correctness_is_a_bool_mask():
     correct = np.array([True, False, True, True, False, False, True, False, True])
     unpacked = stats.unpack_correct(stats.pack_correct(correct), correct.size)
