@@ -583,3 +583,24 @@ def test_write_outputs_writes_the_tables_of_the_command_teacher_and_headline(tmp
     study_report.write_outputs(study, rows, None, figures=False)
     md = (out / study_report.SUMMARY_MD).read_text()
     assert "Command:" not in md and "Teacher (" not in md
+
+
+def test_the_note_under_the_paired_table_says_how_each_column_is_computed(summary):
+    study, _, result = summary
+    lines = study_report.summary_markdown(
+        result, study_report.metric_names(study.protocol), "autoattack_accuracy"
+    ).splitlines()
+    note = next(line for line in lines if line.startswith("Differences in percentage points."))
+    # 3 seeds: 2 of the 2**3 sign patterns always count; 2 methods x 3 metrics less the primary
+    assert note == (
+        "Differences in percentage points. t interval: mean ± t(0.975, n−1) · sd / √n over the "
+        "per-seed differences. Seeds × images: percentile bootstrap drawing seeds and test "
+        "images independently (10,000 resamples); with few seeds its seed part is too narrow "
+        "(a bootstrap of S values keeps (S−1)/S of their variance, with no t correction), so "
+        "read it beside the t interval. Sign-flip: exact randomization test over seeds; with 3 "
+        "seeds no p below 0.25 is possible, so fewer than 6 seeds cannot reach p < 0.05. Holm "
+        "p: adjusted over the 5 comparisons other than the primary one. McNemar: exact, per "
+        'seed pair, on the same test images. "no spread": every seed pair differs by the same '
+        "amount, so the t interval has width 0 — no seed-to-seed variation on these seeds, not "
+        "a certain difference."
+    )
