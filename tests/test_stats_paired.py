@@ -250,6 +250,15 @@ def test_seeds_needed_refuses_a_width_or_spread_with_no_answer(std, half_width):
         stats.seeds_needed(std, half_width)
 
 
+def test_seeds_needed_searches_up_to_1000_seeds_by_default():
+    """summary.md's "more than 1000" is the default limit: 1,000 seeds is an answer, 1,001 not."""
+    exactly_1000 = stats.t_quantile(0.975, 999) / math.sqrt(1000)
+    assert stats.seeds_needed(1.0, exactly_1000) == 1000
+    exactly_1001 = stats.t_quantile(0.975, 1000) / math.sqrt(1001)
+    assert stats.seeds_needed(1.0, exactly_1001, limit=1001) == 1001
+    assert stats.seeds_needed(1.0, exactly_1001) is None
+
+
 def test_seeds_needed_refuses_a_non_finite_spread_naming_itself():
     with pytest.raises(ValueError, match=r"^seeds_needed\(\) holds a non-finite value \(nan\)"):
         stats.seeds_needed(float("nan"), 0.01)
