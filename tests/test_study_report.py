@@ -604,3 +604,19 @@ def test_the_note_under_the_paired_table_says_how_each_column_is_computed(summar
         "amount, so the t interval has width 0 — no seed-to-seed variation on these seeds, not "
         "a certain difference."
     )
+
+
+def test_per_image_statistics_need_both_methods_correctness(tmp_path):
+    """A reference scored before per-image correctness was kept: the t interval only, no crash."""
+    study = load(tmp_path)
+    rows = synthetic_rows()
+    for row in rows:
+        if row["method"] == "adaad":
+            del row["correct"]
+    paired = study_report.summarize(study, rows, None)["methods"]["dgad"]["vs_reference"]
+    d = correct_of(rows, "dgad", "pgd20").mean(1) - np.array(
+        [r["evaluation"]["attacks"]["pgd20"]["robust_accuracy"] for r in rows[::3]]
+    )
+    assert paired["pgd20_accuracy"]["mean"] == pytest.approx(d.mean())
+    assert "per_seed" not in paired["pgd20_accuracy"]
+    assert "seeds_x_images" not in paired["pgd20_accuracy"]
