@@ -428,7 +428,20 @@ def seeds_needed(std: float, half_width: float, level: float = 0.95, limit: int 
             f"seeds_needed needs half_width > 0 and std >= 0; received half_width={half_width!r}"
             f", std={std!r}"
         )
-    for seeds in range(2, limit + 1):
-        if t_quantile(0.5 + level / 2, seeds - 1) * std / math.sqrt(seeds) <= half_width:
-            return seeds
-    return None
+
+    def fits(seeds: int) -> bool:
+        return t_quantile(0.5 + level / 2, seeds - 1) * std / math.sqrt(seeds) <= half_width
+
+    # The half-width only shrinks as seeds are added (the t quantile and 1/sqrt(S) both fall),
+    # so the first count that fits is found by bisection: about log2(limit) quantiles instead
+    # of up to `limit` (a summary asks this for every method after every cell).
+    if limit < 2 or not fits(limit):
+        return None
+    too_few, enough = 1, limit  # one seed has no interval; `enough` always fits
+    while enough - too_few > 1:
+        middle = (too_few + enough) // 2
+        if fits(middle):
+            enough = middle
+        else:
+            too_few = middle
+    return enough

@@ -441,8 +441,23 @@ def summary_markdown(summary: dict, metrics: list[str], headline: str) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(study, rows: list, teacher: dict | None, *, command: str = "") -> None:
-    """Write results.csv, summary.json, summary.md and (with matplotlib) the figures."""
+def write_outputs(
+    study, rows: list, teacher: dict | None, *, command: str = "", figures: bool = True
+) -> None:
+    """Write results.csv, summary.json, summary.md and (with matplotlib) the figures.
+
+    Drawing the figures takes most of the time of a write (seconds, against milliseconds for
+    the tables), so a caller that only needs the numbers (a notebook re-summarising a study's
+    rows, a test of the statistics) can leave them out; figure files already in the folder
+    are then left as they were.
+
+    Args:
+        study: the loaded study (`dgad_tf.study.load_study`); its folder receives the files.
+        rows: one dict per finished cell, as `dgad_tf.study.run_study` keeps them.
+        teacher: the teacher's evaluation under the study's protocol, or None.
+        command: the command line that made the numbers, quoted in summary.md. Defaults to "".
+        figures: draw the figures as well (needs matplotlib). Defaults to True.
+    """
     folder = pathlib.Path(study.folder)
     metrics = metric_names(study.protocol)
     headline = strongest_metric(study.protocol)
@@ -450,7 +465,8 @@ def write_outputs(study, rows: list, teacher: dict | None, *, command: str = "")
     rundir.atomic_write_text(folder / RESULTS_FILE, results_csv(rows, study.protocol))
     rundir.atomic_write_text(folder / SUMMARY_JSON, json.dumps(summary, indent=2))
     rundir.atomic_write_text(folder / SUMMARY_MD, summary_markdown(summary, metrics, headline))
-    write_figures(folder, summary, rows, headline)
+    if figures:
+        write_figures(folder, summary, rows, headline)
 
 
 def write_figures(folder: pathlib.Path, summary: dict, rows: list, headline: str) -> list:

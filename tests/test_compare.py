@@ -433,7 +433,9 @@ def test_paired_differences_pair_each_seed_with_the_references_same_seed(tmp_pat
 
     The summary is written after every cell, as `run_study` does: with the reference first,
     after its seed-0 cell it has one seed more than pgd_at, which must pair only seed 2. The
-    interval is re-derived with NumPy and SciPy's t quantile.
+    interval is re-derived with NumPy and SciPy's t quantile. The figures of the same partial
+    study are drawn by the next test; here they are left out, so that a mutation-testing run
+    (docs/contributing.md) can repeat this test for every mutant of the statistics.
     """
     from scipy import stats as scipy_stats
 
@@ -444,7 +446,7 @@ def test_paired_differences_pair_each_seed_with_the_references_same_seed(tmp_pat
     rows = []
     for cell in study.cells():
         rows.append(_row(cell))
-        study_report.write_outputs(study, rows, None)
+        study_report.write_outputs(study, rows, None, figures=False)
         summary = json.loads((tmp_path / "out" / study_report.SUMMARY_JSON).read_text())
         paired = summary["methods"]["pgd_at"].get("vs_reference", {}).get("pgd3_accuracy")
         done = {(r["method"], r["seed"]) for r in rows}
@@ -465,6 +467,43 @@ def test_paired_differences_pair_each_seed_with_the_references_same_seed(tmp_pat
             assert paired["high"] == pytest.approx(differences.mean() + half, abs=1e-9)
     assert paired["mean"] == pytest.approx((0.10 - 0.02 + 0.06) / 3, abs=1e-12)
     assert summary["methods"]["pgd_at"]["metrics"]["pgd3_accuracy"]["values"] == [0.10, 0.25, 0.30]
+
+
+def test_the_figures_are_drawn_after_every_cell_and_kept_when_left_out(tmp_path):
+    """Each write of a study in progress draws every figure, the reference one seed ahead.
+
+    With `figures=False` the tables are rewritten and the figures already drawn stay as they
+    were (a redraw from fewer cells would change their bytes).
+    """
+    pytest.importorskip("matplotlib")
+    from dgad_tf import study_figures
+
+    out = tmp_path / "out"
+    path = write_study(
+        tmp_path / "s.yaml", out, methods=["adaad", "pgd_at"], seeds=[2, 0, 1], reference="adaad"
+    )
+    study = study_lib.load_study(path)
+    names = [
+        study_figures.PER_SEED_FIGURE,
+        study_figures.SCATTER_FIGURE,
+        study_figures.CURVE_FIGURE,
+    ]
+    figures = [out / n for n in names] + [
+        (out / n).with_suffix(study_figures.VECTOR_SUFFIX) for n in names
+    ]
+    rows = []
+    for cell in study.cells():
+        rows.append(_row(cell))
+        for figure in figures:
+            figure.unlink(missing_ok=True)
+        study_report.write_outputs(study, rows, None)
+        assert all(f.stat().st_size > 1000 for f in figures), (cell.entry.name, cell.seed)
+    drawn = {f: f.read_bytes() for f in figures}
+    (out / study_report.SUMMARY_JSON).unlink()
+    study_report.write_outputs(study, rows[:1], None, figures=False)
+    summary = json.loads((out / study_report.SUMMARY_JSON).read_text())
+    assert summary["methods"]["adaad"]["metrics"]["pgd3_accuracy"]["values"] == [0.20]
+    assert {f: f.read_bytes() for f in figures} == drawn
 
 
 # --------------------------------------------------------------------------- what cells share

@@ -209,6 +209,61 @@ def test_seeds_needed_says_none_past_its_limit():
     assert stats.seeds_needed(1.0, 0.001, limit=50) is None
 
 
+@pytest.mark.parametrize(
+    "std, half_width, level",
+    [
+        (0.0, 0.01, 0.95),
+        (0.01, 0.01, 0.95),
+        (0.03, 0.005, 0.95),
+        (0.02, 0.01, 0.8),
+        (0.004, 0.001, 0.95),
+        (0.05, 0.003, 0.95),
+    ],
+)
+def test_seeds_needed_is_a_scan_of_every_seed_count_up_to_the_limit(std, half_width, level):
+    """The first S = 2, 3, ... whose SciPy t interval fits, found one by one; limit inclusive."""
+
+    def fits(s):
+        return scipy_stats.t.ppf(0.5 + level / 2, s - 1) * std / math.sqrt(s) <= half_width
+
+    first = next(s for s in itertools.count(2) if fits(s))
+    assert stats.seeds_needed(std, half_width, level) == (first if first <= 1000 else None)
+    for limit in sorted({1, 2, 3, first - 1, first, first + 1, 2 * first + 5}):
+        expected = first if limit >= first else None
+        assert stats.seeds_needed(std, half_width, level, limit=limit) == expected, limit
+
+
+def test_seeds_needed_counts_a_half_width_reached_exactly():
+    """An interval exactly `half_width` wide fits ("at most"): 5 seeds, not 6."""
+    half_width = stats.t_quantile(0.975, 4) * 0.01 / math.sqrt(5)
+    assert stats.seeds_needed(0.01, half_width) == 5
+    assert stats.seeds_needed(0.01, half_width * (1 - 1e-9)) == 6
+
+
+@pytest.mark.parametrize("std, half_width", [(0.01, 0.0), (0.01, -0.01), (-0.01, 0.01)])
+def test_seeds_needed_refuses_a_width_or_spread_with_no_answer(std, half_width):
+    with pytest.raises(
+        ValueError,
+        match=rf"seeds_needed needs half_width > 0 and std >= 0; received "
+        rf"half_width={half_width!r}, std={std!r}",
+    ):
+        stats.seeds_needed(std, half_width)
+
+
+def test_seeds_needed_searches_up_to_1000_seeds_by_default():
+    """summary.md's "more than 1000" is the default limit: 1,000 seeds is an answer, 1,001 not."""
+    exactly_1000 = stats.t_quantile(0.975, 999) / math.sqrt(1000)
+    assert stats.seeds_needed(1.0, exactly_1000) == 1000
+    exactly_1001 = stats.t_quantile(0.975, 1000) / math.sqrt(1001)
+    assert stats.seeds_needed(1.0, exactly_1001, limit=1001) == 1001
+    assert stats.seeds_needed(1.0, exactly_1001) is None
+
+
+def test_seeds_needed_refuses_a_non_finite_spread_naming_itself():
+    with pytest.raises(ValueError, match=r"^seeds_needed\(\) holds a non-finite value \(nan\)"):
+        stats.seeds_needed(float("nan"), 0.01)
+
+
 def test_unpacked_correctness_is_a_bool_mask():
     correct = np.array([True, False, True, True, False, False, True, False, True])
     unpacked = stats.unpack_correct(stats.pack_correct(correct), correct.size)

@@ -207,6 +207,21 @@ def test_no_spread_is_marked_in_the_table(tmp_path):
     assert "No primary comparison was declared" in text
 
 
+def test_a_primary_comparison_with_no_spread_carries_both_notes(tmp_path):
+    study = load(tmp_path, primary={"method": "dgad", "attack": "clean"})
+    rows = synthetic_rows()
+    for row in rows:
+        if row["method"] == "dgad":
+            ref = next(r for r in rows if r["method"] == "adaad" and r["seed"] == row["seed"])
+            row["evaluation"]["clean_accuracy"] = ref["evaluation"]["clean_accuracy"] + 0.02
+    result = study_report.summarize(study, rows, None)
+    text = study_report.summary_markdown(
+        result, study_report.metric_names(study.protocol), "autoattack_accuracy"
+    )
+    line = next(t for t in text.splitlines() if t.startswith("| dgad | clean_accuracy"))
+    assert line.endswith("| 3 | no spread, primary |")
+
+
 def test_a_non_finite_accuracy_is_refused_naming_the_cell(tmp_path):
     study = load(tmp_path)
     with pytest.raises(ValueError, match=r"cell dgad seed 1 .*pgd20_accuracy.*non-finite"):
@@ -244,59 +259,6 @@ def test_the_seeds_needed_line_solves_the_t_interval(summary):
 def test_summary_json_is_json(summary):
     json.dumps(summary[2])
     assert stats.SPREAD_TOLERANCE > 0
-
-
-def test_figures_are_vector_and_png_and_name_attack_eps_n_seeds_and_the_validation_metric(
-    tmp_path, monkeypatch
-):
-    pytest.importorskip("matplotlib")
-    from dgad_tf import study_figures
-
-    study = load(tmp_path)
-    rows = synthetic_rows()
-    result = study_report.summarize(study, rows, None)
-    texts, real_save = {}, study_figures._save
-
-    def save(figure, path):
-        texts[path.name] = " | ".join(
-            [t.get_text() for t in figure.texts]
-            + [
-                t
-                for axes in figure.axes
-                for t in (axes.get_title(), axes.get_xlabel(), axes.get_ylabel())
-            ]
-        )
-        return real_save(figure, path)
-
-    monkeypatch.setattr(study_figures, "_save", save)
-    written = study_report.write_figures(tmp_path, result, rows, "autoattack_accuracy")
-    pngs = sorted(p.name for p in written if p.suffix == ".png")
-    assert (
-        pngs
-        == sorted(texts)
-        == sorted(
-            [
-                study_figures.PER_SEED_FIGURE,
-                study_figures.SCATTER_FIGURE,
-                study_figures.ATTACKS_FIGURE,
-                study_figures.CURVE_FIGURE,
-            ]
-        )
-    )
-    for name in pngs:
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert (tmp_path / name).with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
-    for name in (study_figures.PER_SEED_FIGURE, study_figures.SCATTER_FIGURE):
-        assert "ε = 8/255" in texts[name] and "n = 600 test images" in texts[name]
-        assert "3 seeds" in texts[name] and "(%)" in texts[name]
-    assert "AutoAttack" in texts[study_figures.SCATTER_FIGURE]
-    assert "PGD-20 accuracy (%)" in texts[study_figures.ATTACKS_FIGURE]
-    assert "AutoAttack accuracy (%)" in texts[study_figures.ATTACKS_FIGURE]
-    curve = texts[study_figures.CURVE_FIGURE]
-    # the distiller's test_step: train.val_robust_steps PGD steps on val_robust_n images
-    assert "PGD-10 on 1,000 validation images" in curve and "step ε/4" in curve
-    # a whole number of grey levels is written over 255, any other eps as a decimal
-    assert study_figures.eps_text(0.1) == "0.1" and study_figures.eps_text(2 / 255) == "2/255"
 
 
 def test_results_csv_holds_every_cell_with_its_selection_rule_and_epoch(tmp_path):
@@ -579,3 +541,82 @@ def test_the_command_and_protocol_lines_say_how_the_numbers_were_made(tmp_path):
             "Cells done: 7 of 9. Accuracies in %.",
             "",
         ]
+
+
+def test_write_outputs_writes_the_tables_of_the_command_teacher_and_headline(tmp_path):
+    """results.csv, summary.json (indented) and summary.md of the rows given; no figures asked."""
+    study = load(tmp_path)
+    rows = synthetic_rows()
+    teacher = {
+        "path": "teacher.keras",
+        "clean_accuracy": 0.8512,
+        "attacks": {"pgd20": {"robust_accuracy": 0.5}, "autoattack": {"robust_accuracy": 0.4}},
+    }
+    out = tmp_path / "out"
+    study_report.write_outputs(study, rows, teacher, command="compare s.yaml", figures=False)
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "summary.json", "summary.md"]
+    lines = (out / study_report.RESULTS_FILE).read_text().splitlines()
+    assert len(lines) == 1 + len(rows) and lines[0].startswith("method,seed,clean_accuracy,")
+    text = (out / study_report.SUMMARY_JSON).read_text()
+    assert text.startswith('{\n  "command": "compare s.yaml",\n  "folder": ')
+    summary = json.loads(text)
+    assert summary["teacher"] == {
+        "path": "teacher.keras",
+        "clean_accuracy": 0.8512,
+        "pgd20_accuracy": 0.5,
+        "autoattack_accuracy": 0.4,
+    }
+    md = (out / study_report.SUMMARY_MD).read_text().splitlines()
+    assert "Command: `compare s.yaml`" in md
+    assert (
+        "Teacher (teacher.keras): clean_accuracy 85.12, pgd20_accuracy 50.00, "
+        "autoattack_accuracy 40.00"
+    ) in md
+    # one sentence per comparison on the headline (AutoAttack, the strongest attack) and clean
+    sentences = [line for line in md if line.startswith("- dgad")]
+    assert [s.split(":")[0] for s in sentences] == [
+        f"- {name} − adaad, {metric}"
+        for name in ("dgad", "dgad_nomap")
+        for metric in ("clean_accuracy", "autoattack_accuracy")
+    ]
+    # without a command there is no command line
+    study_report.write_outputs(study, rows, None, figures=False)
+    md = (out / study_report.SUMMARY_MD).read_text()
+    assert "Command:" not in md and "Teacher (" not in md
+
+
+def test_the_note_under_the_paired_table_says_how_each_column_is_computed(summary):
+    study, _, result = summary
+    lines = study_report.summary_markdown(
+        result, study_report.metric_names(study.protocol), "autoattack_accuracy"
+    ).splitlines()
+    note = next(line for line in lines if line.startswith("Differences in percentage points."))
+    # 3 seeds: 2 of the 2**3 sign patterns always count; 2 methods x 3 metrics less the primary
+    assert note == (
+        "Differences in percentage points. t interval: mean ± t(0.975, n−1) · sd / √n over the "
+        "per-seed differences. Seeds × images: percentile bootstrap drawing seeds and test "
+        "images independently (10,000 resamples); with few seeds its seed part is too narrow "
+        "(a bootstrap of S values keeps (S−1)/S of their variance, with no t correction), so "
+        "read it beside the t interval. Sign-flip: exact randomization test over seeds; with 3 "
+        "seeds no p below 0.25 is possible, so fewer than 6 seeds cannot reach p < 0.05. Holm "
+        "p: adjusted over the 5 comparisons other than the primary one. McNemar: exact, per "
+        'seed pair, on the same test images. "no spread": every seed pair differs by the same '
+        "amount, so the t interval has width 0 — no seed-to-seed variation on these seeds, not "
+        "a certain difference."
+    )
+
+
+def test_per_image_statistics_need_both_methods_correctness(tmp_path):
+    """A reference scored before per-image correctness was kept: the t interval only, no crash."""
+    study = load(tmp_path)
+    rows = synthetic_rows()
+    for row in rows:
+        if row["method"] == "adaad":
+            del row["correct"]
+    paired = study_report.summarize(study, rows, None)["methods"]["dgad"]["vs_reference"]
+    d = correct_of(rows, "dgad", "pgd20").mean(1) - np.array(
+        [r["evaluation"]["attacks"]["pgd20"]["robust_accuracy"] for r in rows[::3]]
+    )
+    assert paired["pgd20_accuracy"]["mean"] == pytest.approx(d.mean())
+    assert "per_seed" not in paired["pgd20_accuracy"]
+    assert "seeds_x_images" not in paired["pgd20_accuracy"]
