@@ -105,6 +105,20 @@ def _check_settings(eps, batch_size, seed):
         raise ValueError(f"`seed` must be an int; received seed={seed!r}")
 
 
+def format_report(report: dict) -> str:
+    """The report as an aligned text table."""
+    lines = [
+        f"n={report['n']}  eps={report['eps']:.5f}  clean={report['clean_accuracy']:.4f}",
+        f"{'attack':<20} {'accuracy':>9} {'seconds':>9}  description",
+    ]
+    for name, entry in report["attacks"].items():
+        lines.append(
+            f"{name:<20} {entry['robust_accuracy']:>9.4f} {entry['seconds']:>9.1f}  "
+            f"{entry['description']}"
+        )
+    return "\n".join(lines)
+
+
 def adversarial_images(
     model,
     x,

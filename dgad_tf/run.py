@@ -57,9 +57,8 @@ from dgad_tf.callbacks import (
 )
 from dgad_tf.config import Config
 from dgad_tf.distiller import AdversarialDistiller
-from dgad_tf.evaluate import format_report
 from dgad_tf.methods import METHOD_SPECS
-from dgad_tf.robustness import evaluate_robustness
+from dgad_tf.robustness import evaluate_robustness, format_report
 from dgad_tf.rundir import (
     CONFIG_FILE,
     LAST_CHECKPOINT,
