@@ -434,9 +434,7 @@ def _evaluation(attacks, *, eps, n, batch_size, seed, splits) -> dict:
         "attacks": [
             {
                 "name": name,
-                "description": robustness.ATTACK_DESCRIPTIONS[name]
-                if name in robustness.ATTACK_DESCRIPTIONS
-                else robustness.attack_description(name),
+                "description": robustness.attack_description(name),
             }
             for name in names
         ],

@@ -16,8 +16,6 @@ import yaml
 METHODS = ("clean", "pgd_at", "trades", "ard", "rslad", "adaad", "iad", "adaiad", "dgad")
 TEACHER_METHODS = ("ard", "rslad", "adaad", "iad", "adaiad", "dgad")
 EXPORT_FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8")
-# Attacks of an evaluation by name; "pgd<K>" (K >= 1 steps) is a family (see dgad_tf.evaluate).
-EVAL_ATTACKS = ("clean", "fgsm", "cw_inf", "cw_l2", "autoattack", "autoattack_custom")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 KL_REDUCTIONS = ("batchmean", "class_mean")
 DGAD_WEIGHTINGS = ("standard", "reference_mobilenetv2")

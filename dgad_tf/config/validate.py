@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from dgad_tf import eval_attacks
 from dgad_tf.config.sections import (
     ATTACK_INITS,
     DATA_SOURCES,
     DGAD_WEIGHTINGS,
-    EVAL_ATTACKS,
     EXPORT_FORMATS,
     KL_REDUCTIONS,
     METHODS,
@@ -194,20 +194,16 @@ def validate_tune(tune: TuneConfig) -> TuneConfig:
 
 
 def check_attack_names(names, key: str = "eval.attacks") -> list[str]:
-    """Lower-cased attack names, each one of `EVAL_ATTACKS` or `pgd<K>` with K >= 1.
+    """Lower-cased attack names, each registered in `dgad_tf.eval_attacks` (or `pgd<K>`, K >= 1).
 
     Raises:
         ConfigError: naming `key` and the unknown name.
     """
-    import re
-
     checked = [str(n).strip().lower() for n in names if str(n).strip()]
     for name in checked:
-        match = re.fullmatch(r"pgd(\d+)", name)
-        if name not in EVAL_ATTACKS and not (match and int(match.group(1)) >= 1):
+        if eval_attacks.lookup(name) is None:
             raise ConfigError(
-                f"`{key}` has an unknown attack {name!r}; known: "
-                f"{', '.join(EVAL_ATTACKS)} and pgd<K> with K >= 1 steps"
+                f"`{key}` has an unknown attack {name!r}; known: {eval_attacks.known_names()}"
             )
     if not checked:
         raise ConfigError(f"`{key}` must name at least one attack; received {list(names)!r}")
