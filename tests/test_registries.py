@@ -6,6 +6,7 @@ the outcome against a NumPy re-derivation; the entry is removed again afterwards
 """
 
 import contextlib
+import json
 
 import keras
 import numpy as np
@@ -104,3 +105,50 @@ def test_the_builtin_attack_names_and_descriptions_are_unchanged():
     )
     with pytest.raises(ConfigError, match="unknown attack 'pgd0'"):
         load_config(overrides=["eval.attacks=[pgd0]"])
+
+
+# --------------------------------------------------------------------------- selection rules
+
+
+def test_a_registered_selection_rule_picks_the_reported_checkpoint_of_a_run(tmp_path, capsys):
+    from test_fit import _clean_accuracy, args
+
+    from dgad_tf.fit import main
+    from dgad_tf.selection import SELECTION_RULES, SelectionRule, register_selection_rule
+
+    scores = [0.2, 0.9, 0.5]  # the toy metric per epoch: epoch 2 is the best
+
+    class ToyScore(keras.callbacks.Callback):
+        def __init__(self, cfg, test_arrays):
+            super().__init__()
+            self.n = len(test_arrays.y)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["toy_score"] = scores[epoch]
+
+    rule = SelectionRule(
+        note="best toy_score (a test of the registry)",
+        summary="best toy_score",
+        metric="toy_score",
+        checkpoint="student_best_toy.keras",
+        test_split="toy_score after every epoch",
+        callback=ToyScore,
+    )
+    with registered(SELECTION_RULES, "best_toy"):
+        register_selection_rule("best_toy", rule)
+        run_dir = tmp_path / "run"
+        extra = ["method.name=pgd_at", "train.epochs=3", "output.tensorboard=false"]
+        code = main(args(run_dir, *extra, "train.select=best_toy", "train.select_n=48"))
+        assert code == 0
+        assert "note: the student checkpoint was best toy_score" in capsys.readouterr().out
+    report = json.loads((run_dir / "report.json").read_text())
+    selection = report["student"]["selection"]
+    assert selection["rule"] == "best_toy"
+    assert selection["epoch"] == int(np.argmax(scores)) + 1
+    assert selection["path"] == report["student"]["path"] == "student_best_toy.keras"
+    assert report["student"]["clean_accuracy"] == pytest.approx(
+        _clean_accuracy(run_dir / "student_best_toy.keras")
+    )
+    assert [row["toy_score"] for row in report["history"]] == pytest.approx(scores)
+    with pytest.raises(ConfigError, match="`train.select` must be one of last, best_val"):
+        load_config(overrides=["train.select=best_toy"])

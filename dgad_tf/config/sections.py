@@ -25,8 +25,6 @@ ATTACK_INITS = ("auto", "uniform", "gaussian", "none")
 MODEL_INITS = ("torch", "keras")
 SCHEDULES = ("piecewise", "cosine", "constant")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
-# Which checkpoint the final report (and export) uses: see TrainConfig.select.
-SELECTION_RULES = ("last", "best_val", "best_test", "rslad_pgd20")
 # The search (TuneConfig); a weighted objective is scored as the metric SCORE_METRIC.
 TUNERS = ("random", "bayesian", "hyperband")
 TUNE_OBJECTIVES = ("val_robust_accuracy", "val_clean_accuracy")
@@ -260,7 +258,8 @@ class TrainConfig:
             as the DGAD reference selects; leaky, a reproduction mode only) or "rslad_pgd20"
             (`student_best_test_pgd20.keras`, RSLAD's rule: best `test_pgd20_accuracy`, PGD-20
             with step 0.003 from a uniform start, after every 20th epoch before epoch 215 and
-            every epoch from 215, counted from 1; also leaky). Defaults to "best_val".
+            every epoch from 215, counted from 1; also leaky), or a rule registered in
+            `dgad_tf.selection`. Defaults to "best_val".
         select_n: first n test images evaluated for `select="best_test"` (clean and
             PGD-`val_robust_steps` after every epoch) or `"rslad_pgd20"`. Defaults to None (the
             whole test split, as the references).

@@ -18,7 +18,6 @@ from dgad_tf.config.sections import (
     MODEL_INITS,
     PRECISIONS,
     SCHEDULES,
-    SELECTION_RULES,
     STRATEGIES,
     TEACHER_TRAIN_METHODS,
     TUNE_OBJECTIVES,
@@ -28,6 +27,7 @@ from dgad_tf.config.sections import (
     MethodConfig,
     TuneConfig,
 )
+from dgad_tf.selection import SELECTION_RULES
 
 
 def _check(condition: bool, key: str, value: Any, requirement: str):
@@ -135,7 +135,7 @@ def validate(cfg: Config) -> Config:
         'true, false or "auto"',
     )
     _check_choice("train.precision", t.precision, PRECISIONS)
-    _check_choice("train.select", t.select, SELECTION_RULES)
+    _check_choice("train.select", t.select, SELECTION_RULES.names())
     _check(t.select_n is None or t.select_n >= 1, "train.select_n", t.select_n, ">= 1 or null")
     if t.select == "best_val" and d.val_fraction == 0:
         raise ConfigError(
