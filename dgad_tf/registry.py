@@ -1,8 +1,8 @@
-"""Name -> object tables for the extension points: evaluation attacks, data sources, export
-formats and checkpoint-selection rules.
+"""Name -> object tables for the extension points: evaluation attacks, data sources and
+checkpoint-selection rules.
 
 Each table belongs to the module that defines its objects (`dgad_tf.eval_attacks`,
-`dgad_tf.data.sources`, `dgad_tf.serving.formats`, `dgad_tf.selection`), and `dgad_tf.config`
+`dgad_tf.data.sources`, `dgad_tf.selection`), and `dgad_tf.config`
 asks it for the valid names, so adding one is one object and one `register` call: no name list
 to extend elsewhere. Registering happens at import time of the owning module, which never imports
 TensorFlow, so a typo in a config is refused before TensorFlow loads. (The Model Garden's

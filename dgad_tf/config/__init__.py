@@ -26,7 +26,6 @@ from dgad_tf.config.loading import (
 )
 from dgad_tf.config.sections import (
     ATTACK_INITS,
-    DATA_SOURCES,
     DGAD_WEIGHTINGS,
     DIMENSION_TYPES,
     EXPORT_FORMATS,
@@ -71,7 +70,6 @@ __all__ = [
     "AttackConfig",
     "Config",
     "ConfigError",
-    "DATA_SOURCES",
     "DGAD_WEIGHTINGS",
     "DIMENSION_TYPES",
     "DataConfig",

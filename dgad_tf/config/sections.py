@@ -20,7 +20,6 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 KL_REDUCTIONS = ("batchmean", "class_mean")
 DGAD_WEIGHTINGS = ("standard", "reference_mobilenetv2")
 TEACHER_TRAIN_METHODS = ("pgd_at", "trades")
-DATA_SOURCES = ("digits", "tfds", "npz", "folder", "tinyimagenet")
 ATTACK_INITS = ("auto", "uniform", "gaussian", "none")
 MODEL_INITS = ("torch", "keras")
 SCHEDULES = ("piecewise", "cosine", "constant")
@@ -41,7 +40,8 @@ class DataConfig:
     """Where the images come from and how they are fed.
 
     Args:
-        source: one of `DATA_SOURCES`. Defaults to "digits" (embedded, no download).
+        source: a source of `dgad_tf.data.DATA_SOURCES` (digits, tfds, npz, folder,
+            tinyimagenet, or one registered). Defaults to "digits" (embedded, no download).
         name: TFDS dataset name for source "tfds" (e.g. "cifar10"). Defaults to None.
         path: file or folder for "npz", "folder" and "tinyimagenet". Defaults to None.
         data_dir: TFDS data directory. Defaults to None (TFDS's own default).

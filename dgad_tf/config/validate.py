@@ -10,7 +10,6 @@ from typing import Any
 from dgad_tf import eval_attacks
 from dgad_tf.config.sections import (
     ATTACK_INITS,
-    DATA_SOURCES,
     DGAD_WEIGHTINGS,
     EXPORT_FORMATS,
     KL_REDUCTIONS,
@@ -27,6 +26,7 @@ from dgad_tf.config.sections import (
     MethodConfig,
     TuneConfig,
 )
+from dgad_tf.data import DATA_SOURCES
 from dgad_tf.selection import SELECTION_RULES
 
 
@@ -46,7 +46,7 @@ def validate(cfg: Config) -> Config:
         ConfigError: naming the first offending key and its value.
     """
     d, m, a, me, o, t = cfg.data, cfg.model, cfg.attack, cfg.method, cfg.optimizer, cfg.train
-    _check_choice("data.source", d.source, DATA_SOURCES)
+    _check_choice("data.source", d.source, DATA_SOURCES.names())
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "in [0, 1)")
     for key in ("train_limit", "test_limit", "image_size"):
         value = getattr(d, key)
