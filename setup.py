@@ -11,6 +11,17 @@ HERE = pathlib.Path(__file__).parent
 VERSION = re.search(
     r'__version__ = "([^"]+)"', (HERE / "dgad_tf" / "__init__.py").read_text()
 ).group(1)
+# Every command is a `main(argv=None) -> int` over the library; `python -m dgad_tf.<command>` and
+# these scripts run the same function (tests/test_cli_promises.py resolves each one).
+CONSOLE_SCRIPTS = [
+    "dgad-fit = dgad_tf.fit:main",
+    "dgad-evaluate = dgad_tf.evaluate:main",
+    "dgad-export = dgad_tf.export:main",
+    "dgad-tune = dgad_tf.tune:main",
+    "dgad-compare = dgad_tf.compare:main",
+    "dgad-serving-client = dgad_tf.serving_client:main",
+    "dgad-convert-teacher = dgad_tf.teachers.convert:main",
+]
 REQUIREMENTS = [
     line.strip()
     for line in (HERE / "requirements.txt").read_text().splitlines()
@@ -26,6 +37,7 @@ setup(
     packages=find_packages(include=["dgad_tf", "dgad_tf.*"]),
     python_requires=">=3.10",
     install_requires=REQUIREMENTS,
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
     extras_require={
         # The tests draw the study figures too, so they need what `[plot]` adds.
         "test": ["pytest>=7", "matplotlib>=3.5"],

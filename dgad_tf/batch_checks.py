@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from dgad_tf import logits
-from dgad_tf.evaluate import at_chance_level, chance_threshold
+from dgad_tf.stats import at_chance_level, chance_threshold
 
 _HALF_PRECISION_TOLERANCE = 1e-2  # a float16 / bfloat16 softmax sums to 1 within this
 

@@ -17,7 +17,6 @@ from dgad_tf import attacks, distribute, logits, losses, models, precision
 from dgad_tf import data as data_lib
 from dgad_tf.config import Config
 from dgad_tf.distiller import AdversarialDistiller
-from dgad_tf.evaluate import at_chance_level, chance_threshold
 from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.optim import make_optimizer
 from dgad_tf.rundir import (
@@ -27,6 +26,7 @@ from dgad_tf.rundir import (
     check_teacher_file,
     teacher_path_for,
 )
+from dgad_tf.stats import at_chance_level, chance_threshold
 
 log = logging.getLogger(__name__)
 

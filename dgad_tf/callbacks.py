@@ -18,12 +18,12 @@ import keras
 import numpy as np
 
 from dgad_tf.rundir import (
-    BEST_CHECKPOINTS,
     LAST_CHECKPOINT,
     STATE_FILE,
     atomic_write,
     save_model_atomic,
 )
+from dgad_tf.selection import best_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,8 @@ class RunCheckpoints(keras.callbacks.Callback):
     """Keeps the student's last and best-so-far checkpoints, and resumable state.
 
     After every epoch the student is saved as `student_last.keras`; when a metric of
-    `BEST_CHECKPOINTS` in the epoch logs beats its best so far, also under that metric's name:
+    `dgad_tf.selection.best_checkpoints()` in the epoch logs beats its best so far, also under
+    that metric's name:
     `student_best_robust.keras` (`val_robust_accuracy`), `student_best_clean.keras`
     (`val_clean_accuracy`), `student_best_test_robust.keras` (`test_robust_accuracy`, logged by
     `TestSetEvaluation`), `student_best_test_pgd20.keras` (`test_pgd20_accuracy`, logged by
@@ -246,9 +247,11 @@ class RunCheckpoints(keras.callbacks.Callback):
         super().__init__()
         self.run_dir = pathlib.Path(run_dir)
         self.config_yaml = config_yaml
-        self.best = {key: -np.inf for key in BEST_CHECKPOINTS}
+        # Every registered rule's metric, so a rule registered before the run is kept too.
+        self.checkpoints = best_checkpoints()
+        self.best = {key: -np.inf for key in self.checkpoints}
         # 1-based epoch at which each best was reached (0: not yet).
-        self.best_epoch = {key: 0 for key in BEST_CHECKPOINTS}
+        self.best_epoch = {key: 0 for key in self.checkpoints}
         self.completed_epochs = 0
 
     # The distiller's student is what users keep; the teacher is saved elsewhere.
@@ -292,7 +295,7 @@ class RunCheckpoints(keras.callbacks.Callback):
         logs = logs or {}
         self.completed_epochs = epoch + 1
         names = []
-        for key, name in BEST_CHECKPOINTS.items():
+        for key, name in self.checkpoints.items():
             value = logs.get(key)
             if value is not None and float(value) > self.best[key]:
                 self.best[key] = float(value)

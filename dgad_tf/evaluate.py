@@ -48,40 +48,6 @@ def check_attack_names(names) -> list[str]:
     return config_lib.check_attack_names(names, key="attacks")
 
 
-def at_chance_level(accuracy: float, num_classes: int, n: int) -> bool:
-    """Whether `accuracy` on `n` images is no better than guessing among `num_classes`.
-
-    "No better" is within three binomial standard deviations above 1/C, so a model that has
-    learned anything clears it on a few hundred images while a constant or label-permuted one
-    does not.
-
-    Example:
-        >>> at_chance_level(0.11, 10, 1000), at_chance_level(0.5, 10, 1000)
-        (True, False)
-    """
-    return accuracy <= chance_threshold(num_classes, n)
-
-
-def chance_threshold(num_classes: int, n: int) -> float:
-    """1/C plus three binomial standard deviations of an accuracy on `n` images."""
-    chance = 1.0 / num_classes
-    return chance + 3.0 * (chance * (1.0 - chance) / max(n, 1)) ** 0.5
-
-
-def format_report(report: dict) -> str:
-    """The report as an aligned text table."""
-    lines = [
-        f"n={report['n']}  eps={report['eps']:.5f}  clean={report['clean_accuracy']:.4f}",
-        f"{'attack':<20} {'accuracy':>9} {'seconds':>9}  description",
-    ]
-    for name, entry in report["attacks"].items():
-        lines.append(
-            f"{name:<20} {entry['robust_accuracy']:>9.4f} {entry['seconds']:>9.1f}  "
-            f"{entry['description']}"
-        )
-    return "\n".join(lines)
-
-
 def load_eval_arrays(data: str | None, model_path: pathlib.Path, split: str, n: int | None):
     """Images and labels for evaluation from a config file, a run's config, an npz or 'digits'.
 
@@ -274,7 +240,7 @@ def main(argv=None) -> int:
     report["split"] = args.split
     report["precision"] = args.precision
     report["command"] = " ".join(["python -m dgad_tf.evaluate"] + list(argv or sys.argv[1:]))
-    print(format_report(report))
+    print(robustness.format_report(report))
     if args.out:
         rundir.atomic_write_text(args.out, json.dumps(report, indent=2))
     return 0

@@ -18,6 +18,7 @@ import pathlib
 import sys
 
 from dgad_tf import cli
+from dgad_tf.selection import SELECTION_RULES, is_leaky
 
 
 def main(argv=None) -> int:
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
             if name != "clean"
         ]
     print(" ".join(summary))
-    if selection["rule"] in ("best_test", "rslad_pgd20"):
+    if is_leaky(selection["rule"]):
         print(f"note: the student checkpoint was {selection['note']}")
     print(f"run directory: {cfg.output.dir}")
     return 0
@@ -100,14 +101,6 @@ def main(argv=None) -> int:
 
 # Training-split sizes of the TFDS datasets the paper recipes use (for --print-config).
 _TFDS_TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000}
-_SELECTION = {
-    "last": "the last epoch's checkpoint",
-    "best_val": "best val_robust_accuracy on the validation split",
-    "best_test": "best test_robust_accuracy on the TEST split (the reference's rule; "
-    "leaky, a reproduction mode)",
-    "rslad_pgd20": "best test_pgd20_accuracy (PGD-20, step 0.003) on the TEST split after every "
-    "20th epoch before 215 and every epoch from 215 (RSLAD's rule; leaky, a reproduction mode)",
-}
 
 
 def student_learning_rates(cfg) -> list[float]:
@@ -159,7 +152,7 @@ def run_summary(cfg) -> list[str]:
     warmup = f", warmed up over {o.warmup_epochs} epochs" if o.warmup_epochs else ""
     return [
         f"training images: {images} of {where}; last partial batch {batches}",
-        f"checkpoint reported: train.select={t.select}: {_SELECTION[t.select]}",
+        f"checkpoint reported: train.select={t.select}: {SELECTION_RULES.get(t.select).summary}",
         f"final report: {attacks} on the first {cfg.eval.n:,} test images",
         f"learning rate (epochs counted from 1, as log.csv): "
         f"{describe_learning_rates(student_learning_rates(cfg))}{warmup}",

@@ -14,6 +14,9 @@ mode and images uint8 0..255 or float [0, 1]:
 * `autoattack` — AutoAttack "standard" (APGD-CE, APGD-T, FAB-T, Square); `autoattack_custom` —
   APGD-CE + APGD-T, for development.
 
+The names are `dgad_tf.eval_attacks`'s table; an attack of your own is one
+`register_eval_attack` call, and then every command and config takes its name.
+
 Before attacking, AutoAttack's sanity checks warn about outputs that look like probabilities
 rather than logits, and about a model whose output changes between identical calls (randomness,
 training-mode batch-norm). Only points the model classifies correctly are attacked (a wrong
@@ -31,20 +34,11 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from dgad_tf import attacks, autoattack
+from dgad_tf import eval_attacks
 from dgad_tf.autoattack._common import check_eps, check_positive_int
 from dgad_tf.config import check_attack_names
+from dgad_tf.eval_attacks import AttackSettings
 from dgad_tf.logits import check_inputs, check_model_outputs, logits_function, require_gradients
-
-ATTACK_DESCRIPTIONS = {
-    "clean": "no attack",
-    "fgsm": "FGSM, L-inf, no random start",
-    "pgd": "PGD-{k}, L-inf, cross-entropy, uniform start, step eps/4, {r} restart(s)",
-    "cw_inf": "CW-inf: 30-step L-inf PGD on the Carlini-Wagner margin loss, step eps/4",
-    "cw_l2": "CW-L2 (c=0.1, confidence 0.01, 1000 iterations, lr 0.01; L2, eps not applied)",
-    "autoattack": "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (worst case per point)",
-    "autoattack_custom": "AutoAttack custom: APGD-CE, APGD-T (worst case per point)",
-}
 
 
 def _batched_attack(attack, x, y, batch_size):
@@ -76,26 +70,26 @@ class Predictor:
 
 
 def attack_description(name: str, pgd_restarts: int = 1) -> str:
-    """The one-line description of a batched attack (`fgsm`, `pgd<K>`, `cw_inf`, `cw_l2`)."""
-    if name.startswith("pgd"):
-        return ATTACK_DESCRIPTIONS["pgd"].format(k=int(name[3:]), r=pgd_restarts)
-    return ATTACK_DESCRIPTIONS[name]
+    """The one-line description of a registered attack (e.g. `clean`, `pgd20`, `autoattack`)."""
+    attack, steps = _lookup(name)
+    return attack.describe(AttackSettings(eps=0.0, seed=0, pgd_restarts=pgd_restarts, steps=steps))
+
+
+def _lookup(name):
+    found = eval_attacks.lookup(name)
+    if found is None:
+        raise ValueError(f"`attack` must be one of {eval_attacks.known_names()}; received {name!r}")
+    return found
 
 
 def _attack_fn(name, model_fn, eps, seed, pgd_restarts):
-    """`fn(xb, yb) -> adversarial xb` for the attack `name` (looked up in `attacks` when run)."""
-    if name == "fgsm":
-        return lambda xb, yb: attacks.fgsm(model_fn, xb, yb, eps=eps)
-    if name == "cw_inf":
-        return lambda xb, yb: attacks.cw_inf(model_fn, xb, yb, eps=eps, seed=seed)
-    if name == "cw_l2":
-        return lambda xb, yb: attacks.cw_l2(model_fn, xb, yb)
-    if name.startswith("pgd") and name[3:].isdigit():
-        k = int(name[3:])
-        return lambda xb, yb: attacks.pgd_ce(
-            model_fn, xb, yb, eps=eps, steps=k, restarts=pgd_restarts, seed=seed
-        )
-    raise ValueError(f"`attack` must be fgsm, pgd<K>, cw_inf or cw_l2; received {name!r}")
+    """`fn(xb, yb) -> adversarial xb` for the registered batched attack `name`."""
+    found = eval_attacks.lookup(name)
+    if found is None or found[0].batch_fn is None:
+        raise ValueError(f"`attack` must be {eval_attacks.batched_names()}; received {name!r}")
+    attack, steps = found
+    settings = AttackSettings(eps=eps, seed=seed, pgd_restarts=pgd_restarts, steps=steps)
+    return attack.batch_fn(model_fn, settings)
 
 
 def _check_settings(eps, batch_size, seed):
@@ -103,6 +97,20 @@ def _check_settings(eps, batch_size, seed):
     check_positive_int("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"`seed` must be an int; received seed={seed!r}")
+
+
+def format_report(report: dict) -> str:
+    """The report as an aligned text table."""
+    lines = [
+        f"n={report['n']}  eps={report['eps']:.5f}  clean={report['clean_accuracy']:.4f}",
+        f"{'attack':<20} {'accuracy':>9} {'seconds':>9}  description",
+    ]
+    for name, entry in report["attacks"].items():
+        lines.append(
+            f"{name:<20} {entry['robust_accuracy']:>9.4f} {entry['seconds']:>9.1f}  "
+            f"{entry['description']}"
+        )
+    return "\n".join(lines)
 
 
 def adversarial_images(
@@ -128,7 +136,8 @@ def adversarial_images(
             loaded SavedModel or a callable returning logits (see `dgad_tf.logits`).
         x: images, uint8 0..255 or float in [0, 1], [N, H, W, C].
         y: class indices [N].
-        attack: "fgsm", "pgd<K>", "cw_inf" or "cw_l2". Defaults to "pgd20".
+        attack: a batched attack: "fgsm", "pgd<K>", "cw_inf", "cw_l2" or one registered with
+            a `batch_fn` (`dgad_tf.eval_attacks`). Defaults to "pgd20".
         eps: L-inf radius in [0, 1] pixel units. Defaults to 8/255.
         batch_size: attack batch size. Defaults to 256.
         seed: seed of the random starts. Defaults to 0.
@@ -196,7 +205,7 @@ def evaluate_robustness(
     )
     _check_settings(eps, batch_size, seed)
     model_fn = logits_function(model, input_scale=input_scale, signature=signature)
-    require_gradients(model_fn, [name for name in names if name != "clean"])
+    require_gradients(model_fn, [name for name in names if _lookup(name)[0].gradients])
     x, y, _ = check_inputs(model_fn, x, y)
     num_classes = check_model_outputs(model_fn, x[:batch_size], y[:batch_size]) if len(x) else 0
     predict = Predictor(model_fn.fn, batch_size)
@@ -216,39 +225,38 @@ def evaluate_robustness(
 
     for name in names:
         start = time.perf_counter()
+        attack, steps = _lookup(name)
+        settings = AttackSettings(eps=eps, seed=seed, pgd_restarts=pgd_restarts, steps=steps)
         if name == "clean":
             report["attacks"]["clean"] = {
                 "robust_accuracy": report["clean_accuracy"],
                 "seconds": clean_seconds,
-                "description": ATTACK_DESCRIPTIONS["clean"],
+                "description": attack.describe(settings),
             }
             continue
-        if name.startswith("autoattack"):
-            version = "custom" if name.endswith("custom") else "standard"
-            adversary = autoattack.AutoAttack(model_fn, eps=eps, version=version, seed=seed)
-            result = (
-                adversary.run_checked(x, y, batch_size, num_classes)[1]
-                if len(x)
-                else {"robust_accuracy": 0.0, "per_attack": {}, "robust_mask": np.zeros(0, bool)}
+        if attack.run is not None:
+            # The attack takes the whole set and keeps its own still-robust points.
+            accuracy, mask, per_attack = attack.run(
+                model_fn, x, y, settings, batch_size, num_classes
             )
-            correct[name] = np.asarray(result["robust_mask"], bool)
+            correct[name] = np.asarray(mask, bool)
             report["attacks"][name] = {
-                "robust_accuracy": float(result["robust_accuracy"]),
+                "robust_accuracy": float(accuracy),
                 "seconds": time.perf_counter() - start,
-                "description": ATTACK_DESCRIPTIONS[name],
-                "per_attack": result["per_attack"],
+                "description": attack.describe(settings),
+                "per_attack": per_attack,
             }
             continue
         robust = np.zeros(len(x), bool)
         if len(xc):
-            fn = _attack_fn(name, model_fn.fn, eps, seed, pgd_restarts)
+            fn = attack.batch_fn(model_fn.fn, settings)
             x_adv = _batched_attack(fn, xc, yc, batch_size).astype(np.float32, copy=False)
             robust[idx] = predict(x_adv) == yc
         correct[name] = robust
         report["attacks"][name] = {
             "robust_accuracy": float(robust.mean()) if len(x) else 0.0,
             "seconds": time.perf_counter() - start,
-            "description": attack_description(name, pgd_restarts),
+            "description": attack.describe(settings),
         }
     if per_image:
         report["per_image"] = {name: correct[name] for name in names}

@@ -51,15 +51,12 @@ from dgad_tf.build import (  # noqa: F401
 from dgad_tf.callbacks import (
     EpochCSVLogger,
     EpochTensorBoard,
-    PeriodicTestPGD,
     RunCheckpoints,
-    TestSetEvaluation,
 )
 from dgad_tf.config import Config
 from dgad_tf.distiller import AdversarialDistiller
-from dgad_tf.evaluate import format_report
 from dgad_tf.methods import METHOD_SPECS
-from dgad_tf.robustness import evaluate_robustness
+from dgad_tf.robustness import evaluate_robustness, format_report
 from dgad_tf.rundir import (
     CONFIG_FILE,
     LAST_CHECKPOINT,
@@ -74,15 +71,9 @@ from dgad_tf.rundir import (
     selected_checkpoint,
     teacher_path_for,
 )
+from dgad_tf.selection import SELECTION_RULES
 
 log = logging.getLogger(__name__)
-
-
-# The selection rules that score checkpoints on the test split, and what each one runs.
-_TEST_SELECTION = {
-    "best_test": "test_robust_accuracy after every epoch",
-    "rslad_pgd20": "PGD-20 after every 20th epoch before 215 and every epoch from 215",
-}
 
 
 def train_network(
@@ -139,27 +130,18 @@ def train_network(
     )
     csv_logger = EpochCSVLogger(str(run_dir / LOG_FILE), validates=val_ds is not None, append=True)
     callbacks = [checkpoints, csv_logger]
-    if cfg.train.select in _TEST_SELECTION:
+    rule = SELECTION_RULES.get(cfg.train.select, "train.select")
+    if rule.leaky:
         selection_arrays = selection_test_arrays(cfg, splits)
         log.warning(
             "train.select=%s: the checkpoint is chosen on the TEST split (%s on %d images), "
             "as the reference does; this is leaky, a reproduction mode, and its test figures "
             "are optimistic",
             cfg.train.select,
-            _TEST_SELECTION[cfg.train.select],
+            rule.test_split,
             len(selection_arrays.y),
         )
-        if cfg.train.select == "best_test":
-            test_ds = distribute.distribute_options(
-                data_lib.make_eval_dataset(selection_arrays, cfg.train.batch_size)
-            )
-            selection = TestSetEvaluation(test_ds)
-        else:
-            selection = PeriodicTestPGD.rslad(
-                data_lib.make_eval_dataset(selection_arrays, cfg.train.batch_size),
-                eps=cfg.attack.eps,
-                seed=cfg.train.seed,
-            )
+        selection = rule.callback(cfg, selection_arrays)
         # First, so that the checkpoints, log.csv and TensorBoard see test_* in the logs.
         callbacks.insert(0, selection)
     if cfg.output.tensorboard:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import yaml
 
+from dgad_tf import selection as selection_rules
 from dgad_tf.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
@@ -47,30 +48,6 @@ LOG_FILE = "log.csv"
 TEACHER_FILE = "teacher.keras"
 STATE_FILE = "train_state.npz"
 LAST_CHECKPOINT = "student_last.keras"
-# The metric each best-so-far checkpoint tracks (higher is better). `test_robust_accuracy` is only
-# logged by `TestSetEvaluation`, i.e. when `train.select` is the reference's test-set rule.
-BEST_CHECKPOINTS = {
-    "val_robust_accuracy": "student_best_robust.keras",
-    "val_clean_accuracy": "student_best_clean.keras",
-    "test_robust_accuracy": "student_best_test_robust.keras",
-    "test_pgd20_accuracy": "student_best_test_pgd20.keras",
-}
-
-SELECTION_METRICS = {
-    "best_val": "val_robust_accuracy",
-    "best_test": "test_robust_accuracy",
-    "rslad_pgd20": "test_pgd20_accuracy",
-}
-SELECTION_NOTES = {
-    "last": "the last epoch's checkpoint",
-    "best_val": "best val_robust_accuracy on the validation split carved from the training data",
-    "best_test": "chosen on the TEST set (best test_robust_accuracy after each epoch), as the "
-    "DGAD reference does: leaky, a reproduction mode; the test figures of this "
-    "checkpoint are optimistic",
-    "rslad_pgd20": "chosen on the TEST set as RSLAD's script does (best PGD-20 accuracy, step "
-    "0.003, after every 20th epoch before 215 and every epoch from 215): leaky, a reproduction "
-    "mode; the test figures of this checkpoint are optimistic",
-}
 
 
 class RunError(ValueError):
@@ -488,24 +465,26 @@ def selected_checkpoint(cfg: Config, run_dir: pathlib.Path) -> tuple[pathlib.Pat
         of the checkpoint) and "same_as_last" (whether it holds the last epoch's weights).
     """
     rule = cfg.train.select
+    chosen = selection_rules.SELECTION_RULES.get(rule, "train.select")
+    metric = chosen.metric
     meta = read_state_meta(run_dir) or {}
     last_epoch = int(meta.get("epoch", 0))
-    epoch = int(meta.get("best_epoch", {}).get(SELECTION_METRICS.get(rule, ""), 0))
-    note = SELECTION_NOTES[rule]
+    epoch = int(meta.get("best_epoch", {}).get(metric or "", 0))
+    note = chosen.note
     path = run_dir / LAST_CHECKPOINT
-    if rule == "last":
+    if metric is None:
         epoch = last_epoch
     else:
-        best = run_dir / BEST_CHECKPOINTS[SELECTION_METRICS[rule]]
+        best = run_dir / chosen.checkpoint
         if best.exists():
             path = best
         else:
             # best_val with validation every N > epochs: no epoch was ever validated.
-            note += f"; but no {SELECTION_METRICS[rule]} was ever logged: the last checkpoint"
+            note += f"; but no {metric} was ever logged: the last checkpoint"
             log.warning(
                 "train.select=%s: no %s was logged in %s; using %s",
                 rule,
-                SELECTION_METRICS[rule],
+                metric,
                 run_dir,
                 LAST_CHECKPOINT,
             )
@@ -549,7 +528,7 @@ def sha256_file(path):
     return digest.hexdigest()
 
 
-RUN_DIR_CHECKPOINTS = (BEST_CHECKPOINTS["val_robust_accuracy"], LAST_CHECKPOINT)
+RUN_DIR_CHECKPOINTS = (selection_rules.best_checkpoints()["val_robust_accuracy"], LAST_CHECKPOINT)
 """What a run folder without a readable config.yaml offers, in order of preference."""
 
 

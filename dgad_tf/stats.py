@@ -14,6 +14,8 @@ image, from their per-image correctness (`pack_correct`):
   2 / 2**S is possible (`smallest_p`), so fewer than 6 seeds never reach p < 0.05.
 * `holm` — Holm's step-down adjustment for the comparisons besides the pre-declared one.
 * `seeds_needed` — seeds for a t interval of a given half-width at an observed spread.
+* `at_chance_level`, `chance_threshold` — whether one accuracy is no better than guessing
+  (what `fit` checks of a teacher and the first batches, and `export` of a student).
 
 No SciPy at run time: the t quantile is found by bisection on the exact closed-form distribution
 function, the binomial and sign-flip p-values are exact sums, and the tests check every one of
@@ -445,3 +447,23 @@ def seeds_needed(std: float, half_width: float, level: float = 0.95, limit: int 
         else:
             too_few = middle
     return enough
+
+
+def at_chance_level(accuracy: float, num_classes: int, n: int) -> bool:
+    """Whether `accuracy` on `n` images is no better than guessing among `num_classes`.
+
+    "No better" is within three binomial standard deviations above 1/C, so a model that has
+    learned anything clears it on a few hundred images while a constant or label-permuted one
+    does not.
+
+    Example:
+        >>> at_chance_level(0.11, 10, 1000), at_chance_level(0.5, 10, 1000)
+        (True, False)
+    """
+    return accuracy <= chance_threshold(num_classes, n)
+
+
+def chance_threshold(num_classes: int, n: int) -> float:
+    """1/C plus three binomial standard deviations of an accuracy on `n` images."""
+    chance = 1.0 / num_classes
+    return chance + 3.0 * (chance * (1.0 - chance) / max(n, 1)) ** 0.5

@@ -30,6 +30,7 @@ import logging
 import pathlib
 
 from dgad_tf import rundir, stats, study_figures
+from dgad_tf.selection import is_leaky
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ SUMMARY_JSON = "summary.json"
 SCATTER_FIGURE = study_figures.SCATTER_FIGURE
 CURVE_FIGURE = study_figures.CURVE_FIGURE
 PLOT_EXTRA_HINT = 'pip install "dgad_tf[plot]"'
-# Selection rules that choose the checkpoint on the very test images it is scored on.
-LEAKY_SELECTION = ("best_test", "rslad_pgd20")
 # The "seeds needed for +-X points" line: X in accuracy units.
 HALF_WIDTHS = (0.01, 0.02)
 
@@ -212,7 +211,7 @@ def summarize(study, rows: list, teacher: dict | None, *, command: str = "") -> 
     leaky = [
         f"{row['method']} seed {row['seed']} (train.select={row['select']})"
         for row in rows
-        if row.get("select") in LEAKY_SELECTION
+        if is_leaky(row.get("select"))
     ]
     train = study.base.train
     return {

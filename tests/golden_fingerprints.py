@@ -387,11 +387,12 @@ def _data(cfg, splits) -> dict:
 
 def _selection(cfg, splits) -> dict:
     """`train.select`: the checkpoint reported, the metric that picks it and what it scores."""
-    from dgad_tf import callbacks, rundir
+    from dgad_tf import callbacks, rundir, selection
 
     t = cfg.train
-    metric = rundir.SELECTION_METRICS.get(t.select)
-    checkpoint = rundir.BEST_CHECKPOINTS[metric] if metric else rundir.LAST_CHECKPOINT
+    rule = selection.SELECTION_RULES.get(t.select)
+    metric = rule.metric
+    checkpoint = rule.checkpoint if metric else rundir.LAST_CHECKPOINT
     selection = {
         "rule": t.select,
         "metric": metric,
@@ -434,9 +435,7 @@ def _evaluation(attacks, *, eps, n, batch_size, seed, splits) -> dict:
         "attacks": [
             {
                 "name": name,
-                "description": robustness.ATTACK_DESCRIPTIONS[name]
-                if name in robustness.ATTACK_DESCRIPTIONS
-                else robustness.attack_description(name),
+                "description": robustness.attack_description(name),
             }
             for name in names
         ],

@@ -538,3 +538,47 @@ def test_refusals_that_need_no_tensorflow_come_before_it_loads(
     assert message.format(tmp=tmp_path) in result.stderr
     assert "tensorflow imported: False" in result.stdout
     assert listing(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- console scripts
+
+
+def _console_scripts():
+    """`setup.py`'s CONSOLE_SCRIPTS, read without running setup()."""
+    import ast
+
+    tree = ast.parse((REPO / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and node.targets[0].id == "CONSOLE_SCRIPTS":
+            entries = ast.literal_eval(node.value)
+            return dict((part.strip() for part in entry.split("=")) for entry in entries)
+    raise AssertionError("setup.py defines no CONSOLE_SCRIPTS")
+
+
+def _command_modules():
+    """Every `dgad_tf` module that runs as `python -m` through a `main` of its own."""
+    modules = set()
+    for path in (REPO / "dgad_tf").rglob("*.py"):
+        text = path.read_text()
+        if "def main(" in text and 'if __name__ == "__main__":' in text:
+            modules.add(".".join(path.relative_to(REPO).with_suffix("").parts))
+    return modules
+
+
+def test_every_command_has_a_console_script_that_resolves_to_its_main(capsys):
+    import importlib
+
+    scripts = _console_scripts()
+    targets = {}
+    for script, target in scripts.items():
+        module_name, _, attr = target.partition(":")
+        assert script.startswith("dgad-"), script
+        main = getattr(importlib.import_module(module_name), attr)
+        assert callable(main), target
+        # The script runs the command itself: its --help is the command's, with exit code 0.
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--help"])
+        assert exit_info.value.code == 0
+        assert f"python -m {module_name}" in capsys.readouterr().out, script
+        targets[module_name] = script
+    assert set(targets) == _command_modules()

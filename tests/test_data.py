@@ -181,10 +181,12 @@ def test_unknown_source_and_bad_fraction_are_named():
         data.load_splits("digits", val_fraction=1.5)
 
 
-def test_sources_are_the_configs_one_list():
+def test_the_config_takes_the_sources_the_data_package_registers():
     from dgad_tf import config
 
-    assert data.SOURCES is config.DATA_SOURCES
+    assert data.DATA_SOURCES.names() == ("digits", "tfds", "npz", "folder", "tinyimagenet")
+    with pytest.raises(config.ConfigError, match="one of digits, tfds, npz, folder, tinyimagenet"):
+        config.load_config(overrides=["data.source=csv"])
 
 
 def test_shared_cifar10_directory_loads(shared_cifar10):

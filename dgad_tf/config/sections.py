@@ -16,19 +16,14 @@ import yaml
 METHODS = ("clean", "pgd_at", "trades", "ard", "rslad", "adaad", "iad", "adaiad", "dgad")
 TEACHER_METHODS = ("ard", "rslad", "adaad", "iad", "adaiad", "dgad")
 EXPORT_FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8")
-# Attacks of an evaluation by name; "pgd<K>" (K >= 1 steps) is a family (see dgad_tf.evaluate).
-EVAL_ATTACKS = ("clean", "fgsm", "cw_inf", "cw_l2", "autoattack", "autoattack_custom")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 KL_REDUCTIONS = ("batchmean", "class_mean")
 DGAD_WEIGHTINGS = ("standard", "reference_mobilenetv2")
 TEACHER_TRAIN_METHODS = ("pgd_at", "trades")
-DATA_SOURCES = ("digits", "tfds", "npz", "folder", "tinyimagenet")
 ATTACK_INITS = ("auto", "uniform", "gaussian", "none")
 MODEL_INITS = ("torch", "keras")
 SCHEDULES = ("piecewise", "cosine", "constant")
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
-# Which checkpoint the final report (and export) uses: see TrainConfig.select.
-SELECTION_RULES = ("last", "best_val", "best_test", "rslad_pgd20")
 # The search (TuneConfig); a weighted objective is scored as the metric SCORE_METRIC.
 TUNERS = ("random", "bayesian", "hyperband")
 TUNE_OBJECTIVES = ("val_robust_accuracy", "val_clean_accuracy")
@@ -45,7 +40,8 @@ class DataConfig:
     """Where the images come from and how they are fed.
 
     Args:
-        source: one of `DATA_SOURCES`. Defaults to "digits" (embedded, no download).
+        source: a source of `dgad_tf.data.DATA_SOURCES` (digits, tfds, npz, folder,
+            tinyimagenet, or one registered). Defaults to "digits" (embedded, no download).
         name: TFDS dataset name for source "tfds" (e.g. "cifar10"). Defaults to None.
         path: file or folder for "npz", "folder" and "tinyimagenet". Defaults to None.
         data_dir: TFDS data directory. Defaults to None (TFDS's own default).
@@ -262,7 +258,8 @@ class TrainConfig:
             as the DGAD reference selects; leaky, a reproduction mode only) or "rslad_pgd20"
             (`student_best_test_pgd20.keras`, RSLAD's rule: best `test_pgd20_accuracy`, PGD-20
             with step 0.003 from a uniform start, after every 20th epoch before epoch 215 and
-            every epoch from 215, counted from 1; also leaky). Defaults to "best_val".
+            every epoch from 215, counted from 1; also leaky), or a rule registered in
+            `dgad_tf.selection`. Defaults to "best_val".
         select_n: first n test images evaluated for `select="best_test"` (clean and
             PGD-`val_robust_steps` after every epoch) or `"rslad_pgd20"`. Defaults to None (the
             whole test split, as the references).

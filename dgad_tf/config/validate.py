@@ -7,18 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from dgad_tf import eval_attacks
 from dgad_tf.config.sections import (
     ATTACK_INITS,
-    DATA_SOURCES,
     DGAD_WEIGHTINGS,
-    EVAL_ATTACKS,
     EXPORT_FORMATS,
     KL_REDUCTIONS,
     METHODS,
     MODEL_INITS,
     PRECISIONS,
     SCHEDULES,
-    SELECTION_RULES,
     STRATEGIES,
     TEACHER_TRAIN_METHODS,
     TUNE_OBJECTIVES,
@@ -28,6 +26,8 @@ from dgad_tf.config.sections import (
     MethodConfig,
     TuneConfig,
 )
+from dgad_tf.data import DATA_SOURCES
+from dgad_tf.selection import SELECTION_RULES
 
 
 def _check(condition: bool, key: str, value: Any, requirement: str):
@@ -46,7 +46,7 @@ def validate(cfg: Config) -> Config:
         ConfigError: naming the first offending key and its value.
     """
     d, m, a, me, o, t = cfg.data, cfg.model, cfg.attack, cfg.method, cfg.optimizer, cfg.train
-    _check_choice("data.source", d.source, DATA_SOURCES)
+    _check_choice("data.source", d.source, DATA_SOURCES.names())
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "in [0, 1)")
     for key in ("train_limit", "test_limit", "image_size"):
         value = getattr(d, key)
@@ -135,7 +135,7 @@ def validate(cfg: Config) -> Config:
         'true, false or "auto"',
     )
     _check_choice("train.precision", t.precision, PRECISIONS)
-    _check_choice("train.select", t.select, SELECTION_RULES)
+    _check_choice("train.select", t.select, SELECTION_RULES.names())
     _check(t.select_n is None or t.select_n >= 1, "train.select_n", t.select_n, ">= 1 or null")
     if t.select == "best_val" and d.val_fraction == 0:
         raise ConfigError(
@@ -194,20 +194,16 @@ def validate_tune(tune: TuneConfig) -> TuneConfig:
 
 
 def check_attack_names(names, key: str = "eval.attacks") -> list[str]:
-    """Lower-cased attack names, each one of `EVAL_ATTACKS` or `pgd<K>` with K >= 1.
+    """Lower-cased attack names, each registered in `dgad_tf.eval_attacks` (or `pgd<K>`, K >= 1).
 
     Raises:
         ConfigError: naming `key` and the unknown name.
     """
-    import re
-
     checked = [str(n).strip().lower() for n in names if str(n).strip()]
     for name in checked:
-        match = re.fullmatch(r"pgd(\d+)", name)
-        if name not in EVAL_ATTACKS and not (match and int(match.group(1)) >= 1):
+        if eval_attacks.lookup(name) is None:
             raise ConfigError(
-                f"`{key}` has an unknown attack {name!r}; known: "
-                f"{', '.join(EVAL_ATTACKS)} and pgd<K> with K >= 1 steps"
+                f"`{key}` has an unknown attack {name!r}; known: {eval_attacks.known_names()}"
             )
     if not checked:
         raise ConfigError(f"`{key}` must name at least one attack; received {list(names)!r}")

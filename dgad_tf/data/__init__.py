@@ -17,8 +17,10 @@ Example:
     train_ds = make_train_dataset(splits.train, batch_size=64, flip=False, seed=0)
     val_ds = make_eval_dataset(splits.val, batch_size=256)
 
-The package: `arrays` (the in-memory splits and their checks), `sources` (one reader per
-source), `pipeline` (the tf.data pipelines); `load_splits` lives here and uses all three.
+The package: `arrays` (the in-memory splits and their checks), `sources` (the table of sources,
+`DATA_SOURCES`, one loader signature; a new source is one `register_data_source` call),
+`pipeline` (the tf.data pipelines, loaded on first use); `load_splits` lives here and uses all
+three.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 
-from dgad_tf.config import DATA_SOURCES
 from dgad_tf.data.arrays import (
     Arrays,
     DatasetSplits,
@@ -38,42 +39,48 @@ from dgad_tf.data.arrays import (
     to_float_images,
     to_uint8_images,
 )
-from dgad_tf.data.pipeline import (
-    augment_batch,
-    make_eval_dataset,
-    make_train_dataset,
-    steps_per_epoch,
-)
 from dgad_tf.data.sources import (
+    DATA_SOURCES,
     DIGITS_TEST_FRACTION,
     DIGITS_TEST_SEED,
     IMAGE_EXTENSIONS,
-    _load_digits,
-    _load_folder,
-    _load_npz,
-    _load_tfds,
-    _load_tinyimagenet,
+    DataSource,
+    SourceRequest,
     _resize_uint8,
     load_npz_arrays,
+    register_data_source,
 )
+
+# The tf.data pipelines load TensorFlow, so they are imported on first use: the config (which
+# asks `DATA_SOURCES` for the valid names) and the commands' argument checks stay TF-free.
+_PIPELINE = ("augment_batch", "make_eval_dataset", "make_train_dataset", "steps_per_epoch")
+
+
+def __getattr__(name):
+    if name in _PIPELINE:
+        from dgad_tf.data import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 logger = logging.getLogger(__name__)
 
-# The one list of sources is the config's; `SOURCES` stays as the package's public name for it.
-SOURCES = DATA_SOURCES
-
 __all__ = [
+    "DATA_SOURCES",
     "DIGITS_TEST_FRACTION",
     "DIGITS_TEST_SEED",
     "IMAGE_EXTENSIONS",
-    "SOURCES",
     "Arrays",
+    "DataSource",
     "DatasetSplits",
+    "SourceRequest",
     "augment_batch",
     "load_npz_arrays",
     "load_splits",
     "make_eval_dataset",
     "make_train_dataset",
+    "register_data_source",
     "split_validation",
     "splits_from_config",
     "steps_per_epoch",
@@ -112,7 +119,8 @@ def load_splits(
     is carved from the (limited) training data, stratified by class, with `seed`.
 
     Args:
-        source: one of "tfds", "npz", "folder", "tinyimagenet", "digits".
+        source: one of "tfds", "npz", "folder", "tinyimagenet", "digits", or a source
+            registered with `register_data_source` (see `dgad_tf.data.sources`).
         name: TFDS dataset name (e.g. "cifar10"); only for source "tfds". Defaults to None.
         path: file or directory to read; for "npz", "folder", "tinyimagenet". Defaults to None.
         data_dir: TFDS data directory; only for "tfds". Defaults to None (TFDS's default).
@@ -128,7 +136,9 @@ def load_splits(
         A `DatasetSplits`.
     """
     if source not in DATA_SOURCES:
-        raise ValueError(f"`source` must be one of {DATA_SOURCES}; received source={source!r}")
+        raise ValueError(
+            f"`source` must be one of {DATA_SOURCES.names()}; received source={source!r}"
+        )
     if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
         raise ValueError(
             f"`val_fraction` must be in [0, 1); received val_fraction={val_fraction!r}"
@@ -144,33 +154,23 @@ def load_splits(
         )
     if not _is_int(seed):
         raise ValueError(f"`seed` must be an integer; received seed={seed!r}")
-    if source == "tfds":
-        if not name:
-            raise ValueError(
-                f"source 'tfds' needs `name` (e.g. name='cifar10'); received name={name!r}"
-            )
-    elif source in ("npz", "folder", "tinyimagenet"):
-        if not path:
-            raise ValueError(f"source {source!r} needs `path`; received path={path!r}")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"`path` does not exist: {path!r} (source {source!r})")
+    data_source = DATA_SOURCES.get(source)
+    request = SourceRequest(
+        name=name,
+        path=path,
+        data_dir=data_dir,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        image_size=image_size,
+    )
+    for field, hint in data_source.needs.items():
+        value = getattr(request, field)
+        if not value:
+            raise ValueError(f"source {source!r} needs `{field}`{hint}; received {field}={value!r}")
+    if "path" in data_source.needs and not os.path.exists(path):
+        raise FileNotFoundError(f"`path` does not exist: {path!r} (source {source!r})")
 
-    if source == "tfds":
-        train, test, num_classes, class_names = _load_tfds(
-            name, data_dir, train_limit, test_limit, image_size
-        )
-    elif source == "npz":
-        train, test, num_classes, class_names = _load_npz(path)
-    elif source == "folder":
-        train, test, num_classes, class_names = _load_folder(
-            path, image_size, train_limit, test_limit
-        )
-    elif source == "tinyimagenet":
-        train, test, num_classes, class_names = _load_tinyimagenet(
-            path, image_size, train_limit, test_limit
-        )
-    else:
-        train, test, num_classes, class_names = _load_digits()
+    train, test, num_classes, class_names = data_source.load(request)
 
     train = _take(train, train_limit)
     test = _take(test, test_limit)

@@ -1,20 +1,37 @@
-"""Source readers: TFDS, NumPy `.npz`, image folders, Tiny ImageNet and scikit-learn digits.
+"""Data sources by name: TFDS, NumPy `.npz`, image folders, Tiny ImageNet and scikit-learn digits.
 
-Each `_load_<source>` returns `(train, test, num_classes, class_names)` with uint8 `Arrays`;
-`dgad_tf.data.load_splits` dispatches to them, then limits, resizes and carves validation.
+Every source is a `DataSource` in the table `DATA_SOURCES`, with one loader signature:
+`load(request) -> (train, test, num_classes, class_names)`, uint8 `Arrays` for the train and
+test splits, where `request` is a `SourceRequest` (the `data` section's name, path, data_dir,
+limits and image size). `dgad_tf.data.load_splits` looks the source up, checks what it `needs`,
+calls it, then limits, resizes and carves validation; `dgad_tf.config` asks the table for the
+valid `data.source` names. A new source is one loader and one `register_data_source` call.
+The module never imports TensorFlow at import time (the readers that decode or resize load it).
+
+Example:
+    >>> from dgad_tf.data import Arrays, DataSource, load_splits, register_data_source
+    >>> def stripes(request):
+    ...     x = np.zeros([20, 4, 4, 1], np.uint8); y = np.arange(20) % 2
+    ...     x[y == 1, ::2] = 255
+    ...     return Arrays(x[:16], y[:16]), Arrays(x[16:], y[16:]), 2, ("plain", "striped")
+    >>> _ = register_data_source("stripes", DataSource(stripes))
+    >>> load_splits("stripes", val_fraction=0.25).num_classes
+    2
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
 import zipfile
+from typing import Callable, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from dgad_tf.data.arrays import Arrays, _as_arrays, _check_labels, split_validation
+from dgad_tf.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +41,66 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 20240901
 
+DATA_SOURCES = Registry("data source")
 
-def _load_tfds(name, data_dir, train_limit, test_limit, image_size):
+
+@dataclasses.dataclass(frozen=True)
+class SourceRequest:
+    """What a loader is asked for (the `data` section's fields a source may use).
+
+    Args:
+        name: a dataset name (TFDS). Defaults to None.
+        path: a file or folder to read. Defaults to None.
+        data_dir: a TFDS data directory. Defaults to None.
+        train_limit: keep only the first n training images. Defaults to None (all).
+        test_limit: keep only the first n test images. Defaults to None (all).
+        image_size: resize to this square size. Defaults to None (`load_splits` resizes later
+            if the loader does not).
+    """
+
+    name: Optional[str] = None
+    path: Optional[str] = None
+    data_dir: Optional[str] = None
+    train_limit: Optional[int] = None
+    test_limit: Optional[int] = None
+    image_size: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """One named source of images (see the module docstring).
+
+    Args:
+        load: `load(request: SourceRequest) -> (train, test, num_classes, class_names)`.
+        needs: the `SourceRequest` fields that must be given, each with a hint for the error
+            (e.g. `{"name": " (e.g. name='cifar10')"}`); a needed `path` must also exist.
+            Defaults to {} (nothing needed).
+    """
+
+    load: Callable
+    needs: dict = dataclasses.field(default_factory=dict)
+
+
+def register_data_source(name: str, source: DataSource, *, replace: bool = False) -> DataSource:
+    """Make `source` available as `load_splits(name, ...)` and `data.source: <name>`.
+
+    Args:
+        name: a lower-case identifier.
+        source: the `DataSource`.
+        replace: allow replacing a source of the same name. Defaults to False.
+
+    Returns:
+        `source`.
+    """
+    if not isinstance(source, DataSource):
+        raise TypeError(f"`source` must be a DataSource; received {type(source).__name__}")
+    return DATA_SOURCES.register(name, source, replace=replace)
+
+
+def _load_tfds(request):
+    import tensorflow as tf
+
+    name, data_dir, image_size = request.name, request.data_dir, request.image_size
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:  # pragma: no cover - tfds is a requirement
@@ -51,7 +126,7 @@ def _load_tfds(name, data_dir, train_limit, test_limit, image_size):
             f"TFDS dataset {name!r} has images of varying size {image_shape}; pass `image_size`"
         )
     splits = {}
-    for split_name, limit in (("train", train_limit), ("test", test_limit)):
+    for split_name, limit in (("train", request.train_limit), ("test", request.test_limit)):
         # Slicing in the split string avoids decoding images that the limit would drop.
         split = f"{split_name}[:{limit}]" if limit else split_name
         try:
@@ -76,7 +151,8 @@ def _load_tfds(name, data_dir, train_limit, test_limit, image_size):
     return splits["train"], splits["test"], label_feature.num_classes, tuple(label_feature.names)
 
 
-def _load_npz(path):
+def _load_npz(request):
+    path = request.path
     if os.path.isdir(path):
         train_files = sorted(glob.glob(os.path.join(path, "train*.npz")))
         if not train_files:
@@ -190,7 +266,8 @@ def _npz_class_names(data):
     return tuple(str(n) for n in data["class_names"].tolist())
 
 
-def _load_folder(path, image_size, train_limit, test_limit):
+def _load_folder(request):
+    path, image_size = request.path, request.image_size
     split_dirs = {s: os.path.join(path, s) for s in ("train", "test")}
     missing = [d for d in split_dirs.values() if not os.path.isdir(d)]
     if missing:
@@ -209,7 +286,7 @@ def _load_folder(path, image_size, train_limit, test_limit):
             f"train classes are {list(class_names)}"
         )
     arrays = {}
-    for split_name, limit in (("train", train_limit), ("test", test_limit)):
+    for split_name, limit in (("train", request.train_limit), ("test", request.test_limit)):
         files, labels = [], []
         for class_name in class_names:
             class_dir = os.path.join(split_dirs[split_name], class_name)
@@ -227,7 +304,9 @@ def _load_folder(path, image_size, train_limit, test_limit):
     return arrays["train"], arrays["test"], len(class_names), class_names
 
 
-def _load_tinyimagenet(path, image_size, train_limit, test_limit):
+def _load_tinyimagenet(request):
+    path, image_size = request.path, request.image_size
+    train_limit, test_limit = request.train_limit, request.test_limit
     train_dir = os.path.join(path, "train")
     val_dir = os.path.join(path, "val")
     annotations = os.path.join(val_dir, "val_annotations.txt")
@@ -296,7 +375,7 @@ def _load_tinyimagenet(path, image_size, train_limit, test_limit):
     return train, test, len(wnids), wnids
 
 
-def _load_digits():
+def _load_digits(request):
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -325,6 +404,8 @@ def _decode_files(files, image_size, channels=None):
     Without `channels`, a mix of grayscale and colour files becomes colour (alpha is dropped).
     Without `image_size`, all files must share one height and width.
     """
+    import tensorflow as tf
+
     if not files:
         raise ValueError("no image files to decode")
 
@@ -367,12 +448,23 @@ def _to_channels(image, target):
 
 def _resize_image(image, size):
     """Bilinear, antialiased resize of uint8 image(s) to size x size, rounded back to uint8."""
+    import tensorflow as tf
+
     resized = tf.image.resize(image, (size, size), antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
 def _resize_uint8(x, size, chunk=4096):
+
     out = np.empty((len(x), size, size, x.shape[-1]), np.uint8)
     for start in range(0, len(x), chunk):
         out[start : start + chunk] = _resize_image(x[start : start + chunk], size).numpy()
     return out
+
+
+_PATH = {"path": ""}
+register_data_source("digits", DataSource(_load_digits))
+register_data_source("tfds", DataSource(_load_tfds, needs={"name": " (e.g. name='cifar10')"}))
+register_data_source("npz", DataSource(_load_npz, needs=_PATH))
+register_data_source("folder", DataSource(_load_folder, needs=_PATH))
+register_data_source("tinyimagenet", DataSource(_load_tinyimagenet, needs=_PATH))

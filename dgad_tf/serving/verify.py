@@ -13,7 +13,6 @@ import numpy as np
 import tensorflow as tf
 
 from dgad_tf.data import to_float
-from dgad_tf.evaluate import at_chance_level
 from dgad_tf.robustness import adversarial_images, evaluate_robustness
 from dgad_tf.serving import tflite
 from dgad_tf.serving.savedmodel import (
@@ -24,6 +23,7 @@ from dgad_tf.serving.savedmodel import (
     saved_model_spec,
     signature_outputs,
 )
+from dgad_tf.stats import at_chance_level
 
 # Max abs difference of softmax probabilities against the Keras model on the parity batch.
 PROBABILITY_TOLERANCE = {"saved_model": 1e-5, "tflite_float": 1e-4}
