@@ -22,12 +22,17 @@ import logging
 import os
 import pathlib
 import zipfile
-from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
 from dgad_tf.config import Config, ConfigError, load_config
+from dgad_tf.model_files import (  # noqa: F401  (re-exported: the run folder's callers use them)
+    check_keras_file,
+    is_saved_model_dir,
+    save_model_atomic,
+    sha256_file,
+)
 from dgad_tf.workspace import (  # noqa: F401  (re-exported: the run folder's callers use them)
     LOCK_FILE,
     FolderBusy,
@@ -41,9 +46,6 @@ from dgad_tf.workspace import (  # noqa: F401  (re-exported: the run folder's ca
     holds_previous,
     is_locked,
 )
-
-if TYPE_CHECKING:
-    import keras
 
 log = logging.getLogger(__name__)
 
@@ -79,37 +81,6 @@ SELECTION_NOTES = {
 }
 
 
-def check_keras_file(path: str | os.PathLike, what: str) -> pathlib.Path:
-    """`path` is a whole `.keras` archive, else a ValueError saying what it is instead.
-
-    Keras reports a folder, a text file or a truncated archive alike as "File not found"; this
-    names the actual problem before loading.
-    """
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise ValueError(f"{what}: no model at {path}")
-    if path.is_dir():
-        raise ValueError(f"{what}: {path} is a folder, not a .keras model file")
-    if path.suffix != ".keras":
-        raise ValueError(f"{what}: {path} is not a .keras model file")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"{what}: {path} is not a .keras archive (truncated, or another kind of file)"
-        )
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            broken = archive.testzip()
-    except (zipfile.BadZipFile, OSError) as err:
-        raise ValueError(f"{what}: {path} is a damaged .keras archive: {err}") from None
-    if broken is not None or "config.json" not in names:
-        raise ValueError(
-            f"{what}: {path} is a damaged .keras archive "
-            f"({'corrupt member ' + broken if broken else 'no config.json'})"
-        )
-    return path
-
-
 def run_config(model_path: str | os.PathLike):
     """The `Config` of the run folder holding `model_path` (a run folder or a file in one).
 
@@ -122,17 +93,6 @@ def run_config(model_path: str | os.PathLike):
     folder = path if path.is_dir() else path.parent
     config_path = folder / CONFIG_FILE
     return load_config(config_path) if config_path.is_file() else None
-
-
-def save_model_atomic(model: keras.Model, path: str | os.PathLike) -> None:
-    """`dgad_tf.models.save_model(model, path)` without ever leaving a partial file under `path`.
-
-    Every `.keras` file dgad_tf writes (run checkpoints, `teacher.keras`, converted teachers) is
-    written here, so every one loads in plain Keras (see `dgad_tf.models.saving`).
-    """
-    from dgad_tf.models import save_model
-
-    atomic_write(path, lambda tmp: save_model(model, tmp))
 
 
 def read_state_meta(run_dir: str | os.PathLike, *, verify: bool = False) -> dict | None:
@@ -375,19 +335,6 @@ def read_log(path: pathlib.Path) -> list[dict]:
     ]
 
 
-def sha256_file(path):
-    """Hex SHA-256 of a file's bytes.
-
-    Args:
-        path: file to hash.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 RUN_DIR_CHECKPOINTS = (BEST_CHECKPOINTS["val_robust_accuracy"], LAST_CHECKPOINT)
 """What a run folder without a readable config.yaml offers, in order of preference."""
 
@@ -417,12 +364,6 @@ def resolve_model_path(model_or_run: str | os.PathLike) -> pathlib.Path:
             f"`model` run directory {str(path)!r} holds none of {list(RUN_DIR_CHECKPOINTS)}"
         )
     return check_keras_file(path, "`model`")
-
-
-def is_saved_model_dir(path) -> bool:
-    """Whether `path` is a SavedModel directory (holds `saved_model.pb`)."""
-    path = pathlib.Path(path)
-    return path.is_dir() and (path / "saved_model.pb").is_file()
 
 
 def keras_model_path(path) -> pathlib.Path:
