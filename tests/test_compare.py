@@ -150,6 +150,24 @@ def test_a_study_loads_its_data_and_creates_its_strategy_once_for_all_its_cells(
     assert finished_study["strategies"] == {"first": 1, "resumed": 1, "again": 1}
 
 
+def test_a_cell_trained_in_a_shared_context_equals_fit_of_its_config(finished_study, tmp_path):
+    # adaad seed 1 trained second in the resumed run, after pgd_at seed 1 in the same process and
+    # on data loaded once for both: its student must be, bit for bit, what `fit` of the cell's own
+    # config.yaml trains alone (a shared context may skip work, never change a number).
+    import keras
+
+    from dgad_tf import run as run_lib
+    from dgad_tf.config import load_config
+
+    cell = finished_study["out"] / "cells" / "adaad_seed1"
+    cfg = load_config(cell / "config.yaml", [f"output.dir={tmp_path / 'alone'}"])
+    run_lib.run(cfg)
+    in_study = keras.saving.load_model(cell / "student_last.keras", compile=False)
+    alone = keras.saving.load_model(tmp_path / "alone" / "student_last.keras", compile=False)
+    for a, b in zip(in_study.get_weights(), alone.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_rerun_logs_which_finished_cells_it_skipped(finished_study):
     logs = finished_study["logs"]
     assert not any("skipped" in line for line in logs["first"])
