@@ -273,20 +273,27 @@ def selection_test_arrays(cfg: Config, splits: data_lib.DatasetSplits) -> data_l
     return data_lib.Arrays(splits.test.x[:n], splits.test.y[:n])
 
 
-def preflight(cfg: Config, run_dir: Optional[pathlib.Path] = None):
+def preflight(
+    cfg: Config,
+    run_dir: Optional[pathlib.Path] = None,
+    splits: Optional[data_lib.DatasetSplits] = None,
+):
     """Every check that needs no writing: data, networks, teacher file, run directory.
 
     Args:
         cfg: the run's config.
         run_dir: where this process writes. Defaults to None (`output.dir`; a non-chief worker
             passes its scratch directory).
+        splits: the data, already loaded for several runs (a study's `Context`). Defaults to
+            None (loaded here).
 
     Returns:
         (splits, run_dir) ready for `run`.
     """
     run_dir = pathlib.Path(cfg.output.dir) if run_dir is None else pathlib.Path(run_dir)
     check_run_dir(cfg, run_dir)
-    splits = load_data(cfg)
+    if splits is None:
+        splits = load_data(cfg)
     if cfg.train.drop_remainder and len(splits.train.y) < cfg.train.batch_size:
         raise RunError(
             f"train.batch_size={cfg.train.batch_size} is larger than the "
@@ -335,9 +342,27 @@ def make_strategy(cfg: Config, batch_sizes=None):
         strategy = distribute.make_strategy(cfg.distribute)
     except distribute.DistributeError as err:
         raise RunError(str(err)) from err
+    check_batch_sizes(cfg, strategy, batch_sizes)
+    return strategy
+
+
+def check_batch_sizes(cfg: Config, strategy, batch_sizes=None) -> None:
+    """Every global batch size splits evenly over `strategy`'s replicas.
+
+    A run on a strategy built for several runs (a study's cells) checks its own
+    `train.batch_size` here, as `make_strategy` does for the strategy it creates.
+
+    Args:
+        cfg: the config (`train.batch_size`).
+        strategy: the distribution strategy.
+        batch_sizes: (key, global batch size) pairs to check. Defaults to None
+            (`train.batch_size` only).
+
+    Raises:
+        RunError: naming the key (when `batch_sizes` is given) and the replicas.
+    """
     for key, batch_size in batch_sizes or [("train.batch_size", cfg.train.batch_size)]:
         try:
             distribute.check_global_batch(batch_size, strategy)
         except distribute.DistributeError as err:
             raise RunError(f"{key}: {err}" if batch_sizes else str(err)) from err
-    return strategy

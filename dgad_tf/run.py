@@ -41,6 +41,7 @@ from dgad_tf.build import (  # noqa: F401
     RunError,
     build_distiller,
     build_network,
+    check_batch_sizes,
     load_teacher,
     make_datasets,
     make_strategy,
@@ -54,19 +55,18 @@ from dgad_tf.callbacks import (
     RunCheckpoints,
 )
 from dgad_tf.config import Config
+from dgad_tf.context import Context
 from dgad_tf.distiller import AdversarialDistiller
 from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.robustness import evaluate_robustness, format_report
 from dgad_tf.rundir import (
-    CONFIG_FILE,
     LAST_CHECKPOINT,
     LOG_FILE,
     REPORT_FILE,
     TEACHER_FILE,
-    FolderLock,
     atomic_write_text,
-    check_run_dir,
     read_log,
+    run_workspace,
     save_model_atomic,
     selected_checkpoint,
     teacher_path_for,
@@ -209,25 +209,37 @@ def obtain_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) ->
         return load_teacher(path, splits)
 
 
-def run(cfg: Config, *, command: str = "") -> dict:
+def run(cfg: Config, *, command: str = "", context: Optional[Context] = None) -> dict:
     """Train (teacher if needed, then student), evaluate on the test split, write the report.
 
     The distribution strategy is created first (logical CPUs must be configured before
     TensorFlow initialises its devices). With several workers only the chief writes `output.dir`;
     the others run the same steps against a scratch directory deleted at the end.
+
+    Args:
+        cfg: the run's resolved config.
+        command: the command line, recorded in the report. Defaults to "".
+        context: the strategy and data already built for several runs (a study's cells), used
+            instead of building them again. Defaults to None (built here from `cfg`).
     """
-    strategy = make_strategy(cfg)
+    if context is None:
+        strategy = make_strategy(cfg)
+    else:
+        strategy = context.strategy
+        check_batch_sizes(cfg, strategy)
     keras.utils.set_random_seed(cfg.train.seed)
-    splits, run_dir = preflight(cfg, distribute.worker_run_dir(cfg.output.dir, strategy))
-    with FolderLock(run_dir, "output.dir"):
-        # Another writer may have started between the checks and the lock: check again.
-        check_run_dir(cfg, run_dir)
+    splits, run_dir = preflight(
+        cfg,
+        distribute.worker_run_dir(cfg.output.dir, strategy),
+        splits=None if context is None else context.splits,
+    )
+    workspace = run_workspace(cfg, run_dir)
+    with workspace.writing():
+        workspace.write_identity(cfg.to_yaml())
         return _run_locked(cfg, splits, run_dir, strategy, command)
 
 
 def _run_locked(cfg: Config, splits, run_dir: pathlib.Path, strategy, command: str) -> dict:
-    if not (run_dir / CONFIG_FILE).exists():
-        atomic_write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
     started = time.time()
 
     teacher = None

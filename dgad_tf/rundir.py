@@ -1,197 +1,61 @@
-"""The run folder and the folders like it: what they hold, how they are written, who writes.
+"""The run folder: what it holds, which checkpoint it offers, and when a run may resume there.
 
-File names (`config.yaml`, checkpoints, `train_state.npz`, `log.csv`), atomic writes, the
-same-config guard, which checkpoint `train.select` names, path resolution and hashes live here;
-everything that reads or writes a run folder asks this module.
-
-One process writes a folder at a time: run folders, search folders, export base paths.
-
-A writer takes an exclusive advisory lock (`fcntl.flock`) on `<folder>/.lock` and holds it until
-it finishes. A second writer is refused at once with `FolderBusy`, naming the folder and the
-process that holds it. The operating system releases the lock when the holder exits, however it
-exits (a `kill -9` included), so a lock can never go stale; a finished writer removes the
-`.lock` file, a killed one leaves it behind, unlocked and harmless.
+File names (`config.yaml`, checkpoints, `train_state.npz`, `log.csv`), the same-config guard
+(`check_run_dir`, with a run folder that lost its config), the training state's metadata, which
+checkpoint `train.select` names, and model path resolution live here; everything that reads or
+writes a run folder asks this module. How any folder is locked, guarded and written atomically
+is `dgad_tf.workspace`'s (its names are re-exported here for the modules that import them from
+this one).
 
 Example:
-    >>> with FolderLock("runs/quickstart", "output.dir"):
-    ...     ...  # write checkpoints, logs, the report
+    >>> workspace = run_workspace(cfg, pathlib.Path(cfg.output.dir))
+    >>> with workspace.writing():
+    ...     workspace.write_identity(cfg.to_yaml())
 """
 
 from __future__ import annotations
 
 import csv
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import pathlib
-import tempfile
 import zipfile
-from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
 from dgad_tf import selection as selection_rules
 from dgad_tf.config import Config, ConfigError, load_config
-
-if TYPE_CHECKING:
-    import keras
+from dgad_tf.model_files import (  # noqa: F401  (re-exported: the run folder's callers use them)
+    check_keras_file,
+    is_saved_model_dir,
+    save_model_atomic,
+    sha256_file,
+)
+from dgad_tf.workspace import (  # noqa: F401  (re-exported: the run folder's callers use them)
+    LOCK_FILE,
+    FolderBusy,
+    FolderLock,
+    RunError,
+    Workspace,
+    atomic_write,
+    atomic_write_text,
+    ensure_writable_folder,
+    first_difference,
+    holds_previous,
+    is_locked,
+)
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".lock"
 CONFIG_FILE = "config.yaml"
 REPORT_FILE = "report.json"
 LOG_FILE = "log.csv"
 TEACHER_FILE = "teacher.keras"
 STATE_FILE = "train_state.npz"
 LAST_CHECKPOINT = "student_last.keras"
-
-
-class RunError(ValueError):
-    """The run cannot start as configured (bad data, teacher, or run folder)."""
-
-
-class FolderBusy(RuntimeError):
-    """Another process is writing the folder."""
-
-
-class FolderLock:
-    """An exclusive lock on `folder` (created if missing) for the life of a `with` block.
-
-    Args:
-        folder: the folder to lock.
-        what: how the folder is named to the user (e.g. "output.dir"), for the error message.
-            Defaults to "folder".
-    """
-
-    def __init__(self, folder: str | os.PathLike, what: str = "folder"):
-        self.folder = pathlib.Path(folder)
-        self.what = what
-        self._handle = None
-
-    def acquire(self) -> "FolderLock":
-        path = self.folder / LOCK_FILE
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "a+")
-        except OSError as err:  # a read-only file system, no permission, a file in the path
-            raise RunError(
-                f"{self.what} {self.folder} cannot be written ({err.strerror or err}); "
-                "choose a folder this process may create files in"
-            ) from None
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                handle.close()
-                raise FolderBusy(
-                    f"{self.what} {self.folder} is being written by {holder}; wait "
-                    "for it to finish or choose another folder"
-                ) from None
-            # The holder before us may have removed the file between our open and our lock:
-            # then we locked a file nobody else can see; take the one on disk instead.
-            try:
-                same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            handle.close()
-            handle = open(path, "a+")
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}\n")
-        handle.flush()
-        self._handle = handle
-        return self
-
-    def release(self) -> None:
-        """Remove the lock file, then unlock (a killed holder leaves the file, never the lock)."""
-        if self._handle is not None:
-            try:
-                os.unlink(self.folder / LOCK_FILE)
-            except FileNotFoundError:
-                pass
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-    def __enter__(self) -> "FolderLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def is_locked(folder: str | os.PathLike) -> bool:
-    """Whether some process holds `folder`'s lock now (False when it has no lock file)."""
-    path = pathlib.Path(folder) / LOCK_FILE
-    if not path.exists():
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
-
-
-def ensure_writable_folder(folder: str | os.PathLike, what: str) -> pathlib.Path:
-    """Create `folder` if needed and prove a file can be written in it, before any real work.
-
-    Permission bits alone do not tell (root ignores them; a read-only file system does not),
-    so a temporary file is created and removed.
-
-    Raises:
-        ValueError: naming `what`, the folder and the reason.
-    """
-    folder = pathlib.Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{what} {folder} exists and is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise ValueError(f"{what} {folder} is not writable: {err.strerror or err}") from None
-    return folder
-
-
-def check_keras_file(path: str | os.PathLike, what: str) -> pathlib.Path:
-    """`path` is a whole `.keras` archive, else a ValueError saying what it is instead.
-
-    Keras reports a folder, a text file or a truncated archive alike as "File not found"; this
-    names the actual problem before loading.
-    """
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise ValueError(f"{what}: no model at {path}")
-    if path.is_dir():
-        raise ValueError(f"{what}: {path} is a folder, not a .keras model file")
-    if path.suffix != ".keras":
-        raise ValueError(f"{what}: {path} is not a .keras model file")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"{what}: {path} is not a .keras archive (truncated, or another kind of file)"
-        )
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            broken = archive.testzip()
-    except (zipfile.BadZipFile, OSError) as err:
-        raise ValueError(f"{what}: {path} is a damaged .keras archive: {err}") from None
-    if broken is not None or "config.json" not in names:
-        raise ValueError(
-            f"{what}: {path} is a damaged .keras archive "
-            f"({'corrupt member ' + broken if broken else 'no config.json'})"
-        )
-    return path
 
 
 def run_config(model_path: str | os.PathLike):
@@ -206,44 +70,6 @@ def run_config(model_path: str | os.PathLike):
     folder = path if path.is_dir() else path.parent
     config_path = folder / CONFIG_FILE
     return load_config(config_path) if config_path.is_file() else None
-
-
-def atomic_write(path: str | os.PathLike, write_fn) -> None:
-    """Call `write_fn(tmp_path)` and move the result to `path` atomically.
-
-    The temporary file keeps `path`'s suffix (Keras checks `.keras`/`.h5` suffixes) and lives in
-    the same folder, so the final `os.replace` never crosses file systems.
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix="".join(path.suffixes) or ".tmp", dir=path.parent
-    )
-    os.close(fd)
-    os.unlink(tmp)  # writers such as keras refuse nothing, but some want to create the file
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` atomically."""
-    atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(text))
-
-
-def save_model_atomic(model: keras.Model, path: str | os.PathLike) -> None:
-    """`dgad_tf.models.save_model(model, path)` without ever leaving a partial file under `path`.
-
-    Every `.keras` file dgad_tf writes (run checkpoints, `teacher.keras`, converted teachers) is
-    written here, so every one loads in plain Keras (see `dgad_tf.models.saving`).
-    """
-    from dgad_tf.models import save_model
-
-    atomic_write(path, lambda tmp: save_model(model, tmp))
 
 
 def read_state_meta(run_dir: str | os.PathLike, *, verify: bool = False) -> dict | None:
@@ -291,38 +117,6 @@ def _damaged_state(run_dir: pathlib.Path, reason: str) -> RunError:
     )
 
 
-def holds_previous(folder: pathlib.Path, identity_file: str) -> bool:
-    """Whether `folder` holds an earlier writer's `identity_file`; else it is new or empty.
-
-    The writer then compares the identity file with its own settings (same config, same
-    search) before resuming there.
-
-    Raises:
-        RunError: `folder` is a file, or holds other files but no `identity_file`.
-    """
-    if folder.exists() and not folder.is_dir():
-        raise RunError(f"output.dir {folder} exists and is not a directory")
-    if (folder / identity_file).exists():
-        return True
-    if folder.is_dir() and any(p.name != LOCK_FILE for p in folder.iterdir()):
-        raise RunError(
-            f"output.dir {folder} is not empty and holds no {identity_file}; choose "
-            "an empty or new directory"
-        )
-    return False
-
-
-def first_difference(old, new, prefix=""):
-    """The dotted key of the first value that differs between two nested dicts, or None."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(old) + [k for k in new if k not in old]:
-            found = first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
-            if found:
-                return found
-        return None
-    return prefix.rstrip(".") if old != new else None
-
-
 def check_run_dir(cfg: Config, run_dir: pathlib.Path):
     """A run directory is new, or holds this same config (then the run resumes).
 
@@ -347,6 +141,11 @@ def check_run_dir(cfg: Config, run_dir: pathlib.Path):
                 "another output.dir (nothing was changed there)"
             )
         read_state_meta(run_dir, verify=True)  # the run resumes from it: it must be intact
+
+
+def run_workspace(cfg: Config, run_dir: pathlib.Path) -> Workspace:
+    """The run folder `run_dir` as a `Workspace` guarded by `check_run_dir` for `cfg`."""
+    return Workspace(run_dir, CONFIG_FILE, check=lambda: check_run_dir(cfg, run_dir))
 
 
 def _holds_training(run_dir: pathlib.Path) -> bool:
@@ -515,19 +314,6 @@ def read_log(path: pathlib.Path) -> list[dict]:
     ]
 
 
-def sha256_file(path):
-    """Hex SHA-256 of a file's bytes.
-
-    Args:
-        path: file to hash.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 RUN_DIR_CHECKPOINTS = (selection_rules.best_checkpoints()["val_robust_accuracy"], LAST_CHECKPOINT)
 """What a run folder without a readable config.yaml offers, in order of preference."""
 
@@ -557,12 +343,6 @@ def resolve_model_path(model_or_run: str | os.PathLike) -> pathlib.Path:
             f"`model` run directory {str(path)!r} holds none of {list(RUN_DIR_CHECKPOINTS)}"
         )
     return check_keras_file(path, "`model`")
-
-
-def is_saved_model_dir(path) -> bool:
-    """Whether `path` is a SavedModel directory (holds `saved_model.pb`)."""
-    path = pathlib.Path(path)
-    return path.is_dir() and (path / "saved_model.pb").is_file()
 
 
 def keras_model_path(path) -> pathlib.Path:

@@ -40,9 +40,11 @@ from dgad_tf.config import (
     config_from_dict,
     with_values,
 )
+from dgad_tf.context import build_context
 from dgad_tf.methods import METHOD_SPECS
-from dgad_tf.rundir import FolderLock, RunError, atomic_write_text
+from dgad_tf.rundir import RunError, atomic_write_text
 from dgad_tf.tuning import DistillerHyperModel
+from dgad_tf.workspace import Workspace
 
 SPEC_FILE = "search_spec.yaml"
 BEST_CONFIG_FILE = "best_config.yaml"
@@ -115,6 +117,13 @@ def check_search_dir(cfg: Config, out_dir: pathlib.Path):
             )
 
 
+def search_workspace(cfg: Config, out_dir: pathlib.Path) -> Workspace:
+    """The search folder `out_dir` as a `Workspace` guarded by `check_search_dir` for `cfg`."""
+    return Workspace(
+        out_dir, SPEC_FILE, check=lambda: check_search_dir(cfg, out_dir), what="search folder"
+    )
+
+
 def _batch_sizes(cfg: Config):
     """(key, value) of every global batch size a trial may use."""
     yield "train.batch_size", cfg.train.batch_size
@@ -133,7 +142,7 @@ def preflight_search(cfg: Config):
     """Every check that writes nothing: the tune section, the search directory, data, teacher.
 
     Returns:
-        (strategy, splits, out_dir).
+        (context, out_dir): the strategy and data every trial shares, and the search folder.
 
     Raises:
         ConfigError, RunError: naming the problem.
@@ -150,10 +159,10 @@ def preflight_search(cfg: Config):
             "distribute.strategy='multi_worker'"
         )
     out_dir = pathlib.Path(cfg.output.dir)
-    check_search_dir(cfg, out_dir)
+    search_workspace(cfg, out_dir).check()
     batch_sizes = list(_batch_sizes(cfg))
-    strategy = build.make_strategy(cfg, batch_sizes)
-    splits = build.load_data(cfg)
+    context = build_context(cfg, batch_sizes)
+    splits = context.splits
     if len(splits.val.y) == 0:
         raise RunError(
             f"the validation split is empty (data.val_fraction="
@@ -171,7 +180,7 @@ def preflight_search(cfg: Config):
         students.update(cfg.tune.space["model.student"].values)
     for student in sorted(students):
         build.build_network(cfg, student, splits)
-    return strategy, splits, out_dir
+    return context, out_dir
 
 
 def _make_tuner(cfg: Config, hypermodel, out_dir: pathlib.Path, strategy):
@@ -276,25 +285,20 @@ def run_search(cfg: Config, *, verbose: Optional[int] = None) -> SearchResult:
         ConfigError, rundir.RunError: before anything is written, naming the problem.
     """
     started = time.time()
-    strategy, splits, out_dir = preflight_search(cfg)
+    context, out_dir = preflight_search(cfg)
     keras.utils.set_random_seed(cfg.train.seed)
-    with FolderLock(out_dir, "search folder"):
-        # Another search may have started between the checks and the lock: check again.
-        check_search_dir(cfg, out_dir)
-        return _search_locked(cfg, strategy, splits, out_dir, started, verbose)
+    workspace = search_workspace(cfg, out_dir)
+    with workspace.writing():
+        workspace.write_identity(yaml.safe_dump(search_identity(cfg), sort_keys=False))
+        return _search_locked(cfg, context, out_dir, started, verbose)
 
 
-def _search_locked(cfg, strategy, splits, out_dir, started, verbose) -> SearchResult:
-    if not (out_dir / SPEC_FILE).exists():
-        atomic_write_text(
-            out_dir / SPEC_FILE, yaml.safe_dump(search_identity(cfg), sort_keys=False)
-        )
-
-    teacher = None
+def _search_locked(cfg, context, out_dir, started, verbose) -> SearchResult:
     if _needs_teacher(cfg):
-        teacher = run_lib.obtain_teacher(cfg, splits, out_dir, strategy=strategy)
-    hypermodel = DistillerHyperModel(cfg, splits, teacher)
-    tuner = _make_tuner(cfg, hypermodel, out_dir, strategy)
+        teacher = run_lib.obtain_teacher(cfg, context.splits, out_dir, strategy=context.strategy)
+        context = context.with_teacher(teacher)
+    hypermodel = DistillerHyperModel(cfg, context.splits, context.teacher)
+    tuner = _make_tuner(cfg, hypermodel, out_dir, context.strategy)
     callbacks = []
     if cfg.output.tensorboard:
         # The tuner moves this log_dir to tensorboard/<trial id>/execution0 for every trial.

@@ -56,6 +56,8 @@ class Killed(Exception):
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory):
     """The study killed after cell 2 of 4, resumed to the end, then run a third time."""
+    from dgad_tf import data as data_lib
+    from dgad_tf import distribute
     from dgad_tf import run as run_lib
 
     root = tmp_path_factory.mktemp("study")
@@ -63,6 +65,17 @@ def finished_study(tmp_path_factory):
     path = write_study(root / "study.yaml", out)
     trained = {"first": [], "resumed": [], "again": []}
     real_run = run_lib.run
+    # How often each phase loads the data and creates a strategy (the loader and the strategy
+    # factory every command goes through).
+    built = {"loads": {}, "strategies": {}}
+    real_load, real_strategy = data_lib.splits_from_config, distribute.make_strategy
+
+    def counting_calls(kind, real, phase_name):
+        def call(*args, **kwargs):
+            built[kind][phase_name] = built[kind].get(phase_name, 0) + 1
+            return real(*args, **kwargs)
+
+        return call
 
     def counting(phase):
         def run(cfg, **kwargs):
@@ -84,6 +97,8 @@ def finished_study(tmp_path_factory):
 
     def phase(name):
         run_lib.run = counting(name)
+        data_lib.splits_from_config = counting_calls("loads", real_load, name)
+        distribute.make_strategy = counting_calls("strategies", real_strategy, name)
         handler.emit = lambda record: logs[name].append(record.getMessage())
 
     phase("first")
@@ -98,6 +113,8 @@ def finished_study(tmp_path_factory):
         again = study_lib.run_study(study_lib.load_study(path), command="again")
     finally:
         run_lib.run = real_run
+        data_lib.splits_from_config = real_load
+        distribute.make_strategy = real_strategy
         study_logger.removeHandler(handler)
         study_logger.setLevel(old_level)
     return {
@@ -109,6 +126,7 @@ def finished_study(tmp_path_factory):
         "resumed": resumed,
         "again": again,
         "logs": logs,
+        **built,
     }
 
 
@@ -120,6 +138,34 @@ def test_a_killed_study_resumes_and_never_retrains_a_finished_cell(finished_stud
     assert finished_study["resumed"].cells_run == 2 and finished_study["again"].cells_run == 0
     # The results written before the kill held the two finished cells.
     assert len(list(csv.DictReader(finished_study["partial"].splitlines()))) == 2
+
+
+def test_a_study_loads_its_data_and_creates_its_strategy_once_for_all_its_cells(
+    finished_study,
+):
+    # The first run trains the teacher and two cells, the resumed one two cells, the third
+    # none: each loads the data once and creates one strategy, however many cells it trains.
+    assert [len(finished_study["trained"][p]) for p in ("first", "resumed", "again")] == [2, 2, 0]
+    assert finished_study["loads"] == {"first": 1, "resumed": 1, "again": 1}
+    assert finished_study["strategies"] == {"first": 1, "resumed": 1, "again": 1}
+
+
+def test_a_cell_trained_in_a_shared_context_equals_fit_of_its_config(finished_study, tmp_path):
+    # adaad seed 1 trained second in the resumed run, after pgd_at seed 1 in the same process and
+    # on data loaded once for both: its student must be, bit for bit, what `fit` of the cell's own
+    # config.yaml trains alone (a shared context may skip work, never change a number).
+    import keras
+
+    from dgad_tf import run as run_lib
+    from dgad_tf.config import load_config
+
+    cell = finished_study["out"] / "cells" / "adaad_seed1"
+    cfg = load_config(cell / "config.yaml", [f"output.dir={tmp_path / 'alone'}"])
+    run_lib.run(cfg)
+    in_study = keras.saving.load_model(cell / "student_last.keras", compile=False)
+    alone = keras.saving.load_model(tmp_path / "alone" / "student_last.keras", compile=False)
+    for a, b in zip(in_study.get_weights(), alone.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_rerun_logs_which_finished_cells_it_skipped(finished_study):
