@@ -233,9 +233,32 @@ def test_the_configuration_page_documents_every_config_key():
         f"{name}.{field.name}"
         for name, hint in sections.items()
         for field in dataclasses.fields(hint)
+        if (name, field.name) != ("method", "loss")  # the section's options, below
     ]
     missing = [key for key in keys if f"`{key}`" not in readme]
     assert not missing, f"docs/configuration.md lacks {missing}"
+
+
+def test_the_configuration_page_lists_each_methods_options_with_its_class_default():
+    import dataclasses
+
+    from dgad_tf import losses
+
+    page = (CONFIGS.parent / "docs" / "configuration.md").read_text()
+    rows = {line.split("`")[1]: line for line in page.splitlines() if line.startswith("| `")}
+
+    def shown(value):
+        if isinstance(value, bool):
+            return str(value).lower()
+        if value is None:
+            return "–"
+        return f"`{value}`" if isinstance(value, str) else repr(value)
+
+    for name, cls in losses.METHOD_LOSSES.items():
+        assert name in rows, f"docs/configuration.md has no row for method {name}"
+        for field in dataclasses.fields(cls):
+            entry = f"`{field.name}` {shown(field.default)}"
+            assert entry in rows[name], f"the row of {name} lacks {entry!r}"
 
 
 def test_package_exposes_its_public_names():
