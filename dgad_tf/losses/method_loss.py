@@ -111,7 +111,8 @@ class MethodLoss:
     method's separate terms for the log. `forwards` holds "y" (integer labels) and the logits the
     method reads: "s_clean", "s_adv" (student, training mode, on the batch and on its adversarial
     examples), "t_clean", "t_adv" (teacher, inference mode). `global_batch_size` divides the
-    per-sample sums (None: this batch's size); `epoch` is the 0-based epoch being trained.
+    per-sample sums (None: this batch's size; the distiller always passes it); `epoch` is the
+    0-based epoch being trained.
 
     A subclass is a frozen, keyword-only dataclass. It overrides `compute_loss` (or names a
     `loss_fn` that takes the `inputs` in order and its fields as keywords), and sets the class
@@ -273,7 +274,7 @@ class MethodLoss:
         dummy = dict(
             s_clean=logits, s_adv=logits, t_clean=logits, t_adv=logits, y=tf.zeros([2], tf.int32)
         )
-        return sorted(self(dummy, global_batch_size=None, epoch=0).keys())
+        return sorted(self(dummy, global_batch_size=2, epoch=0).keys())
 
     def for_batch_size(self, batch_size: int) -> "MethodLoss":
         """This loss for a run whose configured global batch size is `batch_size` (itself,
