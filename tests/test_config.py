@@ -471,3 +471,62 @@ def test_a_trial_or_cell_of_another_method_keeps_none_of_the_base_methods_option
     cells = {cell.entry.name: cell.cfg.method for cell in study_lib.load_study(path).cells()}
     assert cells["trades"].beta == 3.0
     assert cells["ard"].loss == load_config(None, ["method.name=ard"]).method.loss
+
+
+# The `method:` and `attack:` sections of a config.yaml written before the method sections (as
+# the earlier Config.to_yaml wrote every field): an IAD run at the earlier config's temperature.
+WRITTEN_BEFORE = """\
+attack:
+  eps: 0.1
+  step_size: 0.025
+  steps: 5
+  init: auto
+  init_std: 0.001
+method:
+  name: iad
+  beta: 1.0
+  use_map: true
+  use_els: true
+  distill_weight: 1.0
+  trades_beta: 6.0
+  ard_alpha: 0.5
+  ard_temperature: 30.0
+  adaad_alpha: 1.0
+  dgad_weighting: standard
+  kl_reduction: batchmean
+  kl_scale: 1.0
+  rslad_log_epsilon: 0.0
+  reference_forwards: true
+  iad_alpha: 0.9
+  iad_beta: 0.1
+  iad_temperature: 30.0
+  iad_warmup_epochs: 60
+"""
+
+
+def test_a_run_folders_config_written_before_the_method_sections_still_reads(tmp_path):
+    from dgad_tf import losses, rundir
+
+    (tmp_path / "config.yaml").write_text(WRITTEN_BEFORE)
+    cfg = rundir.run_config(tmp_path)
+    # Only the named method's options counted then (ARD's alpha was ignored by an IAD run).
+    assert cfg.method.loss == losses.IAD(alpha=0.9, beta=0.1, temperature=30.0, warmup_epochs=60)
+    assert cfg.method.reference_forwards
+    assert (cfg.attack.start, cfg.attack.start_std, cfg.attack.steps) == ("auto", 0.001, 5)
+    today = load_config(
+        None,
+        [
+            "attack.eps=0.1",
+            "attack.step_size=0.025",
+            "attack.steps=5",
+            "method.name=iad",
+            "method.alpha=0.9",
+            "method.temperature=30",
+            "method.reference_forwards=true",
+        ],
+    )
+    assert cfg.hash() == today.hash()  # so the run resumes under today's spelling
+    # A hand-written file with some earlier keys is still told their new spelling.
+    (tmp_path / "config.yaml").write_text("method:\n  name: iad\n  iad_temperature: 30.0\n")
+    with pytest.raises(ConfigError, match="is now spelled `method.temperature`"):
+        rundir.run_config(tmp_path)

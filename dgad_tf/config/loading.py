@@ -110,6 +110,50 @@ RENAMED_KEYS = {
 }
 
 
+# A whole `method:` section as `config.yaml` files written before the method sections (issue 29)
+# hold it, and which of its keys fill each method's options; a run, study cell or export folder
+# of an earlier version still reads (only the named method's options counted there).
+_WRITTEN_FLAT_METHOD = (
+    "name beta use_map use_els distill_weight trades_beta ard_alpha ard_temperature adaad_alpha "
+    "dgad_weighting kl_reduction kl_scale rslad_log_epsilon reference_forwards iad_alpha "
+    "iad_beta iad_temperature iad_warmup_epochs"
+).split()
+_KL = {"kl_reduction": "kl_reduction", "kl_scale": "kl_scale"}
+_IAD = {"alpha": "iad_alpha", "beta": "iad_beta", "temperature": "iad_temperature"}
+_IAD = {**_IAD, "warmup_epochs": "iad_warmup_epochs"}
+_WRITTEN_FLAT_OPTIONS = {
+    "clean": {},
+    "pgd_at": {},
+    "trades": {"beta": "trades_beta"},
+    "ard": {"alpha": "ard_alpha", "temperature": "ard_temperature", **_KL},
+    "rslad": {**_KL, "log_epsilon": "rslad_log_epsilon"},
+    "adaad": {"alpha": "adaad_alpha", **_KL},
+    "iad": _IAD,
+    "adaiad": _IAD,
+    "dgad": {
+        "beta": "beta",
+        "use_map": "use_map",
+        "use_els": "use_els",
+        "distill_weight": "distill_weight",
+        "weighting": "dgad_weighting",
+    },
+}
+_WRITTEN_FLAT_ATTACK = {"eps", "step_size", "steps", "init", "init_std"}
+
+
+def _from_written_flat(values, prefix: str):
+    """A complete earlier-format section, as an older `config.yaml` holds it, in today's keys;
+    any other mapping unchanged (a hand-written old key stays an error naming its new one)."""
+    if prefix == "method" and isinstance(values, dict) and set(values) == set(_WRITTEN_FLAT_METHOD):
+        options = _WRITTEN_FLAT_OPTIONS.get(values["name"], {})
+        section = {"name": values["name"], "reference_forwards": values["reference_forwards"]}
+        return {**section, **{new: values[old] for new, old in options.items()}}
+    if prefix == "attack" and isinstance(values, dict) and set(values) == _WRITTEN_FLAT_ATTACK:
+        moved = {"start": values["init"], "start_std": values["init_std"]}
+        return {k: v for k, v in values.items() if k not in ("init", "init_std")} | moved
+    return values
+
+
 def _check_renamed(prefix: str, keys):
     for name in sorted(keys):
         key = f"{prefix}.{name}"
@@ -166,6 +210,7 @@ def _coerce_option(key: str, value: Any, annotation: Any):
 
 
 def _build(cls, values: dict, prefix: str):
+    values = _from_written_flat(values, prefix)
     if cls is MethodConfig:
         return _build_method(values, prefix)
     if not isinstance(values, dict):
