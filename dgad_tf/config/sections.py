@@ -1,7 +1,8 @@
 """The config's sections: frozen dataclasses whose defaults are the single source of truth.
 
-Every name and choice list of the config lives here; `validate` checks values against them and
-`loading` reads YAML and `--set` overrides into them.
+Every name and choice list of the config lives here, but the methods': a method and its options
+are its loss class in `dgad_tf.losses` (the `method:` section holds its fields). `validate`
+checks values against them and `loading` reads YAML and `--set` overrides into them.
 """
 
 from __future__ import annotations
