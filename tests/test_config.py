@@ -441,7 +441,10 @@ def test_a_search_over_another_methods_option_is_refused_naming_the_valid_keys()
                 "tune": {"space": {"method.beta": {"type": "float", "min": 0, "max": 4}}},
             }
         )
-    assert "tune.space.method.beta: unknown key `method.beta` for method adaad" in str(err.value)
+    assert str(err.value) == (
+        "tune.space.method.beta: `method.beta` is not a config field; section `method` has "
+        "name, reference_forwards, alpha, kl_reduction, kl_scale (method.name=adaad)"
+    )
     with pytest.raises(ConfigError, match="`method.warmup_epochs` is an integer field"):
         config_from_dict(
             {

@@ -278,9 +278,15 @@ def config_from_dict(values: dict) -> Config:
         values = {}
     cfg = validate(_build(Config, values, ""))
     hints = typing.get_type_hints(type(cfg.method.loss))
+    method_keys = ["name", "reference_forwards", *losses.option_names(type(cfg.method.loss))]
     for key, dimension in cfg.tune.space.items():
-        field = key.partition(".")[2]
-        if key.startswith("method.") and field in hints:
+        section, _, field = key.partition(".")
+        if section == "method" and field not in method_keys:
+            raise ConfigError(
+                f"tune.space.{key}: `{key}` is not a config field; section `method` has "
+                f"{', '.join(method_keys)} (method.name={cfg.method.name})"
+            )
+        if section == "method" and field in hints:
             check_integer_dimension(key, dimension, field_type(hints[field]))
         # `method.beta: {min: -1, ...}` is refused as the config refuses `method.beta=-1`.
         for value in dimension.extremes():
@@ -308,10 +314,22 @@ def with_values(cfg: Config, values: dict) -> Config:
         2.0
     """
     merged = cfg.to_dict()
+    if "method.name" in values:
+        # A trial of another method: the searched options of the configured method apply to the
+        # trials whose method has them (each method's options are its own).
+        merged["method"] = method_section_for(merged["method"], values["method.name"])
+        try:
+            own = set(losses.option_names(losses.get(values["method.name"])))
+        except ValueError as err:
+            raise ConfigError(f"`method.name`: {err}") from None
+        values = {
+            key: value
+            for key, value in values.items()
+            if not key.startswith("method.")
+            or key.partition(".")[2] in own | {"name", "reference_forwards"}
+        }
     for key, value in values.items():
         section, field = key.split(".")
-        if key == "method.name":
-            merged[section] = method_section_for(merged[section], value)
         merged[section] = {**merged[section], field: value}
     merged["tune"] = {}
     return config_from_dict(merged)
