@@ -40,10 +40,9 @@ from dgad_tf import cpu  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from dgad_tf import losses  # noqa: E402
 from dgad_tf.attacks import PGD  # noqa: E402
-from dgad_tf.config import METHODS  # noqa: E402
 from dgad_tf.distiller import AdversarialDistiller  # noqa: E402
-from dgad_tf.methods import METHOD_SPECS  # noqa: E402
 from dgad_tf.models import build_model  # noqa: E402
 from dgad_tf.optim import TorchSGD  # noqa: E402
 
@@ -87,9 +86,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for method in args.methods:
-        if method not in METHODS:
+        if method not in losses.METHOD_LOSSES:
             parser.error(
-                f"`--methods` entries must be in {', '.join(METHODS)}; received {method!r}"
+                f"`--methods` entries must be in {', '.join(losses.METHOD_LOSSES)}; "
+                f"received {method!r}"
             )
     for name in ("batch_size", "iters", "repeats", "warmup"):
         if getattr(args, name) < 1:
@@ -117,11 +117,11 @@ def make_distiller(
     """
     keras.utils.set_random_seed(args.seed + 1)
     student = build_model(args.student, NUM_CLASSES, INPUT_SHAPE, name_prefix="student_")
-    spec = METHOD_SPECS[method]
+    loss = losses.get(method)()
     distiller = AdversarialDistiller(
-        teacher=teacher if spec.needs_teacher else None,
+        teacher=teacher if loss.needs_teacher else None,
         student=student,
-        loss=spec.loss(),
+        loss=loss,
         attack=PGD(steps=args.steps),
     )
     distiller.compile(

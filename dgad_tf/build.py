@@ -17,7 +17,6 @@ from dgad_tf import attacks, distribute, logits, losses, models, precision
 from dgad_tf import data as data_lib
 from dgad_tf.config import Config
 from dgad_tf.distiller import AdversarialDistiller
-from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.optim import make_optimizer
 from dgad_tf.rundir import (
     RunError,
@@ -155,29 +154,27 @@ def check_teacher_beats_chance(
 
 
 def method_loss(cfg: Config, method: Optional[str] = None) -> losses.MethodLoss:
-    """The loss object of `method` with its options from the config.
-
-    The one place where config values become loss options: each method's
-    `MethodSpec.config_options` names the config key of every option of its loss class.
+    """The loss object of `method`: the config's `method:` section, for a run of its batch size.
 
     Args:
         cfg: the config.
-        method: the method. Defaults to None (`cfg.method.name`; a teacher trained here uses
-            `teacher_train.method` with the same `method:` options).
+        method: the method. Defaults to None (`cfg.method.name`, whose loss the `method:`
+            section holds; a teacher trained here with `teacher_train.method` uses that
+            method's loss with its class defaults).
     """
-    spec = METHOD_SPECS[cfg.method.name if method is None else method]
-    options = {}
-    for option, key in spec.config_options:
-        section, field = key.split(".")
-        options[option] = getattr(getattr(cfg, section), field)
-    return spec.loss(**options)
+    if method is None or method == cfg.method.name:
+        loss = cfg.method.loss
+    else:
+        loss = losses.get(method)()
+    # DGAD's reference MobileNetV2 weighting divides by the configured batch size.
+    return loss.for_batch_size(cfg.train.batch_size)
 
 
 def training_attack(cfg: Config) -> attacks.PGD:
     """The training attack of the config's `attack:` section."""
     a = cfg.attack
     return attacks.PGD(
-        eps=a.eps, step_size=a.step_size, steps=a.steps, start=a.init, start_std=a.init_std
+        eps=a.eps, step_size=a.step_size, steps=a.steps, start=a.start, start_std=a.start_std
     )
 
 
@@ -307,7 +304,7 @@ def preflight(
         )
     if cfg.train.select in ("best_test", "rslad_pgd20") and len(splits.test.y) == 0:
         raise RunError(f"train.select={cfg.train.select} needs a test split; this data has none")
-    if METHOD_SPECS[cfg.method.name].needs_teacher:
+    if cfg.method.loss.needs_teacher:
         check_teacher(cfg, splits, run_dir)
     build_network(cfg, cfg.model.student, splits)
     return splits, run_dir

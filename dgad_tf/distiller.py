@@ -1,15 +1,15 @@
 """`AdversarialDistiller`: one Keras model whose `train_step` is a whole adversarial-distillation
 step.
 
-The step, for every method (DGAD and the baselines differ in their loss object, and in what the
-method's `METHOD_SPECS` entry says the attack ascends and which forwards run):
+The step, for every method (DGAD and the baselines differ only in their loss object, which also
+says what the attack ascends and which forwards run; see `dgad_tf.losses.MethodLoss`):
 
 1. attack: L-inf PGD on the training batch, both networks in inference mode (with
    `reference_forwards`, ARD and IAD attack with the student in training mode, as their
    reference code does);
 2. teacher forward in inference mode, no gradient;
 3. student forward in training mode, clean and adversarial batches in separate calls (in the
-   method's reference order when `reference_forwards` is on; see `MethodSpec`);
+   method's reference order when `reference_forwards` is on; `MethodLoss.student_forwards`);
 4. method loss, reduced over the *global* batch (correct under any number of replicas);
 5. gradients of the student's trainable variables only, applied by the optimiser.
 
@@ -21,7 +21,6 @@ TensorBoard and KerasTuner all read.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
 from typing import Optional
 
@@ -29,10 +28,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dgad_tf import attacks, batch_checks, distribute
-from dgad_tf.config import MethodConfig, resolved_attack_init
+from dgad_tf import attacks, batch_checks, distribute, losses
 from dgad_tf.losses import MethodLoss
-from dgad_tf.methods import ADV, CLEAN, METHOD_SPECS, Forward, method_of
+
+# The built-in method losses travel in a distiller's config under the package "dgad_tf".
+for _loss_class in losses.METHOD_LOSSES.values():
+    keras.saving.register_keras_serializable(package="dgad_tf")(_loss_class)
 
 # Loss-dict entries that are counts over the local batch; logged as fractions of the batch.
 _COUNT_KEYS = {
@@ -43,7 +44,23 @@ _COUNT_KEYS = {
 
 # Keywords of the earlier `AdversarialDistiller(student, teacher, method=..., eps=..., **options)`.
 _OLD_KEYWORDS = {"method", "eps", "step_size", "steps", "attack_init", "init_std", "batch_size"} | {
-    f.name for f in dataclasses.fields(MethodConfig)
+    "name",
+    "beta",
+    "use_map",
+    "use_els",
+    "distill_weight",
+    "trades_beta",
+    "ard_alpha",
+    "ard_temperature",
+    "adaad_alpha",
+    "dgad_weighting",
+    "kl_reduction",
+    "kl_scale",
+    "rslad_log_epsilon",
+    "iad_alpha",
+    "iad_beta",
+    "iad_temperature",
+    "iad_warmup_epochs",
 }
 
 
@@ -77,7 +94,9 @@ class AdversarialDistiller(keras.Model):
             PGDAT and TRADES. Defaults to None.
         student: the Keras model to train, mapping images in [0, 1] to logits.
         loss: the method's loss object: `dgad_tf.losses.DGAD(...)`, `AdaAD`, `TRADES`, `ARD`,
-            `RSLAD`, `IAD`, `AdaIAD`, `PGDAT` or `Clean`.
+            `RSLAD`, `IAD`, `AdaIAD`, `PGDAT`, `Clean`, or a user's own
+            `dgad_tf.losses.MethodLoss` subclass. The distiller asks it for everything
+            about the method: teacher, attack objective, random start, forwards, logged terms.
         attack: the training attack, a `dgad_tf.attacks.PGD`. Defaults to None (`PGD()`:
             eps 8/255, step 2/255, 10 steps, the method's own random start).
         reference_forwards: run the student's forwards in the order and batch-norm modes of
@@ -120,12 +139,18 @@ class AdversarialDistiller(keras.Model):
                 "AdversarialDistiller needs `loss=`, the method's loss object, e.g. "
                 "dgad_tf.losses.DGAD(beta=1.0)"
             )
-        self.method = method_of(loss)
-        self.spec = METHOD_SPECS[self.method]
+        if not isinstance(loss, MethodLoss):
+            classes = ", ".join(
+                f"dgad_tf.losses.{c.__name__}" for c in losses.METHOD_LOSSES.values()
+            )
+            raise TypeError(
+                f"`loss` must be one of {classes}, or your own subclass of "
+                f"dgad_tf.losses.MethodLoss; received loss={loss!r}"
+            )
         attack = attacks.PGD() if attack is None else attack
         if not isinstance(attack, attacks.PGD):
             raise TypeError(f"`attack` must be a dgad_tf.attacks.PGD; received attack={attack!r}")
-        _check_teacher(teacher, student, loss, self.spec.needs_teacher)
+        loss.validate_model_compatibility(teacher, student)
         if teacher is not None:
             teacher.trainable = False
         self.student = student
@@ -133,14 +158,17 @@ class AdversarialDistiller(keras.Model):
         self.method_loss = loss
         self.attack = attack
         self.reference_forwards = bool(reference_forwards)
-        self.attack_start = resolved_attack_init(self.method, attack.start, self.reference_forwards)
+        self.attack_start = (
+            loss.random_start(self.reference_forwards) if attack.start == "auto" else attack.start
+        )
         self.val_robust_steps = int(val_robust_steps)
         self.seed = int(seed)
         # The epoch Keras is training (set by `fit`); IAD's introspection starts after warm-up.
         self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch")
         self._first_batch_checked = False
 
-        self._loss_keys = self._discover_loss_keys(student.output_shape[-1])
+        # The loss dict's keys define which metrics exist; they must be known before tracing.
+        self._loss_keys = loss.logged_terms(student.output_shape[-1])
         names = ["loss"] + [k for k in self._loss_keys if k != "total"]
         names = [_COUNT_KEYS.get(k, k) for k in names]
         names += ["student_clean_accuracy", "student_adv_accuracy"]
@@ -154,14 +182,6 @@ class AdversarialDistiller(keras.Model):
         # weights of its own: built now, so that `save_weights` and `save` work before and after
         # `fit` as for any Keras model.
         self.built = True
-
-    def _discover_loss_keys(self, num_classes: int) -> list[str]:
-        # The loss dict's keys define which metrics exist; they must be known before tracing.
-        logits = tf.zeros([2, num_classes])
-        dummy = dict(
-            s_clean=logits, s_adv=logits, t_clean=logits, t_adv=logits, y=tf.zeros([2], tf.int32)
-        )
-        return sorted(self.method_loss(dummy, global_batch_size=None, epoch=0).keys())
 
     # ------------------------------------------------------------------ Keras API
 
@@ -287,27 +307,25 @@ class AdversarialDistiller(keras.Model):
     def adversarial_examples(self, x, y, seed=None):
         """The method's training attack on (x, y), the networks in inference mode.
 
-        With `reference_forwards`, ARD and IAD attack with the student in training mode, as their
-        reference code does (`MethodSpec.reference_train_mode_attack`).
+        What it ascends is the loss's (`MethodLoss.attack_objective`). With `reference_forwards`,
+        ARD and IAD attack with the student in training mode, as their reference code does
+        (`MethodLoss.reference_train_mode_attack`): batch statistics normalise and every attack
+        step moves the moving averages.
 
         `seed`: None (global generator) or a `[2]` tensor for a stateless random start.
         """
-        kind = self.spec.attack
-        if kind == "none" or self.attack.steps == 0 and self.attack_start == "none":
+        loss = self.method_loss
+        if loss.ascent is None or self.attack.steps == 0 and self.attack_start == "none":
             return x
-        if kind == "ce":
-            # ARD's and IAD's code attack with the student in training mode: batch statistics
-            # normalise and every attack step moves the moving averages.
-            train_mode = self.reference_forwards and self.spec.reference_train_mode_attack
-            objective = attacks.ce_objective(
-                self._student_train_mode_fn if train_mode else self._student_fn, y
-            )
-        elif kind == "kl_teacher":
-            objective = attacks.kl_objective(self._teacher_fn, self._student_fn)
-        elif kind == "kl_student_clean":
-            objective = attacks.kl_to_fixed_objective(self._student_fn(x), self._student_fn)
-        else:  # kl_teacher_clean
-            objective = attacks.kl_to_fixed_objective(self._teacher_fn(x), self._student_fn)
+        train_mode = self.reference_forwards and loss.reference_train_mode_attack
+        objective = loss.attack_objective(
+            x,
+            y,
+            student=self._student_train_mode_fn if train_mode else self._student_fn,
+            teacher=None if self.teacher is None else self._teacher_fn,
+        )
+        if objective is None:
+            return x
         return self.attack(x, objective, start=self.attack_start, seed=seed)
 
     # ------------------------------------------------------------------ steps
@@ -360,7 +378,7 @@ class AdversarialDistiller(keras.Model):
             # IAD's and AdaIAD's reference code calls the student once more after the warm-up
             # (its introspection term); in training mode on this batch the output equals the
             # first, so only the batch-norm statistics it moves count.
-            later = self.spec.forwards_added_after_warmup if self.reference_forwards else ()
+            later = self.method_loss.forwards_added_after_warmup(self.reference_forwards)
             if later:
 
                 def later_forwards():
@@ -389,12 +407,8 @@ class AdversarialDistiller(keras.Model):
         self._update_train_metrics(terms, forwards, x, y, local_batch, replicas)
         return _replica_results(self._train_trackers)
 
-    def _forward_order(self) -> tuple[Forward, ...]:
-        if self.reference_forwards:
-            return self.spec.reference_forwards
-        return ((CLEAN,) if self.spec.student_clean else ()) + (
-            (ADV,) if self.spec.attack != "none" else ()
-        )
+    def _forward_order(self) -> tuple[losses.Forward, ...]:
+        return self.method_loss.student_forwards(self.reference_forwards)
 
     def _average_replica_statistics(self):
         # Keras 3 lets every replica update its own copy of the batch-norm moving statistics
@@ -557,36 +571,6 @@ def _check_student(student):
             f"the student {student.name!r} has student.trainable=False, so nothing would be "
             "trained; set student.trainable = True (the distiller freezes the teacher itself)"
         )
-
-
-def _check_teacher(teacher, student, loss, needs_teacher: bool):
-    kind = type(loss).__name__
-    if needs_teacher and teacher is None:
-        raise ValueError(
-            f"{kind} distils from a teacher; pass teacher=<a trained keras.Model with the "
-            "student's input shape and classes>"
-        )
-    if teacher is None:
-        return
-    if not needs_teacher:
-        raise ValueError(
-            f"{kind} trains without a teacher; received teacher={teacher.name!r}. Pass "
-            "teacher=None, or a loss that distils (DGAD, AdaAD, ARD, RSLAD, IAD, AdaIAD)"
-        )
-    if not isinstance(teacher, keras.Model):
-        raise TypeError(f"`teacher` must be a keras.Model; received {type(teacher).__name__}")
-    if teacher is student:
-        raise ValueError("teacher and student are the same model; the teacher must be another")
-    _check_compatible(student, teacher)
-
-
-def _check_compatible(student: keras.Model, teacher: keras.Model):
-    s_in, t_in = tuple(student.input_shape[1:]), tuple(teacher.input_shape[1:])
-    if s_in != t_in:
-        raise ValueError(f"teacher input shape {t_in} differs from the student's {s_in}")
-    s_out, t_out = student.output_shape[-1], teacher.output_shape[-1]
-    if s_out != t_out:
-        raise ValueError(f"teacher has {t_out} classes but the student has {s_out}")
 
 
 class _EpochVariable(keras.callbacks.Callback):

@@ -51,11 +51,10 @@ def main(argv=None) -> int:
         return 0
 
     from dgad_tf import rundir
-    from dgad_tf.config import TEACHER_METHODS
 
     try:  # the input files, before TensorFlow loads (a mistyped path is refused at once)
         rundir.check_data_path(cfg)
-        if cfg.method.name in TEACHER_METHODS:
+        if cfg.method.loss.needs_teacher:
             rundir.check_teacher_file(cfg, pathlib.Path(cfg.output.dir))
     except rundir.RunError as err:
         return cli.error(str(err))

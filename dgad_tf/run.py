@@ -57,7 +57,6 @@ from dgad_tf.callbacks import (
 from dgad_tf.config import Config
 from dgad_tf.context import Context
 from dgad_tf.distiller import AdversarialDistiller
-from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.robustness import evaluate_robustness, format_report
 from dgad_tf.rundir import (
     LAST_CHECKPOINT,
@@ -243,7 +242,7 @@ def _run_locked(cfg: Config, splits, run_dir: pathlib.Path, strategy, command: s
     started = time.time()
 
     teacher = None
-    if METHOD_SPECS[cfg.method.name].needs_teacher:
+    if cfg.method.loss.needs_teacher:
         teacher = obtain_teacher(cfg, splits, run_dir, strategy)
     with strategy.scope():
         student = build_network(cfg, cfg.model.student, splits, cfg.model.sync_batchnorm)

@@ -30,7 +30,7 @@ import keras
 import keras_tuner
 import yaml
 
-from dgad_tf import build, rundir
+from dgad_tf import build, losses, rundir
 from dgad_tf import run as run_lib
 from dgad_tf.config import (
     SCORE_METRIC,
@@ -41,7 +41,6 @@ from dgad_tf.config import (
     with_values,
 )
 from dgad_tf.context import build_context
-from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.rundir import RunError, atomic_write_text
 from dgad_tf.tuning import DistillerHyperModel
 from dgad_tf.workspace import Workspace
@@ -79,7 +78,7 @@ def _needs_teacher(cfg: Config) -> bool:
     methods = {cfg.method.name}
     if "method.name" in cfg.tune.space:
         methods.update(cfg.tune.space["method.name"].values)
-    return any(METHOD_SPECS[m].needs_teacher for m in methods)
+    return any(losses.get(m).needs_teacher for m in methods)
 
 
 def search_identity(cfg: Config) -> dict:
@@ -260,7 +259,7 @@ def best_trial_config(cfg: Config, values: dict, out_dir: pathlib.Path, trial_id
     best = with_values(cfg, values)
     fresh_dir = out_dir / f"best_trial_{trial_id}"
     changes = {"output": dataclasses.replace(best.output, dir=str(fresh_dir))}
-    if METHOD_SPECS[best.method.name].needs_teacher:
+    if best.method.loss.needs_teacher:
         changes["model"] = dataclasses.replace(
             best.model, teacher_path=str(rundir.teacher_path_for(cfg, out_dir))
         )

@@ -127,7 +127,6 @@ def probe(study, facts: DataFacts, probe_batch: int, repeats: int = 2) -> dict:
     import tensorflow as tf
 
     from dgad_tf import build, models
-    from dgad_tf.methods import METHOD_SPECS
 
     splits = _FakeSplits(facts)
     rng = np.random.default_rng(0)
@@ -149,7 +148,7 @@ def probe(study, facts: DataFacts, probe_batch: int, repeats: int = 2) -> dict:
             continue
         keras.utils.set_random_seed(0)
         student = build.build_network(cell.cfg, cell.cfg.model.student, splits)
-        needs = METHOD_SPECS[cell.cfg.method.name].needs_teacher
+        needs = cell.cfg.method.loss.needs_teacher
         distiller = build.build_distiller(
             cell.cfg,
             student=student,

@@ -35,13 +35,12 @@ import dataclasses
 import pathlib
 from typing import Optional
 
-from dgad_tf import rundir
+from dgad_tf import losses, rundir
 from dgad_tf.config import (
-    METHODS,
-    TEACHER_METHODS,
     Config,
     ConfigError,
     config_with_overrides,
+    method_section_for,
     parse_fraction,
     parse_override,
     read_sections,
@@ -124,9 +123,8 @@ class Study:
 
     @property
     def needs_teacher(self) -> bool:
-        # config's list, not METHOD_SPECS: reading a study file must not load TensorFlow
-        # (dgad_tf.methods asserts the two agree).
-        return any(e.method in TEACHER_METHODS for e in self.methods)
+        # The loss classes import no TensorFlow: reading a study file does not load it.
+        return any(losses.get(e.method).needs_teacher for e in self.methods)
 
     @property
     def teacher_path(self) -> pathlib.Path:
@@ -159,7 +157,8 @@ class Study:
 def _cell(study: Study, entry: MethodEntry, seed: int) -> Cell:
     values = study.base.to_dict()
     values["tune"] = {}
-    values["method"] = {**values["method"], "name": entry.method}
+    # Another method than the base's keeps none of the base's options (each are its own).
+    values["method"] = method_section_for(values["method"], entry.method)
     values["train"] = {**values["train"], "seed": seed}
     # The cell's own report needs no attack: the protocol evaluation is the study's own.
     values["eval"] = {**values["eval"], "attacks": ["clean"], "n": study.protocol.n}
@@ -216,11 +215,12 @@ def _parse_entry(raw) -> MethodEntry:
             f"'.' (it names the cell folders); received name={name!r}"
         )
     method = raw.get("method", name)
-    if method not in METHODS:
+    try:
+        losses.get(method)
+    except ValueError as err:
         raise ConfigError(
-            f"study.methods: {name}: unknown method {method!r}; known methods: "
-            f"{', '.join(METHODS)} (a variant names one with `method:`)"
-        )
+            f"study.methods: {name}: {err} (a variant names one with `method:`)"
+        ) from None
     sets = raw.get("set") or []
     if isinstance(sets, str):
         sets = [sets]

@@ -20,7 +20,6 @@ import keras_tuner
 
 from dgad_tf import build
 from dgad_tf.config import SCORE_METRIC, Config, Dimension, with_values
-from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.rundir import RunError
 
 
@@ -154,7 +153,7 @@ class DistillerHyperModel(keras_tuner.HyperModel):
         # Every trial starts from the same initialisation, so trials differ by their values only.
         keras.utils.set_random_seed(cfg.train.seed)
         student = build.build_network(cfg, cfg.model.student, self.splits, cfg.model.sync_batchnorm)
-        teacher = self.teacher if METHOD_SPECS[cfg.method.name].needs_teacher else None
+        teacher = self.teacher if cfg.method.loss.needs_teacher else None
         steps_per_epoch = max(build.steps_per_epoch_for(cfg, len(self.splits.train.y)), 1)
         distiller = build.build_distiller(
             cfg,

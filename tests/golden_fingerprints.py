@@ -16,9 +16,9 @@ and of the objects changes this function only, and `tests/golden/*.json` stay by
 
 Where today's code gives no object to read, this function mirrors its caller, and a change
 there goes unseen: the arguments `run.py` passes to `train_network` (the student's lr and
-milestones, the teacher's method, epochs, lr and milestones), the distiller's private
-`_forward_order`, and the settings of the evaluation and validation attacks beyond their
-report descriptions (their arithmetic is checked by the attack and reference tests).
+milestones, the teacher's method, epochs, lr and milestones), and the settings of the evaluation
+and validation attacks beyond their report descriptions (their arithmetic is checked by the
+attack and reference tests).
 """
 
 from __future__ import annotations
@@ -32,16 +32,6 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
-
-# What the training attack ascends, by the distiller's attack kind (`MethodSpec.attack`):
-# x' the adversarial batch, x the clean one, s the student, t the teacher.
-_ASCENDS = {
-    "none": None,
-    "ce": "CE(s(x'), y)",
-    "kl_teacher": "KL(t(x') || s(x'))",
-    "kl_student_clean": "KL(s(x) || s(x'))",
-    "kl_teacher_clean": "KL(t(x) || s(x'))",
-}
 
 
 # The methods whose built-in defaults (no config file, `--set method.name=<method>`) are pinned
@@ -149,7 +139,6 @@ def fingerprint(config_path, method=None) -> dict:
 def _run(cfg) -> dict:
     """A run of `cfg` (`dgad_tf.run.run`): data, networks, teacher, training, selection, report."""
     from dgad_tf import fit
-    from dgad_tf.methods import METHOD_SPECS
 
     t, m = cfg.train, cfg.model
     splits = _digits(cfg.data)
@@ -169,7 +158,7 @@ def _run(cfg) -> dict:
             "normalize": None if m.normalize_mean is None else [m.normalize_mean, m.normalize_std],
             "sync_batchnorm": m.sync_batchnorm,
         },
-        "teacher": _teacher(cfg) if METHOD_SPECS[cfg.method.name].needs_teacher else None,
+        "teacher": _teacher(cfg) if cfg.method.loss.needs_teacher else None,
         "training": training,
         "seed": t.seed,
         "batch_size": t.batch_size,
@@ -201,13 +190,12 @@ def _training(cfg, *, method, epochs, lr, milestones, rates) -> dict:
     The networks are tiny dense stand-ins: the loss, the attack, the forwards, the logged terms
     and the optimiser do not depend on them.
     """
-    from dgad_tf import build
-    from dgad_tf.methods import METHOD_SPECS
+    from dgad_tf import build, losses
 
     distiller = build.build_distiller(
         cfg,
         student=_stand_in(),
-        teacher=_stand_in() if METHOD_SPECS[method].needs_teacher else None,
+        teacher=_stand_in() if losses.get(method).needs_teacher else None,
         method=method,
         steps_per_epoch=1,
         epochs=epochs,
@@ -241,23 +229,22 @@ def _training(cfg, *, method, epochs, lr, milestones, rates) -> dict:
 def _step(distiller) -> dict:
     """What a distiller's train step does: its loss, its attack and start, its forwards, its
     logged metrics."""
-    loss, attack, spec = distiller.method_loss, distiller.attack, distiller.spec
+    loss, attack = distiller.method_loss, distiller.attack
     reference = distiller.reference_forwards
-    later = spec.forwards_added_after_warmup if reference else ()
+    later = loss.forwards_added_after_warmup(reference)
     return {
         "loss": {"class": _registered_name(loss), "options": loss.get_config()},
         "attack": {
             "class": _registered_name(attack),
             "options": attack.get_config(),
             "start": distiller.attack_start,
-            "ascends": _ASCENDS[spec.attack],
+            "ascends": None if loss.ascent is None else loss.ascent.formula,
             "student_mode": "training"
-            if reference and spec.reference_train_mode_attack
+            if reference and loss.reference_train_mode_attack
             else "inference",
         },
         "reference_forwards": reference,
-        # Private today: the order the train step runs (the redesign puts it on the loss).
-        "student_forwards": [_forward(f) for f in distiller._forward_order()],
+        "student_forwards": [_forward(f) for f in loss.student_forwards(reference)],
         "student_forwards_added_after_warmup": [_forward(f) for f in later],
         "logged_metrics": [metric.name for metric in distiller.metrics],
     }

@@ -233,9 +233,32 @@ def test_the_configuration_page_documents_every_config_key():
         f"{name}.{field.name}"
         for name, hint in sections.items()
         for field in dataclasses.fields(hint)
+        if (name, field.name) != ("method", "loss")  # the section's options, below
     ]
     missing = [key for key in keys if f"`{key}`" not in readme]
     assert not missing, f"docs/configuration.md lacks {missing}"
+
+
+def test_the_configuration_page_lists_each_methods_options_with_its_class_default():
+    import dataclasses
+
+    from dgad_tf import losses
+
+    page = (CONFIGS.parent / "docs" / "configuration.md").read_text()
+    rows = {line.split("`")[1]: line for line in page.splitlines() if line.startswith("| `")}
+
+    def shown(value):
+        if isinstance(value, bool):
+            return str(value).lower()
+        if value is None:
+            return "–"
+        return f"`{value}`" if isinstance(value, str) else repr(value)
+
+    for name, cls in losses.METHOD_LOSSES.items():
+        assert name in rows, f"docs/configuration.md has no row for method {name}"
+        for field in dataclasses.fields(cls):
+            entry = f"`{field.name}` {shown(field.default)}"
+            assert entry in rows[name], f"the row of {name} lacks {entry!r}"
 
 
 def test_package_exposes_its_public_names():
@@ -323,3 +346,190 @@ def test_a_config_file_must_hold_a_mapping(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert str(caught.value) == f"{path} must hold a mapping of sections; received [1, 2]"
+
+
+# --------------------------------------------------------------------------- the method section
+
+
+@pytest.mark.parametrize(
+    "section, expected",
+    [
+        ({"name": "trades", "beta": 3.0}, "TRADES(beta=3.0)"),
+        ({"name": "ard", "alpha": 0.5, "temperature": 4}, "ARD(alpha=0.5, temperature=4.0, "),
+        ({"name": "iad"}, "IAD(alpha=1.0, beta=0.1, temperature=1.0, warmup_epochs=60)"),
+        ({"name": "adaiad"}, "AdaIAD(alpha=1.0, beta=0.1, temperature=30.0, warmup_epochs=60)"),
+    ],
+)
+def test_a_method_section_builds_that_methods_loss_object(section, expected):
+    loss = config_from_dict({"method": section}).method.loss
+    assert repr(loss).startswith(expected)
+
+
+def test_each_methods_option_has_one_default_its_loss_classes():
+    from dgad_tf import losses
+
+    for name, cls in losses.METHOD_LOSSES.items():
+        method = load_config(None, [f"method.name={name}"]).method
+        assert method.loss == cls(), name
+        assert method.to_dict() == {"name": name, "reference_forwards": False, **cls().get_config()}
+
+
+@pytest.mark.parametrize(
+    "values, overrides",
+    [
+        ({"method": {"name": "trades", "alpha": 0.5}}, []),
+        ({}, ["method.name=trades", "method.alpha=0.5"]),
+    ],
+    ids=["yaml", "set"],
+)
+def test_an_option_of_another_method_is_an_error_listing_the_valid_keys(values, overrides):
+    from dgad_tf.config import config_with_overrides
+
+    with pytest.raises(ConfigError) as err:
+        config_with_overrides(values, overrides)
+    assert str(err.value) == (
+        "unknown key `method.alpha` for method trades; known keys: name, reference_forwards, beta"
+    )
+
+
+@pytest.mark.parametrize(
+    "old, value, new",
+    [
+        ("method.trades_beta", 6.0, "`method.beta` (with method.name: trades)"),
+        ("method.ard_alpha", 0.5, "`method.alpha` (with method.name: ard)"),
+        ("method.ard_temperature", 30.0, "`method.temperature` (with method.name: ard)"),
+        ("method.adaad_alpha", 1.0, "`method.alpha` (with method.name: adaad)"),
+        ("method.dgad_weighting", "standard", "`method.weighting` (with method.name: dgad)"),
+        ("method.rslad_log_epsilon", 1e-5, "`method.log_epsilon` (with method.name: rslad)"),
+        ("method.iad_alpha", 1.0, "`method.alpha` (with method.name: iad or adaiad)"),
+        ("method.iad_beta", 0.1, "`method.beta` (with method.name: iad or adaiad)"),
+        ("method.iad_temperature", 1.0, "`method.temperature` (with method.name: iad or adaiad)"),
+        (
+            "method.iad_warmup_epochs",
+            60,
+            "`method.warmup_epochs` (with method.name: iad or adaiad)",
+        ),
+        ("attack.init", "uniform", "`attack.start`"),
+        ("attack.init_std", 0.01, "`attack.start_std`"),
+    ],
+)
+@pytest.mark.parametrize("how", ["yaml", "set"])
+def test_a_key_of_the_earlier_flat_sections_is_an_error_naming_its_new_spelling(
+    old, value, new, how
+):
+    from dgad_tf.config import config_with_overrides
+
+    section, key = old.split(".")
+    values = {section: {key: value}} if how == "yaml" else {}
+    overrides = [f"{old}={value}"] if how == "set" else []
+    with pytest.raises(ConfigError) as err:
+        config_with_overrides(values, overrides)
+    assert str(err.value) == f"`{old}` is now spelled {new}; rename it"
+
+
+def test_a_method_option_out_of_range_names_its_key():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["method.name=trades", "method.beta=-1"])
+    assert str(err.value) == "method trades: `method.beta` must be >= 0; received beta=-1.0"
+
+
+def test_a_search_over_another_methods_option_is_refused_naming_the_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(
+            {
+                "method": {"name": "adaad"},
+                "tune": {"space": {"method.beta": {"type": "float", "min": 0, "max": 4}}},
+            }
+        )
+    assert str(err.value) == (
+        "tune.space.method.beta: `method.beta` is not a config field; section `method` has "
+        "name, reference_forwards, alpha, kl_reduction, kl_scale (method.name=adaad)"
+    )
+    with pytest.raises(ConfigError, match="`method.warmup_epochs` is an integer field"):
+        config_from_dict(
+            {
+                "method": {"name": "iad"},
+                "tune": {"space": {"method.warmup_epochs": {"type": "float", "min": 0, "max": 4}}},
+            }
+        )
+
+
+def test_a_trial_or_cell_of_another_method_keeps_none_of_the_base_methods_options(tmp_path):
+    from dgad_tf import study as study_lib
+
+    base = config_from_dict({"method": {"name": "trades", "beta": 3.0, "reference_forwards": True}})
+    trial = with_values(base, {"method.name": "ard"})
+    assert trial.method.loss == load_config(None, ["method.name=ard"]).method.loss
+    assert trial.method.reference_forwards  # the distiller's switch, not an option, is kept
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "method": {"name": "trades", "beta": 3.0},
+                "output": {"dir": str(tmp_path / "study")},
+                "study": {"methods": ["trades", "pgd_at", "ard"], "seeds": [0]},
+            }
+        )
+    )
+    cells = {cell.entry.name: cell.cfg.method for cell in study_lib.load_study(path).cells()}
+    assert cells["trades"].beta == 3.0
+    assert cells["ard"].loss == load_config(None, ["method.name=ard"]).method.loss
+
+
+# The `method:` and `attack:` sections of a config.yaml written before the method sections (as
+# the earlier Config.to_yaml wrote every field): an IAD run at the earlier config's temperature.
+WRITTEN_BEFORE = """\
+attack:
+  eps: 0.1
+  step_size: 0.025
+  steps: 5
+  init: auto
+  init_std: 0.001
+method:
+  name: iad
+  beta: 1.0
+  use_map: true
+  use_els: true
+  distill_weight: 1.0
+  trades_beta: 6.0
+  ard_alpha: 0.5
+  ard_temperature: 30.0
+  adaad_alpha: 1.0
+  dgad_weighting: standard
+  kl_reduction: batchmean
+  kl_scale: 1.0
+  rslad_log_epsilon: 0.0
+  reference_forwards: true
+  iad_alpha: 0.9
+  iad_beta: 0.1
+  iad_temperature: 30.0
+  iad_warmup_epochs: 60
+"""
+
+
+def test_a_run_folders_config_written_before_the_method_sections_still_reads(tmp_path):
+    from dgad_tf import losses, rundir
+
+    (tmp_path / "config.yaml").write_text(WRITTEN_BEFORE)
+    cfg = rundir.run_config(tmp_path)
+    # Only the named method's options counted then (ARD's alpha was ignored by an IAD run).
+    assert cfg.method.loss == losses.IAD(alpha=0.9, beta=0.1, temperature=30.0, warmup_epochs=60)
+    assert cfg.method.reference_forwards
+    assert (cfg.attack.start, cfg.attack.start_std, cfg.attack.steps) == ("auto", 0.001, 5)
+    today = load_config(
+        None,
+        [
+            "attack.eps=0.1",
+            "attack.step_size=0.025",
+            "attack.steps=5",
+            "method.name=iad",
+            "method.alpha=0.9",
+            "method.temperature=30",
+            "method.reference_forwards=true",
+        ],
+    )
+    assert cfg.hash() == today.hash()  # so the run resumes under today's spelling
+    # A hand-written file with some earlier keys is still told their new spelling.
+    (tmp_path / "config.yaml").write_text("method:\n  name: iad\n  iad_temperature: 30.0\n")
+    with pytest.raises(ConfigError, match="is now spelled `method.temperature`"):
+        rundir.run_config(tmp_path)

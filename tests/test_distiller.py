@@ -8,9 +8,7 @@ from subprocesses import run_command
 
 from dgad_tf import attacks, losses
 from dgad_tf.attacks import PGD
-from dgad_tf.config import METHODS
 from dgad_tf.distiller import AdversarialDistiller
-from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.optim import TorchSGD
 
 
@@ -32,11 +30,11 @@ def batch(n=16, num_classes=4, seed=0):
 
 def make(method, lr=0.05, loss=None, steps=2, start="auto", start_std=0.001, **kwargs):
     """A compiled distiller of `method` (its loss's defaults unless `loss` is given)."""
-    spec = METHOD_SPECS[method]
+    loss = losses.get(method)() if loss is None else loss
     distiller = AdversarialDistiller(
-        teacher=tiny_net(width=16, name="teacher") if spec.needs_teacher else None,
+        teacher=tiny_net(width=16, name="teacher") if loss.needs_teacher else None,
         student=tiny_net(name="student"),
-        loss=spec.loss() if loss is None else loss,
+        loss=loss,
         attack=PGD(eps=0.1, step_size=0.05, steps=steps, start=start, start_std=start_std),
         val_robust_steps=2,
         **kwargs,
@@ -45,14 +43,14 @@ def make(method, lr=0.05, loss=None, steps=2, start="auto", start_std=0.001, **k
     return distiller
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(losses.METHOD_LOSSES))
 def test_every_method_takes_a_finite_step(method):
     distiller = make(method)
     x, y = batch()
     logs = distiller.train_on_batch(x, y, return_dict=True)
     assert np.isfinite(logs["loss"]), logs
     assert 0.0 <= logs["student_clean_accuracy"] <= 1.0
-    if METHOD_SPECS[method].needs_teacher:
+    if losses.get(method).needs_teacher:
         assert 0.0 <= logs["teacher_clean_accuracy"] <= 1.0
 
 
@@ -163,7 +161,7 @@ def test_compiled_step_does_not_retrace_per_batch():
 
 # ---------------------------------------------------------------- wiring against independent truth
 
-ATTACKING_METHODS = [m for m in METHODS if METHOD_SPECS[m].attack != "none"]
+ATTACKING_METHODS = [m for m, cls in losses.METHOD_LOSSES.items() if cls.ascent is not None]
 
 
 def _kl(p_logits, q_logits):
@@ -484,7 +482,7 @@ def test_the_teacher_is_never_run_in_training_mode(method):
     distiller = AdversarialDistiller(
         teacher=teacher,
         student=tiny_net(name="student"),
-        loss=METHOD_SPECS[method].loss(),
+        loss=losses.get(method)(),
         attack=PGD(eps=0.1, step_size=0.05, steps=2),
     )
     distiller.compile(optimizer=TorchSGD(0.05))

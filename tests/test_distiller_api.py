@@ -11,9 +11,8 @@ import tensorflow as tf
 
 from dgad_tf import build, losses
 from dgad_tf.attacks import PGD
-from dgad_tf.config import Config, MethodConfig, TrainConfig
+from dgad_tf.config import Config, config_from_dict
 from dgad_tf.distiller import AdversarialDistiller
-from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.optim import TorchSGD
 
 TEACHER_FREE = [losses.Clean(), losses.PGDAT(), losses.TRADES()]
@@ -169,59 +168,67 @@ def test_iad_counts_its_introspection_from_the_epoch_its_warmup_ends():
 # --------------------------------------------------------------------------- the config
 
 
-CHANGED = MethodConfig(
-    beta=0.3,
-    use_map=False,
-    use_els=False,
-    distill_weight=0.5,
-    trades_beta=2.0,
-    ard_alpha=0.4,
-    ard_temperature=5.0,
-    adaad_alpha=0.6,
-    dgad_weighting="reference_mobilenetv2",
-    kl_reduction="class_mean",
-    kl_scale=2.0,
-    rslad_log_epsilon=1e-5,
-    iad_alpha=0.7,
-    iad_beta=0.2,
-    iad_temperature=3.0,
-    iad_warmup_epochs=4,
-)
-# Every method's loss from CHANGED (and train.batch_size 50), written out from MethodConfig's docs.
-FROM_CHANGED = {
-    "clean": losses.Clean(),
-    "pgd_at": losses.PGDAT(),
-    "trades": losses.TRADES(beta=2.0),
-    "ard": losses.ARD(alpha=0.4, temperature=5.0, kl_reduction="class_mean", kl_scale=2.0),
-    "rslad": losses.RSLAD(kl_reduction="class_mean", kl_scale=2.0, log_epsilon=1e-5),
-    "adaad": losses.AdaAD(alpha=0.6, kl_reduction="class_mean", kl_scale=2.0),
-    "iad": losses.IAD(alpha=0.7, beta=0.2, temperature=3.0, warmup_epochs=4),
-    "adaiad": losses.AdaIAD(alpha=0.7, beta=0.2, temperature=3.0, warmup_epochs=4),
-    "dgad": losses.DGAD(
-        beta=0.3,
-        use_map=False,
-        use_els=False,
-        distill_weight=0.5,
-        weighting="reference_mobilenetv2",
-        reference_batch_size=50,
+# Every method's `method:` section with each option changed (and train.batch_size 50), and the
+# loss it must build, written out from the loss classes' docs.
+CHANGED = {
+    "clean": ({}, losses.Clean()),
+    "pgd_at": ({}, losses.PGDAT()),
+    "trades": ({"beta": 2.0}, losses.TRADES(beta=2.0)),
+    "ard": (
+        {"alpha": 0.4, "temperature": 5.0, "kl_reduction": "class_mean", "kl_scale": 2.0},
+        losses.ARD(alpha=0.4, temperature=5.0, kl_reduction="class_mean", kl_scale=2.0),
+    ),
+    "rslad": (
+        {"kl_reduction": "class_mean", "kl_scale": 2.0, "log_epsilon": 1e-5},
+        losses.RSLAD(kl_reduction="class_mean", kl_scale=2.0, log_epsilon=1e-5),
+    ),
+    "adaad": (
+        {"alpha": 0.6, "kl_reduction": "class_mean", "kl_scale": 2.0},
+        losses.AdaAD(alpha=0.6, kl_reduction="class_mean", kl_scale=2.0),
+    ),
+    "iad": (
+        {"alpha": 0.7, "beta": 0.2, "temperature": 3.0, "warmup_epochs": 4},
+        losses.IAD(alpha=0.7, beta=0.2, temperature=3.0, warmup_epochs=4),
+    ),
+    "adaiad": (
+        {"alpha": 0.7, "beta": 0.2, "temperature": 3.0, "warmup_epochs": 4},
+        losses.AdaIAD(alpha=0.7, beta=0.2, temperature=3.0, warmup_epochs=4),
+    ),
+    "dgad": (
+        {
+            "beta": 0.3,
+            "use_map": False,
+            "use_els": False,
+            "distill_weight": 0.5,
+            "weighting": "reference_mobilenetv2",
+        },
+        # The configured batch size fills the reference weighting's divisor.
+        losses.DGAD(
+            beta=0.3,
+            use_map=False,
+            use_els=False,
+            distill_weight=0.5,
+            weighting="reference_mobilenetv2",
+            reference_batch_size=50,
+        ),
     ),
 }
+FROM_CHANGED = {name: loss for name, (_, loss) in CHANGED.items()}
 
 
-@pytest.mark.parametrize("method", sorted(FROM_CHANGED))
+@pytest.mark.parametrize("method", sorted(CHANGED))
 def test_the_config_fills_each_methods_loss_with_that_methods_options(method):
-    cfg = Config(method=dataclasses.replace(CHANGED, name=method), train=TrainConfig(batch_size=50))
-    assert build.method_loss(cfg) == FROM_CHANGED[method]
+    section, expected = CHANGED[method]
+    cfg = config_from_dict({"method": {"name": method, **section}, "train": {"batch_size": 50}})
+    assert build.method_loss(cfg) == expected
 
 
-def test_every_method_option_of_the_config_reaches_a_loss_and_every_loss_option_is_mapped():
-    used = {key for spec in METHOD_SPECS.values() for _, key in spec.config_options}
-    fields = {f"method.{f.name}" for f in dataclasses.fields(MethodConfig)}
-    # name picks the loss class; reference_forwards is the distiller's own argument.
-    assert fields - used == {"method.name", "method.reference_forwards"}
-    for name, spec in METHOD_SPECS.items():
-        options = {f.name for f in dataclasses.fields(spec.loss)}
-        assert {option for option, _ in spec.config_options} == options, name
+def test_the_changed_sections_set_every_option_of_every_method():
+    assert set(CHANGED) == set(losses.METHOD_LOSSES)
+    for name, (section, _) in CHANGED.items():
+        # reference_batch_size is filled from train.batch_size above.
+        options = set(losses.option_names(losses.get(name))) - {"reference_batch_size"}
+        assert set(section) == options, name
 
 
 def test_the_attack_section_becomes_the_pgd_object():
@@ -229,7 +236,7 @@ def test_the_attack_section_becomes_the_pgd_object():
     cfg = dataclasses.replace(
         cfg,
         attack=dataclasses.replace(
-            cfg.attack, eps=0.1, step_size=0.02, steps=3, init="gaussian", init_std=0.01
+            cfg.attack, eps=0.1, step_size=0.02, steps=3, start="gaussian", start_std=0.01
         ),
     )
     assert build.training_attack(cfg) == PGD(

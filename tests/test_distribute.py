@@ -335,7 +335,7 @@ QUICK_ARGS = [
 # at eps 1e-6 a flip moves a pixel by 1e-6, below the comparison's tolerance.
 EXACT_ARGS = [
     "--set",
-    "attack.init=none",
+    "attack.start=none",
     "--set",
     "model.sync_batchnorm=true",
     "--set",

@@ -12,7 +12,6 @@ import pytest
 from dgad_tf import losses
 from dgad_tf.attacks import PGD
 from dgad_tf.distiller import AdversarialDistiller
-from dgad_tf.methods import METHOD_SPECS
 from dgad_tf.optim import TorchSGD
 
 # Compared with an independent reference: CI also runs these with TF_ENABLE_ONEDNN_OPTS=0.
@@ -31,11 +30,11 @@ def input_bn_net(name):
 
 def make(method, *, eps=0.1, steps=2, reference_forwards=False, **options):
     """A compiled distiller of `method`, its loss with `options` (e.g. warmup_epochs)."""
-    spec = METHOD_SPECS[method]
+    loss = losses.get(method)(**options)
     distiller = AdversarialDistiller(
-        teacher=input_bn_net("teacher") if spec.needs_teacher else None,
+        teacher=input_bn_net("teacher") if loss.needs_teacher else None,
         student=input_bn_net("student"),
-        loss=spec.loss(**options),
+        loss=loss,
         attack=PGD(eps=eps, step_size=0.05, steps=steps, start="none"),
         reference_forwards=reference_forwards,
         val_robust_steps=0,
@@ -84,7 +83,7 @@ def test_one_step_moves_batch_norm_statistics_in_the_reference_order(method, ref
     x, y = batch()
     # The attack runs in inference mode from x itself: computing it first changes nothing.
     x_adv = np.asarray(distiller.adversarial_examples(x, y))
-    if METHOD_SPECS[method].attack != "none":
+    if losses.get(method).ascent is not None:
         assert np.abs(x_adv - x).max() > 0.01  # the orders are distinguishable
     bn = distiller.student.get_layer("input_bn")
     start = moving_mean(distiller.student)
@@ -196,20 +195,26 @@ def test_iad_attacks_in_training_mode_and_adds_forwards_as_its_code(reference, a
 # --------------------------------------------------------------------------- the spec's fields
 
 
-def test_a_method_spec_is_written_with_named_fields_and_checks_its_later_forwards():
-    from dgad_tf.methods import ADV, CLEAN, Forward, MethodSpec
+def test_a_method_loss_checks_its_later_forwards_when_the_class_is_written():
+    import dataclasses
 
-    spec = METHOD_SPECS["iad"]
-    with pytest.raises(TypeError):
-        MethodSpec(spec.loss, spec.config_options, spec.attack, spec.needs_teacher)  # positional
-    fields = {name: getattr(spec, name) for name in spec.__dataclass_fields__}
+    from dgad_tf.losses import ADV, CLEAN, Forward, MethodLoss
+
     unused_clean = Forward("clean", used=False)
+
     # After the warm-up the reference only adds calls whose output the loss does not read.
-    fields["reference_forwards"] = (ADV, CLEAN)
-    fields["reference_forwards_after_warmup"] = (ADV, CLEAN, unused_clean)
-    assert MethodSpec(**fields).forwards_added_after_warmup == (unused_clean,)
-    fields["reference_forwards_after_warmup"] = (ADV, CLEAN, CLEAN)
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Later(MethodLoss):
+        reference_forwards = (ADV, CLEAN)
+        reference_forwards_after_warmup = (ADV, CLEAN, unused_clean)
+
+    assert Later().forwards_added_after_warmup(reference_forwards=True) == (unused_clean,)
+    assert Later().forwards_added_after_warmup(reference_forwards=False) == ()
     with pytest.raises(ValueError, match="unused"):
-        MethodSpec(**fields)
+
+        class UsedLater(MethodLoss):
+            reference_forwards = (ADV, CLEAN)
+            reference_forwards_after_warmup = (ADV, CLEAN, CLEAN)
+
     with pytest.raises(ValueError, match="kind"):
         Forward("+clean")

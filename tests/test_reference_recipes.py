@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 
 from dgad_tf.config import load_config
-from dgad_tf.config.validate import resolved_attack_init
 from dgad_tf.fit import student_learning_rates
-from dgad_tf.methods import ADV, CLEAN, METHOD_SPECS, Forward
+from dgad_tf.losses import ADV, CLEAN, Forward
 
 # Compared with an independent reference: CI also runs these with TF_ENABLE_ONEDNN_OPTS=0.
 pytestmark = pytest.mark.parity
@@ -345,13 +344,14 @@ def test_attack_data_and_forwards_are_the_references(name):
     np.testing.assert_allclose([a.eps, a.step_size], [ref["eps"], ref["step_size"]], rtol=1e-12)
     assert a.steps == ref["steps"]
     init, std = ref["start"]
-    assert resolved_attack_init(me.name, a.init, me.reference_forwards) == init
+    start = me.loss.random_start(me.reference_forwards) if a.start == "auto" else a.start
+    assert start == init
     if std is not None:
-        assert a.init_std == std
+        assert a.start_std == std
     assert cfg.train.batch_size == ref["batch_size"]
     assert cfg.train.drop_remainder is not ref["keep_partial_batch"]
     assert cfg.data.val_fraction == ref["val_fraction"]
-    spec = METHOD_SPECS[me.name]
+    spec = me.loss
     assert me.reference_forwards
     assert spec.reference_forwards == ref["forwards"]
     assert spec.reference_train_mode_attack is ref["train_mode_attack"]
@@ -364,19 +364,17 @@ def test_loss_options_are_the_references(name):
     if "kl" in ref:
         assert (me.kl_reduction, me.kl_scale) == ref["kl"]
     if "log_epsilon" in ref:
-        assert me.rslad_log_epsilon == ref["log_epsilon"]
+        assert me.log_epsilon == ref["log_epsilon"]
     if "trades_beta" in ref:
-        assert me.trades_beta == ref["trades_beta"]
+        assert me.beta == ref["trades_beta"]
     if "ard" in ref:
-        assert (me.ard_alpha, me.ard_temperature) == ref["ard"]
+        assert (me.alpha, me.temperature) == ref["ard"]
     if "adaad_alpha" in ref:
-        assert me.adaad_alpha == ref["adaad_alpha"]
+        assert me.alpha == ref["adaad_alpha"]
     if "dgad" in ref:
-        assert (me.beta, me.use_map, me.use_els, me.dgad_weighting, me.distill_weight) == ref[
-            "dgad"
-        ]
+        assert (me.beta, me.use_map, me.use_els, me.weighting, me.distill_weight) == ref["dgad"]
     if "iad" in ref:
-        assert (me.iad_alpha, me.iad_beta, me.iad_temperature, me.iad_warmup_epochs) == ref["iad"]
+        assert (me.alpha, me.beta, me.temperature, me.warmup_epochs) == ref["iad"]
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))

@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from dgad_tf.config.sections import Config, ConfigError, Dimension
-from dgad_tf.config.space import parse_space
+from dgad_tf import losses
+from dgad_tf.config.sections import AttackConfig, Config, ConfigError, Dimension, MethodConfig
+from dgad_tf.config.space import check_integer_dimension, field_type, parse_space
 from dgad_tf.config.validate import validate
 
 
@@ -92,7 +93,126 @@ def _coerce(key: str, value: Any, annotation: Any):
     raise ConfigError(f"`{key}` has an unsupported type {annotation!r}")
 
 
+# Keys of the earlier flat `method:` and `attack:` sections, and their spelling now.
+RENAMED_KEYS = {
+    "method.trades_beta": ("method.beta", "trades"),
+    "method.ard_alpha": ("method.alpha", "ard"),
+    "method.ard_temperature": ("method.temperature", "ard"),
+    "method.adaad_alpha": ("method.alpha", "adaad"),
+    "method.dgad_weighting": ("method.weighting", "dgad"),
+    "method.rslad_log_epsilon": ("method.log_epsilon", "rslad"),
+    "method.iad_alpha": ("method.alpha", "iad or adaiad"),
+    "method.iad_beta": ("method.beta", "iad or adaiad"),
+    "method.iad_temperature": ("method.temperature", "iad or adaiad"),
+    "method.iad_warmup_epochs": ("method.warmup_epochs", "iad or adaiad"),
+    "attack.init": ("attack.start", None),
+    "attack.init_std": ("attack.start_std", None),
+}
+
+
+# A whole `method:` section as `config.yaml` files written before the method sections (issue 29)
+# hold it, and which of its keys fill each method's options; a run, study cell or export folder
+# of an earlier version still reads (only the named method's options counted there).
+_WRITTEN_FLAT_METHOD = (
+    "name beta use_map use_els distill_weight trades_beta ard_alpha ard_temperature adaad_alpha "
+    "dgad_weighting kl_reduction kl_scale rslad_log_epsilon reference_forwards iad_alpha "
+    "iad_beta iad_temperature iad_warmup_epochs"
+).split()
+_KL = {"kl_reduction": "kl_reduction", "kl_scale": "kl_scale"}
+_IAD = {"alpha": "iad_alpha", "beta": "iad_beta", "temperature": "iad_temperature"}
+_IAD = {**_IAD, "warmup_epochs": "iad_warmup_epochs"}
+_WRITTEN_FLAT_OPTIONS = {
+    "clean": {},
+    "pgd_at": {},
+    "trades": {"beta": "trades_beta"},
+    "ard": {"alpha": "ard_alpha", "temperature": "ard_temperature", **_KL},
+    "rslad": {**_KL, "log_epsilon": "rslad_log_epsilon"},
+    "adaad": {"alpha": "adaad_alpha", **_KL},
+    "iad": _IAD,
+    "adaiad": _IAD,
+    "dgad": {
+        "beta": "beta",
+        "use_map": "use_map",
+        "use_els": "use_els",
+        "distill_weight": "distill_weight",
+        "weighting": "dgad_weighting",
+    },
+}
+_WRITTEN_FLAT_ATTACK = {"eps", "step_size", "steps", "init", "init_std"}
+
+
+def _from_written_flat(values, prefix: str):
+    """A complete earlier-format section, as an older `config.yaml` holds it, in today's keys;
+    any other mapping unchanged (a hand-written old key stays an error naming its new one)."""
+    if prefix == "method" and isinstance(values, dict) and set(values) == set(_WRITTEN_FLAT_METHOD):
+        options = _WRITTEN_FLAT_OPTIONS.get(values["name"], {})
+        section = {"name": values["name"], "reference_forwards": values["reference_forwards"]}
+        return {**section, **{new: values[old] for new, old in options.items()}}
+    if prefix == "attack" and isinstance(values, dict) and set(values) == _WRITTEN_FLAT_ATTACK:
+        moved = {"start": values["init"], "start_std": values["init_std"]}
+        return {k: v for k, v in values.items() if k not in ("init", "init_std")} | moved
+    return values
+
+
+def _check_renamed(prefix: str, keys):
+    for name in sorted(keys):
+        key = f"{prefix}.{name}"
+        if key in RENAMED_KEYS:
+            new, method = RENAMED_KEYS[key]
+            where = f" (with method.name: {method})" if method else ""
+            raise ConfigError(f"`{key}` is now spelled `{new}`{where}; rename it")
+
+
+def _build_method(values: dict, prefix: str) -> MethodConfig:
+    """The `method:` section: `name`, `reference_forwards` and exactly the loss class's fields."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"`{prefix}` must be a mapping; received {prefix}={values!r}")
+    name = _coerce(f"{prefix}.name", values.get("name", MethodConfig.name), str)
+    try:
+        cls = losses.get(name)
+    except ValueError as err:
+        raise ConfigError(f"`{prefix}.name`: {err}") from None
+    own = set(losses.option_names(cls))
+    unknown = sorted(set(values) - own - {"name", "reference_forwards"})
+    if unknown:
+        _check_renamed(prefix, unknown)
+        known = ", ".join(["name", "reference_forwards", *losses.option_names(cls)])
+        raise ConfigError(
+            f"unknown key `{prefix}.{unknown[0]}` for method {name}; known keys: {known}"
+        )
+    hints = typing.get_type_hints(cls)
+    options = {}
+    for field in own & set(values):
+        options[field] = _coerce_option(f"{prefix}.{field}", values[field], hints.get(field))
+    try:
+        loss = cls(**options)
+    except (TypeError, ValueError) as err:
+        message = str(err)
+        for field in own:
+            message = message.replace(f"`{field}`", f"`{prefix}.{field}`")
+        raise ConfigError(f"method {name}: {message}") from None
+    reference = _coerce(
+        f"{prefix}.reference_forwards",
+        values.get("reference_forwards", MethodConfig.reference_forwards),
+        bool,
+    )
+    return MethodConfig(name=name, reference_forwards=reference, loss=loss)
+
+
+def _coerce_option(key: str, value: Any, annotation: Any):
+    """A loss option from YAML: coerced as a config field when its type is one, else as is."""
+    try:
+        return _coerce(key, value, annotation)
+    except ConfigError as err:
+        if "unsupported type" in str(err):
+            return value
+        raise
+
+
 def _build(cls, values: dict, prefix: str):
+    values = _from_written_flat(values, prefix)
+    if cls is MethodConfig:
+        return _build_method(values, prefix)
     if not isinstance(values, dict):
         if not prefix:
             raise ConfigError(f"a config must be a mapping of sections; received {values!r}")
@@ -100,6 +220,8 @@ def _build(cls, values: dict, prefix: str):
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
+    if unknown and cls is AttackConfig:
+        _check_renamed(prefix, unknown)
     if unknown:
         where = f"section `{prefix}`" if prefix else "the top level"
         raise ConfigError(
@@ -155,7 +277,17 @@ def config_from_dict(values: dict) -> Config:
     if values is None:
         values = {}
     cfg = validate(_build(Config, values, ""))
+    hints = typing.get_type_hints(type(cfg.method.loss))
+    method_keys = ["name", "reference_forwards", *losses.option_names(type(cfg.method.loss))]
     for key, dimension in cfg.tune.space.items():
+        section, _, field = key.partition(".")
+        if section == "method" and field not in method_keys:
+            raise ConfigError(
+                f"tune.space.{key}: `{key}` is not a config field; section `method` has "
+                f"{', '.join(method_keys)} (method.name={cfg.method.name})"
+            )
+        if section == "method" and field in hints:
+            check_integer_dimension(key, dimension, field_type(hints[field]))
         # `method.beta: {min: -1, ...}` is refused as the config refuses `method.beta=-1`.
         for value in dimension.extremes():
             try:
@@ -182,11 +314,33 @@ def with_values(cfg: Config, values: dict) -> Config:
         2.0
     """
     merged = cfg.to_dict()
+    if "method.name" in values:
+        # A trial of another method: the searched options of the configured method apply to the
+        # trials whose method has them (each method's options are its own).
+        merged["method"] = method_section_for(merged["method"], values["method.name"])
+        try:
+            own = set(losses.option_names(losses.get(values["method.name"])))
+        except ValueError as err:
+            raise ConfigError(f"`method.name`: {err}") from None
+        values = {
+            key: value
+            for key, value in values.items()
+            if not key.startswith("method.")
+            or key.partition(".")[2] in own | {"name", "reference_forwards"}
+        }
     for key, value in values.items():
         section, field = key.split(".")
         merged[section] = {**merged[section], field: value}
     merged["tune"] = {}
     return config_from_dict(merged)
+
+
+def method_section_for(section: dict, name) -> dict:
+    """A resolved `method:` section with its method set to `name`: as it is for the same method;
+    for another, only `reference_forwards` is kept (each method's options are its own)."""
+    if section.get("name") == name:
+        return section
+    return {"name": name, **{k: v for k, v in section.items() if k == "reference_forwards"}}
 
 
 def load_config(path: str | pathlib.Path | None = None, overrides: list[str] = ()) -> Config:

@@ -1,7 +1,8 @@
 """The config's sections: frozen dataclasses whose defaults are the single source of truth.
 
-Every name and choice list of the config lives here; `validate` checks values against them and
-`loading` reads YAML and `--set` overrides into them.
+Every name and choice list of the config lives here, but the methods': a method and its options
+are its loss class in `dgad_tf.losses` (the `method:` section holds its fields). `validate`
+checks values against them and `loading` reads YAML and `--set` overrides into them.
 """
 
 from __future__ import annotations
@@ -13,12 +14,8 @@ from typing import Optional
 
 import yaml
 
-METHODS = ("clean", "pgd_at", "trades", "ard", "rslad", "adaad", "iad", "adaiad", "dgad")
-TEACHER_METHODS = ("ard", "rslad", "adaad", "iad", "adaiad", "dgad")
 EXPORT_FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-KL_REDUCTIONS = ("batchmean", "class_mean")
-DGAD_WEIGHTINGS = ("standard", "reference_mobilenetv2")
 TEACHER_TRAIN_METHODS = ("pgd_at", "trades")
 ATTACK_INITS = ("auto", "uniform", "gaussian", "none")
 MODEL_INITS = ("torch", "keras")
@@ -129,80 +126,65 @@ class AttackConfig:
             Defaults to 8/255.
         step_size: PGD step. Defaults to 2/255.
         steps: PGD iterations during training. Defaults to 10.
-        init: random start: "auto" (the method's own: Gaussian 0.001 for the distillation
-            methods and TRADES, uniform in the ball for PGD-AT and ARD), "uniform",
-            "gaussian" or "none". Defaults to "auto".
-        init_std: standard deviation of the Gaussian start. Defaults to 0.001.
+        start: random start: "auto" (the method's own, `MethodLoss.random_start`: Gaussian
+            0.001 for the distillation methods and TRADES, uniform in the ball for PGD-AT and
+            ARD), "uniform", "gaussian" or "none". Defaults to "auto".
+        start_std: standard deviation of the Gaussian start. Defaults to 0.001.
     """
 
     eps: float = 8 / 255
     step_size: float = 2 / 255
     steps: int = 10
-    init: str = "auto"
-    init_std: float = 0.001
+    start: str = "auto"
+    start_std: float = 0.001
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodConfig:
-    """Training method and its loss weights.
+    """The training method: its loss object, and whether to follow its reference code's forwards.
+
+    In a config file the section is flat and holds exactly the loss class's fields besides
+    `name` and `reference_forwards`, e.g. `method: {name: trades, beta: 6.0}`; a field another
+    method has is an error listing the valid keys. `cfg.method.beta` reads the loss's field.
 
     Args:
-        name: one of `METHODS`. Defaults to "dgad".
-        beta: weight of DGAD's predictive-consistency regulariser (0 turns PCR off).
-            Defaults to 1.0.
-        use_map: DGAD's misclassification-aware partitioning. Defaults to True.
-        use_els: DGAD's error-corrective label swapping. Defaults to True.
-        distill_weight: explicit weight on DGAD's distillation (KL) term. Defaults to 1.0.
-        trades_beta: TRADES's KL weight. Defaults to 6.0.
-        ard_alpha: ARD's weight on the distillation term. Defaults to 1.0.
-        ard_temperature: ARD's temperature. Defaults to 30.0.
-        adaad_alpha: AdaAD's weight on the adversarial term. Defaults to 1.0.
-        dgad_weighting: "standard" (the paper's loss) or "reference_mobilenetv2" (the reference
-            code's MobileNetV2 branch, which multiplies the clean and adversarial KL means; for
-            reproducing its MobileNetV2 rows, see `losses.dgad_loss`). Defaults to "standard".
-        kl_reduction: scale of the KL terms of AdaAD, RSLAD and ARD: "batchmean" (KL summed over
-            classes, mean over the batch) or "class_mean" (also divided by the number of classes,
-            PyTorch's default `nn.KLDivLoss()` as their reference code uses on CIFAR-10).
-            Defaults to "batchmean".
-        kl_scale: constant factor on those KL terms (the reference RSLAD's CIFAR-100 `10 * mean`
-            is class_mean with kl_scale 10). Defaults to 1.0.
-        rslad_log_epsilon: epsilon of RSLAD's KL as its code writes it, -a*b + log(b + epsilon)*b
-            with a the student's log-softmax and b the TEACHER's softmax: the value moves by a
-            constant of the teacher, the gradient is the exact KL gradient; 0 is the exact KL.
-            Defaults to 0.0.
-        reference_forwards: run the baselines' forward passes in the order and batch-norm modes of
-            their reference code (PGD-AT: Gaussian 0.001 start and an extra training-mode clean
-            forward after the adversarial one; TRADES: clean, adversarial, clean; RSLAD and ARD:
-            adversarial then clean; ARD and IAD: attack with the student in training mode; IAD:
-            adversarial twice, then clean, and once more clean after its warm-up; AdaIAD: clean,
-            adversarial, clean, and once more clean after its warm-up). They change only
-            batch-norm statistics and the start, not the loss formula. Defaults to False.
-        iad_alpha: IAD's and AdaIAD's weight on their distillation terms. Defaults to 1.0.
-        iad_beta: exponent of the teacher's true-class confidence in IAD's introspection weight.
-            Defaults to 0.1.
-        iad_temperature: IAD's and AdaIAD's distillation temperature (Zhu et al.'s code: 1, the
-            DGAD repository's AdaIAD: 30). Defaults to 30.0.
-        iad_warmup_epochs: epochs before the introspection term starts. Defaults to 60.
+        name: a method name of `dgad_tf.losses.METHOD_LOSSES` ("dgad", "adaad", "rslad",
+            "ard", "iad", "adaiad", "trades", "pgd_at", "clean"), or a dotted path to a
+            `dgad_tf.losses.MethodLoss` subclass (`mypkg.mymodule.MyLoss`). Defaults to "dgad".
+        reference_forwards: run the student's forwards in the order and batch-norm modes of the
+            method's reference code (`MethodLoss.reference_forwards`, docs/method.md §9.10);
+            they change only batch-norm statistics and, for PGD-AT, the start, not the loss
+            formula. Defaults to False.
+        loss: the method's loss object with the section's options, each defaulting to its
+            class's default. Defaults to None (the class of `name` with its defaults).
     """
 
     name: str = "dgad"
-    beta: float = 1.0
-    use_map: bool = True
-    use_els: bool = True
-    distill_weight: float = 1.0
-    trades_beta: float = 6.0
-    ard_alpha: float = 1.0
-    ard_temperature: float = 30.0
-    adaad_alpha: float = 1.0
-    dgad_weighting: str = "standard"
-    kl_reduction: str = "batchmean"
-    kl_scale: float = 1.0
-    rslad_log_epsilon: float = 0.0
     reference_forwards: bool = False
-    iad_alpha: float = 1.0
-    iad_beta: float = 0.1
-    iad_temperature: float = 30.0
-    iad_warmup_epochs: int = 60
+    loss: typing.Any = None
+
+    def __post_init__(self):
+        if self.loss is None:
+            from dgad_tf.losses import get
+
+            object.__setattr__(self, "loss", get(self.name)())
+
+    def __getattr__(self, field: str):
+        # Only reached for names that are not MethodConfig's own: the loss's options.
+        if field.startswith("_") or field == "loss":
+            raise AttributeError(field)
+        loss = self.__dict__.get("loss")
+        if loss is not None and field in {f.name for f in dataclasses.fields(loss)}:
+            return getattr(loss, field)
+        raise AttributeError(f"method {self.name!r} has no option {field!r}")
+
+    def to_dict(self) -> dict:
+        """The flat section: name, reference_forwards and the loss's options."""
+        return {
+            "name": self.name,
+            "reference_forwards": self.reference_forwards,
+            **self.loss.get_config(),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -437,8 +419,14 @@ class Config:
 
     def to_dict(self) -> dict:
         """Plain nested dict (tuples as lists), as written to `config.yaml`."""
-        values = _plain(dataclasses.asdict(self))
-        values["tune"] = _plain(self.tune.to_dict())
+        values = {
+            f.name: _plain(
+                getattr(self, f.name).to_dict()
+                if f.name in ("method", "tune")
+                else dataclasses.asdict(getattr(self, f.name))
+            )
+            for f in dataclasses.fields(self)
+        }
         return values
 
     def to_yaml(self) -> str:

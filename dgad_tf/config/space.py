@@ -10,8 +10,9 @@
 
 The space may also be nested (`method: {beta: {type: float, ...}}`), which is what
 `--set tune.space.method.beta=...` produces. Each key must be a config field that trials may
-vary; `loading` then puts every bound and choice into the config and validates it, so a misspelt
-key or an out-of-range bound is a `ConfigError` naming `tune.space.<key>` before anything runs.
+vary (for `method.`, an option of the configured method's loss class); `loading` then puts every
+bound and choice into the config and validates it, so a misspelt key or an out-of-range bound is
+a `ConfigError` naming `tune.space.<key>` before anything runs.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ def parse_space(space: Any) -> dict[str, Dimension]:
     for key, entry in _flatten_space(space).items():
         _check_key(key)
         dimension = _parse_dimension(key, entry)
-        if dimension.type == "float" and _field_type(key) is int:
-            raise ConfigError(f"tune.space.{key}: `{key}` is an integer field; use type int")
+        if not key.startswith("method."):  # the method's options: `check_method_dimensions`
+            check_integer_dimension(key, dimension, _field_type(key))
         dimensions[key] = dimension
     return dimensions
 
@@ -115,7 +116,11 @@ def _check_key(key: str):
             f"with section one of {sections}"
         )
     section, field = parts
-    fields = [f.name for f in dataclasses.fields(hints[section])]
+    if section == "method":
+        # The options of the configured method's loss class; `loading` checks them against it.
+        fields = ["name", "reference_forwards"] if field == "loss" else [field]
+    else:
+        fields = [f.name for f in dataclasses.fields(hints[section])]
     if field not in fields:
         raise ConfigError(
             f"{where}: `{key}` is not a config field; section `{section}` has {', '.join(fields)}"
@@ -125,11 +130,22 @@ def _check_key(key: str):
             raise ConfigError(f"{where}: `{key}` cannot be searched: {_UNTUNABLE[prefix]}")
 
 
+def check_integer_dimension(key: str, dimension: Dimension, field_type) -> None:
+    """Refuse a float dimension over an integer field."""
+    if dimension.type == "float" and field_type is int:
+        raise ConfigError(f"tune.space.{key}: `{key}` is an integer field; use type int")
+
+
+def field_type(hint):
+    """The type of a field annotated `hint`, Optional unwrapped."""
+    inner = [a for a in typing.get_args(hint) if a is not type(None)]
+    return inner[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+
+
 def _field_type(key: str):
     section, field = key.split(".")
     hint = typing.get_type_hints(typing.get_type_hints(Config)[section])[field]
-    inner = [a for a in typing.get_args(hint) if a is not type(None)]
-    return inner[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+    return field_type(hint)
 
 
 def _number(where: str, name: str, value, kind: type):

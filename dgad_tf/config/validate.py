@@ -10,10 +10,7 @@ from typing import Any
 from dgad_tf import eval_attacks
 from dgad_tf.config.sections import (
     ATTACK_INITS,
-    DGAD_WEIGHTINGS,
     EXPORT_FORMATS,
-    KL_REDUCTIONS,
-    METHODS,
     MODEL_INITS,
     PRECISIONS,
     SCHEDULES,
@@ -23,7 +20,6 @@ from dgad_tf.config.sections import (
     TUNERS,
     Config,
     ConfigError,
-    MethodConfig,
     TuneConfig,
 )
 from dgad_tf.data import DATA_SOURCES
@@ -87,9 +83,9 @@ def validate(cfg: Config) -> Config:
     _check(0.0 <= a.eps <= 1.0, "attack.eps", a.eps, "in [0, 1]")
     _check(0.0 <= a.step_size <= 1.0, "attack.step_size", a.step_size, "in [0, 1]")
     _check(a.steps >= 0, "attack.steps", a.steps, ">= 0")
-    _check_choice("attack.init", a.init, ATTACK_INITS)
-    _check(a.init_std >= 0, "attack.init_std", a.init_std, ">= 0")
-    attacked = [f"method.name={me.name}"] if me.name != "clean" else []
+    _check_choice("attack.start", a.start, ATTACK_INITS)
+    _check(a.start_std >= 0, "attack.start_std", a.start_std, ">= 0")
+    attacked = [f"method.name={me.name}"] if me.loss.ascent is not None else []
     if cfg.teacher_train.epochs > 0:
         attacked.append(f"teacher_train.method={cfg.teacher_train.method}")
     if attacked:
@@ -106,8 +102,6 @@ def validate(cfg: Config) -> Config:
             f"<= attack.eps={a.eps:g} (a longer step only overshoots the eps-ball and is "
             "clipped back)",
         )
-
-    validate_method(me)
 
     _check(o.lr > 0, "optimizer.lr", o.lr, "> 0")
     _check(0.0 <= o.momentum < 1.0, "optimizer.momentum", o.momentum, "in [0, 1)")
@@ -216,39 +210,3 @@ def check_export_formats(formats, key: str = "export.formats") -> list[str]:
     for name in checked:
         _check(name in EXPORT_FORMATS, key, list(formats), "a list of " + ", ".join(EXPORT_FORMATS))
     return checked
-
-
-def validate_method(me: MethodConfig, prefix: str = "method") -> MethodConfig:
-    """Check the method section alone (the loss objects check their own options again)."""
-    _check_choice(f"{prefix}.name", me.name, METHODS)
-    for key in (
-        "beta",
-        "distill_weight",
-        "trades_beta",
-        "rslad_log_epsilon",
-        "iad_beta",
-        "iad_warmup_epochs",
-    ):
-        _check(getattr(me, key) >= 0, f"{prefix}.{key}", getattr(me, key), ">= 0")
-    for key in ("ard_alpha", "adaad_alpha", "iad_alpha"):
-        _check(0.0 <= getattr(me, key) <= 1.0, f"{prefix}.{key}", getattr(me, key), "in [0, 1]")
-    for key in ("ard_temperature", "iad_temperature", "kl_scale"):
-        _check(getattr(me, key) > 0, f"{prefix}.{key}", getattr(me, key), "> 0")
-    _check_choice(f"{prefix}.dgad_weighting", me.dgad_weighting, DGAD_WEIGHTINGS)
-    _check_choice(f"{prefix}.kl_reduction", me.kl_reduction, KL_REDUCTIONS)
-    return me
-
-
-def resolved_attack_init(method: str, init: str, reference_forwards: bool = False) -> str:
-    """The random start a method uses when `attack.init` is "auto".
-
-    The distillation methods and TRADES start from x + 0.001·N(0, I) as their reference code;
-    ARD, IAD and the clean baseline start uniformly in the ball as Madry et al., and so does PGD-AT
-    unless `reference_forwards` asks for the Gaussian start of the AdaAD code's SAT baseline.
-    """
-    if init != "auto":
-        return init
-    gaussian = ("trades", "rslad", "adaad", "adaiad", "dgad")
-    if method in gaussian or (method == "pgd_at" and reference_forwards):
-        return "gaussian"
-    return "uniform"

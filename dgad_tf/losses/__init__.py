@@ -13,20 +13,33 @@ reference code of ARD, RSLAD and AdaAD (CIFAR-10) computes it with PyTorch's def
 `nn.KLDivLoss()` reduction, which averages over batch *and* classes, i.e. divides the KL by the
 number of classes C; `kl_reduction="class_mean"` on those losses reproduces that scale, and
 `kl_scale` any further constant the reference multiplies in (RSLAD's CIFAR-100 `10 * mean`).
+
+A method is its loss object (`MethodLoss`): the class also says whether it needs a teacher, what
+its training attack ascends, its random start and its forwards. `get` resolves a method name
+(`"dgad"`) or a dotted path to a user's own subclass (`"mypkg.mymodule.MyLoss"`); `METHOD_LOSSES`
+is the registry of names. The loss objects and the registry import no TensorFlow; the loss
+functions are imported (with TensorFlow) on first use.
 """
 
-from dgad_tf.losses._common import kl_divergence, largest_other_logit, swap_true_with_max
-from dgad_tf.losses.baselines import (
-    adaad_loss,
-    adaiad_loss,
-    ard_loss,
-    clean_loss,
-    iad_loss,
-    pgd_at_loss,
-    rslad_loss,
-    trades_loss,
+import importlib
+
+from dgad_tf.losses._checks import DGAD_WEIGHTINGS, KL_REDUCTIONS
+from dgad_tf.losses.method_loss import (
+    ADV,
+    CE_TO_LABELS,
+    CLEAN,
+    KL_STUDENT_CLEAN,
+    KL_TEACHER_ADV,
+    KL_TEACHER_CLEAN,
+    METHOD_LOSSES,
+    Ascent,
+    Forward,
+    MethodLoss,
+    get,
+    name_of,
+    option_names,
+    register,
 )
-from dgad_tf.losses.dgad import dgad_loss
 from dgad_tf.losses.method_losses import (
     ARD,
     DGAD,
@@ -37,22 +50,33 @@ from dgad_tf.losses.method_losses import (
     AdaAD,
     AdaIAD,
     Clean,
-    MethodLoss,
 )
 
+# The loss functions and KL helpers, imported with TensorFlow when first asked for.
+_FUNCTIONS = {
+    "kl_divergence": "_common",
+    "largest_other_logit": "_common",
+    "swap_true_with_max": "_common",
+    "dgad_loss": "dgad",
+    "pgd_at_loss": "baselines",
+    "trades_loss": "baselines",
+    "ard_loss": "baselines",
+    "rslad_loss": "baselines",
+    "adaad_loss": "baselines",
+    "iad_loss": "baselines",
+    "adaiad_loss": "baselines",
+    "clean_loss": "baselines",
+}
+
+
+def __getattr__(name):
+    if name in _FUNCTIONS:
+        return getattr(importlib.import_module(f"dgad_tf.losses.{_FUNCTIONS[name]}"), name)
+    raise AttributeError(f"module 'dgad_tf.losses' has no attribute {name!r}")
+
+
 __all__ = [
-    "kl_divergence",
-    "largest_other_logit",
-    "swap_true_with_max",
-    "dgad_loss",
-    "pgd_at_loss",
-    "trades_loss",
-    "ard_loss",
-    "rslad_loss",
-    "adaad_loss",
-    "iad_loss",
-    "adaiad_loss",
-    "clean_loss",
+    *_FUNCTIONS,
     "MethodLoss",
     "DGAD",
     "AdaAD",
@@ -63,4 +87,19 @@ __all__ = [
     "AdaIAD",
     "PGDAT",
     "Clean",
+    "METHOD_LOSSES",
+    "get",
+    "name_of",
+    "option_names",
+    "register",
+    "Ascent",
+    "CE_TO_LABELS",
+    "KL_TEACHER_ADV",
+    "KL_STUDENT_CLEAN",
+    "KL_TEACHER_CLEAN",
+    "Forward",
+    "CLEAN",
+    "ADV",
+    "KL_REDUCTIONS",
+    "DGAD_WEIGHTINGS",
 ]

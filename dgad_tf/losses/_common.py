@@ -5,25 +5,12 @@ import numbers
 
 import tensorflow as tf
 
-
-def _check_non_negative(name, value):
-    if isinstance(value, numbers.Number) and not value >= 0:
-        raise ValueError(f"`{name}` must be >= 0; received {name}={value}")
-
-
-def _check_unit_interval(name, value):
-    if isinstance(value, numbers.Number) and not 0 <= value <= 1:
-        raise ValueError(f"`{name}` must be in [0, 1]; received {name}={value}")
-
-
-def _check_positive(name, value):
-    if isinstance(value, numbers.Number) and not value > 0:
-        raise ValueError(f"`{name}` must be > 0; received {name}={value}")
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(choices)}; received {name}={value!r}")
+from dgad_tf.losses._checks import (  # noqa: F401 (the loss functions import them from here)
+    _check_choice,
+    _check_non_negative,
+    _check_positive,
+    _check_unit_interval,
+)
 
 
 def _check_global_batch_size(global_batch_size):

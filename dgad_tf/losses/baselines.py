@@ -3,11 +3,10 @@ AdaIAD, and clean training (docs/method.md §9; their reference scales, §9.9)."
 
 import tensorflow as tf
 
-from dgad_tf.config import KL_REDUCTIONS
+from dgad_tf.losses._checks import _check_kl_reduction
 from dgad_tf.losses._common import (
     _as_labels,
     _batch_denominator,
-    _check_choice,
     _check_non_negative,
     _check_positive,
     _check_unit_interval,
@@ -15,11 +14,6 @@ from dgad_tf.losses._common import (
     _logits,
     kl_divergence,
 )
-
-
-def _check_kl_reduction(kl_reduction, kl_scale):
-    _check_choice("kl_reduction", kl_reduction, KL_REDUCTIONS)
-    _check_positive("kl_scale", kl_scale)
 
 
 def _kl_term(

@@ -3,7 +3,7 @@ weighting for reproducing those rows (docs/method.md §7.5)."""
 
 import tensorflow as tf
 
-from dgad_tf.config import DGAD_WEIGHTINGS
+from dgad_tf.losses._checks import DGAD_WEIGHTINGS
 from dgad_tf.losses._common import (
     _as_labels,
     _batch_denominator,

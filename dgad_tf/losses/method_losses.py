@@ -1,12 +1,14 @@
 """One loss object per training method: what `AdversarialDistiller(loss=...)` takes.
 
 Each object holds only its own method's options, checked when it is made, and calling it applies
-that method's loss function (`dgad_loss`, `trades_loss`, ...) to the step's forwards. The classes
-are frozen dataclasses registered with Keras under the package "dgad_tf", so
+that method's loss function (`dgad_loss`, `trades_loss`, ...) to the step's forwards. Each class
+also says what its method's step is (`dgad_tf.losses.MethodLoss`): its teacher, its attack, its
+start, its forwards. The classes are frozen dataclasses registered by method name (`register`);
+`dgad_tf.distiller` registers them with Keras under the package "dgad_tf", so
 `keras.saving.serialize_keras_object` and a distiller's `get_config` carry them.
 
-The defaults are those of each loss function, which follow the method's own code; the config's
-`method:` section (`dgad_tf.config.MethodConfig`) fills them in `dgad_tf.build.method_loss`.
+The defaults are those of each method's own code; a config's `method:` section holds exactly a
+class's fields (`method: {name: trades, beta: 6.0}`), with these defaults.
 
 Example:
     >>> loss = DGAD(beta=1.0, use_map=True, use_els=True)
@@ -19,65 +21,27 @@ import dataclasses
 import numbers
 from typing import Optional
 
-import keras
-import tensorflow as tf
-
-from dgad_tf.config import DGAD_WEIGHTINGS
-from dgad_tf.losses._common import (
+from dgad_tf.losses._checks import (
+    DGAD_WEIGHTINGS,
     _check_choice,
+    _check_kl_reduction,
     _check_non_negative,
     _check_positive,
     _check_unit_interval,
 )
-from dgad_tf.losses.baselines import (
-    _check_kl_reduction,
-    adaad_loss,
-    adaiad_loss,
-    ard_loss,
-    clean_loss,
-    iad_loss,
-    pgd_at_loss,
-    rslad_loss,
-    trades_loss,
+from dgad_tf.losses.method_loss import (
+    ADV,
+    CE_TO_LABELS,
+    CLEAN,
+    KL_STUDENT_CLEAN,
+    KL_TEACHER_CLEAN,
+    Forward,
+    LossFunction,
+    MethodLoss,
+    register,
 )
-from dgad_tf.losses.dgad import dgad_loss
 
-_registered = keras.saving.register_keras_serializable(package="dgad_tf")
 _frozen = dataclasses.dataclass(frozen=True, kw_only=True)
-
-
-class MethodLoss:
-    """Base of the method losses: options as dataclass fields, `get_config`, `from_config`.
-
-    Calling a method loss returns its loss dict: `total` (the value to differentiate) and the
-    method's separate terms for the log. `forwards` holds "y" (integer labels) and the logits the
-    method reads: "s_clean", "s_adv" (student, training mode, on the batch and on its adversarial
-    examples), "t_clean", "t_adv" (teacher, inference mode). `global_batch_size` divides the
-    per-sample sums (None: this batch's size); `epoch` is the 0-based epoch being trained.
-
-    A subclass names its loss function (`loss_fn`) and the forwards it takes in order
-    (`inputs`); its dataclass fields are that function's keyword options.
-    """
-
-    loss_fn = None
-    inputs = ()
-
-    def __call__(self, forwards: dict, *, global_batch_size=None, epoch=0) -> dict:
-        return self.loss_fn(
-            *(forwards[key] for key in self.inputs),
-            global_batch_size=global_batch_size,
-            **self._loss_options(epoch),
-        )
-
-    def _loss_options(self, epoch) -> dict:
-        return self.get_config()
-
-    def get_config(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_config(cls, config: dict):
-        return cls(**config)
 
 
 def _check_bool(name, value):
@@ -85,7 +49,7 @@ def _check_bool(name, value):
         raise TypeError(f"`{name}` must be True or False; received {name}={value!r}")
 
 
-@_registered
+@register("dgad")
 @_frozen
 class DGAD(MethodLoss):
     """DGAD: MAP-partitioned, label-swapped distillation plus PCR (`dgad_tf.losses.dgad_loss`).
@@ -102,7 +66,7 @@ class DGAD(MethodLoss):
             divides by. Defaults to None (each batch's global size).
     """
 
-    loss_fn = staticmethod(dgad_loss)
+    loss_fn = LossFunction("dgad", "dgad_loss")
     inputs = ("s_clean", "s_adv", "t_clean", "t_adv", "y")
 
     beta: float = 1.0
@@ -124,8 +88,14 @@ class DGAD(MethodLoss):
                 f"`reference_batch_size` must be a positive int or None; received {size!r}"
             )
 
+    def for_batch_size(self, batch_size: int) -> "DGAD":
+        """The reference's MobileNetV2 weighting divides by the configured batch size."""
+        if self.reference_batch_size is not None:
+            return self
+        return dataclasses.replace(self, reference_batch_size=batch_size)
 
-@_registered
+
+@register("adaad")
 @_frozen
 class AdaAD(MethodLoss):
     """AdaAD: alpha·KL(t(x')‖s(x')) + (1 - alpha)·KL(t(x)‖s(x)) (`adaad_loss`).
@@ -137,7 +107,7 @@ class AdaAD(MethodLoss):
         kl_scale: constant factor on both KL terms, > 0. Defaults to 1.0.
     """
 
-    loss_fn = staticmethod(adaad_loss)
+    loss_fn = LossFunction("baselines", "adaad_loss")
     inputs = ("s_clean", "s_adv", "t_clean", "t_adv")
 
     alpha: float = 1.0
@@ -149,7 +119,7 @@ class AdaAD(MethodLoss):
         _check_kl_reduction(self.kl_reduction, self.kl_scale)
 
 
-@_registered
+@register("trades")
 @_frozen
 class TRADES(MethodLoss):
     """TRADES: CE(s(x), y) + beta·KL(s(x)‖s(x')) (`trades_loss`); no teacher.
@@ -158,8 +128,13 @@ class TRADES(MethodLoss):
         beta: weight of the robustness term, >= 0. Defaults to 6.0.
     """
 
-    loss_fn = staticmethod(trades_loss)
+    loss_fn = LossFunction("baselines", "trades_loss")
     inputs = ("s_clean", "s_adv", "y")
+    needs_teacher = False
+    ascent = KL_STUDENT_CLEAN
+    # TRADES evaluates model(x_adv) and then model(x_natural) again inside its KL; in training
+    # mode on the same batch that third forward equals the first, so only its statistics count.
+    reference_forwards = (CLEAN, ADV, Forward("clean", used=False))
 
     beta: float = 6.0
 
@@ -167,7 +142,7 @@ class TRADES(MethodLoss):
         _check_non_negative("beta", self.beta)
 
 
-@_registered
+@register("ard")
 @_frozen
 class ARD(MethodLoss):
     """ARD: alpha·T²·KL(t(x)/T‖s(x')/T) + (1 - alpha)·CE(s(x), y) (`ard_loss`).
@@ -179,8 +154,12 @@ class ARD(MethodLoss):
         kl_scale: constant factor on the KL term, > 0. Defaults to 1.0.
     """
 
-    loss_fn = staticmethod(ard_loss)
+    loss_fn = LossFunction("baselines", "ard_loss")
     inputs = ("s_clean", "s_adv", "t_clean", "y")
+    ascent = CE_TO_LABELS
+    default_start = "uniform"
+    reference_forwards = (ADV, CLEAN)
+    reference_train_mode_attack = True
 
     alpha: float = 1.0
     temperature: float = 30.0
@@ -193,7 +172,7 @@ class ARD(MethodLoss):
         _check_kl_reduction(self.kl_reduction, self.kl_scale)
 
 
-@_registered
+@register("rslad")
 @_frozen
 class RSLAD(MethodLoss):
     """RSLAD: 5/6·KL(t(x)‖s(x')) + 1/6·KL(t(x)‖s(x)) (`rslad_loss`).
@@ -205,8 +184,10 @@ class RSLAD(MethodLoss):
             (0: the exact KL). Defaults to 0.0.
     """
 
-    loss_fn = staticmethod(rslad_loss)
+    loss_fn = LossFunction("baselines", "rslad_loss")
     inputs = ("s_clean", "s_adv", "t_clean")
+    ascent = KL_TEACHER_CLEAN
+    reference_forwards = (ADV, CLEAN)
 
     kl_reduction: str = "batchmean"
     kl_scale: float = 1.0
@@ -230,8 +211,10 @@ class _Introspective(MethodLoss):
         object.__setattr__(self, "warmup_epochs", int(epochs))  # serialises as a plain int
         _check_non_negative("warmup_epochs", self.warmup_epochs)
 
-    def introspection(self, epoch) -> tf.Tensor:
+    def introspection(self, epoch):
         """1.0 from the 0-based epoch `warmup_epochs` on, else 0.0: the introspection switch."""
+        import tensorflow as tf
+
         return tf.cast(tf.convert_to_tensor(epoch) >= self.warmup_epochs, tf.float32)
 
     def _loss_options(self, epoch) -> dict:
@@ -240,7 +223,7 @@ class _Introspective(MethodLoss):
         return dict(options, introspection=self.introspection(epoch))
 
 
-@_registered
+@register("iad")
 @_frozen
 class IAD(_Introspective):
     """IAD (Zhu et al., `IAD-I.py`): ARD's loss with introspection after a warm-up (`iad_loss`).
@@ -252,8 +235,21 @@ class IAD(_Introspective):
         warmup_epochs: epochs before the introspection term counts. Defaults to 60.
     """
 
-    loss_fn = staticmethod(iad_loss)
+    loss_fn = LossFunction("baselines", "iad_loss")
     inputs = ("s_clean", "s_adv", "t_clean", "t_adv", "y")
+    ascent = CE_TO_LABELS
+    default_start = "uniform"
+    # Zhu et al.'s IAD-I.py: the attack's last forward (adversarial, used), basic_net(x_adv)
+    # again (unused), then basic_net(x) once in the cross-entropy and, after the warm-up, once
+    # more in the introspection term; in training mode on one batch those equal the first.
+    reference_forwards = (ADV, Forward("adv", used=False), CLEAN)
+    reference_train_mode_attack = True
+    reference_forwards_after_warmup = (
+        ADV,
+        Forward("adv", used=False),
+        CLEAN,
+        Forward("clean", used=False),
+    )
 
     alpha: float = 1.0
     beta: float = 0.1
@@ -261,7 +257,7 @@ class IAD(_Introspective):
     warmup_epochs: int = 60
 
 
-@_registered
+@register("adaiad")
 @_frozen
 class AdaIAD(_Introspective):
     """AdaIAD (the DGAD repository's `AdaAD_with_IAD1`): IAD's loss on the teacher's
@@ -274,8 +270,17 @@ class AdaIAD(_Introspective):
         warmup_epochs: epochs before the introspection term counts. Defaults to 60.
     """
 
-    loss_fn = staticmethod(adaiad_loss)
+    loss_fn = LossFunction("baselines", "adaiad_loss")
     inputs = ("s_clean", "s_adv", "t_adv", "y")
+    # The DGAD repository's AdaAD_with_IAD1: net(inputs) (unused), net(x_adv), then net(inputs)
+    # again in the cross-entropy and, after the warm-up, in the introspection term.
+    reference_forwards = (CLEAN, ADV, Forward("clean", used=False))
+    reference_forwards_after_warmup = (
+        CLEAN,
+        ADV,
+        Forward("clean", used=False),
+        Forward("clean", used=False),
+    )
 
     alpha: float = 1.0
     beta: float = 0.1
@@ -283,21 +288,34 @@ class AdaIAD(_Introspective):
     warmup_epochs: int = 60
 
 
-@_registered
+@register("pgd_at")
 @_frozen
 class PGDAT(MethodLoss):
     """PGD adversarial training (Madry et al.): cross-entropy on the adversarial examples
     (`pgd_at_loss`); no options, no teacher."""
 
-    loss_fn = staticmethod(pgd_at_loss)
+    loss_fn = LossFunction("baselines", "pgd_at_loss")
     inputs = ("s_adv", "y")
+    needs_teacher = False
+    ascent = CE_TO_LABELS
+    # AdaAD's SAT baseline: a training-mode clean forward after the adversarial one, unused.
+    reference_forwards = (ADV, Forward("clean", used=False))
+
+    def random_start(self, reference_forwards: bool = False) -> str:
+        """Uniform in the ball as Madry et al.; Gaussian as the AdaAD code's SAT baseline when
+        following the reference forwards."""
+        return "gaussian" if reference_forwards else "uniform"
 
 
-@_registered
+@register("clean")
 @_frozen
 class Clean(MethodLoss):
     """Standard training: cross-entropy on the clean batch (`clean_loss`); no attack, no
     teacher, no options."""
 
-    loss_fn = staticmethod(clean_loss)
+    loss_fn = LossFunction("baselines", "clean_loss")
     inputs = ("s_clean", "y")
+    needs_teacher = False
+    ascent = None
+    default_start = "uniform"
+    reference_forwards = (CLEAN,)
