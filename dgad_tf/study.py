@@ -36,6 +36,7 @@ from typing import Optional
 import yaml
 
 from dgad_tf import rundir
+from dgad_tf.config.loading import from_earlier_version, renamed_override
 from dgad_tf.context import Context, build_context
 from dgad_tf.study_eval import (  # noqa: F401  (the study's API, re-exported)
     evaluate_protocol,
@@ -64,6 +65,25 @@ CELL_CORRECT_FILE = "study_correct.npz"
 TEACHER_CORRECT_FILE = "teacher_correct.npz"
 
 
+def _in_todays_keys(identity):
+    """A stored study identity in today's keys: a study.yaml written before the method sections
+    (issue 29) holds the flat `method:`/`attack:` sections and overrides such as
+    `method.rslad_log_epsilon=1e-5`, which name the same study as today's spelling."""
+    if not isinstance(identity, dict):
+        return identity
+    identity = dict(identity)
+    if isinstance(identity.get("base"), dict):
+        identity["base"] = from_earlier_version(identity["base"])
+    if isinstance(identity.get("methods"), list):
+        identity["methods"] = [
+            entry | {"overrides": [renamed_override(o) for o in entry.get("overrides") or []]}
+            if isinstance(entry, dict)
+            else entry
+            for entry in identity["methods"]
+        ]
+    return identity
+
+
 def check_study_dir(study: Study) -> bool:
     """The study folder is new, holds this same study (which resumes) or a study it grows.
 
@@ -72,7 +92,8 @@ def check_study_dir(study: Study) -> bool:
     base config: data, teacher, training; the protocol; the reference) is refused.
 
     Returns:
-        Whether the stored study.yaml must be rewritten (the study grew).
+        Whether the stored study.yaml must be rewritten (the study grew, or its file was
+        written in an earlier version's keys).
 
     Raises:
         RunError: naming the first setting that differs from the stored study.
@@ -80,7 +101,7 @@ def check_study_dir(study: Study) -> bool:
     folder = study.folder
     if not rundir.holds_previous(folder, STUDY_FILE):
         return False
-    previous = yaml.safe_load((folder / STUDY_FILE).read_text())
+    previous = _in_todays_keys(yaml.safe_load((folder / STUDY_FILE).read_text()))
     current = yaml.safe_load(yaml.safe_dump(study.identity(), sort_keys=False))
     grows = {"methods", "seeds"}
     differs = rundir.first_difference(

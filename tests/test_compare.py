@@ -864,3 +864,41 @@ def test_the_no_spread_sentence_says_why_more_seeds_are_needed():
         "between them the 95% interval [-2.00, -2.00] has width 0, which shows no seed-to-seed "
         "variation, not a certain difference: more seeds are needed to say more."
     )
+
+
+EARLIER_STUDY = REPO / "benchmarks" / "cifar10_cpu_study" / "study.yaml"
+
+
+@pytest.mark.parametrize(
+    "edit, differs",
+    [
+        (None, None),
+        # The same folder under another value is still another study, in either spelling.
+        (("attack", "init_std", 0.5), "base.attack.start_std"),
+        (("override", "method.rslad_log_epsilon=1e-5", "method.rslad_log_epsilon=1e-3"), "rslad"),
+    ],
+)
+def test_a_study_folder_written_before_the_method_sections_resumes(tmp_path, edit, differs):
+    # benchmarks/cifar10_cpu_study/study.yaml was written by the flat-method version (method.
+    # trades_beta, attack.init, `set: [method.rslad_log_epsilon=1e-5]`); its study file in
+    # today's keys names the same study, so the folder resumes instead of being refused.
+    stored = yaml.safe_load(EARLIER_STUDY.read_text())
+    assert "init" in stored["base"]["attack"] and "trades_beta" in stored["base"]["method"]
+    if edit and edit[0] == "attack":
+        stored["base"]["attack"][edit[1]] = edit[2]
+    if edit and edit[0] == "override":
+        for entry in stored["methods"]:
+            entry["overrides"] = [edit[2] if o == edit[1] else o for o in entry["overrides"]]
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / study_lib.STUDY_FILE).write_text(yaml.safe_dump(stored, sort_keys=False))
+    study = study_lib.load_study(
+        REPO / "configs" / "compare_cifar10_cpu.yaml", [f"output.dir={out}"]
+    )
+    if differs is None:
+        # The same study; its file is rewritten in today's keys when the study next writes.
+        assert study_lib.check_study_dir(study) is True
+    else:
+        with pytest.raises(Exception, match="holds a different study") as err:
+            study_lib.check_study_dir(study)
+        assert differs in str(err.value)

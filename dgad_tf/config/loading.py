@@ -154,6 +154,24 @@ def _from_written_flat(values, prefix: str):
     return values
 
 
+def from_earlier_version(values: dict) -> dict:
+    """A whole config mapping as an earlier version wrote it (a run folder's `config.yaml`, the
+    base of a `study.yaml`), with its complete `method:` and `attack:` sections in today's keys;
+    any other mapping unchanged."""
+    return {
+        key: _from_written_flat(section, key) if key in ("method", "attack") else section
+        for key, section in values.items()
+    }
+
+
+def renamed_override(text: str) -> str:
+    """A `section.key=value` override in today's spelling (`method.trades_beta=6` ->
+    `method.beta=6`); any other text unchanged."""
+    key, sep, value = text.partition("=")
+    renamed = RENAMED_KEYS.get(key.strip())
+    return f"{renamed[0]}{sep}{value}" if sep and renamed else text
+
+
 def _check_renamed(prefix: str, keys):
     for name in sorted(keys):
         key = f"{prefix}.{name}"
