@@ -1,17 +1,16 @@
 """Helpers shared by the tests of dgad_tf.serving (test_serving_*.py); fixtures are in conftest.
 
-The attack is a stand-in PGD defined here, so those tests do not depend on dgad_tf.attacks.
+The attack is a stand-in PGD defined here, so those tests do not depend on dgad_tf.attacks's PGD.
 """
 
 import contextlib
-import types
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dgad_tf import robustness
+from dgad_tf import attacks
 
 N_EVAL = 200
 
@@ -34,11 +33,10 @@ def _stand_in_pgd_ce(model_fn, x, labels, *, eps, step_size=None, steps=20, rest
 
 @contextlib.contextmanager
 def stand_in_attacks():
-    """The evaluations' attack module is the stand-in PGD above while the context is open."""
-    module = types.ModuleType("stand_in_attacks")
-    module.pgd_ce = _stand_in_pgd_ce
+    """The evaluations' PGD is the stand-in above while the context is open (the registered
+    `pgd<K>` evaluation attacks call `dgad_tf.attacks.pgd_ce` when they run)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(robustness, "attacks", module)
+        patch.setattr(attacks, "pgd_ce", _stand_in_pgd_ce)
         yield
 
 
