@@ -143,6 +143,22 @@ def compare_pair(a_rows: dict, b_rows: dict, metric: str) -> dict:
     return result
 
 
+def dataset_label(data) -> str:
+    """The data a figure names: the dataset, then its source when that is a file format.
+
+    A TFDS dataset is its `name` (`cifar10 (tfds)`); an `npz` file or image folder is its path's
+    last part without extension (`../shared/data/cifar10` -> `cifar10 (npz)`); a built-in source
+    is its name (`digits`).
+    """
+    if data.name:
+        return f"{data.name} ({data.source})"
+    if data.path:
+        stem = pathlib.PurePath(str(data.path).rstrip("/\\")).stem
+        if stem and stem != data.source:
+            return f"{stem} ({data.source})"
+    return data.source
+
+
 def summarize(study, rows: list, teacher: dict | None, *, command: str = "") -> dict:
     """The numbers of summary.json: per method spreads, paired differences to the reference.
 
@@ -217,7 +233,7 @@ def summarize(study, rows: list, teacher: dict | None, *, command: str = "") -> 
     return {
         "command": command,
         "folder": str(study.folder),
-        "data": study.base.data.source,
+        "data": dataset_label(study.base.data),
         # The validation metric of the curves, as the distiller's test_step computes it.
         "validation": {
             "steps": train.val_robust_steps,

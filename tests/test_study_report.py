@@ -4,6 +4,7 @@ Three methods x 3 seeds on 600 images; every number summary.json shows is recomp
 the per-image arrays with SciPy or an enumeration, and the markdown is read for what it must say.
 """
 
+import dataclasses
 import itertools
 import json
 import math
@@ -620,3 +621,25 @@ def test_per_image_statistics_need_both_methods_correctness(tmp_path):
     assert paired["pgd20_accuracy"]["mean"] == pytest.approx(d.mean())
     assert "per_seed" not in paired["pgd20_accuracy"]
     assert "seeds_x_images" not in paired["pgd20_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "data, label",
+    [
+        ({"source": "digits"}, "digits"),
+        ({"source": "npz", "path": "../shared/data/cifar10"}, "cifar10 (npz)"),
+        ({"source": "npz", "path": "data/svhn_train.npz"}, "svhn_train (npz)"),
+        ({"source": "folder", "path": "images/flowers/"}, "flowers (folder)"),
+        ({"source": "tfds", "name": "cifar100"}, "cifar100 (tfds)"),
+    ],
+)
+def test_the_summary_names_the_dataset_not_only_its_file_format(tmp_path, data, label):
+    # The figures' setting line reads summary["data"]: "npz" alone would not say which dataset.
+    from dgad_tf import study_figures
+    from dgad_tf.config import DataConfig
+
+    study = load(tmp_path)
+    study = dataclasses.replace(study, base=dataclasses.replace(study.base, data=DataConfig(**data)))
+    result = study_report.summarize(study, synthetic_rows(), None)
+    assert result["data"] == label
+    assert study_figures.setting_line(result).startswith(label + "; ")
