@@ -13,7 +13,7 @@ from typing import Optional
 import keras
 import numpy as np
 
-from dgad_tf import attacks, distribute, logits, losses, models, precision
+from dgad_tf import attacks, distribute, losses, model_checks, models, precision
 from dgad_tf import data as data_lib
 from dgad_tf.config import Config
 from dgad_tf.distiller import AdversarialDistiller
@@ -122,7 +122,7 @@ def check_teacher_beats_chance(
     outputs = np.concatenate(
         [np.asarray(teacher(x[i : i + 100], training=False)) for i in range(0, len(y), 100)]
     )
-    if logits.looks_like_probabilities(outputs):
+    if model_checks.looks_like_probabilities(outputs):
         # The distiller refuses it on its first batch too; here it is refused before the run
         # folder is touched, as every other teacher problem is.
         raise RunError(
