@@ -47,8 +47,6 @@ logger = logging.getLogger(__name__)
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 20240901
 
-DATA_SOURCES = Registry("data source")
-
 
 @dataclasses.dataclass(frozen=True)
 class SourceRequest:
@@ -87,19 +85,15 @@ class DataSource:
     needs: dict = dataclasses.field(default_factory=dict)
 
 
+DATA_SOURCES = Registry("data source", entry_type=DataSource)
+
+
 def register_data_source(name: str, source: DataSource, *, replace: bool = False) -> DataSource:
     """Make `source` available as `load_splits(name, ...)` and `data.source: <name>`.
 
-    Args:
-        name: a lower-case identifier.
-        source: the `DataSource`.
-        replace: allow replacing a source of the same name. Defaults to False.
-
-    Returns:
-        `source`.
+    `DATA_SOURCES.register`: see `dgad_tf.registry.Registry.register` for the arguments
+    (`replace` defaults to False) and the errors.
     """
-    if not isinstance(source, DataSource):
-        raise TypeError(f"`source` must be a DataSource; received {type(source).__name__}")
     return DATA_SOURCES.register(name, source, replace=replace)
 
 
