@@ -5,7 +5,7 @@ Both sides do the same work from the same weights:
 * networks: kuangliu's CIFAR ResNet-18 / MobileNetV2 and TRADES' WRN-34-10 written here in
   PyTorch (default PyTorch initialisation, batch-norm statistics calibrated on random images so
   that inference mode is not degenerate), converted into `dgad_tf.models` networks with
-  `dgad_tf.teachers.convert.convert_state_dict`; parameter counts are checked equal;
+  `dgad_tf.teachers.conversion.convert_state_dict`; parameter counts are checked equal;
 * attack: PGD on sum_i KL(t(x'_i) || s(x'_i)) from x + 0.001 N(0, I) (clipped), `--steps` steps
   of 2/255 in the 8/255 ball, both networks in inference mode, gradients to x' only;
 * forwards: student in training mode on x, then on x' (two calls), teacher in inference mode

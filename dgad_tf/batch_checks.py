@@ -34,7 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dgad_tf import logits
+from dgad_tf import model_checks
 from dgad_tf.stats import at_chance_level, chance_threshold
 
 _HALF_PRECISION_TOLERANCE = 1e-2  # a float16 / bfloat16 softmax sums to 1 within this
@@ -179,8 +179,8 @@ def check_first_batch(inputs, labels, *, student: keras.Model, teacher=None) -> 
 
 def _check_labels(labels, n: int, num_classes: int) -> np.ndarray:
     try:
-        y = logits.class_labels(labels, n)
-        logits.check_label_range(y, num_classes)
+        y = model_checks.class_labels(labels, n)
+        model_checks.check_label_range(y, num_classes)
     except ValueError as err:
         raise ValueError(
             f"AdversarialDistiller trains on integer class labels 0..{num_classes - 1}, one "
@@ -196,7 +196,7 @@ def _refuse_probabilities(role: str, network: keras.Model, outputs) -> None:
     outputs = tf.convert_to_tensor(outputs)
     half = outputs.dtype in (tf.float16, tf.bfloat16)
     tolerance = _HALF_PRECISION_TOLERANCE if half else 1e-5
-    if not logits.looks_like_probabilities(outputs, tolerance):
+    if not model_checks.looks_like_probabilities(outputs, tolerance):
         return
     raise ValueError(
         f"the {role} {network.name!r} returns probabilities (its outputs on the first training "
@@ -215,7 +215,7 @@ def _warn_if_at_chance(teacher: keras.Model, outputs, y: np.ndarray, num_classes
         accuracy, num_classes, len(y)
     ):
         return
-    logits.warn(
+    model_checks.warn(
         f"the teacher {teacher.name!r} is at chance level on the first training batch: clean "
         f"accuracy {accuracy:.1%} on {len(y)} images, chance {1 / num_classes:.1%} (it must "
         f"exceed {chance_threshold(num_classes, len(y)):.1%}, the threshold of dgad_tf.fit). "

@@ -13,7 +13,7 @@ from typing import Optional
 import keras
 import numpy as np
 
-from dgad_tf import attacks, distribute, logits, losses, models, precision
+from dgad_tf import attacks, distribute, losses, model_checks, models, precision
 from dgad_tf import data as data_lib
 from dgad_tf.config import Config
 from dgad_tf.distiller import AdversarialDistiller
@@ -25,6 +25,7 @@ from dgad_tf.rundir import (
     check_teacher_file,
     teacher_path_for,
 )
+from dgad_tf.selection import SELECTION_RULES
 from dgad_tf.stats import at_chance_level, chance_threshold
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def check_teacher_beats_chance(
     outputs = np.concatenate(
         [np.asarray(teacher(x[i : i + 100], training=False)) for i in range(0, len(y), 100)]
     )
-    if logits.looks_like_probabilities(outputs):
+    if model_checks.looks_like_probabilities(outputs):
         # The distiller refuses it on its first batch too; here it is refused before the run
         # folder is touched, as every other teacher problem is.
         raise RunError(
@@ -296,13 +297,14 @@ def preflight(
             f"train.batch_size={cfg.train.batch_size} is larger than the "
             f"{len(splits.train.y)} training images (and train.drop_remainder=true)"
         )
-    if cfg.train.select == "best_val" and len(splits.val.y) == 0:
+    rule = SELECTION_RULES.get(cfg.train.select, "train.select", RunError)
+    if rule.needs_validation and len(splits.val.y) == 0:
         raise RunError(
             f"data.val_fraction={cfg.data.val_fraction} leaves no validation image out "
-            f"of {len(splits.train.y)}; train.select=best_val needs some (or set "
+            f"of {len(splits.train.y)}; train.select={cfg.train.select} needs some (or set "
             "train.select=last)"
         )
-    if cfg.train.select in ("best_test", "rslad_pgd20") and len(splits.test.y) == 0:
+    if rule.leaky and len(splits.test.y) == 0:
         raise RunError(f"train.select={cfg.train.select} needs a test split; this data has none")
     if cfg.method.loss.needs_teacher:
         check_teacher(cfg, splits, run_dir)

@@ -28,8 +28,6 @@ from typing import Callable, Optional
 
 from dgad_tf.registry import Registry
 
-EVAL_ATTACKS = Registry("evaluation attack")
-
 
 @dataclasses.dataclass(frozen=True)
 class AttackSettings:
@@ -78,23 +76,22 @@ class EvalAttack:
         return self.description.format(k=settings.steps, r=settings.pgd_restarts)
 
 
-def register_eval_attack(name: str, attack: EvalAttack, *, replace: bool = False) -> EvalAttack:
-    """Make `attack` available under `name` everywhere an evaluation attack is named.
-
-    Args:
-        name: a lower-case identifier; a family's name must not end in a digit.
-        attack: the `EvalAttack`.
-        replace: allow replacing an attack of the same name. Defaults to False.
-
-    Returns:
-        `attack`.
-    """
-    if not isinstance(attack, EvalAttack):
-        raise TypeError(f"`attack` must be an EvalAttack; received {type(attack).__name__}")
+def _check_attack(name: str, attack: EvalAttack) -> None:
     if (attack.batch_fn is None) == (attack.run is None) and name != "clean":
         raise ValueError(f"evaluation attack {name!r} needs exactly one of batch_fn and run")
     if attack.family and name[-1:].isdigit():
         raise ValueError(f"a family's name must not end in a digit; received name={name!r}")
+
+
+EVAL_ATTACKS = Registry("evaluation attack", entry_type=EvalAttack, check=_check_attack)
+
+
+def register_eval_attack(name: str, attack: EvalAttack, *, replace: bool = False) -> EvalAttack:
+    """Make `attack` available under `name` everywhere an evaluation attack is named.
+
+    `EVAL_ATTACKS.register`: see `dgad_tf.registry.Registry.register` for the arguments
+    (`replace` defaults to False) and the errors; a family's name must not end in a digit.
+    """
     return EVAL_ATTACKS.register(name, attack, replace=replace)
 
 

@@ -38,7 +38,8 @@ from dgad_tf import config as config_lib
 from dgad_tf.config import ConfigError, parse_fraction
 
 # TensorFlow loads only inside `main`, after `cli.start` has silenced its start-up (and after the
-# arguments are checked): dgad_tf.data, .logits, .models, .precision and .robustness import it.
+# arguments are checked): dgad_tf.data, .logits, .model_checks, .models, .precision and .robustness
+# import it.
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, ConfigError) as err:
         return cli.error(str(err))
     cli.start(args.verbose, fmt="%(levelname)s %(name)s: %(message)s")
-    from dgad_tf import logits, robustness
+    from dgad_tf import logits, model_checks, robustness
 
     try:
         x, y = load_eval_arrays(args.data, model_path, args.split, args.n)
@@ -210,8 +211,8 @@ def main(argv=None) -> int:
         model_fn = logits.logits_function(
             model, input_scale=args.input_scale, signature=args.signature
         )
-        logits.require_gradients(model_fn, [name for name in names if name != "clean"])
-        x, y, _ = logits.check_inputs(model_fn, x, y)
+        model_checks.require_gradients(model_fn, [name for name in names if name != "clean"])
+        x, y, _ = model_checks.check_inputs(model_fn, x, y)
     except (ValueError, FileNotFoundError, ConfigError) as err:
         return cli.error(str(err))
 

@@ -29,14 +29,23 @@ class Registry:
 
     Names are lower-case identifiers; registering a taken name is an error unless `replace=True`,
     so two modules cannot silently shadow each other. The order of registration is the order of
-    `names()`, which error messages and `--help` texts list.
+    `names()`, which error messages and `--help` texts list. An entry of the wrong type, or one
+    that `check` refuses, is refused before it is stored, whichever way it is registered (the
+    owning module's `register_*` function, `register` or its decorator form).
 
     Args:
         kind: what the entries are, for messages (e.g. "evaluation attack").
+        entry_type: the class every entry must be an instance of. Defaults to None (any).
+        check: `check(name, entry)`, raising ValueError for an entry that does not fit its
+            table (e.g. fields that must come in pairs). Defaults to None (no check).
     """
 
-    def __init__(self, kind: str):
+    def __init__(
+        self, kind: str, entry_type: Optional[type] = None, check: Optional[Callable] = None
+    ):
         self.kind = kind
+        self.entry_type = entry_type
+        self.check = check
         self._entries: dict[str, Any] = {}
 
     def register(self, name: str, entry: Any = None, *, replace: bool = False):
@@ -51,7 +60,9 @@ class Registry:
             `entry` (or the decorator), so a class or function can be registered where defined.
 
         Raises:
-            ValueError: a name that is not a lower-case identifier, or one already taken.
+            ValueError: a name that is not a lower-case identifier, one already taken, or an
+                entry that `check` refuses.
+            TypeError: an entry that is not an instance of `entry_type`, naming the table.
         """
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValueError(
@@ -60,6 +71,13 @@ class Registry:
             )
 
         def add(obj):
+            if self.entry_type is not None and not isinstance(obj, self.entry_type):
+                raise TypeError(
+                    f"{self.kind} {name!r} must be an instance of {self.entry_type.__name__}; "
+                    f"received {type(obj).__name__}"
+                )
+            if self.check is not None:
+                self.check(name, obj)
             if name in self._entries and not replace:
                 raise ValueError(
                     f"{self.kind} {name!r} is already registered; choose another name or pass "

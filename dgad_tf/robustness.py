@@ -38,7 +38,8 @@ from dgad_tf import eval_attacks
 from dgad_tf.autoattack._common import check_eps, check_positive_int
 from dgad_tf.config import check_attack_names
 from dgad_tf.eval_attacks import AttackSettings
-from dgad_tf.logits import check_inputs, check_model_outputs, logits_function, require_gradients
+from dgad_tf.logits import logits_function
+from dgad_tf.model_checks import check_inputs, check_model_outputs, require_gradients
 
 
 def _batched_attack(attack, x, y, batch_size):

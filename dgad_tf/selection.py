@@ -25,8 +25,6 @@ from typing import Callable, Optional
 
 from dgad_tf.registry import Registry
 
-SELECTION_RULES = Registry("checkpoint-selection rule")
-
 # Checkpoints kept whatever the rule, by the metric they track (higher is better).
 _ALWAYS_KEPT = {
     "val_robust_accuracy": "student_best_robust.keras",
@@ -63,22 +61,17 @@ class SelectionRule:
         """Whether the rule looks at the TEST split."""
         return self.test_split is not None
 
+    @property
+    def needs_validation(self) -> bool:
+        """Whether the rule's metric is scored on the validation split.
 
-def register_selection_rule(
-    name: str, rule: SelectionRule, *, replace: bool = False
-) -> SelectionRule:
-    """Make `rule` available as `train.select=<name>`.
+        Keras names the metrics it computes on `validation_data` `val_<name>`, so a run without
+        a validation split (`data.val_fraction: 0`) never logs it.
+        """
+        return self.metric is not None and self.metric.startswith("val_")
 
-    Args:
-        name: a lower-case identifier.
-        rule: the `SelectionRule`.
-        replace: allow replacing a rule of the same name. Defaults to False.
 
-    Returns:
-        `rule`.
-    """
-    if not isinstance(rule, SelectionRule):
-        raise TypeError(f"`rule` must be a SelectionRule; received {type(rule).__name__}")
+def _check_rule(name: str, rule: SelectionRule) -> None:
     if (rule.metric is None) != (rule.checkpoint is None):
         raise ValueError(
             f"selection rule {name!r} needs both `metric` and `checkpoint`, or neither"
@@ -87,6 +80,19 @@ def register_selection_rule(
         raise ValueError(
             f"selection rule {name!r} needs both `test_split` and `callback`, or neither"
         )
+
+
+SELECTION_RULES = Registry("checkpoint-selection rule", entry_type=SelectionRule, check=_check_rule)
+
+
+def register_selection_rule(
+    name: str, rule: SelectionRule, *, replace: bool = False
+) -> SelectionRule:
+    """Make `rule` available as `train.select=<name>`.
+
+    `SELECTION_RULES.register`: see `dgad_tf.registry.Registry.register` for the arguments
+    (`replace` defaults to False) and the errors.
+    """
     return SELECTION_RULES.register(name, rule, replace=replace)
 
 
@@ -98,6 +104,15 @@ def best_checkpoints() -> dict:
         if rule.metric is not None:
             kept.setdefault(rule.metric, rule.checkpoint)
     return kept
+
+
+def rules_without_validation() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the rules that need no validation split and are not leaky, the leaky ones), by name."""
+    names = [n for n in SELECTION_RULES.names() if not SELECTION_RULES.get(n).needs_validation]
+    return (
+        tuple(n for n in names if not is_leaky(n)),
+        tuple(n for n in names if is_leaky(n)),
+    )
 
 
 def is_leaky(name) -> bool:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from subprocesses import run_command
 
-from dgad_tf import stats, study_report
+from dgad_tf import stats, study_markdown, study_report
 from dgad_tf import study as study_lib
 from dgad_tf.config import ConfigError
 
@@ -298,7 +298,7 @@ def test_summary_numbers_are_the_mean_std_and_paired_interval_of_the_rows(finish
 )
 def test_the_comparison_sentence_says_what_the_interval_says(a, b, words):
     paired = stats.paired_difference(a, b).to_dict()
-    sentence = study_report.comparison_sentence("dgad", "adaad", "autoattack_accuracy", paired)
+    sentence = study_markdown.comparison_sentence("dgad", "adaad", "autoattack_accuracy", paired)
     assert words in sentence
     assert sentence.startswith("dgad − adaad, autoattack_accuracy: ")
 
@@ -859,7 +859,7 @@ def test_summary_and_its_markdown_hold_every_number_of_the_rows(tmp_path):
 
 def test_the_no_spread_sentence_says_why_more_seeds_are_needed():
     paired = stats.paired_difference([0.18, 0.19], [0.20, 0.21]).to_dict()
-    assert study_report.comparison_sentence("rslad", "adaad", "clean_accuracy", paired) == (
+    assert study_markdown.comparison_sentence("rslad", "adaad", "clean_accuracy", paired) == (
         "rslad − adaad, clean_accuracy: -2.00 points on each of the 2 seeds; with no spread "
         "between them the 95% interval [-2.00, -2.00] has width 0, which shows no seed-to-seed "
         "variation, not a certain difference: more seeds are needed to say more."

@@ -44,6 +44,54 @@ def test_a_registry_keeps_order_refuses_a_taken_name_and_lists_the_choices():
         table.register("Bad-Name", 4)
 
 
+def test_an_entry_of_the_wrong_type_is_refused_by_every_table_naming_it():
+    from dgad_tf.data import DATA_SOURCES, register_data_source
+    from dgad_tf.eval_attacks import EVAL_ATTACKS, register_eval_attack
+    from dgad_tf.selection import SELECTION_RULES, register_selection_rule
+
+    def loader(request):
+        return None
+
+    cases = [
+        (register_data_source, DATA_SOURCES, "data source", "DataSource"),
+        (register_eval_attack, EVAL_ATTACKS, "evaluation attack", "EvalAttack"),
+        (register_selection_rule, SELECTION_RULES, "checkpoint-selection rule", "SelectionRule"),
+    ]
+    for register, table, kind, cls in cases:
+        before = table.names()
+        expected = rf"{kind} 'toy' must be an instance of {cls}; received function"
+        with registered(table, "toy"):
+            with pytest.raises(TypeError, match=expected):
+                register("toy", loader)
+            # The table's own `register`, and its decorator form, refuse it the same way.
+            with pytest.raises(TypeError, match=expected):
+                table.register("toy", loader)
+            with pytest.raises(TypeError, match=expected):
+                table.register("toy")(loader)
+            assert table.names() == before
+
+
+def test_a_selection_rule_on_a_validation_metric_needs_a_validation_split():
+    from dgad_tf.selection import SELECTION_RULES, SelectionRule, register_selection_rule
+
+    rule = SelectionRule(
+        note="best val_clean_accuracy",
+        summary="best val_clean_accuracy",
+        metric="val_clean_accuracy",
+        checkpoint="student_best_clean.keras",
+    )
+    with registered(SELECTION_RULES, "best_clean"):
+        register_selection_rule("best_clean", rule)
+        with pytest.raises(ConfigError) as err:
+            load_config(None, ["data.val_fraction=0", "train.select=best_clean"])
+        message = str(err.value)
+        assert "`train.select`=best_clean chooses the checkpoint on the validation split" in message
+        assert "data.val_fraction" in message
+        # The alternatives offered are the registered rules that need no validation split.
+        assert "train.select=last (or best_test / rslad_pgd20," in message
+        assert load_config(None, ["train.select=best_clean"]).train.select == "best_clean"
+
+
 # --------------------------------------------------------------------------- evaluation attacks
 
 

@@ -16,9 +16,9 @@ from .settings import (
 
 
 def keras_from_torch(net: nn.Module, arch: str, prefix: str):
-    """Our model for `arch` with the weights of `net`, converted by `dgad_tf.teachers.convert`."""
+    """Our model for `arch` with the weights of `net`, converted by `dgad_tf.teachers`."""
     from dgad_tf.models import build_model
-    from dgad_tf.teachers.convert import convert_state_dict
+    from dgad_tf.teachers.conversion import convert_state_dict
 
     state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
     converted, _ = convert_state_dict(state, arch, NUM_CLASSES)

@@ -29,7 +29,7 @@ def gradient_agreement(arch, batch_size, seed=0, smooth=False):
             return gradient_agreement(arch, batch_size, seed)
     import tensorflow as tf
 
-    from dgad_tf.teachers.convert import convert_state_dict
+    from dgad_tf.teachers.conversion import convert_state_dict
 
     net = build_torch_net(arch, seed + 1)
     model = keras_from_torch(net, arch, "student_")

@@ -16,7 +16,7 @@ from dgad_tf.autoattack.fab import fab_targeted, project_linf_hyperplane_box
 from dgad_tf.autoattack.losses import cross_entropy_loss, dlr_loss, dlr_targeted_loss, margin_loss
 from dgad_tf.autoattack.runner import STANDARD_ATTACKS, AutoAttack, run_autoattack
 from dgad_tf.autoattack.square import square, square_p_selection
-from dgad_tf.logits import check_model_outputs
+from dgad_tf.model_checks import check_model_outputs
 
 __all__ = [
     "STANDARD_ATTACKS",

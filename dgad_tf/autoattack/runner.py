@@ -26,13 +26,8 @@ from dgad_tf.autoattack._common import check_eps, check_positive_int
 from dgad_tf.autoattack.apgd import apgd, apgd_targeted
 from dgad_tf.autoattack.fab import fab_targeted
 from dgad_tf.autoattack.square import square
-from dgad_tf.logits import (
-    check_inputs,
-    check_model_outputs,
-    logits_function,
-    require_gradients,
-    warn,
-)
+from dgad_tf.logits import logits_function
+from dgad_tf.model_checks import check_inputs, check_model_outputs, require_gradients, warn
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +153,7 @@ class AutoAttack:
     def run_checked(self, x, y, batch_size, num_classes):
         """`run_standard_evaluation` on inputs that have been checked already.
 
-        For callers that ran `dgad_tf.logits.check_inputs` (``x`` float32 in [0, 1], ``y``
+        For callers that ran `dgad_tf.model_checks.check_inputs` (``x`` float32 in [0, 1], ``y``
         int64) and `check_model_outputs` (which returned ``num_classes``) themselves, so the
         sanity checks neither run nor warn twice.
         """

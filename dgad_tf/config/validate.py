@@ -23,7 +23,7 @@ from dgad_tf.config.sections import (
     TuneConfig,
 )
 from dgad_tf.data import DATA_SOURCES
-from dgad_tf.selection import SELECTION_RULES
+from dgad_tf.selection import SELECTION_RULES, rules_without_validation
 
 
 def _check(condition: bool, key: str, value: Any, requirement: str):
@@ -131,11 +131,13 @@ def validate(cfg: Config) -> Config:
     _check_choice("train.precision", t.precision, PRECISIONS)
     _check_choice("train.select", t.select, SELECTION_RULES.names())
     _check(t.select_n is None or t.select_n >= 1, "train.select_n", t.select_n, ">= 1 or null")
-    if t.select == "best_val" and d.val_fraction == 0:
+    if SELECTION_RULES.get(t.select).needs_validation and d.val_fraction == 0:
+        honest, leaky = rules_without_validation()
         raise ConfigError(
-            "`train.select`=best_val chooses the checkpoint on the validation split, "
+            f"`train.select`={t.select} chooses the checkpoint on the validation split, "
             "but `data.val_fraction`=0 leaves none; set data.val_fraction > 0, or "
-            "train.select=last (or best_test, the reference's leaky test-set rule)"
+            f"train.select={' / '.join(honest)} (or {' / '.join(leaky)}, the references' leaky "
+            "test-set rules)"
         )
 
     check_attack_names(cfg.eval.attacks)

@@ -19,8 +19,8 @@ Example:
 
 The package: `arrays` (the in-memory splits and their checks), `sources` (the table of sources,
 `DATA_SOURCES`, one loader signature; a new source is one `register_data_source` call),
-`pipeline` (the tf.data pipelines, loaded on first use); `load_splits` lives here and uses all
-three.
+`images` (image files decoded and resized to uint8 arrays), `pipeline` (the tf.data pipelines,
+loaded on first use); `load_splits` lives here and uses them.
 """
 
 from __future__ import annotations
@@ -39,14 +39,13 @@ from dgad_tf.data.arrays import (
     to_float_images,
     to_uint8_images,
 )
+from dgad_tf.data.images import IMAGE_EXTENSIONS, resize_uint8
 from dgad_tf.data.sources import (
     DATA_SOURCES,
     DIGITS_TEST_FRACTION,
     DIGITS_TEST_SEED,
-    IMAGE_EXTENSIONS,
     DataSource,
     SourceRequest,
-    _resize_uint8,
     load_npz_arrays,
     register_data_source,
 )
@@ -182,8 +181,8 @@ def load_splits(
     for split_name, arrays in (("train", train), ("test", test)):
         _check_labels(arrays.y, num_classes, f"{source} {split_name}")
     if image_size is not None and train.x.shape[1:3] != (image_size, image_size):
-        train = Arrays(_resize_uint8(train.x, image_size), train.y)
-        test = Arrays(_resize_uint8(test.x, image_size), test.y)
+        train = Arrays(resize_uint8(train.x, image_size), train.y)
+        test = Arrays(resize_uint8(test.x, image_size), test.y)
 
     train, val = split_validation(train, val_fraction, seed)
     splits = DatasetSplits(

@@ -31,17 +31,21 @@ from typing import Callable, Optional
 import numpy as np
 
 from dgad_tf.data.arrays import Arrays, _as_arrays, _check_labels, split_validation
+from dgad_tf.data.images import (
+    IMAGE_EXTENSIONS,
+    decode_files,
+    image_files,
+    resize_image,
+    subdirectories,
+)
 from dgad_tf.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # The digits test split must not move when the user changes `seed` (that seed only picks the
 # validation carve-out), so it has its own constant seed.
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 20240901
-
-DATA_SOURCES = Registry("data source")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,19 +85,15 @@ class DataSource:
     needs: dict = dataclasses.field(default_factory=dict)
 
 
+DATA_SOURCES = Registry("data source", entry_type=DataSource)
+
+
 def register_data_source(name: str, source: DataSource, *, replace: bool = False) -> DataSource:
     """Make `source` available as `load_splits(name, ...)` and `data.source: <name>`.
 
-    Args:
-        name: a lower-case identifier.
-        source: the `DataSource`.
-        replace: allow replacing a source of the same name. Defaults to False.
-
-    Returns:
-        `source`.
+    `DATA_SOURCES.register`: see `dgad_tf.registry.Registry.register` for the arguments
+    (`replace` defaults to False) and the errors.
     """
-    if not isinstance(source, DataSource):
-        raise TypeError(f"`source` must be a DataSource; received {type(source).__name__}")
     return DATA_SOURCES.register(name, source, replace=replace)
 
 
@@ -137,7 +137,7 @@ def _load_tfds(request):
             ) from err
         if image_size is not None:
             dataset = dataset.map(
-                lambda image, label: (_resize_image(image, image_size), label),
+                lambda image, label: (resize_image(image, image_size), label),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
         # Batches rather than `batch_size=-1`: the latter sizes its buffer from the split's
@@ -275,11 +275,11 @@ def _load_folder(request):
             f"image-folder source needs {path!r}/train/<class>/ and {path!r}/test/<class>/; "
             f"missing {missing}"
         )
-    class_names = tuple(_subdirectories(split_dirs["train"]))
+    class_names = tuple(subdirectories(split_dirs["train"]))
     if not class_names:
         raise ValueError(f"no class folders in {split_dirs['train']!r}")
     index = {c: i for i, c in enumerate(class_names)}
-    unknown = [c for c in _subdirectories(split_dirs["test"]) if c not in index]
+    unknown = [c for c in subdirectories(split_dirs["test"]) if c not in index]
     if unknown:
         raise ValueError(
             f"test class folder(s) {unknown} in {split_dirs['test']!r} have no train folder; "
@@ -292,7 +292,7 @@ def _load_folder(request):
             class_dir = os.path.join(split_dirs[split_name], class_name)
             if split_name == "test" and not os.path.isdir(class_dir):
                 continue
-            class_files = _image_files(class_dir)
+            class_files = image_files(class_dir)
             if not class_files:
                 raise ValueError(
                     f"class folder {class_dir!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images"
@@ -300,7 +300,7 @@ def _load_folder(request):
             files += class_files
             labels += [index[class_name]] * len(class_files)
         files, labels = files[:limit], labels[:limit]
-        arrays[split_name] = Arrays(_decode_files(files, image_size), np.asarray(labels, np.int64))
+        arrays[split_name] = Arrays(decode_files(files, image_size), np.asarray(labels, np.int64))
     return arrays["train"], arrays["test"], len(class_names), class_names
 
 
@@ -320,7 +320,7 @@ def _load_tinyimagenet(request):
         with open(wnids_file) as f:
             wnids = tuple(sorted({line.strip() for line in f if line.strip()}))
     else:
-        wnids = tuple(_subdirectories(train_dir))
+        wnids = tuple(subdirectories(train_dir))
     if not wnids:
         raise ValueError(f"no classes found in {wnids_file!r} or {train_dir!r}")
     index = {w: i for i, w in enumerate(wnids)}
@@ -328,7 +328,7 @@ def _load_tinyimagenet(request):
     train_files, train_labels = [], []
     for wnid in wnids:
         class_dir = os.path.join(train_dir, wnid, "images")
-        class_files = _image_files(class_dir) if os.path.isdir(class_dir) else []
+        class_files = image_files(class_dir) if os.path.isdir(class_dir) else []
         if not class_files:
             raise ValueError(
                 f"Tiny ImageNet class folder {class_dir!r} is missing or holds no images"
@@ -367,10 +367,10 @@ def _load_tinyimagenet(request):
     test_files, test_labels = test_files[:test_limit], test_labels[:test_limit]
     # Some Tiny ImageNet JPEGs are grayscale; decoding to three channels keeps one image shape.
     train = Arrays(
-        _decode_files(train_files, image_size, channels=3), np.asarray(train_labels, np.int64)
+        decode_files(train_files, image_size, channels=3), np.asarray(train_labels, np.int64)
     )
     test = Arrays(
-        _decode_files(test_files, image_size, channels=3), np.asarray(test_labels, np.int64)
+        decode_files(test_files, image_size, channels=3), np.asarray(test_labels, np.int64)
     )
     return train, test, len(wnids), wnids
 
@@ -384,82 +384,6 @@ def _load_digits(request):
     everything = Arrays(x, digits.target.astype(np.int64))
     train, test = split_validation(everything, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
     return train, test, 10, tuple(str(i) for i in range(10))
-
-
-def _subdirectories(directory):
-    return sorted(e for e in os.listdir(directory) if os.path.isdir(os.path.join(directory, e)))
-
-
-def _image_files(directory):
-    return sorted(
-        os.path.join(directory, f)
-        for f in os.listdir(directory)
-        if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, f))
-    )
-
-
-def _decode_files(files, image_size, channels=None):
-    """Decode image files to one uint8 array [N, H, W, C] in the order given.
-
-    Without `channels`, a mix of grayscale and colour files becomes colour (alpha is dropped).
-    Without `image_size`, all files must share one height and width.
-    """
-    import tensorflow as tf
-
-    if not files:
-        raise ValueError("no image files to decode")
-
-    def decode(file_path):
-        image = tf.io.decode_image(
-            tf.io.read_file(file_path), channels=channels or 0, expand_animations=False
-        )
-        return image if image_size is None else _resize_image(image, image_size)
-
-    dataset = tf.data.Dataset.from_tensor_slices(files).map(
-        decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
-    images = []
-    try:
-        for image in dataset.as_numpy_iterator():
-            images.append(image)
-    except tf.errors.InvalidArgumentError as err:
-        raise ValueError(f"could not decode image {files[len(images)]!r}: {err.message}") from err
-    if channels is None:
-        # Gray+alpha (2) counts as gray, RGBA (4) as colour.
-        target = 3 if any(im.shape[-1] >= 3 for im in images) else 1
-        images = [_to_channels(im, target) for im in images]
-    reference = images[0].shape
-    for file_path, image in zip(files, images):
-        if image.shape != reference:
-            raise ValueError(
-                f"image {file_path!r} has shape {image.shape}, but {files[0]!r} has {reference}; "
-                "pass `image_size` to resize all images to one size"
-            )
-    return np.stack(images)
-
-
-def _to_channels(image, target):
-    if image.shape[-1] in (2, 4):
-        image = image[..., :-1]
-    if image.shape[-1] == 1 and target == 3:
-        image = np.repeat(image, 3, axis=-1)
-    return image
-
-
-def _resize_image(image, size):
-    """Bilinear, antialiased resize of uint8 image(s) to size x size, rounded back to uint8."""
-    import tensorflow as tf
-
-    resized = tf.image.resize(image, (size, size), antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
-
-
-def _resize_uint8(x, size, chunk=4096):
-
-    out = np.empty((len(x), size, size, x.shape[-1]), np.uint8)
-    for start in range(0, len(x), chunk):
-        out[start : start + chunk] = _resize_image(x[start : start + chunk], size).numpy()
-    return out
 
 
 _PATH = {"path": ""}

@@ -7,7 +7,7 @@ layer is a standard Keras layer. `save_model` writes `.keras` files that plain
 `keras.saving.load_model` loads (safe mode, no custom objects, no dgad_tf import), and
 `load_model` reads them back with `FusedBatchNormalization` restored (see `saving.py`).
 Weight-carrying layers are named after the PyTorch reference module paths, so PyTorch
-checkpoints convert by name (`dgad_tf.teachers.convert`).
+checkpoints convert by name (`dgad_tf.teachers.conversion`).
 
 Example:
     >>> from dgad_tf.models import build_model

@@ -2,7 +2,7 @@
 
 Every weight-carrying layer is named after the PyTorch module path of the reference network
 (`layer1.0.conv1`, `block2.layer.3.bn1`, `fc`), so a PyTorch state dict maps onto the Keras
-model by name alone (see `dgad_tf.teachers.convert`). Layers without weights get the same stem
+model by name alone (see `dgad_tf.teachers.conversion`). Layers without weights get the same stem
 plus an underscore suffix (`layer1.0.conv1_pad`), which no PyTorch key can collide with.
 """
 

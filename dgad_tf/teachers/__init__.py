@@ -5,14 +5,11 @@ Example:
     >>> teacher = convert_checkpoint("model_best.pt", "wrn-34-10", 10, "teacher.keras")
 """
 
+from dgad_tf.teachers.conversion import (
+    ConversionError,
+    convert_checkpoint,
+    convert_state_dict,
+    load_state_dict,
+)
+
 __all__ = ["ConversionError", "convert_checkpoint", "convert_state_dict", "load_state_dict"]
-
-
-def __getattr__(name):
-    # Imported lazily so `python -m dgad_tf.teachers.convert` does not find its own module
-    # already in sys.modules (runpy warns about that).
-    if name in __all__:
-        from dgad_tf.teachers import convert
-
-        return getattr(convert, name)
-    raise AttributeError(f"module 'dgad_tf.teachers' has no attribute {name!r}")
