@@ -215,6 +215,8 @@ def test_config_and_command_line_accept_a_registered_format_and_list_it(tmp_path
             "keras_file",
             "tflite_float16",
         ]
+        cfg = config.load_config(overrides=["export.formats=[keras_file, tflite_float16]"])
+        assert cfg.export.formats == ("keras_file", "tflite_float16")
         assert export_cli.parse_formats("keras_file") == ["keras_file"]
         help_text = " ".join(export_cli.build_parser().format_help().split())
         assert (
@@ -223,7 +225,7 @@ def test_config_and_command_line_accept_a_registered_format_and_list_it(tmp_path
             "'tflite_int8'])" in help_text
         )
     with pytest.raises(config.ConfigError) as refused:
-        config.check_export_formats(["keras_file"])
+        config.load_config(overrides=["export.formats=[keras_file]"])
     message = str(refused.value)
     assert "`export.formats`" in message and "'keras_file'" in message
     for name in ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8", "tflite_float16"):
