@@ -17,7 +17,7 @@ import pathlib
 import sys
 
 from dgad_tf import cli
-from dgad_tf.config import EXPORT_FORMATS, ConfigError, check_export_formats, parse_fraction
+from dgad_tf.config import ConfigError, check_export_formats, parse_fraction
 
 
 def parse_eps(text):
@@ -34,10 +34,27 @@ def parse_eps(text):
 
 
 def parse_formats(text):
+    """The registered export formats named in a comma-separated `--formats` (looking them up
+    loads TensorFlow, which the default, no `--formats`, does not)."""
     try:
         return check_export_formats(text.split(","), key="--formats")
     except ConfigError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _list_formats_in_help(parser, action):
+    """Name the registered formats in `--help`, looking them up only when help is printed: the
+    formats' writers load TensorFlow, which a refused command line should not wait for."""
+    format_help = parser.format_help
+
+    def with_formats():
+        from dgad_tf.serving import EXPORT_FORMATS, default_formats
+
+        action.help = "comma-separated subset of " + ", ".join(EXPORT_FORMATS.names())
+        action.default = list(default_formats())  # what main takes for None, shown as default
+        return format_help()
+
+    parser.format_help = with_formats
 
 
 def build_parser():
@@ -50,12 +67,13 @@ def build_parser():
         default=None,
         help="version folder to write (must not exist); default: next free",
     )
-    parser.add_argument(
+    formats = parser.add_argument(
         "--formats",
         type=parse_formats,
-        default=list(EXPORT_FORMATS),
-        help="comma-separated subset of " + ",".join(EXPORT_FORMATS),
+        default=None,
+        help="comma-separated export formats; default: the default ones",
     )
+    _list_formats_in_help(parser, formats)
     parser.add_argument("--representative-data", default=None, help=".npz with x (calibration)")
     parser.add_argument("--eval-data", default=None, help=".npz with x and y (evaluation)")
     parser.add_argument(
@@ -107,6 +125,8 @@ def main(argv=None):
     from dgad_tf import serving
 
     try:
+        if args.formats is None:
+            args.formats = list(serving.default_formats())
         inputs = _inputs(args, run_cfg)
     except (ValueError, FileNotFoundError, ConfigError) as error:
         return cli.error(str(error))
@@ -149,9 +169,12 @@ def _inputs(args, run_cfg):
         (representative_x,) = _load_npz(args.representative_data, ["x"])
     elif splits is not None:
         representative_x = splits.train.x
-    if "tflite_int8" in args.formats and representative_x is None:
+    from dgad_tf.serving import EXPORT_FORMATS
+
+    calibrated = [n for n in args.formats if EXPORT_FORMATS.get(n).needs_representative_data]
+    if calibrated and representative_x is None:
         raise ValueError(
-            "tflite_int8 needs calibration images: pass --representative-data or a "
+            f"{', '.join(calibrated)} needs calibration images: pass --representative-data or a "
             "run directory whose config.yaml names the data"
         )
 

@@ -6,6 +6,8 @@ extra export against the Keras model, NumPy and hashlib. The attack is the stand
 serving_helpers, so these tests do not depend on dgad_tf.attacks.
 """
 
+import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -45,7 +47,8 @@ def test_export_writes_version_1_with_every_artifact(exported):
     assert sorted(p.name for p in base.iterdir()) == ["1"]
     files = {p.name for p in (base / "1").iterdir()}
     assert {"saved_model.pb", "variables", "model_card.json"} <= files
-    assert set(serving.TFLITE_FILES.values()) <= files
+    assert {"model_float32.tflite", "model_dynamic_range.tflite", "model_int8.tflite"} <= files
+    assert "model_float16.tflite" not in files  # not a default format
 
 
 def test_version_folder_is_readable_by_other_users(exported):
@@ -96,23 +99,33 @@ def test_a_model_that_is_not_a_keras_archive_is_named_for_what_it_is(student, tm
 # --- atomic writes ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _parity_rule(name, rule):
+    """The export format `name` checked with `rule` while the context is open."""
+    original = serving.EXPORT_FORMATS.get(name)
+    serving.EXPORT_FORMATS.register(name, dataclasses.replace(original, parity=rule), replace=True)
+    try:
+        yield
+    finally:
+        serving.EXPORT_FORMATS.register(name, original, replace=True)
+
+
 @pytest.mark.parametrize(
-    "formats, table, key, value",
+    "key, rule",
     [
-        ("saved_model", "PROBABILITY_TOLERANCE", "saved_model", -1.0),
-        ("tflite_float", "PROBABILITY_TOLERANCE", "tflite_float", -1.0),
-        ("tflite_int8", "MIN_TOP1_AGREEMENT", "tflite_int8", 1.01),
+        ("saved_model", serving.ProbabilityTolerance(-1.0)),
+        ("tflite_float", serving.ProbabilityTolerance(-1.0)),
+        ("tflite_int8", serving.Top1Agreement(1.01)),
     ],
 )
 def test_failed_check_leaves_no_version_and_keeps_earlier_ones(
-    student, digits, tmp_path, monkeypatch, formats, table, key, value
+    student, digits, tmp_path, key, rule
 ):
     base = tmp_path / "m"
     serving.export_student(student, base, formats="tflite_float")
     before = _tree_hashes(base)
-    monkeypatch.setitem(getattr(serving, table), key, value)
-    with pytest.raises(serving.ExportVerificationError, match=key):
-        serving.export_student(student, base, formats=formats, representative_x=digits["train_x"])
+    with _parity_rule(key, rule), pytest.raises(serving.ExportVerificationError, match=key):
+        serving.export_student(student, base, formats=key, representative_x=digits["train_x"])
     assert [p.name for p in base.iterdir()] == ["1"]
     assert _tree_hashes(base) == before
 
@@ -161,7 +174,7 @@ def test_a_full_disk_is_one_line_naming_the_disk_and_the_space_and_changes_nothi
         partial.write_bytes(b"half")
         raise disk_full(partial)
 
-    monkeypatch.setattr(serving.verify, "save_serving_model", half_written_then_full)
+    monkeypatch.setattr(serving.savedmodel, "save_serving_model", half_written_then_full)
     model = str(run_dir / "student_last.keras")
     command = ["--model", model, "--out", str(base), "--formats", "saved_model", "--eval-n", "0"]
     assert export_cli.main(command) == 2
@@ -330,9 +343,9 @@ def test_an_artifact_a_thousandth_off_in_probability_is_refused(
     gap = np.abs(keras_probabilities(shifted, x) - keras_probabilities(student, x)).max()
     assert 5e-4 < gap < 5e-3, gap
     if artifact == "saved_model":
-        real_save = serving.verify.save_serving_model
+        real_save = serving.savedmodel.save_serving_model
         monkeypatch.setattr(
-            serving.verify,
+            serving.savedmodel,
             "save_serving_model",
             lambda model, *args, **kwargs: real_save(shifted, *args, **kwargs),
         )
@@ -385,7 +398,8 @@ def test_each_artifact_is_scored_by_its_own_predictions(student, digits, tmp_pat
     )
     clean = card["evaluation"]["clean_accuracy"]
     for name in ("tflite_float", "tflite_int8"):
-        runner = serving.tflite.TFLiteRunner(base / "1" / serving.tflite.TFLITE_FILES[name])
+        path = base / "1" / serving.EXPORT_FORMATS.get(name).path
+        runner = serving.tflite.TFLiteRunner(path)
         own = np.mean(runner.logits(eval_x / np.float32(255.0)).argmax(axis=1) == eval_y)
         assert clean[name] == pytest.approx(own), name
     assert clean["tflite_int8"] < clean["keras"] - 0.01, "int8 flipped nothing: uninformative"

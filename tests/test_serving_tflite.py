@@ -8,8 +8,6 @@ import pytest
 import tensorflow as tf
 from serving_helpers import N_EVAL, keras_probabilities
 
-from dgad_tf import serving
-
 
 def _run_interpreter(path, x_float):
     """Logits from a TFLite file, one image at a time, quantising by hand."""
@@ -37,17 +35,17 @@ def _run_interpreter(path, x_float):
 
 def test_tflite_float_matcheskeras_probabilities(exported, student, digits):
     x = digits["test_x"][:N_EVAL].astype(np.float32) / 255.0
-    logits = _run_interpreter(exported[0] / "1" / serving.TFLITE_FILES["tflite_float"], x)
+    logits = _run_interpreter(exported[0] / "1" / "model_float32.tflite", x)
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
     probabilities /= probabilities.sum(1, keepdims=True)
     expected = keras_probabilities(student, digits["test_x"][:N_EVAL])
     assert np.max(np.abs(probabilities - expected)) <= 1e-4
 
 
-@pytest.mark.parametrize("name", ["tflite_dynamic", "tflite_int8"])
-def test_quantised_tflite_keeps_float_top1(exported, student, digits, name):
+@pytest.mark.parametrize("file", ["model_dynamic_range.tflite", "model_int8.tflite"])
+def test_quantised_tflite_keeps_float_top1(exported, student, digits, file):
     x = digits["test_x"][:N_EVAL].astype(np.float32) / 255.0
-    logits = _run_interpreter(exported[0] / "1" / serving.TFLITE_FILES[name], x)
+    logits = _run_interpreter(exported[0] / "1" / file, x)
     expected = student(x, training=False).numpy().argmax(axis=1)
     assert np.mean(logits.argmax(axis=1) == expected) >= 0.98
 
@@ -58,9 +56,7 @@ def test_int8_tflite_has_int8_io_documented_in_card(exported):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        interpreter = tf.lite.Interpreter(
-            model_path=str(base / "1" / serving.TFLITE_FILES["tflite_int8"])
-        )
+        interpreter = tf.lite.Interpreter(model_path=str(base / "1" / "model_int8.tflite"))
     detail = interpreter.get_input_details()[0]
     assert detail["dtype"] == np.int8
     scale, zero_point = detail["quantization"]

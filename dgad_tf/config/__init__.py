@@ -28,7 +28,6 @@ from dgad_tf.config.loading import (
 from dgad_tf.config.sections import (
     ATTACK_INITS,
     DIMENSION_TYPES,
-    EXPORT_FORMATS,
     MODEL_INITS,
     PRECISIONS,
     SCHEDULES,
@@ -69,7 +68,6 @@ __all__ = [
     "DataConfig",
     "Dimension",
     "DistributeConfig",
-    "EXPORT_FORMATS",
     "EvalConfig",
     "ExportConfig",
     "MODEL_INITS",

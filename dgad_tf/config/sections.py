@@ -1,7 +1,9 @@
 """The config's sections: frozen dataclasses whose defaults are the single source of truth.
 
-Every name and choice list of the config lives here, but the methods': a method and its options
-are its loss class in `dgad_tf.losses` (the `method:` section holds its fields). `validate`
+Every name and choice list of the config lives here, but those of the registered objects: a
+method and its options are its loss class in `dgad_tf.losses` (the `method:` section holds its
+fields), and evaluation attacks, data sources, selection rules and export formats are the tables
+of the modules that define them (`dgad_tf.serving.EXPORT_FORMATS` for `export.formats`). `validate`
 checks values against them and `loading` reads YAML and `--set` overrides into them.
 """
 
@@ -14,7 +16,6 @@ from typing import Optional
 
 import yaml
 
-EXPORT_FORMATS = ("saved_model", "tflite_float", "tflite_dynamic", "tflite_int8")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 TEACHER_TRAIN_METHODS = ("pgd_at", "trades")
 ATTACK_INITS = ("auto", "uniform", "gaussian", "none")
@@ -315,7 +316,8 @@ class ExportConfig:
     """Automatic export of the finished student.
 
     Args:
-        formats: artifacts to write after training, e.g. ("saved_model", "tflite_float").
+        formats: artifacts to write after training, names of
+            `dgad_tf.serving.EXPORT_FORMATS`, e.g. ("saved_model", "tflite_float").
             Defaults to () (no export).
         dir: export folder; versions go in numbered sub-folders. Defaults to None
             (`<run dir>/export`).

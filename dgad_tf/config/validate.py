@@ -10,7 +10,6 @@ from typing import Any
 from dgad_tf import eval_attacks
 from dgad_tf.config.sections import (
     ATTACK_INITS,
-    EXPORT_FORMATS,
     MODEL_INITS,
     PRECISIONS,
     SCHEDULES,
@@ -207,8 +206,21 @@ def check_attack_names(names, key: str = "eval.attacks") -> list[str]:
 
 
 def check_export_formats(formats, key: str = "export.formats") -> list[str]:
-    """Export formats, each one of `EXPORT_FORMATS`; ConfigError naming `key` otherwise."""
+    """Export formats, each one of `dgad_tf.serving.EXPORT_FORMATS`; ConfigError naming `key`.
+
+    The formats are registered by the TFLite and SavedModel writers, which load TensorFlow, so an
+    empty list (no export, the default) is accepted without asking them.
+    """
     checked = [str(f).strip() for f in formats if str(f).strip()]
+    if not checked:
+        return checked
+    from dgad_tf.serving import EXPORT_FORMATS
+
     for name in checked:
-        _check(name in EXPORT_FORMATS, key, list(formats), "a list of " + ", ".join(EXPORT_FORMATS))
+        _check(
+            name in EXPORT_FORMATS,
+            key,
+            list(formats),
+            "a list of " + ", ".join(EXPORT_FORMATS.names()),
+        )
     return checked

@@ -2,12 +2,14 @@
 
 `export_student` turns a trained Keras student (input float32 [N, H, W, C] in [0, 1], output
 logits [N, C], normalisation inside the model) into a numbered version folder that TF Serving can
-load directly, plus up to three TFLite variants, and writes a `model_card.json` beside them.
+load directly, plus TFLite variants, and writes a `model_card.json` beside them. The formats are
+the entries of `EXPORT_FORMATS` (`formats.py`); the default ones are `FORMATS`.
 
-Every artifact is re-loaded from disk and compared with the Keras model on a fixed batch before
-the version folder appears: the SavedModel's probabilities within 1e-5, the float TFLite model's
-within 1e-4, and the quantised TFLite models must agree with the float model's top-1 class on at
-least 98% of the batch. Everything is written into a hidden temporary folder beside the version
+Every artifact is re-loaded from disk and checked against the Keras model on a fixed batch with
+its format's parity rule before the version folder appears: the SavedModel's probabilities within
+1e-5, the float TFLite model's within 1e-4, the float16-weight one's within 1e-2, and the
+quantised TFLite models must agree with the float model's top-1 class on at least 98% of the
+batch. Everything is written into a hidden temporary folder beside the version
 folder and renamed into place only after every check passed, so a failed export leaves no
 half-written version for TF Serving to pick up.
 
@@ -15,15 +17,18 @@ Layout of one export (`out_dir` is the TF Serving base path):
 
     out_dir/<version>/saved_model.pb, variables/, assets/, fingerprint.pb
     out_dir/<version>/model_float32.tflite, model_dynamic_range.tflite, model_int8.tflite
+    out_dir/<version>/model_float16.tflite (only when asked for: not a default format)
     out_dir/<version>/model_card.json
 
 The full-integer TFLite model has int8 input and int8 output; its quantisation parameters are in
 the model card (`artifacts.tflite_int8.input.quantization`): feed `round(x / scale) + zero_point`
 for pixels x in [0, 1] and read logits as `(q - zero_point) * scale`.
 
-The package: `savedmodel` (the signatures and how the SavedModel is written), `tflite` (conversion
-and `TFLiteRunner`), `verify` (parity checks and the card's accuracies); `export_student` here
-runs them under the export folder's lock and writes the model card.
+The package: `formats` (`ExportFormat`, the parity rules and the `EXPORT_FORMATS` table),
+`savedmodel` (the signatures, how the SavedModel is written, its format), `tflite` (conversion,
+`TFLiteRunner`, the TFLite formats), `verify` (writes, re-loads and checks each format, and the
+card's accuracies); `export_student` here runs them under the export folder's lock and writes the
+model card.
 """
 
 import datetime
@@ -43,10 +48,19 @@ import tensorflow as tf
 
 import dgad_tf
 import dgad_tf.models
-from dgad_tf.config import EXPORT_FORMATS
 from dgad_tf.data import to_float, to_float_images, to_uint8_images
 from dgad_tf.rundir import FolderLock, ensure_writable_folder, resolve_model_path, sha256_file
 from dgad_tf.serving import verify
+from dgad_tf.serving.formats import (
+    EXPORT_FORMATS,
+    ExportFormat,
+    ExportInputs,
+    ExportVerificationError,
+    ProbabilityTolerance,
+    Top1Agreement,
+    default_formats,
+    register_export_format,
+)
 from dgad_tf.serving.savedmodel import (
     INPUT_NAME,
     LOGITS_SIGNATURE,
@@ -54,31 +68,32 @@ from dgad_tf.serving.savedmodel import (
     save_serving_model,
     serving_functions,
 )
-from dgad_tf.serving.tflite import TFLITE_FILES, TFLiteRunner, convert_tflite
-from dgad_tf.serving.verify import (
-    MIN_TOP1_AGREEMENT,
-    PROBABILITY_TOLERANCE,
-    ExportVerificationError,
-    chance_level_warning,
-)
+from dgad_tf.serving.tflite import TFLiteRunner, convert_tflite, register_tflite_format
+from dgad_tf.serving.verify import chance_level_warning
 
 __all__ = [
+    "EXPORT_FORMATS",
     "FORMATS",
     "INPUT_NAME",
     "LOGITS_SIGNATURE",
-    "MIN_TOP1_AGREEMENT",
     "MODEL_CARD",
-    "PROBABILITY_TOLERANCE",
     "SERVING_SIGNATURE",
-    "TFLITE_FILES",
     "ExportDiskFull",
+    "ExportFormat",
+    "ExportInputs",
     "ExportVerificationError",
+    "ProbabilityTolerance",
     "TFLiteRunner",
+    "Top1Agreement",
     "chance_level_warning",
+    "check_formats",
     "convert_tflite",
+    "default_formats",
     "export_student",
     "load_student",
     "next_version",
+    "register_export_format",
+    "register_tflite_format",
     "save_serving_model",
     "serving_functions",
     "to_float_images",
@@ -88,7 +103,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMATS = EXPORT_FORMATS
+# The built-in default formats (`default_formats()` also counts ones registered later).
+FORMATS = default_formats()
 MODEL_CARD = "model_card.json"
 
 
@@ -103,22 +119,19 @@ class ExportDiskFull(OSError):
         return self.strerror  # one line without the "[Errno 28]" prefix
 
 
-# A SavedModel holds two float32 copies of the weights (its variables), the float TFLite model
-# one, a quantised one a quarter; graphs and the model card take the rest (measured on the
-# small-cnn student: variables 534 kB for 265 kB of weights, graph 153 kB).
-_COPIES_OF_THE_WEIGHTS = {
-    "saved_model": 2.0,
-    "tflite_float": 1.0,
-    "tflite_dynamic": 0.25,
-    "tflite_int8": 0.25,
-}
+# Graphs and the model card take what the copies of the weights do not (measured on the small-cnn
+# student: graph 153 kB).
 _GRAPHS_AND_CARD_BYTES = 1 << 20
 
 
 def estimated_export_bytes(model, formats) -> int:
-    """About how many bytes `export_student` writes for `model` in `formats` (see above)."""
+    """About how many bytes `export_student` writes for `model` in `formats`.
+
+    Each format's `weight_copies` float32 copies of the weights, plus 1 MiB for graphs and the
+    model card.
+    """
     weights = sum(int(np.prod(w.shape)) * 4 for w in model.weights)
-    copies = sum(_COPIES_OF_THE_WEIGHTS[name] for name in formats)
+    copies = sum(EXPORT_FORMATS.get(name).weight_copies for name in formats)
     return int(weights * copies) + _GRAPHS_AND_CARD_BYTES
 
 
@@ -235,13 +248,27 @@ def _split_arrays(arrays, name):
     return x, y
 
 
-def _validate_formats(formats):
+def check_formats(formats, key="formats", error=ValueError):
+    """`formats` as a tuple of registered export formats, without repeats.
+
+    Args:
+        formats: names, a tuple or a comma-separated string.
+        key: the argument or config key they came from, for the message. Defaults to "formats".
+        error: the exception class raised. Defaults to ValueError.
+
+    Raises:
+        error: naming `key`, what was received and the registered formats, for an unknown name
+            or none at all.
+    """
     if isinstance(formats, str):
-        formats = [f.strip() for f in formats.split(",") if f.strip()]
-    formats = tuple(dict.fromkeys(formats))
-    unknown = [f for f in formats if f not in FORMATS]
+        formats = formats.split(",")
+    formats = tuple(dict.fromkeys(str(f).strip() for f in formats if str(f).strip()))
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if unknown or not formats:
-        raise ValueError(f"`formats` must be a non-empty subset of {FORMATS}; received {formats}")
+        raise error(
+            f"`{key}` must be a non-empty subset of the export formats "
+            f"{', '.join(EXPORT_FORMATS.names())}; received {key}={list(formats)!r}"
+        )
     return formats
 
 
@@ -250,7 +277,7 @@ def export_student(
     out_dir,
     *,
     version=None,
-    formats=FORMATS,
+    formats=None,
     representative_x=None,
     eval_arrays=None,
     eps=8 / 255,
@@ -275,9 +302,10 @@ def export_student(
         model_or_path: a Keras model, a `.keras` file or a run directory.
         out_dir: the TF Serving base path, e.g. `export/<name>`.
         version: the version number; an existing one is an error. Defaults to None (next free).
-        formats: subset of `FORMATS` (tuple or comma-separated string). Defaults to all four.
+        formats: names of `EXPORT_FORMATS` (tuple or comma-separated string). Defaults to None
+            (the default formats, `default_formats()`: all but tflite_float16).
         representative_x: training images for int8 calibration (uint8 or float in [0, 1]);
-            required for "tflite_int8". Defaults to None.
+            required for a format that calibrates, "tflite_int8". Defaults to None.
         eval_arrays: test split (`.x`, `.y`, or an (x, y) pair) for the accuracies in the model
             card; already cut to the number of points to evaluate. Defaults to None (no accuracies).
         eps: L-inf radius for PGD-20 and AutoAttack, in pixel units. Defaults to 8/255.
@@ -298,13 +326,14 @@ def export_student(
         card = export_student("runs/quickstart", "export/digits_student",
                               representative_x=splits.train.x, eval_arrays=splits.test)
     """
-    formats = _validate_formats(formats)
+    formats = check_formats(default_formats() if formats is None else formats)
     if not 0 <= eps <= 1:
         raise ValueError(f"`eps` must be in [0, 1]; received eps={eps}")
     if parity_n < 1:
         raise ValueError(f"`parity_n` must be >= 1; received parity_n={parity_n}")
-    if "tflite_int8" in formats and representative_x is None:
-        raise ValueError("`representative_x` is required for format 'tflite_int8'; received None")
+    for name in formats:
+        if EXPORT_FORMATS.get(name).needs_representative_data and representative_x is None:
+            raise ValueError(f"`representative_x` is required for format {name!r}; received None")
     if version is not None:
         if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 1:
             raise ValueError(f"`version` must be a positive integer; received version={version!r}")

@@ -1,12 +1,22 @@
 """The TF Serving SavedModel: its two signatures, how it is written and how it is described.
 
 `serving_default` takes uint8 images and returns probabilities and classes; `logits` takes float
-images in [0, 1] and returns logits. `saved_model_spec` is the card's description of both.
+images in [0, 1] and returns logits. `saved_model_spec` is the card's description of both. The
+module registers the `saved_model` export format.
 """
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from dgad_tf.data import to_float
+from dgad_tf.serving.formats import (
+    ExportFormat,
+    ExportVerificationError,
+    ProbabilityTolerance,
+    register_export_format,
+    softmax,
+)
 
 SERVING_SIGNATURE = "serving_default"
 LOGITS_SIGNATURE = "logits"
@@ -117,3 +127,63 @@ def saved_model_spec(image_shape, num_classes):
             },
         },
     }
+
+
+class SavedModelArtifact:
+    """The written SavedModel re-loaded with `tf.saved_model.load`, called through its signatures.
+
+    Args:
+        path: the SavedModel folder.
+    """
+
+    def __init__(self, path):
+        self.loaded = tf.saved_model.load(str(path))
+        self.serve = self.loaded.signatures[SERVING_SIGNATURE]
+        self.logits_signature = self.loaded.signatures[LOGITS_SIGNATURE]
+
+    def logits(self, x):
+        """The `logits` signature on float images in [0, 1]."""
+        return signature_outputs(self.logits_signature, x, "logits")
+
+    def classes(self, x):
+        """The `serving_default` signature's classes on uint8 images."""
+        return signature_outputs(self.serve, x, "classes")
+
+
+def _write(model, path, inputs):
+    save_serving_model(model, path, inputs.image_shape)
+
+
+def _check(fmt, artifact, parity_u8, reference_logits):
+    """Both signatures within the tolerance, and `classes` the argmax of `probabilities`."""
+    probabilities = signature_outputs(artifact.serve, parity_u8, "probabilities")
+    classes = artifact.classes(parity_u8)
+    figures = fmt.parity.check_probabilities(
+        "saved_model", softmax(reference_logits), probabilities
+    )
+    figures["logits_signature"] = fmt.parity.check(
+        "saved_model", reference_logits, artifact.logits(to_float(parity_u8))
+    )
+    figures["classes_match_argmax"] = bool(np.all(classes == probabilities.argmax(-1)))
+    if not figures["classes_match_argmax"]:
+        raise ExportVerificationError("saved_model: `classes` differs from argmax(probabilities)")
+    return figures
+
+
+register_export_format(
+    "saved_model",
+    ExportFormat(
+        path=".",
+        write=_write,
+        load=SavedModelArtifact,
+        parity=ProbabilityTolerance(1e-5),
+        describe=lambda artifact, path, inputs: saved_model_spec(
+            inputs.image_shape, inputs.num_classes
+        ),
+        # its variables hold two float32 copies of the weights (measured on the small-cnn
+        # student: variables 534 kB for 265 kB of weights)
+        weight_copies=2.0,
+        white_box=True,
+        check=_check,
+    ),
+)
