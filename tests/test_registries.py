@@ -48,6 +48,7 @@ def test_an_entry_of_the_wrong_type_is_refused_by_every_table_naming_it():
     from dgad_tf.data import DATA_SOURCES, register_data_source
     from dgad_tf.eval_attacks import EVAL_ATTACKS, register_eval_attack
     from dgad_tf.selection import SELECTION_RULES, register_selection_rule
+    from dgad_tf.serving.formats import EXPORT_FORMATS, register_export_format
 
     def loader(request):
         return None
@@ -56,6 +57,7 @@ def test_an_entry_of_the_wrong_type_is_refused_by_every_table_naming_it():
         (register_data_source, DATA_SOURCES, "data source", "DataSource"),
         (register_eval_attack, EVAL_ATTACKS, "evaluation attack", "EvalAttack"),
         (register_selection_rule, SELECTION_RULES, "checkpoint-selection rule", "SelectionRule"),
+        (register_export_format, EXPORT_FORMATS, "export format", "ExportFormat"),
     ]
     for register, table, kind, cls in cases:
         before = table.names()

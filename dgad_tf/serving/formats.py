@@ -25,7 +25,6 @@ import numpy as np
 
 from dgad_tf.registry import Registry
 
-EXPORT_FORMATS = Registry("export format")
 
 
 class ExportVerificationError(RuntimeError):
@@ -160,6 +159,9 @@ class ExportFormat:
     check: Optional[Callable] = None
 
 
+EXPORT_FORMATS = Registry("export format", entry_type=ExportFormat)
+
+
 def register_export_format(name: str, fmt: ExportFormat, *, replace: bool = False):
     """Register `fmt` as `name` in `EXPORT_FORMATS`; returns `fmt`.
 
@@ -168,8 +170,6 @@ def register_export_format(name: str, fmt: ExportFormat, *, replace: bool = Fals
         fmt: the `ExportFormat`.
         replace: allow replacing a format of that name. Defaults to False.
     """
-    if not isinstance(fmt, ExportFormat):
-        raise TypeError(f"`fmt` must be an ExportFormat; received {type(fmt).__name__}")
     return EXPORT_FORMATS.register(name, fmt, replace=replace)
 
 
