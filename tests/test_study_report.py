@@ -639,7 +639,8 @@ def test_the_summary_names_the_dataset_not_only_its_file_format(tmp_path, data, 
     from dgad_tf.config import DataConfig
 
     study = load(tmp_path)
-    study = dataclasses.replace(study, base=dataclasses.replace(study.base, data=DataConfig(**data)))
+    base = dataclasses.replace(study.base, data=DataConfig(**data))
+    study = dataclasses.replace(study, base=base)
     result = study_report.summarize(study, synthetic_rows(), None)
     assert result["data"] == label
     assert study_figures.setting_line(result).startswith(label + "; ")

@@ -26,7 +26,6 @@ import numpy as np
 from dgad_tf.registry import Registry
 
 
-
 class ExportVerificationError(RuntimeError):
     """An exported artifact disagrees with the Keras model beyond its tolerance."""
 
