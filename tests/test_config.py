@@ -454,6 +454,30 @@ def test_a_search_over_another_methods_option_is_refused_naming_the_valid_keys()
         )
 
 
+def test_a_trial_of_another_method_takes_its_own_searched_options_and_the_shared_ones():
+    from dgad_tf import losses
+
+    base = config_from_dict({"method": {"name": "trades", "beta": 3.0}})
+    trial = with_values(
+        base,
+        {
+            "method.name": "ard",
+            "method.alpha": 0.7,
+            "method.beta": 2.0,  # TRADES' option, searched for the TRADES trials only
+            "method.reference_forwards": True,
+            "optimizer.lr": 0.5,
+        },
+    )
+    assert trial.method.loss == losses.ARD(alpha=0.7)
+    assert trial.method.reference_forwards is True and trial.optimizer.lr == 0.5
+    # A trial of the configured method keeps its configured options.
+    same = with_values(base, {"method.name": "trades", "optimizer.lr": 0.5})
+    assert same.method.loss == losses.TRADES(beta=3.0) and same.optimizer.lr == 0.5
+    with pytest.raises(ConfigError) as caught:
+        with_values(base, {"method.name": "kd"})
+    assert str(caught.value).startswith("`method.name`: unknown method 'kd'; known methods: dgad")
+
+
 def test_a_trial_or_cell_of_another_method_keeps_none_of_the_base_methods_options(tmp_path):
     from dgad_tf import study as study_lib
 
@@ -533,3 +557,16 @@ def test_a_run_folders_config_written_before_the_method_sections_still_reads(tmp
     (tmp_path / "config.yaml").write_text("method:\n  name: iad\n  iad_temperature: 30.0\n")
     with pytest.raises(ConfigError, match="is now spelled `method.temperature`"):
         rundir.run_config(tmp_path)
+
+
+def test_an_override_of_an_earlier_key_is_respelled_whatever_its_value_holds():
+    # A study.yaml written before the method sections stores its `set:` overrides in the old
+    # keys; they are read in today's spelling. The key ends at the first `=`, as in --set.
+    from dgad_tf.config.loading import renamed_override
+
+    assert renamed_override("method.trades_beta=6") == "method.beta=6"
+    assert renamed_override(" attack.init =uniform") == "attack.start=uniform"
+    assert renamed_override("attack.init=uniform #a=b") == "attack.start=uniform #a=b"
+    assert renamed_override("method.dgad_weighting={a: b=c}") == "method.weighting={a: b=c}"
+    for text in ("data.path=a=b.npz", "method.trades_beta", "method.beta=6"):
+        assert renamed_override(text) == text
