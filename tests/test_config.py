@@ -553,6 +553,10 @@ def test_a_run_folders_config_written_before_the_method_sections_still_reads(tmp
         ],
     )
     assert cfg.hash() == today.hash()  # so the run resumes under today's spelling
+    # A whole earlier section naming no method is refused as today's would be, naming the key.
+    (tmp_path / "config.yaml").write_text(WRITTEN_BEFORE.replace("name: iad", "name: kd"))
+    with pytest.raises(ConfigError, match=r"^`method.name`: unknown method 'kd'; known methods"):
+        rundir.run_config(tmp_path)
     # A hand-written file with some earlier keys is still told their new spelling.
     (tmp_path / "config.yaml").write_text("method:\n  name: iad\n  iad_temperature: 30.0\n")
     with pytest.raises(ConfigError, match="is now spelled `method.temperature`"):
