@@ -574,3 +574,20 @@ def test_an_override_of_an_earlier_key_is_respelled_whatever_its_value_holds():
     assert renamed_override("method.dgad_weighting={a: b=c}") == "method.weighting={a: b=c}"
     for text in ("data.path=a=b.npz", "method.trades_beta", "method.beta=6"):
         assert renamed_override(text) == text
+
+
+def test_a_method_option_is_read_into_its_type_or_reaches_the_class_as_written():
+    # A float option is read like a config field (a fraction, a wrong type named) ...
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, ["method.name=trades", "method.beta=high"])
+    assert str(caught.value) == "`method.beta` must be a float; received method.beta='high'"
+    # ... and an option of a type a config does not read (a user's `typing.Literal`) reaches the
+    # loss class as written, which checks it (tests/user_losses.py is on the test path).
+    name = "user_losses.SummedAT"
+    method = config_from_dict({"method": {"name": name, "reduction": "sum", "smoothing": "1/5"}})
+    assert (method.method.loss.reduction, method.method.loss.smoothing) == ("sum", 0.2)
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"method": {"name": name, "reduction": "max"}})
+    assert str(caught.value) == (
+        f"method {name}: `method.reduction` must be mean or sum; received reduction='max'"
+    )
