@@ -277,6 +277,13 @@ def test_package_exposes_its_public_names():
     "values, message",
     [
         ({"data": 3}, "`data` must be a mapping; received data=3"),
+        ({"method": 3}, "`method` must be a mapping; received method=3"),
+        ({"method": {"name": 3}}, "`method.name` must be a string; received method.name=3"),
+        (
+            {"method": {"reference_forwards": 3}},
+            "`method.reference_forwards` must be true or false; received "
+            "method.reference_forwards=3",
+        ),
         ({"data": {"source": 3}}, "`data.source` must be a string; received data.source=3"),
         ({"eval": {"attacks": 3}}, "`eval.attacks` must be a list; received eval.attacks=3"),
         (
