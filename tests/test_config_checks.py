@@ -86,8 +86,13 @@ NEEDS = "for method.name=dgad, which train on adversarial examples"
         (["data.test_limit=0"], "data.test_limit", ">= 1 or null", "0"),
         (["data.image_size=0"], "data.image_size", ">= 1 or null", "0"),
         (["data.crop_padding=-1"], "data.crop_padding", ">= 0 or null", "-1"),
-        (["data.source=tfds"], "data.name", "a TFDS dataset name when data.source=tfds", "None"),
-        (["data.source=npz"], "data.path", "a path when data.source=npz", "None"),
+        (
+            ["data.source=tfds", "data.name=''"],
+            "data.name",
+            "a TFDS dataset name when data.source=tfds",
+            "''",
+        ),
+        (["data.source=npz", "data.path=''"], "data.path", "a path when data.source=npz", "''"),
         (["data.source=folder"], "data.path", "a path when data.source=folder", "None"),
         (["data.source=tinyimagenet"], "data.path", "a path when data.source=tinyimagenet", "None"),
         (
@@ -237,7 +242,9 @@ def test_a_range_refusal_reads_as_one_sentence():
 )
 def test_normalisation_needs_both_mean_and_std(overrides):
     message = refusal(overrides)
-    assert "`model.normalize_mean` and `model.normalize_std` must be given together" in message
+    assert message.startswith(
+        "`model.normalize_mean` and `model.normalize_std` must be given together; received "
+    )
     given = overrides[0].split("=")[0].split(".")[1]
     assert f"{given}=(0.5,)" in message, message
 
