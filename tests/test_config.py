@@ -598,3 +598,9 @@ def test_a_method_option_is_read_into_its_type_or_reaches_the_class_as_written()
     assert str(caught.value) == (
         f"method {name}: `method.reduction` must be mean or sum; received reduction='max'"
     )
+    # A mapping option is taken as a mapping, and anything else refused naming it.
+    scales = config_from_dict({"method": {"name": name, "scales": {"total": 0.5}}})
+    assert scales.method.loss.scales == {"total": 0.5}
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"method": {"name": name, "scales": 0.5}})
+    assert str(caught.value) == "`method.scales` must be a mapping; received method.scales=0.5"

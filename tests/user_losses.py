@@ -45,9 +45,12 @@ class SummedAT(SmoothedAT):
 
     Args:
         reduction: "mean" over the batch, or "sum". Defaults to "mean".
+        scales: a factor for some of the returned terms, e.g. {"total": 0.5} (a mapping, which
+            a config reads as one). Defaults to None (every factor 1).
     """
 
     reduction: typing.Literal["mean", "sum"] = "mean"
+    scales: typing.Optional[dict[str, float]] = None
 
     def __post_init__(self):
         if self.reduction not in ("mean", "sum"):
@@ -57,6 +60,7 @@ class SummedAT(SmoothedAT):
 
     def compute_loss(self, forwards, *, global_batch_size=None, epoch=0):
         losses = super().compute_loss(forwards, global_batch_size=global_batch_size, epoch=epoch)
+        losses = {key: value * (self.scales or {}).get(key, 1.0) for key, value in losses.items()}
         if self.reduction == "mean":
             return losses
         size = tf.shape(forwards["s_adv"])[0] if global_batch_size is None else global_batch_size
