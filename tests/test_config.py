@@ -277,6 +277,13 @@ def test_package_exposes_its_public_names():
     "values, message",
     [
         ({"data": 3}, "`data` must be a mapping; received data=3"),
+        ({"method": 3}, "`method` must be a mapping; received method=3"),
+        ({"method": {"name": 3}}, "`method.name` must be a string; received method.name=3"),
+        (
+            {"method": {"reference_forwards": 3}},
+            "`method.reference_forwards` must be true or false; received "
+            "method.reference_forwards=3",
+        ),
         ({"data": {"source": 3}}, "`data.source` must be a string; received data.source=3"),
         ({"eval": {"attacks": 3}}, "`eval.attacks` must be a list; received eval.attacks=3"),
         (
@@ -454,6 +461,30 @@ def test_a_search_over_another_methods_option_is_refused_naming_the_valid_keys()
         )
 
 
+def test_a_trial_of_another_method_takes_its_own_searched_options_and_the_shared_ones():
+    from dgad_tf import losses
+
+    base = config_from_dict({"method": {"name": "trades", "beta": 3.0}})
+    trial = with_values(
+        base,
+        {
+            "method.name": "ard",
+            "method.alpha": 0.7,
+            "method.beta": 2.0,  # TRADES' option, searched for the TRADES trials only
+            "method.reference_forwards": True,
+            "optimizer.lr": 0.5,
+        },
+    )
+    assert trial.method.loss == losses.ARD(alpha=0.7)
+    assert trial.method.reference_forwards is True and trial.optimizer.lr == 0.5
+    # A trial of the configured method keeps its configured options.
+    same = with_values(base, {"method.name": "trades", "optimizer.lr": 0.5})
+    assert same.method.loss == losses.TRADES(beta=3.0) and same.optimizer.lr == 0.5
+    with pytest.raises(ConfigError) as caught:
+        with_values(base, {"method.name": "kd"})
+    assert str(caught.value).startswith("`method.name`: unknown method 'kd'; known methods: dgad")
+
+
 def test_a_trial_or_cell_of_another_method_keeps_none_of_the_base_methods_options(tmp_path):
     from dgad_tf import study as study_lib
 
@@ -529,7 +560,47 @@ def test_a_run_folders_config_written_before_the_method_sections_still_reads(tmp
         ],
     )
     assert cfg.hash() == today.hash()  # so the run resumes under today's spelling
+    # A whole earlier section naming no method is refused as today's would be, naming the key.
+    (tmp_path / "config.yaml").write_text(WRITTEN_BEFORE.replace("name: iad", "name: kd"))
+    with pytest.raises(ConfigError, match=r"^`method.name`: unknown method 'kd'; known methods"):
+        rundir.run_config(tmp_path)
     # A hand-written file with some earlier keys is still told their new spelling.
     (tmp_path / "config.yaml").write_text("method:\n  name: iad\n  iad_temperature: 30.0\n")
     with pytest.raises(ConfigError, match="is now spelled `method.temperature`"):
         rundir.run_config(tmp_path)
+
+
+def test_an_override_of_an_earlier_key_is_respelled_whatever_its_value_holds():
+    # A study.yaml written before the method sections stores its `set:` overrides in the old
+    # keys; they are read in today's spelling. The key ends at the first `=`, as in --set.
+    from dgad_tf.config.loading import renamed_override
+
+    assert renamed_override("method.trades_beta=6") == "method.beta=6"
+    assert renamed_override(" attack.init =uniform") == "attack.start=uniform"
+    assert renamed_override("attack.init=uniform #a=b") == "attack.start=uniform #a=b"
+    assert renamed_override("method.dgad_weighting={a: b=c}") == "method.weighting={a: b=c}"
+    for text in ("data.path=a=b.npz", "method.trades_beta", "method.beta=6"):
+        assert renamed_override(text) == text
+
+
+def test_a_method_option_is_read_into_its_type_or_reaches_the_class_as_written():
+    # A float option is read like a config field (a fraction, a wrong type named) ...
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, ["method.name=trades", "method.beta=high"])
+    assert str(caught.value) == "`method.beta` must be a float; received method.beta='high'"
+    # ... and an option of a type a config does not read (a user's `typing.Literal`) reaches the
+    # loss class as written, which checks it (tests/user_losses.py is on the test path).
+    name = "user_losses.SummedAT"
+    method = config_from_dict({"method": {"name": name, "reduction": "sum", "smoothing": "1/5"}})
+    assert (method.method.loss.reduction, method.method.loss.smoothing) == ("sum", 0.2)
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"method": {"name": name, "reduction": "max"}})
+    assert str(caught.value) == (
+        f"method {name}: `method.reduction` must be mean or sum; received reduction='max'"
+    )
+    # A mapping option is taken as a mapping, and anything else refused naming it.
+    scales = config_from_dict({"method": {"name": name, "scales": {"total": 0.5}}})
+    assert scales.method.loss.scales == {"total": 0.5}
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"method": {"name": name, "scales": 0.5}})
+    assert str(caught.value) == "`method.scales` must be a mapping; received method.scales=0.5"

@@ -3,6 +3,7 @@
 puts this folder on PYTHONPATH)."""
 
 import dataclasses
+import typing
 
 import tensorflow as tf
 
@@ -35,3 +36,32 @@ class SmoothedAT(MethodLoss):
         smoothed = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
         plain = tf.nn.softmax_cross_entropy_with_logits(onehot, logits)
         return {"total": tf.reduce_sum(smoothed) / size, "ce_adv": tf.reduce_sum(plain) / size}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SummedAT(SmoothedAT):
+    """SmoothedAT whose batch reduction is an option typed `typing.Literal`, a type a config does
+    not coerce: the value reaches the class as written, and the class checks it.
+
+    Args:
+        reduction: "mean" over the batch, or "sum". Defaults to "mean".
+        scales: a factor for some of the returned terms, e.g. {"total": 0.5} (a mapping, which
+            a config reads as one). Defaults to None (every factor 1).
+    """
+
+    reduction: typing.Literal["mean", "sum"] = "mean"
+    scales: typing.Optional[dict[str, float]] = None
+
+    def __post_init__(self):
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(
+                f"`reduction` must be mean or sum; received reduction={self.reduction!r}"
+            )
+
+    def compute_loss(self, forwards, *, global_batch_size=None, epoch=0):
+        losses = super().compute_loss(forwards, global_batch_size=global_batch_size, epoch=epoch)
+        losses = {key: value * (self.scales or {}).get(key, 1.0) for key, value in losses.items()}
+        if self.reduction == "mean":
+            return losses
+        size = tf.shape(forwards["s_adv"])[0] if global_batch_size is None else global_batch_size
+        return {key: value * tf.cast(size, tf.float32) for key, value in losses.items()}
