@@ -174,8 +174,9 @@ class MethodConfig:
         if field.startswith("_") or field == "loss":
             raise AttributeError(field)
         loss = self.__dict__.get("loss")
-        if loss is not None and field in {f.name for f in dataclasses.fields(loss)}:
-            return getattr(loss, field)
+        options = {} if loss is None else loss.section_options()
+        if field in options:
+            return options[field]
         raise AttributeError(f"method {self.name!r} has no option {field!r}")
 
     def to_dict(self) -> dict:
@@ -183,7 +184,7 @@ class MethodConfig:
         return {
             "name": self.name,
             "reference_forwards": self.reference_forwards,
-            **self.loss.get_config(),
+            **self.loss.section_options(),
         }
 
 
