@@ -230,9 +230,7 @@ def _build_igdm(base, values, prefix: str):
     fields = [f for f in losses.option_names(losses.IGDM) if f != "base"]
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"unknown key `{prefix}.{unknown[0]}`; known keys: {', '.join(fields)}"
-        )
+        raise ConfigError(f"unknown key `{prefix}.{unknown[0]}`; known keys: {', '.join(fields)}")
     hints = typing.get_type_hints(losses.IGDM)
     options = {f: _coerce(f"{prefix}.{f}", values[f], hints[f]) for f in fields if f in values}
     try:

@@ -381,7 +381,8 @@ class IGDM(MethodLoss):
         if epochs is not None:
             if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral):
                 raise TypeError(
-                    f"`total_epochs` must be a positive int or None; received total_epochs={epochs!r}"
+                    "`total_epochs` must be a positive int or None; received "
+                    f"total_epochs={epochs!r}"
                 )
             object.__setattr__(self, "total_epochs", int(epochs))
             _check_positive("total_epochs", self.total_epochs)
