@@ -193,6 +193,12 @@ def _build_method(values: dict, prefix: str) -> MethodConfig:
     own = set(losses.option_names(cls))
     wrapper = {"igdm"} if cls.needs_teacher else set()
     unknown = sorted(set(values) - own - {"name", "reference_forwards"} - wrapper)
+    if "igdm" in unknown:
+        raise ConfigError(
+            f"`{prefix}.igdm`: IGDM matches the student to a teacher, but method {name} trains "
+            "without one; use it with a method that distils (adaad, adaiad, rslad, ard, iad, "
+            "dgad)"
+        )
     if unknown:
         _check_renamed(prefix, unknown)
         known = ", ".join(["name", "reference_forwards", *losses.option_names(cls), *wrapper])
