@@ -146,6 +146,8 @@ class MethodConfig:
     In a config file the section is flat and holds exactly the loss class's fields besides
     `name` and `reference_forwards`, e.g. `method: {name: trades, beta: 6.0}`; a field another
     method has is an error listing the valid keys. `cfg.method.beta` reads the loss's field.
+    A method with a teacher may add IGDM's term with an `igdm:` block,
+    `method: {name: adaad, igdm: {alpha: 1.0}}` (its loss is then `IGDM(base=AdaAD(), ...)`).
 
     Args:
         name: a method name of `dgad_tf.losses.METHOD_LOSSES` ("dgad", "adaad", "rslad",

@@ -12,7 +12,7 @@ def igdm_loss(s_adv, s_mirror, t_adv, t_mirror, *, alpha=1.0, ramp=1.0, global_b
     With δ = x' - x the perturbation of the method's training attack, the difference of a
     network's logits at x + δ and x - δ is, to first order, twice its input gradient along δ;
     matching the student's difference to the teacher's matches their input gradients without
-    computing either (docs/method.md §10). The KL is summed over the batch and divided by
+    computing either (docs/method.md §9.11). The KL is summed over the batch and divided by
     `global_batch_size`, as PyTorch's `reduction="batchmean"` of the reference code
     (HongsinLee/saad igdm.py:40,57). No gradient flows to the teacher's logits.
 

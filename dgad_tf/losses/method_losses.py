@@ -324,13 +324,7 @@ class Clean(MethodLoss):
 
 
 # The class attributes of a method that `IGDM` takes from the loss it wraps.
-_DELEGATED = (
-    "needs_teacher",
-    "ascent",
-    "default_start",
-    "reference_train_mode_attack",
-    "reference_forwards_after_warmup",
-)
+_DELEGATED = ("needs_teacher", "ascent", "default_start", "reference_train_mode_attack")
 
 
 @_frozen
@@ -344,7 +338,8 @@ class IGDM(MethodLoss):
     the base's forwards, the teacher's in inference mode without gradient; the attack, its
     start, the other forwards and the logged terms are the base's, plus `igdm` (the added
     term) and `igdm_kl` (its KL before weighting). A config writes it as the base method's
-    section with an `igdm:` block, `method: {name: adaad, igdm: {alpha: 1.0}}`.
+    section with an `igdm:` block, `method: {name: adaad, igdm: {alpha: 1.0}}` (docs/method.md
+    §9.11).
 
     Args:
         base: the loss of a method that distils from a teacher (`AdaAD()`, `AdaIAD()`,
@@ -389,6 +384,14 @@ class IGDM(MethodLoss):
         for attribute in _DELEGATED:  # the base's method, read by the distiller as its own
             object.__setattr__(self, attribute, getattr(self.base, attribute))
         object.__setattr__(self, "inputs", tuple(self.base.inputs))
+        # The reference order: the base's forwards, then x - δ; after a warm-up, the base's
+        # unused ones after that (the distiller runs them last).
+        forwards = self.student_forwards(reference_forwards=True)
+        object.__setattr__(self, "reference_forwards", forwards)
+        after = self.base.reference_forwards_after_warmup
+        if after is not None:
+            after = forwards + tuple(after[len(self.base.reference_forwards) :])
+        object.__setattr__(self, "reference_forwards_after_warmup", after)
 
     # ------------------------------------------------------------------ the base's step
 
