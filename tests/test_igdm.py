@@ -291,12 +291,11 @@ def test_compare_trains_methods_with_igdm(tmp_path, digits_teacher):
     values["output"] = {**TINY["output"], "dir": str(tmp_path / "out")}
     values["study"] = {
         "methods": [
-            "adaad",
             {"name": "adaad_igdm", "method": "adaad", "set": ["method.igdm.alpha=1.0"]},
             {"name": "dgad_igdm", "method": "dgad", "set": ["method.igdm={alpha: 10.0}"]},
         ],
         "seeds": [0],
-        "reference": "adaad",
+        "reference": "adaad_igdm",
         "attacks": ["clean"],
         "n": 16,
     }
@@ -305,13 +304,19 @@ def test_compare_trains_methods_with_igdm(tmp_path, digits_teacher):
     command = [sys.executable, "-m", "dgad_tf.compare", "--config", str(path)]
     result = run_command(command, cwd=REPO, env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
+    cells = tmp_path / "out" / "cells"
     for cell, alpha in (("adaad_igdm_seed0", 1.0), ("dgad_igdm_seed0", 10.0)):
-        written = yaml.safe_load((tmp_path / "out" / cell / "config.yaml").read_text())
-        assert written["method"]["igdm"]["alpha"] == alpha, cell
-        assert "igdm" in (tmp_path / "out" / cell / "log.csv").read_text().splitlines()[0]
-    assert (
-        "igdm"
-        not in yaml.safe_load((tmp_path / "out" / "adaad_seed0" / "config.yaml").read_text())[
-            "method"
-        ]
-    )
+        written = yaml.safe_load((cells / cell / "config.yaml").read_text())
+        assert written["method"]["igdm"] == {"alpha": alpha, "total_epochs": None}, cell
+        assert "igdm" in (cells / cell / "log.csv").read_text().splitlines()[0].split(",")
+
+
+def test_the_igdm_study_pairs_each_method_with_its_igdm_row():
+    from dgad_tf import study as study_lib
+
+    study = study_lib.load_study(REPO / "configs" / "compare_cifar10_resnet18_igdm.yaml")
+    losses_by_cell = {c.entry.name: build.method_loss(c.cfg) for c in study.cells() if c.seed == 0}
+    for plain in ("adaiad", "dgad"):
+        paired = losses_by_cell[f"{plain}_igdm"]
+        assert paired == IGDM(base=losses_by_cell[plain], alpha=1.0, total_epochs=200)
+    assert study.primary == {"method": "adaiad_igdm", "versus": "adaiad", "attack": "autoattack"}
