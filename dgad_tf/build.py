@@ -167,8 +167,9 @@ def method_loss(cfg: Config, method: Optional[str] = None) -> losses.MethodLoss:
         loss = cfg.method.loss
     else:
         loss = losses.get(method)()
-    # DGAD's reference MobileNetV2 weighting divides by the configured batch size.
-    return loss.for_batch_size(cfg.train.batch_size)
+    # DGAD's reference MobileNetV2 weighting divides by the configured batch size; IGDM's ramp
+    # runs over the run's epochs unless `method.igdm.total_epochs` says otherwise.
+    return loss.for_batch_size(cfg.train.batch_size).for_epochs(cfg.train.epochs)
 
 
 def training_attack(cfg: Config) -> attacks.PGD:

@@ -31,8 +31,9 @@ import tensorflow as tf
 from dgad_tf import attacks, batch_checks, distribute, losses
 from dgad_tf.losses import MethodLoss
 
-# The built-in method losses travel in a distiller's config under the package "dgad_tf".
-for _loss_class in losses.METHOD_LOSSES.values():
+# The built-in method losses (and IGDM, which wraps one) travel in a distiller's config under
+# the package "dgad_tf".
+for _loss_class in (*losses.METHOD_LOSSES.values(), losses.IGDM):
     keras.saving.register_keras_serializable(package="dgad_tf")(_loss_class)
 
 # Loss-dict entries that are counts over the local batch; logged as fractions of the batch.
@@ -361,15 +362,19 @@ class AdversarialDistiller(keras.Model):
 
         # 2. teacher forward (inference mode, no gradient) -- before the tape, it needs none
         forwards = {"y": y}
+        order = self._forward_order()
+        inputs = {"clean": x, "adv": x_adv}
+        if any(forward.kind == "mirror" for forward in order):
+            # IGDM's x - δ, δ = x' - x, not clipped to [0, 1] (HongsinLee/saad igdm.py:52-56)
+            inputs["mirror"] = x - (x_adv - x)
         if self.teacher is not None:
-            forwards["t_clean"] = tf.stop_gradient(self.teacher(x, training=False))
-            forwards["t_adv"] = tf.stop_gradient(self.teacher(x_adv, training=False))
+            for kind, batch in inputs.items():
+                forwards["t_" + kind] = tf.stop_gradient(self.teacher(batch, training=False))
 
         with tf.GradientTape() as tape:
             # 3. student forwards in training mode, clean and adversarial in separate calls, in
             # the reference code's order when asked (the order moves batch-norm statistics)
-            inputs = {"clean": x, "adv": x_adv}
-            for forward in self._forward_order():
+            for forward in order:
                 output = self.student(inputs[forward.kind], training=True)
                 # An unused reference forward only moves batch-norm statistics; its output
                 # serves the accuracy metric when the loss has no clean forward of its own.

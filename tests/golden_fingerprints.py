@@ -252,9 +252,18 @@ def _step(distiller) -> dict:
 
 def _python_defaults() -> dict:
     """What the Python API does with every default: each loss class of `dgad_tf.losses` made
-    with no argument, in an `AdversarialDistiller` with no other argument than the networks."""
+    with no argument, in an `AdversarialDistiller` with no other argument than the networks.
+    A class with a required field (`IGDM`, which wraps another loss) has no such default."""
+    import dataclasses
+
     from dgad_tf import losses
     from dgad_tf.distiller import AdversarialDistiller
+
+    def required(cls):
+        return any(
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            for f in dataclasses.fields(cls)
+        )
 
     classes = [
         getattr(losses, name)
@@ -262,6 +271,7 @@ def _python_defaults() -> dict:
         if isinstance(getattr(losses, name), type)
         and issubclass(getattr(losses, name), losses.MethodLoss)
         and getattr(losses, name) is not losses.MethodLoss
+        and not required(getattr(losses, name))
     ]
     steps = {}
     for cls in classes:

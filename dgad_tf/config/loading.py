@@ -191,10 +191,17 @@ def _build_method(values: dict, prefix: str) -> MethodConfig:
     except ValueError as err:
         raise ConfigError(f"`{prefix}.name`: {err}") from None
     own = set(losses.option_names(cls))
-    unknown = sorted(set(values) - own - {"name", "reference_forwards"})
+    wrapper = {"igdm"} if cls.needs_teacher else set()
+    unknown = sorted(set(values) - own - {"name", "reference_forwards"} - wrapper)
+    if "igdm" in unknown:
+        raise ConfigError(
+            f"`{prefix}.igdm`: IGDM matches the student to a teacher, but method {name} trains "
+            "without one; use it with a method that distils (adaad, adaiad, rslad, ard, iad, "
+            "dgad)"
+        )
     if unknown:
         _check_renamed(prefix, unknown)
-        known = ", ".join(["name", "reference_forwards", *losses.option_names(cls)])
+        known = ", ".join(["name", "reference_forwards", *losses.option_names(cls), *wrapper])
         raise ConfigError(
             f"unknown key `{prefix}.{unknown[0]}` for method {name}; known keys: {known}"
         )
@@ -209,12 +216,36 @@ def _build_method(values: dict, prefix: str) -> MethodConfig:
         for field in own:
             message = message.replace(f"`{field}`", f"`{prefix}.{field}`")
         raise ConfigError(f"method {name}: {message}") from None
+    if values.get("igdm") is not None:
+        loss = _build_igdm(loss, values["igdm"], f"{prefix}.igdm")
     reference = _coerce(
         f"{prefix}.reference_forwards",
         values.get("reference_forwards", MethodConfig.reference_forwards),
         bool,
     )
     return MethodConfig(name=name, reference_forwards=reference, loss=loss)
+
+
+def _build_igdm(base, values, prefix: str):
+    """A teacher-based method's loss with IGDM's term: its `igdm:` block (alpha, total_epochs;
+    total_epochs null is the run's `train.epochs`, filled by `build.method_loss`)."""
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"`{prefix}` must be a mapping such as {{alpha: 1.0}}; received {prefix}={values!r}"
+        )
+    fields = [f for f in losses.option_names(losses.IGDM) if f != "base"]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key `{prefix}.{unknown[0]}`; known keys: {', '.join(fields)}")
+    hints = typing.get_type_hints(losses.IGDM)
+    options = {f: _coerce(f"{prefix}.{f}", values[f], hints[f]) for f in fields if f in values}
+    try:
+        return losses.IGDM(base=base, **options)
+    except (TypeError, ValueError) as err:
+        message = str(err)
+        for field in fields:
+            message = message.replace(f"`{field}`", f"`{prefix}.{field}`")
+        raise ConfigError(f"{prefix}: {message}") from None
 
 
 def _coerce_option(key: str, value: Any, annotation: Any):
@@ -295,8 +326,8 @@ def config_from_dict(values: dict) -> Config:
     if values is None:
         values = {}
     cfg = validate(_build(Config, values, ""))
-    hints = typing.get_type_hints(type(cfg.method.loss))
-    method_keys = ["name", "reference_forwards", *losses.option_names(type(cfg.method.loss))]
+    hints = _method_hints(cfg.method.loss)
+    method_keys = ["name", "reference_forwards", *hints]
     for key, dimension in cfg.tune.space.items():
         section, _, field = key.partition(".")
         if section == "method" and field not in method_keys:
@@ -313,6 +344,16 @@ def config_from_dict(values: dict) -> Config:
             except ConfigError as err:
                 raise ConfigError(f"tune.space.{key}: {err}") from None
     return cfg
+
+
+def _method_hints(loss) -> dict:
+    """{option of the `method:` section: its type}: the loss's fields, IGDM's as `igdm.<field>`."""
+    if isinstance(loss, losses.IGDM):
+        own = typing.get_type_hints(losses.IGDM)
+        nested = {f"igdm.{f}": own[f] for f in losses.option_names(losses.IGDM) if f != "base"}
+        return {**_method_hints(loss.base), **nested}
+    hints = typing.get_type_hints(type(loss))
+    return {field: hints.get(field) for field in losses.option_names(type(loss))}
 
 
 def with_values(cfg: Config, values: dict) -> Config:
@@ -337,18 +378,24 @@ def with_values(cfg: Config, values: dict) -> Config:
         # trials whose method has them (each method's options are its own).
         merged["method"] = method_section_for(merged["method"], values["method.name"])
         try:
-            own = set(losses.option_names(losses.get(values["method.name"])))
+            cls = losses.get(values["method.name"])
         except ValueError as err:
             raise ConfigError(f"`method.name`: {err}") from None
+        own = set(losses.option_names(cls)) | ({"igdm"} if cls.needs_teacher else set())
         values = {
             key: value
             for key, value in values.items()
             if not key.startswith("method.")
-            or key.partition(".")[2] in own | {"name", "reference_forwards"}
+            or key.partition(".")[2].split(".")[0] in own | {"name", "reference_forwards"}
         }
     for key, value in values.items():
-        section, field = key.split(".")
-        merged[section] = {**merged[section], field: value}
+        section, _, field = key.partition(".")
+        if "." in field:  # method.igdm.alpha
+            block, _, field = field.partition(".")
+            inner = merged[section].get(block) or {}
+            merged[section] = {**merged[section], block: {**inner, field: value}}
+        else:
+            merged[section] = {**merged[section], field: value}
     merged["tune"] = {}
     return config_from_dict(merged)
 

@@ -147,6 +147,8 @@ class MethodConfig:
     In a config file the section is flat and holds exactly the loss class's fields besides
     `name` and `reference_forwards`, e.g. `method: {name: trades, beta: 6.0}`; a field another
     method has is an error listing the valid keys. `cfg.method.beta` reads the loss's field.
+    A method with a teacher may add IGDM's term with an `igdm:` block,
+    `method: {name: adaad, igdm: {alpha: 1.0}}` (its loss is then `IGDM(base=AdaAD(), ...)`).
 
     Args:
         name: a method name of `dgad_tf.losses.METHOD_LOSSES` ("dgad", "adaad", "rslad",
@@ -175,8 +177,9 @@ class MethodConfig:
         if field.startswith("_") or field == "loss":
             raise AttributeError(field)
         loss = self.__dict__.get("loss")
-        if loss is not None and field in {f.name for f in dataclasses.fields(loss)}:
-            return getattr(loss, field)
+        options = {} if loss is None else loss.section_options()
+        if field in options:
+            return options[field]
         raise AttributeError(f"method {self.name!r} has no option {field!r}")
 
     def to_dict(self) -> dict:
@@ -184,7 +187,7 @@ class MethodConfig:
         return {
             "name": self.name,
             "reference_forwards": self.reference_forwards,
-            **self.loss.get_config(),
+            **self.loss.section_options(),
         }
 
 

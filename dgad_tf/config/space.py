@@ -7,6 +7,7 @@
         attack.steps: {type: int, min: 1, max: 10, step: 3}
         optimizer.schedule: {type: choice, values: [piecewise, cosine]}
         method.use_els: {type: bool}
+        method.igdm.alpha: {type: float, min: 0.5, max: 10}   # IGDM's weight (an `igdm:` block)
 
 The space may also be nested (`method: {beta: {type: float, ...}}`), which is what
 `--set tune.space.method.beta=...` produces. Each key must be a config field that trials may
@@ -108,6 +109,8 @@ def _flatten_space(space: dict, prefix: str = "") -> dict:
 def _check_key(key: str):
     where = f"tune.space.{key}"
     parts = key.split(".")
+    if len(parts) == 3 and parts[:2] == ["method", "igdm"]:
+        parts = parts[:2]  # IGDM's options (`method.igdm.alpha`): `loading` checks them
     hints = typing.get_type_hints(Config)
     if len(parts) != 2 or parts[0] not in hints or not dataclasses.is_dataclass(hints[parts[0]]):
         sections = ", ".join(n for n, h in hints.items() if dataclasses.is_dataclass(h))

@@ -1,6 +1,7 @@
 """Training losses of DGAD and the baselines it is compared with: pure functions on logits, and
 one loss object per method (`DGAD`, `AdaAD`, `TRADES`, `ARD`, `RSLAD`, `IAD`, `AdaIAD`, `PGDAT`,
-`Clean`: the `loss=` of `AdversarialDistiller`, holding that method's options).
+`Clean`: the `loss=` of `AdversarialDistiller`, holding that method's options), and `IGDM`,
+which adds its term to any of the methods that distil from a teacher.
 
 Every method loss returns a dict of scalar tensors that always has a `'total'` entry (the value to
 differentiate) plus its separate terms for logging. Per-sample terms are summed and divided by
@@ -32,6 +33,7 @@ from dgad_tf.losses.method_loss import (
     KL_TEACHER_ADV,
     KL_TEACHER_CLEAN,
     METHOD_LOSSES,
+    MIRROR,
     Ascent,
     Forward,
     MethodLoss,
@@ -44,6 +46,7 @@ from dgad_tf.losses.method_losses import (
     ARD,
     DGAD,
     IAD,
+    IGDM,
     PGDAT,
     RSLAD,
     TRADES,
@@ -66,6 +69,7 @@ _FUNCTIONS = {
     "iad_loss": "baselines",
     "adaiad_loss": "baselines",
     "clean_loss": "baselines",
+    "igdm_loss": "igdm",
 }
 
 
@@ -87,6 +91,7 @@ __all__ = [
     "AdaIAD",
     "PGDAT",
     "Clean",
+    "IGDM",
     "METHOD_LOSSES",
     "get",
     "name_of",
@@ -100,6 +105,7 @@ __all__ = [
     "Forward",
     "CLEAN",
     "ADV",
+    "MIRROR",
     "KL_REDUCTIONS",
     "DGAD_WEIGHTINGS",
 ]

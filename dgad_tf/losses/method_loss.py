@@ -35,7 +35,8 @@ class Forward:
     """One training-mode forward of the student in a step.
 
     Args:
-        kind: "clean" (the batch) or "adv" (its adversarial examples).
+        kind: "clean" (the batch x), "adv" (its adversarial examples x') or "mirror" (the
+            adversarial perturbation mirrored about the batch, x - (x' - x): IGDM's).
         used: whether the loss reads its output. An unused forward only moves batch-norm
             statistics (a reference code's repeated call). Defaults to True.
     """
@@ -44,11 +45,13 @@ class Forward:
     used: bool = True
 
     def __post_init__(self):
-        if self.kind not in ("clean", "adv"):
-            raise ValueError(f'`kind` must be "clean" or "adv"; received kind={self.kind!r}')
+        if self.kind not in ("clean", "adv", "mirror"):
+            raise ValueError(
+                f'`kind` must be "clean", "adv" or "mirror"; received kind={self.kind!r}'
+            )
 
 
-CLEAN, ADV = Forward("clean"), Forward("adv")
+CLEAN, ADV, MIRROR = Forward("clean"), Forward("adv"), Forward("mirror")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +115,8 @@ class MethodLoss:
     method reads: "s_clean", "s_adv" (student, training mode, on the batch and on its adversarial
     examples), "t_clean", "t_adv" (teacher, inference mode). `global_batch_size` divides the
     per-sample sums (None: this batch's size; the distiller always passes it); `epoch` is the
-    0-based epoch being trained.
+    0-based epoch being trained. A loss whose student forwards include a "mirror" forward
+    (`IGDM`) also gets "s_mirror" and "t_mirror", the networks on x - (x' - x).
 
     A subclass is a frozen, keyword-only dataclass. It overrides `compute_loss` (or names a
     `loss_fn` that takes the `inputs` in order and its fields as keywords), and sets the class
@@ -280,6 +284,16 @@ class MethodLoss:
         """This loss for a run whose configured global batch size is `batch_size` (itself,
         unless an option defaults to the batch size)."""
         return self
+
+    def for_epochs(self, epochs: int) -> "MethodLoss":
+        """This loss for a run of `epochs` epochs (itself, unless an option defaults to the
+        run's length, as `IGDM.total_epochs` does)."""
+        return self
+
+    def section_options(self) -> dict:
+        """The options a config's `method:` section holds for this loss: its fields (a wrapper
+        such as `IGDM` writes its base's fields and its own block)."""
+        return self.get_config()
 
 
 # --------------------------------------------------------------------------- the registry

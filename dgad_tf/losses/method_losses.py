@@ -35,9 +35,11 @@ from dgad_tf.losses.method_loss import (
     CLEAN,
     KL_STUDENT_CLEAN,
     KL_TEACHER_CLEAN,
+    MIRROR,
     Forward,
     LossFunction,
     MethodLoss,
+    name_of,
     register,
 )
 
@@ -319,3 +321,166 @@ class Clean(MethodLoss):
     ascent = None
     default_start = "uniform"
     reference_forwards = (CLEAN,)
+
+
+# The class attributes of a method that `IGDM` takes from the loss it wraps.
+_DELEGATED = ("needs_teacher", "ascent", "default_start", "reference_train_mode_attack")
+
+
+@_frozen
+class IGDM(MethodLoss):
+    """A teacher-based method's loss plus IGDM's term (Lee et al., ICLR 2025; `igdm_loss`).
+
+    With δ = x' - x the perturbation of the wrapped method's own training attack, adds
+    alpha·((epoch + 1) / total_epochs)·KL(softmax(t(x+δ) - t(x-δ)) ‖ softmax(s(x+δ) - s(x-δ)))
+    (batch mean; 0-based epoch, so the factor runs 1/E, ..., 1 as the reference's epoch/E for
+    epochs 1..E) to `base`'s loss. The student's x - δ forward runs in training mode after
+    the base's forwards, the teacher's in inference mode without gradient; the attack, its
+    start, the other forwards and the logged terms are the base's, plus `igdm` (the added
+    term) and `igdm_kl` (its KL before weighting). A config writes it as the base method's
+    section with an `igdm:` block, `method: {name: adaad, igdm: {alpha: 1.0}}` (docs/method.md
+    §9.11).
+
+    Args:
+        base: the loss of a method that distils from a teacher (`AdaAD()`, `AdaIAD()`,
+            `RSLAD()`, `DGAD()`, ... or a user's own teacher-based `MethodLoss`).
+        alpha: weight of the term, >= 0: 1 on CIFAR-10, 10 on CIFAR-100 and Tiny ImageNet in
+            the paper. Defaults to 1.0.
+        total_epochs: E of the ramp, a positive int; None is filled with the run's epochs by a
+            config (`train.epochs`) and must be given from Python. Defaults to None.
+
+    Example:
+        >>> IGDM(base=AdaAD(), alpha=1.0, total_epochs=200)
+    """
+
+    loss_fn = LossFunction("igdm", "igdm_loss")
+
+    base: MethodLoss
+    alpha: float = 1.0
+    total_epochs: Optional[int] = None
+
+    def __post_init__(self):
+        if isinstance(self.base, IGDM) or not isinstance(self.base, MethodLoss):
+            raise TypeError(
+                "`base` must be the loss of a method that distils from a teacher, e.g. "
+                f"IGDM(base=dgad_tf.losses.AdaAD()); received base={self.base!r}"
+            )
+        if not self.base.needs_teacher:
+            raise ValueError(
+                f"IGDM matches the student to a teacher, but {type(self.base).__name__} trains "
+                "without one; wrap a method that distils from a teacher (AdaAD, AdaIAD, "
+                "RSLAD, ARD, IAD, DGAD or your own MethodLoss with needs_teacher = True)"
+            )
+        _check_non_negative("alpha", self.alpha)
+        epochs = self.total_epochs
+        if epochs is not None:
+            if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral):
+                raise TypeError(
+                    "`total_epochs` must be a positive int or None; received "
+                    f"total_epochs={epochs!r}"
+                )
+            object.__setattr__(self, "total_epochs", int(epochs))
+            _check_positive("total_epochs", self.total_epochs)
+        for attribute in _DELEGATED:  # the base's method, read by the distiller as its own
+            object.__setattr__(self, attribute, getattr(self.base, attribute))
+        object.__setattr__(self, "inputs", tuple(self.base.inputs))
+        # The reference order: the base's forwards, then x - δ; after a warm-up, the base's
+        # unused ones after that (the distiller runs them last).
+        forwards = self.student_forwards(reference_forwards=True)
+        object.__setattr__(self, "reference_forwards", forwards)
+        after = self.base.reference_forwards_after_warmup
+        if after is not None:
+            after = forwards + tuple(after[len(self.base.reference_forwards) :])
+        object.__setattr__(self, "reference_forwards_after_warmup", after)
+
+    # ------------------------------------------------------------------ the base's step
+
+    def validate_model_compatibility(self, teacher, student) -> None:
+        """The base's checks, and `total_epochs` set (a run from a config fills it)."""
+        if self.total_epochs is None:
+            raise ValueError(
+                "IGDM(total_epochs=None): give total_epochs=<the number of epochs you train>, "
+                "the E of the ramp (epoch + 1) / E; a config fills it from train.epochs"
+            )
+        self.base.validate_model_compatibility(teacher, student)
+
+    def attack_objective(self, x, y, *, student, teacher):
+        return self.base.attack_objective(x, y, student=student, teacher=teacher)
+
+    def random_start(self, reference_forwards: bool = False) -> str:
+        return self.base.random_start(reference_forwards)
+
+    def student_forwards(self, reference_forwards: bool = False) -> tuple:
+        """The base's forwards, its adversarial one if it has none, then x - δ (training mode)."""
+        forwards = tuple(self.base.student_forwards(reference_forwards))
+        if not any(f.kind == "adv" and f.used for f in forwards):
+            forwards += (ADV,)
+        return forwards + (MIRROR,)
+
+    def forwards_added_after_warmup(self, reference_forwards: bool = False) -> tuple:
+        return self.base.forwards_added_after_warmup(reference_forwards)
+
+    def introspection(self, epoch):
+        """The base's warm-up switch (IAD's and AdaIAD's)."""
+        return self.base.introspection(epoch)
+
+    def logged_terms(self, num_classes: int) -> list:
+        return sorted({*self.base.logged_terms(num_classes), "igdm", "igdm_kl"})
+
+    def for_batch_size(self, batch_size: int) -> "IGDM":
+        return dataclasses.replace(self, base=self.base.for_batch_size(batch_size))
+
+    def for_epochs(self, epochs: int) -> "IGDM":
+        """E of the ramp defaults to the run's epochs."""
+        base = self.base.for_epochs(epochs)
+        return dataclasses.replace(self, base=base, total_epochs=self.total_epochs or epochs)
+
+    # ------------------------------------------------------------------ the loss
+
+    def ramp(self, epoch):
+        """(epoch + 1) / total_epochs for the 0-based `epoch`: the reference's epoch / E with
+        epochs counted from 1 (HongsinLee/saad igdm.py:43,59)."""
+        import tensorflow as tf
+
+        epoch = tf.cast(tf.convert_to_tensor(epoch), tf.float32)
+        return (epoch + 1.0) / float(self.total_epochs)
+
+    def compute_loss(self, forwards: dict, *, global_batch_size=None, epoch=0) -> dict:
+        terms = dict(self.base(forwards, global_batch_size=global_batch_size, epoch=epoch))
+        if self.total_epochs is None:
+            raise ValueError("IGDM needs total_epochs; see IGDM.validate_model_compatibility")
+        term = self.loss_fn(
+            forwards["s_adv"],
+            forwards["s_mirror"],
+            forwards["t_adv"],
+            forwards["t_mirror"],
+            alpha=self.alpha,
+            ramp=self.ramp(epoch),
+            global_batch_size=global_batch_size,
+        )
+        terms["total"] = terms["total"] + term["total"]
+        terms["igdm"], terms["igdm_kl"] = term["total"], term["igdm_kl"]
+        return terms
+
+    # ------------------------------------------------------------------ config
+
+    def get_config(self) -> dict:
+        """{"base": {"method": <its name or dotted path>, "config": <its config>}, "alpha",
+        "total_epochs"}: what `from_config` (and Keras's serialisation) reads back."""
+        base = {"method": name_of(self.base), "config": self.base.get_config()}
+        return {"base": base, "alpha": self.alpha, "total_epochs": self.total_epochs}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        from dgad_tf.losses.method_loss import get
+
+        config = dict(config)
+        base = config.pop("base")
+        if isinstance(base, dict):
+            base = get(base["method"]).from_config(base["config"])
+        return cls(base=base, **config)
+
+    def section_options(self) -> dict:
+        """The base's options and the `igdm:` block, as a config's `method:` section holds them."""
+        own = {"alpha": self.alpha, "total_epochs": self.total_epochs}
+        return {**self.base.section_options(), "igdm": own}
