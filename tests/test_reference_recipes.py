@@ -231,28 +231,6 @@ REFERENCE = {
         val_fraction=0,  # config/dataset_config.py:22-23
         select="best_test",  # :588-590, :628-640 best PGD-10 on the test split
     ),
-    # AdaIAD as above, plus IGDM's term from HongsinLee/saad igdm.py ("S") and args.py ("A").
-    "cifar10_resnet18_adaiad_igdm.yaml": dict(
-        source="kunsaram01/DGAD main.py --method AdaAD_with_IAD1 + HongsinLee/saad igdm.py",
-        epochs=200,  # main.py:64
-        rates=dgad_repo_rates(),
-        momentum=0.9,  # :69
-        weight_decay=5e-4,  # :70
-        batch_size=128,  # :65
-        eps=8 / 255,  # :55
-        step_size=2 / 255,  # :57
-        steps=10,  # :56
-        start=("gaussian", 0.001),  # AT_helper.py:27
-        iad=(1.0, 0.1, 30.0, 60),  # :51 IAD_alpha, :52 IAD_beta, :38 temp, :50 IAD_begin
-        # :367, :368, :388, then S:56 student(X - delta) in training mode
-        forwards=(CLEAN, ADV, UNUSED_CLEAN, MIRROR),
-        after_warmup=(CLEAN, ADV, UNUSED_CLEAN, MIRROR, UNUSED_CLEAN),  # :385 net(inputs) twice
-        train_mode_attack=False,  # AT_helper.py:20-21 model.eval()
-        keep_partial_batch=True,  # :166-171
-        val_fraction=0,  # config/dataset_config.py:22-23
-        select="best_test",  # :588-590, :628-640 best PGD-10 on the test split
-        igdm=(1.0, 200),  # A:7 --igdm_alpha 1; S:59 epoch/200, A:20 --epochs 200
-    ),
     # boyellow/AdaAD: kunsaram01/DGAD's Plain_Madry raises TypeError (its AT_helper.py:121).
     "cifar10_resnet18_pgdat.yaml": dict(
         source="boyellow/AdaAD main.py --method Plain_Madry --epochs 110 --epsilon 8 "
@@ -343,6 +321,17 @@ REFERENCE = {
         select="best_test",  # :588-590, :628-640
     ),
 }
+
+# AdaIAD as above, plus IGDM's term from HongsinLee/saad igdm.py ("S") and args.py ("A"): the
+# same recipe with the mirrored forward x - delta and IGDM's weight and ramp.
+REFERENCE["cifar10_resnet18_adaiad_igdm.yaml"] = dict(
+    REFERENCE["cifar10_resnet18_adaiad.yaml"],
+    source="kunsaram01/DGAD main.py --method AdaAD_with_IAD1 + HongsinLee/saad igdm.py",
+    # :367, :368, :388, then S:56 student(X - delta) in training mode
+    forwards=(CLEAN, ADV, UNUSED_CLEAN, MIRROR),
+    after_warmup=(CLEAN, ADV, UNUSED_CLEAN, MIRROR, UNUSED_CLEAN),  # :385 net(inputs) twice
+    igdm=(1.0, 200),  # A:7 --igdm_alpha 1; S:59 epoch/200, A:20 --epochs 200
+)
 
 
 def recipe(name):
