@@ -23,7 +23,9 @@ from dgad_tf.rundir import (
     check_keras_file,
     check_run_dir,
     check_teacher_file,
+    check_teacher_run,
     teacher_path_for,
+    teacher_run_config,
 )
 from dgad_tf.stats import at_chance_level, chance_threshold
 
@@ -153,21 +155,14 @@ def check_teacher_beats_chance(
         )
 
 
-def method_loss(cfg: Config, method: Optional[str] = None) -> losses.MethodLoss:
-    """The loss object of `method`: the config's `method:` section, for a run of its batch size.
+def method_loss(cfg: Config) -> losses.MethodLoss:
+    """The loss object of the config's `method:` section, for a run of its batch size.
 
-    Args:
-        cfg: the config.
-        method: the method. Defaults to None (`cfg.method.name`, whose loss the `method:`
-            section holds; a teacher trained here with `teacher_train.method` uses that
-            method's loss with its class defaults).
+    A teacher trained here has a config of its own (`Config.teacher_config`), whose `method:`
+    section is the teacher's method.
     """
-    if method is None or method == cfg.method.name:
-        loss = cfg.method.loss
-    else:
-        loss = losses.get(method)()
     # DGAD's reference MobileNetV2 weighting divides by the configured batch size.
-    return loss.for_batch_size(cfg.train.batch_size)
+    return cfg.method.loss.for_batch_size(cfg.train.batch_size)
 
 
 def training_attack(cfg: Config) -> attacks.PGD:
@@ -183,15 +178,13 @@ def build_distiller(
     *,
     student: keras.Model,
     teacher: Optional[keras.Model],
-    method: str,
     steps_per_epoch: int,
-    epochs: int,
-    lr: float,
-    milestones,
 ) -> AdversarialDistiller:
     """A compiled `AdversarialDistiller` with the config's attack, loss and optimiser.
 
-    Call it inside `strategy.scope()` when training under a distribution strategy.
+    Everything comes from `cfg`: the loss of its `method:` section, the attack, the optimiser
+    and its schedule over `train.epochs` from `optimizer.lr`. Call it inside
+    `strategy.scope()` when training under a distribution strategy.
     """
     t, o = cfg.train, cfg.optimizer
     student = precision.with_policy(student, t.precision)
@@ -200,21 +193,21 @@ def build_distiller(
     distiller = AdversarialDistiller(
         teacher=teacher,
         student=student,
-        loss=method_loss(cfg, method),
+        loss=method_loss(cfg),
         attack=training_attack(cfg),
         reference_forwards=cfg.method.reference_forwards,
         val_robust_steps=t.val_robust_steps,
         seed=t.seed,
     )
     optimizer = make_optimizer(
-        lr,
+        o.lr,
         momentum=o.momentum,
         weight_decay=o.weight_decay,
         nesterov=o.nesterov,
         steps_per_epoch=steps_per_epoch,
-        epochs=epochs,
+        epochs=t.epochs,
         schedule=o.schedule,
-        milestones=milestones,
+        milestones=o.milestones,
         gamma=o.gamma,
         warmup_epochs=o.warmup_epochs,
     )
@@ -319,7 +312,9 @@ def check_teacher(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.
     if check_teacher_file(cfg, run_dir):
         load_teacher(teacher_path_for(cfg, run_dir), splits)
     else:
-        build_network(cfg, cfg.model.teacher, splits)
+        check_teacher_run(cfg, run_dir)
+        teacher_cfg = teacher_run_config(cfg, run_dir)
+        build_network(teacher_cfg, teacher_cfg.model.student, splits)
 
 
 def make_strategy(cfg: Config, batch_sizes=None):

@@ -16,7 +16,8 @@ directory holds:
     student_best_test_pgd20.keras  best test_pgd20_accuracy so far (train.select=rslad_pgd20 only)
     train_state.npz                weights + optimiser state + epoch, for resuming
     log.csv, tensorboard/          per-epoch metrics
-    teacher.keras, teacher_run/    when the teacher was trained here
+    teacher.keras, teacher_run/    when the teacher was trained here (teacher_run/ is the teacher's
+                                   own run folder: its config.yaml, checkpoints, log)
     report.json                    final metrics, the command
 
 The final report evaluates the checkpoint `train.select` names ("student", with a "selection"
@@ -59,16 +60,20 @@ from dgad_tf.context import Context
 from dgad_tf.distiller import AdversarialDistiller
 from dgad_tf.robustness import evaluate_robustness, format_report
 from dgad_tf.rundir import (
+    CONFIG_FILE,
     LAST_CHECKPOINT,
     LOG_FILE,
     REPORT_FILE,
     TEACHER_FILE,
     atomic_write_text,
+    check_teacher_run,
     read_log,
     run_workspace,
     save_model_atomic,
     selected_checkpoint,
     teacher_path_for,
+    teacher_run_config,
+    teacher_run_dir,
 )
 from dgad_tf.selection import SELECTION_RULES
 
@@ -82,19 +87,18 @@ def train_network(
     *,
     student: keras.Model,
     teacher: Optional[keras.Model],
-    method: str,
-    epochs: int,
-    lr: float,
-    milestones,
     strategy=None,
 ) -> AdversarialDistiller:
-    """Train `student` with `method` for `epochs`, writing checkpoints and logs to `run_dir`.
+    """Train `student` as `cfg` says, writing checkpoints and logs to `run_dir`.
 
+    `cfg` is the config of the run being trained, a student's or a teacher's
+    (`Config.teacher_config`): its method, `train.epochs`, `optimizer.lr` and milestones.
     Resumes after the last completed epoch when `run_dir` holds a training state. Under a
     distribution strategy the student, teacher and optimiser must have been created under its
     scope; Keras `fit` splits every global batch of `train.batch_size` across the replicas.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    epochs = cfg.train.epochs
     steps_per_epoch = steps_per_epoch_for(cfg, len(splits.train.y))
     run_dir.mkdir(parents=True, exist_ok=True)
     with strategy.scope():
@@ -102,11 +106,7 @@ def train_network(
             cfg,
             student=student,
             teacher=teacher,
-            method=method,
             steps_per_epoch=max(steps_per_epoch, 1),
-            epochs=epochs,
-            lr=lr,
-            milestones=milestones,
         )
         checkpoints = RunCheckpoints(run_dir, config_yaml=cfg.to_yaml())
         initial_epoch = checkpoints.restore(distiller)
@@ -121,7 +121,7 @@ def train_network(
     log.info(
         "training %s with %s for epochs %d..%d, %d steps per epoch, %s",
         student.name,
-        method,
+        cfg.method.name,
         initial_epoch + 1,
         epochs,
         steps_per_epoch,
@@ -181,22 +181,18 @@ def obtain_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) ->
         tt.method,
         tt.epochs,
     )
-    teacher_run = run_dir / "teacher_run"
+    # The teacher run has its own config, written in its folder before it trains.
+    check_teacher_run(cfg, run_dir)
+    teacher_run = teacher_run_dir(run_dir)
+    teacher_cfg = teacher_run_config(cfg, run_dir)
+    teacher_run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(teacher_run / CONFIG_FILE, teacher_cfg.to_yaml())
     with strategy.scope():
-        network = build_network(cfg, cfg.model.teacher, splits)
+        network = build_network(teacher_cfg, teacher_cfg.model.student, splits)
     train_network(
-        cfg,
-        splits,
-        teacher_run,
-        student=network,
-        teacher=None,
-        method=tt.method,
-        epochs=tt.epochs,
-        lr=tt.lr,
-        milestones=tt.milestones,
-        strategy=strategy,
+        teacher_cfg, splits, teacher_run, student=network, teacher=None, strategy=strategy
     )
-    teacher_file, selection = selected_checkpoint(cfg, teacher_run)
+    teacher_file, selection = selected_checkpoint(teacher_cfg, teacher_run)
     log.info(
         "teacher: %s (train.select=%s: %s)", teacher_file.name, selection["rule"], selection["note"]
     )
@@ -246,18 +242,7 @@ def _run_locked(cfg: Config, splits, run_dir: pathlib.Path, strategy, command: s
         teacher = obtain_teacher(cfg, splits, run_dir, strategy)
     with strategy.scope():
         student = build_network(cfg, cfg.model.student, splits, cfg.model.sync_batchnorm)
-    train_network(
-        cfg,
-        splits,
-        run_dir,
-        student=student,
-        teacher=teacher,
-        method=cfg.method.name,
-        epochs=cfg.train.epochs,
-        lr=cfg.optimizer.lr,
-        milestones=cfg.optimizer.milestones,
-        strategy=strategy,
-    )
+    train_network(cfg, splits, run_dir, student=student, teacher=teacher, strategy=strategy)
 
     final_path, selection = selected_checkpoint(cfg, run_dir)
     final = models.load_model(final_path)
