@@ -442,7 +442,7 @@ class Config:
         with its class's defaults and this run's `reference_forwards`. Its
         data, attack, optimiser (but `lr` and `milestones`), train, eval and distribute sections
         are this run's; it distils from no teacher, trains none, searches nothing and exports
-        nothing. `python -m dgad_tf.fit --config <output_dir>/config.yaml` trains it alone.
+        nothing. It is written to `<output_dir>/config.yaml`, a config `fit` reads.
 
         Args:
             output_dir: the teacher run's folder (`teacher_run/` of this run's folder).
