@@ -14,8 +14,10 @@ import keras
 import numpy as np
 
 from dgad_tf import attacks, distribute, logits, losses, models, precision
+from dgad_tf import context as context_lib
 from dgad_tf import data as data_lib
 from dgad_tf.config import Config
+from dgad_tf.context import SharedTeacher
 from dgad_tf.distiller import AdversarialDistiller
 from dgad_tf.optim import make_optimizer
 from dgad_tf.rundir import (
@@ -90,6 +92,37 @@ def load_teacher(path: pathlib.Path, splits: data_lib.DatasetSplits) -> keras.Mo
     teacher.trainable = False
     check_teacher_beats_chance(teacher, splits, path)
     return teacher
+
+
+def load_shared_teacher(
+    path: pathlib.Path, splits: data_lib.DatasetSplits, strategy
+) -> SharedTeacher:
+    """Load and check the teacher file once for several runs, measuring what the load draws.
+
+    The runs given it (a study's cells, through their `Context`) use its model and replay the
+    load's draws from Keras's random state instead of loading the file again, and so train as
+    `python -m dgad_tf.fit` of their configs does (see `dgad_tf.context`).
+
+    Args:
+        path: the teacher file.
+        splits: the data it must suit (`load_teacher`'s checks).
+        strategy: the distribution strategy the runs train under; the teacher is loaded in its
+            scope.
+
+    Raises:
+        RunError: as `load_teacher`.
+    """
+    before = context_lib.random_state()
+    with strategy.scope():
+        teacher = load_teacher(path, splits)
+    draws = context_lib.seed_draws(before, context_lib.random_state())
+    if draws is None:
+        log.warning(
+            "loading the teacher %s moved a random state other than Keras's seeds drawn from "
+            "Python's `random`; every run loads it again, so that each trains as it would alone",
+            path,
+        )
+    return SharedTeacher(model=teacher, path=pathlib.Path(path), draws=draws)
 
 
 TEACHER_CHECK_N = 500
@@ -267,6 +300,7 @@ def preflight(
     cfg: Config,
     run_dir: Optional[pathlib.Path] = None,
     splits: Optional[data_lib.DatasetSplits] = None,
+    teacher: Optional[SharedTeacher] = None,
 ):
     """Every check that needs no writing: data, networks, teacher file, run directory.
 
@@ -276,6 +310,8 @@ def preflight(
             passes its scratch directory).
         splits: the data, already loaded for several runs (a study's `Context`). Defaults to
             None (loaded here).
+        teacher: the teacher file, already loaded and checked on `splits` for several runs.
+            Defaults to None (the file is loaded here to check it).
 
     Returns:
         (splits, run_dir) ready for `run`.
@@ -298,19 +334,35 @@ def preflight(
     if cfg.train.select in ("best_test", "rslad_pgd20") and len(splits.test.y) == 0:
         raise RunError(f"train.select={cfg.train.select} needs a test split; this data has none")
     if cfg.method.loss.needs_teacher:
-        check_teacher(cfg, splits, run_dir)
+        check_teacher(cfg, splits, run_dir, teacher)
     build_network(cfg, cfg.model.student, splits)
     return splits, run_dir
 
 
-def check_teacher(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.Path):
+def check_teacher(
+    cfg: Config,
+    splits: data_lib.DatasetSplits,
+    run_dir: pathlib.Path,
+    teacher: Optional[SharedTeacher] = None,
+):
     """The teacher file loads and suits the data, or a teacher can be trained here.
+
+    Args:
+        cfg: the run's config.
+        splits: the run's data.
+        run_dir: where the run writes.
+        teacher: the teacher file, already loaded and checked on `splits`; when it is this
+            run's, its load is replayed instead of loading the file again. Defaults to None.
 
     Raises:
         RunError: naming `model.teacher_path` and what is wrong.
     """
     if check_teacher_file(cfg, run_dir):
-        load_teacher(teacher_path_for(cfg, run_dir), splits)
+        path = teacher_path_for(cfg, run_dir)
+        if teacher is not None and teacher.serves(path):
+            teacher.replay_load()
+        else:
+            load_teacher(path, splits)
     else:
         check_teacher_run(cfg, run_dir)
         teacher_cfg = teacher_run_config(cfg, run_dir)

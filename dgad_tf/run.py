@@ -56,7 +56,7 @@ from dgad_tf.callbacks import (
     RunCheckpoints,
 )
 from dgad_tf.config import Config
-from dgad_tf.context import Context
+from dgad_tf.context import Context, SharedTeacher
 from dgad_tf.distiller import AdversarialDistiller
 from dgad_tf.robustness import evaluate_robustness, format_report
 from dgad_tf.rundir import (
@@ -159,20 +159,52 @@ def train_network(
     return distiller
 
 
-def obtain_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) -> keras.Model:
+def obtain_teacher(
+    cfg: Config,
+    splits,
+    run_dir: pathlib.Path,
+    strategy=None,
+    shared: Optional[SharedTeacher] = None,
+) -> keras.Model:
     """Load the configured teacher, or train it with PGD-AT/TRADES and cache it at its path.
 
     The teacher is loaded under `strategy`'s scope so that every replica holds a copy. A
     non-chief worker caches a teacher it trained in its own scratch `run_dir`, never at a
     shared `model.teacher_path`.
+
+    Args:
+        cfg: the run's config.
+        splits: the run's data.
+        run_dir: where the run writes.
+        strategy: the distribution strategy. Defaults to None (the current one).
+        shared: the teacher file, already loaded for several runs (`Context.teacher`); when it
+            is this run's, it is returned and its load replayed (see `dgad_tf.context`).
+            Defaults to None (the file is loaded here).
     """
     strategy = strategy or tf.distribute.get_strategy()
     path = teacher_path_for(cfg, run_dir)
     distribute.check_workers_agree(strategy, int(path.exists()), f"whether {path} exists")
-    if path.exists():
+    if not path.exists():
+        path = train_teacher(cfg, splits, run_dir, strategy)
+    elif shared is not None and shared.serves(path):
+        log.info("teacher %s: loaded once for every run", path)
+        shared.replay_load()
+        return shared.model
+    else:
         log.info("loading teacher %s", path)
-        with strategy.scope():
-            return load_teacher(path, splits)
+    with strategy.scope():
+        return load_teacher(path, splits)
+
+
+def train_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) -> pathlib.Path:
+    """Train `cfg`'s missing teacher in `run_dir/teacher_run` and save it; returns its file.
+
+    The teacher run has its own config (`rundir.teacher_run_config`), written to its folder
+    before it trains; a re-run resumes it there. The file is `model.teacher_path` (or
+    `run_dir/teacher.keras`); a non-chief worker writes `run_dir/teacher.keras` instead.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    path = teacher_path_for(cfg, run_dir)
     tt = cfg.teacher_train
     log.info(
         "no teacher at %s: training %s with %s for %d epochs",
@@ -181,7 +213,6 @@ def obtain_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) ->
         tt.method,
         tt.epochs,
     )
-    # The teacher run has its own config, written in its folder before it trains.
     check_teacher_run(cfg, run_dir)
     teacher_run = teacher_run_dir(run_dir)
     teacher_cfg = teacher_run_config(cfg, run_dir)
@@ -200,8 +231,7 @@ def obtain_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) ->
     if not distribute.is_chief(strategy):
         path = run_dir / TEACHER_FILE
     save_model_atomic(trained, path)
-    with strategy.scope():
-        return load_teacher(path, splits)
+    return path
 
 
 def run(cfg: Config, *, command: str = "", context: Optional[Context] = None) -> dict:
@@ -214,8 +244,9 @@ def run(cfg: Config, *, command: str = "", context: Optional[Context] = None) ->
     Args:
         cfg: the run's resolved config.
         command: the command line, recorded in the report. Defaults to "".
-        context: the strategy and data already built for several runs (a study's cells), used
-            instead of building them again. Defaults to None (built here from `cfg`).
+        context: the strategy, data and teacher already built for several runs (a study's
+            cells), used instead of building or loading them again. Defaults to None (built
+            here from `cfg`).
     """
     if context is None:
         strategy = make_strategy(cfg)
@@ -223,23 +254,25 @@ def run(cfg: Config, *, command: str = "", context: Optional[Context] = None) ->
         strategy = context.strategy
         check_batch_sizes(cfg, strategy)
     keras.utils.set_random_seed(cfg.train.seed)
+    shared = None if context is None else context.teacher
     splits, run_dir = preflight(
         cfg,
         distribute.worker_run_dir(cfg.output.dir, strategy),
         splits=None if context is None else context.splits,
+        teacher=shared,
     )
     workspace = run_workspace(cfg, run_dir)
     with workspace.writing():
         workspace.write_identity(cfg.to_yaml())
-        return _run_locked(cfg, splits, run_dir, strategy, command)
+        return _run_locked(cfg, splits, run_dir, strategy, command, shared)
 
 
-def _run_locked(cfg: Config, splits, run_dir: pathlib.Path, strategy, command: str) -> dict:
+def _run_locked(cfg: Config, splits, run_dir: pathlib.Path, strategy, command: str, shared) -> dict:
     started = time.time()
 
     teacher = None
     if cfg.method.loss.needs_teacher:
-        teacher = obtain_teacher(cfg, splits, run_dir, strategy)
+        teacher = obtain_teacher(cfg, splits, run_dir, strategy, shared)
     with strategy.scope():
         student = build_network(cfg, cfg.model.student, splits, cfg.model.sync_batchnorm)
     train_network(cfg, splits, run_dir, student=student, teacher=teacher, strategy=strategy)
