@@ -213,6 +213,27 @@ def test_a_study_loads_its_teacher_once_and_each_cell_still_equals_fit(finished_
             np.testing.assert_array_equal(a, b, err_msg=cell.label)
 
 
+def test_a_loads_footprint_is_a_count_of_keras_seeds_or_none_when_another_state_moved():
+    import random
+
+    import keras
+
+    from dgad_tf import context
+
+    keras.utils.set_random_seed(3)
+    before = context.random_state()
+    for _ in range(7):
+        random.randint(1, 10**9)  # what Keras draws for each initialiser it constructs
+    assert context.seed_draws(before, context.random_state()) == 7
+    assert context.seed_draws(before, before) == 0
+    before = context.random_state()
+    np.random.rand()
+    assert context.seed_draws(before, context.random_state()) is None
+    before = context.random_state()
+    keras.random.uniform((2,))  # no seed: Keras's global SeedGenerator
+    assert context.seed_draws(before, context.random_state()) is None
+
+
 def test_a_rerun_logs_which_finished_cells_it_skipped(finished_study):
     logs = finished_study["logs"]
     assert not any("skipped" in line for line in logs["first"])
