@@ -14,8 +14,10 @@ import keras
 import numpy as np
 
 from dgad_tf import attacks, distribute, losses, model_checks, models, precision
+from dgad_tf import context as context_lib
 from dgad_tf import data as data_lib
 from dgad_tf.config import Config
+from dgad_tf.context import SharedTeacher
 from dgad_tf.distiller import AdversarialDistiller
 from dgad_tf.optim import make_optimizer
 from dgad_tf.rundir import (
@@ -23,7 +25,9 @@ from dgad_tf.rundir import (
     check_keras_file,
     check_run_dir,
     check_teacher_file,
+    check_teacher_run,
     teacher_path_for,
+    teacher_run_config,
 )
 from dgad_tf.selection import SELECTION_RULES
 from dgad_tf.stats import at_chance_level, chance_threshold
@@ -91,6 +95,37 @@ def load_teacher(path: pathlib.Path, splits: data_lib.DatasetSplits) -> keras.Mo
     return teacher
 
 
+def load_shared_teacher(
+    path: pathlib.Path, splits: data_lib.DatasetSplits, strategy
+) -> SharedTeacher:
+    """Load and check the teacher file once for several runs, measuring what the load draws.
+
+    The runs given it (a study's cells, through their `Context`) use its model and replay the
+    load's draws from Keras's random state instead of loading the file again, and so train as
+    `python -m dgad_tf.fit` of their configs does (see `dgad_tf.context`).
+
+    Args:
+        path: the teacher file.
+        splits: the data it must suit (`load_teacher`'s checks).
+        strategy: the distribution strategy the runs train under; the teacher is loaded in its
+            scope.
+
+    Raises:
+        RunError: as `load_teacher`.
+    """
+    before = context_lib.random_state()
+    with strategy.scope():
+        teacher = load_teacher(path, splits)
+    draws = context_lib.seed_draws(before, context_lib.random_state())
+    if draws is None:
+        log.warning(
+            "loading the teacher %s moved a random state other than Keras's seeds drawn from "
+            "Python's `random`; every run loads it again, so that each trains as it would alone",
+            path,
+        )
+    return SharedTeacher(model=teacher, path=pathlib.Path(path), draws=draws)
+
+
 TEACHER_CHECK_N = 500
 """Images on which a teacher must beat chance before anything is distilled from it."""
 
@@ -154,22 +189,15 @@ def check_teacher_beats_chance(
         )
 
 
-def method_loss(cfg: Config, method: Optional[str] = None) -> losses.MethodLoss:
-    """The loss object of `method`: the config's `method:` section, for a run of its batch size.
+def method_loss(cfg: Config) -> losses.MethodLoss:
+    """The loss object of the config's `method:` section, for a run of its batch size.
 
-    Args:
-        cfg: the config.
-        method: the method. Defaults to None (`cfg.method.name`, whose loss the `method:`
-            section holds; a teacher trained here with `teacher_train.method` uses that
-            method's loss with its class defaults).
+    A teacher trained here has a config of its own (`Config.teacher_config`), whose `method:`
+    section is the teacher's method.
     """
-    if method is None or method == cfg.method.name:
-        loss = cfg.method.loss
-    else:
-        loss = losses.get(method)()
     # DGAD's reference MobileNetV2 weighting divides by the configured batch size; IGDM's ramp
     # runs over the run's epochs unless `method.igdm.total_epochs` says otherwise.
-    return loss.for_batch_size(cfg.train.batch_size).for_epochs(cfg.train.epochs)
+    return cfg.method.loss.for_batch_size(cfg.train.batch_size).for_epochs(cfg.train.epochs)
 
 
 def training_attack(cfg: Config) -> attacks.PGD:
@@ -185,15 +213,13 @@ def build_distiller(
     *,
     student: keras.Model,
     teacher: Optional[keras.Model],
-    method: str,
     steps_per_epoch: int,
-    epochs: int,
-    lr: float,
-    milestones,
 ) -> AdversarialDistiller:
     """A compiled `AdversarialDistiller` with the config's attack, loss and optimiser.
 
-    Call it inside `strategy.scope()` when training under a distribution strategy.
+    Everything comes from `cfg`: the loss of its `method:` section, the attack, the optimiser
+    and its schedule over `train.epochs` from `optimizer.lr`. Call it inside
+    `strategy.scope()` when training under a distribution strategy.
     """
     t, o = cfg.train, cfg.optimizer
     student = precision.with_policy(student, t.precision)
@@ -202,21 +228,21 @@ def build_distiller(
     distiller = AdversarialDistiller(
         teacher=teacher,
         student=student,
-        loss=method_loss(cfg, method),
+        loss=method_loss(cfg),
         attack=training_attack(cfg),
         reference_forwards=cfg.method.reference_forwards,
         val_robust_steps=t.val_robust_steps,
         seed=t.seed,
     )
     optimizer = make_optimizer(
-        lr,
+        o.lr,
         momentum=o.momentum,
         weight_decay=o.weight_decay,
         nesterov=o.nesterov,
         steps_per_epoch=steps_per_epoch,
-        epochs=epochs,
+        epochs=t.epochs,
         schedule=o.schedule,
-        milestones=milestones,
+        milestones=o.milestones,
         gamma=o.gamma,
         warmup_epochs=o.warmup_epochs,
     )
@@ -276,6 +302,7 @@ def preflight(
     cfg: Config,
     run_dir: Optional[pathlib.Path] = None,
     splits: Optional[data_lib.DatasetSplits] = None,
+    teacher: Optional[SharedTeacher] = None,
 ):
     """Every check that needs no writing: data, networks, teacher file, run directory.
 
@@ -285,6 +312,8 @@ def preflight(
             passes its scratch directory).
         splits: the data, already loaded for several runs (a study's `Context`). Defaults to
             None (loaded here).
+        teacher: the teacher file, already loaded and checked on `splits` for several runs.
+            Defaults to None (the file is loaded here to check it).
 
     Returns:
         (splits, run_dir) ready for `run`.
@@ -308,21 +337,39 @@ def preflight(
     if rule.leaky and len(splits.test.y) == 0:
         raise RunError(f"train.select={cfg.train.select} needs a test split; this data has none")
     if cfg.method.loss.needs_teacher:
-        check_teacher(cfg, splits, run_dir)
+        check_teacher(cfg, splits, run_dir, teacher)
     build_network(cfg, cfg.model.student, splits)
     return splits, run_dir
 
 
-def check_teacher(cfg: Config, splits: data_lib.DatasetSplits, run_dir: pathlib.Path):
+def check_teacher(
+    cfg: Config,
+    splits: data_lib.DatasetSplits,
+    run_dir: pathlib.Path,
+    teacher: Optional[SharedTeacher] = None,
+):
     """The teacher file loads and suits the data, or a teacher can be trained here.
+
+    Args:
+        cfg: the run's config.
+        splits: the run's data.
+        run_dir: where the run writes.
+        teacher: the teacher file, already loaded and checked on `splits`; when it is this
+            run's, its load is replayed instead of loading the file again. Defaults to None.
 
     Raises:
         RunError: naming `model.teacher_path` and what is wrong.
     """
     if check_teacher_file(cfg, run_dir):
-        load_teacher(teacher_path_for(cfg, run_dir), splits)
+        path = teacher_path_for(cfg, run_dir)
+        if teacher is not None and teacher.serves(path):
+            teacher.replay_load()
+        else:
+            load_teacher(path, splits)
     else:
-        build_network(cfg, cfg.model.teacher, splits)
+        check_teacher_run(cfg, run_dir)
+        teacher_cfg = teacher_run_config(cfg, run_dir)
+        build_network(teacher_cfg, teacher_cfg.model.student, splits)
 
 
 def make_strategy(cfg: Config, batch_sizes=None):

@@ -9,10 +9,11 @@ Usage:
 The study file is a config (the base of every cell) with a `study:` section: the methods (each
 optionally with its own `set:` overrides), the seeds, the reference method and the evaluation
 protocol (attacks, n, eps). `--set section.key=value` overrides the base, `--set study.key=value`
-the study. One teacher serves every cell: loaded from `model.teacher_path`, or trained once in the
-study folder. Every cell is an ordinary `fit` run folder under `<output.dir>/cells/`, evaluated
-with the protocol on the same first n test images. The study folder then holds results.csv,
-summary.md, summary.json and two PNG figures (with matplotlib: pip install "dgad_tf[plot]").
+the study. One teacher serves every cell: loaded (once) from `model.teacher_path`, or trained once
+in the study folder. Every cell is an ordinary `fit` run folder under `<output.dir>/cells/`,
+evaluated with the protocol on the same first n test images. The study folder then holds
+results.csv, summary.md, summary.json and two PNG figures (with matplotlib: pip install
+"dgad_tf[plot]").
 
 Re-running the same command resumes: finished cells are never retrained. Adding seeds or
 methods to the study file grows the study: only the new cells train. A different study in the

@@ -16,7 +16,8 @@ directory holds:
     student_best_test_pgd20.keras  best test_pgd20_accuracy so far (train.select=rslad_pgd20 only)
     train_state.npz                weights + optimiser state + epoch, for resuming
     log.csv, tensorboard/          per-epoch metrics
-    teacher.keras, teacher_run/    when the teacher was trained here
+    teacher.keras, teacher_run/    when the teacher was trained here (teacher_run/ is the teacher's
+                                   own run folder: its config.yaml, checkpoints, log)
     report.json                    final metrics, the command
 
 The final report evaluates the checkpoint `train.select` names ("student", with a "selection"
@@ -55,20 +56,24 @@ from dgad_tf.callbacks import (
     RunCheckpoints,
 )
 from dgad_tf.config import Config
-from dgad_tf.context import Context
+from dgad_tf.context import Context, SharedTeacher
 from dgad_tf.distiller import AdversarialDistiller
 from dgad_tf.robustness import evaluate_robustness, format_report
 from dgad_tf.rundir import (
+    CONFIG_FILE,
     LAST_CHECKPOINT,
     LOG_FILE,
     REPORT_FILE,
     TEACHER_FILE,
     atomic_write_text,
+    check_teacher_run,
     read_log,
     run_workspace,
     save_model_atomic,
     selected_checkpoint,
     teacher_path_for,
+    teacher_run_config,
+    teacher_run_dir,
 )
 from dgad_tf.selection import SELECTION_RULES
 
@@ -82,19 +87,18 @@ def train_network(
     *,
     student: keras.Model,
     teacher: Optional[keras.Model],
-    method: str,
-    epochs: int,
-    lr: float,
-    milestones,
     strategy=None,
 ) -> AdversarialDistiller:
-    """Train `student` with `method` for `epochs`, writing checkpoints and logs to `run_dir`.
+    """Train `student` as `cfg` says, writing checkpoints and logs to `run_dir`.
 
+    `cfg` is the config of the run being trained, a student's or a teacher's
+    (`Config.teacher_config`): its method, `train.epochs`, `optimizer.lr` and milestones.
     Resumes after the last completed epoch when `run_dir` holds a training state. Under a
     distribution strategy the student, teacher and optimiser must have been created under its
     scope; Keras `fit` splits every global batch of `train.batch_size` across the replicas.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    epochs = cfg.train.epochs
     steps_per_epoch = steps_per_epoch_for(cfg, len(splits.train.y))
     run_dir.mkdir(parents=True, exist_ok=True)
     with strategy.scope():
@@ -102,11 +106,7 @@ def train_network(
             cfg,
             student=student,
             teacher=teacher,
-            method=method,
             steps_per_epoch=max(steps_per_epoch, 1),
-            epochs=epochs,
-            lr=lr,
-            milestones=milestones,
         )
         checkpoints = RunCheckpoints(run_dir, config_yaml=cfg.to_yaml())
         initial_epoch = checkpoints.restore(distiller)
@@ -121,7 +121,7 @@ def train_network(
     log.info(
         "training %s with %s for epochs %d..%d, %d steps per epoch, %s",
         student.name,
-        method,
+        cfg.method.name,
         initial_epoch + 1,
         epochs,
         steps_per_epoch,
@@ -159,20 +159,52 @@ def train_network(
     return distiller
 
 
-def obtain_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) -> keras.Model:
+def obtain_teacher(
+    cfg: Config,
+    splits,
+    run_dir: pathlib.Path,
+    strategy=None,
+    shared: Optional[SharedTeacher] = None,
+) -> keras.Model:
     """Load the configured teacher, or train it with PGD-AT/TRADES and cache it at its path.
 
     The teacher is loaded under `strategy`'s scope so that every replica holds a copy. A
     non-chief worker caches a teacher it trained in its own scratch `run_dir`, never at a
     shared `model.teacher_path`.
+
+    Args:
+        cfg: the run's config.
+        splits: the run's data.
+        run_dir: where the run writes.
+        strategy: the distribution strategy. Defaults to None (the current one).
+        shared: the teacher file, already loaded for several runs (`Context.teacher`); when it
+            is this run's, it is returned and its load replayed (see `dgad_tf.context`).
+            Defaults to None (the file is loaded here).
     """
     strategy = strategy or tf.distribute.get_strategy()
     path = teacher_path_for(cfg, run_dir)
     distribute.check_workers_agree(strategy, int(path.exists()), f"whether {path} exists")
-    if path.exists():
+    if not path.exists():
+        path = train_teacher(cfg, splits, run_dir, strategy)
+    elif shared is not None and shared.serves(path):
+        log.info("teacher %s: loaded once for every run", path)
+        shared.replay_load()
+        return shared.model
+    else:
         log.info("loading teacher %s", path)
-        with strategy.scope():
-            return load_teacher(path, splits)
+    with strategy.scope():
+        return load_teacher(path, splits)
+
+
+def train_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) -> pathlib.Path:
+    """Train `cfg`'s missing teacher in `run_dir/teacher_run` and save it; returns its file.
+
+    The teacher run has its own config (`rundir.teacher_run_config`), written to its folder
+    before it trains; a re-run resumes it there. The file is `model.teacher_path` (or
+    `run_dir/teacher.keras`); a non-chief worker writes `run_dir/teacher.keras` instead.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    path = teacher_path_for(cfg, run_dir)
     tt = cfg.teacher_train
     log.info(
         "no teacher at %s: training %s with %s for %d epochs",
@@ -181,22 +213,17 @@ def obtain_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) ->
         tt.method,
         tt.epochs,
     )
-    teacher_run = run_dir / "teacher_run"
+    check_teacher_run(cfg, run_dir)
+    teacher_run = teacher_run_dir(run_dir)
+    teacher_cfg = teacher_run_config(cfg, run_dir)
+    teacher_run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(teacher_run / CONFIG_FILE, teacher_cfg.to_yaml())
     with strategy.scope():
-        network = build_network(cfg, cfg.model.teacher, splits)
+        network = build_network(teacher_cfg, teacher_cfg.model.student, splits)
     train_network(
-        cfg,
-        splits,
-        teacher_run,
-        student=network,
-        teacher=None,
-        method=tt.method,
-        epochs=tt.epochs,
-        lr=tt.lr,
-        milestones=tt.milestones,
-        strategy=strategy,
+        teacher_cfg, splits, teacher_run, student=network, teacher=None, strategy=strategy
     )
-    teacher_file, selection = selected_checkpoint(cfg, teacher_run)
+    teacher_file, selection = selected_checkpoint(teacher_cfg, teacher_run)
     log.info(
         "teacher: %s (train.select=%s: %s)", teacher_file.name, selection["rule"], selection["note"]
     )
@@ -204,8 +231,7 @@ def obtain_teacher(cfg: Config, splits, run_dir: pathlib.Path, strategy=None) ->
     if not distribute.is_chief(strategy):
         path = run_dir / TEACHER_FILE
     save_model_atomic(trained, path)
-    with strategy.scope():
-        return load_teacher(path, splits)
+    return path
 
 
 def run(cfg: Config, *, command: str = "", context: Optional[Context] = None) -> dict:
@@ -218,8 +244,9 @@ def run(cfg: Config, *, command: str = "", context: Optional[Context] = None) ->
     Args:
         cfg: the run's resolved config.
         command: the command line, recorded in the report. Defaults to "".
-        context: the strategy and data already built for several runs (a study's cells), used
-            instead of building them again. Defaults to None (built here from `cfg`).
+        context: the strategy, data and teacher already built for several runs (a study's
+            cells), used instead of building or loading them again. Defaults to None (built
+            here from `cfg`).
     """
     if context is None:
         strategy = make_strategy(cfg)
@@ -227,37 +254,28 @@ def run(cfg: Config, *, command: str = "", context: Optional[Context] = None) ->
         strategy = context.strategy
         check_batch_sizes(cfg, strategy)
     keras.utils.set_random_seed(cfg.train.seed)
+    shared = None if context is None else context.teacher
     splits, run_dir = preflight(
         cfg,
         distribute.worker_run_dir(cfg.output.dir, strategy),
         splits=None if context is None else context.splits,
+        teacher=shared,
     )
     workspace = run_workspace(cfg, run_dir)
     with workspace.writing():
         workspace.write_identity(cfg.to_yaml())
-        return _run_locked(cfg, splits, run_dir, strategy, command)
+        return _run_locked(cfg, splits, run_dir, strategy, command, shared)
 
 
-def _run_locked(cfg: Config, splits, run_dir: pathlib.Path, strategy, command: str) -> dict:
+def _run_locked(cfg: Config, splits, run_dir: pathlib.Path, strategy, command: str, shared) -> dict:
     started = time.time()
 
     teacher = None
     if cfg.method.loss.needs_teacher:
-        teacher = obtain_teacher(cfg, splits, run_dir, strategy)
+        teacher = obtain_teacher(cfg, splits, run_dir, strategy, shared)
     with strategy.scope():
         student = build_network(cfg, cfg.model.student, splits, cfg.model.sync_batchnorm)
-    train_network(
-        cfg,
-        splits,
-        run_dir,
-        student=student,
-        teacher=teacher,
-        method=cfg.method.name,
-        epochs=cfg.train.epochs,
-        lr=cfg.optimizer.lr,
-        milestones=cfg.optimizer.milestones,
-        strategy=strategy,
-    )
+    train_network(cfg, splits, run_dir, student=student, teacher=teacher, strategy=strategy)
 
     final_path, selection = selected_checkpoint(cfg, run_dir)
     final = models.load_model(final_path)

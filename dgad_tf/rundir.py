@@ -27,7 +27,8 @@ import numpy as np
 import yaml
 
 from dgad_tf import selection as selection_rules
-from dgad_tf.config import Config, ConfigError, load_config
+from dgad_tf.config import Config, ConfigError, config_from_dict, load_config
+from dgad_tf.config.loading import from_earlier_version
 from dgad_tf.model_files import (  # noqa: F401  (re-exported: the run folder's callers use them)
     check_keras_file,
     is_saved_model_dir,
@@ -54,6 +55,7 @@ CONFIG_FILE = "config.yaml"
 REPORT_FILE = "report.json"
 LOG_FILE = "log.csv"
 TEACHER_FILE = "teacher.keras"
+TEACHER_RUN_DIR = "teacher_run"
 STATE_FILE = "train_state.npz"
 LAST_CHECKPOINT = "student_last.keras"
 
@@ -201,6 +203,62 @@ def _check_lost_config(cfg: Config, run_dir: pathlib.Path) -> None:
         f"config back with the same command plus `--print-config > {run_dir / CONFIG_FILE}` "
         "and re-run; otherwise choose another output.dir (nothing was changed there)"
     )
+
+
+def teacher_run_dir(run_dir: pathlib.Path) -> pathlib.Path:
+    """The folder in `run_dir` where a missing teacher is trained (`teacher_run/`)."""
+    return pathlib.Path(run_dir) / TEACHER_RUN_DIR
+
+
+def teacher_run_config(cfg: Config, run_dir: pathlib.Path) -> Config:
+    """The resolved config of the run that trains `cfg`'s teacher in `run_dir/teacher_run`.
+
+    Args:
+        cfg: the config of the run that needs the teacher.
+        run_dir: the folder that run writes (`output.dir`, or a non-chief worker's scratch).
+    """
+    return cfg.teacher_config(str(teacher_run_dir(run_dir)))
+
+
+def check_teacher_run(cfg: Config, run_dir: pathlib.Path) -> None:
+    """`run_dir/teacher_run` is new, or holds the training of `cfg`'s teacher (it then resumes).
+
+    The teacher run's own config (`teacher_run_config`) is its identity, compared as a run
+    folder's (`check_run_dir`). A teacher run written by an earlier version holds no
+    `config.yaml`, and its training state records the config of the run around it (`cfg`
+    itself): it resumes too, and the teacher's config is written there when training goes on.
+
+    Raises:
+        RunError: the folder holds the training of another teacher, naming it.
+    """
+    folder = teacher_run_dir(run_dir)
+    teacher_cfg = teacher_run_config(cfg, run_dir)
+    if folder.is_dir() and not (folder / CONFIG_FILE).exists() and _holds_training(folder):
+        recorded = (read_state_meta(folder) or {}).get("config")
+        if recorded is None or _recorded_config_hash(recorded) == cfg.hash():
+            log.info(
+                "%s was written by an earlier version (its %s records %s): it resumes as the "
+                "training of this run's teacher",
+                folder,
+                STATE_FILE,
+                "no config" if recorded is None else "the config of the run around it",
+            )
+            read_state_meta(folder, verify=True)
+            return
+    try:
+        check_run_dir(teacher_cfg, folder)
+    except RunError as err:
+        raise RunError(
+            f"the teacher of this run is trained in {folder}, which holds something else: {err}"
+        ) from None
+
+
+def _recorded_config_hash(recorded: str):
+    """The hash of a config recorded as YAML text (in today's keys), or None if unreadable."""
+    try:
+        return config_from_dict(from_earlier_version(yaml.safe_load(recorded))).hash()
+    except (ConfigError, yaml.YAMLError, TypeError, AttributeError):
+        return None
 
 
 def _value_at(values, dotted: str):

@@ -293,10 +293,10 @@ def run_search(cfg: Config, *, verbose: Optional[int] = None) -> SearchResult:
 
 
 def _search_locked(cfg, context, out_dir, started, verbose) -> SearchResult:
+    teacher = None
     if _needs_teacher(cfg):
         teacher = run_lib.obtain_teacher(cfg, context.splits, out_dir, strategy=context.strategy)
-        context = context.with_teacher(teacher)
-    hypermodel = DistillerHyperModel(cfg, context.splits, context.teacher)
+    hypermodel = DistillerHyperModel(cfg, context.splits, teacher)
     tuner = _make_tuner(cfg, hypermodel, out_dir, context.strategy)
     callbacks = []
     if cfg.output.tensorboard:

@@ -2,8 +2,9 @@
 
 The study file (a config with a `study:` section) is `dgad_tf.study_spec`'s: `load_study` reads
 it into a `Study`. This module runs one: it checks everything first (`preflight_study`), builds
-the strategy and the data once (a `dgad_tf.context.Context`) for every cell, obtains the one
-teacher, then trains and evaluates each cell not finished yet.
+the strategy and the data and loads the one teacher once (a `dgad_tf.context.Context`) for every
+cell, then trains and evaluates each cell not finished yet. The tables are rewritten after every
+cell, the figures drawn once at the end.
 
 A study folder holds:
 
@@ -153,7 +154,8 @@ def preflight_study(study: Study) -> Context:
     """Every check that writes nothing: the study folder, the data, the teacher, the networks.
 
     Returns:
-        The strategy and the data every cell shares, built here once.
+        The strategy, the data and (when its file exists) the teacher every cell shares,
+        built and loaded here once.
     """
     from dgad_tf import build
 
@@ -165,7 +167,11 @@ def preflight_study(study: Study) -> Context:
             f"study.n={study.protocol.n} is larger than the {len(splits.test.y)} test images"
         )
     if study.needs_teacher:
-        build.check_teacher(study.base, splits, study.folder)
+        if rundir.check_teacher_file(study.base, study.folder):
+            teacher = build.load_shared_teacher(study.teacher_path, splits, context.strategy)
+            context = context.with_teacher(teacher)
+        else:
+            build.check_teacher(study.base, splits, study.folder)
     for cell in study.cells():
         rundir.check_run_dir(cell.cfg, cell.folder)
     for student in sorted({cell.cfg.model.student for cell in study.cells()}):
@@ -266,7 +272,7 @@ def run_study(study: Study, *, command: str = "", on_cell_done=None) -> StudyRes
         )
         teacher_report = None
         if study.needs_teacher:
-            teacher_report = _teacher(study, context, folder)
+            teacher_report, context = _teacher(study, context, folder)
         cells = study.cells()
         rows, cell_seconds, cells_run, skipped = [], [], 0, []
         for index, cell in enumerate(cells, start=1):
@@ -291,7 +297,8 @@ def run_study(study: Study, *, command: str = "", on_cell_done=None) -> StudyRes
                 cell_command = shlex.join(
                     ["python", "-m", "dgad_tf.fit", "--config", str(cell.folder / "config.yaml")]
                 )
-                # The cell trains on the study's data under its strategy (built once above).
+                # The cell trains on the study's data under its strategy, from its teacher
+                # (built and loaded once above).
                 report = run_lib.run(cell.cfg, command=cell_command, context=context)
             student_file = cell.folder / report["student"]["path"]
             evaluation = evaluate_protocol(models.load_model(student_file), study, context.splits)
@@ -312,7 +319,8 @@ def run_study(study: Study, *, command: str = "", on_cell_done=None) -> StudyRes
                 ),
                 _time_left(cell_seconds, len(cells) - index),
             )
-            study_report.write_outputs(study, rows, teacher_report, command=command)
+            # The tables after every cell; the figures (seconds each) once, at the end.
+            study_report.write_outputs(study, rows, teacher_report, command=command, figures=False)
             if on_cell_done is not None:
                 on_cell_done(cell)
         if skipped:
@@ -321,23 +329,46 @@ def run_study(study: Study, *, command: str = "", on_cell_done=None) -> StudyRes
     return StudyResult(folder, rows, teacher_report, cells_run, time.time() - started)
 
 
-def _teacher(study: Study, context: Context, folder: pathlib.Path) -> dict:
-    """The one teacher (trained here once when it is missing) and its protocol evaluation."""
+def _teacher(study: Study, context: Context, folder: pathlib.Path) -> tuple[dict, Context]:
+    """The one teacher (trained here once when it is missing), loaded once for every cell, and
+    its protocol evaluation.
+
+    Returns:
+        (the teacher's evaluation, `context` holding the teacher when its file is loaded).
+    """
     import keras
 
+    from dgad_tf import build, distribute
     from dgad_tf import run as run_lib
 
     eval_file = folder / TEACHER_EVAL_FILE
     if eval_file.exists() and study.teacher_path.exists():
-        return json.loads(eval_file.read_text())
+        return json.loads(eval_file.read_text()), context
+    # As `run_lib.obtain_teacher` under this seed: train when missing, then load; a teacher
+    # loaded before (`preflight_study`) has its load replayed instead.
     keras.utils.set_random_seed(study.base.train.seed)
-    teacher = run_lib.obtain_teacher(study.base, context.splits, folder, context.strategy)
+    if context.teacher is None:
+        path = rundir.teacher_path_for(study.base, folder)
+        distribute.check_workers_agree(
+            context.strategy, int(path.exists()), f"whether {path} exists"
+        )
+        if not path.exists():
+            path = run_lib.train_teacher(study.base, context.splits, folder, context.strategy)
+        context = context.with_teacher(
+            build.load_shared_teacher(path, context.splits, context.strategy)
+        )
+        teacher = context.teacher.model
+    else:
+        teacher = run_lib.obtain_teacher(
+            study.base, context.splits, folder, context.strategy, context.teacher
+        )
     log.info("teacher %s under the study's protocol", study.teacher_path)
     evaluation = evaluate_protocol(teacher, study, context.splits)
     evaluation["path"] = str(study.teacher_path)
-    return write_evaluation(
+    report = write_evaluation(
         eval_file, folder / TEACHER_CORRECT_FILE, evaluation, study.teacher_path
     )
+    return report, context
 
 
 __all__ = [

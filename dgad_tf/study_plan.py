@@ -153,11 +153,7 @@ def probe(study, facts: DataFacts, probe_batch: int, repeats: int = 2) -> dict:
             cell.cfg,
             student=student,
             teacher=teacher if needs else None,
-            method=cell.cfg.method.name,
             steps_per_epoch=1,
-            epochs=1,
-            lr=cell.cfg.optimizer.lr,
-            milestones=cell.cfg.optimizer.milestones,
         )
         seconds = _timed(lambda: distiller.train_on_batch(x, y), repeats)
         train_step[key] = seconds / probe_batch

@@ -159,11 +159,7 @@ class DistillerHyperModel(keras_tuner.HyperModel):
             cfg,
             student=student,
             teacher=teacher,
-            method=cfg.method.name,
             steps_per_epoch=steps_per_epoch,
-            epochs=cfg.train.epochs,
-            lr=cfg.optimizer.lr,
-            milestones=cfg.optimizer.milestones,
         )
         # The tuner saves the best epoch's weights, which Keras refuses for an unbuilt model.
         distiller.build((None, *self.splits.image_shape))

@@ -14,11 +14,12 @@ and of the objects changes this function only, and `tests/golden/*.json` stay by
 `tests/test_golden_fingerprints.py` recomputes every one and compares; regenerating a golden file
 (`tests/golden/make_fingerprints.py`) is a behaviour change to justify in the commit message.
 
-Where today's code gives no object to read, this function mirrors its caller, and a change
-there goes unseen: the arguments `run.py` passes to `train_network` (the student's lr and
-milestones, the teacher's method, epochs, lr and milestones), and the settings of the evaluation
-and validation attacks beyond their report descriptions (their arithmetic is checked by the
-attack and reference tests).
+A run trains from its config alone, the teacher it trains from its own (`Config.teacher_config`),
+so both distillers are read from configs. Where today's code gives no object to read, this
+function mirrors its caller, and a change there goes unseen: the per-epoch learning rates (the
+student's as `fit --print-lr` prints them, the teacher's from its config's optimiser section),
+and the settings of the evaluation and validation attacks beyond their report descriptions (their
+arithmetic is checked by the attack and reference tests).
 """
 
 from __future__ import annotations
@@ -142,14 +143,7 @@ def _run(cfg) -> dict:
 
     t, m = cfg.train, cfg.model
     splits = _digits(cfg.data)
-    training = _training(
-        cfg,
-        method=cfg.method.name,
-        epochs=t.epochs,
-        lr=cfg.optimizer.lr,
-        milestones=cfg.optimizer.milestones,
-        rates=fit.student_learning_rates(cfg),
-    )
+    training = _training(cfg, rates=fit.student_learning_rates(cfg))
     return {
         "data": _data(cfg, splits),
         "student": {
@@ -184,29 +178,26 @@ def _run(cfg) -> dict:
     }
 
 
-def _training(cfg, *, method, epochs, lr, milestones, rates) -> dict:
-    """What `run.train_network` trains with: the distiller `build.build_distiller` compiles.
+def _training(cfg, *, rates) -> dict:
+    """What `run.train_network` trains with: the distiller `build.build_distiller` compiles
+    from the config of the run (a student's, or a teacher's `Config.teacher_config`).
 
     The networks are tiny dense stand-ins: the loss, the attack, the forwards, the logged terms
     and the optimiser do not depend on them.
     """
-    from dgad_tf import build, losses
+    from dgad_tf import build
 
     distiller = build.build_distiller(
         cfg,
         student=_stand_in(),
-        teacher=_stand_in() if losses.get(method).needs_teacher else None,
-        method=method,
+        teacher=_stand_in() if cfg.method.loss.needs_teacher else None,
         steps_per_epoch=1,
-        epochs=epochs,
-        lr=lr,
-        milestones=milestones,
     )
     optimizer = distiller.optimizer.get_config()
     schedule = optimizer["learning_rate"]
     return {
-        "method": method,
-        "epochs": epochs,
+        "method": cfg.method.name,
+        "epochs": cfg.train.epochs,
         **_step(distiller),
         "optimizer": {
             "class": _registered_name(distiller.optimizer),
@@ -311,21 +302,18 @@ def _teacher(cfg) -> dict:
     """The teacher a run loads from its path, or trains there first when it is missing."""
     from dgad_tf import optim, rundir
 
-    tt, o = cfg.teacher_train, cfg.optimizer
     trained = None
-    if tt.epochs > 0:
-        # `run.obtain_teacher`: train_network with the teacher's method, epochs, lr, milestones.
+    if cfg.teacher_train.epochs > 0:
+        # `run.obtain_teacher`: train_network with the teacher run's own config.
+        teacher_cfg = rundir.teacher_run_config(cfg, pathlib.Path(cfg.output.dir))
+        t, o = teacher_cfg.train, teacher_cfg.optimizer
         trained = _training(
-            cfg,
-            method=tt.method,
-            epochs=tt.epochs,
-            lr=tt.lr,
-            milestones=tt.milestones,
+            teacher_cfg,
             rates=optim.epoch_learning_rates(
-                tt.lr,
-                epochs=tt.epochs,
+                o.lr,
+                epochs=t.epochs,
                 schedule=o.schedule,
-                milestones=tt.milestones,
+                milestones=o.milestones,
                 gamma=o.gamma,
             ),
         )

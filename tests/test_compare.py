@@ -168,6 +168,72 @@ def test_a_cell_trained_in_a_shared_context_equals_fit_of_its_config(finished_st
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_study_loads_its_teacher_once_and_each_cell_still_equals_fit(finished_study, tmp_path):
+    # Four cells distil from the first study's teacher file: the study loads it once, and each
+    # cell's student is still, bit for bit, what `fit` of the cell's config.yaml trains alone
+    # (which loads the file itself, twice: to check it, then to distil from it).
+    import keras
+
+    from dgad_tf import models
+    from dgad_tf import run as run_lib
+    from dgad_tf.config import load_config
+
+    teacher = (finished_study["out"] / "teacher.keras").resolve()
+    values = {
+        **BASE,
+        "data": {**BASE["data"], "train_limit": 240},
+        "model": {**BASE["model"], "teacher_path": str(teacher)},
+        "train": {**BASE["train"], "val_robust_n": 16},
+        "eval": {"n": 16, "attacks": ["clean"]},
+        "output": {**BASE["output"], "dir": str(tmp_path / "out")},
+        "study": {**STUDY, "methods": ["adaad", "rslad"], "attacks": ["clean"], "n": 16},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    loads = []
+    real_load = models.load_model
+
+    def counting_load(file, *args, **kwargs):
+        if pathlib.Path(file).resolve() == teacher:
+            loads.append(file)
+        return real_load(file, *args, **kwargs)
+
+    models.load_model = counting_load
+    try:
+        result = study_lib.run_study(study_lib.load_study(path))
+    finally:
+        models.load_model = real_load
+    assert result.cells_run == 4 and len(loads) == 1
+    for cell in study_lib.load_study(path).cells():
+        alone = tmp_path / "alone" / cell.folder.name
+        run_lib.run(load_config(cell.folder / "config.yaml", [f"output.dir={alone}"]))
+        in_study = keras.saving.load_model(cell.folder / "student_last.keras", compile=False)
+        by_fit = keras.saving.load_model(alone / "student_last.keras", compile=False)
+        for a, b in zip(in_study.get_weights(), by_fit.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=cell.label)
+
+
+def test_a_loads_footprint_is_a_count_of_keras_seeds_or_none_when_another_state_moved():
+    import random
+
+    import keras
+
+    from dgad_tf import context
+
+    keras.utils.set_random_seed(3)
+    before = context.random_state()
+    for _ in range(7):
+        random.randint(1, 10**9)  # what Keras draws for each initialiser it constructs
+    assert context.seed_draws(before, context.random_state()) == 7
+    assert context.seed_draws(before, before) == 0
+    before = context.random_state()
+    np.random.rand()
+    assert context.seed_draws(before, context.random_state()) is None
+    before = context.random_state()
+    keras.random.uniform((2,))  # no seed: Keras's global SeedGenerator
+    assert context.seed_draws(before, context.random_state()) is None
+
+
 def test_a_rerun_logs_which_finished_cells_it_skipped(finished_study):
     logs = finished_study["logs"]
     assert not any("skipped" in line for line in logs["first"])

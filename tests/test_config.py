@@ -604,3 +604,48 @@ def test_a_method_option_is_read_into_its_type_or_reaches_the_class_as_written()
     with pytest.raises(ConfigError) as caught:
         config_from_dict({"method": {"name": name, "scales": 0.5}})
     assert str(caught.value) == "`method.scales` must be a mapping; received method.scales=0.5"
+
+
+def test_the_teacher_run_has_its_own_config_from_teacher_train_and_model_teacher(tmp_path):
+    from dgad_tf import losses
+
+    cfg = load_config(
+        None,
+        [
+            "method.name=adaad",
+            "method.reference_forwards=true",
+            "model.student=small-cnn",
+            "model.teacher=wrn-34-10",
+            "model.teacher_path=/elsewhere/teacher.keras",
+            "model.sync_batchnorm=true",
+            "teacher_train={method: trades, epochs: 3, lr: 0.02, milestones: [2]}",
+            "optimizer.lr=0.5",
+            "optimizer.momentum=0.8",
+            "train.epochs=7",
+            "attack.steps=3",
+            "export.formats=[saved_model]",
+        ],
+    )
+    teacher = cfg.teacher_config(str(tmp_path / "teacher_run"))
+    # What trains: the teacher network with teacher_train's method (its class defaults), epochs,
+    # lr and milestones; the run's attack, data and remaining optimiser settings.
+    assert teacher.method.name == "trades" and teacher.method.loss == losses.TRADES()
+    assert teacher.method.reference_forwards is True
+    assert (teacher.train.epochs, teacher.optimizer.lr) == (3, 0.02)
+    assert teacher.optimizer.milestones == (2,)
+    assert teacher.optimizer.momentum == 0.8 and teacher.attack == cfg.attack
+    assert teacher.data == cfg.data and teacher.train.seed == cfg.train.seed
+    assert teacher.model.student == "wrn-34-10" and teacher.model.sync_batchnorm is False
+    assert teacher.model.teacher_path is None and teacher.teacher_train.epochs == 0
+    assert teacher.export.formats == () and teacher.output.dir == str(tmp_path / "teacher_run")
+    # It is a config `fit` reads back as it is.
+    path = tmp_path / "teacher.yaml"
+    path.write_text(teacher.to_yaml())
+    assert load_config(path).hash() == teacher.hash()
+
+
+def test_a_teacher_of_the_runs_own_method_takes_the_runs_options():
+    cfg = load_config(None, ["method={name: trades, beta: 3.0}", "teacher_train.method=trades"])
+    assert cfg.teacher_config("t").method == cfg.method
+    other = load_config(None, ["method={name: trades, beta: 3.0}", "teacher_train.method=pgd_at"])
+    assert other.teacher_config("t").method.name == "pgd_at"

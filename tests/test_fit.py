@@ -12,6 +12,7 @@ import time
 import keras
 import numpy as np
 import pytest
+import yaml
 from subprocesses import run_command
 
 from dgad_tf.fit import main
@@ -93,6 +94,58 @@ def test_every_keras_file_of_a_run_loads_in_plain_keras_in_a_process_without_dga
     assert {"teacher.keras", "student_last.keras", "student_best_robust.keras"} <= names
     assert any(path.parent.name == "teacher_run" for path in files)
     assert_plain_keras_gives_dgad_tf_logits(files, tmp_path)
+
+
+def test_the_teacher_trained_in_a_run_writes_its_own_config_in_teacher_run(dgad_run):
+    # The run distils with dgad for 2 epochs at lr 0.05; its teacher trains with pgd_at for 4
+    # epochs at teacher_train's default lr 0.1: teacher_run/ holds the teacher's run, not the
+    # student's config.
+    from dgad_tf import rundir
+    from dgad_tf.config import config_from_dict, load_config
+
+    run_cfg = load_config(dgad_run / "config.yaml")
+    teacher_run = dgad_run / "teacher_run"
+    teacher_cfg = load_config(teacher_run / "config.yaml")
+    assert (run_cfg.method.name, run_cfg.train.epochs, run_cfg.optimizer.lr) == ("dgad", 2, 0.05)
+    assert (teacher_cfg.method.name, teacher_cfg.train.epochs) == ("pgd_at", 4)
+    assert (teacher_cfg.optimizer.lr, teacher_cfg.optimizer.milestones) == (0.1, ())
+    assert teacher_cfg.model.student == "small-cnn" and teacher_cfg.teacher_train.epochs == 0
+    assert teacher_cfg.hash() == rundir.teacher_run_config(run_cfg, dgad_run).hash()
+    # Its training state records the same config, and it trained the teacher's epochs.
+    meta = rundir.read_state_meta(teacher_run)
+    assert config_from_dict(yaml.safe_load(meta["config"])).hash() == teacher_cfg.hash()
+    assert meta["epoch"] == 4 and len(rundir.read_log(teacher_run / "log.csv")) == 4
+
+
+def test_a_teacher_run_written_before_it_had_its_own_config_resumes(dgad_run, tmp_path):
+    # An earlier version left teacher_run/ without config.yaml, its state recording the config
+    # of the run around it. A run killed before its teacher.keras was written resumes there.
+    from dgad_tf import rundir
+    from dgad_tf.config import load_config
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(dgad_run, run_dir)
+    run_yaml = load_config(dgad_run / "config.yaml", [f"output.dir={run_dir}"]).to_yaml()
+    (run_dir / "config.yaml").write_text(run_yaml)
+    teacher_run = run_dir / "teacher_run"
+    (teacher_run / "config.yaml").unlink()
+    (run_dir / "teacher.keras").unlink()
+    state = teacher_run / rundir.STATE_FILE
+    with np.load(state) as loaded:
+        arrays = dict(loaded)
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(json.dumps({**meta, "config": run_yaml}))
+    np.savez(state, **arrays)
+
+    code = main(args(run_dir, "method.name=dgad", "train.epochs=2", "teacher_train.epochs=4"))
+    assert code == 0
+    teacher_cfg = rundir.teacher_run_config(load_config(run_dir / "config.yaml"), run_dir)
+    assert load_config(teacher_run / "config.yaml").hash() == teacher_cfg.hash()
+    assert len(rundir.read_log(teacher_run / "log.csv")) == 4  # resumed, not retrained
+    again = keras.saving.load_model(run_dir / "teacher.keras", compile=False)
+    before = keras.saving.load_model(dgad_run / "teacher.keras", compile=False)
+    for a, b in zip(again.get_weights(), before.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def _kill_after_first_epoch(fit_args, run_dir, extra_seconds=0.0):

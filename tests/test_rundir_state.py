@@ -103,3 +103,50 @@ def test_the_teacher_file_is_checked_or_a_teacher_can_be_trained(tmp_path):
     assert str(error.value) == (
         f"model.teacher_path: {text} is not a .keras archive (truncated, or another kind of file)"
     )
+
+
+def _teacher_run_state(run_dir, recorded):
+    meta = {"epoch": 1, "num_student": 1, "num_optimizer": 0, "best": {}}
+    if recorded is not None:
+        meta["config"] = recorded
+    write_state(run_dir / rundir.TEACHER_RUN_DIR, meta, student_0=np.ones(2))
+
+
+def _teacher_cfg(**teacher_train):
+    from dgad_tf.config import load_config
+
+    values = {"epochs": 2, **teacher_train}
+    return load_config(None, [f"teacher_train.{k}={v}" for k, v in values.items()])
+
+
+@pytest.mark.parametrize("recorded", ["run", "teacher", None], ids=["earlier", "today", "none"])
+def test_a_teacher_run_of_this_runs_teacher_resumes_however_it_recorded_its_config(
+    tmp_path, recorded
+):
+    # An earlier version recorded the config of the run around the teacher run (no
+    # config.yaml there); today's records the teacher's own; the oldest recorded none.
+    cfg = _teacher_cfg()
+    records = {"run": cfg, "teacher": rundir.teacher_run_config(cfg, tmp_path)}
+    written = records.get(recorded)
+    _teacher_run_state(tmp_path, None if written is None else written.to_yaml())
+    rundir.check_teacher_run(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("config_yaml", [False, True])
+def test_a_teacher_run_of_another_teacher_is_refused_naming_the_key(tmp_path, config_yaml):
+    cfg = _teacher_cfg()
+    other = _teacher_cfg(lr=0.05)
+    if config_yaml:
+        folder = tmp_path / rundir.TEACHER_RUN_DIR
+        _teacher_run_state(tmp_path, None)
+        (folder / rundir.CONFIG_FILE).write_text(
+            rundir.teacher_run_config(other, tmp_path).to_yaml()
+        )
+    else:
+        _teacher_run_state(tmp_path, rundir.teacher_run_config(other, tmp_path).to_yaml())
+    with pytest.raises(rundir.RunError) as error:
+        rundir.check_teacher_run(cfg, tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"the teacher of this run is trained in {tmp_path / 'teacher_run'}")
+    if not config_yaml:
+        assert "differs from this one at `optimizer.lr` (0.05 there, 0.1 here)" in message

@@ -437,6 +437,39 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def teacher_config(self, output_dir: str) -> "Config":
+        """The resolved config of the run that trains this run's teacher when its file is missing.
+
+        The teacher run trains the network `model.teacher` (its student, built without
+        synchronised batch norm) with `teacher_train`'s method, epochs, learning rate and
+        milestones. Its `method:` section is this run's when `teacher_train.method` is this run's
+        method (a TRADES teacher of a TRADES run takes its `beta`), otherwise that method's loss
+        with its class's defaults and this run's `reference_forwards`. Its
+        data, attack, optimiser (but `lr` and `milestones`), train, eval and distribute sections
+        are this run's; it distils from no teacher, trains none, searches nothing and exports
+        nothing. It is written to `<output_dir>/config.yaml`, a config `fit` reads.
+
+        Args:
+            output_dir: the teacher run's folder (`teacher_run/` of this run's folder).
+        """
+        tt = self.teacher_train
+        method = self.method
+        if tt.method != method.name:
+            method = MethodConfig(name=tt.method, reference_forwards=method.reference_forwards)
+        return dataclasses.replace(
+            self,
+            model=dataclasses.replace(
+                self.model, student=self.model.teacher, teacher_path=None, sync_batchnorm=False
+            ),
+            teacher_train=TeacherTrainConfig(),
+            method=method,
+            optimizer=dataclasses.replace(self.optimizer, lr=tt.lr, milestones=tt.milestones),
+            train=dataclasses.replace(self.train, epochs=tt.epochs),
+            output=dataclasses.replace(self.output, dir=str(output_dir)),
+            export=ExportConfig(),
+            tune=TuneConfig(),
+        )
+
     def hash(self) -> str:
         """sha256 of the resolved config, independent of the file it came from."""
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()
