@@ -27,18 +27,16 @@ for pixels x in [0, 1] and read logits as `(q - zero_point) * scale`.
 The package: `formats` (`ExportFormat`, the parity rules and the `EXPORT_FORMATS` table),
 `savedmodel` (the signatures, how the SavedModel is written, its format), `tflite` (conversion,
 `TFLiteRunner`, the TFLite formats), `verify` (writes, re-loads and checks each format, and the
-card's accuracies); `export_student` here runs them under the export folder's lock and writes the
-model card.
+card's accuracies), `disk_space` (the space an export needs, `ExportDiskFull`); `export_student`
+here runs them under the export folder's lock and writes the model card.
 """
 
 import datetime
-import errno
 import hashlib
 import json
 import logging
 import os
 import pathlib
-import re
 import shutil
 import tempfile
 
@@ -51,6 +49,12 @@ import dgad_tf.models
 from dgad_tf.data import to_float, to_float_images, to_uint8_images
 from dgad_tf.rundir import FolderLock, ensure_writable_folder, resolve_model_path, sha256_file
 from dgad_tf.serving import verify
+from dgad_tf.serving.disk_space import (
+    ExportDiskFull,
+    disk_full_error,
+    estimated_export_bytes,
+    is_disk_full,
+)
 from dgad_tf.serving.formats import (
     EXPORT_FORMATS,
     ExportFormat,
@@ -87,6 +91,7 @@ __all__ = [
     "Top1Agreement",
     "chance_level_warning",
     "check_formats",
+    "estimated_export_bytes",
     "convert_tflite",
     "default_formats",
     "export_student",
@@ -106,80 +111,6 @@ logger = logging.getLogger(__name__)
 # The built-in default formats (`default_formats()` also counts ones registered later).
 FORMATS = default_formats()
 MODEL_CARD = "model_card.json"
-
-
-class ExportDiskFull(OSError):
-    """The export ran out of disk space; its temporary folder was removed, nothing else changed.
-
-    An `OSError` with errno `ENOSPC`, whose message names the disk, the space the export needs
-    and what is free.
-    """
-
-    def __str__(self):
-        return self.strerror  # one line without the "[Errno 28]" prefix
-
-
-# Graphs and the model card take what the copies of the weights do not (measured on the small-cnn
-# student: graph 153 kB).
-_GRAPHS_AND_CARD_BYTES = 1 << 20
-
-
-def estimated_export_bytes(model, formats) -> int:
-    """About how many bytes `export_student` writes for `model` in `formats`.
-
-    Each format's `weight_copies` float32 copies of the weights, plus 1 MiB for graphs and the
-    model card.
-    """
-    weights = sum(int(np.prod(w.shape)) * 4 for w in model.weights)
-    copies = sum(EXPORT_FORMATS.get(name).weight_copies for name in formats)
-    return int(weights * copies) + _GRAPHS_AND_CARD_BYTES
-
-
-def _is_disk_full(err: BaseException) -> bool:
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        return True
-    # TensorFlow's file writers (SaveV2 for the SavedModel) raise their own error types.
-    return isinstance(err, tf.errors.OpError) and "No space left on device" in str(err)
-
-
-def _written_path(err: BaseException, default: pathlib.Path) -> pathlib.Path:
-    """The file being written when `err` was raised, or `default` when it does not say."""
-    named = getattr(err, "filename", None)
-    if not named:
-        # TensorFlow: "... /out/.tmp-1-x/variables/...; No space left on device [Op:SaveV2]"
-        found = re.search(r"(/[^\s;]+);? No space left on device", str(err))
-        named = found.group(1) if found else None
-    return pathlib.Path(named) if named else default
-
-
-def _mount_point(path: pathlib.Path) -> pathlib.Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    while not os.path.ismount(path) and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _disk_full_error(err, out_dir: pathlib.Path, model, formats) -> ExportDiskFull:
-    written = _written_path(err, out_dir)
-    disk = _mount_point(written)
-    free = shutil.disk_usage(disk).free
-    megabytes = 1 << 20
-    needed = estimated_export_bytes(model, formats)
-    where = "export to another --out (out_dir) with room for it"
-    if disk != _mount_point(out_dir):
-        where = (
-            "point TMPDIR at a disk with room for it (the TFLite converter writes a temporary "
-            f"SavedModel in {tempfile.gettempdir()})"
-        )
-    return ExportDiskFull(
-        errno.ENOSPC,
-        f"no space left on the disk mounted at {disk} while writing {written}: exporting "
-        f"{', '.join(formats)} needs about {needed / megabytes:.3g} MB there and "
-        f"{free / megabytes:.3g} MB are free (the temporary folder is removed); free space "
-        f"there or {where}. Nothing was changed in {out_dir}",
-    )
 
 
 def weights_sha256(model):
@@ -460,8 +391,8 @@ def export_student(
             os.rename(tmp_dir, final_dir)
         except BaseException as err:
             shutil.rmtree(tmp_dir, ignore_errors=True)
-            if _is_disk_full(err):
-                raise _disk_full_error(err, out_dir, model, formats) from err
+            if is_disk_full(err):
+                raise disk_full_error(err, out_dir, model, formats) from err
             raise
     logger.info("exported %s version %d: %s", out_dir, version, ", ".join(formats))
     return card
