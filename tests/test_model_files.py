@@ -9,7 +9,12 @@ import zipfile
 
 import pytest
 
-from dgad_tf.model_files import check_keras_file, is_saved_model_dir, sha256_file
+from dgad_tf.model_files import (
+    check_keras_file,
+    is_saved_model_dir,
+    save_model_atomic,
+    sha256_file,
+)
 
 
 def archive(path, members):
@@ -89,3 +94,17 @@ def test_sha256_file_is_the_digest_of_the_files_bytes(tmp_path, size):
     data = bytes(i % 251 for i in range(size))
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+def test_a_model_is_saved_whole_where_asked_and_nothing_else_is_left(tmp_path):
+    import keras
+    import numpy as np
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense")])
+    path = tmp_path / "run" / "sub" / "teacher.keras"
+    save_model_atomic(model, str(path))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["teacher.keras"]
+    check_keras_file(path, "model.teacher_path")
+    loaded = keras.saving.load_model(path)
+    x = np.arange(8, dtype="float32").reshape(2, 4)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))

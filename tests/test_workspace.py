@@ -92,7 +92,6 @@ def test_a_second_writer_is_refused_while_the_first_writes(tmp_path):
 
 def test_a_lock_names_its_holder_and_is_gone_once_released(tmp_path):
     folder = tmp_path / "new" / "run"  # created, parents included
-    (tmp_path / "new").mkdir()
     stale = folder / LOCK_FILE
     with FolderLock(folder) as lock:
         assert lock.folder == folder
@@ -107,6 +106,7 @@ def test_a_lock_names_its_holder_and_is_gone_once_released(tmp_path):
         )
     assert not stale.exists() and not is_locked(folder)
     lock.release()  # releasing twice does nothing
+    FolderLock(tmp_path / "never").release()  # nor does releasing a lock never taken
     folder.joinpath(LOCK_FILE).write_text("process 1 that was killed, and more words\n")
     assert not is_locked(folder)  # a killed holder's file holds no lock
     with FolderLock(folder, "output.dir"):
@@ -169,6 +169,31 @@ def test_a_folder_that_cannot_be_created_is_named_before_any_work(tmp_path):
     made = ensure_writable_folder(str(tmp_path / "a" / "b"), "--out")
     assert made == tmp_path / "a" / "b" and made.is_dir()
     assert list(made.iterdir()) == []  # the test file is gone
+    assert ensure_writable_folder(made, "--out") == made  # an existing folder is fine
+
+
+def test_a_folder_no_file_can_be_written_in_is_named(tmp_path):
+    # Permission bits do not stop root, so as root a read-only system folder stands in.
+    if os.geteuid() == 0:
+        folder = pathlib.Path("/sys")
+        if not folder.is_dir() or os.access(folder, os.W_OK) and not _read_only(folder):
+            pytest.skip("no folder root cannot write in")
+    else:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o555)
+    with pytest.raises(ValueError) as error:
+        ensure_writable_folder(folder, "--out")
+    assert str(error.value).startswith(f"--out {folder} is not writable: ")
+
+
+def _read_only(folder):
+    try:
+        with open(folder / ".dgad-write-test", "w"):
+            pass
+    except OSError:
+        return True
+    os.unlink(folder / ".dgad-write-test")
+    return False
 
 
 def test_is_locked_creates_nothing(tmp_path):
@@ -178,7 +203,7 @@ def test_is_locked_creates_nothing(tmp_path):
 
 
 def test_an_atomic_write_shows_the_whole_file_or_none_of_it(tmp_path):
-    target = tmp_path / "deep" / "model.weights.h5"
+    target = tmp_path / "a" / "deep" / "model.weights.h5"  # its folders are made
     seen = []
 
     def write(tmp):
@@ -236,6 +261,7 @@ def test_first_difference_names_the_first_differing_dotted_key():
     assert first_difference(old, {"a": {"b": 1, "c": 7}, "e": 3}) == "a.c"
     assert first_difference(old, {"a": {"b": 1}, "e": 3}) == "a.c"
     assert first_difference({"x": None}, {}) is None  # a key left out reads as None
+    assert first_difference({"a": {"maX": 1}}, {"a": {"maX": 2}}) == "a.maX"  # the key whole
 
 
 def test_a_workspace_is_named_by_its_identity_file(tmp_path):
