@@ -4,6 +4,7 @@ Every file is made by hand (a `.keras` checkpoint is a zip holding `config.json`
 `check_keras_file` asks of it before Keras loads it).
 """
 
+import dataclasses
 import json
 import logging
 import zipfile
@@ -132,6 +133,7 @@ def test_a_run_folder_resumes_only_under_its_own_whole_config(tmp_path):
     run.mkdir()
     (run / rundir.CONFIG_FILE).write_text(cfg.to_yaml())
     rundir.check_run_dir(cfg, run)  # the same config: it resumes
+    assert rundir.run_workspace(cfg, run).resumes()  # named by its config.yaml
     with pytest.raises(rundir.RunError) as error:
         rundir.run_workspace(config("train.epochs=7"), run).check()
     assert str(error.value) == (
@@ -208,6 +210,13 @@ def test_a_run_that_lost_its_config_resumes_only_when_its_records_name_this_conf
     assert str(error.value).startswith(f"{lost}, and its {rundir.STATE_FILE} cannot be read (")
 
 
+def test_a_recorded_config_that_is_not_a_mapping_is_refused_as_another_config(tmp_path):
+    write_state(tmp_path, {"num_student": 0, "num_optimizer": 0, "config": "just words"})
+    with pytest.raises(rundir.RunError) as error:
+        rundir.check_run_dir(config(), tmp_path)
+    assert "and the config its train_state.npz records differs from this one" in str(error.value)
+
+
 def test_a_difference_in_a_nested_key_names_both_values(tmp_path):
     cfg = config("attack.eps=0.03")
     write_state(tmp_path, {"num_student": 0, "num_optimizer": 0, "config": cfg.to_yaml()})
@@ -270,10 +279,19 @@ def test_the_checkpoint_train_select_names_and_what_the_report_says_of_it(tmp_pa
     )
     checkpoint(best)
     assert rundir.selected_checkpoint(config("train.select=best_val"), tmp_path)[1]["same_as_last"]
-    # no training state: epoch 0
+    # no training state: epoch 0, whichever checkpoint
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     assert rundir.selected_checkpoint(config("train.select=last"), fresh)[1]["epoch"] == 0
+    checkpoint(fresh / "student_best_robust.keras")
+    assert rundir.selected_checkpoint(config("train.select=best_val"), fresh)[1]["epoch"] == 0
+    # a rule this process does not know (registered by another script) is named
+    cfg = config()
+    unknown = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, select="mine"))
+    with pytest.raises(ValueError) as error:
+        rundir.selected_checkpoint(unknown, fresh)
+    assert str(error.value).startswith("`train.select` must be one of last, best_val")
+    assert str(error.value).endswith("; received train.select='mine'")
 
 
 def test_log_csv_reads_as_floats_with_none_for_a_metric_missing_that_epoch(tmp_path):
@@ -320,6 +338,12 @@ def test_a_run_folder_gives_the_checkpoint_its_config_selects(tmp_path):
     assert str(error.value) == (
         f"`model`: {empty} is neither a SavedModel directory (no saved_model.pb) nor a run "
         f"folder with a checkpoint (`model` run directory {str(empty)!r} holds none of {held})"
+    )
+    (run / rundir.LAST_CHECKPOINT).write_text("half a file")  # a checkpoint found, damaged
+    with pytest.raises(ValueError) as error:
+        rundir.resolve_model_path(run)
+    assert str(error.value) == (
+        f"`model`: {last} is not a .keras archive (truncated, or another kind of file)"
     )
     text = tmp_path / "m.keras"
     text.write_text("text")
