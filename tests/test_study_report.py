@@ -208,6 +208,28 @@ def test_no_spread_is_marked_in_the_table(tmp_path):
     assert "No primary comparison was declared" in text
 
 
+def test_without_a_primary_every_p_is_said_to_be_one_of_a_family(tmp_path):
+    study = load(tmp_path)
+    result = study_report.summarize(study, synthetic_rows(), None)
+    assert result["primary"] is None
+    lines = study_report.summary_markdown(
+        result, study_report.metric_names(study.protocol), "autoattack_accuracy"
+    ).split("\n")
+    note = next(i for i, line in enumerate(lines) if line.startswith("Differences in"))
+    sentences = [line for line in lines[note + 4 :] if line]
+    assert lines[note + 1 :] == [
+        "",
+        "No primary comparison was declared (`study.primary`): every p above is one of a "
+        "family and only its Holm p should be read as a test.",
+        "",
+        *sentences,
+        "",
+    ]
+    # one sentence per method other than the reference, on the headline and clean accuracy
+    assert len(sentences) == 4
+    assert all(s.startswith(("- dgad − adaad, ", "- dgad_nomap − adaad, ")) for s in sentences)
+
+
 def test_a_primary_comparison_with_no_spread_carries_both_notes(tmp_path):
     study = load(tmp_path, primary={"method": "dgad", "attack": "clean"})
     rows = synthetic_rows()
