@@ -256,6 +256,32 @@ def test_the_search_space_takes_igdms_alpha():
         _cfg({"name": "adaad"}, tune={"space": space})
 
 
+def test_the_igdm_refusals_say_what_to_do():
+    with pytest.raises(ConfigError) as caught:
+        _cfg({"name": "trades", "igdm": {}})
+    assert str(caught.value) == (
+        "`method.igdm`: IGDM matches the student to a teacher, but method trades trains without "
+        "one; use it with a method that distils (adaad, adaiad, rslad, ard, iad, dgad)"
+    )
+    # The base method is the section's own `name`, not an IGDM option.
+    with pytest.raises(ConfigError) as caught:
+        _cfg({"name": "adaad", "igdm": {"base": "dgad"}})
+    assert str(caught.value) == "unknown key `method.igdm.base`; known keys: alpha, total_epochs"
+    space = {"method.igdm.base": {"type": "choice", "values": ["dgad"]}}
+    with pytest.raises(ConfigError, match="`method.igdm.base` is not a config field"):
+        _cfg({"name": "adaad", "igdm": {}}, tune={"space": space})
+
+
+def test_a_trial_of_another_method_takes_igdms_searched_alpha_when_it_distils():
+    base = _cfg({"name": "adaad", "igdm": {"alpha": 2.0, "total_epochs": 200}})
+    trial = with_values(base, {"method.name": "dgad", "method.igdm.alpha": 4.0})
+    assert trial.method.loss == IGDM(base=DGAD(), alpha=4.0)  # another method's options: its own
+    trial = with_values(base, {"method.name": "adaad", "method.igdm.alpha": 4.0})
+    assert trial.method.loss == IGDM(base=AdaAD(), alpha=4.0, total_epochs=200)  # E kept
+    trial = with_values(base, {"method.name": "trades", "method.igdm.alpha": 4.0})
+    assert trial.method.loss == TRADES()  # no teacher: the searched alpha is not its own
+
+
 # ------------------------------------------------------------------ end to end
 
 TINY = {

@@ -139,6 +139,47 @@ def test_a_teacher_run_of_this_runs_teacher_resumes_however_it_recorded_its_conf
     rundir.check_teacher_run(cfg, tmp_path)
 
 
+def test_the_teacher_run_writes_in_teacher_run_of_the_run_folder(tmp_path):
+    cfg = _teacher_cfg()
+    folder = tmp_path / "teacher_run"
+    assert rundir.teacher_run_dir(str(tmp_path)) == folder
+    teacher_cfg = rundir.teacher_run_config(cfg, tmp_path)
+    assert teacher_cfg.output.dir == str(folder)  # where it writes, and its config.yaml says so
+    assert teacher_cfg.model.student == cfg.model.teacher and teacher_cfg.model.teacher_path is None
+
+
+@pytest.mark.parametrize(
+    "recorded, said", [("run", "the config of the run around it"), (None, "no config")]
+)
+def test_an_earlier_teacher_run_says_it_resumes_and_what_its_state_records(
+    tmp_path, caplog, recorded, said
+):
+    cfg = _teacher_cfg()
+    _teacher_run_state(tmp_path, None if recorded is None else cfg.to_yaml())
+    with caplog.at_level(logging.INFO, logger="dgad_tf.rundir"):
+        rundir.check_teacher_run(cfg, tmp_path)
+    assert caplog.messages == [
+        f"{tmp_path / 'teacher_run'} was written by an earlier version (its {rundir.STATE_FILE} "
+        f"records {said}): it resumes as the training of this run's teacher"
+    ]
+
+
+@pytest.mark.parametrize("recorded", ["run", None])
+def test_an_earlier_teacher_run_with_a_damaged_state_is_refused_before_it_resumes(
+    tmp_path, recorded
+):
+    cfg = _teacher_cfg()
+    meta = {"epoch": 1, "num_student": 2, "num_optimizer": 0, "best": {}}
+    if recorded is not None:
+        meta["config"] = cfg.to_yaml()
+    write_state(tmp_path / rundir.TEACHER_RUN_DIR, meta, student_0=np.ones(2))  # student_1 lost
+    with pytest.raises(rundir.RunError) as error:
+        rundir.check_teacher_run(cfg, tmp_path)
+    assert str(error.value).startswith(
+        f"{tmp_path / 'teacher_run' / rundir.STATE_FILE} is damaged (KeyError: "
+    )
+
+
 @pytest.mark.parametrize("config_yaml", [False, True])
 def test_a_teacher_run_of_another_teacher_is_refused_naming_the_key(tmp_path, config_yaml):
     cfg = _teacher_cfg()
