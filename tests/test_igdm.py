@@ -299,6 +299,9 @@ def _env():
     return dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
 
 
+# End to end through the commands (subprocess fit, a small study): in the slow suite, which CI
+# runs too, to keep the default suite under its 15 minutes on 2 cores.
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["adaad", "dgad"])
 def test_fit_trains_a_method_with_igdm(tmp_path, digits_teacher, method):
     values = {**TINY, "method": {"name": method, "igdm": {"alpha": 1.0}}}
@@ -318,6 +321,7 @@ def test_fit_trains_a_method_with_igdm(tmp_path, digits_teacher, method):
     assert len(logged) == 2 and all(np.isfinite(r[igdm]) and r[kl] > 0 for r in logged)
 
 
+@pytest.mark.slow
 def test_compare_trains_methods_with_igdm(tmp_path, digits_teacher):
     values = {**TINY, "train": {**TINY["train"], "epochs": 1}}
     values["model"] = {**TINY["model"], "teacher_path": str(digits_teacher)}
