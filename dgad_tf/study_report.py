@@ -155,7 +155,7 @@ def dataset_label(data) -> str:
     if data.name:
         return f"{data.name} ({data.source})"
     if data.path:
-        stem = pathlib.PurePath(str(data.path).rstrip("/\\")).stem
+        stem = pathlib.PurePath(str(data.path)).stem
         if stem and stem != data.source:
             return f"{stem} ({data.source})"
     return data.source

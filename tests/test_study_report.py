@@ -653,6 +653,8 @@ def test_per_image_statistics_need_both_methods_correctness(tmp_path):
         ({"source": "npz", "path": "data/svhn_train.npz"}, "svhn_train (npz)"),
         ({"source": "folder", "path": "images/flowers/"}, "flowers (folder)"),
         ({"source": "tfds", "name": "cifar100"}, "cifar100 (tfds)"),
+        # A file named after its format says nothing more than the format.
+        ({"source": "npz", "path": "data/npz.npz"}, "npz"),
     ],
 )
 def test_the_summary_names_the_dataset_not_only_its_file_format(tmp_path, data, label):
