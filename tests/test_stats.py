@@ -123,3 +123,16 @@ def test_refusals_name_the_argument_and_the_value_received():
     with pytest.raises(ValueError) as caught:
         stats.t_quantile(0.975, 2.5)
     assert str(caught.value) == "t_quantile needs an integer dof >= 1; received dof=2.5"
+
+
+@pytest.mark.parametrize("num_classes, n", [(10, 500), (10, 1000), (2, 40), (200, 10000), (10, 0)])
+def test_chance_level_is_one_over_c_plus_three_binomial_standard_deviations(num_classes, n):
+    # The binomial standard deviation of an accuracy on n images under guessing, from SciPy.
+    scipy_stats = pytest.importorskip("scipy.stats")
+    sd = scipy_stats.binom(max(n, 1), 1 / num_classes).std() / max(n, 1)
+    threshold = 1 / num_classes + 3 * sd
+    assert stats.chance_threshold(num_classes, n) == pytest.approx(threshold, rel=1e-12)
+    # At the threshold is still chance; a hair above it is not.
+    assert stats.at_chance_level(threshold, num_classes, n)
+    assert not stats.at_chance_level(threshold + 1e-9, num_classes, n)
+    assert stats.at_chance_level(1 / num_classes, num_classes, n)
