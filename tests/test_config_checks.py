@@ -254,6 +254,10 @@ def test_checkpoint_choice_on_validation_without_a_validation_split_names_both_a
     assert message.startswith("`train.select`=best_val chooses the checkpoint on the validation")
     assert "`data.val_fraction`=0 leaves none" in message
     assert "set data.val_fraction > 0, or train.select=last" in message
+    # The alternatives come from the rule table: the honest rules, then the leaky ones, named so.
+    assert message.endswith(
+        "train.select=last (or best_test / rslad_pgd20, the references' leaky test-set rules)"
+    )
 
 
 def test_an_unknown_objective_weight_is_named_with_the_known_ones():
